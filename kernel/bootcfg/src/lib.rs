@@ -1,0 +1,228 @@
+//! Node configuration: a few `key = value` lines that `boot/` writes into the image (as the
+//! bootloader's ramdisk) and the kernel parses at boot. See docs/ARCHITECTURE.md, "Node
+//! configuration".
+//!
+//! The format is deliberately tiny and human-writable: one setting per line, `#` starts a
+//! comment, blank lines are ignored, unknown keys and repeated keys are errors (a typo must not
+//! silently fall back to a default).
+
+#![no_std]
+
+extern crate alloc;
+
+use alloc::string::String;
+use core::fmt;
+
+/// What the node does once it is up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Print the ready line, then stay up and serve until the host stops the VM.
+    Serve,
+    /// Print the ready line, run the default job, then shut down with its status.
+    Job,
+    /// Run the in-kernel self tests and shut down with success only if all passed.
+    Selftest,
+    /// Deliberately read an unmapped address, to check that faults are reported.
+    FaultTest,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 4] = [Mode::Serve, Mode::Job, Mode::Selftest, Mode::FaultTest];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Serve => "serve",
+            Mode::Job => "job",
+            Mode::Selftest => "selftest",
+            Mode::FaultTest => "fault-test",
+        }
+    }
+}
+
+/// Kernel log verbosity, most severe first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub const ALL: [LogLevel; 5] =
+        [LogLevel::Error, LogLevel::Warn, LogLevel::Info, LogLevel::Debug, LogLevel::Trace];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub mode: Mode,
+    pub log_level: LogLevel,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { mode: Mode::Job, log_level: LogLevel::Info }
+    }
+}
+
+/// Why a configuration was rejected; `line` is 1-based.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    NotUtf8 { byte: usize },
+    MissingEquals { line: usize },
+    UnknownKey { line: usize, key: String },
+    DuplicateKey { line: usize, key: String },
+    BadValue { line: usize, key: &'static str, value: String, expected: &'static str },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::NotUtf8 { byte } => write!(f, "node config is not UTF-8 (byte {byte})"),
+            ConfigError::MissingEquals { line } => {
+                write!(f, "node config line {line}: expected `key = value`")
+            }
+            ConfigError::UnknownKey { line, key } => {
+                write!(f, "node config line {line}: unknown key `{key}` (known: mode, log)")
+            }
+            ConfigError::DuplicateKey { line, key } => {
+                write!(f, "node config line {line}: `{key}` is set twice")
+            }
+            ConfigError::BadValue { line, key, value, expected } => write!(
+                f,
+                "node config line {line}: `{key} = {value}` is not valid (expected one of: {expected})"
+            ),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Parses a configuration; every key is optional and defaults as in [`NodeConfig::default`].
+    pub fn parse(bytes: &[u8]) -> Result<NodeConfig, ConfigError> {
+        let text = core::str::from_utf8(bytes)
+            .map_err(|e| ConfigError::NotUtf8 { byte: e.valid_up_to() })?;
+        let mut config = NodeConfig::default();
+        let (mut seen_mode, mut seen_log) = (false, false);
+        for (index, raw) in text.lines().enumerate() {
+            let line = index + 1;
+            let content = raw.split('#').next().unwrap_or("").trim();
+            if content.is_empty() {
+                continue;
+            }
+            let (key, value) =
+                content.split_once('=').ok_or(ConfigError::MissingEquals { line })?;
+            let (key, value) = (key.trim(), value.trim());
+            let seen = match key {
+                "mode" => &mut seen_mode,
+                "log" => &mut seen_log,
+                _ => return Err(ConfigError::UnknownKey { line, key: key.into() }),
+            };
+            if core::mem::replace(seen, true) {
+                return Err(ConfigError::DuplicateKey { line, key: key.into() });
+            }
+            match key {
+                "mode" => {
+                    config.mode = Mode::ALL.into_iter().find(|m| m.name() == value).ok_or_else(
+                        || ConfigError::BadValue {
+                            line,
+                            key: "mode",
+                            value: value.into(),
+                            expected: "serve, job, selftest, fault-test",
+                        },
+                    )?
+                }
+                _ => {
+                    config.log_level = LogLevel::ALL
+                        .into_iter()
+                        .find(|l| l.name() == value)
+                        .ok_or_else(|| ConfigError::BadValue {
+                            line,
+                            key: "log",
+                            value: value.into(),
+                            expected: "error, warn, info, debug, trace",
+                        })?
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// The canonical text form; `parse(render(c)) == c`.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# Cairn node configuration (docs/ARCHITECTURE.md)\n");
+        out.push_str("mode = ");
+        out.push_str(self.mode.name());
+        out.push_str("\nlog = ");
+        out.push_str(self.log_level.name());
+        out.push('\n');
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use alloc::string::ToString;
+    use proptest::prelude::*;
+
+    #[test]
+    fn empty_config_is_the_default() {
+        assert_eq!(NodeConfig::parse(b"").unwrap(), NodeConfig::default());
+        assert_eq!(NodeConfig::parse(b"# only a comment\n\n").unwrap(), NodeConfig::default());
+    }
+
+    #[test]
+    fn parses_every_mode_and_level() {
+        for mode in Mode::ALL {
+            for log_level in LogLevel::ALL {
+                let text = alloc::format!("  mode={}  # why not\nlog =  {}\n", mode.name(), log_level.name());
+                assert_eq!(NodeConfig::parse(text.as_bytes()).unwrap(), NodeConfig { mode, log_level });
+            }
+        }
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_problem() {
+        let err = NodeConfig::parse(b"mode = job\nmdoe = serve\n").unwrap_err();
+        assert_eq!(err, ConfigError::UnknownKey { line: 2, key: "mdoe".into() });
+        assert!(err.to_string().contains("line 2"));
+        assert!(err.to_string().contains("mdoe"));
+
+        let err = NodeConfig::parse(b"mode = fast\n").unwrap_err();
+        assert!(matches!(err, ConfigError::BadValue { line: 1, key: "mode", .. }));
+        assert!(err.to_string().contains("fast"));
+
+        assert_eq!(
+            NodeConfig::parse(b"log = info\nlog = warn").unwrap_err(),
+            ConfigError::DuplicateKey { line: 2, key: "log".into() }
+        );
+        assert_eq!(NodeConfig::parse(b"mode\n").unwrap_err(), ConfigError::MissingEquals { line: 1 });
+        assert_eq!(NodeConfig::parse(b"mode = \xff").unwrap_err(), ConfigError::NotUtf8 { byte: 7 });
+    }
+
+    proptest! {
+        #[test]
+        fn render_round_trips(mode in 0..4usize, level in 0..5usize) {
+            let config = NodeConfig { mode: Mode::ALL[mode], log_level: LogLevel::ALL[level] };
+            prop_assert_eq!(NodeConfig::parse(config.render().as_bytes()).unwrap(), config);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = NodeConfig::parse(&bytes);
+        }
+    }
+}

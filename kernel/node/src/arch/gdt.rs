@@ -1,0 +1,69 @@
+//! GDT and TSS: kernel and user segments, and separate (IST) stacks for the exceptions that
+//! can strike when the current stack is unusable.
+
+use spin::Once;
+use x86_64::VirtAddr;
+use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
+use x86_64::instructions::tables::load_tss;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
+use x86_64::structures::tss::TaskStateSegment;
+
+/// IST slots (1-based in the IDT, 0-based here).
+pub const DOUBLE_FAULT_IST: u16 = 0;
+pub const NMI_IST: u16 = 1;
+pub const MACHINE_CHECK_IST: u16 = 2;
+
+const IST_STACK_SIZE: usize = 16 * 1024;
+
+#[repr(align(16))]
+struct Stack([u8; IST_STACK_SIZE]);
+
+static mut IST_STACKS: [Stack; 3] = [const { Stack([0; IST_STACK_SIZE]) }; 3];
+
+pub struct Selectors {
+    pub kernel_code: SegmentSelector,
+    pub kernel_data: SegmentSelector,
+    pub user_data: SegmentSelector,
+    pub user_code: SegmentSelector,
+    pub tss: SegmentSelector,
+}
+
+static TSS: Once<TaskStateSegment> = Once::new();
+static GDT: Once<(GlobalDescriptorTable, Selectors)> = Once::new();
+
+pub fn init() {
+    let tss = TSS.call_once(|| {
+        let mut tss = TaskStateSegment::new();
+        for (slot, ist) in [DOUBLE_FAULT_IST, NMI_IST, MACHINE_CHECK_IST].into_iter().enumerate() {
+            // SAFETY: each IST stack is handed out exactly once, here, and is only ever used by
+            // the CPU as an interrupt stack.
+            let stack = unsafe { &raw const IST_STACKS[slot] };
+            let top = VirtAddr::from_ptr(stack) + IST_STACK_SIZE as u64;
+            tss.interrupt_stack_table[ist as usize] = top;
+        }
+        tss
+    });
+    let (gdt, selectors) = GDT.call_once(|| {
+        // The order kernel code, kernel data, user data, user code is what SYSCALL/SYSRET expect.
+        let mut gdt = GlobalDescriptorTable::new();
+        let kernel_code = gdt.append(Descriptor::kernel_code_segment());
+        let kernel_data = gdt.append(Descriptor::kernel_data_segment());
+        let user_data = gdt.append(Descriptor::user_data_segment());
+        let user_code = gdt.append(Descriptor::user_code_segment());
+        let tss = gdt.append(Descriptor::tss_segment(tss));
+        (gdt, Selectors { kernel_code, kernel_data, user_data, user_code, tss })
+    });
+    gdt.load();
+    // SAFETY: the selectors index the GDT just loaded, with the right privilege levels.
+    unsafe {
+        CS::set_reg(selectors.kernel_code);
+        SS::set_reg(selectors.kernel_data);
+        DS::set_reg(selectors.kernel_data);
+        ES::set_reg(selectors.kernel_data);
+        load_tss(selectors.tss);
+    }
+}
+
+pub fn selectors() -> &'static Selectors {
+    &GDT.get().expect("gdt::init runs first").1
+}

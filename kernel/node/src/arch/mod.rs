@@ -1,0 +1,8 @@
+//! x86_64 specifics: CPU setup, descriptor tables, traps, interrupt controller and clocks.
+
+pub mod clock;
+pub mod cpu;
+pub mod gdt;
+pub mod pic;
+pub mod probe;
+pub mod trap;

@@ -1,0 +1,327 @@
+//! Every CPU exception and hardware interrupt enters through one assembly path that saves all
+//! registers into a [`TrapFrame`] and calls [`trap_dispatch`].
+//!
+//! One uniform frame (instead of the `x86-interrupt` ABI) is what a task switch needs later: the
+//! frame *is* the interrupted context, and returning from the trap resumes whatever it holds.
+
+use core::arch::global_asm;
+use core::fmt;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use spin::Mutex;
+use x86_64::instructions::tables::lidt;
+use x86_64::registers::control::Cr2;
+use x86_64::structures::DescriptorTablePointer;
+use x86_64::{PrivilegeLevel, VirtAddr};
+
+use super::{gdt, pic};
+use crate::drivers::qemu_exit::{self, Status};
+use crate::memory;
+
+/// Vectors with a stub: the 32 exceptions and the 16 legacy PIC interrupts.
+pub const STUB_COUNT: usize = 48;
+const STUB_SIZE: usize = 16;
+
+/// Saved state of the interrupted code, in the order the stub pushes it (lowest address first).
+#[repr(C)]
+#[derive(Clone, Debug)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error_code: u64,
+    // Pushed by the CPU.
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+// Each stub is padded to STUB_SIZE bytes so that the IDT can compute its address from the
+// vector. Exceptions 8, 10-14, 17, 21, 29 and 30 push an error code; the others get a zero so
+// that the frame has one shape.
+global_asm!(
+    r#"
+    .section .text.trap_stubs, "ax"
+    .balign 16
+    .global cairn_trap_stubs
+cairn_trap_stubs:
+    .irp vector, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47
+    .balign 16
+    .if (\vector == 8) || (\vector >= 10 && \vector <= 14) || (\vector == 17) || (\vector == 21) || (\vector == 29) || (\vector == 30)
+    .else
+    push 0
+    .endif
+    push \vector
+    jmp cairn_trap_common
+    .endr
+
+cairn_trap_common:
+    push rax
+    push rbx
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push rbp
+    push r8
+    push r9
+    push r10
+    push r11
+    push r12
+    push r13
+    push r14
+    push r15
+    mov rdi, rsp
+    cld
+    call {dispatch}
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rbp
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+    add rsp, 16
+    iretq
+    "#,
+    dispatch = sym trap_dispatch,
+);
+
+unsafe extern "C" {
+    static cairn_trap_stubs: u8;
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct IdtEntry {
+    offset_low: u16,
+    selector: u16,
+    ist: u8,
+    type_attr: u8,
+    offset_mid: u16,
+    offset_high: u32,
+    reserved: u32,
+}
+
+impl IdtEntry {
+    const MISSING: IdtEntry = IdtEntry {
+        offset_low: 0,
+        selector: 0,
+        ist: 0,
+        type_attr: 0,
+        offset_mid: 0,
+        offset_high: 0,
+        reserved: 0,
+    };
+
+    /// A present 64-bit interrupt gate (interrupts stay off in the handler).
+    fn gate(handler: u64, selector: u16, ist: Option<u16>, dpl: PrivilegeLevel) -> IdtEntry {
+        IdtEntry {
+            offset_low: handler as u16,
+            selector,
+            ist: ist.map_or(0, |i| i as u8 + 1),
+            type_attr: 0x8e | ((dpl as u8) << 5),
+            offset_mid: (handler >> 16) as u16,
+            offset_high: (handler >> 32) as u32,
+            reserved: 0,
+        }
+    }
+}
+
+static mut IDT: [IdtEntry; 256] = [IdtEntry::MISSING; 256];
+
+pub fn init() {
+    let stubs = &raw const cairn_trap_stubs as u64;
+    let selector = gdt::selectors().kernel_code.0;
+    for vector in 0..STUB_COUNT {
+        let ist = match vector {
+            2 => Some(gdt::NMI_IST),
+            8 => Some(gdt::DOUBLE_FAULT_IST),
+            18 => Some(gdt::MACHINE_CHECK_IST),
+            _ => None,
+        };
+        let handler = stubs + (vector * STUB_SIZE) as u64;
+        // SAFETY: runs once on the boot CPU before interrupts are enabled; nothing else reads
+        // or writes the IDT concurrently.
+        unsafe { IDT[vector] = IdtEntry::gate(handler, selector, ist, PrivilegeLevel::Ring0) };
+    }
+    let pointer = DescriptorTablePointer {
+        limit: (core::mem::size_of::<[IdtEntry; 256]>() - 1) as u16,
+        base: VirtAddr::from_ptr(&raw const IDT),
+    };
+    // SAFETY: the IDT is a static, so it outlives its use by the CPU, and every present entry
+    // points at a stub in this file.
+    unsafe { lidt(&pointer) };
+}
+
+pub fn exception_name(vector: u64) -> &'static str {
+    match vector {
+        0 => "divide error",
+        1 => "debug",
+        2 => "non-maskable interrupt",
+        3 => "breakpoint",
+        4 => "overflow",
+        5 => "bound range exceeded",
+        6 => "invalid opcode",
+        7 => "device not available",
+        8 => "double fault",
+        10 => "invalid TSS",
+        11 => "segment not present",
+        12 => "stack-segment fault",
+        13 => "general protection fault",
+        14 => "page fault",
+        16 => "x87 floating-point error",
+        17 => "alignment check",
+        18 => "machine check",
+        19 => "SIMD floating-point error",
+        20 => "virtualization exception",
+        21 => "control protection exception",
+        28 => "hypervisor injection exception",
+        29 => "VMM communication exception",
+        30 => "security exception",
+        _ => "reserved exception",
+    }
+}
+
+/// What an exception looked like, as printed and as checked by the self tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExceptionReport {
+    pub vector: u64,
+    pub rip: u64,
+    pub error_code: u64,
+    pub cr2: u64,
+}
+
+impl fmt::Display for ExceptionReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (vector {}) rip={:#018x} error_code={:#x} cr2={:#x}",
+            exception_name(self.vector),
+            self.vector,
+            self.rip,
+            self.error_code,
+            self.cr2
+        )
+    }
+}
+
+/// A self test announces the one exception it is about to cause and how many instruction bytes
+/// to skip to resume after it; the handler records the report instead of stopping the node.
+struct Expected {
+    vector: u64,
+    skip_bytes: u64,
+    caught: Option<ExceptionReport>,
+}
+
+static EXPECTED: Mutex<Option<Expected>> = Mutex::new(None);
+
+/// Runs `f`, which must raise exception `vector` from an instruction `skip_bytes` long (0 for
+/// traps such as int3, which already point past themselves), and returns what was reported.
+pub fn catch_exception(vector: u64, skip_bytes: u64, f: impl FnOnce()) -> Option<ExceptionReport> {
+    *EXPECTED.lock() = Some(Expected { vector, skip_bytes, caught: None });
+    f();
+    EXPECTED.lock().take().and_then(|e| e.caught)
+}
+
+static IN_FATAL: AtomicBool = AtomicBool::new(false);
+
+#[unsafe(no_mangle)]
+extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    match frame.vector {
+        0..=31 => exception(frame),
+        32..=47 => pic::handle_irq((frame.vector - 32) as u8),
+        _ => {}
+    }
+}
+
+fn exception(frame: &mut TrapFrame) {
+    let report = ExceptionReport {
+        vector: frame.vector,
+        rip: frame.rip,
+        error_code: frame.error_code,
+        cr2: if frame.vector == 14 { Cr2::read_raw() } else { 0 },
+    };
+    if let Some(expected) = EXPECTED.try_lock().as_mut().and_then(|e| e.as_mut()) {
+        if expected.vector == frame.vector && expected.caught.is_none() {
+            crate::println!("cairn: caught expected exception: {report}");
+            expected.caught = Some(report);
+            frame.rip += expected.skip_bytes;
+            return;
+        }
+    }
+    fatal(&report, frame.rbp);
+}
+
+/// Prints the report and a frame-pointer backtrace, then stops the node with a failure status.
+fn fatal(report: &ExceptionReport, rbp: u64) -> ! {
+    if IN_FATAL.swap(true, Ordering::SeqCst) {
+        // A fault while reporting a fault: say the least possible and stop.
+        crate::drivers::serial::write_fmt_raw(format_args!("cairn: nested fault: {report}\n"));
+        qemu_exit::exit(Status::Failure);
+    }
+    crate::drivers::serial::write_fmt_raw(format_args!("cairn: fatal exception: {report}\n"));
+    print_backtrace(report.rip, rbp);
+    qemu_exit::exit(Status::Failure);
+}
+
+/// Walks the chain of saved frame pointers (the kernel is built with frame pointers), checking
+/// each frame is mapped before reading it, so a corrupt stack ends the walk instead of faulting.
+pub fn print_backtrace(rip: u64, mut rbp: u64) {
+    let out = crate::drivers::serial::write_fmt_raw;
+    out(format_args!("cairn: backtrace (kernel image at {:#x}):\n", memory::kernel_image_base()));
+    out(format_args!("cairn:   #0  {rip:#018x}\n"));
+    for depth in 1..32 {
+        if rbp == 0 || rbp % 8 != 0 || !memory::is_mapped_kernel(rbp, 16) {
+            break;
+        }
+        // SAFETY: rbp is 8-aligned and the 16 bytes at it are mapped kernel memory (checked
+        // above); at worst they are not a frame record and we print a meaningless address.
+        let (next, ret) = unsafe { (*(rbp as *const u64), *((rbp + 8) as *const u64)) };
+        if ret == 0 {
+            break;
+        }
+        out(format_args!("cairn:   #{depth:<2} {ret:#018x}\n"));
+        rbp = next;
+    }
+}
+
+/// The panic path shares the fault report's backtrace.
+pub fn fatal_panic(info: &core::panic::PanicInfo) -> ! {
+    x86_64::instructions::interrupts::disable();
+    if IN_FATAL.swap(true, Ordering::SeqCst) {
+        qemu_exit::exit(Status::Failure);
+    }
+    crate::drivers::serial::write_fmt_raw(format_args!("cairn: kernel panic: {info}\n"));
+    let rbp: u64;
+    let rip: u64;
+    // SAFETY: reads the current frame pointer and instruction pointer; no memory is touched.
+    unsafe {
+        core::arch::asm!("mov {}, rbp", "lea {}, [rip]", out(reg) rbp, out(reg) rip);
+    }
+    print_backtrace(rip, rbp);
+    qemu_exit::exit(Status::Failure);
+}

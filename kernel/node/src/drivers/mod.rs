@@ -1,0 +1,4 @@
+//! Device drivers. Each one owns its device's registers; the rest of the kernel sees safe APIs.
+
+pub mod qemu_exit;
+pub mod serial;

@@ -1,0 +1,104 @@
+//! The Cairn kernel binary: brings up the machine, then hands over to the mode the node
+//! configuration asks for. Logic lives in the pure crates beside this one (docs/ARCHITECTURE.md).
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod arch;
+mod boot_config;
+mod drivers;
+mod memory;
+mod selftest;
+
+use bootloader_api::BootInfo;
+use cairn_bootcfg::{Mode, NodeConfig};
+use drivers::qemu_exit::{self, Status};
+
+bootloader_api::entry_point!(kernel_main, config = &boot_config::BOOTLOADER_CONFIG);
+
+fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
+    arch::clock::mark_entry();
+    drivers::serial::init();
+    let simd = arch::cpu::enable_simd();
+    arch::gdt::init();
+    arch::trap::init();
+
+    let memory = match memory::init(boot_info) {
+        Ok(report) => report,
+        Err(e) => {
+            println!("cairn: memory setup failed: {e}");
+            qemu_exit::exit(Status::Failure);
+        }
+    };
+    // The config is read before the logger exists (it sets the level), so its errors go
+    // straight to the console; it needs the heap for its error messages.
+    let config = match boot_config::node_config(boot_info) {
+        Ok(config) => config,
+        Err(e) => {
+            println!("cairn: bad node configuration: {e}");
+            qemu_exit::exit(Status::Failure);
+        }
+    };
+    drivers::serial::init_logger(config.log_level);
+    arch::pic::init();
+    arch::clock::init();
+    x86_64::instructions::interrupts::enable();
+
+    log::info!(
+        "cpu: sse on, xsave={} avx={} avx512={}; tsc {} kHz{}",
+        simd.xsave,
+        simd.avx,
+        simd.avx512,
+        arch::clock::tsc_khz(),
+        if arch::cpu::has_invariant_tsc() { " (invariant)" } else { "" }
+    );
+    log::info!(
+        "memory: {} MiB usable in {} regions, heap {} MiB, {} free frames",
+        memory.usable_bytes >> 20,
+        memory.regions,
+        memory.heap_bytes >> 20,
+        memory.free_frames
+    );
+    log::info!("mode: {}", config.mode.name());
+
+    let status = run(&config, &memory);
+    qemu_exit::exit(status);
+}
+
+fn run(config: &NodeConfig, memory: &memory::MemoryReport) -> Status {
+    let ready = || {
+        println!(
+            "cairn: ready boot_ms={} mem_mib={}",
+            arch::clock::micros_since_boot() / 1000,
+            memory.usable_bytes >> 20
+        )
+    };
+    match config.mode {
+        Mode::Job => {
+            ready();
+            // The default job arrives with the evaluator (issue [3/6]); for now the job is the
+            // boot itself.
+            log::info!("default job: nothing to evaluate yet; shutting down");
+            Status::Success
+        }
+        Mode::Serve => {
+            ready();
+            log::info!("serving; stop the VM to shut down");
+            loop {
+                x86_64::instructions::interrupts::enable_and_hlt();
+            }
+        }
+        Mode::Selftest => selftest::run_all(),
+        Mode::FaultTest => {
+            ready();
+            selftest::deliberate_fault()
+        }
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    arch::trap::fatal_panic(info)
+}

@@ -1,0 +1,84 @@
+//! The QEMU test harness: boot a node, wait for console lines that match patterns, check how it
+//! exits. Failures panic with the node's whole console transcript, so a red test says what the
+//! node was doing.
+
+use std::time::{Duration, Instant};
+
+use cairn_boot::Firmware;
+use cairn_bootcfg::{LogLevel, Mode, NodeConfig};
+use cairn_tools::qemu::{NodeExit, NodeOptions, Vm};
+use regex::{Captures, Regex};
+
+/// Generous for TCG on a loaded 2-core CI machine; a healthy BIOS boot takes about 2 s.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Node {
+    vm: Vm,
+    transcript: Vec<String>,
+}
+
+impl Node {
+    pub fn boot(firmware: Firmware, mode: Mode) -> Node {
+        let config = NodeConfig { mode, log_level: LogLevel::Info };
+        Node::boot_with(NodeOptions { firmware, config, ..NodeOptions::default() })
+    }
+
+    pub fn boot_with(opts: NodeOptions) -> Node {
+        match Vm::boot(&opts) {
+            Ok(vm) => Node { vm, transcript: Vec::new() },
+            Err(e) => panic!("cannot boot a node: {e:#}"),
+        }
+    }
+
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// Reads console lines until one matches `pattern` and returns its captures.
+    pub fn expect(&mut self, pattern: &str, timeout: Duration) -> Captures<'static> {
+        let re = Regex::new(pattern).expect("test pattern is a valid regex");
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.vm.next_line(deadline) {
+                Ok(Some(line)) => {
+                    self.transcript.push(line.clone());
+                    // Leaking the matched line lets callers keep the captures; tests are short.
+                    let line: &'static str = Box::leak(line.into_boxed_str());
+                    if let Some(caps) = re.captures(line) {
+                        return caps;
+                    }
+                }
+                Ok(None) => self.fail(&format!("console closed before a line matched /{pattern}/")),
+                Err(e) => self.fail(&format!("waiting for /{pattern}/: {e:#}")),
+            }
+        }
+    }
+
+    /// Reads the rest of the console and waits for the VM to end.
+    pub fn finish(&mut self, timeout: Duration) -> NodeExit {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.vm.next_line(deadline) {
+                Ok(Some(line)) => self.transcript.push(line),
+                Ok(None) => break,
+                Err(e) => self.fail(&format!("waiting for the node to shut down: {e:#}")),
+            }
+        }
+        match self.vm.wait(deadline) {
+            Ok(exit) => exit,
+            Err(e) => self.fail(&format!("{e:#}")),
+        }
+    }
+
+    /// Everything the node printed so far.
+    pub fn transcript(&self) -> &[String] {
+        &self.transcript
+    }
+
+    pub fn fail(&self, why: &str) -> ! {
+        panic!("{why}\n--- node console ---\n{}\n--- end ---", self.transcript.join("\n"));
+    }
+}
+
+/// The ready line every node prints once it is up (docs/ARCHITECTURE.md, "Console").
+pub const READY_LINE: &str = r"^cairn: ready boot_ms=(\d+) mem_mib=(\d+)";

@@ -1,0 +1,5 @@
+//! Host-side library behind the `cairn` CLI and the QEMU tests: finding QEMU, writing images,
+//! booting nodes and reading their consoles.
+
+pub mod host;
+pub mod qemu;

@@ -1,0 +1,197 @@
+//! `cairn`: build images, boot nodes and run self tests in QEMU. See README.md.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cairn_boot::Firmware;
+use cairn_bootcfg::{LogLevel, Mode, NodeConfig};
+use cairn_tools::qemu::{self, Accel, NodeExit, NodeOptions, Vm};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "cairn", version, about = "Cairn, a functional unikernel: images, nodes and jobs in QEMU")]
+#[command(after_help = "Without a subcommand, cairn boots a node and runs the default job.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    boot: BootArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a bootable disk image.
+    Image(ImageArgs),
+    /// Boot one node, stream its console, and exit with the node's status.
+    Node(BootArgs),
+    /// Boot the in-kernel self tests; exit 0 only if every one passed.
+    Selftest(BootArgs),
+}
+
+#[derive(Args, Clone)]
+struct FirmwareArgs {
+    /// Boot through legacy BIOS (the default).
+    #[arg(long, conflicts_with = "uefi", global = true)]
+    bios: bool,
+    /// Boot through UEFI (OVMF).
+    #[arg(long, global = true)]
+    uefi: bool,
+}
+
+impl FirmwareArgs {
+    fn firmware(&self) -> Firmware {
+        if self.uefi { Firmware::Uefi } else { Firmware::Bios }
+    }
+}
+
+#[derive(Args, Clone)]
+struct BootArgs {
+    #[command(flatten)]
+    firmware: FirmwareArgs,
+    /// QEMU accelerator. KVM is opt-in: nested KVM is unreliable on many hosts.
+    #[arg(long, default_value = "tcg", value_parser = ["tcg", "kvm"], global = true)]
+    accel: String,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=65536), global = true)]
+    memory: u32,
+    /// Kernel log level.
+    #[arg(long, value_enum, default_value = "info", global = true)]
+    log: LogArg,
+    /// Stop the node (and fail) if it has not shut down after this many seconds.
+    #[arg(long, value_name = "SECS", global = true)]
+    timeout: Option<u64>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogArg {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogArg> for LogLevel {
+    fn from(l: LogArg) -> LogLevel {
+        match l {
+            LogArg::Error => LogLevel::Error,
+            LogArg::Warn => LogLevel::Warn,
+            LogArg::Info => LogLevel::Info,
+            LogArg::Debug => LogLevel::Debug,
+            LogArg::Trace => LogLevel::Trace,
+        }
+    }
+}
+
+#[derive(Args)]
+struct ImageArgs {
+    #[command(flatten)]
+    firmware: FirmwareArgs,
+    /// Image format; qcow2 goes through qemu-img.
+    #[arg(long, value_enum, default_value = "raw")]
+    format: ImageFormat,
+    /// What the node does when it boots from this image.
+    #[arg(long, value_parser = ["serve", "job", "selftest", "fault-test"], default_value = "serve")]
+    mode: String,
+    /// Where to write the image.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ImageFormat {
+    Raw,
+    Qcow2,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    qemu::install_signal_handler();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cairn: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        None => boot_and_stream(&cli.boot, Mode::Job),
+        Some(Command::Node(args)) => boot_and_stream(&args, Mode::Serve),
+        Some(Command::Selftest(args)) => boot_and_stream(&args, Mode::Selftest),
+        Some(Command::Image(args)) => write_image(&args),
+    }
+}
+
+fn parse_mode(name: &str) -> Mode {
+    Mode::ALL.into_iter().find(|m| m.name() == name).unwrap_or(Mode::Serve)
+}
+
+fn write_image(args: &ImageArgs) -> anyhow::Result<ExitCode> {
+    let firmware = args.firmware.firmware();
+    let config = NodeConfig { mode: parse_mode(&args.mode), ..NodeConfig::default() };
+    let qcow2 = matches!(args.format, ImageFormat::Qcow2);
+    qemu::write_image(firmware, &config, qcow2, &args.output)?;
+    let size = std::fs::metadata(&args.output)
+        .with_context(|| format!("cannot read {}", args.output.display()))?
+        .len();
+    println!("{} ({firmware}, {}, {} KiB)", args.output.display(), if qcow2 { "qcow2" } else { "raw" }, size / 1024);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn boot_and_stream(args: &BootArgs, mode: Mode) -> anyhow::Result<ExitCode> {
+    let accel: Accel = args.accel.parse().map_err(anyhow::Error::msg)?;
+    let opts = NodeOptions {
+        firmware: args.firmware.firmware(),
+        accel,
+        memory_mib: args.memory,
+        config: NodeConfig { mode, log_level: args.log.into() },
+        raw_config: None,
+    };
+    eprintln!(
+        "cairn: booting a node ({}, {}, {} MiB, mode {})",
+        opts.firmware,
+        accel,
+        opts.memory_mib,
+        mode.name()
+    );
+    let mut vm = Vm::boot(&opts)?;
+    eprintln!("cairn: qemu pid {}", vm.pid());
+    // Without a timeout the deadline is far enough away to mean "never".
+    let deadline = Instant::now() + Duration::from_secs(args.timeout.unwrap_or(100 * 365 * 86400));
+    let mut stdout = std::io::stdout();
+    loop {
+        match vm.next_line(deadline) {
+            Ok(Some(line)) => {
+                let _ = writeln!(stdout, "{line}");
+                let _ = stdout.flush();
+            }
+            Ok(None) => break,
+            Err(_) => {
+                vm.kill();
+                anyhow::bail!(
+                    "the node did not finish within {} s; QEMU was stopped",
+                    args.timeout.unwrap_or_default()
+                );
+            }
+        }
+    }
+    let exit = vm.wait(deadline)?;
+    let secs = vm.elapsed().as_secs_f64();
+    match exit {
+        NodeExit::Success => {
+            eprintln!("cairn: {exit} after {secs:.1} s");
+            Ok(ExitCode::SUCCESS)
+        }
+        NodeExit::Failure => {
+            eprintln!("cairn: {exit} after {secs:.1} s");
+            Ok(ExitCode::FAILURE)
+        }
+        other => anyhow::bail!("{other}"),
+    }
+}

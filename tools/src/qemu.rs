@@ -1,0 +1,378 @@
+//! Booting a node in QEMU and reading its serial console line by line.
+//!
+//! A [`Vm`] owns its QEMU process and the files it boots from. Dropping it, the process
+//! receiving SIGINT/SIGTERM ([`install_signal_handler`]) or the process dying outright
+//! (PR_SET_PDEATHSIG) all stop QEMU: the tools never leave one behind.
+
+use std::fmt;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::str::FromStr;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cairn_boot::Firmware;
+use cairn_bootcfg::NodeConfig;
+
+use crate::host;
+
+/// QEMU exits with `(value << 1) | 1` when the guest writes `value` to isa-debug-exit; the
+/// kernel writes 0x10 for success and 0x11 for failure (kernel/node/src/drivers/qemu_exit.rs).
+const EXIT_SUCCESS: i32 = (0x10 << 1) | 1;
+const EXIT_FAILURE: i32 = (0x11 << 1) | 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Accel {
+    #[default]
+    Tcg,
+    Kvm,
+}
+
+impl FromStr for Accel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tcg" => Ok(Accel::Tcg),
+            "kvm" => Ok(Accel::Kvm),
+            _ => Err(format!("unknown accelerator `{s}` (expected tcg or kvm)")),
+        }
+    }
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    pub firmware: Firmware,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    pub config: NodeConfig,
+    /// Boot with these configuration bytes instead of `config` (tests of bad configurations).
+    pub raw_config: Option<Vec<u8>>,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            firmware: Firmware::Bios,
+            accel: Accel::Tcg,
+            memory_mib: 512,
+            config: NodeConfig::default(),
+            raw_config: None,
+        }
+    }
+}
+
+/// How a node's VM ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeExit {
+    /// The kernel shut down with a success status.
+    Success,
+    /// The kernel shut down with a failure status (a failed job or test, a fatal fault).
+    Failure,
+    /// The machine reset or powered off without a status: with `-no-reboot` this is what a
+    /// triple fault looks like.
+    Reset,
+    /// QEMU itself failed (bad arguments, missing firmware, no KVM): its exit code and stderr.
+    QemuError { code: Option<i32>, stderr: String },
+}
+
+impl NodeExit {
+    fn from_status(status: ExitStatus, stderr: String) -> NodeExit {
+        match status.code() {
+            Some(EXIT_SUCCESS) => NodeExit::Success,
+            Some(EXIT_FAILURE) => NodeExit::Failure,
+            Some(0) => NodeExit::Reset,
+            code => NodeExit::QemuError { code, stderr },
+        }
+    }
+
+    pub fn is_success(&self) -> bool {
+        *self == NodeExit::Success
+    }
+}
+
+impl fmt::Display for NodeExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeExit::Success => write!(f, "node shut down with success"),
+            NodeExit::Failure => write!(f, "node shut down with a failure status"),
+            NodeExit::Reset => write!(f, "node reset without a status (triple fault?)"),
+            NodeExit::QemuError { code, stderr } => {
+                let code = code.map_or("a signal".into(), |c| format!("code {c}"));
+                let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+                write!(f, "QEMU failed with {code}: {first}")
+            }
+        }
+    }
+}
+
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// On SIGINT or SIGTERM, stop every QEMU this process started, then exit with 130.
+pub fn install_signal_handler() {
+    let result = ctrlc::set_handler(|| {
+        kill_all_children();
+        eprintln!("cairn: interrupted; stopped QEMU");
+        std::process::exit(130);
+    });
+    if let Err(e) = result {
+        eprintln!("cairn: warning: cannot handle Ctrl-C ({e}); QEMU still stops when cairn exits");
+    }
+}
+
+fn kill_all_children() {
+    let pids = CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for pid in pids {
+        // SAFETY: kill(2) with a pid we spawned and have not reaped yet (we unregister before
+        // reaping), so it cannot hit an unrelated process.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
+/// A running node.
+pub struct Vm {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+    started: Instant,
+    exit: Option<NodeExit>,
+    _dir: tempfile::TempDir,
+}
+
+impl Vm {
+    /// Writes a fresh image with `opts.config` and boots it.
+    pub fn boot(opts: &NodeOptions) -> anyhow::Result<Vm> {
+        let (qemu, ovmf) = host::check_for(opts.firmware)?;
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-node-")
+            .tempdir()
+            .context("cannot create a temporary directory for the node image")?;
+        let image = dir.path().join(format!("cairn-{}.img", opts.firmware));
+        match &opts.raw_config {
+            Some(raw) => cairn_boot::write_raw_image_with_config_text(opts.firmware, raw, &image)?,
+            None => cairn_boot::write_raw_image(opts.firmware, &opts.config, &image)?,
+        }
+
+        let mut cmd = Command::new(&qemu);
+        // The BIOS stages of the bootloader need VESA, so a VGA device stays even without a display.
+        cmd.args(["-nodefaults", "-vga", "std", "-display", "none", "-no-reboot", "-serial", "stdio"])
+            .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+            .args(["-m", &opts.memory_mib.to_string(), "-smp", "1"]);
+        match opts.accel {
+            Accel::Tcg => cmd.args(["-accel", "tcg", "-cpu", "max"]),
+            Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
+        };
+        if let Some(ovmf) = ovmf {
+            let vars = dir.path().join("OVMF_VARS.fd");
+            std::fs::copy(&ovmf.vars, &vars)
+                .with_context(|| format!("cannot copy {}", ovmf.vars.display()))?;
+            cmd.arg("-drive")
+                .arg(pflash(&ovmf.code, true))
+                .arg("-drive")
+                .arg(pflash(&vars, false));
+        }
+        cmd.arg("-drive").arg(format!("format=raw,file={}", image.display()));
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the
+        // parent; it makes the kernel kill QEMU if cairn dies without running any cleanup.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child =
+            cmd.spawn().with_context(|| format!("cannot start {}", qemu.display()))?;
+        CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).push(child.id());
+
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = console_text(&buf);
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().expect("stderr is piped");
+        let sink = stderr.clone();
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err_pipe.read_to_string(&mut text);
+            sink.lock().unwrap_or_else(|e| e.into_inner()).push_str(&text);
+        });
+        Ok(Vm { child, lines, stderr, started: Instant::now(), exit: None, _dir: dir })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Time since QEMU was started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The next console line; `Ok(None)` once the console has closed (QEMU exited), an error
+    /// if nothing arrives before `deadline`.
+    pub fn next_line(&mut self, deadline: Instant) -> anyhow::Result<Option<String>> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => Ok(Some(line)),
+            Err(RecvTimeoutError::Disconnected) => Ok(None),
+            Err(RecvTimeoutError::Timeout) => {
+                bail!("the node printed nothing more for {:.0?}", timeout)
+            }
+        }
+    }
+
+    /// Waits for QEMU to exit, and says how the node ended. Console lines not yet read are lost.
+    pub fn wait(&mut self, deadline: Instant) -> anyhow::Result<NodeExit> {
+        if let Some(exit) = &self.exit {
+            return Ok(exit.clone());
+        }
+        loop {
+            if let Some(status) = self.child.try_wait().context("cannot wait for QEMU")? {
+                self.unregister();
+                // The stderr reader finishes as soon as the pipe closes.
+                thread::sleep(Duration::from_millis(20));
+                let stderr = self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let exit = NodeExit::from_status(status, stderr);
+                self.exit = Some(exit.clone());
+                return Ok(exit);
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                bail!("the node did not shut down in time; QEMU was stopped");
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops QEMU now.
+    pub fn kill(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.unregister();
+            self.exit = Some(NodeExit::QemuError { code: None, stderr: "killed by cairn".into() });
+        }
+    }
+
+    fn unregister(&self) {
+        let id = self.child.id();
+        CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).retain(|&p| p != id);
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn pflash(path: &std::path::Path, readonly: bool) -> String {
+    let ro = if readonly { ",readonly=on" } else { "" };
+    format!("if=pflash,format=raw{ro},file={}", path.display())
+}
+
+/// Writes a bootable image for `firmware`, converting it to qcow2 with qemu-img if asked.
+pub fn write_image(
+    firmware: Firmware,
+    config: &NodeConfig,
+    qcow2: bool,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    if !qcow2 {
+        return cairn_boot::write_raw_image(firmware, config, out);
+    }
+    let qemu_img = host::qemu_img()?;
+    let raw = tempfile::NamedTempFile::new().context("cannot create a temporary file")?;
+    cairn_boot::write_raw_image(firmware, config, raw.path())?;
+    let output = Command::new(&qemu_img)
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(raw.path())
+        .arg(out)
+        .output()
+        .with_context(|| format!("cannot run {}", qemu_img.display()))?;
+    if !output.status.success() {
+        bail!(
+            "qemu-img could not convert the image to qcow2: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A console line as text: without the line ending, carriage returns, or the terminal control
+/// sequences that firmware (OVMF) prints to clear the screen.
+pub fn console_text(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                // CSI: ESC [ parameters... final byte in @..~
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' | '\n' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_text_strips_line_endings_and_terminal_controls() {
+        assert_eq!(console_text(b"cairn: ready boot_ms=3\r\n"), "cairn: ready boot_ms=3");
+        assert_eq!(console_text(b"\x1b[2J\x1b[01;01H\x1b[=3hBdsDxe: loading\n"), "BdsDxe: loading");
+        assert_eq!(console_text(b"bad \xff byte\n"), "bad \u{fffd} byte");
+    }
+
+    #[test]
+    fn exit_codes_map_to_node_exits() {
+        use std::os::unix::process::ExitStatusExt;
+        let status = |code: i32| ExitStatus::from_raw(code << 8);
+        assert_eq!(NodeExit::from_status(status(33), String::new()), NodeExit::Success);
+        assert_eq!(NodeExit::from_status(status(35), String::new()), NodeExit::Failure);
+        assert_eq!(NodeExit::from_status(status(0), String::new()), NodeExit::Reset);
+        let err = NodeExit::from_status(status(1), "\nqemu: could not open disk\n".into());
+        assert_eq!(err.to_string(), "QEMU failed with code 1: qemu: could not open disk");
+    }
+}
