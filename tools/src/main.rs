@@ -170,6 +170,9 @@ fn boot_and_stream(args: &BootArgs, mode: Mode) -> anyhow::Result<ExitCode> {
             Ok(Some(line)) => {
                 let _ = writeln!(stdout, "{line}");
                 let _ = stdout.flush();
+                if line.starts_with("cairn: ready ") {
+                    eprintln!("cairn: node ready {:.2} s after QEMU started", vm.elapsed().as_secs_f64());
+                }
             }
             Ok(None) => break,
             Err(_) => {

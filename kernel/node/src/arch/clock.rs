@@ -7,7 +7,7 @@ use x86_64::instructions::port::Port;
 
 const PIT_HZ: u64 = 1_193_182;
 pub const TICK_HZ: u64 = 100;
-const CALIBRATION_MS: u64 = 20;
+const CALIBRATION_MS: u64 = 10;
 
 static TICKS: AtomicU64 = AtomicU64::new(0);
 static TSC_AT_ENTRY: AtomicU64 = AtomicU64::new(0);

@@ -16,10 +16,12 @@ pub const MACHINE_CHECK_IST: u16 = 2;
 const IST_STACK_SIZE: usize = 16 * 1024;
 
 #[repr(align(16))]
+#[allow(dead_code, reason = "only the CPU uses the bytes, through the TSS")]
 struct Stack([u8; IST_STACK_SIZE]);
 
 static mut IST_STACKS: [Stack; 3] = [const { Stack([0; IST_STACK_SIZE]) }; 3];
 
+#[allow(dead_code, reason = "user selectors are for SYSRET/IRETQ to ring 3, which arrives with tasks")]
 pub struct Selectors {
     pub kernel_code: SegmentSelector,
     pub kernel_data: SegmentSelector,

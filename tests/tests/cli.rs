@@ -1,0 +1,189 @@
+//! The `cairn` command as a user runs it: exit codes, clean-up of QEMU on signals and timeouts,
+//! images, and one-sentence errors.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cairn_tests::BOOT_TIMEOUT;
+
+fn cairn() -> Command {
+    Command::new(env!("CARGO_BIN_FILE_CAIRN_TOOLS_cairn"))
+}
+
+/// A running `cairn` whose stdout and stderr lines arrive on one channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<(bool, String)>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        let mut child = cairn()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start cairn");
+        let (tx, lines) = mpsc::channel();
+        for (is_err, pipe) in [
+            (false, Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>),
+            (true, Box::new(child.stderr.take().unwrap())),
+        ] {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let _ = tx.send((is_err, line));
+                }
+            });
+        }
+        Running { child, lines, seen: Vec::new() }
+    }
+
+    /// Waits for a line starting with `prefix` and returns the rest of it.
+    fn wait_for(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((_, line)) => {
+                    self.seen.push(line.clone());
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.to_string();
+                    }
+                }
+                Err(_) => panic!("no line starting with {prefix:?}; output so far:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    fn qemu_pid(&mut self) -> u32 {
+        self.wait_for("cairn: qemu pid ").trim().parse().expect("pid is a number")
+    }
+
+    fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "cairn did not exit");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// True once `pid` has exited (gone, or a zombie waiting for a reaper).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state is the field after the parenthesised command name.
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn assert_gone_soon(pid: u32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !process_gone(pid) {
+        assert!(Instant::now() < deadline, "QEMU (pid {pid}) still runs after {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on the pid of a child we have not reaped.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill failed");
+}
+
+#[test]
+fn default_job_boots_shows_ready_and_exits_zero() {
+    let output = cairn().stdin(Stdio::null()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("cairn: ready boot_ms=")).count(), 1, "{stdout}");
+}
+
+#[test]
+fn selftest_command_exits_zero_when_all_pass() {
+    let output = cairn().args(["selftest", "--bios"]).stdin(Stdio::null()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("selftest: ") && l.ends_with(" passed, 0 failed")), "{stdout}");
+}
+
+#[test]
+fn sigterm_stops_qemu_and_exits_130() {
+    let mut run = Running::start(&["node"]);
+    let pid = run.qemu_pid();
+    run.wait_for("cairn: ready ");
+    signal(&run.child, libc::SIGTERM);
+    assert_eq!(run.wait_exit(), Some(130));
+    assert_gone_soon(pid, "cairn got SIGTERM");
+}
+
+#[test]
+fn sigkill_of_cairn_still_stops_qemu() {
+    let mut run = Running::start(&["node"]);
+    let pid = run.qemu_pid();
+    run.wait_for("cairn: ready ");
+    signal(&run.child, libc::SIGKILL);
+    run.wait_exit();
+    assert_gone_soon(pid, "cairn was killed");
+}
+
+#[test]
+fn timeout_stops_qemu_with_a_clear_error() {
+    let mut run = Running::start(&["node", "--timeout", "3"]);
+    let pid = run.qemu_pid();
+    let error = run.wait_for("cairn: error: ");
+    assert!(error.contains("did not finish within 3 s"), "{error}");
+    assert_eq!(run.wait_exit(), Some(2));
+    assert_gone_soon(pid, "the timeout");
+}
+
+#[test]
+fn images_have_the_right_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |args: &[&str], name: &str| -> Vec<u8> {
+        let path = dir.path().join(name);
+        let output = cairn().arg("image").args(args).arg("-o").arg(&path).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        std::fs::read(&path).unwrap()
+    };
+    let bios = write(&["--bios"], "bios.img");
+    assert_eq!(&bios[510..512], &[0x55, 0xaa], "BIOS image lacks the MBR boot signature");
+    let uefi = write(&["--uefi"], "uefi.img");
+    assert_eq!(&uefi[512..520], b"EFI PART", "UEFI image lacks a GPT header");
+    let qcow2 = write(&["--uefi", "--format", "qcow2"], "uefi.qcow2");
+    assert_eq!(&qcow2[..4], b"QFI\xfb", "not a qcow2 file");
+}
+
+#[test]
+fn errors_are_one_sentence_without_a_panic() {
+    let output = cairn().env("CAIRN_QEMU", "/nonexistent/qemu").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("cairn: error: ")).collect();
+    assert_eq!(errors, ["cairn: error: CAIRN_QEMU is set to /nonexistent/qemu, which is not a file"]);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let output = cairn().args(["image", "-o", "/nonexistent-dir/x.img"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.starts_with("cairn: error: cannot write the bios image to /nonexistent-dir/x.img"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!Path::new("/nonexistent-dir").exists());
+}
