@@ -187,3 +187,29 @@ fn errors_are_one_sentence_without_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!Path::new("/nonexistent-dir").exists());
 }
+
+#[test]
+fn hash_prints_handle_first_with_the_b3sum_digest_for_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello"), b"hello").unwrap();
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    std::fs::write(dir.path().join("d/fox"), b"The quick brown fox jumps over the lazy dog").unwrap();
+    let output = cairn().arg("hash").arg(dir.path().join("hello")).arg(dir.path().join("d/fox")).arg(dir.path().join("d")).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(lines[0].starts_with("blob:=68656c6c6f  b3:ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f  "));
+    assert!(lines[1].starts_with(
+        "blob:2f1514181aadccd913abd94cfa592701a5686ab23f8df1dff1b74710febc6d4a:43  b3:2f1514181aadccd913abd94cfa592701a5686ab23f8df1dff1b74710febc6d4a  "
+    ));
+    assert!(lines[2].starts_with("tree:") && lines[2].contains("  -  "), "{}", lines[2]);
+
+    let output = cairn().args(["hash", "--json"]).arg(dir.path().join("d")).output().unwrap();
+    let line = String::from_utf8(output.stdout).unwrap();
+    assert!(line.contains("\"kind\":\"tree\""), "{line}");
+
+    let output = cairn().args(["hash", "/nonexistent/x"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&output.stderr).trim(), "cairn: error: cannot read /nonexistent/x: No such file or directory (os error 2)");
+}

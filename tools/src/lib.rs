@@ -1,5 +1,6 @@
 //! Host-side library behind the `cairn` CLI and the QEMU tests: finding QEMU, writing images,
 //! booting nodes and reading their consoles.
 
+pub mod hash;
 pub mod host;
 pub mod qemu;

@@ -29,6 +29,18 @@ enum Command {
     Node(BootArgs),
     /// Boot the in-kernel self tests; exit 0 only if every one passed.
     Selftest(BootArgs),
+    /// Print the handle of each file (a blob) and directory (a tree), handle first.
+    Hash(HashArgs),
+}
+
+#[derive(Args)]
+struct HashArgs {
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Files and directories to name.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -125,7 +137,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Node(args)) => boot_and_stream(&args, Mode::Serve),
         Some(Command::Selftest(args)) => boot_and_stream(&args, Mode::Selftest),
         Some(Command::Image(args)) => write_image(&args),
+        Some(Command::Hash(args)) => hash(&args),
     }
+}
+
+fn hash(args: &HashArgs) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    for path in &args.paths {
+        match cairn_tools::hash::name_path(path) {
+            Ok(named) if args.json => println!("{}", cairn_tools::hash::json_line(path, &named)),
+            Ok(named) => println!("{}", cairn_tools::hash::text_line(path, &named)),
+            Err(e) => {
+                eprintln!("cairn: error: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }
 
 fn parse_mode(name: &str) -> Mode {

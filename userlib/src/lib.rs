@@ -1,5 +1,6 @@
-//! The task SDK: the object model and the syscall ABI that Cairn tasks link against.
-//!
-//! Empty until the object model lands (docs/ARCHITECTURE.md lists what goes here).
+//! The task SDK: what a Cairn task links against. For now, the object model (handles, trees,
+//! thunks; docs/OBJECTS.md); the syscall ABI joins it with tasks.
 
 #![no_std]
+
+pub use cairn_object as object;

@@ -24,6 +24,7 @@ const CASES: &[(&str, fn() -> CaseResult)] = &[
     ("paging_mmio_hpet", paging_mmio_hpet),
     ("simd_enabled", simd_enabled),
     ("timer_ticks", timer_ticks),
+    ("object_naming", object_naming),
     ("exception_breakpoint", exception_breakpoint),
     ("exception_invalid_opcode", exception_invalid_opcode),
     ("exception_page_fault", exception_page_fault),
@@ -141,6 +142,23 @@ fn timer_ticks() -> CaseResult {
     check((5..=40).contains(&elapsed_ticks), || {
         format!("{elapsed_ticks} timer ticks in {elapsed_us} us (expected about 10)")
     })
+}
+
+/// The object model runs in the kernel as on the host: a literal, and a large blob whose
+/// BLAKE3 digest (computed by the host's `blake3` for the same bytes) must match, whichever SIMD
+/// path the CPU offers.
+fn object_naming() -> CaseResult {
+    use cairn_object::Handle;
+    let hello = Handle::blob(b"hello");
+    check(format!("{hello}") == "blob:=68656c6c6f", || format!("hello named {hello}"))?;
+    let fox = Handle::blob(b"The quick brown fox jumps over the lazy dog").digest();
+    let want = "2f1514181aadccd913abd94cfa592701a5686ab23f8df1dff1b74710febc6d4a";
+    check(format!("{fox}") == want, || format!("fox digest {fox}"))?;
+    // 1 MiB of a byte pattern: long enough for blake3's multi-chunk SIMD paths.
+    let big: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    let digest = Handle::blob(&big).digest();
+    let want = "74cb441fd087764ca9c3694da742ebe30cbeb3060a17009ca81825c7a8d10343";
+    check(format!("{digest}") == want, || format!("1 MiB pattern digest {digest}"))
 }
 
 fn exception_breakpoint() -> CaseResult {
