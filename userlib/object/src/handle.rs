@@ -130,6 +130,13 @@ impl Handle {
         Ok(Handle(h))
     }
 
+    /// For bytes already checked by [`Handle::from_bytes`] (entries of a decoded tree): skips
+    /// re-checking on every read of an entry.
+    pub(crate) fn from_validated(bytes: &[u8]) -> Handle {
+        debug_assert!(Handle::from_bytes(bytes).is_ok());
+        Handle(bytes.try_into().expect("40 bytes"))
+    }
+
     pub fn as_bytes(&self) -> &[u8; Handle::LEN] {
         &self.0
     }

@@ -36,13 +36,13 @@ impl<'a> Tree<'a> {
 
     pub fn get(&self, index: usize) -> Option<Handle> {
         let bytes = self.encoding.get(index * Handle::LEN..(index + 1) * Handle::LEN)?;
-        Some(Handle::from_bytes(bytes).expect("validated in decode"))
+        Some(Handle::from_validated(bytes))
     }
 
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Handle> + 'a {
         self.encoding
             .chunks_exact(Handle::LEN)
-            .map(|c| Handle::from_bytes(c).expect("validated in decode"))
+            .map(Handle::from_validated)
     }
 
     pub fn encoding(&self) -> &'a [u8] {

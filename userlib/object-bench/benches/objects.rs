@@ -1,5 +1,5 @@
 //! Benchmarks for cairn-object: naming blobs (against bare BLAKE3), naming trees, and the
-//! in-memory store. Run with `cargo bench -p cairn-object --bench objects`.
+//! in-memory store. Run with `cargo bench -p cairn-object-bench`.
 //!
 //! Sample sizes and times are kept small so the whole suite finishes in about a minute and a
 //! half on two cores; pass `--measurement-time`, `--sample-size` etc. for steadier numbers.

@@ -1,0 +1,89 @@
+//! Errors are values (EVAL-7): they name the failing thunk and say why.
+
+use alloc::string::String;
+use core::fmt;
+
+use cairn_object::Handle;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The thunk or its procedure cannot be decoded or loaded.
+    InvalidThunk(String),
+    /// The task faulted (privileged instruction, bad access, RDTSC, ...).
+    Trap(String),
+    /// Unknown syscall number, or an argument outside the task's memory.
+    BadSyscall(String),
+    /// The task named a handle it was not given and did not create (EVAL-3).
+    ForgedHandle(Handle),
+    /// The task needed more than its declared memory limit.
+    OutOfMemory { limit: u64 },
+    /// The task returned an error message.
+    TaskError(String),
+    /// The task ran past the node's wall-clock budget.
+    Timeout,
+    /// The node could not provide memory within the declared limit.
+    NodeOutOfMemory,
+    /// An input is not in the node's store.
+    MissingObject(Handle),
+    /// More applications than the node allows for one evaluation.
+    StepLimit { limit: u64 },
+}
+
+impl Failure {
+    /// EVAL-5: only failures that are a property of the computation are remembered.
+    pub fn is_deterministic(&self) -> bool {
+        !matches!(
+            self,
+            Failure::Timeout
+                | Failure::NodeOutOfMemory
+                | Failure::MissingObject(_)
+                | Failure::StepLimit { .. }
+        )
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Failure::InvalidThunk(_) => "invalid thunk",
+            Failure::Trap(_) => "trap",
+            Failure::BadSyscall(_) => "bad syscall",
+            Failure::ForgedHandle(_) => "forged handle",
+            Failure::OutOfMemory { .. } => "out of memory",
+            Failure::TaskError(_) => "task error",
+            Failure::Timeout => "timeout",
+            Failure::NodeOutOfMemory => "node out of memory",
+            Failure::MissingObject(_) => "missing object",
+            Failure::StepLimit { .. } => "step limit",
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())?;
+        match self {
+            Failure::InvalidThunk(why)
+            | Failure::Trap(why)
+            | Failure::BadSyscall(why)
+            | Failure::TaskError(why) => write!(f, ": {why}"),
+            Failure::ForgedHandle(h) | Failure::MissingObject(h) => write!(f, ": {h}"),
+            Failure::OutOfMemory { limit } => write!(f, ": limit is {limit} bytes"),
+            Failure::StepLimit { limit } => write!(f, ": more than {limit} applications"),
+            Failure::Timeout | Failure::NodeOutOfMemory => Ok(()),
+        }
+    }
+}
+
+/// A failed evaluation: the thunk whose task failed, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EvalError {
+    pub thunk: Handle,
+    pub failure: Failure,
+}
+
+impl fmt::Display for EvalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} failed: {}", self.thunk, self.failure)
+    }
+}
+
+impl core::error::Error for EvalError {}

@@ -1,0 +1,252 @@
+//! EVAL-1 .. EVAL-7 with an explicit work stack: deep dynamic graphs (fib returning thunks) never
+//! recurse on the kernel stack.
+
+use alloc::string::ToString;
+use alloc::vec::Vec;
+
+use bytes::Bytes;
+use cairn_object::store::Store;
+use cairn_object::{Handle, Kind, Limits, Thunk, thunk};
+
+use crate::error::{EvalError, Failure};
+use crate::memo::{Memo, Outcome};
+
+/// One application, with every argument already a value (EVAL-2).
+#[derive(Clone, Debug)]
+pub struct Application<'a> {
+    /// The thunk as applied: its arguments evaluated.
+    pub thunk: Handle,
+    pub limits: Limits,
+    pub procedure: Handle,
+    pub args: &'a [Handle],
+}
+
+/// Runs procedures. Objects the task creates go into `store`; the handle it returns must be
+/// there too (or be one of its inputs).
+pub trait Executor {
+    fn apply(&mut self, store: &mut dyn Store, app: &Application<'_>) -> Result<Handle, Failure>;
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Applications that ran a task.
+    pub tasks_run: u64,
+    /// Outcomes taken from the memo instead of running anything.
+    pub memo_hits: u64,
+}
+
+/// What [`Evaluator::replay`] found (EVAL-6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Replay {
+    /// Nothing is remembered for this thunk.
+    NotRecorded,
+    Identical(Outcome),
+    Differs { recorded: Outcome, replayed: Outcome },
+    /// The replay hit a failure of the node (timeout, ...): no verdict either way.
+    Inconclusive(EvalError),
+}
+
+pub const DEFAULT_STEP_LIMIT: u64 = 1_000_000;
+
+pub struct Evaluator<S, E> {
+    pub store: S,
+    pub executor: E,
+    memo: Memo,
+    stats: Stats,
+    step_limit: u64,
+}
+
+/// A thunk being evaluated: its arguments so far, and every thunk that will share its outcome
+/// (the thunk as written, the tail calls it made, and each of those with arguments evaluated).
+struct Frame {
+    chain: Vec<Handle>,
+    current: Handle,
+    limits: Limits,
+    procedure: Handle,
+    args: Vec<Handle>,
+    done: Vec<Handle>,
+}
+
+enum Start {
+    Done(Outcome),
+    Frame(Frame),
+}
+
+impl<S: Store, E: Executor> Evaluator<S, E> {
+    pub fn new(store: S, executor: E) -> Self {
+        Evaluator { store, executor, memo: Memo::new(), stats: Stats::default(), step_limit: DEFAULT_STEP_LIMIT }
+    }
+
+    pub fn with_step_limit(mut self, limit: u64) -> Self {
+        self.step_limit = limit;
+        self
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    pub fn memo(&self) -> &Memo {
+        &self.memo
+    }
+
+    /// Evaluates `handle` to a value, using and filling the memo.
+    pub fn eval(&mut self, handle: Handle) -> Outcome {
+        self.run(handle, true)
+    }
+
+    /// Evaluates `handle` without reading or writing the memo (EVAL-6's "ignoring the memo").
+    pub fn eval_fresh(&mut self, handle: Handle) -> Outcome {
+        self.run(handle, false)
+    }
+
+    pub fn replay(&mut self, thunk: Handle) -> Replay {
+        let Some(recorded) = self.memo.get(&thunk).cloned() else {
+            return Replay::NotRecorded;
+        };
+        match self.run(thunk, false) {
+            Err(e) if !e.failure.is_deterministic() => Replay::Inconclusive(e),
+            replayed if replayed == recorded => Replay::Identical(recorded),
+            replayed => Replay::Differs { recorded, replayed },
+        }
+    }
+
+    fn run(&mut self, root: Handle, use_memo: bool) -> Outcome {
+        let mut stack: Vec<Frame> = Vec::new();
+        let mut steps = 0u64;
+        let mut pending = match self.start(root, use_memo) {
+            Start::Done(outcome) => return outcome,
+            Start::Frame(frame) => {
+                stack.push(frame);
+                None
+            }
+        };
+        loop {
+            let frame = stack.last_mut().expect("a frame is always pending here");
+            match pending.take() {
+                Some(Ok(value)) => frame.done.push(value),
+                // EVAL-7: a failed argument fails the thunk with the same error.
+                Some(Err(error)) => {
+                    let frame = stack.pop().expect("non-empty");
+                    let outcome = Err(error);
+                    self.remember(&frame.chain, &outcome, use_memo);
+                    if stack.is_empty() {
+                        return outcome;
+                    }
+                    pending = Some(outcome);
+                    continue;
+                }
+                None => {}
+            }
+            if frame.done.len() < frame.args.len() {
+                let arg = frame.args[frame.done.len()];
+                match self.start(arg, use_memo) {
+                    Start::Done(outcome) => pending = Some(outcome),
+                    Start::Frame(child) => stack.push(child),
+                }
+                continue;
+            }
+
+            let outcome = match self.apply(frame, use_memo, &mut steps) {
+                Applied::Tail(next) => match self.start(next, use_memo) {
+                    Start::Frame(mut next_frame) => {
+                        let frame = stack.last_mut().expect("non-empty");
+                        let mut chain = core::mem::take(&mut frame.chain);
+                        chain.append(&mut next_frame.chain);
+                        next_frame.chain = chain;
+                        *frame = next_frame;
+                        continue;
+                    }
+                    Start::Done(outcome) => outcome,
+                },
+                Applied::Done(outcome) => outcome,
+            };
+            let frame = stack.pop().expect("non-empty");
+            self.remember(&frame.chain, &outcome, use_memo);
+            if stack.is_empty() {
+                return outcome;
+            }
+            pending = Some(outcome);
+        }
+    }
+
+    /// EVAL-1 for values; otherwise a memo hit or a new frame for the thunk.
+    fn start(&mut self, handle: Handle, use_memo: bool) -> Start {
+        if handle.kind() != Kind::Thunk {
+            return Start::Done(Ok(handle));
+        }
+        if use_memo {
+            if let Some(outcome) = self.memo.get(&handle) {
+                self.stats.memo_hits += 1;
+                return Start::Done(outcome.clone());
+            }
+        }
+        let fail = |failure| Start::Done(Err(EvalError { thunk: handle, failure }));
+        let Some(bytes) = self.store.get(&handle) else {
+            return fail(Failure::MissingObject(handle));
+        };
+        match Thunk::decode(&bytes) {
+            Ok(t) => Start::Frame(Frame {
+                chain: alloc::vec![handle],
+                current: handle,
+                limits: t.limits(),
+                procedure: t.procedure(),
+                args: t.args().collect(),
+                done: Vec::new(),
+            }),
+            Err(e) => {
+                let outcome = Err(EvalError { thunk: handle, failure: Failure::InvalidThunk(e.to_string()) });
+                self.remember(&[handle], &outcome, use_memo);
+                Start::Done(outcome)
+            }
+        }
+    }
+
+    /// Applies a frame whose arguments are all values.
+    fn apply(&mut self, frame: &mut Frame, use_memo: bool, steps: &mut u64) -> Applied {
+        let fail = |failure| Applied::Done(Err(EvalError { thunk: frame.current, failure }));
+        let encoding = match thunk::encode(frame.limits, frame.procedure, &frame.done) {
+            Ok(encoding) => encoding,
+            Err(problem) => return fail(Failure::InvalidThunk(problem.to_string())),
+        };
+        let applied = match self.store.put(Kind::Thunk, Bytes::from(encoding)) {
+            Ok(handle) => handle,
+            Err(_) => return fail(Failure::NodeOutOfMemory),
+        };
+        if applied != frame.current {
+            frame.chain.push(applied);
+            if use_memo {
+                if let Some(outcome) = self.memo.get(&applied) {
+                    self.stats.memo_hits += 1;
+                    return Applied::Done(outcome.clone());
+                }
+            }
+        }
+        *steps += 1;
+        if *steps > self.step_limit {
+            return fail(Failure::StepLimit { limit: self.step_limit });
+        }
+        self.stats.tasks_run += 1;
+        let app = Application { thunk: applied, limits: frame.limits, procedure: frame.procedure, args: &frame.done };
+        match self.executor.apply(&mut self.store, &app) {
+            // Defence in depth for EVAL-3: whatever the executor checked, a result must exist.
+            Ok(result) if !self.store.contains(&result) => fail(Failure::ForgedHandle(result)),
+            Ok(result) if result.kind() == Kind::Thunk => Applied::Tail(result),
+            Ok(result) => Applied::Done(Ok(result)),
+            Err(failure) => fail(failure),
+        }
+    }
+
+    fn remember(&mut self, chain: &[Handle], outcome: &Outcome, use_memo: bool) {
+        if use_memo {
+            for thunk in chain {
+                self.memo.record(*thunk, outcome);
+            }
+        }
+    }
+}
+
+enum Applied {
+    Done(Outcome),
+    Tail(Handle),
+}

@@ -1,0 +1,15 @@
+//! The evaluator of docs/EVALUATION.md. It knows nothing of CPUs or address spaces: running a
+//! procedure is the [`Executor`]'s job (ring-3 tasks in the kernel, a fake in tests), so every
+//! rule here is tested on the host.
+
+#![no_std]
+
+extern crate alloc;
+
+mod error;
+mod eval;
+mod memo;
+
+pub use error::{EvalError, Failure};
+pub use eval::{Application, Evaluator, Executor, Replay, Stats};
+pub use memo::Memo;
