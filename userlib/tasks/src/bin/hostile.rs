@@ -1,0 +1,103 @@
+//! Tasks that try to escape: each mode (the first argument, a blob) attempts one thing the
+//! kernel must contain (docs/EVALUATION.md; tests/tests/tasks.rs runs each one).
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::arch::asm;
+
+use cairn_userlib::abi::{SYS_CREATE, SYS_EXIT, layout};
+use cairn_userlib::{Handle, TaskResult, create_blob, create_tree, open};
+
+const KERNEL_ADDRESS: u64 = 0xffff_8000_0000_1000;
+
+#[inline(never)]
+#[allow(unconditional_recursion, reason = "the stack overflow is the point")]
+fn recurse(depth: u64) -> u64 {
+    let frame = [depth; 512];
+    // black_box keeps the 4 KiB frame from being optimised away.
+    core::hint::black_box(&frame);
+    recurse(depth + 1) + frame[7]
+}
+
+fn run(args: &[Handle]) -> TaskResult {
+    let mode = open(args.first().ok_or("hostile needs a mode")?);
+    // SAFETY (all blocks below): these instructions are the attack; the kernel must contain them.
+    unsafe {
+        match mode {
+            b"hlt" => asm!("hlt"),
+            b"cli" => asm!("cli"),
+            b"port-out" => asm!("out dx, eax", in("dx") 0xf4u16, in("eax") 0x11u32),
+            b"port-in" => asm!("in al, dx", in("dx") 0x60u16, out("al") _),
+            b"write-kernel" => (KERNEL_ADDRESS as *mut u64).write_volatile(0x4141),
+            b"read-unmapped" => {
+                core::hint::black_box((0x5555_0000_0000u64 as *const u64).read_volatile());
+            }
+            b"exec-heap" => {
+                let code: Vec<u8> = vec![0xc3]; // ret
+                let f: extern "C" fn() = core::mem::transmute(code.as_ptr());
+                f();
+            }
+            b"exec-args" => {
+                let f: extern "C" fn() = core::mem::transmute(layout::ARGS_BASE as *const u8);
+                f();
+            }
+            b"stack-overflow" => {
+                core::hint::black_box(recurse(0));
+            }
+            b"unknown-syscall" => asm!("syscall", in("rax") 99u64, lateout("rcx") _, lateout("r11") _),
+            b"wild-pointer" => asm!("syscall", in("rax") SYS_EXIT, in("rdi") KERNEL_ADDRESS, lateout("rcx") _, lateout("r11") _),
+            b"huge-length" => {
+                let byte = 0u8;
+                let mut out = [0u8; 40];
+                asm!("syscall", in("rax") SYS_CREATE, in("rdi") 1u64, in("rsi") &byte as *const u8,
+                    in("rdx") 1u64 << 60, in("r10") out.as_mut_ptr(), lateout("rcx") _, lateout("r11") _);
+            }
+            b"alloc-beyond-limit" => {
+                let mut big: Vec<u8> = Vec::new();
+                big.resize(1 << 30, 1);
+                core::hint::black_box(&big);
+            }
+            b"loop" => loop {
+                core::hint::spin_loop();
+            },
+            b"rdtsc" => {
+                core::hint::black_box(core::arch::x86_64::_rdtsc());
+            }
+            b"wrfsbase" => asm!("wrfsbase {}", in(reg) 0x1000u64),
+            b"trap-flag" => asm!("pushfq", "or qword ptr [rsp], 0x100", "popfq", "nop", "nop"),
+            // Direction and alignment-check flags set across a syscall: the kernel must clear
+            // them on entry and still copy the blob correctly.
+            b"flags-syscall" => {
+                let h: Handle;
+                asm!("pushfq", "or qword ptr [rsp], 0x40400", "popfq", "std");
+                h = create_blob(b"copied forwards, whatever the flags say");
+                asm!("cld", "pushfq", "and qword ptr [rsp], ~0x40000", "popfq");
+                return Ok(h);
+            }
+            b"cpuid" => {
+                let mut out = Vec::new();
+                for leaf in [0u32, 1, 7, 0x8000_0000] {
+                    let r = core::arch::x86_64::__cpuid_count(leaf, 0);
+                    for v in [r.eax, r.ebx, r.ecx, r.edx] {
+                        out.extend_from_slice(&v.to_le_bytes());
+                    }
+                }
+                return Ok(create_blob(&out));
+            }
+            // A handle with the right bytes for an object the task was never given.
+            b"forge-open" => {
+                core::hint::black_box(open(&Handle::blob(&[0x42; 64])));
+            }
+            b"forge-return" => return Ok(Handle::blob(&[0x42; 64])),
+            b"forge-tree" => return Ok(create_tree(&[Handle::blob(&[0x42; 64])])),
+            _ => return Err("unknown hostile mode".into()),
+        }
+    }
+    Err("the attack did not stop the task".into())
+}
+
+cairn_userlib::task!(run);
