@@ -106,7 +106,7 @@ struct ImageArgs {
     #[arg(long, value_enum, default_value = "raw")]
     format: ImageFormat,
     /// What the node does when it boots from this image.
-    #[arg(long, value_parser = ["serve", "job", "selftest", "fault-test"], default_value = "serve")]
+    #[arg(long, value_parser = ["serve", "job", "selftest", "fault-test", "task-checks"], default_value = "serve")]
     mode: String,
     /// Where to write the image.
     #[arg(short, long)]

@@ -24,10 +24,12 @@ pub enum Mode {
     Selftest,
     /// Deliberately read an unmapped address, to check that faults are reported.
     FaultTest,
+    /// Run the hostile and example tasks and print one line per case (tests/tests/tasks.rs).
+    TaskChecks,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 4] = [Mode::Serve, Mode::Job, Mode::Selftest, Mode::FaultTest];
+    pub const ALL: [Mode; 5] = [Mode::Serve, Mode::Job, Mode::Selftest, Mode::FaultTest, Mode::TaskChecks];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -35,6 +37,7 @@ impl Mode {
             Mode::Job => "job",
             Mode::Selftest => "selftest",
             Mode::FaultTest => "fault-test",
+            Mode::TaskChecks => "task-checks",
         }
     }
 }
@@ -138,7 +141,7 @@ impl NodeConfig {
                             line,
                             key: "mode",
                             value: value.into(),
-                            expected: "serve, job, selftest, fault-test",
+                            expected: "serve, job, selftest, fault-test, task-checks",
                         },
                     )?
                 }
@@ -215,7 +218,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn render_round_trips(mode in 0..4usize, level in 0..5usize) {
+        fn render_round_trips(mode in 0..5usize, level in 0..5usize) {
             let config = NodeConfig { mode: Mode::ALL[mode], log_level: LogLevel::ALL[level] };
             prop_assert_eq!(NodeConfig::parse(config.render().as_bytes()).unwrap(), config);
         }

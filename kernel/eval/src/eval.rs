@@ -23,8 +23,8 @@ pub struct Application<'a> {
 
 /// Runs procedures. Objects the task creates go into `store`; the handle it returns must be
 /// there too (or be one of its inputs).
-pub trait Executor {
-    fn apply(&mut self, store: &mut dyn Store, app: &Application<'_>) -> Result<Handle, Failure>;
+pub trait Executor<S: Store> {
+    fn apply(&mut self, store: &mut S, app: &Application<'_>) -> Result<Handle, Failure>;
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -72,7 +72,7 @@ enum Start {
     Frame(Frame),
 }
 
-impl<S: Store, E: Executor> Evaluator<S, E> {
+impl<S: Store, E: Executor<S>> Evaluator<S, E> {
     pub fn new(store: S, executor: E) -> Self {
         Evaluator { store, executor, memo: Memo::new(), stats: Stats::default(), step_limit: DEFAULT_STEP_LIMIT }
     }

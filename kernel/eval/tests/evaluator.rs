@@ -32,8 +32,8 @@ fn make_thunk(store: &mut dyn Store, name: &str, args: &[Handle]) -> Handle {
     store.put(Kind::Thunk, Bytes::from(enc)).unwrap()
 }
 
-impl Executor for Fake {
-    fn apply(&mut self, store: &mut dyn Store, app: &Application<'_>) -> Result<Handle, Failure> {
+impl Executor<MemStore> for Fake {
+    fn apply(&mut self, store: &mut MemStore, app: &Application<'_>) -> Result<Handle, Failure> {
         let name = OPS
             .into_iter()
             .find(|n| op(n) == app.procedure)

@@ -9,8 +9,10 @@ extern crate alloc;
 mod arch;
 mod boot_config;
 mod drivers;
+mod jobs;
 mod memory;
 mod selftest;
+mod task;
 
 use bootloader_api::BootInfo;
 use cairn_bootcfg::{Mode, NodeConfig};
@@ -44,6 +46,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     drivers::serial::init_logger(config.log_level);
     arch::pic::init();
     arch::clock::init();
+    arch::user::init();
     x86_64::instructions::interrupts::enable();
 
     log::info!(
@@ -78,10 +81,11 @@ fn run(config: &NodeConfig, memory: &memory::MemoryReport) -> Status {
     match config.mode {
         Mode::Job => {
             ready();
-            // The default job arrives with the evaluator (issue [3/6]); for now the job is the
-            // boot itself.
-            log::info!("default job: nothing to evaluate yet; shutting down");
-            Status::Success
+            jobs::demo::run()
+        }
+        Mode::TaskChecks => {
+            ready();
+            jobs::task_checks::run()
         }
         Mode::Serve => {
             ready();

@@ -21,7 +21,6 @@ struct Stack([u8; IST_STACK_SIZE]);
 
 static mut IST_STACKS: [Stack; 3] = [const { Stack([0; IST_STACK_SIZE]) }; 3];
 
-#[allow(dead_code, reason = "user selectors are for SYSRET/IRETQ to ring 3, which arrives with tasks")]
 pub struct Selectors {
     pub kernel_code: SegmentSelector,
     pub kernel_data: SegmentSelector,
@@ -63,6 +62,18 @@ pub fn init() {
         DS::set_reg(selectors.kernel_data);
         ES::set_reg(selectors.kernel_data);
         load_tss(selectors.tss);
+    }
+}
+
+/// The stack the CPU switches to on an interrupt from ring 3 (TSS.RSP0).
+pub fn set_kernel_stack(top: VirtAddr) {
+    let tss = TSS.get().expect("gdt::init runs first");
+    // SAFETY: RSP0 is read by the CPU only on a privilege change, which cannot happen while this
+    // runs at boot (no task exists yet); the TSS lives in a static.
+    unsafe {
+        let rsp0 = &raw const tss.privilege_stack_table[0] as *mut VirtAddr;
+        // The TSS is packed: the field is not 8-byte aligned.
+        rsp0.write_unaligned(top);
     }
 }
 

@@ -6,3 +6,4 @@ pub mod gdt;
 pub mod pic;
 pub mod probe;
 pub mod trap;
+pub mod user;

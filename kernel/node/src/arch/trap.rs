@@ -251,6 +251,14 @@ static IN_FATAL: AtomicBool = AtomicBool::new(false);
 
 #[unsafe(no_mangle)]
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    if frame.cs & 3 == 3 {
+        // A task was running: acknowledge a device interrupt, then hand the task's state to
+        // whoever called user::run. Faults are the task's, never the kernel's.
+        if (32..48).contains(&frame.vector) {
+            pic::handle_irq((frame.vector - 32) as u8);
+        }
+        super::user::trap_from_user(frame);
+    }
     match frame.vector {
         0..=31 => exception(frame),
         32..=47 => pic::handle_irq((frame.vector - 32) as u8),

@@ -4,12 +4,15 @@
 //! covers the local APIC and 32-bit BARs). The frame bitmap and the heap live in that linear
 //! map; [`paging`] maps everything else (MMIO above 4 GiB, task address spaces).
 
+pub mod aspace;
 pub mod heap;
+pub mod objects;
 pub mod paging;
 
 use bootloader_api::BootInfo;
 use bootloader_api::info::MemoryRegionKind;
-use cairn_frames::{FRAME_SIZE, FrameAllocator, Region};
+pub use cairn_frames::FRAME_SIZE;
+use cairn_frames::{FrameAllocator, Region};
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
 

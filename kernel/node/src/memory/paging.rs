@@ -11,6 +11,7 @@ use x86_64::structures::paging::{
 use x86_64::{PhysAddr, VirtAddr};
 
 static NEXT_MMIO: AtomicU64 = AtomicU64::new(MMIO_BASE);
+static KERNEL_PML4: AtomicU64 = AtomicU64::new(0);
 static MAPPER: Mutex<Option<OffsetPageTable<'static>>> = Mutex::new(None);
 
 /// Kernel-managed virtual ranges, above the bootloader's (which config.rs keeps below
@@ -20,12 +21,29 @@ pub const SCRATCH_BASE: u64 = 0xffff_e000_0000_0000;
 
 pub fn init(phys_offset: u64) {
     let (l4_frame, _) = Cr3::read();
+    KERNEL_PML4.store(l4_frame.start_address().as_u64(), Ordering::Relaxed);
     let l4_virt = phys_offset + l4_frame.start_address().as_u64();
     // SAFETY: CR3 points at the active level-4 table, which lies in the linear map at
     // phys_offset; this is the only mutable reference the kernel ever creates to it.
     let mapper =
         unsafe { OffsetPageTable::new(&mut *(l4_virt as *mut PageTable), VirtAddr::new(phys_offset)) };
     *MAPPER.lock() = Some(mapper);
+    // Create the level-3 tables of the kernel-managed windows now: task address spaces copy
+    // the kernel's level-4 entries when they are made, so the set must not grow later.
+    for window in [MMIO_BASE, SCRATCH_BASE] {
+        if let Some(frame) = super::alloc_frame() {
+            let flags = PageTableFlags::PRESENT | PageTableFlags::NO_EXECUTE;
+            if map_page(window, frame, flags).is_ok() {
+                let _ = unmap_page(window);
+            }
+            let _ = super::free_frames(frame, 1);
+        }
+    }
+}
+
+/// Physical address of the kernel's level-4 table.
+pub fn kernel_pml4() -> u64 {
+    KERNEL_PML4.load(Ordering::Relaxed)
 }
 
 struct KernelFrames;

@@ -1,0 +1,293 @@
+//! Ring 3: entering a task and getting control back.
+//!
+//! The kernel runs a task like a function call: [`run`] loads the task's registers, drops to
+//! ring 3, and returns when the task makes a syscall, faults, or is interrupted (the timer
+//! tick that preempts it). The context is saved in the [`UserContext`], so calling `run` again
+//! resumes the task exactly where it stopped. One CPU, one task at a time: the per-CPU state is
+//! a handful of statics.
+
+use core::arch::global_asm;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use x86_64::registers::control::{Cr4, Cr4Flags};
+use x86_64::registers::model_specific::{Efer, EferFlags, LStar, Msr, SFMask, Star};
+use x86_64::registers::rflags::RFlags;
+use x86_64::VirtAddr;
+
+use super::gdt;
+use super::trap::TrapFrame;
+
+/// A task's registers while the kernel holds it.
+#[repr(C)]
+#[derive(Clone, Debug, Default)]
+pub struct UserContext {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rsp: u64,
+    pub rflags: u64,
+}
+
+/// Why [`run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Syscall,
+    Exception { vector: u64, error_code: u64, cr2: u64 },
+    Interrupt,
+}
+
+const EXIT_SYSCALL: u64 = 0;
+const EXIT_EXCEPTION: u64 = 1;
+const EXIT_INTERRUPT: u64 = 2;
+
+#[unsafe(no_mangle)]
+static mut CAIRN_KERNEL_RSP: u64 = 0;
+#[unsafe(no_mangle)]
+static mut CAIRN_USER_RSP: u64 = 0;
+#[unsafe(no_mangle)]
+static mut CAIRN_CURRENT_CONTEXT: u64 = 0;
+
+static LAST_VECTOR: AtomicU64 = AtomicU64::new(0);
+static LAST_ERROR: AtomicU64 = AtomicU64::new(0);
+static LAST_CR2: AtomicU64 = AtomicU64::new(0);
+
+const USER_CS: u64 = 0x23;
+const USER_SS: u64 = 0x1b;
+
+global_asm!(
+    r#"
+    .section .text.cairn_user, "ax"
+    .global cairn_enter_user
+cairn_enter_user:
+    push rbx
+    push rbp
+    push r12
+    push r13
+    push r14
+    push r15
+    mov [rip + CAIRN_KERNEL_RSP], rsp
+    mov [rip + CAIRN_CURRENT_CONTEXT], rdi
+    push {user_ss}
+    push qword ptr [rdi + 128]
+    push qword ptr [rdi + 136]
+    push {user_cs}
+    push qword ptr [rdi + 120]
+    mov rax, [rdi + 0]
+    mov rbx, [rdi + 8]
+    mov rcx, [rdi + 16]
+    mov rdx, [rdi + 24]
+    mov rsi, [rdi + 32]
+    mov rbp, [rdi + 48]
+    mov r8, [rdi + 56]
+    mov r9, [rdi + 64]
+    mov r10, [rdi + 72]
+    mov r11, [rdi + 80]
+    mov r12, [rdi + 88]
+    mov r13, [rdi + 96]
+    mov r14, [rdi + 104]
+    mov r15, [rdi + 112]
+    mov rdi, [rdi + 40]
+    iretq
+
+    .global cairn_syscall_entry
+cairn_syscall_entry:
+    mov [rip + CAIRN_USER_RSP], rsp
+    mov rsp, [rip + CAIRN_CURRENT_CONTEXT]
+    mov [rsp + 0], rax
+    mov [rsp + 8], rbx
+    mov [rsp + 16], rcx
+    mov [rsp + 24], rdx
+    mov [rsp + 32], rsi
+    mov [rsp + 40], rdi
+    mov [rsp + 48], rbp
+    mov [rsp + 56], r8
+    mov [rsp + 64], r9
+    mov [rsp + 72], r10
+    mov [rsp + 80], r11
+    mov [rsp + 88], r12
+    mov [rsp + 96], r13
+    mov [rsp + 104], r14
+    mov [rsp + 112], r15
+    mov [rsp + 120], rcx
+    mov [rsp + 136], r11
+    mov rax, [rip + CAIRN_USER_RSP]
+    mov [rsp + 128], rax
+    xor edi, edi
+
+    .global cairn_leave_user
+cairn_leave_user:
+    mov rsp, [rip + CAIRN_KERNEL_RSP]
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbp
+    pop rbx
+    mov rax, rdi
+    ret
+    "#,
+    user_ss = const USER_SS,
+    user_cs = const USER_CS,
+);
+
+unsafe extern "C" {
+    fn cairn_enter_user(context: *mut UserContext) -> u64;
+    fn cairn_syscall_entry();
+    fn cairn_leave_user(code: u64) -> !;
+}
+
+/// Stack the CPU switches to when a task is interrupted (TSS.RSP0). Whatever runs on it is
+/// abandoned when control goes back to [`run`]'s caller, so it never holds anything.
+const TRAP_STACK_SIZE: usize = 64 * 1024;
+#[repr(align(16))]
+#[allow(dead_code, reason = "only the CPU uses the bytes")]
+struct TrapStack([u8; TRAP_STACK_SIZE]);
+static mut TRAP_STACK: TrapStack = TrapStack([0; TRAP_STACK_SIZE]);
+
+/// Whether ring-3 CPUID faults (and is answered by the kernel) on this CPU.
+static CPUID_FAULTING: AtomicU64 = AtomicU64::new(0);
+
+const MSR_PLATFORM_INFO: u32 = 0xce;
+const MSR_MISC_FEATURES_ENABLES: u32 = 0x140;
+
+/// SYSCALL/SYSRET MSRs, no-execute, RDTSC and CPUID for ring 3, and the trap stack.
+pub fn init() {
+    let selectors = gdt::selectors();
+    let top = VirtAddr::from_ptr(&raw const TRAP_STACK) + TRAP_STACK_SIZE as u64;
+    gdt::set_kernel_stack(top);
+    // SAFETY: these MSRs and CR4 bits configure how ring 3 enters the kernel; the values follow
+    // the GDT layout set up in gdt::init, and LSTAR points at cairn_syscall_entry above.
+    unsafe {
+        Efer::update(|f| f.insert(EferFlags::SYSTEM_CALL_EXTENSIONS | EferFlags::NO_EXECUTE_ENABLE));
+        Star::write(selectors.user_code, selectors.user_data, selectors.kernel_code, selectors.kernel_data)
+            .expect("GDT order matches SYSRET");
+        LStar::write(VirtAddr::new(cairn_syscall_entry as usize as u64));
+        SFMask::write(RFlags::from_bits_truncate(cairn_uspace::SYSCALL_FLAG_MASK));
+        Cr4::update(|cr4| {
+            cr4.insert(Cr4Flags::TIMESTAMP_DISABLE);
+            cr4.remove(Cr4Flags::FSGSBASE);
+        });
+        // CPUID faulting, where the CPU has it (QEMU does): ring-3 CPUID raises #GP and the
+        // kernel answers with one fixed description (docs/EVALUATION.md, "Tasks").
+        let platform_info = Msr::new(MSR_PLATFORM_INFO).read();
+        if platform_info & (1 << 31) != 0 {
+            let mut misc = Msr::new(MSR_MISC_FEATURES_ENABLES);
+            misc.write(misc.read() | 1);
+            CPUID_FAULTING.store(1, Ordering::Relaxed);
+        }
+    }
+}
+
+pub fn cpuid_faulting() -> bool {
+    CPUID_FAULTING.load(Ordering::Relaxed) != 0
+}
+
+/// Runs the task until it makes a syscall, faults or is interrupted. Interrupts are on again
+/// when this returns.
+pub fn run(context: &mut UserContext) -> Exit {
+    context.rflags = cairn_uspace::user_rflags(context.rflags);
+    if !cairn_uspace::is_canonical(context.rip) || context.rip >= cairn_uspace::USER_END {
+        // IRETQ to a non-canonical RIP would fault in ring 0; report it as the task's fault.
+        return Exit::Exception { vector: 13, error_code: 0, cr2: context.rip };
+    }
+    x86_64::instructions::interrupts::disable();
+    // SAFETY: the context holds only task registers (RFLAGS sanitized and RIP checked above),
+    // CS/SS are the ring-3 selectors, and the task's address space is active; control comes
+    // back through cairn_syscall_entry or trap_from_user, which restore the kernel stack.
+    let code = unsafe { cairn_enter_user(context) };
+    x86_64::instructions::interrupts::enable();
+    match code {
+        EXIT_SYSCALL => Exit::Syscall,
+        EXIT_EXCEPTION => Exit::Exception {
+            vector: LAST_VECTOR.load(Ordering::Relaxed),
+            error_code: LAST_ERROR.load(Ordering::Relaxed),
+            cr2: LAST_CR2.load(Ordering::Relaxed),
+        },
+        _ => Exit::Interrupt,
+    }
+}
+
+/// Called by the trap path for anything that arrives while a task runs: saves the task's state
+/// into its context and returns to [`run`]'s caller.
+pub fn trap_from_user(frame: &TrapFrame) -> ! {
+    // SAFETY: CAIRN_CURRENT_CONTEXT was set by cairn_enter_user to the context of the task that
+    // was just interrupted, which `run`'s caller keeps borrowed until run returns.
+    let ctx = unsafe { &mut *(CAIRN_CURRENT_CONTEXT as *mut UserContext) };
+    ctx.rax = frame.rax;
+    ctx.rbx = frame.rbx;
+    ctx.rcx = frame.rcx;
+    ctx.rdx = frame.rdx;
+    ctx.rsi = frame.rsi;
+    ctx.rdi = frame.rdi;
+    ctx.rbp = frame.rbp;
+    ctx.r8 = frame.r8;
+    ctx.r9 = frame.r9;
+    ctx.r10 = frame.r10;
+    ctx.r11 = frame.r11;
+    ctx.r12 = frame.r12;
+    ctx.r13 = frame.r13;
+    ctx.r14 = frame.r14;
+    ctx.r15 = frame.r15;
+    ctx.rip = frame.rip;
+    ctx.rsp = frame.rsp;
+    ctx.rflags = frame.rflags;
+    let code = if frame.vector < 32 {
+        LAST_VECTOR.store(frame.vector, Ordering::Relaxed);
+        LAST_ERROR.store(frame.error_code, Ordering::Relaxed);
+        let cr2 = if frame.vector == 14 { x86_64::registers::control::Cr2::read_raw() } else { 0 };
+        LAST_CR2.store(cr2, Ordering::Relaxed);
+        EXIT_EXCEPTION
+    } else {
+        EXIT_INTERRUPT
+    };
+    // SAFETY: unwinds to the kernel stack saved by cairn_enter_user; the trap stack frames
+    // being abandoned hold no locks or resources.
+    unsafe { cairn_leave_user(code) }
+}
+
+/// XSAVE area of one task: SIMD state is the task's, and the kernel's own SIMD use (BLAKE3 in
+/// syscalls) must not leak into it.
+#[repr(C, align(64))]
+pub struct SimdState([u8; 4096]);
+
+impl SimdState {
+    /// The one fixed state every task starts from: x87 and SSE/AVX registers in their initial
+    /// state, MXCSR = 0x1f80 (all exceptions masked, round to nearest).
+    pub fn initial() -> SimdState {
+        let mut area = SimdState([0; 4096]);
+        area.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        area
+    }
+
+    pub fn save(&mut self) {
+        let mask = x86_64::registers::xcontrol::XCr0::read_raw();
+        // SAFETY: the area is 64-byte aligned and 4 KiB, larger than any XSAVE layout for the
+        // components enabled in XCR0.
+        unsafe {
+            core::arch::asm!("xsave64 [{}]", in(reg) self.0.as_mut_ptr(), in("eax") mask as u32,
+                in("edx") (mask >> 32) as u32, options(nostack));
+        }
+    }
+
+    pub fn restore(&self) {
+        let mask = x86_64::registers::xcontrol::XCr0::read_raw();
+        // SAFETY: as in save; the area was produced by `initial` or by `save`.
+        unsafe {
+            core::arch::asm!("xrstor64 [{}]", in(reg) self.0.as_ptr(), in("eax") mask as u32,
+                in("edx") (mask >> 32) as u32, options(nostack));
+        }
+    }
+}

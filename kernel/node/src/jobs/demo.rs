@@ -1,0 +1,154 @@
+//! The default job (`cargo run --release`): a wordcount over text split into chunks (map and
+//! reduce) and a Mandelbrot image rendered as tiles, evaluated, evaluated again from the memo,
+//! and replayed. The image goes to the host over the console (`cairn: object ...`).
+
+use alloc::format;
+use alloc::vec::Vec;
+
+use cairn_eval::Replay;
+use cairn_object::Handle;
+use cairn_object::store::Store;
+
+use super::{NodeEvaluator, apply, blob, node_evaluator, u32s};
+use crate::drivers::qemu_exit::Status;
+use crate::println;
+
+/// The text to count: Cairn's own documentation, as it was built into this kernel.
+const TEXT: &[&str] = &[
+    include_str!("../../../../README.md"),
+    include_str!("../../../../docs/ARCHITECTURE.md"),
+    include_str!("../../../../docs/OBJECTS.md"),
+    include_str!("../../../../docs/EVALUATION.md"),
+];
+const CHUNKS: usize = 8;
+const IMAGE: (u32, u32) = (256, 192);
+const TILE: (u32, u32) = (64, 64);
+const MAX_ITER: u32 = 64;
+
+pub fn run() -> Status {
+    let (mut ev, p) = node_evaluator(256 << 20);
+    let mib = 1 << 20;
+
+    // Wordcount: one map thunk per chunk (cut at line ends), one reduce over all of them.
+    let text: Vec<u8> = TEXT.concat().into_bytes();
+    let (map, reduce) = (blob(&mut ev, b"map"), blob(&mut ev, b"reduce"));
+    let mut maps = Vec::new();
+    let mut start = 0;
+    for i in 1..=CHUNKS {
+        let mut end = text.len() * i / CHUNKS;
+        while end < text.len() && text[end] != b'\n' {
+            end += 1;
+        }
+        let chunk = blob(&mut ev, &text[start..end]);
+        maps.push(apply(&mut ev, p.wordcount, &[map, chunk], 4 * mib));
+        start = end;
+    }
+    let mut reduce_args = alloc::vec![reduce];
+    reduce_args.extend(&maps);
+    let wordcount = apply(&mut ev, p.wordcount, &reduce_args, 4 * mib);
+
+    // Mandelbrot: one thunk per tile, and one that assembles them into a PPM image.
+    let tile_mode = blob(&mut ev, b"tile");
+    let mut tiles = Vec::new();
+    for y in (0..IMAGE.1).step_by(TILE.1 as usize) {
+        for x in (0..IMAGE.0).step_by(TILE.0 as usize) {
+            let params = blob(&mut ev, &u32s(&[IMAGE.0, IMAGE.1, x, y, TILE.0, TILE.1, MAX_ITER]));
+            tiles.push(apply(&mut ev, p.mandelbrot, &[tile_mode, params], 2 * mib));
+        }
+    }
+    let image_mode = blob(&mut ev, b"image");
+    let image_params = blob(&mut ev, &u32s(&[IMAGE.0, IMAGE.1, TILE.0, TILE.1]));
+    let mut image_args = alloc::vec![image_mode, image_params];
+    image_args.extend(&tiles);
+    let mandelbrot = apply(&mut ev, p.mandelbrot, &image_args, 4 * mib);
+
+    println!("job: wordcount over {} bytes in {CHUNKS} chunks; mandelbrot {}x{} in {} tiles", text.len(), IMAGE.0, IMAGE.1, tiles.len());
+    let Some(results) = evaluate(&mut ev, wordcount, mandelbrot, "first evaluation") else {
+        return Status::Failure;
+    };
+    if evaluate(&mut ev, wordcount, mandelbrot, "second evaluation") != Some(results) {
+        println!("job: the second evaluation gave other results");
+        return Status::Failure;
+    }
+
+    let mut identical = true;
+    for (name, root) in [("wordcount", wordcount), ("mandelbrot", mandelbrot)] {
+        match ev.replay(root) {
+            Replay::Identical(_) => {}
+            other => {
+                identical = false;
+                println!("replay: {name} differs: {other:?}");
+            }
+        }
+    }
+    if !identical {
+        return Status::Failure;
+    }
+    println!("replay: identical");
+    send_object(&ev, "mandelbrot.ppm", &results.1);
+    Status::Success
+}
+
+/// Evaluates both roots and prints their results and the work it took.
+fn evaluate(ev: &mut NodeEvaluator, wordcount: Handle, mandelbrot: Handle, label: &str) -> Option<(Handle, Handle)> {
+    let before = ev.stats();
+    let counts = ev.eval(wordcount);
+    let image = ev.eval(mandelbrot);
+    let after = ev.stats();
+    let (counts, image) = match (counts, image) {
+        (Ok(c), Ok(i)) => (c, i),
+        (c, i) => {
+            for e in [c.err(), i.err()].into_iter().flatten() {
+                println!("job: {e}");
+            }
+            return None;
+        }
+    };
+    let counts_text = ev.store.get(&counts).unwrap_or_default();
+    let mut top: Vec<(u64, &[u8])> = counts_text
+        .split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let space = line.iter().position(|&b| b == b' ')?;
+            let n = core::str::from_utf8(&line[space + 1..]).ok()?.parse().ok()?;
+            Some((n, &line[..space]))
+        })
+        .collect();
+    let distinct = top.len();
+    top.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    let top: Vec<_> = top.iter().take(5).map(|(n, w)| format!("{} {n}", core::str::from_utf8(w).unwrap_or("?"))).collect();
+    println!("job: wordcount -> {counts} ({distinct} distinct words; most frequent: {})", top.join(", "));
+    println!("job: mandelbrot -> {image}");
+    println!(
+        "job: {label}: tasks_run={} memo_hits={}",
+        after.tasks_run - before.tasks_run,
+        after.memo_hits - before.memo_hits
+    );
+    Some((counts, image))
+}
+
+/// Prints an object for the host: a header line, base64 lines, an end line. The host checks
+/// the handle before saving it.
+fn send_object(ev: &NodeEvaluator, name: &str, handle: &Handle) {
+    let Some(bytes) = ev.store.get(handle) else { return };
+    println!("cairn: object {name} {handle} {}", bytes.len());
+    for line in bytes.chunks(57) {
+        println!("{}", base64(line));
+    }
+    println!("cairn: object-end");
+}
+
+fn base64(bytes: &[u8]) -> alloc::string::String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = alloc::string::String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for group in bytes.chunks(3) {
+        let n = (group[0] as u32) << 16 | (*group.get(1).unwrap_or(&0) as u32) << 8 | *group.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= group.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,55 @@
+//! Work the node does on its own: the default job, and the task checks the QEMU tests run.
+
+pub mod demo;
+pub mod task_checks;
+
+use alloc::vec::Vec;
+
+use bytes::Bytes;
+use cairn_eval::Evaluator;
+use cairn_object::store::Store;
+use cairn_object::{Handle, Kind, Limits, thunk};
+
+use crate::memory::objects::NodeStore;
+use crate::task::{TaskExecutor, builtin};
+
+pub type NodeEvaluator = Evaluator<NodeStore, TaskExecutor>;
+
+/// The built-in tasks, stored as objects.
+pub struct Procedures {
+    pub identity: Handle,
+    pub add: Handle,
+    pub fib: Handle,
+    pub wordcount: Handle,
+    pub mandelbrot: Handle,
+    pub hostile: Handle,
+}
+
+/// An evaluator over a fresh store holding the built-in tasks.
+pub fn node_evaluator(store_limit: u64) -> (NodeEvaluator, Procedures) {
+    let mut store = NodeStore::new(store_limit);
+    let mut put = |elf: &'static [u8]| store.put(Kind::Blob, Bytes::from_static(elf)).expect("built-in tasks fit");
+    let procedures = Procedures {
+        identity: put(builtin::IDENTITY),
+        add: put(builtin::ADD),
+        fib: put(builtin::FIB),
+        wordcount: put(builtin::WORDCOUNT),
+        mandelbrot: put(builtin::MANDELBROT),
+        hostile: put(builtin::HOSTILE),
+    };
+    (Evaluator::new(store, TaskExecutor::new()), procedures)
+}
+
+pub fn blob(ev: &mut NodeEvaluator, bytes: &[u8]) -> Handle {
+    ev.store.put(Kind::Blob, Bytes::copy_from_slice(bytes)).expect("store has room")
+}
+
+pub fn apply(ev: &mut NodeEvaluator, procedure: Handle, args: &[Handle], memory: u64) -> Handle {
+    let limits = Limits::new(memory).expect("memory limits are whole pages");
+    let encoding = thunk::encode(limits, procedure, args).expect("procedures are blobs");
+    ev.store.put(Kind::Thunk, Bytes::from(encoding)).expect("store has room")
+}
+
+pub fn u32s(values: &[u32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}

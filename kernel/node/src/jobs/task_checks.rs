@@ -1,0 +1,69 @@
+//! Runs each hostile task and a few ordinary ones, printing one line per case:
+//! `task-check NAME: ok HANDLE [= VALUE]` or `task-check NAME: failed: FAILURE`, and after each
+//! hostile case `task-check NAME/after: ...` for an ordinary task run right after it, to show
+//! the node kept working. tests/tests/tasks.rs asserts on these lines.
+
+use alloc::format;
+use alloc::string::String;
+
+use cairn_object::Handle;
+use cairn_object::store::Store;
+
+use super::{NodeEvaluator, apply, blob, node_evaluator};
+use crate::drivers::qemu_exit::Status;
+use crate::println;
+
+pub const HOSTILE_MODES: &[&str] = &[
+    "hlt", "cli", "port-out", "port-in", "write-kernel", "read-unmapped", "exec-heap", "exec-args",
+    "stack-overflow", "unknown-syscall", "wild-pointer", "huge-length", "alloc-beyond-limit", "loop",
+    "rdtsc", "wrfsbase", "trap-flag", "flags-syscall", "cpuid", "forge-open", "forge-return",
+    "forge-tree",
+];
+
+fn show(ev: &NodeEvaluator, outcome: &Result<Handle, cairn_eval::EvalError>) -> String {
+    match outcome {
+        Ok(h) => match ev.store.get(h) {
+            Some(bytes) if bytes.len() <= 64 => format!("ok {h} = {}", hex(&bytes)),
+            _ => format!("ok {h}"),
+        },
+        Err(e) => format!("failed: {}", e.failure),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn run() -> Status {
+    let (mut ev, p) = node_evaluator(64 << 20);
+    ev.executor.budget_us = 1_000_000;
+    let mib = 1 << 20;
+
+    let (two, three) = (blob(&mut ev, &2u64.to_le_bytes()), blob(&mut ev, &3u64.to_le_bytes()));
+    let add = apply(&mut ev, p.add, &[two, three], mib);
+    let outcome = ev.eval(add);
+    println!("task-check add: {}", show(&ev, &outcome));
+
+    let twenty = blob(&mut ev, &20u64.to_le_bytes());
+    let fib = apply(&mut ev, p.fib, &[twenty, p.fib, p.add], mib);
+    let outcome = ev.eval(fib);
+    println!("task-check fib: {}", show(&ev, &outcome));
+    println!("task-check fib/stats: tasks_run={} memo_hits={}", ev.stats().tasks_run, ev.stats().memo_hits);
+
+    // The secret the forging modes try to name without being given it.
+    blob(&mut ev, &[0x42; 64]);
+    for (i, mode) in HOSTILE_MODES.iter().enumerate() {
+        let mode_blob = blob(&mut ev, mode.as_bytes());
+        let hostile = apply(&mut ev, p.hostile, &[mode_blob], 4 * mib);
+        let outcome = ev.eval(hostile);
+        println!("task-check {mode}: {}", show(&ev, &outcome));
+        // A fresh argument each time, so the memo cannot answer for the node.
+        let fresh = blob(&mut ev, format!("still serving after {mode} ({i})").as_bytes());
+        let after = apply(&mut ev, p.identity, &[fresh], mib);
+        let outcome = ev.eval(after);
+        println!("task-check {mode}/after: {}", show(&ev, &outcome));
+    }
+    let t = ev.executor.stats;
+    println!("task-check done: syscalls={} page_ins={} preemptions={}", t.syscalls, t.page_ins, t.preemptions);
+    Status::Success
+}

@@ -1,0 +1,275 @@
+//! Runs a thunk's procedure as a ring-3 task: the kernel side of docs/EVALUATION.md's executor.
+//!
+//! Each application gets a fresh address space with the ELF's segments, the argument handles,
+//! and a heap and stack paged in on first touch against the thunk's memory limit. The task runs
+//! until it exits, fails, faults, or exceeds the node's time budget; timer ticks preempt it so
+//! that a looping task never holds the node.
+
+pub mod builtin;
+mod cpuid;
+mod syscall;
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use bytes::Bytes;
+use cairn_abi::layout::{ARGS_BASE, STACK_TOP};
+use cairn_eval::{Application, Executor, Failure};
+use cairn_object::Handle;
+use cairn_uspace::{FaultAccess, FaultVerdict};
+
+use crate::arch::clock;
+use crate::arch::user::{self, Exit, SimdState, UserContext};
+use crate::memory::FRAME_SIZE;
+use crate::memory::aspace::{self, AddressSpace, Perm};
+use crate::memory::objects::NodeStore;
+
+/// Wall-clock budget of one application, in microseconds of the kernel's clock.
+pub const DEFAULT_BUDGET_US: u64 = 2_000_000;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskStats {
+    pub syscalls: u64,
+    pub page_ins: u64,
+    pub preemptions: u64,
+}
+
+pub struct TaskExecutor {
+    pub budget_us: u64,
+    pub stats: TaskStats,
+}
+
+impl TaskExecutor {
+    pub fn new() -> TaskExecutor {
+        TaskExecutor { budget_us: DEFAULT_BUDGET_US, stats: TaskStats::default() }
+    }
+}
+
+impl Executor<NodeStore> for TaskExecutor {
+    fn apply(&mut self, store: &mut NodeStore, app: &Application<'_>) -> Result<Handle, Failure> {
+        let mut task = Task::load(store, app)?;
+        task.space.activate();
+        let outcome = task.run(store, self);
+        aspace::activate_kernel();
+        outcome
+    }
+}
+
+/// One running application.
+struct Task {
+    space: AddressSpace,
+    context: UserContext,
+    simd: SimdState,
+    limit_bytes: u64,
+    heap_bytes: u64,
+    /// Pages charged to the memory limit: image, arguments, heap and stack.
+    charged_pages: u64,
+    /// Handles the task may name (EVAL-3): its arguments, what it created, and the entries of
+    /// trees and thunks it opened.
+    known: BTreeSet<Handle>,
+    /// Objects mapped with SYS_OPEN: handle → (address, length), and the bytes kept alive
+    /// while their pages are lent to the task.
+    opened: BTreeMap<Handle, (u64, u64)>,
+    lent: Vec<Bytes>,
+    next_object: u64,
+}
+
+fn oom(limit: u64) -> Failure {
+    Failure::OutOfMemory { limit }
+}
+
+impl Task {
+    fn load(store: &mut NodeStore, app: &Application<'_>) -> Result<Task, Failure> {
+        use cairn_object::store::Store;
+        let limit_bytes = app.limits.memory_bytes();
+        let elf = store.get(&app.procedure).ok_or(Failure::MissingObject(app.procedure))?;
+        let plan = cairn_elf::plan(&elf)
+            .map_err(|e| Failure::InvalidThunk(format!("procedure {}: {e}", app.procedure)))?;
+        let args_bytes = (app.args.len() * Handle::LEN) as u64;
+        let args_pages = args_bytes.div_ceil(FRAME_SIZE).max(1);
+        let fixed_pages = plan.pages() + args_pages;
+        let limit_pages = limit_bytes / FRAME_SIZE;
+        // The stack needs at least one page too.
+        if fixed_pages + 1 > limit_pages {
+            return Err(oom(limit_bytes));
+        }
+        let mut space = AddressSpace::new().map_err(|_| Failure::NodeOutOfMemory)?;
+
+        for segment in &plan.segments {
+            let perm = Perm { write: segment.perms.write, execute: segment.perms.execute };
+            let (first, end) = segment.pages();
+            for page in (first..end).step_by(FRAME_SIZE as usize) {
+                space.map_new(page, Perm::READ_WRITE).map_err(|_| Failure::NodeOutOfMemory)?;
+                // The part of this page backed by the file.
+                let lo = page.max(segment.vaddr);
+                let hi = (page + FRAME_SIZE).min(segment.vaddr + segment.file_size);
+                if lo < hi {
+                    let from = (segment.file_offset + (lo - segment.vaddr)) as usize;
+                    space.write(lo, &elf[from..from + (hi - lo) as usize]);
+                }
+                // Now drop write (and set execute) as the segment asks.
+                space.protect(page, perm).map_err(|_| Failure::NodeOutOfMemory)?;
+            }
+        }
+
+        let mut args = Vec::with_capacity(args_bytes as usize);
+        for a in app.args {
+            args.extend_from_slice(a.as_bytes());
+        }
+        for i in 0..args_pages {
+            space.map_new(ARGS_BASE + i * FRAME_SIZE, Perm::READ_WRITE).map_err(|_| Failure::NodeOutOfMemory)?;
+        }
+        space.write(ARGS_BASE, &args);
+        for i in 0..args_pages {
+            space.protect(ARGS_BASE + i * FRAME_SIZE, Perm::READ).map_err(|_| Failure::NodeOutOfMemory)?;
+        }
+
+        let heap_bytes = (limit_pages - fixed_pages - 1) * FRAME_SIZE;
+        let context = UserContext {
+            rip: plan.entry,
+            // As if called: the entry function expects rsp ≡ 8 (mod 16).
+            rsp: STACK_TOP - 8,
+            rdi: ARGS_BASE,
+            rsi: app.args.len() as u64,
+            rdx: heap_bytes,
+            rflags: cairn_uspace::IF,
+            ..UserContext::default()
+        };
+        Ok(Task {
+            space,
+            context,
+            simd: SimdState::initial(),
+            limit_bytes,
+            heap_bytes,
+            charged_pages: fixed_pages,
+            known: app.args.iter().copied().collect(),
+            opened: BTreeMap::new(),
+            lent: Vec::new(),
+            next_object: cairn_abi::layout::OBJECTS_BASE,
+        })
+    }
+
+    fn run(&mut self, store: &mut NodeStore, exec: &mut TaskExecutor) -> Result<Handle, Failure> {
+        let started = clock::micros_since_boot();
+        loop {
+            self.simd.restore();
+            let exit = user::run(&mut self.context);
+            self.simd.save();
+            match exit {
+                Exit::Syscall => {
+                    exec.stats.syscalls += 1;
+                    if let Some(done) = syscall::handle(self, store)? {
+                        return Ok(done);
+                    }
+                }
+                Exit::Exception { vector: 14, error_code, cr2 } => {
+                    self.page_fault(cr2, error_code)?;
+                    exec.stats.page_ins += 1;
+                }
+                Exit::Exception { vector, error_code, cr2 } => self.exception(vector, error_code, cr2)?,
+                Exit::Interrupt => {
+                    exec.stats.preemptions += 1;
+                    if clock::micros_since_boot() - started > exec.budget_us {
+                        return Err(Failure::Timeout);
+                    }
+                }
+            }
+        }
+    }
+
+    fn page_fault(&mut self, addr: u64, error_code: u64) -> Result<(), Failure> {
+        let access = FaultAccess::from_error_code(error_code);
+        match cairn_uspace::page_fault_verdict(addr, access, self.heap_bytes) {
+            FaultVerdict::PageIn => {
+                if (self.charged_pages + 1) * FRAME_SIZE > self.limit_bytes {
+                    return Err(oom(self.limit_bytes));
+                }
+                let page = addr & !(FRAME_SIZE - 1);
+                self.space.map_new(page, Perm::READ_WRITE).map_err(|_| Failure::NodeOutOfMemory)?;
+                self.charged_pages += 1;
+                Ok(())
+            }
+            FaultVerdict::OutOfMemory => Err(oom(self.limit_bytes)),
+            FaultVerdict::StackOverflow => Err(Failure::Trap(format!(
+                "stack overflow (the stack is at most {} KiB)",
+                cairn_abi::layout::STACK_MAX / 1024
+            ))),
+            FaultVerdict::Violation => {
+                let what = if access.execute {
+                    "execute"
+                } else if access.write {
+                    "write"
+                } else {
+                    "read"
+                };
+                let why = if access.present { "not permitted" } else { "not mapped" };
+                Err(Failure::Trap(format!(
+                    "page fault: {what} of {addr:#x} ({why}) at rip={:#x}",
+                    self.context.rip
+                )))
+            }
+        }
+    }
+
+    fn exception(&mut self, vector: u64, error_code: u64, _cr2: u64) -> Result<(), Failure> {
+        let rip = self.context.rip;
+        let mut code = [0u8; 2];
+        let have_code = self.space.read(rip, &mut code);
+        let what: String = match (vector, have_code.then_some(code)) {
+            (13, Some([0x0f, 0xa2])) if user::cpuid_faulting() => {
+                cpuid::answer(&mut self.context);
+                self.context.rip += 2;
+                return Ok(());
+            }
+            (13, Some([0x0f, 0x31])) | (13, Some([0x0f, 0x01])) => "RDTSC is not available to tasks".into(),
+            (13, Some([0xf4, _])) => "privileged instruction (hlt)".into(),
+            (13, Some([0xfa | 0xfb, _])) => "privileged instruction (cli/sti)".into(),
+            (13, Some([0xe4..=0xe7 | 0xec..=0xef, _])) => "port I/O is not available to tasks".into(),
+            (13, _) => format!("general protection fault (error code {error_code:#x})"),
+            (6, _) => "invalid or unavailable instruction".into(),
+            (1, _) => "debug trap (single-step)".into(),
+            (v, _) => format!("{} (vector {v})", crate::arch::trap::exception_name(v)),
+        };
+        Err(Failure::Trap(format!("{what} at rip={rip:#x}")))
+    }
+
+    /// SYS_OPEN's mapping: the object's pages lent read-only when it has pages of its own,
+    /// otherwise a copy. Opening the same object twice returns the same mapping.
+    fn map_object(&mut self, store: &NodeStore, handle: &Handle) -> Result<(u64, u64), Failure> {
+        use cairn_object::store::Store;
+        if let Some(&mapped) = self.opened.get(handle) {
+            return Ok(mapped);
+        }
+        let base = self.next_object;
+        let len = match store.frames_of(handle) {
+            Some((phys, bytes)) => {
+                let len = bytes.len() as u64;
+                for i in 0..len.div_ceil(FRAME_SIZE) {
+                    self.space
+                        .map_borrowed(base + i * FRAME_SIZE, phys + i * FRAME_SIZE, Perm::READ)
+                        .map_err(|_| Failure::NodeOutOfMemory)?;
+                }
+                self.lent.push(bytes);
+                len
+            }
+            None => {
+                let bytes = store.get(handle).ok_or(Failure::MissingObject(*handle))?;
+                let len = bytes.len() as u64;
+                for i in 0..len.div_ceil(FRAME_SIZE) {
+                    self.space.map_new(base + i * FRAME_SIZE, Perm::READ_WRITE).map_err(|_| Failure::NodeOutOfMemory)?;
+                }
+                self.space.write(base, &bytes);
+                for i in 0..len.div_ceil(FRAME_SIZE) {
+                    self.space.protect(base + i * FRAME_SIZE, Perm::READ).map_err(|_| Failure::NodeOutOfMemory)?;
+                }
+                len
+            }
+        };
+        // A guard page between objects.
+        self.next_object = base + (len.div_ceil(FRAME_SIZE) + 1) * FRAME_SIZE;
+        self.opened.insert(*handle, (base, len));
+        Ok((base, len))
+    }
+}
