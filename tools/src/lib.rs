@@ -4,3 +4,4 @@
 pub mod hash;
 pub mod host;
 pub mod qemu;
+pub mod received;

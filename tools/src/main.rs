@@ -9,6 +9,7 @@ use anyhow::Context;
 use cairn_boot::Firmware;
 use cairn_bootcfg::{LogLevel, Mode, NodeConfig};
 use cairn_tools::qemu::{self, Accel, NodeExit, NodeOptions, Vm};
+use cairn_tools::received::Line;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -75,6 +76,9 @@ struct BootArgs {
     /// Stop the node (and fail) if it has not shut down after this many seconds.
     #[arg(long, value_name = "SECS", global = true)]
     timeout: Option<u64>,
+    /// Where objects the node sends (the default job's image) are saved.
+    #[arg(long, value_name = "DIR", default_value = ".", global = true)]
+    out_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -193,9 +197,21 @@ fn boot_and_stream(args: &BootArgs, mode: Mode) -> anyhow::Result<ExitCode> {
     // Without a timeout the deadline is far enough away to mean "never".
     let deadline = Instant::now() + Duration::from_secs(args.timeout.unwrap_or(100 * 365 * 86400));
     let mut stdout = std::io::stdout();
+    let mut receiver = cairn_tools::received::Receiver::default();
     loop {
         match vm.next_line(deadline) {
             Ok(Some(line)) => {
+                match receiver.feed(&line)? {
+                    Line::Console => {}
+                    Line::Consumed => continue,
+                    Line::Done(object) => {
+                        let path = args.out_dir.join(&object.name);
+                        std::fs::write(&path, &object.bytes)
+                            .with_context(|| format!("cannot write {}", path.display()))?;
+                        eprintln!("cairn: saved {} ({} bytes, {}) to {}", object.name, object.bytes.len(), object.handle, path.display());
+                        continue;
+                    }
+                }
                 let _ = writeln!(stdout, "{line}");
                 let _ = stdout.flush();
                 if line.starts_with("cairn: ready ") {

@@ -64,6 +64,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         memory.heap_bytes >> 20,
         memory.free_frames
     );
+    log::info!(
+        "tasks: ring 3 with SYSCALL, RDTSC and FSGSBASE off, CPUID {}",
+        if arch::user::cpuid_faulting() { "faulting (fixed answer)" } else { "NOT faulting: tasks see the host CPUID" }
+    );
     log::info!("mode: {}", config.mode.name());
 
     let status = run(&config, &memory);
