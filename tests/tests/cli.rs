@@ -110,7 +110,8 @@ fn signal(child: &Child, sig: i32) {
 
 #[test]
 fn default_job_boots_shows_ready_and_exits_zero() {
-    let output = cairn().stdin(Stdio::null()).output().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let output = cairn().arg("--out-dir").arg(dir.path()).stdin(Stdio::null()).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(stdout.lines().filter(|l| l.starts_with("cairn: ready boot_ms=")).count(), 1, "{stdout}");

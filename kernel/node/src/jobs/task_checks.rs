@@ -39,6 +39,7 @@ pub fn run() -> Status {
     ev.executor.budget_us = 1_000_000;
     let mib = 1 << 20;
 
+    println!("task-check cpuid-faulting: {}", if crate::arch::user::cpuid_faulting() { "yes" } else { "no" });
     let (two, three) = (blob(&mut ev, &2u64.to_le_bytes()), blob(&mut ev, &3u64.to_le_bytes()));
     let add = apply(&mut ev, p.add, &[two, three], mib);
     let outcome = ev.eval(add);
