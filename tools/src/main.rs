@@ -32,6 +32,17 @@ enum Command {
     Selftest(BootArgs),
     /// Print the handle of each file (a blob) and directory (a tree), handle first.
     Hash(HashArgs),
+    /// Boot a node that measures itself (guest time): invocation, memo hit, BLAKE3 throughput.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    boot: BootArgs,
+    /// One JSON object per line: {"name": ..., "value": ..., "unit": ...}.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -110,7 +121,7 @@ struct ImageArgs {
     #[arg(long, value_enum, default_value = "raw")]
     format: ImageFormat,
     /// What the node does when it boots from this image.
-    #[arg(long, value_parser = ["serve", "job", "selftest", "fault-test", "task-checks"], default_value = "serve")]
+    #[arg(long, value_parser = ["serve", "job", "selftest", "fault-test", "task-checks", "bench"], default_value = "serve")]
     mode: String,
     /// Where to write the image.
     #[arg(short, long)]
@@ -142,7 +153,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Selftest(args)) => boot_and_stream(&args, Mode::Selftest),
         Some(Command::Image(args)) => write_image(&args),
         Some(Command::Hash(args)) => hash(&args),
+        Some(Command::Bench(args)) => bench(&args),
     }
+}
+
+fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let mut results = Vec::new();
+    // The console goes to stderr so that stdout holds only the results.
+    let code = boot_and_watch(&args.boot, Mode::Bench, |line| {
+        if let Some(rest) = line.strip_prefix("cairn: bench ") {
+            let parts: Vec<&str> = rest.split(' ').collect();
+            if let [name, value, unit] = parts[..] {
+                if let Ok(value) = value.parse::<f64>() {
+                    results.push((name.to_string(), value, unit.to_string()));
+                }
+            }
+        }
+        eprintln!("{line}");
+    })?;
+    for (name, value, unit) in &results {
+        if args.json {
+            println!("{}", serde_json::json!({"name": name, "value": value, "unit": unit}));
+        } else {
+            println!("{name:<14} {value:>12.3} {unit}");
+        }
+    }
+    if results.is_empty() && code == ExitCode::SUCCESS {
+        anyhow::bail!("the node reported no measurements");
+    }
+    Ok(code)
 }
 
 fn hash(args: &HashArgs) -> anyhow::Result<ExitCode> {
@@ -177,6 +216,16 @@ fn write_image(args: &ImageArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn boot_and_stream(args: &BootArgs, mode: Mode) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout();
+    boot_and_watch(args, mode, |line| {
+        let _ = writeln!(stdout, "{line}");
+        let _ = stdout.flush();
+    })
+}
+
+/// Boots a node, saves the objects it sends, hands every other console line to `on_line`, and
+/// turns how the node ended into an exit code.
+fn boot_and_watch(args: &BootArgs, mode: Mode, mut on_line: impl FnMut(&str)) -> anyhow::Result<ExitCode> {
     let accel: Accel = args.accel.parse().map_err(anyhow::Error::msg)?;
     let opts = NodeOptions {
         firmware: args.firmware.firmware(),
@@ -196,7 +245,6 @@ fn boot_and_stream(args: &BootArgs, mode: Mode) -> anyhow::Result<ExitCode> {
     eprintln!("cairn: qemu pid {}", vm.pid());
     // Without a timeout the deadline is far enough away to mean "never".
     let deadline = Instant::now() + Duration::from_secs(args.timeout.unwrap_or(100 * 365 * 86400));
-    let mut stdout = std::io::stdout();
     let mut receiver = cairn_tools::received::Receiver::default();
     loop {
         match vm.next_line(deadline) {
@@ -212,8 +260,7 @@ fn boot_and_stream(args: &BootArgs, mode: Mode) -> anyhow::Result<ExitCode> {
                         continue;
                     }
                 }
-                let _ = writeln!(stdout, "{line}");
-                let _ = stdout.flush();
+                on_line(&line);
                 if line.starts_with("cairn: ready ") {
                     eprintln!("cairn: node ready {:.2} s after QEMU started", vm.elapsed().as_secs_f64());
                 }

@@ -26,10 +26,13 @@ pub enum Mode {
     FaultTest,
     /// Run the hostile and example tasks and print one line per case (tests/tests/tasks.rs).
     TaskChecks,
+    /// Measure invocation, memo hits and hashing in guest time (`cairn bench`).
+    Bench,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [Mode::Serve, Mode::Job, Mode::Selftest, Mode::FaultTest, Mode::TaskChecks];
+    pub const ALL: [Mode; 6] =
+        [Mode::Serve, Mode::Job, Mode::Selftest, Mode::FaultTest, Mode::TaskChecks, Mode::Bench];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -38,6 +41,7 @@ impl Mode {
             Mode::Selftest => "selftest",
             Mode::FaultTest => "fault-test",
             Mode::TaskChecks => "task-checks",
+            Mode::Bench => "bench",
         }
     }
 }
@@ -141,7 +145,7 @@ impl NodeConfig {
                             line,
                             key: "mode",
                             value: value.into(),
-                            expected: "serve, job, selftest, fault-test, task-checks",
+                            expected: "serve, job, selftest, fault-test, task-checks, bench",
                         },
                     )?
                 }
@@ -218,7 +222,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn render_round_trips(mode in 0..5usize, level in 0..5usize) {
+        fn render_round_trips(mode in 0..6usize, level in 0..5usize) {
             let config = NodeConfig { mode: Mode::ALL[mode], log_level: LogLevel::ALL[level] };
             prop_assert_eq!(NodeConfig::parse(config.render().as_bytes()).unwrap(), config);
         }

@@ -91,6 +91,10 @@ fn run(config: &NodeConfig, memory: &memory::MemoryReport) -> Status {
             ready();
             jobs::task_checks::run()
         }
+        Mode::Bench => {
+            ready();
+            jobs::bench::run()
+        }
         Mode::Serve => {
             ready();
             log::info!("serving; stop the VM to shut down");

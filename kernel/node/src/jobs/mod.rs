@@ -1,5 +1,6 @@
 //! Work the node does on its own: the default job, and the task checks the QEMU tests run.
 
+pub mod bench;
 pub mod demo;
 pub mod task_checks;
 
