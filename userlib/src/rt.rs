@@ -15,14 +15,15 @@ pub fn start(args: *const u8, count: usize, heap_bytes: usize, run: fn(&[Handle]
     HEAP_END.store(layout::HEAP_BASE as usize + heap_bytes, Ordering::Relaxed);
     // SAFETY: the kernel maps `count` 40-byte handles at `args`, read-only, for the task's life.
     let raw = unsafe { core::slice::from_raw_parts(args, count * Handle::LEN) };
-    let mut handles = alloc::vec::Vec::with_capacity(count);
     for chunk in raw.chunks_exact(Handle::LEN) {
-        match Handle::from_bytes(chunk) {
-            Ok(h) => handles.push(h),
-            Err(e) => fail(&alloc::format!("argument is not a handle: {e}")),
+        if let Err(e) = Handle::from_bytes(chunk) {
+            fail(&alloc::format!("argument is not a handle: {e}"));
         }
     }
-    match run(&handles) {
+    // SAFETY: Handle is a transparent wrapper of [u8; 40], and every chunk was just checked to
+    // be a canonical handle; read in place, no heap needed.
+    let handles = unsafe { core::slice::from_raw_parts(args as *const Handle, count) };
+    match run(handles) {
         Ok(result) => exit(&result),
         Err(e) => fail(&e.0),
     }

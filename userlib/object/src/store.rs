@@ -83,6 +83,26 @@ impl MemStore {
         MemStore { objects: BTreeMap::new(), bytes: 0, limit: limit_bytes }
     }
 
+    /// Like [`Store::put`], but a new object's bytes are first handed to `place`, which may move
+    /// them (a kernel keeps large objects in whole pages) and must return the same bytes, or
+    /// `None` if it has no room. Names the bytes once, whatever `place` does.
+    pub fn put_placed(
+        &mut self,
+        kind: Kind,
+        bytes: Bytes,
+        place: impl FnOnce(Bytes) -> Option<Bytes>,
+    ) -> Result<Handle, StoreError> {
+        let handle = name(kind, &bytes).map_err(|error| StoreError::Invalid { kind, error })?;
+        if handle.is_literal() || self.objects.contains_key(&handle) {
+            return Ok(handle);
+        }
+        let needed = bytes.len() as u64;
+        let placed = place(bytes).ok_or(StoreError::Full { needed, used: self.bytes, limit: self.limit })?;
+        debug_assert_eq!(placed.len() as u64, needed, "place must keep the bytes");
+        self.insert(handle, placed)?;
+        Ok(handle)
+    }
+
     fn insert(&mut self, handle: Handle, bytes: Bytes) -> Result<(), StoreError> {
         if handle.is_literal() || self.objects.contains_key(&handle) {
             return Ok(());

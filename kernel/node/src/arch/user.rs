@@ -174,7 +174,7 @@ pub fn init() {
         Efer::update(|f| f.insert(EferFlags::SYSTEM_CALL_EXTENSIONS | EferFlags::NO_EXECUTE_ENABLE));
         Star::write(selectors.user_code, selectors.user_data, selectors.kernel_code, selectors.kernel_data)
             .expect("GDT order matches SYSRET");
-        LStar::write(VirtAddr::new(cairn_syscall_entry as usize as u64));
+        LStar::write(VirtAddr::new(cairn_syscall_entry as *const () as u64));
         SFMask::write(RFlags::from_bits_truncate(cairn_uspace::SYSCALL_FLAG_MASK));
         Cr4::update(|cr4| {
             cr4.insert(Cr4Flags::TIMESTAMP_DISABLE);
@@ -263,13 +263,21 @@ pub fn trap_from_user(frame: &TrapFrame) -> ! {
 #[repr(C, align(64))]
 pub struct SimdState([u8; 4096]);
 
+/// The one fixed state every task starts from: x87 and SSE/AVX registers in their initial
+/// state (XSTATE_BV = 0), MXCSR = 0x1f80 (all exceptions masked, round to nearest).
+pub static INITIAL_SIMD: SimdState = {
+    let mut area = [0u8; 4096];
+    let mxcsr = 0x1f80u32.to_le_bytes();
+    area[24] = mxcsr[0];
+    area[25] = mxcsr[1];
+    area[26] = mxcsr[2];
+    area[27] = mxcsr[3];
+    SimdState(area)
+};
+
 impl SimdState {
-    /// The one fixed state every task starts from: x87 and SSE/AVX registers in their initial
-    /// state, MXCSR = 0x1f80 (all exceptions masked, round to nearest).
-    pub fn initial() -> SimdState {
-        let mut area = SimdState([0; 4096]);
-        area.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
-        area
+    pub fn new() -> SimdState {
+        SimdState([0; 4096])
     }
 
     pub fn save(&mut self) {

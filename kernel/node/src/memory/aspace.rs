@@ -27,7 +27,6 @@ pub struct Perm {
 impl Perm {
     pub const READ: Perm = Perm { write: false, execute: false };
     pub const READ_WRITE: Perm = Perm { write: true, execute: false };
-    pub const READ_EXECUTE: Perm = Perm { write: false, execute: true };
 
     fn flags(self) -> PageTableFlags {
         let mut flags = PageTableFlags::PRESENT | PageTableFlags::USER_ACCESSIBLE;
@@ -43,8 +42,6 @@ impl Perm {
 
 pub struct AddressSpace {
     pml4: u64,
-    /// Frames this space owns as task memory (page tables not counted).
-    owned_pages: u64,
 }
 
 struct Frames;
@@ -69,7 +66,7 @@ impl AddressSpace {
                 dst[i] = src[i].clone();
             }
         }
-        Ok(AddressSpace { pml4, owned_pages: 0 })
+        Ok(AddressSpace { pml4 })
     }
 
     fn mapper(&mut self) -> OffsetPageTable<'_> {
@@ -81,10 +78,6 @@ impl AddressSpace {
                 VirtAddr::new(phys_to_virt(0) as u64),
             )
         }
-    }
-
-    pub fn owned_pages(&self) -> u64 {
-        self.owned_pages
     }
 
     fn map(&mut self, virt: u64, phys: u64, flags: PageTableFlags) -> Result<(), MapError> {
@@ -112,7 +105,19 @@ impl AddressSpace {
             let _ = free_frames(phys, 1);
             return Err(e);
         }
-        self.owned_pages += 1;
+        Ok(phys)
+    }
+
+    /// Maps a fresh frame the space owns after `fill` has written its contents (the frame is
+    /// zeroed first, and not yet visible to the task while `fill` runs).
+    pub fn map_new_filled(&mut self, virt: u64, perm: Perm, fill: impl FnOnce(&mut [u8])) -> Result<u64, MapError> {
+        let phys = alloc_frame().ok_or(MapError::OutOfFrames)?;
+        // SAFETY: the frame was just allocated to us alone and lies in the linear map.
+        fill(unsafe { core::slice::from_raw_parts_mut(phys_to_virt(phys), FRAME_SIZE as usize) });
+        if let Err(e) = self.map(virt, phys, perm.flags()) {
+            let _ = free_frames(phys, 1);
+            return Err(e);
+        }
         Ok(phys)
     }
 

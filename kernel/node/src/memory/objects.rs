@@ -59,12 +59,11 @@ impl NodeStore {
     }
 
     /// Large objects move into pages of their own; `None` if the heap has no room.
-    fn placed(bytes: Bytes) -> Result<Bytes, StoreError> {
+    fn placed(bytes: Bytes) -> Option<Bytes> {
         if bytes.len() < PAGE_ALIGNED_MIN {
-            return Ok(bytes);
+            return Some(bytes);
         }
-        let page = PageBuf::copy_of(&bytes).ok_or(StoreError::Full { needed: bytes.len() as u64, used: 0, limit: 0 })?;
-        Ok(Bytes::from_owner(page))
+        PageBuf::copy_of(&bytes).map(Bytes::from_owner)
     }
 
     /// The physical pages holding an object, if it has pages of its own: `(first frame, len)`.
@@ -81,12 +80,7 @@ impl NodeStore {
 
 impl Store for NodeStore {
     fn put(&mut self, kind: Kind, bytes: Bytes) -> Result<Handle, StoreError> {
-        // Name first: an object already stored costs no copy.
-        let handle = cairn_object::store::name(kind, &bytes).map_err(|error| StoreError::Invalid { kind, error })?;
-        if self.inner.contains(&handle) {
-            return Ok(handle);
-        }
-        self.inner.put(kind, Self::placed(bytes)?)
+        self.inner.put_placed(kind, bytes, Self::placed)
     }
 
     fn put_verified(&mut self, claimed: &Handle, bytes: Bytes) -> Result<(), StoreError> {
@@ -95,10 +89,7 @@ impl Store for NodeStore {
         if actual != *claimed {
             return Err(StoreError::Mismatch { claimed: *claimed, actual });
         }
-        if self.inner.contains(claimed) {
-            return Ok(());
-        }
-        self.inner.put_verified(claimed, Self::placed(bytes)?)
+        self.inner.put_placed(kind, bytes, Self::placed).map(|_| ())
     }
 
     fn get(&self, handle: &Handle) -> Option<Bytes> {

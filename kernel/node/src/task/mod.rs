@@ -7,6 +7,7 @@
 
 pub mod builtin;
 mod cpuid;
+mod image;
 mod syscall;
 
 use alloc::collections::{BTreeMap, BTreeSet};
@@ -21,7 +22,7 @@ use cairn_object::Handle;
 use cairn_uspace::{FaultAccess, FaultVerdict};
 
 use crate::arch::clock;
-use crate::arch::user::{self, Exit, SimdState, UserContext};
+use crate::arch::user::{self, Exit, INITIAL_SIMD, SimdState, UserContext};
 use crate::memory::FRAME_SIZE;
 use crate::memory::aspace::{self, AddressSpace, Perm};
 use crate::memory::objects::NodeStore;
@@ -39,17 +40,54 @@ pub struct TaskStats {
 pub struct TaskExecutor {
     pub budget_us: u64,
     pub stats: TaskStats,
+    images: image::ImageCache,
+    simd: Simd,
+}
+
+/// The running task's SIMD registers. The kernel touches SIMD registers only when it hashes
+/// (creating objects), so they are saved only then, and restored before the task resumes.
+pub struct Simd {
+    state: alloc::boxed::Box<SimdState>,
+    saved: bool,
+}
+
+impl Simd {
+    fn start(&mut self) {
+        INITIAL_SIMD.restore();
+        self.saved = false;
+    }
+
+    /// Before kernel code that may use SIMD registers.
+    pub fn save(&mut self) {
+        if !self.saved {
+            self.state.save();
+            self.saved = true;
+        }
+    }
+
+    fn resume(&mut self) {
+        if self.saved {
+            self.state.restore();
+            self.saved = false;
+        }
+    }
 }
 
 impl TaskExecutor {
     pub fn new() -> TaskExecutor {
-        TaskExecutor { budget_us: DEFAULT_BUDGET_US, stats: TaskStats::default() }
+        TaskExecutor {
+            budget_us: DEFAULT_BUDGET_US,
+            stats: TaskStats::default(),
+            images: image::ImageCache::default(),
+            simd: Simd { state: alloc::boxed::Box::new(SimdState::new()), saved: false },
+        }
     }
 }
 
 impl Executor<NodeStore> for TaskExecutor {
     fn apply(&mut self, store: &mut NodeStore, app: &Application<'_>) -> Result<Handle, Failure> {
-        let mut task = Task::load(store, app)?;
+        let image = self.images.get(store, &app.procedure)?;
+        let mut task = Task::load(image, app)?;
         task.space.activate();
         let outcome = task.run(store, self);
         aspace::activate_kernel();
@@ -61,7 +99,6 @@ impl Executor<NodeStore> for TaskExecutor {
 struct Task {
     space: AddressSpace,
     context: UserContext,
-    simd: SimdState,
     limit_bytes: u64,
     heap_bytes: u64,
     /// Pages charged to the memory limit: image, arguments, heap and stack.
@@ -81,54 +118,36 @@ fn oom(limit: u64) -> Failure {
 }
 
 impl Task {
-    fn load(store: &mut NodeStore, app: &Application<'_>) -> Result<Task, Failure> {
-        use cairn_object::store::Store;
+    fn load(image: &image::Image, app: &Application<'_>) -> Result<Task, Failure> {
         let limit_bytes = app.limits.memory_bytes();
-        let elf = store.get(&app.procedure).ok_or(Failure::MissingObject(app.procedure))?;
-        let plan = cairn_elf::plan(&elf)
-            .map_err(|e| Failure::InvalidThunk(format!("procedure {}: {e}", app.procedure)))?;
         let args_bytes = (app.args.len() * Handle::LEN) as u64;
         let args_pages = args_bytes.div_ceil(FRAME_SIZE).max(1);
-        let fixed_pages = plan.pages() + args_pages;
+        let fixed_pages = image.pages + args_pages;
         let limit_pages = limit_bytes / FRAME_SIZE;
         // The stack needs at least one page too.
         if fixed_pages + 1 > limit_pages {
             return Err(oom(limit_bytes));
         }
         let mut space = AddressSpace::new().map_err(|_| Failure::NodeOutOfMemory)?;
-
-        for segment in &plan.segments {
-            let perm = Perm { write: segment.perms.write, execute: segment.perms.execute };
-            let (first, end) = segment.pages();
-            for page in (first..end).step_by(FRAME_SIZE as usize) {
-                space.map_new(page, Perm::READ_WRITE).map_err(|_| Failure::NodeOutOfMemory)?;
-                // The part of this page backed by the file.
-                let lo = page.max(segment.vaddr);
-                let hi = (page + FRAME_SIZE).min(segment.vaddr + segment.file_size);
-                if lo < hi {
-                    let from = (segment.file_offset + (lo - segment.vaddr)) as usize;
-                    space.write(lo, &elf[from..from + (hi - lo) as usize]);
-                }
-                // Now drop write (and set execute) as the segment asks.
-                space.protect(page, perm).map_err(|_| Failure::NodeOutOfMemory)?;
-            }
+        image.map_into(&mut space)?;
+        for page in 0..args_pages {
+            let first = (page * FRAME_SIZE / Handle::LEN as u64) as usize;
+            let handles = &app.args[first.min(app.args.len())..];
+            space
+                .map_new_filled(ARGS_BASE + page * FRAME_SIZE, Perm::READ, |frame| {
+                    for (slot, h) in frame.chunks_exact_mut(Handle::LEN).zip(handles) {
+                        slot.copy_from_slice(h.as_bytes());
+                    }
+                })
+                .map_err(|_| Failure::NodeOutOfMemory)?;
         }
 
-        let mut args = Vec::with_capacity(args_bytes as usize);
-        for a in app.args {
-            args.extend_from_slice(a.as_bytes());
-        }
-        for i in 0..args_pages {
-            space.map_new(ARGS_BASE + i * FRAME_SIZE, Perm::READ_WRITE).map_err(|_| Failure::NodeOutOfMemory)?;
-        }
-        space.write(ARGS_BASE, &args);
-        for i in 0..args_pages {
-            space.protect(ARGS_BASE + i * FRAME_SIZE, Perm::READ).map_err(|_| Failure::NodeOutOfMemory)?;
-        }
-
-        let heap_bytes = (limit_pages - fixed_pages - 1) * FRAME_SIZE;
+        // Every task touches the top of its stack at once: map it now rather than fault.
+        space.map_new(STACK_TOP - FRAME_SIZE, Perm::READ_WRITE).map_err(|_| Failure::NodeOutOfMemory)?;
+        let fixed_pages = fixed_pages + 1;
+        let heap_bytes = (limit_pages - fixed_pages) * FRAME_SIZE;
         let context = UserContext {
-            rip: plan.entry,
+            rip: image.entry,
             // As if called: the entry function expects rsp ≡ 8 (mod 16).
             rsp: STACK_TOP - 8,
             rdi: ARGS_BASE,
@@ -140,7 +159,6 @@ impl Task {
         Ok(Task {
             space,
             context,
-            simd: SimdState::initial(),
             limit_bytes,
             heap_bytes,
             charged_pages: fixed_pages,
@@ -153,14 +171,14 @@ impl Task {
 
     fn run(&mut self, store: &mut NodeStore, exec: &mut TaskExecutor) -> Result<Handle, Failure> {
         let started = clock::micros_since_boot();
+        exec.simd.start();
         loop {
-            self.simd.restore();
+            exec.simd.resume();
             let exit = user::run(&mut self.context);
-            self.simd.save();
             match exit {
                 Exit::Syscall => {
                     exec.stats.syscalls += 1;
-                    if let Some(done) = syscall::handle(self, store)? {
+                    if let Some(done) = syscall::handle(self, store, &mut exec.simd)? {
                         return Ok(done);
                     }
                 }

@@ -45,7 +45,7 @@ impl Task {
 }
 
 /// Handles the syscall in the task's context; `Some(result)` when the task is done.
-pub fn handle(task: &mut Task, store: &mut NodeStore) -> Result<Option<Handle>, Failure> {
+pub fn handle(task: &mut Task, store: &mut NodeStore, simd: &mut super::Simd) -> Result<Option<Handle>, Failure> {
     let ctx = &task.context;
     let (number, a0, a1, a2, a3) = (ctx.rax, ctx.rdi, ctx.rsi, ctx.rdx, ctx.r10);
     match number {
@@ -92,6 +92,8 @@ pub fn handle(task: &mut Task, store: &mut NodeStore) -> Result<Option<Handle>, 
                     task.check_known(&entry)?;
                 }
             }
+            // Naming hashes with SIMD instructions: keep the task's registers first.
+            simd.save();
             let handle = store.put(kind, Bytes::from(bytes)).map_err(|e| match e {
                 StoreError::Invalid { .. } | StoreError::Mismatch { .. } => bad(format!("{e}")),
                 StoreError::Full { .. } => Failure::NodeOutOfMemory,
