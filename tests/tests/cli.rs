@@ -214,3 +214,20 @@ fn hash_prints_handle_first_with_the_b3sum_digest_for_files() {
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(String::from_utf8_lossy(&output.stderr).trim(), "cairn: error: cannot read /nonexistent/x: No such file or directory (os error 2)");
 }
+
+#[test]
+fn bench_reports_three_measurements_as_json() {
+    let output = cairn().args(["bench", "--json"]).stdin(Stdio::null()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["invoke_us", "memo_hit_us", "blake3_mib_s"]);
+    for row in &rows {
+        let value = row["value"].as_f64().unwrap();
+        assert!(value.is_finite() && value > 0.0, "{row}");
+    }
+    // A memo hit does no work a task invocation does: it must be the cheaper of the two.
+    assert!(rows[1]["value"].as_f64() < rows[0]["value"].as_f64(), "{stdout}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("blake3 path "), "the boot log names the BLAKE3 path");
+}

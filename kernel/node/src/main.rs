@@ -50,10 +50,11 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     x86_64::instructions::interrupts::enable();
 
     log::info!(
-        "cpu: sse on, xsave={} avx={} avx512={}; tsc {} kHz{}",
+        "cpu: sse on, xsave={} avx={} avx512={}, blake3 path {}; tsc {} kHz{}",
         simd.xsave,
         simd.avx,
         simd.avx512,
+        arch::cpu::blake3_path(&simd),
         arch::clock::tsc_khz(),
         if arch::cpu::has_invariant_tsc() { " (invariant)" } else { "" }
     );

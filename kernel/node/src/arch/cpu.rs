@@ -65,3 +65,22 @@ pub fn enable_simd() -> SimdState {
 pub fn has_invariant_tsc() -> bool {
     __cpuid(0x8000_0000).eax >= 0x8000_0007 && __cpuid(0x8000_0007).edx & (1 << 8) != 0
 }
+
+/// The BLAKE3 implementation the `blake3` crate picks on this CPU, following its own order
+/// (AVX-512, AVX2, SSE4.1, SSE2) from CPUID and from what XCR0 lets the OS use: shown in the boot
+/// log so that a measurement says which path it measured.
+pub fn blake3_path(simd: &SimdState) -> &'static str {
+    let leaf1 = __cpuid(1);
+    let leaf7 = __cpuid_count(7, 0);
+    let avx2 = leaf7.ebx & (1 << 5) != 0;
+    let avx512 = leaf7.ebx & (1 << 16) != 0 && leaf7.ebx & (1 << 31) != 0;
+    if simd.avx512 && avx512 {
+        "avx512"
+    } else if simd.avx && avx2 {
+        "avx2"
+    } else if leaf1.ecx & (1 << 19) != 0 {
+        "sse4.1"
+    } else {
+        "sse2"
+    }
+}
