@@ -96,7 +96,7 @@ impl<'a> Thunk<'a> {
     }
 
     pub fn handle(&self) -> Handle {
-        tree::name_encoding(Kind::Thunk, context::THUNK, self.encoding(), self.tree.iter())
+        tree::name_encoding(Kind::Thunk, &context::THUNK_KEY, self.encoding(), self.tree.iter())
     }
 }
 

@@ -51,7 +51,7 @@ impl<'a> Tree<'a> {
 
     /// The tree's name.
     pub fn handle(&self) -> Handle {
-        name_encoding(Kind::Tree, context::TREE, self.encoding, self.iter())
+        name_encoding(Kind::Tree, &context::TREE_KEY, self.encoding, self.iter())
     }
 }
 
@@ -71,14 +71,15 @@ pub fn footprint(encoding_len: usize, entries: impl Iterator<Item = Handle>) -> 
     entries.fold(encoding_len as u64, |acc, e| acc.saturating_add(e.size())).min(MAX_SIZE)
 }
 
-/// Names a validated tree-shaped encoding under `context` (trees and thunks).
+/// Names a validated tree-shaped encoding under a context key (trees and thunks).
 pub(crate) fn name_encoding(
     kind: Kind,
-    context: &str,
+    context_key: &[u8; 32],
     encoding: &[u8],
     entries: impl Iterator<Item = Handle>,
 ) -> Handle {
-    let mut hasher = blake3::Hasher::new_derive_key(context);
+    use blake3::hazmat::HasherExt;
+    let mut hasher = blake3::Hasher::new_from_context_key(context_key);
     hasher.update(encoding);
     let digest = Digest(*hasher.finalize().as_bytes());
     Handle::named(kind, footprint(encoding.len(), entries), digest)

@@ -121,12 +121,30 @@ impl AddressSpace {
         Ok(phys)
     }
 
-    /// Changes the permissions of a page this space maps.
-    pub fn protect(&mut self, virt: u64, perm: Perm) -> Result<(), MapError> {
+    /// Rewrites the contents of a page this space owns (a task's writable page being reset).
+    /// `false` if the page is not mapped or not owned.
+    pub fn refill(&mut self, virt: u64, fill: impl FnOnce(&mut [u8])) -> bool {
+        match self.translate(virt) {
+            Some((phys, flags)) if !flags.contains(BORROWED) => {
+                let frame = phys & !(FRAME_SIZE - 1);
+                // SAFETY: an owned frame of this space, in the linear map; the task is not running.
+                fill(unsafe { core::slice::from_raw_parts_mut(phys_to_virt(frame), FRAME_SIZE as usize) });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Unmaps a page, freeing its frame if this space owns it.
+    pub fn unmap(&mut self, virt: u64) -> Result<(), MapError> {
         let page = Page::<Size4KiB>::from_start_address(VirtAddr::new(virt)).map_err(|_| MapError::Misaligned(virt))?;
-        // SAFETY: changes a lower-half leaf of this space only; no kernel reference points there.
-        let result = unsafe { self.mapper().update_flags(page, perm.flags()) };
-        result.map(|flush| flush.flush()).map_err(|_| MapError::NotMapped(virt))
+        let owned = matches!(self.translate(virt), Some((_, flags)) if !flags.contains(BORROWED));
+        let (frame, flush) = self.mapper().unmap(page).map_err(|_| MapError::NotMapped(virt))?;
+        flush.flush();
+        if owned {
+            let _ = free_frames(frame.start_address().as_u64(), 1);
+        }
+        Ok(())
     }
 
     /// Maps a frame someone else owns (it must outlive this space), read-only.
@@ -187,6 +205,10 @@ impl AddressSpace {
         true
     }
 
+    pub fn is_active(&self) -> bool {
+        Cr3::read().0.start_address().as_u64() == self.pml4
+    }
+
     /// Makes this the active address space.
     pub fn activate(&self) {
         let frame = PhysFrame::containing_address(PhysAddr::new(self.pml4));
@@ -205,6 +227,9 @@ pub fn activate_kernel() {
 
 impl Drop for AddressSpace {
     fn drop(&mut self) {
+        if self.is_active() {
+            activate_kernel();
+        }
         // SAFETY: walks only the lower half of this space's own tables, which no one else uses
         // (the space is not active: callers switch to the kernel's tables first).
         unsafe { free_tables(self.pml4, 4) };

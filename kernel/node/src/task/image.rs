@@ -64,6 +64,15 @@ impl Image {
         Ok(Image { entry: plan.entry, pages: plan.pages(), layout })
     }
 
+    /// Puts every writable page of an address space that already maps this image back to its
+    /// initial contents; `false` if the space does not map it as expected.
+    pub fn reset(&self, space: &mut AddressSpace) -> bool {
+        self.layout.iter().all(|page| match &page.content {
+            Content::Shared(_) => true,
+            Content::Template(bytes) => space.refill(page.virt, |f| f.copy_from_slice(&bytes[..])),
+        })
+    }
+
     /// Maps the image into a task's address space.
     pub fn map_into(&self, space: &mut AddressSpace) -> Result<(), Failure> {
         for page in &self.layout {

@@ -24,7 +24,7 @@ use cairn_uspace::{FaultAccess, FaultVerdict};
 use crate::arch::clock;
 use crate::arch::user::{self, Exit, INITIAL_SIMD, SimdState, UserContext};
 use crate::memory::FRAME_SIZE;
-use crate::memory::aspace::{self, AddressSpace, Perm};
+use crate::memory::aspace::{AddressSpace, Perm};
 use crate::memory::objects::NodeStore;
 
 /// Wall-clock budget of one application, in microseconds of the kernel's clock.
@@ -42,6 +42,19 @@ pub struct TaskExecutor {
     pub stats: TaskStats,
     images: image::ImageCache,
     simd: Simd,
+    /// The address space of the last task, kept to be reset and reused when the same procedure
+    /// runs next: no page tables to build or free, no address-space switch.
+    warm: Option<Warm>,
+}
+
+struct Warm {
+    procedure: Handle,
+    space: AddressSpace,
+    args_pages: u64,
+    /// Pages the last task added (heap, stack, opened objects), to unmap at reset.
+    added: Vec<u64>,
+    /// Objects whose pages the space still lends until reset.
+    lent: Vec<Bytes>,
 }
 
 /// The running task's SIMD registers. The kernel touches SIMD registers only when it hashes
@@ -80,6 +93,7 @@ impl TaskExecutor {
             stats: TaskStats::default(),
             images: image::ImageCache::default(),
             simd: Simd { state: alloc::boxed::Box::new(SimdState::new()), saved: false },
+            warm: None,
         }
     }
 }
@@ -87,12 +101,52 @@ impl TaskExecutor {
 impl Executor<NodeStore> for TaskExecutor {
     fn apply(&mut self, store: &mut NodeStore, app: &Application<'_>) -> Result<Handle, Failure> {
         let image = self.images.get(store, &app.procedure)?;
-        let mut task = Task::load(image, app)?;
-        task.space.activate();
-        let outcome = task.run(store, self);
-        aspace::activate_kernel();
+        let reused = match self.warm.take() {
+            Some(warm) if warm.procedure == app.procedure => reset(warm, image),
+            _ => None,
+        };
+        let fresh = reused.is_none();
+        let (space, args_pages) = match reused {
+            Some(reused) => reused,
+            None => (fresh_space(image)?, 0),
+        };
+        let mut task = Task::new(space, args_pages, image, app)?;
+        if fresh {
+            task.space.activate();
+        }
+        let outcome = task.run(store, &mut self.stats, &mut self.simd, self.budget_us);
+        self.warm = Some(Warm {
+            procedure: app.procedure,
+            space: task.space,
+            args_pages: task.args_pages,
+            added: task.added,
+            lent: task.lent,
+        });
         outcome
     }
+}
+
+/// A new address space with the image and the top stack page mapped.
+fn fresh_space(image: &image::Image) -> Result<AddressSpace, Failure> {
+    let mut space = AddressSpace::new().map_err(|_| Failure::NodeOutOfMemory)?;
+    image.map_into(&mut space)?;
+    // Every task touches the top of its stack at once: map it now rather than fault.
+    space.map_new(STACK_TOP - FRAME_SIZE, Perm::READ_WRITE).map_err(|_| Failure::NodeOutOfMemory)?;
+    Ok(space)
+}
+
+/// Makes a used address space indistinguishable from a fresh one: pages the last task added
+/// are gone, writable image pages and the stack page hold their initial contents. `None` (and
+/// the space is dropped) if anything does not look as expected.
+fn reset(mut warm: Warm, image: &image::Image) -> Option<(AddressSpace, u64)> {
+    for page in warm.added.drain(..) {
+        warm.space.unmap(page).ok()?;
+    }
+    drop(warm.lent);
+    if !image.reset(&mut warm.space) || !warm.space.refill(STACK_TOP - FRAME_SIZE, |f| f.fill(0)) {
+        return None;
+    }
+    Some((warm.space, warm.args_pages))
 }
 
 /// One running application.
@@ -111,6 +165,9 @@ struct Task {
     opened: BTreeMap<Handle, (u64, u64)>,
     lent: Vec<Bytes>,
     next_object: u64,
+    args_pages: u64,
+    /// Pages added while running (heap, stack, objects): a reset unmaps them.
+    added: Vec<u64>,
 }
 
 fn oom(limit: u64) -> Failure {
@@ -118,33 +175,41 @@ fn oom(limit: u64) -> Failure {
 }
 
 impl Task {
-    fn load(image: &image::Image, app: &Application<'_>) -> Result<Task, Failure> {
+    /// Sets up a task in `space`, which maps the image and the stack page, and `mapped_args`
+    /// argument pages from an earlier task.
+    fn new(mut space: AddressSpace, mapped_args: u64, image: &image::Image, app: &Application<'_>) -> Result<Task, Failure> {
         let limit_bytes = app.limits.memory_bytes();
         let args_bytes = (app.args.len() * Handle::LEN) as u64;
         let args_pages = args_bytes.div_ceil(FRAME_SIZE).max(1);
-        let fixed_pages = image.pages + args_pages;
+        // Image, arguments and the top stack page.
+        let fixed_pages = image.pages + args_pages + 1;
         let limit_pages = limit_bytes / FRAME_SIZE;
-        // The stack needs at least one page too.
-        if fixed_pages + 1 > limit_pages {
+        if fixed_pages > limit_pages {
             return Err(oom(limit_bytes));
         }
-        let mut space = AddressSpace::new().map_err(|_| Failure::NodeOutOfMemory)?;
-        image.map_into(&mut space)?;
+        for page in args_pages..mapped_args {
+            space.unmap(ARGS_BASE + page * FRAME_SIZE).map_err(|_| Failure::NodeOutOfMemory)?;
+        }
         for page in 0..args_pages {
             let first = (page * FRAME_SIZE / Handle::LEN as u64) as usize;
             let handles = &app.args[first.min(app.args.len())..];
-            space
-                .map_new_filled(ARGS_BASE + page * FRAME_SIZE, Perm::READ, |frame| {
-                    for (slot, h) in frame.chunks_exact_mut(Handle::LEN).zip(handles) {
-                        slot.copy_from_slice(h.as_bytes());
-                    }
-                })
-                .map_err(|_| Failure::NodeOutOfMemory)?;
+            let fill = |frame: &mut [u8]| {
+                frame.fill(0);
+                for (slot, h) in frame.chunks_exact_mut(Handle::LEN).zip(handles) {
+                    slot.copy_from_slice(h.as_bytes());
+                }
+            };
+            let virt = ARGS_BASE + page * FRAME_SIZE;
+            let ok = if page < mapped_args {
+                space.refill(virt, fill)
+            } else {
+                space.map_new_filled(virt, Perm::READ, fill).is_ok()
+            };
+            if !ok {
+                return Err(Failure::NodeOutOfMemory);
+            }
         }
 
-        // Every task touches the top of its stack at once: map it now rather than fault.
-        space.map_new(STACK_TOP - FRAME_SIZE, Perm::READ_WRITE).map_err(|_| Failure::NodeOutOfMemory)?;
-        let fixed_pages = fixed_pages + 1;
         let heap_bytes = (limit_pages - fixed_pages) * FRAME_SIZE;
         let context = UserContext {
             rip: image.entry,
@@ -166,30 +231,32 @@ impl Task {
             opened: BTreeMap::new(),
             lent: Vec::new(),
             next_object: cairn_abi::layout::OBJECTS_BASE,
+            args_pages,
+            added: Vec::new(),
         })
     }
 
-    fn run(&mut self, store: &mut NodeStore, exec: &mut TaskExecutor) -> Result<Handle, Failure> {
+    fn run(&mut self, store: &mut NodeStore, stats: &mut TaskStats, simd: &mut Simd, budget_us: u64) -> Result<Handle, Failure> {
         let started = clock::micros_since_boot();
-        exec.simd.start();
+        simd.start();
         loop {
-            exec.simd.resume();
+            simd.resume();
             let exit = user::run(&mut self.context);
             match exit {
                 Exit::Syscall => {
-                    exec.stats.syscalls += 1;
-                    if let Some(done) = syscall::handle(self, store, &mut exec.simd)? {
+                    stats.syscalls += 1;
+                    if let Some(done) = syscall::handle(self, store, simd)? {
                         return Ok(done);
                     }
                 }
                 Exit::Exception { vector: 14, error_code, cr2 } => {
                     self.page_fault(cr2, error_code)?;
-                    exec.stats.page_ins += 1;
+                    stats.page_ins += 1;
                 }
                 Exit::Exception { vector, error_code, cr2 } => self.exception(vector, error_code, cr2)?,
                 Exit::Interrupt => {
-                    exec.stats.preemptions += 1;
-                    if clock::micros_since_boot() - started > exec.budget_us {
+                    stats.preemptions += 1;
+                    if clock::micros_since_boot() - started > budget_us {
                         return Err(Failure::Timeout);
                     }
                 }
@@ -206,6 +273,7 @@ impl Task {
                 }
                 let page = addr & !(FRAME_SIZE - 1);
                 self.space.map_new(page, Perm::READ_WRITE).map_err(|_| Failure::NodeOutOfMemory)?;
+                self.added.push(page);
                 self.charged_pages += 1;
                 Ok(())
             }
@@ -268,6 +336,7 @@ impl Task {
                     self.space
                         .map_borrowed(base + i * FRAME_SIZE, phys + i * FRAME_SIZE, Perm::READ)
                         .map_err(|_| Failure::NodeOutOfMemory)?;
+                    self.added.push(base + i * FRAME_SIZE);
                 }
                 self.lent.push(bytes);
                 len
@@ -275,12 +344,12 @@ impl Task {
             None => {
                 let bytes = store.get(handle).ok_or(Failure::MissingObject(*handle))?;
                 let len = bytes.len() as u64;
-                for i in 0..len.div_ceil(FRAME_SIZE) {
-                    self.space.map_new(base + i * FRAME_SIZE, Perm::READ_WRITE).map_err(|_| Failure::NodeOutOfMemory)?;
-                }
-                self.space.write(base, &bytes);
-                for i in 0..len.div_ceil(FRAME_SIZE) {
-                    self.space.protect(base + i * FRAME_SIZE, Perm::READ).map_err(|_| Failure::NodeOutOfMemory)?;
+                for (i, chunk) in bytes.chunks(FRAME_SIZE as usize).enumerate() {
+                    let virt = base + i as u64 * FRAME_SIZE;
+                    self.space
+                        .map_new_filled(virt, Perm::READ, |f| f[..chunk.len()].copy_from_slice(chunk))
+                        .map_err(|_| Failure::NodeOutOfMemory)?;
+                    self.added.push(virt);
                 }
                 len
             }
