@@ -156,3 +156,15 @@ fn cpuid_answers_without_stopping_the_task() {
         assert_eq!(value, expected, "the fixed CPUID answer");
     }
 }
+
+#[test]
+fn a_task_never_sees_what_the_previous_run_left_behind() {
+    // Run twice in a row: the second run reuses the first one's address space, reset.
+    for mode in ["residue-static", "residue-stack", "residue-heap"] {
+        let (first, second) = (outcome(&format!("{mode}/first")), outcome(&format!("{mode}/second")));
+        assert_eq!(first, second, "{mode}: the second run saw something else");
+    }
+    assert!(outcome("residue-static/first").ends_with(" = 0100000000000000"), "a static starts from its initial value");
+    assert!(outcome("residue-stack/first").ends_with(" = 0000000000000000"), "the stack starts zeroed");
+    assert!(outcome("residue-heap/first").ends_with(" = 0000000000000000"), "the heap starts zeroed");
+}

@@ -205,13 +205,18 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
     /// Applies a frame whose arguments are all values.
     fn apply(&mut self, frame: &mut Frame, use_memo: bool, steps: &mut u64) -> Applied {
         let fail = |failure| Applied::Done(Err(EvalError { thunk: frame.current, failure }));
-        let encoding = match thunk::encode(frame.limits, frame.procedure, &frame.done) {
-            Ok(encoding) => encoding,
-            Err(problem) => return fail(Failure::InvalidThunk(problem.to_string())),
-        };
-        let applied = match self.store.put(Kind::Thunk, Bytes::from(encoding)) {
-            Ok(handle) => handle,
-            Err(_) => return fail(Failure::NodeOutOfMemory),
+        // With no thunk among the arguments, the thunk as applied is the thunk as written.
+        let applied = if frame.done == frame.args {
+            frame.current
+        } else {
+            let encoding = match thunk::encode(frame.limits, frame.procedure, &frame.done) {
+                Ok(encoding) => encoding,
+                Err(problem) => return fail(Failure::InvalidThunk(problem.to_string())),
+            };
+            match self.store.put(Kind::Thunk, Bytes::from(encoding)) {
+                Ok(handle) => handle,
+                Err(_) => return fail(Failure::NodeOutOfMemory),
+            }
         };
         if applied != frame.current {
             frame.chain.push(applied);

@@ -64,6 +64,15 @@ pub fn run() -> Status {
         let outcome = ev.eval(after);
         println!("task-check {mode}/after: {}", show(&ev, &outcome));
     }
+    // A task must not see what the previous run of the same procedure left behind.
+    for mode in ["residue-static", "residue-stack", "residue-heap"] {
+        let mode_blob = blob(&mut ev, mode.as_bytes());
+        let thunk = apply(&mut ev, p.hostile, &[mode_blob], 4 * mib);
+        for run in ["first", "second"] {
+            let outcome = ev.eval_fresh(thunk);
+            println!("task-check {mode}/{run}: {}", show(&ev, &outcome));
+        }
+    }
     let t = ev.executor.stats;
     println!("task-check done: syscalls={} page_ins={} preemptions={}", t.syscalls, t.page_ins, t.preemptions);
     Status::Success

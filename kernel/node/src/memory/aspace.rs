@@ -135,6 +135,31 @@ impl AddressSpace {
         }
     }
 
+    /// Like [`refill`](Self::refill), but only if the task wrote the page since the last call
+    /// (the CPU's dirty bit), which it then clears. `false` if the page is not an owned mapping.
+    pub fn refill_if_written(&mut self, virt: u64, fill: impl FnOnce(&mut [u8])) -> bool {
+        let Some((_, flags)) = self.translate(virt) else { return false };
+        if flags.contains(BORROWED) {
+            return false;
+        }
+        if !flags.contains(PageTableFlags::DIRTY) {
+            return true;
+        }
+        if !self.refill(virt, fill) {
+            return false;
+        }
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
+        // SAFETY: clears the dirty bit of a lower-half leaf of this space; the flush makes the
+        // CPU set it again on the next write.
+        match unsafe { self.mapper().update_flags(page, flags - PageTableFlags::DIRTY - PageTableFlags::ACCESSED) } {
+            Ok(flush) => {
+                flush.flush();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Unmaps a page, freeing its frame if this space owns it.
     pub fn unmap(&mut self, virt: u64) -> Result<(), MapError> {
         let page = Page::<Size4KiB>::from_start_address(VirtAddr::new(virt)).map_err(|_| MapError::Misaligned(virt))?;

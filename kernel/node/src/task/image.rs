@@ -69,7 +69,7 @@ impl Image {
     pub fn reset(&self, space: &mut AddressSpace) -> bool {
         self.layout.iter().all(|page| match &page.content {
             Content::Shared(_) => true,
-            Content::Template(bytes) => space.refill(page.virt, |f| f.copy_from_slice(&bytes[..])),
+            Content::Template(bytes) => space.refill_if_written(page.virt, |f| f.copy_from_slice(&bytes[..])),
         })
     }
 

@@ -143,7 +143,7 @@ fn reset(mut warm: Warm, image: &image::Image) -> Option<(AddressSpace, u64)> {
         warm.space.unmap(page).ok()?;
     }
     drop(warm.lent);
-    if !image.reset(&mut warm.space) || !warm.space.refill(STACK_TOP - FRAME_SIZE, |f| f.fill(0)) {
+    if !image.reset(&mut warm.space) || !warm.space.refill_if_written(STACK_TOP - FRAME_SIZE, |f| f.fill(0)) {
         return None;
     }
     Some((warm.space, warm.args_pages))

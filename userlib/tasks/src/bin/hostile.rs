@@ -78,6 +78,25 @@ fn run(args: &[Handle]) -> TaskResult {
                 asm!("cld", "pushfq", "and qword ptr [rsp], ~0x40000", "popfq");
                 return Ok(h);
             }
+            // Each of these returns what an earlier task on the node may have left behind, then
+            // leaves something itself: a node that reuses address spaces must return zeros.
+            b"residue-static" => {
+                static mut COUNT: u64 = 0;
+                COUNT += 1;
+                return Ok(create_blob(&COUNT.to_le_bytes()));
+            }
+            b"residue-stack" => {
+                let old: u64;
+                asm!("mov {old}, [rsp - 1024]", "mov qword ptr [rsp - 1024], {mark}", old = out(reg) old,
+                    mark = in(reg) 0xdead_beef_u64);
+                return Ok(create_blob(&old.to_le_bytes()));
+            }
+            b"residue-heap" => {
+                let spot = (layout::HEAP_BASE + (1 << 16)) as *mut u64;
+                let old = spot.read_volatile();
+                spot.write_volatile(0xdead_beef);
+                return Ok(create_blob(&old.to_le_bytes()));
+            }
             b"cpuid" => {
                 let mut out = Vec::new();
                 for leaf in [0u32, 1, 7, 0x8000_0000] {
