@@ -11,8 +11,9 @@ use cairn_object::{Handle, Kind, Limits, Thunk, Tree};
 use crate::TaskResult;
 
 /// Called by `task!`: sets up the heap, checks the arguments, runs the task, reports the result.
-pub fn start(args: *const u8, count: usize, heap_bytes: usize, run: fn(&[Handle]) -> TaskResult) -> ! {
-    HEAP_END.store(layout::HEAP_BASE as usize + heap_bytes, Ordering::Relaxed);
+pub fn start(args: *const u8, count: usize, _heap_bytes: usize, run: fn(&[Handle]) -> TaskResult) -> ! {
+    // Nothing is written at start: a task that does not allocate leaves its data pages clean,
+    // which makes the next run of the same procedure cheaper to set up.
     // SAFETY: the kernel maps `count` 40-byte handles at `args`, read-only, for the task's life.
     let raw = unsafe { core::slice::from_raw_parts(args, count * Handle::LEN) };
     for chunk in raw.chunks_exact(Handle::LEN) {
@@ -104,7 +105,13 @@ pub fn create_thunk(limits: Limits, procedure: Handle, args: &[Handle]) -> Handl
 struct Bump;
 
 static HEAP_NEXT: AtomicUsize = AtomicUsize::new(layout::HEAP_BASE as usize);
-static HEAP_END: AtomicUsize = AtomicUsize::new(layout::HEAP_BASE as usize);
+
+/// End of the heap, from the header of the arguments page.
+fn heap_end() -> usize {
+    // SAFETY: the kernel maps the arguments page, header first, for the task's whole life.
+    let heap_bytes = unsafe { (layout::ARGS_BASE as *const u64).read() };
+    layout::HEAP_BASE as usize + heap_bytes as usize
+}
 
 // SAFETY: hands out disjoint, suitably aligned ranges of the heap region (tasks are
 // single-threaded; the atomics only avoid `static mut`).
@@ -112,7 +119,7 @@ unsafe impl GlobalAlloc for Bump {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let start = HEAP_NEXT.load(Ordering::Relaxed).next_multiple_of(layout.align());
         match start.checked_add(layout.size()) {
-            Some(end) if end <= HEAP_END.load(Ordering::Relaxed) => {
+            Some(end) if end <= heap_end() => {
                 HEAP_NEXT.store(end, Ordering::Relaxed);
                 start as *mut u8
             }
@@ -132,7 +139,7 @@ unsafe impl GlobalAlloc for Bump {
         if ptr as usize + layout.size() == next {
             // Grow or shrink the last allocation in place.
             match (ptr as usize).checked_add(new_size) {
-                Some(end) if end <= HEAP_END.load(Ordering::Relaxed) => {
+                Some(end) if end <= heap_end() => {
                     HEAP_NEXT.store(end, Ordering::Relaxed);
                     return ptr;
                 }

@@ -1,7 +1,9 @@
 //! The task ABI (docs/EVALUATION.md, "Tasks"), shared by the kernel and the task runtime.
 //!
 //! A task enters at its ELF entry point as `extern "C" fn(args: *const [u8; 40], count: usize,
-//! heap_bytes: usize) -> !`, with the argument handles on a read-only page. It talks to the
+//! heap_bytes: usize) -> !`. The arguments page (read-only, at `layout::ARGS_BASE`) starts with
+//! a header of `ARGS_HEADER` bytes (`heap_bytes` and `count` as little-endian u64s, then zeros),
+//! followed by the argument handles; `args` points at the first handle. It talks to the
 //! kernel only through `syscall`, number in `rax`, arguments in `rdi`, `rsi`, `rdx`, `r10`,
 //! results in `rax` and `rdx`. A call that is malformed in any way (unknown number, a pointer
 //! outside the task's memory, a handle the task may not name) ends the task with an error;
@@ -25,6 +27,9 @@ pub const SYS_CREATE: u64 = 3;
 /// End the task with `out of memory`: its heap (sized from the thunk's memory limit) is
 /// exhausted. No arguments.
 pub const SYS_OOM: u64 = 4;
+
+/// Bytes before the first argument handle on the arguments page.
+pub const ARGS_HEADER: usize = 64;
 
 /// Largest error message the kernel keeps from SYS_FAIL.
 pub const MAX_FAIL_MESSAGE: usize = 4096;

@@ -135,28 +135,20 @@ impl AddressSpace {
         }
     }
 
-    /// Like [`refill`](Self::refill), but only if the task wrote the page since the last call
-    /// (the CPU's dirty bit), which it then clears. `false` if the page is not an owned mapping.
+    /// Like [`refill`](Self::refill), but only if the task ever wrote the page (the CPU's dirty
+    /// bit; it is left set, since clearing it would cost a TLB flush on every reset).
+    /// `false` if the page is not an owned mapping.
     pub fn refill_if_written(&mut self, virt: u64, fill: impl FnOnce(&mut [u8])) -> bool {
-        let Some((_, flags)) = self.translate(virt) else { return false };
-        if flags.contains(BORROWED) {
-            return false;
-        }
-        if !flags.contains(PageTableFlags::DIRTY) {
-            return true;
-        }
-        if !self.refill(virt, fill) {
-            return false;
-        }
-        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
-        // SAFETY: clears the dirty bit of a lower-half leaf of this space; the flush makes the
-        // CPU set it again on the next write.
-        match unsafe { self.mapper().update_flags(page, flags - PageTableFlags::DIRTY - PageTableFlags::ACCESSED) } {
-            Ok(flush) => {
-                flush.flush();
+        match self.translate(virt) {
+            Some((_, flags)) if flags.contains(BORROWED) => false,
+            Some((_, flags)) if !flags.contains(PageTableFlags::DIRTY) => true,
+            Some((phys, _)) => {
+                let frame = phys & !(FRAME_SIZE - 1);
+                // SAFETY: an owned frame of this space, in the linear map; the task is not running.
+                fill(unsafe { core::slice::from_raw_parts_mut(phys_to_virt(frame), FRAME_SIZE as usize) });
                 true
             }
-            Err(_) => false,
+            None => false,
         }
     }
 

@@ -16,6 +16,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use bytes::Bytes;
+use cairn_abi::ARGS_HEADER;
 use cairn_abi::layout::{ARGS_BASE, STACK_TOP};
 use cairn_eval::{Application, Executor, Failure};
 use cairn_object::Handle;
@@ -51,6 +52,8 @@ struct Warm {
     procedure: Handle,
     space: AddressSpace,
     args_pages: u64,
+    /// Bytes of the argument pages the last task's arguments filled (the rest is zero).
+    args_bytes: u64,
     /// Pages the last task added (heap, stack, opened objects), to unmap at reset.
     added: Vec<u64>,
     /// Objects whose pages the space still lends until reset.
@@ -106,11 +109,11 @@ impl Executor<NodeStore> for TaskExecutor {
             _ => None,
         };
         let fresh = reused.is_none();
-        let (space, args_pages) = match reused {
+        let (space, args_pages, args_bytes) = match reused {
             Some(reused) => reused,
-            None => (fresh_space(image)?, 0),
+            None => (fresh_space(image)?, 0, 0),
         };
-        let mut task = Task::new(space, args_pages, image, app)?;
+        let mut task = Task::new(space, args_pages, args_bytes, image, app)?;
         if fresh {
             task.space.activate();
         }
@@ -119,6 +122,7 @@ impl Executor<NodeStore> for TaskExecutor {
             procedure: app.procedure,
             space: task.space,
             args_pages: task.args_pages,
+            args_bytes: (ARGS_HEADER + app.args.len() * Handle::LEN) as u64,
             added: task.added,
             lent: task.lent,
         });
@@ -138,7 +142,7 @@ fn fresh_space(image: &image::Image) -> Result<AddressSpace, Failure> {
 /// Makes a used address space indistinguishable from a fresh one: pages the last task added
 /// are gone, writable image pages and the stack page hold their initial contents. `None` (and
 /// the space is dropped) if anything does not look as expected.
-fn reset(mut warm: Warm, image: &image::Image) -> Option<(AddressSpace, u64)> {
+fn reset(mut warm: Warm, image: &image::Image) -> Option<(AddressSpace, u64, u64)> {
     for page in warm.added.drain(..) {
         warm.space.unmap(page).ok()?;
     }
@@ -146,7 +150,7 @@ fn reset(mut warm: Warm, image: &image::Image) -> Option<(AddressSpace, u64)> {
     if !image.reset(&mut warm.space) || !warm.space.refill_if_written(STACK_TOP - FRAME_SIZE, |f| f.fill(0)) {
         return None;
     }
-    Some((warm.space, warm.args_pages))
+    Some((warm.space, warm.args_pages, warm.args_bytes))
 }
 
 /// One running application.
@@ -176,11 +180,17 @@ fn oom(limit: u64) -> Failure {
 
 impl Task {
     /// Sets up a task in `space`, which maps the image and the stack page, and `mapped_args`
-    /// argument pages from an earlier task.
-    fn new(mut space: AddressSpace, mapped_args: u64, image: &image::Image, app: &Application<'_>) -> Result<Task, Failure> {
+    /// argument pages from an earlier task, whose first `used_args` bytes it filled.
+    fn new(
+        mut space: AddressSpace,
+        mapped_args: u64,
+        used_args: u64,
+        image: &image::Image,
+        app: &Application<'_>,
+    ) -> Result<Task, Failure> {
         let limit_bytes = app.limits.memory_bytes();
-        let args_bytes = (app.args.len() * Handle::LEN) as u64;
-        let args_pages = args_bytes.div_ceil(FRAME_SIZE).max(1);
+        let args_bytes = (ARGS_HEADER + app.args.len() * Handle::LEN) as u64;
+        let args_pages = args_bytes.div_ceil(FRAME_SIZE);
         // Image, arguments and the top stack page.
         let fixed_pages = image.pages + args_pages + 1;
         let limit_pages = limit_bytes / FRAME_SIZE;
@@ -190,14 +200,23 @@ impl Task {
         for page in args_pages..mapped_args {
             space.unmap(ARGS_BASE + page * FRAME_SIZE).map_err(|_| Failure::NodeOutOfMemory)?;
         }
+        let heap_bytes = (limit_pages - fixed_pages) * FRAME_SIZE;
+        // The page as one byte string: header, then the handles.
+        let mut bytes = Vec::with_capacity(args_bytes as usize);
+        bytes.extend_from_slice(&heap_bytes.to_le_bytes());
+        bytes.extend_from_slice(&(app.args.len() as u64).to_le_bytes());
+        bytes.resize(ARGS_HEADER, 0);
+        for h in app.args {
+            bytes.extend_from_slice(h.as_bytes());
+        }
         for page in 0..args_pages {
-            let first = (page * FRAME_SIZE / Handle::LEN as u64) as usize;
-            let handles = &app.args[first.min(app.args.len())..];
+            let start = (page * FRAME_SIZE) as usize;
+            let chunk = &bytes[start..bytes.len().min(start + FRAME_SIZE as usize)];
+            // Only the part the earlier arguments used can be non-zero.
+            let stale = used_args.saturating_sub(page * FRAME_SIZE).min(FRAME_SIZE) as usize;
             let fill = |frame: &mut [u8]| {
-                frame.fill(0);
-                for (slot, h) in frame.chunks_exact_mut(Handle::LEN).zip(handles) {
-                    slot.copy_from_slice(h.as_bytes());
-                }
+                frame[..stale].fill(0);
+                frame[..chunk.len()].copy_from_slice(chunk);
             };
             let virt = ARGS_BASE + page * FRAME_SIZE;
             let ok = if page < mapped_args {
@@ -210,12 +229,11 @@ impl Task {
             }
         }
 
-        let heap_bytes = (limit_pages - fixed_pages) * FRAME_SIZE;
         let context = UserContext {
             rip: image.entry,
             // As if called: the entry function expects rsp ≡ 8 (mod 16).
             rsp: STACK_TOP - 8,
-            rdi: ARGS_BASE,
+            rdi: ARGS_BASE + ARGS_HEADER as u64,
             rsi: app.args.len() as u64,
             rdx: heap_bytes,
             rflags: cairn_uspace::IF,
