@@ -5,6 +5,7 @@ use alloc::string::ToString;
 use alloc::vec::Vec;
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 use cairn_object::store::Store;
 use cairn_object::{Handle, Kind, Limits, Thunk, thunk};
 
@@ -54,17 +55,22 @@ pub struct Evaluator<S, E> {
     memo: Memo,
     stats: Stats,
     step_limit: u64,
+    /// The work stack, kept between evaluations so that evaluating allocates nothing for it.
+    stack: Vec<Frame>,
 }
+
+/// Most thunks have a handful of arguments: keep them inline.
+type Handles = SmallVec<[Handle; 4]>;
 
 /// A thunk being evaluated: its arguments so far, and every thunk that will share its outcome
 /// (the thunk as written, the tail calls it made, and each of those with arguments evaluated).
 struct Frame {
-    chain: Vec<Handle>,
+    chain: Handles,
     current: Handle,
     limits: Limits,
     procedure: Handle,
-    args: Vec<Handle>,
-    done: Vec<Handle>,
+    args: Handles,
+    done: Handles,
 }
 
 enum Start {
@@ -74,7 +80,14 @@ enum Start {
 
 impl<S: Store, E: Executor<S>> Evaluator<S, E> {
     pub fn new(store: S, executor: E) -> Self {
-        Evaluator { store, executor, memo: Memo::new(), stats: Stats::default(), step_limit: DEFAULT_STEP_LIMIT }
+        Evaluator {
+            store,
+            executor,
+            memo: Memo::new(),
+            stats: Stats::default(),
+            step_limit: DEFAULT_STEP_LIMIT,
+            stack: Vec::new(),
+        }
     }
 
     pub fn with_step_limit(mut self, limit: u64) -> Self {
@@ -112,7 +125,14 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
     }
 
     fn run(&mut self, root: Handle, use_memo: bool) -> Outcome {
-        let mut stack: Vec<Frame> = Vec::new();
+        let mut stack = core::mem::take(&mut self.stack);
+        stack.clear();
+        let outcome = self.run_with(root, use_memo, &mut stack);
+        self.stack = stack;
+        outcome
+    }
+
+    fn run_with(&mut self, root: Handle, use_memo: bool, stack: &mut Vec<Frame>) -> Outcome {
         let mut steps = 0u64;
         let mut pending = match self.start(root, use_memo) {
             Start::Done(outcome) => return outcome,
@@ -152,7 +172,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
                     Start::Frame(mut next_frame) => {
                         let frame = stack.last_mut().expect("non-empty");
                         let mut chain = core::mem::take(&mut frame.chain);
-                        chain.append(&mut next_frame.chain);
+                        chain.extend(next_frame.chain.drain(..));
                         next_frame.chain = chain;
                         *frame = next_frame;
                         continue;
@@ -187,12 +207,12 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         };
         match Thunk::decode(&bytes) {
             Ok(t) => Start::Frame(Frame {
-                chain: alloc::vec![handle],
+                chain: smallvec::smallvec![handle],
                 current: handle,
                 limits: t.limits(),
                 procedure: t.procedure(),
                 args: t.args().collect(),
-                done: Vec::new(),
+                done: Handles::new(),
             }),
             Err(e) => {
                 let outcome = Err(EvalError { thunk: handle, failure: Failure::InvalidThunk(e.to_string()) });

@@ -199,14 +199,26 @@ impl AddressSpace {
         if !cairn_uspace::user_range(virt, len as u64) {
             return false;
         }
+        let allowed = |flags: PageTableFlags| {
+            flags.contains(PageTableFlags::USER_ACCESSIBLE) && (!write || flags.contains(PageTableFlags::WRITABLE))
+        };
+        // The common case, within one page: one walk.
+        if len > 0 && virt / FRAME_SIZE == (virt + len as u64 - 1) / FRAME_SIZE {
+            return match self.translate(virt) {
+                Some((phys, flags)) if allowed(flags) => {
+                    each(phys_to_virt(phys), 0, len);
+                    true
+                }
+                _ => false,
+            };
+        }
         // Check every page first so that a failed copy changes nothing.
         let mut done = 0;
         while done < len {
             let at = virt + done as u64;
             let chunk = (FRAME_SIZE - at % FRAME_SIZE).min((len - done) as u64) as usize;
             match self.translate(at) {
-                Some((_, flags)) if flags.contains(PageTableFlags::USER_ACCESSIBLE)
-                    && (!write || flags.contains(PageTableFlags::WRITABLE)) => {}
+                Some((_, flags)) if allowed(flags) => {}
                 _ => return false,
             }
             done += chunk;

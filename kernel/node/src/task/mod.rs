@@ -161,8 +161,9 @@ struct Task {
     heap_bytes: u64,
     /// Pages charged to the memory limit: image, arguments, heap and stack.
     charged_pages: u64,
-    /// Handles the task may name (EVAL-3): its arguments, what it created, and the entries of
-    /// trees and thunks it opened.
+    /// Handles the task may name (EVAL-3): its arguments (`given`; a few are searched in place,
+    /// more go into `known` too), what it created, and the entries of what it opened.
+    given: smallvec::SmallVec<[Handle; GIVEN_INLINE]>,
     known: BTreeSet<Handle>,
     /// Objects mapped with SYS_OPEN: handle → (address, length), and the bytes kept alive
     /// while their pages are lent to the task.
@@ -173,6 +174,9 @@ struct Task {
     /// Pages added while running (heap, stack, objects): a reset unmaps them.
     added: Vec<u64>,
 }
+
+/// Up to this many arguments are checked by a linear search, without allocating.
+const GIVEN_INLINE: usize = 8;
 
 fn oom(limit: u64) -> Failure {
     Failure::OutOfMemory { limit }
@@ -202,7 +206,7 @@ impl Task {
         }
         let heap_bytes = (limit_pages - fixed_pages) * FRAME_SIZE;
         // The page as one byte string: header, then the handles.
-        let mut bytes = Vec::with_capacity(args_bytes as usize);
+        let mut bytes: smallvec::SmallVec<[u8; 512]> = smallvec::SmallVec::with_capacity(args_bytes as usize);
         bytes.extend_from_slice(&heap_bytes.to_le_bytes());
         bytes.extend_from_slice(&(app.args.len() as u64).to_le_bytes());
         bytes.resize(ARGS_HEADER, 0);
@@ -245,7 +249,8 @@ impl Task {
             limit_bytes,
             heap_bytes,
             charged_pages: fixed_pages,
-            known: app.args.iter().copied().collect(),
+            given: if app.args.len() <= GIVEN_INLINE { app.args.iter().copied().collect() } else { Default::default() },
+            known: if app.args.len() > GIVEN_INLINE { app.args.iter().copied().collect() } else { BTreeSet::new() },
             opened: BTreeMap::new(),
             lent: Vec::new(),
             next_object: cairn_abi::layout::OBJECTS_BASE,

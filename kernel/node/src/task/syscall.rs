@@ -36,7 +36,7 @@ impl Task {
     /// EVAL-3: only handles the task was given, created, or found in what it opened. A literal
     /// blob carries its content in the handle, so naming one reveals nothing: always allowed.
     fn check_known(&self, handle: &Handle) -> Result<(), Failure> {
-        if handle.is_literal() || self.known.contains(handle) {
+        if handle.is_literal() || self.given.contains(handle) || self.known.contains(handle) {
             Ok(())
         } else {
             Err(Failure::ForgedHandle(*handle))
