@@ -69,10 +69,35 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         "tasks: ring 3 with SYSCALL, RDTSC and FSGSBASE off, CPUID {}",
         if arch::user::cpuid_faulting() { "faulting (fixed answer)" } else { "NOT faulting: tasks see the host CPUID" }
     );
+    choose_blake3();
     log::info!("mode: {}", config.mode.name());
 
     let status = run(&config, &memory);
     qemu_exit::exit(status);
+}
+
+/// Measures the `blake3` crate's SIMD path against the shift-rotate AVX2 one (fast under
+/// emulation, where byte shuffles are slow) and names large blobs with the faster, if both give
+/// the same digest.
+fn choose_blake3() {
+    let sample: alloc::vec::Vec<u8> = (0..128 * 1024u32).map(|i| (i % 251) as u8).collect();
+    match cairn_object::hash::compare(&sample, arch::clock::rdtsc) {
+        None => log::info!("blake3: no AVX2; the blake3 crate's own path names blobs"),
+        Some((_, _, false)) => log::error!("blake3: the two implementations disagree; keeping the blake3 crate"),
+        Some((crate_cycles, wide_cycles, true)) => {
+            let mib_s = |cycles: u64| {
+                let us = (cycles * 1000 / arch::clock::tsc_khz().max(1)).max(1);
+                (sample.len() as u64 * 1_000_000 / us) >> 20
+            };
+            let wide = cairn_object::hash::use_shift_rotate_avx2(wide_cycles < crate_cycles);
+            log::info!(
+                "blake3: crate path {} MiB/s, shift-rotate avx2 {} MiB/s; using {}",
+                mib_s(crate_cycles),
+                mib_s(wide_cycles),
+                if wide { "shift-rotate avx2" } else { "the crate path" }
+            );
+        }
+    }
 }
 
 fn run(config: &NodeConfig, memory: &memory::MemoryReport) -> Status {

@@ -85,7 +85,7 @@ impl Handle {
             h[8..8 + bytes.len()].copy_from_slice(bytes);
             Handle(h)
         } else {
-            Handle::named(Kind::Blob, bytes.len() as u64, Digest(*blake3::hash(bytes).as_bytes()))
+            Handle::named(Kind::Blob, bytes.len() as u64, Digest(crate::hash::blob_digest(bytes)))
         }
     }
 

@@ -14,6 +14,7 @@
 extern crate alloc;
 
 pub mod dir;
+pub mod hash;
 mod error;
 mod handle;
 pub mod store;
