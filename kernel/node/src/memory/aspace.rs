@@ -3,9 +3,9 @@
 //! read-only from the store) are marked and left alone.
 
 use x86_64::registers::control::{Cr3, Cr3Flags};
-use x86_64::structures::paging::mapper::{MapToError, TranslateResult};
+use x86_64::structures::paging::mapper::MapToError;
 use x86_64::structures::paging::{
-    Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB, Translate,
+    Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB,
 };
 use x86_64::{PhysAddr, VirtAddr};
 
@@ -171,11 +171,26 @@ impl AddressSpace {
 
     /// The physical address and flags behind a user address.
     fn translate(&mut self, virt: u64) -> Option<(u64, PageTableFlags)> {
-        let virt = VirtAddr::try_new(virt).ok()?;
-        match self.mapper().translate(virt) {
-            TranslateResult::Mapped { frame, offset, flags } => Some((frame.start_address().as_u64() + offset, flags)),
-            _ => None,
+        // A direct walk: task mappings are always 4 KiB pages in the lower half, and this runs
+        // on every syscall and reset, where the generic mapper's checks cost too much.
+        if virt >= cairn_uspace::USER_END {
+            return None;
         }
+        let mut table = self.pml4;
+        for level in (2..=4).rev() {
+            let index = (virt >> (12 + 9 * (level - 1))) as usize & 511;
+            // SAFETY: `table` is a page table of this space (the root, or a present non-leaf
+            // entry's target), in the linear map; it is only read.
+            let entry = unsafe { &(&*(phys_to_virt(table) as *const PageTable))[index] };
+            if !entry.flags().contains(PageTableFlags::PRESENT) || entry.flags().contains(PageTableFlags::HUGE_PAGE) {
+                return None;
+            }
+            table = entry.addr().as_u64();
+        }
+        // SAFETY: as above, for the level-1 table.
+        let entry = unsafe { &(&*(phys_to_virt(table) as *const PageTable))[(virt >> 12) as usize & 511] };
+        let flags = entry.flags();
+        flags.contains(PageTableFlags::PRESENT).then(|| (entry.addr().as_u64() + (virt & 0xfff), flags))
     }
 
     /// Copies task memory into `out`; `false` if any byte is not mapped for the task.
