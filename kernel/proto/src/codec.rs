@@ -1,0 +1,256 @@
+//! Frames to bytes and back (docs/PROTOCOL.md, "Frames" and "Messages").
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use cairn_object::Handle;
+
+use crate::{ErrorCode, Frame, HEADER, MAX_CHUNK, MAX_FRAME, MAX_TEXT, Message, ProtoError, VERSION};
+
+mod kind {
+    pub const HELLO: u8 = 0x01;
+    pub const HAVE: u8 = 0x02;
+    pub const PUT: u8 = 0x03;
+    pub const PUT_BEGIN: u8 = 0x04;
+    pub const PUT_CHUNK: u8 = 0x05;
+    pub const GET: u8 = 0x06;
+    pub const EVAL: u8 = 0x07;
+    pub const STATS: u8 = 0x08;
+    pub const WELCOME: u8 = 0x81;
+    pub const MISSING: u8 = 0x82;
+    pub const STORED: u8 = 0x83;
+    pub const OBJECT: u8 = 0x86;
+    pub const OBJECT_BEGIN: u8 = 0x87;
+    pub const OBJECT_CHUNK: u8 = 0x88;
+    pub const EVALUATED: u8 = 0x89;
+    pub const EVAL_FAILED: u8 = 0x8a;
+    pub const STATS_REPLY: u8 = 0x8b;
+    pub const ERROR: u8 = 0xff;
+}
+
+fn kind_of(message: &Message) -> u8 {
+    match message {
+        Message::Hello { .. } => kind::HELLO,
+        Message::Welcome { .. } => kind::WELCOME,
+        Message::Have { .. } => kind::HAVE,
+        Message::Missing { .. } => kind::MISSING,
+        Message::Put { .. } => kind::PUT,
+        Message::PutBegin { .. } => kind::PUT_BEGIN,
+        Message::PutChunk { .. } => kind::PUT_CHUNK,
+        Message::Stored { .. } => kind::STORED,
+        Message::Get { .. } => kind::GET,
+        Message::Object { .. } => kind::OBJECT,
+        Message::ObjectBegin { .. } => kind::OBJECT_BEGIN,
+        Message::ObjectChunk { .. } => kind::OBJECT_CHUNK,
+        Message::Eval { .. } => kind::EVAL,
+        Message::Evaluated { .. } => kind::EVALUATED,
+        Message::EvalFailed { .. } => kind::EVAL_FAILED,
+        Message::Stats => kind::STATS,
+        Message::StatsReply { .. } => kind::STATS_REPLY,
+        Message::Error { .. } => kind::ERROR,
+    }
+}
+
+/// Appends `frame` to `out`. Panics if a message is larger than one frame allows (a caller bug:
+/// objects larger than `MAX_INLINE` must be chunked).
+pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.push(VERSION);
+    out.push(kind_of(&frame.message));
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&frame.request.to_le_bytes());
+    match &frame.message {
+        Message::Hello { client: text } | Message::StatsReply { text } => out.extend_from_slice(text.as_bytes()),
+        Message::Welcome { version, node_id, max_frame, offers } => {
+            out.push(*version);
+            out.extend_from_slice(node_id);
+            out.extend_from_slice(&max_frame.to_le_bytes());
+            out.extend_from_slice(&offers.to_le_bytes());
+        }
+        Message::Have { handles } | Message::Missing { handles } => {
+            for h in handles {
+                out.extend_from_slice(h.as_bytes());
+            }
+        }
+        Message::Put { handle, bytes } | Message::Object { handle, bytes } => {
+            out.extend_from_slice(handle.as_bytes());
+            out.extend_from_slice(bytes);
+        }
+        Message::PutBegin { handle, len } | Message::ObjectBegin { handle, len } => {
+            out.extend_from_slice(handle.as_bytes());
+            out.extend_from_slice(&len.to_le_bytes());
+        }
+        Message::PutChunk { offset, bytes } | Message::ObjectChunk { offset, bytes } => {
+            out.extend_from_slice(&offset.to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        Message::Stored { handle } | Message::Get { handle } | Message::Eval { handle } => {
+            out.extend_from_slice(handle.as_bytes())
+        }
+        Message::Evaluated { result, tasks_run, memo_hits, micros } => {
+            out.extend_from_slice(result.as_bytes());
+            for v in [tasks_run, memo_hits, micros] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        Message::EvalFailed { thunk, failure } => {
+            out.extend_from_slice(thunk.as_bytes());
+            out.extend_from_slice(failure.as_bytes());
+        }
+        Message::Stats => {}
+        Message::Error { code, message } => {
+            out.extend_from_slice(&(*code as u16).to_le_bytes());
+            out.extend_from_slice(message.as_bytes());
+        }
+    }
+    let len = out.len() - start - 4;
+    assert!(len <= MAX_FRAME, "message too large for one frame; chunk it");
+    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+}
+
+/// Decodes the first frame in `buf`: `Ok(None)` if more bytes are needed, else the frame and
+/// how many bytes it took. A length field out of bounds is an error as soon as it arrives.
+pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, ProtoError> {
+    let Some(len_bytes) = buf.get(..4) else { return Ok(None) };
+    let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes"));
+    if (len as usize) < HEADER - 4 || len as usize > MAX_FRAME {
+        return Err(ProtoError::BadLength { len });
+    }
+    let total = 4 + len as usize;
+    let Some(frame) = buf.get(..total) else { return Ok(None) };
+    let (version, kind, flags) = (frame[4], frame[5], u16::from_le_bytes([frame[6], frame[7]]));
+    if version != VERSION {
+        return Err(ProtoError::BadVersion { version });
+    }
+    if flags != 0 {
+        return Err(ProtoError::BadFlags { flags });
+    }
+    let request = u32::from_le_bytes(frame[8..12].try_into().expect("4 bytes"));
+    let message = Payload { kind, bytes: &frame[HEADER..] }.message()?;
+    Ok(Some((Frame { request, message }, total)))
+}
+
+struct Payload<'a> {
+    kind: u8,
+    bytes: &'a [u8],
+}
+
+impl Payload<'_> {
+    fn malformed(&self, at: usize, what: &'static str) -> ProtoError {
+        ProtoError::Malformed { kind: self.kind, at, what }
+    }
+
+    fn exact(&self, len: usize) -> Result<(), ProtoError> {
+        if self.bytes.len() == len {
+            Ok(())
+        } else {
+            Err(self.malformed(self.bytes.len().min(len), "payload has the wrong length"))
+        }
+    }
+
+    fn handle(&self, at: usize) -> Result<Handle, ProtoError> {
+        let bytes = self.bytes.get(at..at + Handle::LEN).ok_or_else(|| self.malformed(at, "expected a 40-byte handle"))?;
+        Handle::from_bytes(bytes).map_err(|error| ProtoError::BadHandle { kind: self.kind, at: at + error.at, error })
+    }
+
+    fn u64_at(&self, at: usize) -> Result<u64, ProtoError> {
+        let bytes = self.bytes.get(at..at + 8).ok_or_else(|| self.malformed(at, "expected 8 bytes"))?;
+        Ok(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
+    }
+
+    fn text(&self, at: usize, max: usize) -> Result<String, ProtoError> {
+        let bytes = &self.bytes[at.min(self.bytes.len())..];
+        if bytes.len() > max {
+            return Err(self.malformed(at + max, "text is too long"));
+        }
+        core::str::from_utf8(bytes)
+            .map(String::from)
+            .map_err(|e| self.malformed(at + e.valid_up_to(), "text is not UTF-8"))
+    }
+
+    fn handles(&self) -> Result<Vec<Handle>, ProtoError> {
+        if self.bytes.len() % Handle::LEN != 0 {
+            return Err(self.malformed(self.bytes.len() - self.bytes.len() % Handle::LEN, "not a whole number of handles"));
+        }
+        (0..self.bytes.len() / Handle::LEN).map(|i| self.handle(i * Handle::LEN)).collect()
+    }
+
+    fn chunk(&self) -> Result<(u64, Vec<u8>), ProtoError> {
+        let offset = self.u64_at(0)?;
+        if self.bytes.len() - 8 > MAX_CHUNK {
+            return Err(self.malformed(8 + MAX_CHUNK, "chunk is too large"));
+        }
+        Ok((offset, self.bytes[8..].to_vec()))
+    }
+
+    fn message(&self) -> Result<Message, ProtoError> {
+        Ok(match self.kind {
+            kind::HELLO => Message::Hello { client: self.text(0, 256)? },
+            kind::WELCOME => {
+                self.exact(1 + 32 + 4 + 8)?;
+                Message::Welcome {
+                    version: self.bytes[0],
+                    node_id: self.bytes[1..33].try_into().expect("32 bytes"),
+                    max_frame: u32::from_le_bytes(self.bytes[33..37].try_into().expect("4 bytes")),
+                    offers: self.u64_at(37)?,
+                }
+            }
+            kind::HAVE => Message::Have { handles: self.handles()? },
+            kind::MISSING => Message::Missing { handles: self.handles()? },
+            kind::PUT => Message::Put { handle: self.handle(0)?, bytes: self.bytes[Handle::LEN..].to_vec() },
+            kind::OBJECT => Message::Object { handle: self.handle(0)?, bytes: self.bytes[Handle::LEN..].to_vec() },
+            kind::PUT_BEGIN | kind::OBJECT_BEGIN => {
+                self.exact(Handle::LEN + 8)?;
+                let (handle, len) = (self.handle(0)?, self.u64_at(Handle::LEN)?);
+                if handle.size() != len {
+                    return Err(self.malformed(Handle::LEN, "length differs from the handle's size"));
+                }
+                if self.kind == kind::PUT_BEGIN {
+                    Message::PutBegin { handle, len }
+                } else {
+                    Message::ObjectBegin { handle, len }
+                }
+            }
+            kind::PUT_CHUNK => {
+                let (offset, bytes) = self.chunk()?;
+                Message::PutChunk { offset, bytes }
+            }
+            kind::OBJECT_CHUNK => {
+                let (offset, bytes) = self.chunk()?;
+                Message::ObjectChunk { offset, bytes }
+            }
+            kind::STORED | kind::GET | kind::EVAL => {
+                self.exact(Handle::LEN)?;
+                let handle = self.handle(0)?;
+                match self.kind {
+                    kind::STORED => Message::Stored { handle },
+                    kind::GET => Message::Get { handle },
+                    _ => Message::Eval { handle },
+                }
+            }
+            kind::EVALUATED => {
+                self.exact(Handle::LEN + 24)?;
+                Message::Evaluated {
+                    result: self.handle(0)?,
+                    tasks_run: self.u64_at(40)?,
+                    memo_hits: self.u64_at(48)?,
+                    micros: self.u64_at(56)?,
+                }
+            }
+            kind::EVAL_FAILED => Message::EvalFailed { thunk: self.handle(0)?, failure: self.text(Handle::LEN, MAX_TEXT)? },
+            kind::STATS => {
+                self.exact(0)?;
+                Message::Stats
+            }
+            kind::STATS_REPLY => Message::StatsReply { text: self.text(0, MAX_FRAME)? },
+            kind::ERROR => {
+                let code = self.bytes.get(..2).ok_or_else(|| self.malformed(0, "expected an error code"))?;
+                let code = u16::from_le_bytes([code[0], code[1]]);
+                let code = ErrorCode::from_u16(code).ok_or_else(|| self.malformed(0, "unknown error code"))?;
+                Message::Error { code, message: self.text(2, MAX_TEXT)? }
+            }
+            other => return Err(ProtoError::UnknownType { kind: other }),
+        })
+    }
+}

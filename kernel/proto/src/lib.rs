@@ -1,0 +1,142 @@
+//! The node API's wire protocol (docs/PROTOCOL.md): length-prefixed, versioned frames carrying
+//! one message each. Decoding is a pure function of the bytes received so far: it says
+//! "need more", returns a message, or names what is wrong. It never panics, and it never
+//! allocates more than the frame it has already received, which is bounded by [`MAX_FRAME`].
+
+#![no_std]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use cairn_object::Handle;
+
+pub const VERSION: u8 = 1;
+/// Largest frame body (after the length field). Objects larger than one frame travel in chunks.
+pub const MAX_FRAME: usize = 1 << 20;
+/// Largest chunk of object bytes in one frame, leaving room for the chunk's header.
+pub const MAX_CHUNK: usize = MAX_FRAME - 256;
+/// Bytes before the payload: length (4), version (1), type (1), flags (2), request id (4).
+pub const HEADER: usize = 12;
+/// Objects up to this size travel in one PUT or OBJECT frame; larger ones in chunks.
+pub const MAX_INLINE: usize = MAX_CHUNK;
+const MAX_TEXT: usize = 4096;
+
+/// What a node offers, in HELLO's reply.
+pub mod offers {
+    pub const HAVE: u64 = 1 << 0;
+    pub const PUT: u64 = 1 << 1;
+    pub const GET: u64 = 1 << 2;
+    pub const EVAL: u64 = 1 << 3;
+    pub const STATS: u64 = 1 << 4;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Client → node: who is asking.
+    Hello { client: String },
+    /// Node → client.
+    Welcome { version: u8, node_id: [u8; 32], max_frame: u32, offers: u64 },
+    /// Client → node: which of these do you lack?
+    Have { handles: Vec<Handle> },
+    /// Node → client: the ones it lacks, in the order asked.
+    Missing { handles: Vec<Handle> },
+    /// Client → node: a whole object, at most [`MAX_INLINE`] bytes.
+    Put { handle: Handle, bytes: Vec<u8> },
+    /// Client → node: an object of `len` bytes follows in `PutChunk`s, in order.
+    PutBegin { handle: Handle, len: u64 },
+    PutChunk { offset: u64, bytes: Vec<u8> },
+    /// Node → client: the object is stored (its name checked).
+    Stored { handle: Handle },
+    /// Client → node.
+    Get { handle: Handle },
+    /// Node → client: a whole object.
+    Object { handle: Handle, bytes: Vec<u8> },
+    /// Node → client: an object of `len` bytes follows in `ObjectChunk`s, in order.
+    ObjectBegin { handle: Handle, len: u64 },
+    ObjectChunk { offset: u64, bytes: Vec<u8> },
+    /// Client → node: evaluate a thunk (or any handle).
+    Eval { handle: Handle },
+    /// Node → client: the value, and what it took.
+    Evaluated { result: Handle, tasks_run: u64, memo_hits: u64, micros: u64 },
+    /// Node → client: the evaluation failed; `thunk` is the failing thunk.
+    EvalFailed { thunk: Handle, failure: String },
+    Stats,
+    /// Node → client: `key=value` lines.
+    StatsReply { text: String },
+    /// Either way: the request (or the connection, for request id 0) failed.
+    Error { code: ErrorCode, message: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The frame could not be decoded; the node closes the connection after saying so.
+    BadFrame = 1,
+    /// The object's bytes do not have the name the client claimed.
+    WrongHash = 2,
+    NotFound = 3,
+    StoreFull = 4,
+    /// A message the receiver does not accept here (e.g. a chunk without a begin).
+    Unexpected = 5,
+    Internal = 6,
+}
+
+impl ErrorCode {
+    fn from_u16(v: u16) -> Option<ErrorCode> {
+        [ErrorCode::BadFrame, ErrorCode::WrongHash, ErrorCode::NotFound, ErrorCode::StoreFull, ErrorCode::Unexpected, ErrorCode::Internal]
+            .into_iter()
+            .find(|c| *c as u16 == v)
+    }
+}
+
+/// One frame: a message and the request it belongs to (replies echo the request's id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub request: u32,
+    pub message: Message,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProtoError {
+    /// The length field says more than [`MAX_FRAME`] (or less than the fixed header).
+    BadLength { len: u32 },
+    BadVersion { version: u8 },
+    UnknownType { kind: u8 },
+    /// Flags are reserved and must be zero.
+    BadFlags { flags: u16 },
+    /// The payload does not have the shape its type requires; `at` is the payload offset.
+    Malformed { kind: u8, at: usize, what: &'static str },
+    BadHandle { kind: u8, at: usize, error: cairn_object::DecodeError },
+}
+
+impl fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtoError::BadLength { len } => {
+                write!(f, "frame length {len} is outside 8..={MAX_FRAME}")
+            }
+            ProtoError::BadVersion { version } => {
+                write!(f, "protocol version {version} is not supported (this side speaks {VERSION})")
+            }
+            ProtoError::UnknownType { kind } => write!(f, "unknown message type {kind:#04x}"),
+            ProtoError::BadFlags { flags } => write!(f, "reserved flags {flags:#06x} must be zero"),
+            ProtoError::Malformed { kind, at, what } => {
+                write!(f, "message {kind:#04x}, payload byte {at}: {what}")
+            }
+            ProtoError::BadHandle { kind, at, error } => {
+                write!(f, "message {kind:#04x}, payload byte {at}: {error}")
+            }
+        }
+    }
+}
+
+impl core::error::Error for ProtoError {}
+
+mod codec;
+pub use codec::{decode, encode};
+
+#[cfg(test)]
+mod tests;

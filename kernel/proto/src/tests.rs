@@ -1,0 +1,142 @@
+extern crate std;
+
+use alloc::string::ToString;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use cairn_object::Handle;
+use proptest::prelude::*;
+
+use crate::*;
+
+fn handle() -> impl Strategy<Value = Handle> {
+    proptest::collection::vec(any::<u8>(), 0..100).prop_map(|b| Handle::blob(&b))
+}
+
+fn text(max: usize) -> impl Strategy<Value = String> {
+    proptest::collection::vec(any::<char>(), 0..max).prop_map(|c| c.into_iter().collect::<String>()).prop_filter("fits", |s| s.len() <= 256)
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        text(40).prop_map(|client| Message::Hello { client }),
+        (any::<u8>(), any::<[u8; 32]>(), any::<u32>(), any::<u64>())
+            .prop_map(|(version, node_id, max_frame, offers)| Message::Welcome { version, node_id, max_frame, offers }),
+        proptest::collection::vec(handle(), 0..20).prop_map(|handles| Message::Have { handles }),
+        proptest::collection::vec(handle(), 0..20).prop_map(|handles| Message::Missing { handles }),
+        (handle(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(handle, bytes)| Message::Put { handle, bytes }),
+        handle().prop_map(|handle| Message::PutBegin { handle, len: handle.size() }),
+        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(offset, bytes)| Message::PutChunk { offset, bytes }),
+        handle().prop_map(|handle| Message::Stored { handle }),
+        handle().prop_map(|handle| Message::Get { handle }),
+        (handle(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(handle, bytes)| Message::Object { handle, bytes }),
+        handle().prop_map(|handle| Message::ObjectBegin { handle, len: handle.size() }),
+        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(offset, bytes)| Message::ObjectChunk { offset, bytes }),
+        handle().prop_map(|handle| Message::Eval { handle }),
+        (handle(), any::<u64>(), any::<u64>(), any::<u64>())
+            .prop_map(|(result, tasks_run, memo_hits, micros)| Message::Evaluated { result, tasks_run, memo_hits, micros }),
+        (handle(), text(60)).prop_map(|(thunk, failure)| Message::EvalFailed { thunk, failure }),
+        Just(Message::Stats),
+        text(60).prop_map(|text| Message::StatsReply { text }),
+        (0usize..6, text(60)).prop_map(|(c, message)| Message::Error {
+            code: [ErrorCode::BadFrame, ErrorCode::WrongHash, ErrorCode::NotFound, ErrorCode::StoreFull, ErrorCode::Unexpected, ErrorCode::Internal][c],
+            message
+        }),
+    ]
+}
+
+fn bytes_of(frames: &[Frame]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for f in frames {
+        encode(f, &mut out);
+    }
+    out
+}
+
+proptest! {
+    #[test]
+    fn frames_round_trip_even_split_anywhere(
+        messages in proptest::collection::vec((any::<u32>(), message()), 1..6),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let frames: Vec<Frame> = messages.into_iter().map(|(request, message)| Frame { request, message }).collect();
+        let bytes = bytes_of(&frames);
+        // Everything before a frame's end decodes as "need more".
+        let first_len = { let mut one = Vec::new(); encode(&frames[0], &mut one); one.len() };
+        let partial = cut.index(first_len);
+        prop_assert_eq!(decode(&bytes[..partial]).unwrap(), None);
+        let mut at = 0;
+        for expected in &frames {
+            let (frame, used) = decode(&bytes[at..]).unwrap().expect("a whole frame");
+            prop_assert_eq!(&frame, expected);
+            at += used;
+        }
+        prop_assert_eq!(at, bytes.len());
+    }
+
+    /// The decoder is total: any bytes give need-more, a frame, or an error, never a panic, and
+    /// it never looks past the length it was promised.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        if let Ok(Some((_, used))) = decode(&bytes) {
+            prop_assert!(used <= bytes.len());
+        }
+    }
+
+    /// Flipping any byte of a valid frame gives an error, need-more, or a different frame.
+    #[test]
+    fn single_byte_corruption_is_never_silent_about_the_header(
+        message in message(), at in any::<prop::sample::Index>(), flip in 1u8..=255
+    ) {
+        let original = Frame { request: 7, message };
+        let mut bytes = bytes_of(core::slice::from_ref(&original));
+        let i = at.index(bytes.len());
+        bytes[i] ^= flip;
+        if let Ok(Some((frame, _))) = decode(&bytes) {
+            prop_assert_ne!(frame, original);
+        }
+    }
+}
+
+#[test]
+fn oversized_lengths_are_refused_before_the_bytes_arrive() {
+    let mut header = ((MAX_FRAME + 1) as u32).to_le_bytes().to_vec();
+    assert_eq!(decode(&header), Err(ProtoError::BadLength { len: MAX_FRAME as u32 + 1 }));
+    header = 3u32.to_le_bytes().to_vec();
+    assert_eq!(decode(&header), Err(ProtoError::BadLength { len: 3 }));
+    assert_eq!(
+        ProtoError::BadLength { len: 5_000_000 }.to_string(),
+        "frame length 5000000 is outside 8..=1048576"
+    );
+}
+
+#[test]
+fn errors_name_what_is_wrong() {
+    let mut bytes = bytes_of(&[Frame { request: 1, message: Message::Stats }]);
+    bytes[4] = 9;
+    assert_eq!(decode(&bytes).unwrap_err().to_string(), "protocol version 9 is not supported (this side speaks 1)");
+    bytes[4] = VERSION;
+    bytes[5] = 0x42;
+    assert_eq!(decode(&bytes).unwrap_err().to_string(), "unknown message type 0x42");
+    bytes[5] = 0x08;
+    bytes[6] = 1;
+    assert_eq!(decode(&bytes).unwrap_err().to_string(), "reserved flags 0x0001 must be zero");
+
+    let mut have = bytes_of(&[Frame { request: 1, message: Message::Have { handles: vec![Handle::blob(b"x")] } }]);
+    have.push(0);
+    let len = (have.len() - 4) as u32;
+    have[..4].copy_from_slice(&len.to_le_bytes());
+    assert_eq!(decode(&have).unwrap_err().to_string(), "message 0x02, payload byte 40: not a whole number of handles");
+
+    let mut get = bytes_of(&[Frame { request: 1, message: Message::Get { handle: Handle::blob(b"x") } }]);
+    get[HEADER] = 9; // the handle's kind byte
+    assert_eq!(
+        decode(&get).unwrap_err().to_string(),
+        "message 0x06, payload byte 0: byte 0: unknown kind 0x09 (expected 0x01 blob, 0x02 tree, 0x03 thunk)"
+    );
+
+    let big = Handle::blob(&[1u8; 100]);
+    let mut begin = bytes_of(&[Frame { request: 1, message: Message::PutBegin { handle: big, len: 100 } }]);
+    begin[HEADER + 40] = 99;
+    assert_eq!(decode(&begin).unwrap_err().to_string(), "message 0x04, payload byte 40: length differs from the handle's size");
+}
