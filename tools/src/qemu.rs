@@ -184,6 +184,8 @@ impl Vm {
                 .arg(pflash(&vars, false));
         }
         cmd.arg("-drive").arg(format!("format=raw,file={}", image.display()));
+        // User-mode networking: the node reaches the host at 10.0.2.2 and gets 10.0.2.15 by DHCP.
+        cmd.args(["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the
         // parent; it makes the kernel kill QEMU if cairn dies without running any cleanup.

@@ -11,6 +11,7 @@ mod boot_config;
 mod drivers;
 mod jobs;
 mod memory;
+mod net;
 mod selftest;
 mod task;
 
@@ -123,16 +124,43 @@ fn run(config: &NodeConfig, memory: &memory::MemoryReport) -> Status {
         }
         Mode::Serve => {
             ready();
-            log::info!("serving; stop the VM to shut down");
-            loop {
-                x86_64::instructions::interrupts::enable_and_hlt();
-            }
+            serve()
         }
         Mode::Selftest => selftest::run_all(),
         Mode::FaultTest => {
             ready();
             selftest::deliberate_fault()
         }
+    }
+}
+
+/// Brings up the network (DHCP) and keeps it moving; stop the VM to shut down.
+fn serve() -> Status {
+    let mut network = match net::Network::start() {
+        Ok(network) => Some(network),
+        Err(e) => {
+            log::warn!("network: {}; serving without one", e.0);
+            None
+        }
+    };
+    let started = arch::clock::micros_since_boot();
+    let mut announced = false;
+    log::info!("serving; stop the VM to shut down");
+    loop {
+        if let Some(network) = network.as_mut() {
+            if network.poll() && !announced {
+                announced = true;
+                if let Some((cidr, gateway)) = network.address {
+                    let gw = gateway.map(|g| alloc::format!("{g}")).unwrap_or_else(|| "none".into());
+                    println!(
+                        "cairn: net ip={cidr} gateway={gw} dhcp_ms={}",
+                        (arch::clock::micros_since_boot() - started) / 1000
+                    );
+                }
+            }
+        }
+        // The timer (100 Hz) wakes us to poll again.
+        x86_64::instructions::interrupts::enable_and_hlt();
     }
 }
 

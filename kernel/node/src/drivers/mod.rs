@@ -1,4 +1,7 @@
 //! Device drivers. Each one owns its device's registers; the rest of the kernel sees safe APIs.
 
+pub mod net;
+pub mod pci;
 pub mod qemu_exit;
+pub mod virtio;
 pub mod serial;

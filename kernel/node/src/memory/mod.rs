@@ -25,6 +25,8 @@ const MIN_HEAP_BYTES: u64 = 4 << 20;
 static FRAMES: Mutex<Option<FrameAllocator<'static>>> = Mutex::new(None);
 static PHYS_OFFSET: AtomicU64 = AtomicU64::new(0);
 static KERNEL_IMAGE_BASE: AtomicU64 = AtomicU64::new(0);
+/// One past the highest physical address the linear map covers.
+static LINEAR_END: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Clone, Copy, Debug)]
 pub struct MemoryReport {
@@ -80,6 +82,9 @@ pub fn init(boot_info: &BootInfo) -> Result<MemoryReport, InitError> {
         count += 1;
     }
     let usable = &usable[..count];
+    // The bootloader maps up to the end of the memory map, and at least 4 GiB.
+    let map_end = boot_info.memory_regions.iter().map(|r| r.end).max().unwrap_or(0).max(4 << 30);
+    LINEAR_END.store(map_end, Ordering::Relaxed);
     let usable_bytes: u64 = usable.iter().map(|r| r.end - r.start).sum();
 
     // The bitmap goes at the start of the first region large enough to hold it.
@@ -123,6 +128,10 @@ pub fn init(boot_info: &BootInfo) -> Result<MemoryReport, InitError> {
 
 pub fn phys_to_virt(phys: u64) -> *mut u8 {
     (PHYS_OFFSET.load(Ordering::Relaxed) + phys) as *mut u8
+}
+
+pub fn linear_map_end() -> u64 {
+    LINEAR_END.load(Ordering::Relaxed)
 }
 
 pub fn kernel_image_base() -> u64 {
