@@ -136,6 +136,7 @@ impl fmt::Display for ProtoError {
 impl core::error::Error for ProtoError {}
 
 mod codec;
+pub mod session;
 pub use codec::{decode, encode};
 
 #[cfg(test)]
