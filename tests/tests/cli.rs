@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 
 use cairn_tests::BOOT_TIMEOUT;
 
+/// A port for the node API that nothing else is using (each test boots its own node).
+fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string()
+}
+
 fn cairn() -> Command {
     Command::new(env!("CARGO_BIN_FILE_CAIRN_TOOLS_cairn"))
 }
@@ -127,7 +132,8 @@ fn selftest_command_exits_zero_when_all_pass() {
 
 #[test]
 fn sigterm_stops_qemu_and_exits_130() {
-    let mut run = Running::start(&["node"]);
+    let port = free_port();
+    let mut run = Running::start(&["node", "--api-port", &port]);
     let pid = run.qemu_pid();
     run.wait_for("cairn: ready ");
     signal(&run.child, libc::SIGTERM);
@@ -137,7 +143,8 @@ fn sigterm_stops_qemu_and_exits_130() {
 
 #[test]
 fn sigkill_of_cairn_still_stops_qemu() {
-    let mut run = Running::start(&["node"]);
+    let port = free_port();
+    let mut run = Running::start(&["node", "--api-port", &port]);
     let pid = run.qemu_pid();
     run.wait_for("cairn: ready ");
     signal(&run.child, libc::SIGKILL);
@@ -147,7 +154,8 @@ fn sigkill_of_cairn_still_stops_qemu() {
 
 #[test]
 fn timeout_stops_qemu_with_a_clear_error() {
-    let mut run = Running::start(&["node", "--timeout", "3"]);
+    let port = free_port();
+    let mut run = Running::start(&["node", "--timeout", "3", "--api-port", &port]);
     let pid = run.qemu_pid();
     let error = run.wait_for("cairn: error: ");
     assert!(error.contains("did not finish within 3 s"), "{error}");

@@ -1,6 +1,7 @@
 //! Host-side library behind the `cairn` CLI and the QEMU tests: finding QEMU, writing images,
 //! booting nodes and reading their consoles.
 
+pub mod client;
 pub mod hash;
 pub mod host;
 pub mod qemu;

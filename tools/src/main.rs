@@ -26,14 +26,69 @@ struct Cli {
 enum Command {
     /// Write a bootable disk image.
     Image(ImageArgs),
-    /// Boot one node, stream its console, and exit with the node's status.
-    Node(BootArgs),
+    /// Boot one node that serves the node API, stream its console, and exit with its status.
+    Node(NodeArgs),
     /// Boot the in-kernel self tests; exit 0 only if every one passed.
     Selftest(BootArgs),
     /// Print the handle of each file (a blob) and directory (a tree), handle first.
     Hash(HashArgs),
     /// Boot a node that measures itself (guest time): invocation, memo hit, BLAKE3 throughput.
     Bench(BenchArgs),
+    /// Store files on a running node; prints their handles.
+    Put(PutArgs),
+    /// Fetch an object from a running node, checking it against its handle.
+    Get(GetArgs),
+    /// Evaluate TASK.elf applied to ARGs on a running node, uploading only what it lacks.
+    Eval(EvalArgs),
+    /// Show a running node's counters.
+    Stats(NodeAddress),
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    #[command(flatten)]
+    boot: BootArgs,
+    /// Host port (on 127.0.0.1) that forwards to the node API.
+    #[arg(long, default_value_t = 7070)]
+    api_port: u16,
+}
+
+#[derive(Args, Clone)]
+struct NodeAddress {
+    /// The node API: what `cairn node` printed.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    node: String,
+}
+
+#[derive(Args)]
+struct PutArgs {
+    #[command(flatten)]
+    node: NodeAddress,
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct GetArgs {
+    #[command(flatten)]
+    node: NodeAddress,
+    handle: String,
+    /// Write the object here instead of standard output.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    node: NodeAddress,
+    /// The task's ELF file.
+    task: PathBuf,
+    /// Arguments: a handle (e.g. blob:=68656c6c6f), or a file whose bytes become a blob.
+    args: Vec<String>,
+    /// Memory limit of the application, in MiB.
+    #[arg(long, default_value_t = 16)]
+    task_memory: u64,
 }
 
 #[derive(Args)]
@@ -149,7 +204,17 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         None => boot_and_stream(&cli.boot, Mode::Job),
-        Some(Command::Node(args)) => boot_and_stream(&args, Mode::Serve),
+        Some(Command::Node(args)) => {
+            eprintln!("cairn: node API on 127.0.0.1:{} (use --node 127.0.0.1:{})", args.api_port, args.api_port);
+            boot_and_stream_on(&args.boot, Mode::Serve, Some(args.api_port))
+        }
+        Some(Command::Put(args)) => put(&args),
+        Some(Command::Get(args)) => get(&args),
+        Some(Command::Eval(args)) => eval(&args),
+        Some(Command::Stats(args)) => {
+            print!("{}", cairn_tools::client::Client::connect(&args.node)?.stats()?);
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Selftest(args)) => boot_and_stream(&args, Mode::Selftest),
         Some(Command::Image(args)) => write_image(&args),
         Some(Command::Hash(args)) => hash(&args),
@@ -216,8 +281,12 @@ fn write_image(args: &ImageArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn boot_and_stream(args: &BootArgs, mode: Mode) -> anyhow::Result<ExitCode> {
+    boot_and_stream_on(args, mode, None)
+}
+
+fn boot_and_stream_on(args: &BootArgs, mode: Mode, api_port: Option<u16>) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout();
-    boot_and_watch(args, mode, |line| {
+    boot_and_watch_on(args, mode, api_port, |line| {
         let _ = writeln!(stdout, "{line}");
         let _ = stdout.flush();
     })
@@ -225,7 +294,11 @@ fn boot_and_stream(args: &BootArgs, mode: Mode) -> anyhow::Result<ExitCode> {
 
 /// Boots a node, saves the objects it sends, hands every other console line to `on_line`, and
 /// turns how the node ended into an exit code.
-fn boot_and_watch(args: &BootArgs, mode: Mode, mut on_line: impl FnMut(&str)) -> anyhow::Result<ExitCode> {
+fn boot_and_watch(args: &BootArgs, mode: Mode, on_line: impl FnMut(&str)) -> anyhow::Result<ExitCode> {
+    boot_and_watch_on(args, mode, None, on_line)
+}
+
+fn boot_and_watch_on(args: &BootArgs, mode: Mode, api_port: Option<u16>, mut on_line: impl FnMut(&str)) -> anyhow::Result<ExitCode> {
     let accel: Accel = args.accel.parse().map_err(anyhow::Error::msg)?;
     let opts = NodeOptions {
         firmware: args.firmware.firmware(),
@@ -233,6 +306,7 @@ fn boot_and_watch(args: &BootArgs, mode: Mode, mut on_line: impl FnMut(&str)) ->
         memory_mib: args.memory,
         config: NodeConfig { mode, log_level: args.log.into() },
         raw_config: None,
+        api_port,
     };
     eprintln!(
         "cairn: booting a node ({}, {}, {} MiB, mode {})",
@@ -288,4 +362,92 @@ fn boot_and_watch(args: &BootArgs, mode: Mode, mut on_line: impl FnMut(&str)) ->
         }
         other => anyhow::bail!("{other}"),
     }
+}
+
+fn put(args: &PutArgs) -> anyhow::Result<ExitCode> {
+    let mut client = cairn_tools::client::Client::connect(&args.node.node)?;
+    for path in &args.files {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let handle = cairn_object::Handle::blob(&bytes);
+        if !client.missing(&[handle])?.is_empty() {
+            let bar = progress(bytes.len() as u64);
+            client.put(handle, &bytes, |sent| bar.set_position(sent))?;
+            bar.finish_and_clear();
+        }
+        println!("{handle}  {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn get(args: &GetArgs) -> anyhow::Result<ExitCode> {
+    let handle: cairn_object::Handle = args.handle.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut client = cairn_tools::client::Client::connect(&args.node.node)?;
+    let bar = progress(handle.size());
+    let bytes = client.get(handle, |got, _| bar.set_position(got))?;
+    bar.finish_and_clear();
+    match &args.output {
+        Some(path) => std::fs::write(path, &bytes).with_context(|| format!("cannot write {}", path.display()))?,
+        None => std::io::stdout().write_all(&bytes).context("cannot write to standard output")?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval(args: &EvalArgs) -> anyhow::Result<ExitCode> {
+    use cairn_object::{Handle, Kind, Limits};
+    let mut client = cairn_tools::client::Client::connect(&args.node.node)?;
+    let elf = std::fs::read(&args.task).with_context(|| format!("cannot read {}", args.task.display()))?;
+    let mut objects: Vec<(Handle, Vec<u8>)> = vec![(Handle::blob(&elf), elf)];
+    let mut arg_handles = Vec::new();
+    for arg in &args.args {
+        match arg.parse::<Handle>() {
+            Ok(handle) => arg_handles.push(handle),
+            Err(_) => {
+                let bytes = std::fs::read(arg).with_context(|| format!("{arg} is neither a handle nor a readable file"))?;
+                let handle = Handle::blob(&bytes);
+                arg_handles.push(handle);
+                objects.push((handle, bytes));
+            }
+        }
+    }
+    let limits = Limits::new(args.task_memory << 20).map_err(|p| anyhow::anyhow!("memory limit: {p}"))?;
+    let thunk_bytes = cairn_object::thunk::encode(limits, objects[0].0, &arg_handles).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let thunk = cairn_object::store::name(Kind::Thunk, &thunk_bytes)?;
+    objects.push((thunk, thunk_bytes));
+    // Upload only what the node lacks.
+    let missing = client.missing(&objects.iter().map(|(h, _)| *h).collect::<Vec<_>>())?;
+    for (handle, bytes) in objects.iter().filter(|(h, _)| missing.contains(h)) {
+        client.put(*handle, bytes, |_| {})?;
+    }
+    let evaluated = client.eval(thunk)?;
+    eprintln!(
+        "cairn: {} ({} tasks run, {} memo hits, {} us; uploaded {} of {} objects)",
+        thunk,
+        evaluated.tasks_run,
+        evaluated.memo_hits,
+        evaluated.micros,
+        missing.len(),
+        objects.len()
+    );
+    println!("{}", evaluated.result);
+    if evaluated.result.kind() == Kind::Blob && evaluated.result.size() <= 64 {
+        let value = client.get(evaluated.result, |_, _| {})?;
+        match std::str::from_utf8(&value) {
+            Ok(text) if text.chars().all(|c| !c.is_control() || c == '\n') => println!("{}", text.trim_end()),
+            _ => println!("{}", value.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar for transfers big enough to watch (indicatif; hidden when not a terminal).
+fn progress(len: u64) -> indicatif::ProgressBar {
+    if len < 4 << 20 {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
 }

@@ -60,6 +60,8 @@ pub struct NodeOptions {
     pub config: NodeConfig,
     /// Boot with these configuration bytes instead of `config` (tests of bad configurations).
     pub raw_config: Option<Vec<u8>>,
+    /// Forward the node API (guest port 7070) to this port on 127.0.0.1.
+    pub api_port: Option<u16>,
 }
 
 impl Default for NodeOptions {
@@ -70,6 +72,7 @@ impl Default for NodeOptions {
             memory_mib: 512,
             config: NodeConfig::default(),
             raw_config: None,
+            api_port: None,
         }
     }
 }
@@ -185,7 +188,11 @@ impl Vm {
         }
         cmd.arg("-drive").arg(format!("format=raw,file={}", image.display()));
         // User-mode networking: the node reaches the host at 10.0.2.2 and gets 10.0.2.15 by DHCP.
-        cmd.args(["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]);
+        let netdev = match opts.api_port {
+            Some(port) => format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:7070"),
+            None => "user,id=net0".to_string(),
+        };
+        cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"]);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the
         // parent; it makes the kernel kill QEMU if cairn dies without running any cleanup.

@@ -134,33 +134,45 @@ fn run(config: &NodeConfig, memory: &memory::MemoryReport) -> Status {
     }
 }
 
-/// Brings up the network (DHCP) and keeps it moving; stop the VM to shut down.
+/// Brings up the network (DHCP) and serves the node API until the VM is stopped.
 fn serve() -> Status {
     let mut network = match net::Network::start() {
-        Ok(network) => Some(network),
+        Ok(network) => network,
         Err(e) => {
             log::warn!("network: {}; serving without one", e.0);
-            None
+            loop {
+                x86_64::instructions::interrupts::enable_and_hlt();
+            }
         }
     };
+    let (mut ev, _procedures) = jobs::node_evaluator(memory::heap::usage().1 as u64 / 2);
+    let node_id = *blake3::hash(&network.device.mac()).as_bytes();
+    let mut api = net::api::Api::new(&mut network, node_id);
     let started = arch::clock::micros_since_boot();
     let mut announced = false;
     log::info!("serving; stop the VM to shut down");
     loop {
-        if let Some(network) = network.as_mut() {
-            if network.poll() && !announced {
-                announced = true;
-                if let Some((cidr, gateway)) = network.address {
-                    let gw = gateway.map(|g| alloc::format!("{g}")).unwrap_or_else(|| "none".into());
-                    println!(
-                        "cairn: net ip={cidr} gateway={gw} dhcp_ms={}",
-                        (arch::clock::micros_since_boot() - started) / 1000
-                    );
-                }
+        network.device.rearm();
+        let configured = network.poll();
+        if configured && !announced {
+            announced = true;
+            if let Some((cidr, gateway)) = network.address {
+                let gw = gateway.map(|g| alloc::format!("{g}")).unwrap_or_else(|| "none".into());
+                println!(
+                    "cairn: net ip={cidr} gateway={gw} dhcp_ms={} api_port={}",
+                    (arch::clock::micros_since_boot() - started) / 1000,
+                    net::api::PORT
+                );
             }
         }
-        // The timer (100 Hz) wakes us to poll again.
-        x86_64::instructions::interrupts::enable_and_hlt();
+        let busy = api.poll(&mut network, &mut ev);
+        if busy {
+            // Replies go out on this round rather than the next tick.
+            network.poll();
+        } else {
+            // The timer (100 Hz) or a device interrupt wakes us to poll again.
+            x86_64::instructions::interrupts::enable_and_hlt();
+        }
     }
 }
 

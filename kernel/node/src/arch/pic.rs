@@ -1,6 +1,8 @@
 //! The legacy 8259 interrupt controllers, remapped to vectors 32..48, with only the lines the
 //! kernel handles unmasked. A unikernel on one CPU needs nothing more elaborate yet.
 
+use core::sync::atomic::{AtomicU8, Ordering};
+
 use x86_64::instructions::port::Port;
 
 const PIC1_CMD: u16 = 0x20;
@@ -31,6 +33,32 @@ pub fn init() {
     }
 }
 
+/// The network card's interrupt line, once it has one (0xff: none).
+static NET_IRQ: AtomicU8 = AtomicU8::new(0xff);
+
+/// Routes a device's level-triggered line: on each interrupt the line is masked (the device
+/// keeps it asserted until its driver acknowledges it), and the main loop, woken from `hlt`,
+/// acknowledges the device and calls [`unmask`].
+pub fn route_device(irq: u8) {
+    NET_IRQ.store(irq, Ordering::Relaxed);
+    unmask(irq);
+}
+
+pub fn unmask(irq: u8) {
+    set_mask(irq, false);
+}
+
+fn set_mask(irq: u8, masked: bool) {
+    let (port, bit) = if irq < 8 { (PIC1_DATA, irq) } else { (PIC2_DATA, irq - 8) };
+    // SAFETY: read-modify-write of the PIC's interrupt mask register (OCW1); only this kernel
+    // changes it, with interrupts off or from the interrupt handler itself.
+    x86_64::instructions::interrupts::without_interrupts(|| unsafe {
+        let mut data = Port::<u8>::new(port);
+        let mask = data.read();
+        data.write(if masked { mask | (1 << bit) } else { mask & !(1 << bit) });
+    });
+}
+
 pub fn handle_irq(irq: u8) {
     // Spurious interrupts (IRQ 7 / 15 without the in-service bit) must not be acknowledged.
     if (irq == 7 || irq == 15) && !in_service(irq) {
@@ -41,6 +69,8 @@ pub fn handle_irq(irq: u8) {
     }
     if irq == TIMER_IRQ {
         super::clock::on_tick();
+    } else if irq == NET_IRQ.load(Ordering::Relaxed) {
+        set_mask(irq, true);
     }
     eoi(irq);
 }

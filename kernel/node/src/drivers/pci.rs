@@ -45,3 +45,9 @@ pub fn find_virtio_net() -> Option<(PciRoot<PortCam>, DeviceFunction)> {
         .map(|(df, _)| df)?;
     Some((root, found))
 }
+
+/// The legacy interrupt line the firmware assigned to a device (config offset 0x3c), if any.
+pub fn interrupt_line(df: DeviceFunction) -> Option<u8> {
+    let line = (PortCam.read_word(df, 0x3c) & 0xff) as u8;
+    (line < 16 && line != 0).then_some(line)
+}

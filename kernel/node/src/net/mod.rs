@@ -1,4 +1,6 @@
-//! The node's network: smoltcp over the virtio card, addressed by DHCP.
+//! The node's network: smoltcp over the virtio card, addressed by DHCP, serving the node API.
+
+pub mod api;
 
 use alloc::vec;
 

@@ -1,0 +1,147 @@
+//! The node API server: TCP port 7070, a few connections at once, each a protocol session
+//! (`cairn_proto::session`) over the node's store and evaluator.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use bytes::Bytes;
+use cairn_object::Handle;
+use cairn_object::store::{Store, StoreError};
+use cairn_proto::session::{NodeApi, Session};
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
+
+use super::Network;
+use crate::arch::clock;
+use crate::jobs::NodeEvaluator;
+
+pub const PORT: u16 = 7070;
+const CONNECTIONS: usize = 4;
+const BUFFER: usize = 256 * 1024;
+/// A connection that moves no bytes for this long is closed.
+const IDLE_US: u64 = 60_000_000;
+
+struct Slot {
+    socket: SocketHandle,
+    session: Option<Session>,
+    last_active: u64,
+}
+
+pub struct Api {
+    slots: Vec<Slot>,
+    node_id: [u8; 32],
+    pub served: u64,
+}
+
+struct Node<'a> {
+    ev: &'a mut NodeEvaluator,
+    node_id: [u8; 32],
+    served: u64,
+}
+
+impl NodeApi for Node<'_> {
+    fn node_id(&self) -> [u8; 32] {
+        self.node_id
+    }
+    fn contains(&self, handle: &Handle) -> bool {
+        self.ev.store.contains(handle)
+    }
+    fn get(&self, handle: &Handle) -> Option<Bytes> {
+        self.ev.store.get(handle)
+    }
+    fn put_verified(&mut self, handle: &Handle, bytes: Bytes) -> Result<(), StoreError> {
+        self.ev.store.put_verified(handle, bytes)
+    }
+    fn room(&self) -> u64 {
+        let stats = self.ev.store.stats();
+        stats.limit.saturating_sub(stats.bytes)
+    }
+    fn eval(&mut self, handle: &Handle) -> Result<(Handle, [u64; 3]), (Handle, String)> {
+        let (before, started) = (self.ev.stats(), clock::micros_since_boot());
+        let outcome = self.ev.eval(*handle);
+        let after = self.ev.stats();
+        let stats = [after.tasks_run - before.tasks_run, after.memo_hits - before.memo_hits, clock::micros_since_boot() - started];
+        outcome.map(|result| (result, stats)).map_err(|e| (e.thunk, format!("{}", e.failure)))
+    }
+    fn stats(&self) -> String {
+        let store = self.ev.store.stats();
+        let eval = self.ev.stats();
+        format!(
+            "objects={}\nstore_bytes={}\nstore_limit={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nconnections_served={}\nuptime_ms={}\n",
+            store.objects,
+            store.bytes,
+            store.limit,
+            eval.tasks_run,
+            eval.memo_hits,
+            self.ev.memo().len(),
+            self.served,
+            clock::micros_since_boot() / 1000
+        )
+    }
+}
+
+impl Api {
+    pub fn new(network: &mut Network, node_id: [u8; 32]) -> Api {
+        let slots = (0..CONNECTIONS)
+            .map(|_| {
+                let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; BUFFER]), tcp::SocketBuffer::new(vec![0; BUFFER]));
+                // Acknowledge at once: the node polls in bursts, and a delayed ACK stalls the
+                // sender for a whole delay on every window.
+                socket.set_ack_delay(None);
+                Slot { socket: network.sockets.add(socket), session: None, last_active: 0 }
+            })
+            .collect();
+        Api { slots, node_id, served: 0 }
+    }
+
+    /// Moves bytes between the sockets and their sessions; true if anything happened.
+    pub fn poll(&mut self, network: &mut Network, ev: &mut NodeEvaluator) -> bool {
+        let now = clock::micros_since_boot();
+        let mut busy = false;
+        let mut node = Node { ev, node_id: self.node_id, served: self.served };
+        for slot in &mut self.slots {
+            let socket = network.sockets.get_mut::<tcp::Socket>(slot.socket);
+            if !socket.is_open() {
+                slot.session = None;
+                // Listening can only fail if the socket is not closed, which it is here.
+                let _ = socket.listen(PORT);
+                continue;
+            }
+            if !socket.is_active() {
+                continue; // still listening
+            }
+            let session = slot.session.get_or_insert_with(|| {
+                node.served += 1;
+                slot.last_active = now;
+                Session::new()
+            });
+            if socket.can_recv() {
+                let _ = socket.recv(|bytes| {
+                    session.feed(bytes, &mut node);
+                    (bytes.len(), ())
+                });
+                slot.last_active = now;
+                busy = true;
+            }
+            while socket.can_send() && session.has_output() {
+                let room = socket.send_capacity() - socket.send_queue();
+                let out = session.output(room);
+                if out.is_empty() {
+                    break;
+                }
+                let _ = socket.send_slice(&out);
+                slot.last_active = now;
+                busy = true;
+            }
+            if session.closing() && !session.has_output() {
+                socket.close();
+            } else if now - slot.last_active > IDLE_US {
+                socket.abort();
+            }
+        }
+        self.served = node.served;
+        busy
+    }
+}

@@ -1,0 +1,159 @@
+//! A client of the node API (docs/PROTOCOL.md) over TCP: every object received is checked
+//! against its handle before it is handed back.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cairn_object::Handle;
+use cairn_proto::{Frame, MAX_CHUNK, MAX_INLINE, Message, decode, encode};
+
+pub struct Client {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    next_request: u32,
+}
+
+pub struct Evaluated {
+    pub result: Handle,
+    pub tasks_run: u64,
+    pub memo_hits: u64,
+    pub micros: u64,
+}
+
+impl Client {
+    pub fn connect(address: &str) -> anyhow::Result<Client> {
+        let stream = TcpStream::connect(address).with_context(|| format!("cannot connect to the node at {address}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+        let _ = stream.set_nodelay(true);
+        let mut client = Client { stream, buffer: Vec::new(), next_request: 1 };
+        match client.call(Message::Hello { client: "cairn".into() })? {
+            Message::Welcome { version: 1, .. } => Ok(client),
+            Message::Welcome { version, .. } => bail!("the node speaks protocol version {version}, not 1"),
+            other => bail!("the node answered HELLO with {}", name(&other)),
+        }
+    }
+
+    fn send(&mut self, request: u32, message: Message) -> anyhow::Result<()> {
+        let mut bytes = Vec::new();
+        encode(&Frame { request, message }, &mut bytes);
+        self.stream.write_all(&bytes).context("the node closed the connection")
+    }
+
+    fn receive(&mut self) -> anyhow::Result<Frame> {
+        loop {
+            if let Some((frame, used)) = decode(&self.buffer).context("the node sent a malformed frame")? {
+                self.buffer.drain(..used);
+                if let Message::Error { code, message } = &frame.message {
+                    bail!("the node refused: {message} ({code:?})");
+                }
+                return Ok(frame);
+            }
+            let mut chunk = vec![0u8; 256 * 1024];
+            let n = self.stream.read(&mut chunk).context("reading from the node")?;
+            if n == 0 {
+                bail!("the node closed the connection");
+            }
+            self.buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn call(&mut self, message: Message) -> anyhow::Result<Message> {
+        let request = self.next_request;
+        self.next_request += 1;
+        self.send(request, message)?;
+        Ok(self.receive()?.message)
+    }
+
+    pub fn missing(&mut self, handles: &[Handle]) -> anyhow::Result<Vec<Handle>> {
+        match self.call(Message::Have { handles: handles.to_vec() })? {
+            Message::Missing { handles } => Ok(handles),
+            other => bail!("the node answered HAVE with {}", name(&other)),
+        }
+    }
+
+    /// Stores `bytes` on the node as the object `handle`, in chunks if large; `progress` hears
+    /// how many bytes have gone.
+    pub fn put(&mut self, handle: Handle, bytes: &[u8], mut progress: impl FnMut(u64)) -> anyhow::Result<()> {
+        let request = self.next_request;
+        self.next_request += 1;
+        if bytes.len() <= MAX_INLINE {
+            self.send(request, Message::Put { handle, bytes: bytes.to_vec() })?;
+        } else {
+            self.send(request, Message::PutBegin { handle, len: bytes.len() as u64 })?;
+            for (i, chunk) in bytes.chunks(MAX_CHUNK).enumerate() {
+                self.send(request, Message::PutChunk { offset: (i * MAX_CHUNK) as u64, bytes: chunk.to_vec() })?;
+                progress(((i * MAX_CHUNK) + chunk.len()) as u64);
+            }
+        }
+        match self.receive()?.message {
+            Message::Stored { handle: stored } if stored == handle => Ok(()),
+            other => bail!("the node answered PUT with {}", name(&other)),
+        }
+    }
+
+    /// Fetches an object and checks it is the one `handle` names.
+    pub fn get(&mut self, handle: Handle, mut progress: impl FnMut(u64, u64)) -> anyhow::Result<Vec<u8>> {
+        let bytes = match self.call(Message::Get { handle })? {
+            Message::Object { bytes, .. } => bytes,
+            Message::ObjectBegin { len, .. } => {
+                let mut bytes = Vec::with_capacity(len as usize);
+                while (bytes.len() as u64) < len {
+                    match self.receive()?.message {
+                        Message::ObjectChunk { offset, bytes: chunk } if offset == bytes.len() as u64 => {
+                            bytes.extend_from_slice(&chunk);
+                            progress(bytes.len() as u64, len);
+                        }
+                        other => bail!("the node interrupted the download with {}", name(&other)),
+                    }
+                }
+                bytes
+            }
+            other => bail!("the node answered GET with {}", name(&other)),
+        };
+        let actual = cairn_object::store::name(handle.kind(), &bytes).context("the node sent an invalid object")?;
+        if actual != handle {
+            bail!("the node sent the wrong object: asked for {handle}, received {actual}");
+        }
+        Ok(bytes)
+    }
+
+    pub fn eval(&mut self, handle: Handle) -> anyhow::Result<Evaluated> {
+        match self.call(Message::Eval { handle })? {
+            Message::Evaluated { result, tasks_run, memo_hits, micros } => Ok(Evaluated { result, tasks_run, memo_hits, micros }),
+            Message::EvalFailed { thunk, failure } => bail!("{thunk} failed: {failure}"),
+            other => bail!("the node answered EVAL with {}", name(&other)),
+        }
+    }
+
+    pub fn stats(&mut self) -> anyhow::Result<String> {
+        match self.call(Message::Stats)? {
+            Message::StatsReply { text } => Ok(text),
+            other => bail!("the node answered STATS with {}", name(&other)),
+        }
+    }
+}
+
+fn name(message: &Message) -> &'static str {
+    match message {
+        Message::Hello { .. } => "HELLO",
+        Message::Welcome { .. } => "WELCOME",
+        Message::Have { .. } => "HAVE",
+        Message::Missing { .. } => "MISSING",
+        Message::Put { .. } => "PUT",
+        Message::PutBegin { .. } => "PUT-BEGIN",
+        Message::PutChunk { .. } => "PUT-CHUNK",
+        Message::Stored { .. } => "STORED",
+        Message::Get { .. } => "GET",
+        Message::Object { .. } => "OBJECT",
+        Message::ObjectBegin { .. } => "OBJECT-BEGIN",
+        Message::ObjectChunk { .. } => "OBJECT-CHUNK",
+        Message::Eval { .. } => "EVAL",
+        Message::Evaluated { .. } => "EVALUATED",
+        Message::EvalFailed { .. } => "EVAL-FAILED",
+        Message::Stats => "STATS",
+        Message::StatsReply { .. } => "STATS-REPLY",
+        Message::Error { .. } => "ERROR",
+    }
+}
