@@ -22,7 +22,7 @@ fn serving_node() -> (Node, String) {
     let port = free_port();
     let mut node = Node::boot_with(NodeOptions {
         firmware: Firmware::Bios,
-        config: NodeConfig { mode: Mode::Serve, log_level: LogLevel::Info },
+        config: NodeConfig { mode: Mode::Serve, log_level: LogLevel::Info, ip: None },
         api_port: Some(port),
         ..NodeOptions::default()
     });
@@ -94,4 +94,21 @@ fn objects_evaluation_stats_and_misbehaving_clients() {
     // The quiet client is still connected, and the node still serves a new one.
     assert!(Client::connect(&address).unwrap().stats().unwrap().contains("objects="));
     drop(loris);
+}
+
+#[test]
+fn a_static_address_from_the_node_config_replaces_dhcp() {
+    let port = free_port();
+    let mut node = Node::boot_with(NodeOptions {
+        config: NodeConfig {
+            mode: Mode::Serve,
+            log_level: LogLevel::Info,
+            ip: Some(cairn_bootcfg::StaticIp { address: [10, 0, 2, 15], prefix: 24, gateway: Some([10, 0, 2, 2]) }),
+        },
+        api_port: Some(port),
+        ..NodeOptions::default()
+    });
+    node.expect(r"^cairn: net ip=10\.0\.2\.15/24 gateway=10\.0\.2\.2 static api_port=7070$", BOOT_TIMEOUT);
+    let stats = Client::connect(&format!("127.0.0.1:{port}")).unwrap().stats().unwrap();
+    assert!(stats.contains("objects="), "{stats}");
 }

@@ -51,6 +51,12 @@ struct NodeArgs {
     /// Host port (on 127.0.0.1) that forwards to the node API.
     #[arg(long, default_value_t = 7070)]
     api_port: u16,
+    /// A static address, like 10.0.2.15/24, instead of DHCP.
+    #[arg(long)]
+    ip: Option<String>,
+    /// The default gateway that goes with --ip.
+    #[arg(long, requires = "ip")]
+    gateway: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -206,7 +212,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         None => boot_and_stream(&cli.boot, Mode::Job),
         Some(Command::Node(args)) => {
             eprintln!("cairn: node API on 127.0.0.1:{} (use --node 127.0.0.1:{})", args.api_port, args.api_port);
-            boot_and_stream_on(&args.boot, Mode::Serve, Some(args.api_port))
+            let mut text = String::new();
+            if let Some(ip) = &args.ip {
+                text.push_str(&format!("ip = {ip}\n"));
+            }
+            if let Some(gateway) = &args.gateway {
+                text.push_str(&format!("gateway = {gateway}\n"));
+            }
+            let ip = NodeConfig::parse(text.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?.ip;
+            boot_and_stream_on(&args.boot, Mode::Serve, Some(args.api_port), ip)
         }
         Some(Command::Put(args)) => put(&args),
         Some(Command::Get(args)) => get(&args),
@@ -281,12 +295,17 @@ fn write_image(args: &ImageArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn boot_and_stream(args: &BootArgs, mode: Mode) -> anyhow::Result<ExitCode> {
-    boot_and_stream_on(args, mode, None)
+    boot_and_stream_on(args, mode, None, None)
 }
 
-fn boot_and_stream_on(args: &BootArgs, mode: Mode, api_port: Option<u16>) -> anyhow::Result<ExitCode> {
+fn boot_and_stream_on(
+    args: &BootArgs,
+    mode: Mode,
+    api_port: Option<u16>,
+    ip: Option<cairn_bootcfg::StaticIp>,
+) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout();
-    boot_and_watch_on(args, mode, api_port, |line| {
+    boot_and_watch_on(args, mode, api_port, ip, |line| {
         let _ = writeln!(stdout, "{line}");
         let _ = stdout.flush();
     })
@@ -295,16 +314,22 @@ fn boot_and_stream_on(args: &BootArgs, mode: Mode, api_port: Option<u16>) -> any
 /// Boots a node, saves the objects it sends, hands every other console line to `on_line`, and
 /// turns how the node ended into an exit code.
 fn boot_and_watch(args: &BootArgs, mode: Mode, on_line: impl FnMut(&str)) -> anyhow::Result<ExitCode> {
-    boot_and_watch_on(args, mode, None, on_line)
+    boot_and_watch_on(args, mode, None, None, on_line)
 }
 
-fn boot_and_watch_on(args: &BootArgs, mode: Mode, api_port: Option<u16>, mut on_line: impl FnMut(&str)) -> anyhow::Result<ExitCode> {
+fn boot_and_watch_on(
+    args: &BootArgs,
+    mode: Mode,
+    api_port: Option<u16>,
+    ip: Option<cairn_bootcfg::StaticIp>,
+    mut on_line: impl FnMut(&str),
+) -> anyhow::Result<ExitCode> {
     let accel: Accel = args.accel.parse().map_err(anyhow::Error::msg)?;
     let opts = NodeOptions {
         firmware: args.firmware.firmware(),
         accel,
         memory_mib: args.memory,
-        config: NodeConfig { mode, log_level: args.log.into() },
+        config: NodeConfig { mode, log_level: args.log.into(), ip },
         raw_config: None,
         api_port,
     };

@@ -71,16 +71,43 @@ impl LogLevel {
     }
 }
 
+/// A static IPv4 address; without one the node asks DHCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StaticIp {
+    pub address: [u8; 4],
+    pub prefix: u8,
+    pub gateway: Option<[u8; 4]>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeConfig {
     pub mode: Mode,
     pub log_level: LogLevel,
+    pub ip: Option<StaticIp>,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { mode: Mode::Job, log_level: LogLevel::Info }
+        NodeConfig { mode: Mode::Job, log_level: LogLevel::Info, ip: None }
     }
+}
+
+fn parse_ipv4(text: &str) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = text.split('.');
+    for byte in out.iter_mut() {
+        let part = parts.next()?;
+        // Canonical decimal: no empty parts, no leading zeros.
+        if part.is_empty() || (part.len() > 1 && part.starts_with('0')) {
+            return None;
+        }
+        *byte = part.parse().ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+fn fmt_ipv4(ip: [u8; 4]) -> alloc::string::String {
+    alloc::format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3])
 }
 
 /// Why a configuration was rejected; `line` is 1-based.
@@ -90,6 +117,8 @@ pub enum ConfigError {
     MissingEquals { line: usize },
     UnknownKey { line: usize, key: String },
     DuplicateKey { line: usize, key: String },
+    /// `gateway` without `ip`: DHCP provides both or neither.
+    GatewayWithoutIp,
     BadValue { line: usize, key: &'static str, value: String, expected: &'static str },
 }
 
@@ -101,11 +130,12 @@ impl fmt::Display for ConfigError {
                 write!(f, "node config line {line}: expected `key = value`")
             }
             ConfigError::UnknownKey { line, key } => {
-                write!(f, "node config line {line}: unknown key `{key}` (known: mode, log)")
+                write!(f, "node config line {line}: unknown key `{key}` (known: mode, log, ip, gateway)")
             }
             ConfigError::DuplicateKey { line, key } => {
                 write!(f, "node config line {line}: `{key}` is set twice")
             }
+            ConfigError::GatewayWithoutIp => write!(f, "node config: `gateway` needs `ip` (a static address)"),
             ConfigError::BadValue { line, key, value, expected } => write!(
                 f,
                 "node config line {line}: `{key} = {value}` is not valid (expected one of: {expected})"
@@ -120,7 +150,8 @@ impl NodeConfig {
         let text = core::str::from_utf8(bytes)
             .map_err(|e| ConfigError::NotUtf8 { byte: e.valid_up_to() })?;
         let mut config = NodeConfig::default();
-        let (mut seen_mode, mut seen_log) = (false, false);
+        let (mut seen_mode, mut seen_log, mut seen_ip, mut seen_gateway) = (false, false, false, false);
+        let mut gateway = None;
         for (index, raw) in text.lines().enumerate() {
             let line = index + 1;
             let content = raw.split('#').next().unwrap_or("").trim();
@@ -133,12 +164,22 @@ impl NodeConfig {
             let seen = match key {
                 "mode" => &mut seen_mode,
                 "log" => &mut seen_log,
+                "ip" => &mut seen_ip,
+                "gateway" => &mut seen_gateway,
                 _ => return Err(ConfigError::UnknownKey { line, key: key.into() }),
             };
             if core::mem::replace(seen, true) {
                 return Err(ConfigError::DuplicateKey { line, key: key.into() });
             }
+            let bad = |expected| ConfigError::BadValue { line, key: if key == "ip" { "ip" } else { "gateway" }, value: value.into(), expected };
             match key {
+                "ip" => {
+                    let (address, prefix) = value.split_once('/').ok_or_else(|| bad("an IPv4 address with a prefix, like 10.0.2.15/24"))?;
+                    let address = parse_ipv4(address).ok_or_else(|| bad("an IPv4 address with a prefix, like 10.0.2.15/24"))?;
+                    let prefix: u8 = prefix.parse().ok().filter(|p| (1..=32).contains(p)).ok_or_else(|| bad("a prefix length from 1 to 32"))?;
+                    config.ip = Some(StaticIp { address, prefix, gateway: None });
+                }
+                "gateway" => gateway = Some(parse_ipv4(value).ok_or_else(|| bad("an IPv4 address, like 10.0.2.2"))?),
                 "mode" => {
                     config.mode = Mode::ALL.into_iter().find(|m| m.name() == value).ok_or_else(
                         || ConfigError::BadValue {
@@ -162,6 +203,11 @@ impl NodeConfig {
                 }
             }
         }
+        match (&mut config.ip, gateway) {
+            (Some(ip), gateway) => ip.gateway = gateway,
+            (None, Some(_)) => return Err(ConfigError::GatewayWithoutIp),
+            (None, None) => {}
+        }
         Ok(config)
     }
 
@@ -174,6 +220,12 @@ impl NodeConfig {
         out.push_str("\nlog = ");
         out.push_str(self.log_level.name());
         out.push('\n');
+        if let Some(ip) = self.ip {
+            out.push_str(&alloc::format!("ip = {}/{}\n", fmt_ipv4(ip.address), ip.prefix));
+            if let Some(gw) = ip.gateway {
+                out.push_str(&alloc::format!("gateway = {}\n", fmt_ipv4(gw)));
+            }
+        }
         out
     }
 }
@@ -196,7 +248,7 @@ mod tests {
         for mode in Mode::ALL {
             for log_level in LogLevel::ALL {
                 let text = alloc::format!("  mode={}  # why not\nlog =  {}\n", mode.name(), log_level.name());
-                assert_eq!(NodeConfig::parse(text.as_bytes()).unwrap(), NodeConfig { mode, log_level });
+                assert_eq!(NodeConfig::parse(text.as_bytes()).unwrap(), NodeConfig { mode, log_level, ip: None });
             }
         }
     }
@@ -220,10 +272,22 @@ mod tests {
         assert_eq!(NodeConfig::parse(b"mode = \xff").unwrap_err(), ConfigError::NotUtf8 { byte: 7 });
     }
 
+    #[test]
+    fn static_addresses() {
+        let c = NodeConfig::parse(b"ip = 10.0.2.15/24\ngateway = 10.0.2.2\n").unwrap();
+        assert_eq!(c.ip, Some(StaticIp { address: [10, 0, 2, 15], prefix: 24, gateway: Some([10, 0, 2, 2]) }));
+        assert_eq!(NodeConfig::parse(b"gateway = 10.0.2.2").unwrap_err(), ConfigError::GatewayWithoutIp);
+        for bad in ["ip = 10.0.2.15", "ip = 10.0.2/24", "ip = 10.0.2.300/24", "ip = 10.0.2.15/33", "ip = 010.0.2.15/24"] {
+            let err = NodeConfig::parse(bad.as_bytes()).unwrap_err();
+            assert!(matches!(err, ConfigError::BadValue { key: "ip", .. }), "{bad}: {err:?}");
+        }
+    }
+
     proptest! {
         #[test]
-        fn render_round_trips(mode in 0..6usize, level in 0..5usize) {
-            let config = NodeConfig { mode: Mode::ALL[mode], log_level: LogLevel::ALL[level] };
+        fn render_round_trips(mode in 0..6usize, level in 0..5usize, ip in proptest::option::of((any::<[u8; 4]>(), 1u8..=32, proptest::option::of(any::<[u8; 4]>())))) {
+            let ip = ip.map(|(address, prefix, gateway)| StaticIp { address, prefix, gateway });
+            let config = NodeConfig { mode: Mode::ALL[mode], log_level: LogLevel::ALL[level], ip };
             prop_assert_eq!(NodeConfig::parse(config.render().as_bytes()).unwrap(), config);
         }
 

@@ -124,7 +124,7 @@ fn run(config: &NodeConfig, memory: &memory::MemoryReport) -> Status {
         }
         Mode::Serve => {
             ready();
-            serve()
+            serve(config)
         }
         Mode::Selftest => selftest::run_all(),
         Mode::FaultTest => {
@@ -135,8 +135,8 @@ fn run(config: &NodeConfig, memory: &memory::MemoryReport) -> Status {
 }
 
 /// Brings up the network (DHCP) and serves the node API until the VM is stopped.
-fn serve() -> Status {
-    let mut network = match net::Network::start() {
+fn serve(config: &NodeConfig) -> Status {
+    let mut network = match net::Network::start(config.ip) {
         Ok(network) => network,
         Err(e) => {
             log::warn!("network: {}; serving without one", e.0);
@@ -158,11 +158,12 @@ fn serve() -> Status {
             announced = true;
             if let Some((cidr, gateway)) = network.address {
                 let gw = gateway.map(|g| alloc::format!("{g}")).unwrap_or_else(|| "none".into());
-                println!(
-                    "cairn: net ip={cidr} gateway={gw} dhcp_ms={} api_port={}",
-                    (arch::clock::micros_since_boot() - started) / 1000,
-                    net::api::PORT
-                );
+                let how = if network.uses_dhcp() {
+                    alloc::format!("dhcp_ms={}", (arch::clock::micros_since_boot() - started) / 1000)
+                } else {
+                    "static".into()
+                };
+                println!("cairn: net ip={cidr} gateway={gw} {how} api_port={}", net::api::PORT);
             }
         }
         let busy = api.poll(&mut network, &mut ev);

@@ -16,7 +16,8 @@ pub struct Network {
     pub device: NetDevice,
     pub iface: Interface,
     pub sockets: SocketSet<'static>,
-    dhcp: smoltcp::iface::SocketHandle,
+    /// None with a static address.
+    dhcp: Option<smoltcp::iface::SocketHandle>,
     pub address: Option<(IpCidr, Option<Ipv4Address>)>,
 }
 
@@ -25,7 +26,7 @@ fn now() -> Instant {
 }
 
 impl Network {
-    pub fn start() -> Result<Network, crate::drivers::net::NoNetwork> {
+    pub fn start(static_ip: Option<cairn_bootcfg::StaticIp>) -> Result<Network, crate::drivers::net::NoNetwork> {
         let mut device = NetDevice::probe()?;
         let mac = EthernetAddress(device.mac());
         // The seed only spreads TCP ports and sequence numbers; the MAC is as good as any.
@@ -33,27 +34,49 @@ impl Network {
         config.random_seed = u64::from_le_bytes([mac.0[0], mac.0[1], mac.0[2], mac.0[3], mac.0[4], mac.0[5], 0, 0]);
         let iface = Interface::new(config, &mut device, now());
         let mut sockets = SocketSet::new(vec![]);
-        let dhcp = sockets.add(dhcpv4::Socket::new());
-        Ok(Network { device, iface, sockets, dhcp, address: None })
+        let mut network = Network { device, iface, sockets: SocketSet::new(vec![]), dhcp: None, address: None };
+        match static_ip {
+            None => network.dhcp = Some(sockets.add(dhcpv4::Socket::new())),
+            Some(ip) => {
+                let [a, b, c, d] = ip.address;
+                let cidr = IpCidr::new(smoltcp::wire::IpAddress::v4(a, b, c, d), ip.prefix);
+                let gateway = ip.gateway.map(|[a, b, c, d]| Ipv4Address::new(a, b, c, d));
+                network.configure(cidr, gateway);
+            }
+        }
+        network.sockets = sockets;
+        Ok(network)
+    }
+
+    fn configure(&mut self, cidr: IpCidr, gateway: Option<Ipv4Address>) {
+        self.iface.update_ip_addrs(|addrs| {
+            addrs.clear();
+            let _ = addrs.push(cidr);
+        });
+        match gateway {
+            Some(router) => {
+                let _ = self.iface.routes_mut().add_default_ipv4_route(router);
+            }
+            None => {
+                self.iface.routes_mut().remove_default_ipv4_route();
+            }
+        }
+        self.address = Some((cidr, gateway));
     }
 
     /// Moves packets and timers along; returns true once the address is known.
+    pub fn uses_dhcp(&self) -> bool {
+        self.dhcp.is_some()
+    }
+
     pub fn poll(&mut self) -> bool {
         self.iface.poll(now(), &mut self.device, &mut self.sockets);
-        let event = self.sockets.get_mut::<dhcpv4::Socket>(self.dhcp).poll();
+        let Some(dhcp) = self.dhcp else { return self.address.is_some() };
+        let event = self.sockets.get_mut::<dhcpv4::Socket>(dhcp).poll();
         match event {
             Some(dhcpv4::Event::Configured(config)) => {
-                let cidr = IpCidr::Ipv4(config.address);
-                self.iface.update_ip_addrs(|addrs| {
-                    addrs.clear();
-                    let _ = addrs.push(cidr);
-                });
-                if let Some(router) = config.router {
-                    let _ = self.iface.routes_mut().add_default_ipv4_route(router);
-                } else {
-                    self.iface.routes_mut().remove_default_ipv4_route();
-                }
-                self.address = Some((cidr, config.router));
+                let (cidr, router) = (IpCidr::Ipv4(config.address), config.router);
+                self.configure(cidr, router);
             }
             Some(dhcpv4::Event::Deconfigured) => {
                 self.iface.update_ip_addrs(|addrs| addrs.clear());
