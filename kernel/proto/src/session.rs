@@ -45,7 +45,9 @@ struct Download {
 #[derive(Default)]
 pub struct Session {
     input: Vec<u8>,
-    output: VecDeque<u8>,
+    /// Encoded frames not yet handed out; `output[sent..]` is what remains.
+    output: Vec<u8>,
+    sent: usize,
     upload: Option<Upload>,
     downloads: VecDeque<Download>,
     closing: bool,
@@ -90,7 +92,11 @@ impl Session {
 
     /// Up to `max` bytes to send next, streaming large objects chunk by chunk.
     pub fn output(&mut self, max: usize) -> Vec<u8> {
-        while self.output.len() < max {
+        if self.sent == self.output.len() {
+            self.output.clear();
+            self.sent = 0;
+        }
+        while self.output.len() - self.sent < max {
             let Some(download) = self.downloads.front_mut() else { break };
             let end = (download.sent + MAX_CHUNK).min(download.bytes.len());
             let chunk = Message::ObjectChunk { offset: download.sent as u64, bytes: download.bytes[download.sent..end].to_vec() };
@@ -101,18 +107,23 @@ impl Session {
             }
             self.send(request, chunk);
         }
-        let n = max.min(self.output.len());
-        self.output.drain(..n).collect()
+        let n = max.min(self.output.len() - self.sent);
+        let out = self.output[self.sent..self.sent + n].to_vec();
+        self.sent += n;
+        out
     }
 
     pub fn has_output(&self) -> bool {
-        !self.output.is_empty() || !self.downloads.is_empty()
+        self.sent < self.output.len() || !self.downloads.is_empty()
     }
 
     fn send(&mut self, request: u32, message: Message) {
-        let mut bytes = Vec::new();
-        encode(&Frame { request, message }, &mut bytes);
-        self.output.extend(bytes);
+        // Drop what has been handed out before appending, so the buffer does not grow.
+        if self.sent > 0 {
+            self.output.drain(..self.sent);
+            self.sent = 0;
+        }
+        encode(&Frame { request, message }, &mut self.output);
     }
 
     fn error(&mut self, request: u32, code: ErrorCode, message: String) {
