@@ -239,3 +239,56 @@ fn bench_reports_three_measurements_as_json() {
     assert!(rows[1]["value"].as_f64() < rows[0]["value"].as_f64(), "{stdout}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("blake3 path "), "the boot log names the BLAKE3 path");
 }
+
+#[test]
+fn put_get_eval_and_stats_against_a_running_node() {
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let mut node = Running::start(&["node", "--api-port", &port]);
+    node.wait_for("cairn: net ip=");
+    let run = |args: &[&str]| {
+        let output = cairn().args(args).args(["--node", &address]).stdin(Stdio::null()).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        (output.status.code(), stdout, stderr)
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data");
+    std::fs::write(&file, vec![7u8; 100_000]).unwrap();
+    let (code, stdout, stderr) = run(&["put", file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let handle = stdout.split_whitespace().next().unwrap().to_string();
+    assert!(handle.starts_with("blob:") && handle.ends_with(":100000"), "{stdout}");
+
+    let out = dir.path().join("back");
+    let (code, _, stderr) = run(&["get", &handle, "-o", out.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(std::fs::read(&out).unwrap(), vec![7u8; 100_000]);
+
+    let add = env!("CARGO_BIN_FILE_CAIRN_TASKS_add");
+    let (code, stdout, stderr) = run(&["eval", add, "blob:=0200000000000000", "blob:=0300000000000000"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "blob:=0500000000000000\n0500000000000000\n");
+    // The node has this very ELF built in (same bytes, same handle): only the thunk goes up.
+    assert!(stderr.contains("1 tasks run, 0 memo hits") && stderr.contains("uploaded 1 of 2 objects"), "{stderr}");
+    // Again: nothing to upload, and the memo answers.
+    let (_, _, stderr) = run(&["eval", add, "blob:=0200000000000000", "blob:=0300000000000000"]);
+    assert!(stderr.contains("0 tasks run, 1 memo hits") && stderr.contains("uploaded 0 of 2 objects"), "{stderr}");
+
+    let (code, _, stderr) = run(&["eval", add, "blob:=02"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.trim_end().ends_with("failed: task error: add needs two arguments"), "{stderr}");
+
+    let (code, stdout, _) = run(&["stats"]);
+    assert_eq!(code, Some(0));
+    // The successful add and the failed one both ran a task; the repeat was a memo hit.
+    assert!(stdout.lines().any(|l| l == "tasks_run=2"), "{stdout}");
+    assert!(stdout.lines().any(|l| l == "memo_hits=1"), "{stdout}");
+
+    let (code, _, stderr) = run(&["get", "blob:2f1514181aadccd913abd94cfa592701a5686ab23f8df1dff1b74710febc6d4a:43"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("is not on this node"), "{stderr}");
+    signal(&node.child, libc::SIGTERM);
+    node.wait_exit();
+}

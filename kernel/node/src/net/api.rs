@@ -135,7 +135,10 @@ impl Api {
                 slot.last_active = now;
                 busy = true;
             }
-            if session.closing() && !session.has_output() {
+            // Close when the session gives up, or when the client has closed its side and has
+            // been answered: otherwise the slot would stay half-closed and never listen again.
+            let client_done = socket.state() == tcp::State::CloseWait;
+            if (session.closing() || client_done) && !session.has_output() {
                 socket.close();
             } else if now - slot.last_active > IDLE_US {
                 socket.abort();
