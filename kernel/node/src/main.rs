@@ -147,7 +147,7 @@ fn serve(config: &NodeConfig) -> Status {
     };
     let (mut ev, _procedures) = jobs::node_evaluator(memory::heap::usage().1 as u64 / 2);
     let node_id = *blake3::hash(&network.device.mac()).as_bytes();
-    let mut api = net::api::Api::new(&mut network, node_id);
+    let mut api = net::api::Api::new(&mut network, node_id, config.api_idle_s);
     let started = arch::clock::micros_since_boot();
     let mut announced = false;
     log::info!("serving; stop the VM to shut down");
@@ -172,7 +172,9 @@ fn serve(config: &NodeConfig) -> Status {
             network.poll();
         } else {
             // The timer (100 Hz) or a device interrupt wakes us to poll again.
+            let halted = arch::clock::micros_since_boot();
             x86_64::instructions::interrupts::enable_and_hlt();
+            api.idle_us += arch::clock::micros_since_boot() - halted;
         }
     }
 }

@@ -119,6 +119,13 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, ProtoError> {
     }
     let total = 4 + len as usize;
     let Some(frame) = buf.get(..total) else { return Ok(None) };
+    let (kind, request) = check_header(frame)?;
+    let message = Payload { kind, bytes: &frame[HEADER..] }.message()?;
+    Ok(Some((Frame { request, message }, total)))
+}
+
+/// Version and flags checked, the type and request id of a frame whose header is in `frame`.
+fn check_header(frame: &[u8]) -> Result<(u8, u32), ProtoError> {
     let (version, kind, flags) = (frame[4], frame[5], u16::from_le_bytes([frame[6], frame[7]]));
     if version != VERSION {
         return Err(ProtoError::BadVersion { version });
@@ -126,9 +133,45 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, ProtoError> {
     if flags != 0 {
         return Err(ProtoError::BadFlags { flags });
     }
-    let request = u32::from_le_bytes(frame[8..12].try_into().expect("4 bytes"));
-    let message = Payload { kind, bytes: &frame[HEADER..] }.message()?;
-    Ok(Some((Frame { request, message }, total)))
+    Ok((kind, u32::from_le_bytes(frame[8..12].try_into().expect("4 bytes"))))
+}
+
+/// Bytes of a PUT-CHUNK frame before its object bytes: the header and the offset.
+pub(crate) const CHUNK_HEAD: usize = HEADER + 8;
+
+/// What the first bytes of a frame say about it, for streaming a PUT-CHUNK's bytes straight to
+/// where they go instead of collecting the whole frame first.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Peek {
+    NeedMore,
+    /// A PUT-CHUNK of `len` object bytes for `offset` follows the first [`CHUNK_HEAD`] bytes.
+    PutChunk { request: u32, offset: u64, len: usize },
+    /// Any other frame: decode it whole.
+    Other,
+}
+
+/// Looks at the start of a frame, with the same checks as [`decode`].
+pub(crate) fn peek(buf: &[u8]) -> Result<Peek, ProtoError> {
+    let Some(len_bytes) = buf.get(..4) else { return Ok(Peek::NeedMore) };
+    let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes"));
+    if (len as usize) < HEADER - 4 || len as usize > MAX_FRAME {
+        return Err(ProtoError::BadLength { len });
+    }
+    let Some(head) = buf.get(..HEADER) else { return Ok(Peek::NeedMore) };
+    let (kind, request) = check_header(head)?;
+    if kind != kind::PUT_CHUNK {
+        return Ok(Peek::Other);
+    }
+    let payload = len as usize + 4 - HEADER;
+    if payload < 8 {
+        // Too short for an offset: let `decode` name the problem once the frame is whole.
+        return Ok(Peek::Other);
+    }
+    if payload - 8 > MAX_CHUNK {
+        return Err(ProtoError::Malformed { kind, at: 8 + MAX_CHUNK, what: "chunk is too large" });
+    }
+    let Some(offset) = buf.get(HEADER..CHUNK_HEAD) else { return Ok(Peek::NeedMore) };
+    Ok(Peek::PutChunk { request, offset: u64::from_le_bytes(offset.try_into().expect("8 bytes")), len: payload - 8 })
 }
 
 struct Payload<'a> {

@@ -1,6 +1,7 @@
 //! One client connection on the node's side, as a pure state machine: bytes in, bytes out.
 //! The kernel moves bytes between it and a TCP socket; tests drive it directly.
 
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -10,7 +11,26 @@ use bytes::Bytes;
 use cairn_object::Handle;
 use cairn_object::store::StoreError;
 
+use crate::codec::{CHUNK_HEAD, Peek, peek};
 use crate::{ErrorCode, Frame, MAX_CHUNK, MAX_FRAME, MAX_INLINE, Message, VERSION, decode, encode, offers};
+
+/// Memory an upload is written into, in order, which becomes the object's bytes without
+/// another copy once every byte has been written.
+pub trait UploadBuffer {
+    /// Writes `bytes` at `offset`; the session writes each byte exactly once, front to back.
+    fn write_at(&mut self, offset: usize, bytes: &[u8]);
+    /// The bytes, once all of them have been written.
+    fn into_bytes(self: Box<Self>) -> Bytes;
+}
+
+impl UploadBuffer for Vec<u8> {
+    fn write_at(&mut self, offset: usize, bytes: &[u8]) {
+        self[offset..offset + bytes.len()].copy_from_slice(bytes);
+    }
+    fn into_bytes(self: Box<Self>) -> Bytes {
+        Bytes::from(*self)
+    }
+}
 
 /// What a session needs from the node.
 pub trait NodeApi {
@@ -21,6 +41,10 @@ pub trait NodeApi {
     fn put_verified(&mut self, handle: &Handle, bytes: Bytes) -> Result<(), StoreError>;
     /// Bytes the node could still store (for refusing an upload before it starts).
     fn room(&self) -> u64;
+    /// Memory for an upload of `len` bytes, or None if the node cannot spare it.
+    fn upload_buffer(&mut self, len: usize) -> Option<Box<dyn UploadBuffer>>;
+    /// Stores a finished upload (a buffer from `upload_buffer`) if it is the object `handle` names.
+    fn put_upload(&mut self, handle: &Handle, buffer: Box<dyn UploadBuffer>) -> Result<(), StoreError>;
     /// Evaluates `handle`: the result and (tasks run, memo hits, microseconds), or the failing
     /// thunk and why.
     fn eval(&mut self, handle: &Handle) -> Result<(Handle, [u64; 3]), (Handle, String)>;
@@ -31,8 +55,8 @@ pub trait NodeApi {
 struct Upload {
     request: u32,
     handle: Handle,
-    len: u64,
-    bytes: Vec<u8>,
+    buffer: Box<dyn UploadBuffer>,
+    filled: usize,
 }
 
 /// A download in progress: the object and how far it has been sent.
@@ -49,6 +73,8 @@ pub struct Session {
     output: Vec<u8>,
     sent: usize,
     upload: Option<Upload>,
+    /// Bytes of the current PUT-CHUNK still to come; they go straight into the upload.
+    chunk_left: usize,
     downloads: VecDeque<Download>,
     closing: bool,
 }
@@ -65,29 +91,92 @@ impl Session {
     }
 
     /// Takes bytes from the client and handles every whole frame among them.
-    pub fn feed(&mut self, bytes: &[u8], node: &mut dyn NodeApi) {
-        if self.closing {
-            return;
+    ///
+    /// During an upload, PUT-CHUNK payloads are copied once, straight into the upload's buffer;
+    /// every other frame is collected whole and then decoded.
+    pub fn feed(&mut self, mut bytes: &[u8], node: &mut dyn NodeApi) {
+        while !self.closing && !bytes.is_empty() {
+            if self.chunk_left > 0 {
+                let n = self.chunk_left.min(bytes.len());
+                let upload = self.upload.as_mut().expect("a chunk belongs to an upload");
+                upload.buffer.write_at(upload.filled, &bytes[..n]);
+                upload.filled += n;
+                self.chunk_left -= n;
+                bytes = &bytes[n..];
+                if self.chunk_left == 0 {
+                    self.finish_upload_if_complete(node);
+                }
+                continue;
+            }
+            if self.upload.is_some() {
+                // Collect just the chunk's head, then stream its payload.
+                let want = CHUNK_HEAD.saturating_sub(self.input.len()).min(bytes.len());
+                self.input.extend_from_slice(&bytes[..want]);
+                bytes = &bytes[want..];
+                match peek(&self.input) {
+                    Ok(Peek::NeedMore) => continue,
+                    Ok(Peek::PutChunk { request, offset, len }) => {
+                        self.input.clear();
+                        self.begin_chunk(request, offset, len, node);
+                        continue;
+                    }
+                    Ok(Peek::Other) => {}
+                    Err(e) => return self.fail(0, ErrorCode::BadFrame, e.to_string()),
+                }
+            }
+            self.input.extend_from_slice(bytes);
+            bytes = &[];
+            let rest = self.decode_input(node);
+            if !rest.is_empty() {
+                // An upload began: what follows it goes through the streaming path above.
+                return self.feed(&rest, node);
+            }
         }
-        self.input.extend_from_slice(bytes);
+    }
+
+    /// Handles the whole frames in `input`; if one of them begins an upload, stops there and
+    /// returns the bytes after it.
+    fn decode_input(&mut self, node: &mut dyn NodeApi) -> Vec<u8> {
         let mut used = 0;
-        loop {
+        while !self.closing {
             match decode(&self.input[used..]) {
                 Ok(Some((frame, len))) => {
                     used += len;
                     self.handle(frame, node);
-                    if self.closing {
-                        break;
+                    if self.upload.is_some() {
+                        let rest = self.input[used..].to_vec();
+                        self.input.clear();
+                        return rest;
                     }
                 }
                 Ok(None) => break,
-                Err(e) => {
-                    self.fail(0, ErrorCode::BadFrame, e.to_string());
-                    break;
-                }
+                Err(e) => self.fail(0, ErrorCode::BadFrame, e.to_string()),
             }
         }
-        self.input.drain(..used);
+        self.input.drain(..used.min(self.input.len()));
+        Vec::new()
+    }
+
+    fn begin_chunk(&mut self, request: u32, offset: u64, len: usize, node: &mut dyn NodeApi) {
+        let upload = self.upload.as_ref().expect("called during an upload");
+        let total = upload.buffer_len();
+        if offset != upload.filled as u64 || offset + len as u64 > total as u64 {
+            return self.fail(request, ErrorCode::Unexpected, format!("chunk at {offset} does not continue the upload"));
+        }
+        self.chunk_left = len;
+        if len == 0 {
+            self.finish_upload_if_complete(node);
+        }
+    }
+
+    fn finish_upload_if_complete(&mut self, node: &mut dyn NodeApi) {
+        let Some(upload) = self.upload.as_mut() else { return };
+        if upload.filled < upload.buffer_len() {
+            return;
+        }
+        let upload = self.upload.take().expect("present");
+        let outcome = node.put_upload(&upload.handle, upload.buffer);
+        self.stored(upload.request, upload.handle, outcome);
     }
 
     /// Up to `max` bytes to send next, streaming large objects chunk by chunk.
@@ -159,21 +248,19 @@ impl Session {
                 if len > node.room() {
                     return self.error(request, ErrorCode::StoreFull, format!("{len} bytes do not fit in the store"));
                 }
-                // Reserve as the bytes arrive, not up front: the length is the client's word.
-                self.upload = Some(Upload { request, handle, len, bytes: Vec::new() });
-            }
-            Message::PutChunk { offset, bytes } => {
-                let Some(upload) = self.upload.as_mut() else {
-                    return self.fail(request, ErrorCode::Unexpected, "PUT-CHUNK without PUT-BEGIN".into());
+                // The decoder checked that `len` is the handle's size, so a liar only gets a
+                // mismatch at the end; the buffer is bounded by the store's room.
+                let Some(buffer) = usize::try_from(len).ok().and_then(|len| node.upload_buffer(len)) else {
+                    return self.error(request, ErrorCode::StoreFull, format!("no memory for an upload of {len} bytes now"));
                 };
-                if offset != upload.bytes.len() as u64 || offset + bytes.len() as u64 > upload.len {
-                    return self.fail(request, ErrorCode::Unexpected, format!("chunk at {offset} does not continue the upload"));
+                self.upload = Some(Upload { request, handle, buffer, filled: 0 });
+                if len == 0 {
+                    self.finish_upload_if_complete(node);
                 }
-                upload.bytes.extend_from_slice(&bytes);
-                if upload.bytes.len() as u64 == upload.len {
-                    let upload = self.upload.take().expect("present");
-                    self.store(upload.request, upload.handle, upload.bytes, node);
-                }
+            }
+            Message::PutChunk { .. } => {
+                // Chunks inside an upload never reach here (see `feed`).
+                return self.fail(request, ErrorCode::Unexpected, "PUT-CHUNK without PUT-BEGIN".into());
             }
             Message::Get { handle } => match node.get(&handle) {
                 None => self.error(request, ErrorCode::NotFound, format!("{handle} is not on this node")),
@@ -198,11 +285,22 @@ impl Session {
     }
 
     fn store(&mut self, request: u32, handle: Handle, bytes: Vec<u8>, node: &mut dyn NodeApi) {
-        match node.put_verified(&handle, Bytes::from(bytes)) {
+        let outcome = node.put_verified(&handle, Bytes::from(bytes));
+        self.stored(request, handle, outcome);
+    }
+
+    fn stored(&mut self, request: u32, handle: Handle, outcome: Result<(), StoreError>) {
+        match outcome {
             Ok(()) => self.send(request, Message::Stored { handle }),
             Err(e @ StoreError::Full { .. }) => self.error(request, ErrorCode::StoreFull, e.to_string()),
             Err(e) => self.error(request, ErrorCode::WrongHash, e.to_string()),
         }
+    }
+}
+
+impl Upload {
+    fn buffer_len(&self) -> usize {
+        self.handle.size() as usize
     }
 }
 
@@ -234,6 +332,12 @@ mod tests {
         fn room(&self) -> u64 {
             let s = self.store.stats();
             s.limit - s.bytes
+        }
+        fn upload_buffer(&mut self, len: usize) -> Option<Box<dyn UploadBuffer>> {
+            Some(Box::new(vec![0u8; len]))
+        }
+        fn put_upload(&mut self, h: &Handle, buffer: Box<dyn UploadBuffer>) -> Result<(), StoreError> {
+            self.store.put_verified(h, buffer.into_bytes())
         }
         fn eval(&mut self, h: &Handle) -> Result<(Handle, [u64; 3]), (Handle, String)> {
             if h.kind() == Kind::Blob { Ok((*h, [0, 0, 1])) } else { Err((*h, "no tasks here".into())) }
@@ -330,6 +434,94 @@ mod tests {
             }
         }
         assert!(got == big);
+    }
+
+    fn upload_frames(big: &[u8], claimed: Handle) -> Vec<u8> {
+        let mut messages = vec![(1, Message::PutBegin { handle: claimed, len: big.len() as u64 })];
+        for (i, chunk) in big.chunks(MAX_CHUNK / 3).enumerate() {
+            messages.push((1, Message::PutChunk { offset: (i * (MAX_CHUNK / 3)) as u64, bytes: chunk.to_vec() }));
+        }
+        messages.push((2, Message::Have { handles: vec![claimed] }));
+        frames(&messages)
+    }
+
+    /// Feeds `bytes` in pieces of the given sizes (cycled), then collects the replies.
+    fn exchange_in_pieces(session: &mut Session, node: &mut FakeNode, bytes: &[u8], sizes: &[usize]) -> Vec<Frame> {
+        let mut at = 0;
+        for size in sizes.iter().cycle() {
+            if at == bytes.len() {
+                break;
+            }
+            let end = (at + size).min(bytes.len());
+            session.feed(&bytes[at..end], node);
+            at = end;
+        }
+        exchange(session, node, &[])
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// However TCP splits the stream (inside a chunk's head, between frames, a byte at a
+        /// time), a streamed upload stores exactly the object, and the frame after it is handled.
+        #[test]
+        fn uploads_survive_any_split(sizes in proptest::collection::vec(1usize..70_000, 1..12), len in 0usize..800_000) {
+            let big: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let h = Handle::blob(&big);
+            let (mut s, mut n) = (Session::new(), node());
+            let replies = exchange_in_pieces(&mut s, &mut n, &upload_frames(&big, h), &sizes);
+            proptest::prop_assert_eq!(&replies[0].message, &Message::Stored { handle: h });
+            proptest::prop_assert_eq!(&replies[1].message, &Message::Missing { handles: vec![] });
+            proptest::prop_assert!(n.store.get(&h).unwrap()[..] == big[..]);
+        }
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes, alone or after an upload has begun, never panic a session.
+        #[test]
+        fn sessions_never_panic_on_arbitrary_bytes(junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096), upload_first: bool, size in 1usize..300) {
+            let h = Handle::blob(&[1u8; 3000]);
+            let mut stream = if upload_first { frames(&[(1, Message::PutBegin { handle: h, len: 3000 })]) } else { Vec::new() };
+            stream.extend_from_slice(&junk);
+            let (mut s, mut n) = (Session::new(), node());
+            exchange_in_pieces(&mut s, &mut n, &stream, &[size]);
+        }
+    }
+
+    #[test]
+    fn a_streamed_upload_with_the_wrong_name_is_refused() {
+        let big = vec![9u8; 300_000];
+        let claimed = Handle::blob(&vec![8u8; 300_000]);
+        let (mut s, mut n) = (Session::new(), node());
+        let replies = exchange_in_pieces(&mut s, &mut n, &upload_frames(&big, claimed), &[1, 19, 4096, 3]);
+        assert!(matches!(&replies[0].message, Message::Error { code: ErrorCode::WrongHash, .. }), "{replies:?}");
+        assert_eq!(replies[1].message, Message::Missing { handles: vec![claimed] });
+        assert!(!s.closing());
+    }
+
+    #[test]
+    fn frames_other_than_chunks_during_an_upload_close_the_session() {
+        let h = Handle::blob(&[5u8; 5000]);
+        let (mut s, mut n) = (Session::new(), node());
+        let replies = exchange(&mut s, &mut n, &frames(&[
+            (1, Message::PutBegin { handle: h, len: 5000 }),
+            (1, Message::PutChunk { offset: 0, bytes: vec![5; 1000] }),
+            (2, Message::Stats),
+        ]));
+        assert!(matches!(&replies[0].message, Message::Error { code: ErrorCode::Unexpected, message } if message.contains("upload")));
+        assert!(s.closing());
+        // A chunk that runs past the object's end, and a chunk head with an impossible length.
+        let (mut s, mut n) = (Session::new(), node());
+        let replies = exchange(&mut s, &mut n, &frames(&[
+            (1, Message::PutBegin { handle: h, len: 5000 }),
+            (1, Message::PutChunk { offset: 0, bytes: vec![5; 5001] }),
+        ]));
+        assert!(matches!(&replies[0].message, Message::Error { code: ErrorCode::Unexpected, .. }));
+        let (mut s, mut n) = (Session::new(), node());
+        let mut stream = frames(&[(1, Message::PutBegin { handle: h, len: 5000 })]);
+        stream.extend_from_slice(&((MAX_FRAME as u32) + 1).to_le_bytes());
+        let replies = exchange(&mut s, &mut n, &stream);
+        assert!(matches!(&replies[0].message, Message::Error { code: ErrorCode::BadFrame, message } if message.contains("length")));
+        assert!(s.closing());
     }
 
     #[test]

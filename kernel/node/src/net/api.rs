@@ -1,6 +1,7 @@
 //! The node API server: TCP port 7070, a few connections at once, each a protocol session
 //! (`cairn_proto::session`) over the node's store and evaluator.
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
@@ -9,19 +10,30 @@ use alloc::vec::Vec;
 use bytes::Bytes;
 use cairn_object::Handle;
 use cairn_object::store::{Store, StoreError};
-use cairn_proto::session::{NodeApi, Session};
+use cairn_proto::session::{NodeApi, Session, UploadBuffer};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 
 use super::Network;
 use crate::arch::clock;
 use crate::jobs::NodeEvaluator;
+use crate::memory::objects::UploadPages;
+
+/// An upload's pages, as the protocol session sees them.
+struct Upload(UploadPages);
+
+impl UploadBuffer for Upload {
+    fn write_at(&mut self, offset: usize, bytes: &[u8]) {
+        self.0.write_at(offset, bytes)
+    }
+    fn into_bytes(self: Box<Self>) -> Bytes {
+        self.0.into_bytes()
+    }
+}
 
 pub const PORT: u16 = 7070;
 const CONNECTIONS: usize = 4;
 const BUFFER: usize = 256 * 1024;
-/// A connection that moves no bytes for this long is closed.
-const IDLE_US: u64 = 60_000_000;
 
 struct Slot {
     socket: SocketHandle,
@@ -33,12 +45,17 @@ pub struct Api {
     slots: Vec<Slot>,
     node_id: [u8; 32],
     pub served: u64,
+    /// Microseconds the node has spent halted, waiting for work (see `stats`).
+    pub idle_us: u64,
+    /// A connection that moves no bytes for this long is closed (node config `api_idle_s`).
+    idle_timeout_us: u64,
 }
 
 struct Node<'a> {
     ev: &'a mut NodeEvaluator,
     node_id: [u8; 32],
     served: u64,
+    idle_us: u64,
 }
 
 impl NodeApi for Node<'_> {
@@ -55,8 +72,14 @@ impl NodeApi for Node<'_> {
         self.ev.store.put_verified(handle, bytes)
     }
     fn room(&self) -> u64 {
-        let stats = self.ev.store.stats();
-        stats.limit.saturating_sub(stats.bytes)
+        self.ev.store.room()
+    }
+    fn upload_buffer(&mut self, len: usize) -> Option<Box<dyn UploadBuffer>> {
+        Some(Box::new(Upload(self.ev.store.upload_pages(len)?)))
+    }
+    fn put_upload(&mut self, handle: &Handle, buffer: Box<dyn UploadBuffer>) -> Result<(), StoreError> {
+        // Only buffers from `upload_buffer` come back here, so they are already in pages of their own.
+        self.ev.store.put_upload(handle, buffer.into_bytes())
     }
     fn eval(&mut self, handle: &Handle) -> Result<(Handle, [u64; 3]), (Handle, String)> {
         let (before, started) = (self.ev.stats(), clock::micros_since_boot());
@@ -69,7 +92,7 @@ impl NodeApi for Node<'_> {
         let store = self.ev.store.stats();
         let eval = self.ev.stats();
         format!(
-            "objects={}\nstore_bytes={}\nstore_limit={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nconnections_served={}\nuptime_ms={}\n",
+            "objects={}\nstore_bytes={}\nstore_limit={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nconnections_served={}\nuptime_ms={}\nidle_ms={}\n",
             store.objects,
             store.bytes,
             store.limit,
@@ -77,13 +100,14 @@ impl NodeApi for Node<'_> {
             eval.memo_hits,
             self.ev.memo().len(),
             self.served,
-            clock::micros_since_boot() / 1000
+            clock::micros_since_boot() / 1000,
+            self.idle_us / 1000
         )
     }
 }
 
 impl Api {
-    pub fn new(network: &mut Network, node_id: [u8; 32]) -> Api {
+    pub fn new(network: &mut Network, node_id: [u8; 32], idle_timeout_s: u32) -> Api {
         let slots = (0..CONNECTIONS)
             .map(|_| {
                 let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; BUFFER]), tcp::SocketBuffer::new(vec![0; BUFFER]));
@@ -93,14 +117,14 @@ impl Api {
                 Slot { socket: network.sockets.add(socket), session: None, last_active: 0 }
             })
             .collect();
-        Api { slots, node_id, served: 0 }
+        Api { slots, node_id, served: 0, idle_us: 0, idle_timeout_us: u64::from(idle_timeout_s) * 1_000_000 }
     }
 
     /// Moves bytes between the sockets and their sessions; true if anything happened.
     pub fn poll(&mut self, network: &mut Network, ev: &mut NodeEvaluator) -> bool {
         let now = clock::micros_since_boot();
         let mut busy = false;
-        let mut node = Node { ev, node_id: self.node_id, served: self.served };
+        let mut node = Node { ev, node_id: self.node_id, served: self.served, idle_us: self.idle_us };
         for slot in &mut self.slots {
             let socket = network.sockets.get_mut::<tcp::Socket>(slot.socket);
             if !socket.is_open() {
@@ -140,7 +164,7 @@ impl Api {
             let client_done = socket.state() == tcp::State::CloseWait;
             if (session.closing() || client_done) && !session.has_output() {
                 socket.close();
-            } else if now - slot.last_active > IDLE_US {
+            } else if now - slot.last_active > self.idle_timeout_us {
                 socket.abort();
             }
         }
