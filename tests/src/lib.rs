@@ -19,7 +19,7 @@ pub struct Node {
 
 impl Node {
     pub fn boot(firmware: Firmware, mode: Mode) -> Node {
-        let config = NodeConfig { mode, log_level: LogLevel::Info, ip: None };
+        let config = NodeConfig { mode, log_level: LogLevel::Info, ..NodeConfig::default() };
         Node::boot_with(NodeOptions { firmware, config, ..NodeOptions::default() })
     }
 

@@ -19,10 +19,14 @@ fn free_port() -> u16 {
 }
 
 fn serving_node() -> (Node, String) {
+    serving_node_with(NodeConfig::default())
+}
+
+fn serving_node_with(config: NodeConfig) -> (Node, String) {
     let port = free_port();
     let mut node = Node::boot_with(NodeOptions {
         firmware: Firmware::Bios,
-        config: NodeConfig { mode: Mode::Serve, log_level: LogLevel::Info, ip: None },
+        config: NodeConfig { mode: Mode::Serve, log_level: LogLevel::Info, ..config },
         api_port: Some(port),
         ..NodeOptions::default()
     });
@@ -104,6 +108,7 @@ fn a_static_address_from_the_node_config_replaces_dhcp() {
             mode: Mode::Serve,
             log_level: LogLevel::Info,
             ip: Some(cairn_bootcfg::StaticIp { address: [10, 0, 2, 15], prefix: 24, gateway: Some([10, 0, 2, 2]) }),
+            ..NodeConfig::default()
         },
         api_port: Some(port),
         ..NodeOptions::default()
@@ -111,4 +116,59 @@ fn a_static_address_from_the_node_config_replaces_dhcp() {
     node.expect(r"^cairn: net ip=10\.0\.2\.15/24 gateway=10\.0\.2\.2 static api_port=7070$", BOOT_TIMEOUT);
     let stats = Client::connect(&format!("127.0.0.1:{port}")).unwrap().stats().unwrap();
     assert!(stats.contains("objects="), "{stats}");
+}
+
+/// Reads until the node closes the connection; how long that took, or None if it did not
+/// within `limit`.
+fn time_to_close(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut sink = Vec::new();
+    match stream.read_to_end(&mut sink) {
+        Ok(_) => Some(started.elapsed()),
+        Err(_) => None,
+    }
+}
+
+#[test]
+fn idle_and_truncated_connections_are_closed_while_others_are_served() {
+    let (_node, address) = serving_node_with(NodeConfig { api_idle_s: 2, ..NodeConfig::default() });
+
+    // A frame cut short, then the client's side closed: the node closes too, without waiting
+    // for the idle timeout.
+    let mut truncated = TcpStream::connect(&address).unwrap();
+    let mut frame = Vec::new();
+    cairn_proto::encode(&cairn_proto::Frame { request: 1, message: Message::Hello { client: "truncated".into() } }, &mut frame);
+    truncated.write_all(&frame[..frame.len() - 3]).unwrap();
+    truncated.shutdown(std::net::Shutdown::Write).unwrap();
+    let closed = time_to_close(&mut truncated, Duration::from_secs(30)).expect("the node closes a truncated connection");
+    assert!(closed < Duration::from_millis(1500), "closed after {closed:?}, before the 2 s idle timeout was due");
+
+    // An upload cut short gives its memory back: the same upload then succeeds in full.
+    let big: Vec<u8> = (0..(2u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    let handle = Handle::blob(&big);
+    let mut stream = Vec::new();
+    cairn_proto::encode(&cairn_proto::Frame { request: 1, message: Message::PutBegin { handle, len: big.len() as u64 } }, &mut stream);
+    cairn_proto::encode(&cairn_proto::Frame { request: 1, message: Message::PutChunk { offset: 0, bytes: big[..cairn_proto::MAX_CHUNK].to_vec() } }, &mut stream);
+    let mut cut = TcpStream::connect(&address).unwrap();
+    cut.write_all(&stream[..stream.len() - 1000]).unwrap();
+    cut.shutdown(std::net::Shutdown::Write).unwrap();
+    time_to_close(&mut cut, Duration::from_secs(30)).expect("the node closes a cut-off upload");
+    let mut client = Client::connect(&address).unwrap();
+    assert_eq!(client.missing(&[handle]).unwrap(), [handle], "half an upload stores nothing");
+    client.put(handle, &big, |_| {}).unwrap();
+    assert!(client.get(handle, |_, _| {}).unwrap() == big);
+
+    // A client that goes quiet mid-frame is closed after the idle timeout, while a client that
+    // keeps talking is served throughout.
+    let mut loris = TcpStream::connect(&address).unwrap();
+    loris.write_all(&frame[..5]).unwrap();
+    let started = std::time::Instant::now();
+    let watcher = std::thread::spawn(move || time_to_close(&mut loris, Duration::from_secs(30)));
+    while started.elapsed() < Duration::from_secs(3) {
+        assert!(client.stats().unwrap().contains("objects="));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let closed = watcher.join().unwrap().expect("the node closes an idle connection");
+    assert!(closed >= Duration::from_millis(1500) && closed < Duration::from_secs(10), "closed after {closed:?}");
 }

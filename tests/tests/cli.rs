@@ -240,6 +240,23 @@ fn bench_reports_three_measurements_as_json() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("blake3 path "), "the boot log names the BLAKE3 path");
 }
 
+/// The network benchmark moves 64 MiB each way through a node with the default 512 MiB, which
+/// is also the regression test for an upload that once outgrew the heap and stopped the node.
+#[test]
+fn bench_net_puts_and_gets_64_mib() {
+    let output = cairn().args(["bench", "--net", "64", "--json"]).stdin(Stdio::null()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["put_mib_s", "get_mib_s"]);
+    for row in &rows {
+        let value = row["value"].as_f64().unwrap();
+        assert!(value.is_finite() && value > 0.0, "{row}");
+    }
+    assert!(String::from_utf8_lossy(&output.stderr).contains("(bios, tcg, 512 MiB)"));
+}
+
 #[test]
 fn put_get_eval_and_stats_against_a_running_node() {
     let port = free_port();

@@ -57,6 +57,9 @@ struct NodeArgs {
     /// The default gateway that goes with --ip.
     #[arg(long, requires = "ip")]
     gateway: Option<String>,
+    /// Close API connections that move no bytes for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = cairn_bootcfg::DEFAULT_API_IDLE_S, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    api_idle: u32,
 }
 
 #[derive(Args, Clone)]
@@ -104,6 +107,10 @@ struct BenchArgs {
     /// One JSON object per line: {"name": ..., "value": ..., "unit": ...}.
     #[arg(long)]
     json: bool,
+    /// Measure the network instead: put and then get a blob of this many MiB through the node
+    /// API (user networking), timed on the host.
+    #[arg(long, value_name = "MIB")]
+    net: Option<u64>,
 }
 
 #[derive(Args)]
@@ -219,8 +226,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(gateway) = &args.gateway {
                 text.push_str(&format!("gateway = {gateway}\n"));
             }
-            let ip = NodeConfig::parse(text.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?.ip;
-            boot_and_stream_on(&args.boot, Mode::Serve, Some(args.api_port), ip)
+            text.push_str(&format!("api_idle_s = {}\n", args.api_idle));
+            let config = NodeConfig::parse(text.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            boot_and_stream_on(&args.boot, NodeConfig { mode: Mode::Serve, ..config }, Some(args.api_port))
         }
         Some(Command::Put(args)) => put(&args),
         Some(Command::Get(args)) => get(&args),
@@ -237,6 +245,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(mib) = args.net {
+        let results = bench_net(&args.boot, mib)?;
+        print_results(&results, args.json);
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut results = Vec::new();
     // The console goes to stderr so that stdout holds only the results.
     let code = boot_and_watch(&args.boot, Mode::Bench, |line| {
@@ -250,17 +263,82 @@ fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         }
         eprintln!("{line}");
     })?;
-    for (name, value, unit) in &results {
-        if args.json {
+    print_results(&results, args.json);
+    if results.is_empty() && code == ExitCode::SUCCESS {
+        anyhow::bail!("the node reported no measurements");
+    }
+    Ok(code)
+}
+
+fn print_results(results: &[(String, f64, String)], json: bool) {
+    for (name, value, unit) in results {
+        if json {
             println!("{}", serde_json::json!({"name": name, "value": value, "unit": unit}));
         } else {
             println!("{name:<14} {value:>12.3} {unit}");
         }
     }
-    if results.is_empty() && code == ExitCode::SUCCESS {
-        anyhow::bail!("the node reported no measurements");
+}
+
+/// Boots a serving node, then puts and gets `mib` MiB of pseudo-random bytes through its API.
+/// Each direction is timed from the first byte sent to the node's last answer: a put includes
+/// the node checking the blob's name, a get includes the host checking it.
+fn bench_net(boot: &BootArgs, mib: u64) -> anyhow::Result<Vec<(String, f64, String)>> {
+    use cairn_tools::client::Client;
+    anyhow::ensure!((1..=1024).contains(&mib), "--net takes 1 to 1024 MiB");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let accel: Accel = boot.accel.parse().map_err(anyhow::Error::msg)?;
+    let memory_mib = boot.memory.max(mib as u32 * 4 + 256);
+    let opts = NodeOptions {
+        firmware: boot.firmware.firmware(),
+        accel,
+        memory_mib,
+        config: NodeConfig { mode: Mode::Serve, log_level: boot.log.into(), ip: None, ..NodeConfig::default() },
+        raw_config: None,
+        api_port: Some(port),
+    };
+    eprintln!("cairn: booting a node for the network benchmark ({}, {accel}, {memory_mib} MiB)", opts.firmware);
+    let mut vm = Vm::boot(&opts)?;
+    let deadline = Instant::now() + Duration::from_secs(boot.timeout.unwrap_or(120));
+    loop {
+        match vm.next_line(deadline) {
+            Ok(Some(line)) if line.starts_with("cairn: net ") => break,
+            Ok(Some(_)) => {}
+            Ok(None) => anyhow::bail!("the node stopped before its network came up"),
+            Err(e) => {
+                vm.kill();
+                return Err(e.context("the node's network did not come up"));
+            }
+        }
     }
-    Ok(code)
+    let mut bytes = vec![0u8; (mib << 20) as usize];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for word in bytes.chunks_exact_mut(8) {
+        // xorshift: incompressible, so nothing along the way can shortcut it.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        word.copy_from_slice(&state.to_le_bytes());
+    }
+    let handle = cairn_object::Handle::blob(&bytes);
+    let outcome = (|| -> anyhow::Result<(f64, f64)> {
+        let mut client = Client::connect(&format!("127.0.0.1:{port}"))?;
+        let started = Instant::now();
+        client.put(handle, &bytes, |_| {})?;
+        let put_s = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let back = client.get(handle, |_, _| {})?;
+        let get_s = started.elapsed().as_secs_f64();
+        anyhow::ensure!(back == bytes, "the blob came back different");
+        Ok((put_s, get_s))
+    })();
+    vm.kill();
+    let (put_s, get_s) = outcome?;
+    let mib = mib as f64;
+    Ok(vec![
+        ("put_mib_s".into(), mib / put_s, "MiB/s".into()),
+        ("get_mib_s".into(), mib / get_s, "MiB/s".into()),
+    ])
 }
 
 fn hash(args: &HashArgs) -> anyhow::Result<ExitCode> {
@@ -295,17 +373,13 @@ fn write_image(args: &ImageArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn boot_and_stream(args: &BootArgs, mode: Mode) -> anyhow::Result<ExitCode> {
-    boot_and_stream_on(args, mode, None, None)
+    boot_and_stream_on(args, NodeConfig { mode, ..NodeConfig::default() }, None)
 }
 
-fn boot_and_stream_on(
-    args: &BootArgs,
-    mode: Mode,
-    api_port: Option<u16>,
-    ip: Option<cairn_bootcfg::StaticIp>,
-) -> anyhow::Result<ExitCode> {
+/// `config` gives the mode and the network settings; the log level comes from `args`.
+fn boot_and_stream_on(args: &BootArgs, config: NodeConfig, api_port: Option<u16>) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout();
-    boot_and_watch_on(args, mode, api_port, ip, |line| {
+    boot_and_watch_on(args, config, api_port, |line| {
         let _ = writeln!(stdout, "{line}");
         let _ = stdout.flush();
     })
@@ -314,22 +388,22 @@ fn boot_and_stream_on(
 /// Boots a node, saves the objects it sends, hands every other console line to `on_line`, and
 /// turns how the node ended into an exit code.
 fn boot_and_watch(args: &BootArgs, mode: Mode, on_line: impl FnMut(&str)) -> anyhow::Result<ExitCode> {
-    boot_and_watch_on(args, mode, None, None, on_line)
+    boot_and_watch_on(args, NodeConfig { mode, ..NodeConfig::default() }, None, on_line)
 }
 
 fn boot_and_watch_on(
     args: &BootArgs,
-    mode: Mode,
+    config: NodeConfig,
     api_port: Option<u16>,
-    ip: Option<cairn_bootcfg::StaticIp>,
     mut on_line: impl FnMut(&str),
 ) -> anyhow::Result<ExitCode> {
+    let mode = config.mode;
     let accel: Accel = args.accel.parse().map_err(anyhow::Error::msg)?;
     let opts = NodeOptions {
         firmware: args.firmware.firmware(),
         accel,
         memory_mib: args.memory,
-        config: NodeConfig { mode, log_level: args.log.into(), ip },
+        config: NodeConfig { log_level: args.log.into(), ..config },
         raw_config: None,
         api_port,
     };

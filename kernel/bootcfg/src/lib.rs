@@ -84,11 +84,16 @@ pub struct NodeConfig {
     pub mode: Mode,
     pub log_level: LogLevel,
     pub ip: Option<StaticIp>,
+    /// The node API closes a connection that moves no bytes for this many seconds.
+    pub api_idle_s: u32,
 }
+
+pub const DEFAULT_API_IDLE_S: u32 = 60;
+const KEYS: &str = "mode, log, ip, gateway, api_idle_s";
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { mode: Mode::Job, log_level: LogLevel::Info, ip: None }
+        NodeConfig { mode: Mode::Job, log_level: LogLevel::Info, ip: None, api_idle_s: DEFAULT_API_IDLE_S }
     }
 }
 
@@ -130,7 +135,7 @@ impl fmt::Display for ConfigError {
                 write!(f, "node config line {line}: expected `key = value`")
             }
             ConfigError::UnknownKey { line, key } => {
-                write!(f, "node config line {line}: unknown key `{key}` (known: mode, log, ip, gateway)")
+                write!(f, "node config line {line}: unknown key `{key}` (known: {KEYS})")
             }
             ConfigError::DuplicateKey { line, key } => {
                 write!(f, "node config line {line}: `{key}` is set twice")
@@ -150,7 +155,7 @@ impl NodeConfig {
         let text = core::str::from_utf8(bytes)
             .map_err(|e| ConfigError::NotUtf8 { byte: e.valid_up_to() })?;
         let mut config = NodeConfig::default();
-        let (mut seen_mode, mut seen_log, mut seen_ip, mut seen_gateway) = (false, false, false, false);
+        let mut seen: alloc::vec::Vec<&str> = alloc::vec::Vec::new();
         let mut gateway = None;
         for (index, raw) in text.lines().enumerate() {
             let line = index + 1;
@@ -161,16 +166,13 @@ impl NodeConfig {
             let (key, value) =
                 content.split_once('=').ok_or(ConfigError::MissingEquals { line })?;
             let (key, value) = (key.trim(), value.trim());
-            let seen = match key {
-                "mode" => &mut seen_mode,
-                "log" => &mut seen_log,
-                "ip" => &mut seen_ip,
-                "gateway" => &mut seen_gateway,
-                _ => return Err(ConfigError::UnknownKey { line, key: key.into() }),
-            };
-            if core::mem::replace(seen, true) {
+            if !KEYS.split(", ").any(|known| known == key) {
+                return Err(ConfigError::UnknownKey { line, key: key.into() });
+            }
+            if seen.contains(&key) {
                 return Err(ConfigError::DuplicateKey { line, key: key.into() });
             }
+            seen.push(key);
             let bad = |expected| ConfigError::BadValue { line, key: if key == "ip" { "ip" } else { "gateway" }, value: value.into(), expected };
             match key {
                 "ip" => {
@@ -180,6 +182,14 @@ impl NodeConfig {
                     config.ip = Some(StaticIp { address, prefix, gateway: None });
                 }
                 "gateway" => gateway = Some(parse_ipv4(value).ok_or_else(|| bad("an IPv4 address, like 10.0.2.2"))?),
+                "api_idle_s" => {
+                    config.api_idle_s = value.parse().ok().filter(|s| (1..=86_400).contains(s)).ok_or_else(|| ConfigError::BadValue {
+                        line,
+                        key: "api_idle_s",
+                        value: value.into(),
+                        expected: "seconds from 1 to 86400",
+                    })?
+                }
                 "mode" => {
                     config.mode = Mode::ALL.into_iter().find(|m| m.name() == value).ok_or_else(
                         || ConfigError::BadValue {
@@ -226,6 +236,9 @@ impl NodeConfig {
                 out.push_str(&alloc::format!("gateway = {}\n", fmt_ipv4(gw)));
             }
         }
+        if self.api_idle_s != DEFAULT_API_IDLE_S {
+            out.push_str(&alloc::format!("api_idle_s = {}\n", self.api_idle_s));
+        }
         out
     }
 }
@@ -248,7 +261,7 @@ mod tests {
         for mode in Mode::ALL {
             for log_level in LogLevel::ALL {
                 let text = alloc::format!("  mode={}  # why not\nlog =  {}\n", mode.name(), log_level.name());
-                assert_eq!(NodeConfig::parse(text.as_bytes()).unwrap(), NodeConfig { mode, log_level, ip: None });
+                assert_eq!(NodeConfig::parse(text.as_bytes()).unwrap(), NodeConfig { mode, log_level, ..NodeConfig::default() });
             }
         }
     }
@@ -283,11 +296,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn api_idle_timeout() {
+        assert_eq!(NodeConfig::parse(b"api_idle_s = 5").unwrap().api_idle_s, 5);
+        assert_eq!(NodeConfig::parse(b"").unwrap().api_idle_s, DEFAULT_API_IDLE_S);
+        for bad in ["api_idle_s = 0", "api_idle_s = -1", "api_idle_s = 86401", "api_idle_s = soon"] {
+            let err = NodeConfig::parse(bad.as_bytes()).unwrap_err();
+            assert!(matches!(err, ConfigError::BadValue { key: "api_idle_s", .. }), "{bad}: {err:?}");
+        }
+    }
+
     proptest! {
         #[test]
-        fn render_round_trips(mode in 0..6usize, level in 0..5usize, ip in proptest::option::of((any::<[u8; 4]>(), 1u8..=32, proptest::option::of(any::<[u8; 4]>())))) {
+        fn render_round_trips(mode in 0..6usize, level in 0..5usize, ip in proptest::option::of((any::<[u8; 4]>(), 1u8..=32, proptest::option::of(any::<[u8; 4]>()))), api_idle_s in 1u32..=86_400) {
             let ip = ip.map(|(address, prefix, gateway)| StaticIp { address, prefix, gateway });
-            let config = NodeConfig { mode: Mode::ALL[mode], log_level: LogLevel::ALL[level], ip };
+            let config = NodeConfig { mode: Mode::ALL[mode], log_level: LogLevel::ALL[level], ip, api_idle_s };
             prop_assert_eq!(NodeConfig::parse(config.render().as_bytes()).unwrap(), config);
         }
 
