@@ -27,6 +27,11 @@ pub enum Failure {
     MissingObject(Handle),
     /// More applications than the node allows for one evaluation.
     StepLimit { limit: u64 },
+    /// An IO request the job's manifest does not grant; names the capability it would need.
+    MissingCapability(String),
+    /// An IO request that was granted but failed (refused, timed out, a bad response), or that
+    /// a replay's journal has no answer for.
+    Io(String),
 }
 
 impl Failure {
@@ -38,6 +43,8 @@ impl Failure {
                 | Failure::NodeOutOfMemory
                 | Failure::MissingObject(_)
                 | Failure::StepLimit { .. }
+                | Failure::MissingCapability(_)
+                | Failure::Io(_)
         )
     }
 
@@ -53,6 +60,8 @@ impl Failure {
             Failure::NodeOutOfMemory => "node out of memory",
             Failure::MissingObject(_) => "missing object",
             Failure::StepLimit { .. } => "step limit",
+            Failure::MissingCapability(_) => "missing capability",
+            Failure::Io(_) => "io",
         }
     }
 }
@@ -64,7 +73,9 @@ impl fmt::Display for Failure {
             Failure::InvalidThunk(why)
             | Failure::Trap(why)
             | Failure::BadSyscall(why)
-            | Failure::TaskError(why) => write!(f, ": {why}"),
+            | Failure::TaskError(why)
+            | Failure::MissingCapability(why)
+            | Failure::Io(why) => write!(f, ": {why}"),
             Failure::ForgedHandle(h) | Failure::MissingObject(h) => write!(f, ": {h}"),
             Failure::OutOfMemory { limit } => write!(f, ": limit is {limit} bytes"),
             Failure::StepLimit { limit } => write!(f, ": more than {limit} applications"),

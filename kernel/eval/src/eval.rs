@@ -7,6 +7,7 @@ use alloc::vec::Vec;
 use bytes::Bytes;
 use smallvec::SmallVec;
 use cairn_object::store::Store;
+use cairn_object::io::Effect;
 use cairn_object::{Handle, Kind, Limits, Thunk, thunk};
 
 use crate::error::{EvalError, Failure};
@@ -28,12 +29,29 @@ pub trait Executor<S: Store> {
     fn apply(&mut self, store: &mut S, app: &Application<'_>) -> Result<Handle, Failure>;
 }
 
+/// Performs IO requests (applications of an [`Effect`] procedure) for one job (docs/IO.md):
+/// the job's capabilities and journal live behind this. Its results are never memoized.
+pub trait Io<S: Store> {
+    fn perform(&mut self, store: &mut S, effect: Effect, app: &Application<'_>) -> Result<Handle, Failure>;
+}
+
+/// The IO of an evaluation that is not a job: every request is refused.
+pub struct NoIo;
+
+impl<S: Store> Io<S> for NoIo {
+    fn perform(&mut self, _: &mut S, effect: Effect, _: &Application<'_>) -> Result<Handle, Failure> {
+        Err(Failure::MissingCapability(alloc::format!("{effect}: IO is performed only for a job that declares it (cairn submit)")))
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Applications that ran a task.
     pub tasks_run: u64,
     /// Outcomes taken from the memo instead of running anything.
     pub memo_hits: u64,
+    /// IO requests handed to the job's IO layer.
+    pub io_requests: u64,
 }
 
 /// What [`Evaluator::replay`] found (EVAL-6).
@@ -66,6 +84,9 @@ type Handles = SmallVec<[Handle; 4]>;
 /// (the thunk as written, the tail calls it made, and each of those with arguments evaluated).
 struct Frame {
     chain: Handles,
+    /// `chain[clean_from..]` may be memoized. The outcome of the thunks before it depends on IO
+    /// (an argument or a tail call performed some), so they are not functions of their names.
+    clean_from: usize,
     current: Handle,
     limits: Limits,
     procedure: Handle,
@@ -73,10 +94,24 @@ struct Frame {
     done: Handles,
 }
 
+impl Frame {
+    /// Something this frame depends on came from IO: nothing in its chain so far is pure.
+    fn taint(&mut self) {
+        self.clean_from = self.chain.len();
+    }
+
+    fn tainted(&self) -> bool {
+        self.clean_from > 0
+    }
+}
+
 enum Start {
     Done(Outcome),
     Frame(Frame),
 }
+
+/// An outcome on its way to the frame that asked for it, and whether it depends on IO.
+type Pending = Option<(Outcome, bool)>;
 
 impl<S: Store, E: Executor<S>> Evaluator<S, E> {
     pub fn new(store: S, executor: E) -> Self {
@@ -103,38 +138,44 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         &self.memo
     }
 
-    /// Evaluates `handle` to a value, using and filling the memo.
+    /// Evaluates `handle` to a value, using and filling the memo. IO requests are refused.
     pub fn eval(&mut self, handle: Handle) -> Outcome {
-        self.run(handle, true)
+        self.run(handle, true, &mut NoIo)
+    }
+
+    /// Evaluates `handle` with `io` performing its IO requests (a job, docs/IO.md). Pure work
+    /// uses and fills the memo as in [`Evaluator::eval`]; whatever depends on IO does not.
+    pub fn eval_with_io(&mut self, handle: Handle, io: &mut dyn Io<S>) -> Outcome {
+        self.run(handle, true, io)
     }
 
     /// Evaluates `handle` without reading or writing the memo (EVAL-6's "ignoring the memo").
     pub fn eval_fresh(&mut self, handle: Handle) -> Outcome {
-        self.run(handle, false)
+        self.run(handle, false, &mut NoIo)
     }
 
     pub fn replay(&mut self, thunk: Handle) -> Replay {
         let Some(recorded) = self.memo.get(&thunk).cloned() else {
             return Replay::NotRecorded;
         };
-        match self.run(thunk, false) {
+        match self.run(thunk, false, &mut NoIo) {
             Err(e) if !e.failure.is_deterministic() => Replay::Inconclusive(e),
             replayed if replayed == recorded => Replay::Identical(recorded),
             replayed => Replay::Differs { recorded, replayed },
         }
     }
 
-    fn run(&mut self, root: Handle, use_memo: bool) -> Outcome {
+    fn run(&mut self, root: Handle, use_memo: bool, io: &mut dyn Io<S>) -> Outcome {
         let mut stack = core::mem::take(&mut self.stack);
         stack.clear();
-        let outcome = self.run_with(root, use_memo, &mut stack);
+        let outcome = self.run_with(root, use_memo, io, &mut stack);
         self.stack = stack;
         outcome
     }
 
-    fn run_with(&mut self, root: Handle, use_memo: bool, stack: &mut Vec<Frame>) -> Outcome {
+    fn run_with(&mut self, root: Handle, use_memo: bool, io: &mut dyn Io<S>, stack: &mut Vec<Frame>) -> Outcome {
         let mut steps = 0u64;
-        let mut pending = match self.start(root, use_memo) {
+        let mut pending: Pending = match self.start(root, use_memo) {
             Start::Done(outcome) => return outcome,
             Start::Frame(frame) => {
                 stack.push(frame);
@@ -144,16 +185,24 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         loop {
             let frame = stack.last_mut().expect("a frame is always pending here");
             match pending.take() {
-                Some(Ok(value)) => frame.done.push(value),
+                Some((Ok(value), from_io)) => {
+                    if from_io {
+                        frame.taint();
+                    }
+                    frame.done.push(value)
+                }
                 // EVAL-7: a failed argument fails the thunk with the same error.
-                Some(Err(error)) => {
-                    let frame = stack.pop().expect("non-empty");
+                Some((Err(error), from_io)) => {
+                    let mut frame = stack.pop().expect("non-empty");
+                    if from_io {
+                        frame.taint();
+                    }
                     let outcome = Err(error);
-                    self.remember(&frame.chain, &outcome, use_memo);
+                    self.remember(&frame, &outcome, use_memo);
                     if stack.is_empty() {
                         return outcome;
                     }
-                    pending = Some(outcome);
+                    pending = Some((outcome, frame.tainted()));
                     continue;
                 }
                 None => {}
@@ -161,19 +210,20 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
             if frame.done.len() < frame.args.len() {
                 let arg = frame.args[frame.done.len()];
                 match self.start(arg, use_memo) {
-                    Start::Done(outcome) => pending = Some(outcome),
+                    Start::Done(outcome) => pending = Some((outcome, false)),
                     Start::Frame(child) => stack.push(child),
                 }
                 continue;
             }
 
-            let outcome = match self.apply(frame, use_memo, &mut steps) {
+            let outcome = match self.apply(frame, use_memo, &mut steps, io) {
                 Applied::Tail(next) => match self.start(next, use_memo) {
                     Start::Frame(mut next_frame) => {
                         let frame = stack.last_mut().expect("non-empty");
                         let mut chain = core::mem::take(&mut frame.chain);
                         chain.extend(next_frame.chain.drain(..));
                         next_frame.chain = chain;
+                        next_frame.clean_from = frame.clean_from;
                         *frame = next_frame;
                         continue;
                     }
@@ -182,11 +232,11 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
                 Applied::Done(outcome) => outcome,
             };
             let frame = stack.pop().expect("non-empty");
-            self.remember(&frame.chain, &outcome, use_memo);
+            self.remember(&frame, &outcome, use_memo);
             if stack.is_empty() {
                 return outcome;
             }
-            pending = Some(outcome);
+            pending = Some((outcome, frame.tainted()));
         }
     }
 
@@ -208,6 +258,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         match Thunk::decode(&bytes) {
             Ok(t) => Start::Frame(Frame {
                 chain: smallvec::smallvec![handle],
+                clean_from: 0,
                 current: handle,
                 limits: t.limits(),
                 procedure: t.procedure(),
@@ -216,15 +267,18 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
             }),
             Err(e) => {
                 let outcome = Err(EvalError { thunk: handle, failure: Failure::InvalidThunk(e.to_string()) });
-                self.remember(&[handle], &outcome, use_memo);
+                if use_memo {
+                    self.memo.record(handle, &outcome);
+                }
                 Start::Done(outcome)
             }
         }
     }
 
     /// Applies a frame whose arguments are all values.
-    fn apply(&mut self, frame: &mut Frame, use_memo: bool, steps: &mut u64) -> Applied {
-        let fail = |failure| Applied::Done(Err(EvalError { thunk: frame.current, failure }));
+    fn apply(&mut self, frame: &mut Frame, use_memo: bool, steps: &mut u64, io: &mut dyn Io<S>) -> Applied {
+        let current = frame.current;
+        let fail = move |failure| Applied::Done(Err(EvalError { thunk: current, failure }));
         // With no thunk among the arguments, the thunk as applied is the thunk as written.
         let applied = if frame.done == frame.args {
             frame.current
@@ -251,8 +305,21 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         if *steps > self.step_limit {
             return fail(Failure::StepLimit { limit: self.step_limit });
         }
-        self.stats.tasks_run += 1;
+        let effect = Effect::of(&frame.procedure);
+        if effect.is_some() {
+            // An IO request is never memoized, and neither is anything waiting on it.
+            frame.taint();
+        }
         let app = Application { thunk: applied, limits: frame.limits, procedure: frame.procedure, args: &frame.done };
+        if let Some(effect) = effect {
+            self.stats.io_requests += 1;
+            return match io.perform(&mut self.store, effect, &app) {
+                Ok(result) if !self.store.contains(&result) => fail(Failure::ForgedHandle(result)),
+                Ok(result) => Applied::Done(Ok(result)),
+                Err(failure) => fail(failure),
+            };
+        }
+        self.stats.tasks_run += 1;
         match self.executor.apply(&mut self.store, &app) {
             // Defence in depth for EVAL-3: whatever the executor checked, a result must exist.
             Ok(result) if !self.store.contains(&result) => fail(Failure::ForgedHandle(result)),
@@ -262,9 +329,9 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         }
     }
 
-    fn remember(&mut self, chain: &[Handle], outcome: &Outcome, use_memo: bool) {
+    fn remember(&mut self, frame: &Frame, outcome: &Outcome, use_memo: bool) {
         if use_memo {
-            for thunk in chain {
+            for thunk in &frame.chain[frame.clean_from.min(frame.chain.len())..] {
                 self.memo.record(*thunk, outcome);
             }
         }

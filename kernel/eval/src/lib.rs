@@ -11,5 +11,5 @@ mod eval;
 mod memo;
 
 pub use error::{EvalError, Failure};
-pub use eval::{Application, Evaluator, Executor, Replay, Stats};
+pub use eval::{Application, Evaluator, Executor, Io, NoIo, Replay, Stats};
 pub use memo::Memo;

@@ -138,9 +138,9 @@ fn eval_4_second_evaluation_is_all_memo_hits() {
     let (a, b) = (u64_blob(&mut ev.store, 40), u64_blob(&mut ev.store, 2));
     let t = make_thunk(&mut ev.store, "add", &[a, b]);
     let first = ev.eval(t).unwrap();
-    assert_eq!(ev.stats(), Stats { tasks_run: 1, memo_hits: 0 });
+    assert_eq!(ev.stats(), Stats { tasks_run: 1, memo_hits: 0, ..Stats::default() });
     assert_eq!(ev.eval(t).unwrap(), first);
-    assert_eq!(ev.stats(), Stats { tasks_run: 1, memo_hits: 1 });
+    assert_eq!(ev.stats(), Stats { tasks_run: 1, memo_hits: 1, ..Stats::default() });
     assert_eq!(ev.executor.runs["add"], 1);
 }
 

@@ -15,6 +15,7 @@ extern crate alloc;
 
 pub mod dir;
 pub mod hash;
+pub mod io;
 mod error;
 mod handle;
 pub mod store;
