@@ -82,3 +82,23 @@ impl Node {
 
 /// The ready line every node prints once it is up (docs/ARCHITECTURE.md, "Console").
 pub const READY_LINE: &str = r"^cairn: ready boot_ms=(\d+) mem_mib=(\d+)";
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Boots a BIOS node serving the node API (its other settings from `config`), waits for its
+/// address, and returns it with the API's host address.
+pub fn serving_node(config: NodeConfig) -> (Node, String) {
+    let port = free_port();
+    let mut node = Node::boot_with(NodeOptions {
+        firmware: Firmware::Bios,
+        config: NodeConfig { mode: Mode::Serve, ..config },
+        api_port: Some(port),
+        ..NodeOptions::default()
+    });
+    node.expect(READY_LINE, BOOT_TIMEOUT);
+    node.expect(r"^cairn: net ip=10\.0\.2\.15/24 ", BOOT_TIMEOUT);
+    (node, format!("127.0.0.1:{port}"))
+}

@@ -3,36 +3,22 @@
 //! while others are served (docs/PROTOCOL.md).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
-use cairn_boot::Firmware;
 use cairn_bootcfg::{LogLevel, Mode, NodeConfig};
 use cairn_object::{Handle, Kind, Limits};
 use cairn_proto::{Message, decode};
-use cairn_tests::{BOOT_TIMEOUT, Node, READY_LINE};
+use cairn_tests::{BOOT_TIMEOUT, Node, free_port};
 use cairn_tools::client::Client;
 use cairn_tools::qemu::NodeOptions;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn serving_node() -> (Node, String) {
     serving_node_with(NodeConfig::default())
 }
 
 fn serving_node_with(config: NodeConfig) -> (Node, String) {
-    let port = free_port();
-    let mut node = Node::boot_with(NodeOptions {
-        firmware: Firmware::Bios,
-        config: NodeConfig { mode: Mode::Serve, log_level: LogLevel::Info, ..config },
-        api_port: Some(port),
-        ..NodeOptions::default()
-    });
-    node.expect(READY_LINE, BOOT_TIMEOUT);
-    node.expect(r"^cairn: net ip=10\.0\.2\.15/24 ", BOOT_TIMEOUT);
-    (node, format!("127.0.0.1:{port}"))
+    cairn_tests::serving_node(NodeConfig { log_level: LogLevel::Info, ..config })
 }
 
 fn raw_exchange(address: &str, bytes: &[u8]) -> Vec<u8> {

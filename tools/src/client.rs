@@ -15,6 +15,15 @@ pub struct Client {
     next_request: u32,
 }
 
+/// How a job (or its replay) ended: its value, or the failing thunk and why.
+pub struct JobOutcome {
+    pub job: Handle,
+    pub journal: Handle,
+    pub result: Result<Handle, (Handle, String)>,
+    /// For a replay: the value the journal recorded (None if the job had failed).
+    pub recorded: Option<Handle>,
+}
+
 pub struct Evaluated {
     pub result: Handle,
     pub tasks_run: u64,
@@ -127,6 +136,41 @@ impl Client {
         }
     }
 
+    /// Uploads those of `objects` the node lacks; returns how many that was.
+    pub fn upload_missing(&mut self, objects: &[(Handle, Vec<u8>)]) -> anyhow::Result<usize> {
+        let missing = self.missing(&objects.iter().map(|(h, _)| *h).collect::<Vec<_>>())?;
+        for (handle, bytes) in objects.iter().filter(|(h, _)| missing.contains(h)) {
+            self.put(*handle, bytes, |_| {})?;
+        }
+        Ok(missing.len())
+    }
+
+    /// Runs a job (docs/IO.md) and waits for it.
+    pub fn submit(&mut self, job: Handle) -> anyhow::Result<JobOutcome> {
+        match self.call(Message::Submit { job })? {
+            Message::JobDone { job, journal, result } => Ok(JobOutcome { job, journal, result: Ok(result), recorded: None }),
+            Message::JobFailed { job, journal, thunk, failure } => Ok(JobOutcome { job, journal, result: Err((thunk, failure)), recorded: None }),
+            other => bail!("the node answered SUBMIT with {}", name(&other)),
+        }
+    }
+
+    /// Replays a job (or a journal) from its journal alone.
+    pub fn replay(&mut self, handle: Handle) -> anyhow::Result<JobOutcome> {
+        match self.call(Message::Replay { handle })? {
+            Message::Replayed { job, journal, result, recorded } => Ok(JobOutcome { job, journal, result: Ok(result), recorded }),
+            Message::JobFailed { job, journal, thunk, failure } => Ok(JobOutcome { job, journal, result: Err((thunk, failure)), recorded: None }),
+            other => bail!("the node answered REPLAY with {}", name(&other)),
+        }
+    }
+
+    /// Makes a stored journal the latest of its job on the node (after an import).
+    pub fn adopt_journal(&mut self, journal: Handle) -> anyhow::Result<()> {
+        match self.call(Message::Journal { journal })? {
+            Message::Stored { .. } => Ok(()),
+            other => bail!("the node answered JOURNAL with {}", name(&other)),
+        }
+    }
+
     pub fn stats(&mut self) -> anyhow::Result<String> {
         match self.call(Message::Stats)? {
             Message::StatsReply { text } => Ok(text),
@@ -155,5 +199,11 @@ fn name(message: &Message) -> &'static str {
         Message::Stats => "STATS",
         Message::StatsReply { .. } => "STATS-REPLY",
         Message::Error { .. } => "ERROR",
+        Message::Submit { .. } => "SUBMIT",
+        Message::JobDone { .. } => "JOB-DONE",
+        Message::JobFailed { .. } => "JOB-FAILED",
+        Message::Replay { .. } => "REPLAY",
+        Message::Replayed { .. } => "REPLAYED",
+        Message::Journal { .. } => "JOURNAL",
     }
 }

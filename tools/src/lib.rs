@@ -1,7 +1,9 @@
 //! Host-side library behind the `cairn` CLI and the QEMU tests: finding QEMU, writing images,
 //! booting nodes and reading their consoles.
 
+pub mod bundle;
 pub mod client;
+pub mod jobfile;
 pub mod hash;
 pub mod host;
 pub mod qemu;

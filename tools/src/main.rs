@@ -42,6 +42,51 @@ enum Command {
     Eval(EvalArgs),
     /// Show a running node's counters.
     Stats(NodeAddress),
+    /// Run a job file (TOML: a root and the IO it may perform) on a running node.
+    Submit(SubmitArgs),
+    /// Evaluate a job again from its journal alone, with no IO, and compare the result.
+    Replay(ReplayArgs),
+    /// Move journals between nodes and machines.
+    #[command(subcommand)]
+    Journal(JournalCommand),
+}
+
+#[derive(Args)]
+struct SubmitArgs {
+    #[command(flatten)]
+    node: NodeAddress,
+    /// The job file (docs/IO.md).
+    job: PathBuf,
+    /// Also save the journal with everything a replay needs (as `cairn journal export` does).
+    #[arg(long, value_name = "FILE")]
+    export: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    node: NodeAddress,
+    /// A job's handle (its latest journal on the node is used) or a journal's handle.
+    handle: String,
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// Save a journal, its job and every object a replay needs to FILE.
+    Export {
+        #[command(flatten)]
+        node: NodeAddress,
+        /// The journal's handle (printed by `cairn submit`).
+        journal: String,
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Load a saved journal onto a node, so that `cairn replay JOB` works there.
+    Import {
+        #[command(flatten)]
+        node: NodeAddress,
+        file: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -237,6 +282,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", cairn_tools::client::Client::connect(&args.node)?.stats()?);
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Submit(args)) => submit(&args),
+        Some(Command::Replay(args)) => replay(&args),
+        Some(Command::Journal(command)) => journal(&command),
         Some(Command::Selftest(args)) => boot_and_stream(&args, Mode::Selftest),
         Some(Command::Image(args)) => write_image(&args),
         Some(Command::Hash(args)) => hash(&args),
@@ -533,6 +581,103 @@ fn eval(args: &EvalArgs) -> anyhow::Result<ExitCode> {
         match std::str::from_utf8(&value) {
             Ok(text) if text.chars().all(|c| !c.is_control() || c == '\n') => println!("{}", text.trim_end()),
             _ => println!("{}", value.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_handle(text: &str) -> anyhow::Result<cairn_object::Handle> {
+    text.parse().map_err(|e| anyhow::anyhow!("`{text}` is not a handle: {e}"))
+}
+
+/// Prints a small blob's value the way `eval` does.
+fn print_value(client: &mut cairn_tools::client::Client, result: cairn_object::Handle) -> anyhow::Result<()> {
+    if result.kind() == cairn_object::Kind::Blob && result.size() <= 4096 {
+        let value = client.get(result, |_, _| {})?;
+        match std::str::from_utf8(&value) {
+            Ok(text) if text.chars().all(|c| !c.is_control() || c == '\n') => println!("{}", text.trim_end()),
+            _ => println!("{}", value.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        }
+    }
+    Ok(())
+}
+
+fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
+    let job = cairn_tools::jobfile::JobFile::read(&args.job)?;
+    let mut client = cairn_tools::client::Client::connect(&args.node.node)?;
+    let uploaded = client.upload_missing(&job.objects)?;
+    eprintln!("cairn: job {} (uploaded {uploaded} of {} objects); capabilities: {}", job.job, job.objects.len(),
+        if job.manifest.grants().is_empty() { "none".to_string() } else { job.manifest.render().trim_end().replace('\n', ", ") });
+    let outcome = client.submit(job.job)?;
+    println!("job      {}", outcome.job);
+    println!("journal  {} (on the node at {}; save it with `cairn journal export {} -o FILE`)", outcome.journal, args.node.node, outcome.journal);
+    if let Some(path) = &args.export {
+        let bundle = cairn_tools::bundle::Bundle::export(&mut client, outcome.journal)?;
+        std::fs::write(path, bundle.encode()).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("exported {} ({} objects)", path.display(), bundle.objects.len());
+    }
+    match outcome.result {
+        Ok(result) => {
+            println!("result   {result}");
+            print_value(&mut client, result)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err((thunk, failure)) => {
+            eprintln!("cairn: the job failed: {thunk} failed: {failure}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    let mut client = cairn_tools::client::Client::connect(&args.node.node)?;
+    let outcome = client.replay(parse_handle(&args.handle)?)?;
+    println!("job      {}", outcome.job);
+    println!("journal  {}", outcome.journal);
+    match outcome.result {
+        Ok(result) => {
+            println!("result   {result}");
+            match outcome.recorded {
+                Some(recorded) if recorded == result => {
+                    println!("replay: identical");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(recorded) => {
+                    println!("replay: DIFFERS: the journal recorded {recorded}");
+                    Ok(ExitCode::FAILURE)
+                }
+                None => {
+                    println!("replay: the journal recorded a failed job, and the replay succeeded");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Err((thunk, failure)) => {
+            eprintln!("cairn: the replay failed: {thunk} failed: {failure}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn journal(command: &JournalCommand) -> anyhow::Result<ExitCode> {
+    use cairn_tools::bundle::Bundle;
+    match command {
+        JournalCommand::Export { node, journal, output } => {
+            let mut client = cairn_tools::client::Client::connect(&node.node)?;
+            let bundle = Bundle::export(&mut client, parse_handle(journal)?)?;
+            std::fs::write(output, bundle.encode()).with_context(|| format!("cannot write {}", output.display()))?;
+            println!("{} ({} objects, job {})", output.display(), bundle.objects.len(), bundle.journal()?.job);
+        }
+        JournalCommand::Import { node, file } => {
+            let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let bundle = Bundle::decode(&bytes).with_context(|| format!("{} is not a usable bundle", file.display()))?;
+            let job = bundle.journal()?.job;
+            let mut client = cairn_tools::client::Client::connect(&node.node)?;
+            let objects: Vec<_> = bundle.objects.iter().map(|(h, b)| (*h, b.clone())).collect();
+            let uploaded = client.upload_missing(&objects)?;
+            client.adopt_journal(bundle.journal)?;
+            println!("imported journal {} of job {job} ({uploaded} of {} objects uploaded)", bundle.journal, objects.len());
+            println!("replay it with: cairn replay {job} --node {}", node.node);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -29,7 +29,7 @@ pub use cairn_object::{self as object, Handle, Kind, Limits, Thunk, Tree};
 #[cfg(target_os = "none")]
 pub mod rt;
 #[cfg(target_os = "none")]
-pub use rt::{create_blob, create_thunk, create_tree, fail, open, open_thunk, open_tree};
+pub use rt::{create_blob, create_thunk, create_tree, fail, io_request, open, open_thunk, open_tree};
 
 /// Why a task gave up; becomes the `task error` of docs/EVALUATION.md.
 #[derive(Debug)]

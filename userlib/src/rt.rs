@@ -100,6 +100,12 @@ pub fn create_thunk(limits: Limits, procedure: Handle, args: &[Handle]) -> Handl
     }
 }
 
+/// An IO request (docs/IO.md) for the task to return: the kernel performs it only if the job's
+/// manifest grants it, and the task never sees more than the response it becomes.
+pub fn io_request(effect: cairn_object::io::Effect, args: &[Handle]) -> Handle {
+    create_thunk(cairn_object::io::limits(), effect.procedure(), args)
+}
+
 /// A bump allocator over the heap region: deterministic, and it never returns memory, which
 /// suits short-lived tasks. Exhausting it ends the task with `out of memory`.
 struct Bump;

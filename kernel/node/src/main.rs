@@ -148,6 +148,7 @@ fn serve(config: &NodeConfig) -> Status {
     let (mut ev, _procedures) = jobs::node_evaluator(memory::heap::usage().1 as u64 / 2);
     let node_id = *blake3::hash(&network.device.mac()).as_bytes();
     let mut api = net::api::Api::new(&mut network, node_id, config.api_idle_s);
+    let mut jobs = net::jobs::Jobs::default();
     let started = arch::clock::micros_since_boot();
     let mut announced = false;
     log::info!("serving; stop the VM to shut down");
@@ -166,7 +167,12 @@ fn serve(config: &NodeConfig) -> Status {
                 println!("cairn: net ip={cidr} gateway={gw} {how} api_port={}", net::api::PORT);
             }
         }
-        let busy = api.poll(&mut network, &mut ev);
+        let mut busy = api.poll(&mut network, &mut ev, &mut jobs);
+        while let Some(queued) = api.next_work() {
+            let answer = jobs.run(queued.work.clone(), &mut network, &mut ev);
+            api.deliver(queued, answer);
+            busy = true;
+        }
         if busy {
             // Replies go out on this round rather than the next tick.
             network.poll();

@@ -16,6 +16,9 @@ mod kind {
     pub const GET: u8 = 0x06;
     pub const EVAL: u8 = 0x07;
     pub const STATS: u8 = 0x08;
+    pub const SUBMIT: u8 = 0x09;
+    pub const REPLAY: u8 = 0x0a;
+    pub const JOURNAL: u8 = 0x0b;
     pub const WELCOME: u8 = 0x81;
     pub const MISSING: u8 = 0x82;
     pub const STORED: u8 = 0x83;
@@ -25,6 +28,9 @@ mod kind {
     pub const EVALUATED: u8 = 0x89;
     pub const EVAL_FAILED: u8 = 0x8a;
     pub const STATS_REPLY: u8 = 0x8b;
+    pub const JOB_DONE: u8 = 0x8c;
+    pub const JOB_FAILED: u8 = 0x8d;
+    pub const REPLAYED: u8 = 0x8e;
     pub const ERROR: u8 = 0xff;
 }
 
@@ -48,6 +54,12 @@ fn kind_of(message: &Message) -> u8 {
         Message::Stats => kind::STATS,
         Message::StatsReply { .. } => kind::STATS_REPLY,
         Message::Error { .. } => kind::ERROR,
+        Message::Submit { .. } => kind::SUBMIT,
+        Message::JobDone { .. } => kind::JOB_DONE,
+        Message::JobFailed { .. } => kind::JOB_FAILED,
+        Message::Replay { .. } => kind::REPLAY,
+        Message::Replayed { .. } => kind::REPLAYED,
+        Message::Journal { .. } => kind::JOURNAL,
     }
 }
 
@@ -85,8 +97,30 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             out.extend_from_slice(&offset.to_le_bytes());
             out.extend_from_slice(bytes);
         }
-        Message::Stored { handle } | Message::Get { handle } | Message::Eval { handle } => {
-            out.extend_from_slice(handle.as_bytes())
+        Message::Stored { handle }
+        | Message::Get { handle }
+        | Message::Eval { handle }
+        | Message::Submit { job: handle }
+        | Message::Replay { handle }
+        | Message::Journal { journal: handle } => out.extend_from_slice(handle.as_bytes()),
+        Message::JobDone { job, journal, result } => {
+            for h in [job, journal, result] {
+                out.extend_from_slice(h.as_bytes());
+            }
+        }
+        Message::JobFailed { job, journal, thunk, failure } => {
+            for h in [job, journal, thunk] {
+                out.extend_from_slice(h.as_bytes());
+            }
+            out.extend_from_slice(failure.as_bytes());
+        }
+        Message::Replayed { job, journal, result, recorded } => {
+            for h in [job, journal, result] {
+                out.extend_from_slice(h.as_bytes());
+            }
+            if let Some(recorded) = recorded {
+                out.extend_from_slice(recorded.as_bytes());
+            }
         }
         Message::Evaluated { result, tasks_run, memo_hits, micros } => {
             out.extend_from_slice(result.as_bytes());
@@ -263,14 +297,35 @@ impl Payload<'_> {
                 let (offset, bytes) = self.chunk()?;
                 Message::ObjectChunk { offset, bytes }
             }
-            kind::STORED | kind::GET | kind::EVAL => {
+            kind::STORED | kind::GET | kind::EVAL | kind::SUBMIT | kind::REPLAY | kind::JOURNAL => {
                 self.exact(Handle::LEN)?;
                 let handle = self.handle(0)?;
                 match self.kind {
                     kind::STORED => Message::Stored { handle },
                     kind::GET => Message::Get { handle },
+                    kind::SUBMIT => Message::Submit { job: handle },
+                    kind::REPLAY => Message::Replay { handle },
+                    kind::JOURNAL => Message::Journal { journal: handle },
                     _ => Message::Eval { handle },
                 }
+            }
+            kind::JOB_DONE => {
+                self.exact(3 * Handle::LEN)?;
+                Message::JobDone { job: self.handle(0)?, journal: self.handle(40)?, result: self.handle(80)? }
+            }
+            kind::JOB_FAILED => Message::JobFailed {
+                job: self.handle(0)?,
+                journal: self.handle(40)?,
+                thunk: self.handle(80)?,
+                failure: self.text(120, MAX_TEXT)?,
+            },
+            kind::REPLAYED => {
+                let recorded = match self.bytes.len() {
+                    120 => None,
+                    160 => Some(self.handle(120)?),
+                    _ => return Err(self.malformed(self.bytes.len().min(120), "expected 3 or 4 handles")),
+                };
+                Message::Replayed { job: self.handle(0)?, journal: self.handle(40)?, result: self.handle(80)?, recorded }
             }
             kind::EVALUATED => {
                 self.exact(Handle::LEN + 24)?;

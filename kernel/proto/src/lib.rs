@@ -31,6 +31,8 @@ pub mod offers {
     pub const GET: u64 = 1 << 2;
     pub const EVAL: u64 = 1 << 3;
     pub const STATS: u64 = 1 << 4;
+    /// SUBMIT, REPLAY and JOURNAL (docs/IO.md).
+    pub const JOBS: u64 = 1 << 5;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,6 +68,22 @@ pub enum Message {
     Stats,
     /// Node → client: `key=value` lines.
     StatsReply { text: String },
+    /// Client → node: run a job (a tree [root thunk, manifest]) with the IO its manifest grants.
+    Submit { job: Handle },
+    /// Node → client: the job's value and its journal (stored on the node).
+    JobDone { job: Handle, journal: Handle, result: Handle },
+    /// Node → client: the job failed; `thunk` is the failing thunk. The journal holds the IO
+    /// performed before the failure.
+    JobFailed { job: Handle, journal: Handle, thunk: Handle, failure: String },
+    /// Client → node: evaluate a job again from its journal alone (a job: its latest journal on
+    /// this node; or a journal). No IO is performed.
+    Replay { handle: Handle },
+    /// Node → client: the replay's value and the value the journal recorded (none if the job
+    /// had failed).
+    Replayed { job: Handle, journal: Handle, result: Handle, recorded: Option<Handle> },
+    /// Client → node: remember this journal (already stored, with its job and responses) as the
+    /// latest of its job. Answered with STORED.
+    Journal { journal: Handle },
     /// Either way: the request (or the connection, for request id 0) failed.
     Error { code: ErrorCode, message: String },
 }

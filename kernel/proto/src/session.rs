@@ -49,6 +49,16 @@ pub trait NodeApi {
     /// thunk and why.
     fn eval(&mut self, handle: &Handle) -> Result<(Handle, [u64; 3]), (Handle, String)>;
     fn stats(&self) -> String;
+    /// Remembers a stored journal as the latest of its job; the job's handle, or why not.
+    fn adopt_journal(&mut self, journal: &Handle) -> Result<Handle, String>;
+}
+
+/// Requests that need more than the store and evaluator (the network, for IO): the session
+/// queues them, the node runs them when it can and answers through [`Session::deliver`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Work {
+    Submit { job: Handle },
+    Replay { handle: Handle },
 }
 
 /// An upload in progress.
@@ -76,6 +86,7 @@ pub struct Session {
     /// Bytes of the current PUT-CHUNK still to come; they go straight into the upload.
     chunk_left: usize,
     downloads: VecDeque<Download>,
+    work: VecDeque<(u32, Work)>,
     closing: bool,
 }
 
@@ -202,6 +213,16 @@ impl Session {
         out
     }
 
+    /// The next queued request for the node to run, with its request id.
+    pub fn take_work(&mut self) -> Option<(u32, Work)> {
+        self.work.pop_front()
+    }
+
+    /// The node's answer to queued work.
+    pub fn deliver(&mut self, request: u32, message: Message) {
+        self.send(request, message);
+    }
+
     pub fn has_output(&self) -> bool {
         self.sent < self.output.len() || !self.downloads.is_empty()
     }
@@ -236,7 +257,7 @@ impl Session {
                     version: VERSION,
                     node_id: node.node_id(),
                     max_frame: MAX_FRAME as u32,
-                    offers: offers::HAVE | offers::PUT | offers::GET | offers::EVAL | offers::STATS,
+                    offers: offers::HAVE | offers::PUT | offers::GET | offers::EVAL | offers::STATS | offers::JOBS,
                 },
             ),
             Message::Have { handles } => {
@@ -280,6 +301,12 @@ impl Session {
                 let text = node.stats();
                 self.send(request, Message::StatsReply { text });
             }
+            Message::Submit { job } => self.work.push_back((request, Work::Submit { job })),
+            Message::Replay { handle } => self.work.push_back((request, Work::Replay { handle })),
+            Message::Journal { journal } => match node.adopt_journal(&journal) {
+                Ok(_) => self.send(request, Message::Stored { handle: journal }),
+                Err(why) => self.error(request, ErrorCode::NotFound, why),
+            },
             _ => self.fail(request, ErrorCode::Unexpected, "that message goes from a node to a client, not to a node".into()),
         }
     }
@@ -344,6 +371,9 @@ mod tests {
         }
         fn stats(&self) -> String {
             format!("objects={}", self.store.stats().objects)
+        }
+        fn adopt_journal(&mut self, journal: &Handle) -> Result<Handle, String> {
+            if self.store.contains(journal) { Ok(*journal) } else { Err(format!("{journal} is not on this node")) }
         }
     }
 
@@ -522,6 +552,27 @@ mod tests {
         let replies = exchange(&mut s, &mut n, &stream);
         assert!(matches!(&replies[0].message, Message::Error { code: ErrorCode::BadFrame, message } if message.contains("length")));
         assert!(s.closing());
+    }
+
+    #[test]
+    fn jobs_are_queued_for_the_node_and_answered_later_in_order_of_delivery() {
+        let (mut s, mut n) = (Session::new(), node());
+        let (job, other) = (Handle::blob(&[1u8; 50]), Handle::blob(&[2u8; 50]));
+        let replies = exchange(&mut s, &mut n, &frames(&[
+            (7, Message::Submit { job }),
+            (8, Message::Replay { handle: other }),
+            (9, Message::Stats),
+            (10, Message::Journal { journal: other }),
+        ]));
+        // Only STATS and JOURNAL are answered at once; the jobs wait for the node.
+        assert_eq!(replies.iter().map(|r| r.request).collect::<Vec<_>>(), [9, 10]);
+        assert!(matches!(&replies[1].message, Message::Error { code: ErrorCode::NotFound, .. }));
+        assert_eq!(s.take_work(), Some((7, Work::Submit { job })));
+        assert_eq!(s.take_work(), Some((8, Work::Replay { handle: other })));
+        assert_eq!(s.take_work(), None);
+        let done = Message::JobDone { job, journal: other, result: job };
+        s.deliver(7, done.clone());
+        assert_eq!(exchange(&mut s, &mut n, &[]), [Frame { request: 7, message: done }]);
     }
 
     #[test]

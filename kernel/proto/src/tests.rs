@@ -38,6 +38,13 @@ fn message() -> impl Strategy<Value = Message> {
         (handle(), text(60)).prop_map(|(thunk, failure)| Message::EvalFailed { thunk, failure }),
         Just(Message::Stats),
         text(60).prop_map(|text| Message::StatsReply { text }),
+        handle().prop_map(|job| Message::Submit { job }),
+        (handle(), handle(), handle()).prop_map(|(job, journal, result)| Message::JobDone { job, journal, result }),
+        (handle(), handle(), handle(), text(60)).prop_map(|(job, journal, thunk, failure)| Message::JobFailed { job, journal, thunk, failure }),
+        handle().prop_map(|handle| Message::Replay { handle }),
+        (handle(), handle(), handle(), proptest::option::of(handle()))
+            .prop_map(|(job, journal, result, recorded)| Message::Replayed { job, journal, result, recorded }),
+        handle().prop_map(|journal| Message::Journal { journal }),
         (0usize..6, text(60)).prop_map(|(c, message)| Message::Error {
             code: [ErrorCode::BadFrame, ErrorCode::WrongHash, ErrorCode::NotFound, ErrorCode::StoreFull, ErrorCode::Unexpected, ErrorCode::Internal][c],
             message

@@ -2,6 +2,7 @@
 //! (`cairn_proto::session`) over the node's store and evaluator.
 
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
@@ -10,11 +11,12 @@ use alloc::vec::Vec;
 use bytes::Bytes;
 use cairn_object::Handle;
 use cairn_object::store::{Store, StoreError};
-use cairn_proto::session::{NodeApi, Session, UploadBuffer};
+use cairn_proto::session::{NodeApi, Session, UploadBuffer, Work};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 
 use super::Network;
+use super::jobs::Jobs;
 use crate::arch::clock;
 use crate::jobs::NodeEvaluator;
 use crate::memory::objects::UploadPages;
@@ -39,6 +41,16 @@ struct Slot {
     socket: SocketHandle,
     session: Option<Session>,
     last_active: u64,
+    /// Counts connections on this slot, so an answer for a closed one is not given to the next.
+    generation: u64,
+}
+
+/// Work a session queued (a job), to be run by the node's loop with the network at hand.
+pub struct Queued {
+    slot: usize,
+    generation: u64,
+    request: u32,
+    pub work: Work,
 }
 
 pub struct Api {
@@ -49,10 +61,12 @@ pub struct Api {
     pub idle_us: u64,
     /// A connection that moves no bytes for this long is closed (node config `api_idle_s`).
     idle_timeout_us: u64,
+    queued: VecDeque<Queued>,
 }
 
 struct Node<'a> {
     ev: &'a mut NodeEvaluator,
+    jobs: &'a mut Jobs,
     node_id: [u8; 32],
     served: u64,
     idle_us: u64,
@@ -88,17 +102,23 @@ impl NodeApi for Node<'_> {
         let stats = [after.tasks_run - before.tasks_run, after.memo_hits - before.memo_hits, clock::micros_since_boot() - started];
         outcome.map(|result| (result, stats)).map_err(|e| (e.thunk, format!("{}", e.failure)))
     }
+    fn adopt_journal(&mut self, journal: &Handle) -> Result<Handle, String> {
+        self.jobs.adopt(journal, self.ev)
+    }
     fn stats(&self) -> String {
         let store = self.ev.store.stats();
         let eval = self.ev.stats();
         format!(
-            "objects={}\nstore_bytes={}\nstore_limit={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nconnections_served={}\nuptime_ms={}\nidle_ms={}\n",
+            "objects={}\nstore_bytes={}\nstore_limit={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nconnections_served={}\nuptime_ms={}\nidle_ms={}\n",
             store.objects,
             store.bytes,
             store.limit,
             eval.tasks_run,
             eval.memo_hits,
             self.ev.memo().len(),
+            eval.io_requests,
+            self.jobs.submitted,
+            self.jobs.replayed,
             self.served,
             clock::micros_since_boot() / 1000,
             self.idle_us / 1000
@@ -114,18 +134,18 @@ impl Api {
                 // Acknowledge at once: the node polls in bursts, and a delayed ACK stalls the
                 // sender for a whole delay on every window.
                 socket.set_ack_delay(None);
-                Slot { socket: network.sockets.add(socket), session: None, last_active: 0 }
+                Slot { socket: network.sockets.add(socket), session: None, last_active: 0, generation: 0 }
             })
             .collect();
-        Api { slots, node_id, served: 0, idle_us: 0, idle_timeout_us: u64::from(idle_timeout_s) * 1_000_000 }
+        Api { slots, node_id, served: 0, idle_us: 0, idle_timeout_us: u64::from(idle_timeout_s) * 1_000_000, queued: VecDeque::new() }
     }
 
     /// Moves bytes between the sockets and their sessions; true if anything happened.
-    pub fn poll(&mut self, network: &mut Network, ev: &mut NodeEvaluator) -> bool {
+    pub fn poll(&mut self, network: &mut Network, ev: &mut NodeEvaluator, jobs: &mut Jobs) -> bool {
         let now = clock::micros_since_boot();
         let mut busy = false;
-        let mut node = Node { ev, node_id: self.node_id, served: self.served, idle_us: self.idle_us };
-        for slot in &mut self.slots {
+        let mut node = Node { ev, jobs, node_id: self.node_id, served: self.served, idle_us: self.idle_us };
+        for (index, slot) in self.slots.iter_mut().enumerate() {
             let socket = network.sockets.get_mut::<tcp::Socket>(slot.socket);
             if !socket.is_open() {
                 slot.session = None;
@@ -139,6 +159,7 @@ impl Api {
             let session = slot.session.get_or_insert_with(|| {
                 node.served += 1;
                 slot.last_active = now;
+                slot.generation += 1;
                 Session::new()
             });
             if socket.can_recv() {
@@ -148,6 +169,9 @@ impl Api {
                 });
                 slot.last_active = now;
                 busy = true;
+            }
+            while let Some((request, work)) = session.take_work() {
+                self.queued.push_back(Queued { slot: index, generation: slot.generation, request, work });
             }
             while socket.can_send() && session.has_output() {
                 let room = socket.send_capacity() - socket.send_queue();
@@ -170,5 +194,22 @@ impl Api {
         }
         self.served = node.served;
         busy
+    }
+
+    /// The next job a client asked for; run it, then hand the answer to [`Api::deliver`].
+    pub fn next_work(&mut self) -> Option<Queued> {
+        self.queued.pop_front()
+    }
+
+    /// Answers queued work, unless its connection has gone in the meantime.
+    pub fn deliver(&mut self, queued: Queued, answer: cairn_proto::Message) {
+        let slot = &mut self.slots[queued.slot];
+        if slot.generation == queued.generation {
+            if let Some(session) = slot.session.as_mut() {
+                session.deliver(queued.request, answer);
+                // A long job is activity, not idleness.
+                slot.last_active = clock::micros_since_boot();
+            }
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! The node's network: smoltcp over the virtio card, addressed by DHCP, serving the node API.
 
 pub mod api;
+pub mod client;
+pub mod jobs;
 
 use alloc::vec;
 

@@ -113,6 +113,18 @@ fn run(args: &[Handle]) -> TaskResult {
             }
             b"forge-return" => return Ok(Handle::blob(&[0x42; 64])),
             b"forge-tree" => return Ok(create_tree(&[Handle::blob(&[0x42; 64])])),
+            // IO the job never declared: a manifest and a job tree granting it, made by the task
+            // (they are only data), and an IO request to the endpoint given as the second
+            // argument. The kernel must refuse the request, naming the missing capability.
+            b"forge-io" => {
+                let endpoint = *args.get(1).ok_or("forge-io needs an endpoint")?;
+                let text = alloc::format!("tcp.send {}\n", core::str::from_utf8(open(&endpoint)).unwrap_or("?"));
+                let manifest = create_blob(text.as_bytes());
+                let data = create_blob(b"exfiltrated by a task that holds no capability");
+                let request = cairn_userlib::io_request(cairn_userlib::object::io::Effect::TcpSend, &[endpoint, data]);
+                create_tree(&[request, manifest]);
+                return Ok(request);
+            }
             _ => return Err("unknown hostile mode".into()),
         }
     }

@@ -1,0 +1,111 @@
+//! Jobs submitted over the API (docs/IO.md): run live with the IO their manifest grants, or
+//! replayed from a journal. Each run stores its journal as an object and remembers it as the
+//! latest of its job.
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::ToString;
+
+use bytes::Bytes;
+use cairn_io::{Job, JobIo, Journal};
+use cairn_object::store::Store;
+use cairn_object::{Handle, Kind};
+use cairn_proto::session::Work;
+use cairn_proto::{ErrorCode, Message};
+
+use super::Network;
+use super::client::NetTransport;
+use crate::jobs::NodeEvaluator;
+
+#[derive(Default)]
+pub struct Jobs {
+    /// Job → its latest journal on this node.
+    latest: BTreeMap<Handle, Handle>,
+    pub submitted: u64,
+    pub replayed: u64,
+}
+
+fn error(code: ErrorCode, message: alloc::string::String) -> Message {
+    Message::Error { code, message }
+}
+
+impl Jobs {
+    pub fn run(&mut self, work: Work, network: &mut Network, ev: &mut NodeEvaluator) -> Message {
+        match work {
+            Work::Submit { job } => self.submit(job, network, ev),
+            Work::Replay { handle } => self.replay(handle, ev),
+        }
+    }
+
+    fn submit(&mut self, handle: Handle, network: &mut Network, ev: &mut NodeEvaluator) -> Message {
+        let job = match Job::load(&handle, |h| ev.store.get(h)) {
+            Ok(job) => job,
+            Err(e) => return error(ErrorCode::NotFound, e.to_string()),
+        };
+        self.submitted += 1;
+        let mut transport = NetTransport::new(network);
+        let mut io = JobIo::live(handle, job.manifest, &mut transport);
+        let outcome = ev.eval_with_io(job.root, &mut io);
+        let mut journal = io.into_journal();
+        journal.result = outcome.as_ref().ok().copied();
+        let journal = match self.store_journal(&journal, ev) {
+            Ok(h) => h,
+            Err(m) => return m,
+        };
+        match outcome {
+            Ok(result) => Message::JobDone { job: handle, journal, result },
+            Err(e) => Message::JobFailed { job: handle, journal, thunk: e.thunk, failure: e.failure.to_string() },
+        }
+    }
+
+    fn replay(&mut self, handle: Handle, ev: &mut NodeEvaluator) -> Message {
+        let journal_handle = match handle.kind() {
+            Kind::Tree => match self.latest.get(&handle) {
+                Some(j) => *j,
+                None => return error(ErrorCode::NotFound, format!("no journal of job {handle} on this node (import one with `cairn journal import`)")),
+            },
+            _ => handle,
+        };
+        let journal = match load_journal(&journal_handle, ev) {
+            Ok(j) => j,
+            Err(why) => return error(ErrorCode::NotFound, why),
+        };
+        let job = match Job::load(&journal.job, |h| ev.store.get(h)) {
+            Ok(job) => job,
+            Err(e) => return error(ErrorCode::NotFound, e.to_string()),
+        };
+        self.replayed += 1;
+        let recorded = journal.result;
+        let mut io = JobIo::replay(job.manifest, journal.clone());
+        match ev.eval_with_io(job.root, &mut io) {
+            Ok(result) => Message::Replayed { job: journal.job, journal: journal_handle, result, recorded },
+            Err(e) => Message::JobFailed { job: journal.job, journal: journal_handle, thunk: e.thunk, failure: e.failure.to_string() },
+        }
+    }
+
+    fn store_journal(&mut self, journal: &Journal, ev: &mut NodeEvaluator) -> Result<Handle, Message> {
+        let handle = ev
+            .store
+            .put(Kind::Blob, Bytes::from(journal.encode().into_bytes()))
+            .map_err(|e| error(ErrorCode::StoreFull, format!("the journal does not fit: {e}")))?;
+        self.latest.insert(journal.job, handle);
+        Ok(handle)
+    }
+
+    /// Makes a journal someone stored (an import) the latest of its job, once everything a
+    /// replay needs is here: the job, its manifest and every response.
+    pub fn adopt(&mut self, journal_handle: &Handle, ev: &NodeEvaluator) -> Result<Handle, alloc::string::String> {
+        let journal = load_journal(journal_handle, ev)?;
+        Job::load(&journal.job, |h| ev.store.get(h)).map_err(|e| e.to_string())?;
+        if let Some(missing) = journal.responses().find(|h| !ev.store.contains(h)) {
+            return Err(format!("response {missing} of the journal is not on this node"));
+        }
+        self.latest.insert(journal.job, *journal_handle);
+        Ok(journal.job)
+    }
+}
+
+fn load_journal(handle: &Handle, ev: &NodeEvaluator) -> Result<Journal, alloc::string::String> {
+    let bytes = ev.store.get(handle).ok_or_else(|| format!("{handle} is not on this node"))?;
+    Journal::decode(&bytes).map_err(|e| format!("{handle} is not a journal: {e}"))
+}
