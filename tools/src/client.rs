@@ -129,7 +129,16 @@ impl Client {
     }
 
     pub fn eval(&mut self, handle: Handle) -> anyhow::Result<Evaluated> {
-        match self.call(Message::Eval { handle })? {
+        self.eval_with(Message::Eval { handle })
+    }
+
+    /// Evaluates with the node's memo ignored: every task runs again (for verification).
+    pub fn eval_fresh(&mut self, handle: Handle) -> anyhow::Result<Evaluated> {
+        self.eval_with(Message::EvalFresh { handle })
+    }
+
+    fn eval_with(&mut self, message: Message) -> anyhow::Result<Evaluated> {
+        match self.call(message)? {
             Message::Evaluated { result, tasks_run, memo_hits, micros } => Ok(Evaluated { result, tasks_run, memo_hits, micros }),
             Message::EvalFailed { thunk, failure } => bail!("{thunk} failed: {failure}"),
             other => bail!("the node answered EVAL with {}", name(&other)),
@@ -171,6 +180,23 @@ impl Client {
         }
     }
 
+    /// Has the node get `handles` from the peer at `from` (cluster address, API port); returns
+    /// (objects, bytes) fetched. A peer's wrong bytes are an error naming the object.
+    pub fn fetch(&mut self, from: ([u8; 4], u16), handles: &[Handle]) -> anyhow::Result<(u64, u64)> {
+        match self.call(Message::Fetch { from, handles: handles.to_vec() })? {
+            Message::Fetched { objects, bytes } => Ok((objects, bytes)),
+            other => bail!("the node answered FETCH with {}", name(&other)),
+        }
+    }
+
+    /// The values the node's memo holds for these thunks.
+    pub fn recall(&mut self, thunks: &[Handle]) -> anyhow::Result<Vec<(Handle, Handle)>> {
+        match self.call(Message::Recall { thunks: thunks.to_vec() })? {
+            Message::Recalled { entries } => Ok(entries),
+            other => bail!("the node answered RECALL with {}", name(&other)),
+        }
+    }
+
     pub fn stats(&mut self) -> anyhow::Result<String> {
         match self.call(Message::Stats)? {
             Message::StatsReply { text } => Ok(text),
@@ -194,6 +220,7 @@ fn name(message: &Message) -> &'static str {
         Message::ObjectBegin { .. } => "OBJECT-BEGIN",
         Message::ObjectChunk { .. } => "OBJECT-CHUNK",
         Message::Eval { .. } => "EVAL",
+        Message::EvalFresh { .. } => "EVAL-FRESH",
         Message::Evaluated { .. } => "EVALUATED",
         Message::EvalFailed { .. } => "EVAL-FAILED",
         Message::Stats => "STATS",
@@ -205,5 +232,9 @@ fn name(message: &Message) -> &'static str {
         Message::Replay { .. } => "REPLAY",
         Message::Replayed { .. } => "REPLAYED",
         Message::Journal { .. } => "JOURNAL",
+        Message::Fetch { .. } => "FETCH",
+        Message::Fetched { .. } => "FETCHED",
+        Message::Recall { .. } => "RECALL",
+        Message::Recalled { .. } => "RECALLED",
     }
 }

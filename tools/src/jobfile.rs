@@ -12,7 +12,8 @@
 //! ```
 //!
 //! An expression is a string (a file, relative to the job file, or a handle like `blob:…`), or
-//! a table with one of: `text`, `file`, `handle`, `task` (+ `args`, `memory_mib`), `http_get`,
+//! a table with one of: `text`, `u32s` (little-endian), `file`, `handle`, `task` (+ `args`,
+//! `memory_mib`), `http_get`,
 //! `tcp_request` (+ `data`), `tcp_send` (+ `data`).
 
 use std::collections::BTreeMap;
@@ -88,7 +89,7 @@ impl Builder {
                 None => Ok(()),
             }
         };
-        let kinds = ["text", "file", "handle", "task", "http_get", "tcp_request", "tcp_send"];
+        let kinds = ["text", "u32s", "file", "handle", "task", "http_get", "tcp_request", "tcp_send"];
         let kind = match table.keys().filter(|k| kinds.contains(&k.as_str())).collect::<Vec<_>>()[..] {
             [one] => one.as_str(),
             _ => bail!("{at}: an expression is a table with exactly one of {}", kinds.join(", ")),
@@ -97,6 +98,16 @@ impl Builder {
             "text" => {
                 allow(&["text"])?;
                 self.add(Kind::Blob, string("text")?.as_bytes().to_vec())
+            }
+            "u32s" => {
+                allow(&["u32s"])?;
+                let items = table["u32s"].as_array().ok_or_else(|| anyhow!("{at}: `u32s` must be an array of integers"))?;
+                let mut bytes = Vec::new();
+                for item in items {
+                    let n = item.as_integer().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| anyhow!("{at}: `u32s` holds integers from 0 to 4294967295"))?;
+                    bytes.extend_from_slice(&n.to_le_bytes());
+                }
+                self.add(Kind::Blob, bytes)
             }
             "file" => {
                 allow(&["file"])?;

@@ -3,6 +3,7 @@
 
 pub mod bundle;
 pub mod client;
+pub mod cluster;
 pub mod jobfile;
 pub mod hash;
 pub mod host;

@@ -49,6 +49,9 @@ enum Command {
     /// Move journals between nodes and machines.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// Clusters of nodes on this machine (docs/CLUSTER.md).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
 }
 
 #[derive(Args)]
@@ -136,13 +139,79 @@ struct GetArgs {
 struct EvalArgs {
     #[command(flatten)]
     node: NodeAddress,
-    /// The task's ELF file.
-    task: PathBuf,
+    /// The task's ELF file (or give --job).
+    #[arg(required_unless_present = "job")]
+    task: Option<PathBuf>,
     /// Arguments: a handle (e.g. blob:=68656c6c6f), or a file whose bytes become a blob.
     args: Vec<String>,
     /// Memory limit of the application, in MiB.
     #[arg(long, default_value_t = 16)]
     task_memory: u64,
+    /// Evaluate the root of a job file (docs/IO.md) instead of TASK ARGS; it may not do IO.
+    #[arg(long, value_name = "JOB.toml", conflicts_with = "task")]
+    job: Option<PathBuf>,
+    /// Run across the cluster whose state file this is (docs/CLUSTER.md) instead of on --node.
+    #[arg(long, value_name = "STATE", num_args = 0..=1, default_missing_value = DEFAULT_CLUSTER_STATE)]
+    cluster: Option<PathBuf>,
+    /// With --cluster: run every task on two different nodes and compare their results.
+    #[arg(long, requires = "cluster")]
+    verify: bool,
+    /// With --cluster: where ready tasks go.
+    #[arg(long, value_enum, default_value_t = PlacementArg::Locality, requires = "cluster")]
+    placement: PlacementArg,
+    /// With --cluster: start with the data spread over the nodes, round robin.
+    #[arg(long, requires = "cluster")]
+    spread: bool,
+    /// With --cluster: write the result's bytes to this file.
+    #[arg(short, long, value_name = "FILE", requires = "cluster")]
+    output: Option<PathBuf>,
+    /// With --cluster: the seed of random placement.
+    #[arg(long, default_value_t = 1, requires = "cluster")]
+    seed: u64,
+}
+
+const DEFAULT_CLUSTER_STATE: &str = "cairn-cluster.json";
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlacementArg {
+    /// Where the fewest input bytes must move; by load when inputs are small.
+    Locality,
+    /// Anywhere, at random (the baseline to compare with).
+    Random,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Boot N nodes on one virtual L2 network (in the background) and print their API ports.
+    Up(ClusterUpArgs),
+    /// Stop the cluster's nodes.
+    Down(ClusterStateArg),
+    /// The cluster's daemon (started by `up`).
+    #[command(hide = true)]
+    Serve(ClusterUpArgs),
+}
+
+#[derive(Args)]
+struct ClusterStateArg {
+    /// Where the cluster's state (node API ports, pids) is kept.
+    #[arg(long, default_value = DEFAULT_CLUSTER_STATE)]
+    state: PathBuf,
+}
+
+#[derive(Args)]
+struct ClusterUpArgs {
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Guest memory of each node, in MiB.
+    #[arg(long, default_value_t = 512)]
+    memory: u32,
+    #[arg(long, default_value = "tcg", value_parser = ["tcg", "kvm"])]
+    accel: String,
+    /// Give node INDEX a deliberate fault (tests): INDEX=corrupt-objects.
+    #[arg(long, value_name = "INDEX=FAULT")]
+    fault: Vec<String>,
+    #[command(flatten)]
+    state: ClusterStateArg,
 }
 
 #[derive(Args)]
@@ -285,6 +354,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Submit(args)) => submit(&args),
         Some(Command::Replay(args)) => replay(&args),
         Some(Command::Journal(command)) => journal(&command),
+        Some(Command::Cluster(command)) => cluster(&command),
         Some(Command::Selftest(args)) => boot_and_stream(&args, Mode::Selftest),
         Some(Command::Image(args)) => write_image(&args),
         Some(Command::Hash(args)) => hash(&args),
@@ -344,6 +414,7 @@ fn bench_net(boot: &BootArgs, mib: u64) -> anyhow::Result<Vec<(String, f64, Stri
         config: NodeConfig { mode: Mode::Serve, log_level: boot.log.into(), ip: None, ..NodeConfig::default() },
         raw_config: None,
         api_port: Some(port),
+        cluster_link: None,
     };
     eprintln!("cairn: booting a node for the network benchmark ({}, {accel}, {memory_mib} MiB)", opts.firmware);
     let mut vm = Vm::boot(&opts)?;
@@ -454,6 +525,7 @@ fn boot_and_watch_on(
         config: NodeConfig { log_level: args.log.into(), ..config },
         raw_config: None,
         api_port,
+        cluster_link: None,
     };
     eprintln!(
         "cairn: booting a node ({}, {}, {} MiB, mode {})",
@@ -539,10 +611,16 @@ fn get(args: &GetArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn eval(args: &EvalArgs) -> anyhow::Result<ExitCode> {
+/// The root and every object of what `eval` was asked to evaluate.
+fn eval_objects(args: &EvalArgs) -> anyhow::Result<(cairn_object::Handle, Vec<(cairn_object::Handle, Vec<u8>)>)> {
     use cairn_object::{Handle, Kind, Limits};
-    let mut client = cairn_tools::client::Client::connect(&args.node.node)?;
-    let elf = std::fs::read(&args.task).with_context(|| format!("cannot read {}", args.task.display()))?;
+    if let Some(job) = &args.job {
+        let job = cairn_tools::jobfile::JobFile::read(job)?;
+        anyhow::ensure!(job.manifest.grants().is_empty(), "eval runs pure work; a job with capabilities goes to `cairn submit`");
+        return Ok((job.root, job.objects));
+    }
+    let task = args.task.as_ref().expect("clap requires TASK without --job");
+    let elf = std::fs::read(task).with_context(|| format!("cannot read {}", task.display()))?;
     let mut objects: Vec<(Handle, Vec<u8>)> = vec![(Handle::blob(&elf), elf)];
     let mut arg_handles = Vec::new();
     for arg in &args.args {
@@ -560,27 +638,113 @@ fn eval(args: &EvalArgs) -> anyhow::Result<ExitCode> {
     let thunk_bytes = cairn_object::thunk::encode(limits, objects[0].0, &arg_handles).map_err(|p| anyhow::anyhow!("{p}"))?;
     let thunk = cairn_object::store::name(Kind::Thunk, &thunk_bytes)?;
     objects.push((thunk, thunk_bytes));
-    // Upload only what the node lacks.
-    let missing = client.missing(&objects.iter().map(|(h, _)| *h).collect::<Vec<_>>())?;
-    for (handle, bytes) in objects.iter().filter(|(h, _)| missing.contains(h)) {
-        client.put(*handle, bytes, |_| {})?;
+    Ok((thunk, objects))
+}
+
+fn eval(args: &EvalArgs) -> anyhow::Result<ExitCode> {
+    let (root, objects) = eval_objects(args)?;
+    if let Some(state) = &args.cluster {
+        return eval_on_cluster(args, state, root, objects);
     }
-    let evaluated = client.eval(thunk)?;
+    let mut client = cairn_tools::client::Client::connect(&args.node.node)?;
+    // Upload only what the node lacks.
+    let uploaded = client.upload_missing(&objects)?;
+    let evaluated = client.eval(root)?;
     eprintln!(
         "cairn: {} ({} tasks run, {} memo hits, {} us; uploaded {} of {} objects)",
-        thunk,
+        root,
         evaluated.tasks_run,
         evaluated.memo_hits,
         evaluated.micros,
-        missing.len(),
+        uploaded,
         objects.len()
     );
     println!("{}", evaluated.result);
-    if evaluated.result.kind() == Kind::Blob && evaluated.result.size() <= 64 {
-        let value = client.get(evaluated.result, |_, _| {})?;
-        match std::str::from_utf8(&value) {
-            Ok(text) if text.chars().all(|c| !c.is_control() || c == '\n') => println!("{}", text.trim_end()),
-            _ => println!("{}", value.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+    if evaluated.result.size() <= 64 {
+        print_value(&mut client, evaluated.result)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval_on_cluster(
+    args: &EvalArgs,
+    state: &std::path::Path,
+    root: cairn_object::Handle,
+    objects: Vec<(cairn_object::Handle, Vec<u8>)>,
+) -> anyhow::Result<ExitCode> {
+    use cairn_tools::cluster::{graph, lifecycle, run};
+    let state = lifecycle::State::read(state)?;
+    let objects: std::collections::HashMap<_, _> = objects.into_iter().collect();
+    let graph = graph::Graph::build(root, |h| objects.get(h).cloned())?;
+    let options = run::Options {
+        placement: match args.placement {
+            PlacementArg::Locality => graph::Placement::Locality,
+            PlacementArg::Random => graph::Placement::Random,
+        },
+        verify: args.verify,
+        spread: args.spread,
+        seed: args.seed,
+    };
+    let report = run::run(&graph, &objects, &state.nodes, options, &mut |line| eprintln!("{line}"))?;
+    let result = report.result.ok_or_else(|| anyhow::anyhow!("the evaluation ended without a result"))?;
+    let runs: Vec<String> = report.runs.iter().map(|(node, n)| format!("node {node}: {n}")).collect();
+    eprintln!(
+        "cairn: {} tasks on {} nodes in {:.2} s ({}; {} from memos); moved between nodes {} bytes, uploaded {} bytes{}",
+        report.tasks,
+        state.nodes.len(),
+        report.wall.as_secs_f64(),
+        if runs.is_empty() { "none run".to_string() } else { runs.join(", ") },
+        report.recalled,
+        report.moved_bytes,
+        report.uploaded_bytes,
+        if report.lost_nodes.is_empty() { String::new() } else { format!("; lost nodes {:?}", report.lost_nodes) }
+    );
+    println!("{result}");
+    if args.verify {
+        if report.mismatches.is_empty() {
+            println!("verify: every task gave the same result on two nodes");
+        } else {
+            for m in &report.mismatches {
+                println!("verify: MISMATCH {}: node {} -> {}, node {} -> {}", m.thunk, m.first.0, m.first.1, m.second.0, m.second.1);
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    if let Some(path) = &args.output {
+        let value = report.value.as_ref().ok_or_else(|| anyhow::anyhow!("the result's bytes were not fetched"))?;
+        std::fs::write(path, value).with_context(|| format!("cannot write {}", path.display()))?;
+    } else if let Some(text) = report.value.as_ref().filter(|v| v.len() <= 4096).and_then(|v| std::str::from_utf8(v).ok()) {
+        println!("{}", text.trim_end());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cluster(command: &ClusterCommand) -> anyhow::Result<ExitCode> {
+    use cairn_tools::cluster::lifecycle;
+    let options = |args: &ClusterUpArgs| -> anyhow::Result<lifecycle::UpOptions> {
+        Ok(lifecycle::UpOptions {
+            nodes: args.nodes,
+            memory_mib: args.memory,
+            accel: args.accel.parse().map_err(anyhow::Error::msg)?,
+            faults: args.fault.iter().map(|f| lifecycle::parse_fault(f)).collect::<anyhow::Result<_>>()?,
+        })
+    };
+    match command {
+        ClusterCommand::Up(args) => {
+            let state = lifecycle::up(&options(args)?, &args.state.state)?;
+            for node in &state.nodes {
+                let [a, b, c, d] = node.cluster_ip;
+                println!("node {}  api {}  cluster {a}.{b}.{c}.{d}  qemu pid {}", node.index, node.api, node.qemu_pid);
+            }
+            println!("cluster up: {} nodes (state {}, consoles in {})", state.nodes.len(), args.state.state.display(), state.log.display());
+        }
+        ClusterCommand::Down(args) => {
+            let state = lifecycle::down(&args.state)?;
+            println!("cluster down: {} nodes stopped", state.nodes.len());
+        }
+        ClusterCommand::Serve(args) => {
+            let mut log = std::io::stderr();
+            lifecycle::serve(&options(args)?, &args.state.state, &mut log)?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -62,6 +62,17 @@ pub struct NodeOptions {
     pub raw_config: Option<Vec<u8>>,
     /// Forward the node API (guest port 7070) to this port on 127.0.0.1.
     pub api_port: Option<u16>,
+    /// A second network card on the cluster's virtual L2 (docs/CLUSTER.md).
+    pub cluster_link: Option<ClusterLink>,
+}
+
+/// A node's card on the cluster network: Ethernet frames go as UDP datagrams between
+/// 127.0.0.1:`local_port` and the hub at 127.0.0.1:`hub_port`.
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterLink {
+    pub hub_port: u16,
+    pub local_port: u16,
+    pub mac: [u8; 6],
 }
 
 impl Default for NodeOptions {
@@ -73,6 +84,7 @@ impl Default for NodeOptions {
             config: NodeConfig::default(),
             raw_config: None,
             api_port: None,
+            cluster_link: None,
         }
     }
 }
@@ -193,6 +205,16 @@ impl Vm {
             None => "user,id=net0".to_string(),
         };
         cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"]);
+        if let Some(link) = opts.cluster_link {
+            // Second on the PCI bus, so the kernel finds it as card 1.
+            let mac = link.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+            cmd.args([
+                "-netdev",
+                &format!("socket,id=net1,udp=127.0.0.1:{},localaddr=127.0.0.1:{}", link.hub_port, link.local_port),
+                "-device",
+                &format!("virtio-net-pci,netdev=net1,mac={mac}"),
+            ]);
+        }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the
         // parent; it makes the kernel kill QEMU if cairn dies without running any cleanup.

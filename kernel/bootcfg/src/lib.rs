@@ -11,6 +11,7 @@
 extern crate alloc;
 
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
 
 /// What the node does once it is up.
@@ -86,14 +87,47 @@ pub struct NodeConfig {
     pub ip: Option<StaticIp>,
     /// The node API closes a connection that moves no bytes for this many seconds.
     pub api_idle_s: u32,
+    /// The node's address on the cluster network (its second network card), if it is in one.
+    pub cluster_ip: Option<StaticIp>,
+    /// The other nodes of the cluster, by cluster address (docs/CLUSTER.md).
+    pub peers: Vec<[u8; 4]>,
+    /// A deliberate fault, for tests of the nodes that must catch it.
+    pub fault: Fault,
+}
+
+/// Faults a node can be told to have (tests only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Every object this node sends in answer to GET has its first byte flipped.
+    CorruptObjects,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 2] = [Fault::None, Fault::CorruptObjects];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::None => "none",
+            Fault::CorruptObjects => "corrupt-objects",
+        }
+    }
 }
 
 pub const DEFAULT_API_IDLE_S: u32 = 60;
-const KEYS: &str = "mode, log, ip, gateway, api_idle_s";
+const KEYS: &str = "mode, log, ip, gateway, api_idle_s, cluster_ip, peers, fault";
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { mode: Mode::Job, log_level: LogLevel::Info, ip: None, api_idle_s: DEFAULT_API_IDLE_S }
+        NodeConfig {
+            mode: Mode::Job,
+            log_level: LogLevel::Info,
+            ip: None,
+            api_idle_s: DEFAULT_API_IDLE_S,
+            cluster_ip: None,
+            peers: Vec::new(),
+            fault: Fault::None,
+        }
     }
 }
 
@@ -155,7 +189,7 @@ impl NodeConfig {
         let text = core::str::from_utf8(bytes)
             .map_err(|e| ConfigError::NotUtf8 { byte: e.valid_up_to() })?;
         let mut config = NodeConfig::default();
-        let mut seen: alloc::vec::Vec<&str> = alloc::vec::Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
         let mut gateway = None;
         for (index, raw) in text.lines().enumerate() {
             let line = index + 1;
@@ -182,6 +216,32 @@ impl NodeConfig {
                     config.ip = Some(StaticIp { address, prefix, gateway: None });
                 }
                 "gateway" => gateway = Some(parse_ipv4(value).ok_or_else(|| bad("an IPv4 address, like 10.0.2.2"))?),
+                "cluster_ip" => {
+                    let bad = |expected| ConfigError::BadValue { line, key: "cluster_ip", value: value.into(), expected };
+                    let (address, prefix) = value.split_once('/').ok_or_else(|| bad("an IPv4 address with a prefix, like 10.1.0.2/24"))?;
+                    let address = parse_ipv4(address).ok_or_else(|| bad("an IPv4 address with a prefix, like 10.1.0.2/24"))?;
+                    let prefix: u8 = prefix.parse().ok().filter(|p| (1..=32).contains(p)).ok_or_else(|| bad("a prefix length from 1 to 32"))?;
+                    config.cluster_ip = Some(StaticIp { address, prefix, gateway: None });
+                }
+                "peers" => {
+                    for peer in value.split_whitespace() {
+                        let ip = parse_ipv4(peer).ok_or_else(|| ConfigError::BadValue {
+                            line,
+                            key: "peers",
+                            value: value.into(),
+                            expected: "IPv4 addresses separated by spaces",
+                        })?;
+                        config.peers.push(ip);
+                    }
+                }
+                "fault" => {
+                    config.fault = Fault::ALL.into_iter().find(|f| f.name() == value).ok_or_else(|| ConfigError::BadValue {
+                        line,
+                        key: "fault",
+                        value: value.into(),
+                        expected: "none, corrupt-objects",
+                    })?
+                }
                 "api_idle_s" => {
                     config.api_idle_s = value.parse().ok().filter(|s| (1..=86_400).contains(s)).ok_or_else(|| ConfigError::BadValue {
                         line,
@@ -235,6 +295,16 @@ impl NodeConfig {
             if let Some(gw) = ip.gateway {
                 out.push_str(&alloc::format!("gateway = {}\n", fmt_ipv4(gw)));
             }
+        }
+        if let Some(ip) = self.cluster_ip {
+            out.push_str(&alloc::format!("cluster_ip = {}/{}\n", fmt_ipv4(ip.address), ip.prefix));
+        }
+        if !self.peers.is_empty() {
+            let peers: Vec<String> = self.peers.iter().map(|p| fmt_ipv4(*p)).collect();
+            out.push_str(&alloc::format!("peers = {}\n", peers.join(" ")));
+        }
+        if self.fault != Fault::None {
+            out.push_str(&alloc::format!("fault = {}\n", self.fault.name()));
         }
         if self.api_idle_s != DEFAULT_API_IDLE_S {
             out.push_str(&alloc::format!("api_idle_s = {}\n", self.api_idle_s));
@@ -297,6 +367,18 @@ mod tests {
     }
 
     #[test]
+    fn cluster_keys() {
+        let c = NodeConfig::parse(b"cluster_ip = 10.1.0.2/24\npeers = 10.1.0.1  10.1.0.3\nfault = corrupt-objects\n").unwrap();
+        assert_eq!(c.cluster_ip, Some(StaticIp { address: [10, 1, 0, 2], prefix: 24, gateway: None }));
+        assert_eq!(c.peers, [[10, 1, 0, 1], [10, 1, 0, 3]]);
+        assert_eq!(c.fault, Fault::CorruptObjects);
+        for (bad, key) in [("cluster_ip = 10.1.0.2", "cluster_ip"), ("peers = 10.1.0.1 nope", "peers"), ("fault = melt", "fault")] {
+            let err = NodeConfig::parse(bad.as_bytes()).unwrap_err();
+            assert!(matches!(err, ConfigError::BadValue { key: k, .. } if k == key), "{bad}: {err:?}");
+        }
+    }
+
+    #[test]
     fn api_idle_timeout() {
         assert_eq!(NodeConfig::parse(b"api_idle_s = 5").unwrap().api_idle_s, 5);
         assert_eq!(NodeConfig::parse(b"").unwrap().api_idle_s, DEFAULT_API_IDLE_S);
@@ -308,9 +390,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn render_round_trips(mode in 0..6usize, level in 0..5usize, ip in proptest::option::of((any::<[u8; 4]>(), 1u8..=32, proptest::option::of(any::<[u8; 4]>()))), api_idle_s in 1u32..=86_400) {
+        fn render_round_trips(mode in 0..6usize, level in 0..5usize, ip in proptest::option::of((any::<[u8; 4]>(), 1u8..=32, proptest::option::of(any::<[u8; 4]>()))), api_idle_s in 1u32..=86_400,
+            cluster_ip in proptest::option::of((any::<[u8; 4]>(), 1u8..=32)), peers in proptest::collection::vec(any::<[u8; 4]>(), 0..4), fault in 0..2usize) {
+            let cluster_ip = cluster_ip.map(|(address, prefix)| StaticIp { address, prefix, gateway: None });
             let ip = ip.map(|(address, prefix, gateway)| StaticIp { address, prefix, gateway });
-            let config = NodeConfig { mode: Mode::ALL[mode], log_level: LogLevel::ALL[level], ip, api_idle_s };
+            let config = NodeConfig { mode: Mode::ALL[mode], log_level: LogLevel::ALL[level], ip, api_idle_s, cluster_ip, peers, fault: Fault::ALL[fault] };
             prop_assert_eq!(NodeConfig::parse(config.render().as_bytes()).unwrap(), config);
         }
 

@@ -136,7 +136,7 @@ fn run(config: &NodeConfig, memory: &memory::MemoryReport) -> Status {
 
 /// Brings up the network (DHCP) and serves the node API until the VM is stopped.
 fn serve(config: &NodeConfig) -> Status {
-    let mut network = match net::Network::start(config.ip) {
+    let mut network = match net::Network::start(0, config.ip) {
         Ok(network) => network,
         Err(e) => {
             log::warn!("network: {}; serving without one", e.0);
@@ -145,9 +145,31 @@ fn serve(config: &NodeConfig) -> Status {
             }
         }
     };
+    // The cluster network: a second card with a static address (docs/CLUSTER.md).
+    let mut cluster = config.cluster_ip.and_then(|ip| match net::Network::start(1, Some(ip)) {
+        Ok(cluster) => Some(cluster),
+        Err(e) => {
+            log::warn!("cluster network: {}; serving without one", e.0);
+            None
+        }
+    });
     let (mut ev, _procedures) = jobs::node_evaluator(memory::heap::usage().1 as u64 / 2);
-    let node_id = *blake3::hash(&network.device.mac()).as_bytes();
-    let mut api = net::api::Api::new(&mut network, node_id, config.api_idle_s);
+    let mut id_source = alloc::vec::Vec::from(network.device.mac());
+    if let Some(cluster) = &cluster {
+        id_source.extend_from_slice(&cluster.device.mac());
+    }
+    let node_id = *blake3::hash(&id_source).as_bytes();
+    let cluster_text = match (&cluster, config.cluster_ip) {
+        (Some(_), Some(ip)) => {
+            let [a, b, c, d] = ip.address;
+            let peers: alloc::vec::Vec<alloc::string::String> =
+                config.peers.iter().map(|[a, b, c, d]| alloc::format!("{a}.{b}.{c}.{d}")).collect();
+            alloc::format!("cluster_ip={a}.{b}.{c}.{d}\npeers={}\n", peers.join(","))
+        }
+        _ => alloc::string::String::new(),
+    };
+    let mut api = net::api::Api::new(&mut network, node_id, config, cluster_text.clone());
+    let mut cluster_api = cluster.as_mut().map(|c| net::api::Api::new(c, node_id, config, cluster_text));
     let mut jobs = net::jobs::Jobs::default();
     let started = arch::clock::micros_since_boot();
     let mut announced = false;
@@ -155,6 +177,10 @@ fn serve(config: &NodeConfig) -> Status {
     loop {
         network.device.rearm();
         let configured = network.poll();
+        if let Some(cluster) = cluster.as_mut() {
+            cluster.device.rearm();
+            cluster.poll();
+        }
         if configured && !announced {
             announced = true;
             if let Some((cidr, gateway)) = network.address {
@@ -166,16 +192,32 @@ fn serve(config: &NodeConfig) -> Status {
                 };
                 println!("cairn: net ip={cidr} gateway={gw} {how} api_port={}", net::api::PORT);
             }
+            if let Some((cidr, _)) = cluster.as_ref().and_then(|c| c.address) {
+                println!("cairn: cluster ip={cidr} peers={}", config.peers.len());
+            }
         }
         let mut busy = api.poll(&mut network, &mut ev, &mut jobs);
+        if let (Some(cluster_api), Some(cluster)) = (cluster_api.as_mut(), cluster.as_mut()) {
+            busy |= cluster_api.poll(cluster, &mut ev, &mut jobs);
+        }
         while let Some(queued) = api.next_work() {
-            let answer = jobs.run(queued.work.clone(), &mut network, &mut ev);
+            let answer = jobs.run(queued.work.clone(), &mut network, cluster.as_mut(), &mut ev);
             api.deliver(queued, answer);
+            busy = true;
+        }
+        while let Some(queued) = cluster_api.as_mut().and_then(|a| a.next_work()) {
+            let answer = jobs.run(queued.work.clone(), &mut network, cluster.as_mut(), &mut ev);
+            if let Some(cluster_api) = cluster_api.as_mut() {
+                cluster_api.deliver(queued, answer);
+            }
             busy = true;
         }
         if busy {
             // Replies go out on this round rather than the next tick.
             network.poll();
+            if let Some(cluster) = cluster.as_mut() {
+                cluster.poll();
+            }
         } else {
             // The timer (100 Hz) or a device interrupt wakes us to poll again.
             let halted = arch::clock::micros_since_boot();

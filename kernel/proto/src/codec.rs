@@ -19,6 +19,9 @@ mod kind {
     pub const SUBMIT: u8 = 0x09;
     pub const REPLAY: u8 = 0x0a;
     pub const JOURNAL: u8 = 0x0b;
+    pub const FETCH: u8 = 0x0c;
+    pub const RECALL: u8 = 0x0d;
+    pub const EVAL_FRESH: u8 = 0x0e;
     pub const WELCOME: u8 = 0x81;
     pub const MISSING: u8 = 0x82;
     pub const STORED: u8 = 0x83;
@@ -31,6 +34,8 @@ mod kind {
     pub const JOB_DONE: u8 = 0x8c;
     pub const JOB_FAILED: u8 = 0x8d;
     pub const REPLAYED: u8 = 0x8e;
+    pub const FETCHED: u8 = 0x8f;
+    pub const RECALLED: u8 = 0x90;
     pub const ERROR: u8 = 0xff;
 }
 
@@ -49,6 +54,7 @@ fn kind_of(message: &Message) -> u8 {
         Message::ObjectBegin { .. } => kind::OBJECT_BEGIN,
         Message::ObjectChunk { .. } => kind::OBJECT_CHUNK,
         Message::Eval { .. } => kind::EVAL,
+        Message::EvalFresh { .. } => kind::EVAL_FRESH,
         Message::Evaluated { .. } => kind::EVALUATED,
         Message::EvalFailed { .. } => kind::EVAL_FAILED,
         Message::Stats => kind::STATS,
@@ -60,6 +66,10 @@ fn kind_of(message: &Message) -> u8 {
         Message::Replay { .. } => kind::REPLAY,
         Message::Replayed { .. } => kind::REPLAYED,
         Message::Journal { .. } => kind::JOURNAL,
+        Message::Fetch { .. } => kind::FETCH,
+        Message::Fetched { .. } => kind::FETCHED,
+        Message::Recall { .. } => kind::RECALL,
+        Message::Recalled { .. } => kind::RECALLED,
     }
 }
 
@@ -80,7 +90,24 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             out.extend_from_slice(&max_frame.to_le_bytes());
             out.extend_from_slice(&offers.to_le_bytes());
         }
-        Message::Have { handles } | Message::Missing { handles } => {
+        Message::Fetch { from: (ip, port), handles } => {
+            out.extend_from_slice(ip);
+            out.extend_from_slice(&port.to_le_bytes());
+            for h in handles {
+                out.extend_from_slice(h.as_bytes());
+            }
+        }
+        Message::Fetched { objects, bytes } => {
+            out.extend_from_slice(&objects.to_le_bytes());
+            out.extend_from_slice(&bytes.to_le_bytes());
+        }
+        Message::Recalled { entries } => {
+            for (thunk, value) in entries {
+                out.extend_from_slice(thunk.as_bytes());
+                out.extend_from_slice(value.as_bytes());
+            }
+        }
+        Message::Recall { thunks: handles } | Message::Have { handles } | Message::Missing { handles } => {
             for h in handles {
                 out.extend_from_slice(h.as_bytes());
             }
@@ -100,6 +127,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Message::Stored { handle }
         | Message::Get { handle }
         | Message::Eval { handle }
+        | Message::EvalFresh { handle }
         | Message::Submit { job: handle }
         | Message::Replay { handle }
         | Message::Journal { journal: handle } => out.extend_from_slice(handle.as_bytes()),
@@ -208,6 +236,15 @@ pub(crate) fn peek(buf: &[u8]) -> Result<Peek, ProtoError> {
     Ok(Peek::PutChunk { request, offset: u64::from_le_bytes(offset.try_into().expect("8 bytes")), len: payload - 8 })
 }
 
+/// An error found in a part of a payload that starts `by` bytes in.
+fn shift(error: ProtoError, by: usize) -> ProtoError {
+    match error {
+        ProtoError::Malformed { kind, at, what } => ProtoError::Malformed { kind, at: at + by, what },
+        ProtoError::BadHandle { kind, at, error } => ProtoError::BadHandle { kind, at: at + by, error },
+        other => other,
+    }
+}
+
 struct Payload<'a> {
     kind: u8,
     bytes: &'a [u8],
@@ -274,6 +311,24 @@ impl Payload<'_> {
                 }
             }
             kind::HAVE => Message::Have { handles: self.handles()? },
+            kind::RECALL => Message::Recall { thunks: self.handles()? },
+            kind::FETCH => {
+                let head = self.bytes.get(..6).ok_or_else(|| self.malformed(0, "expected an address and a port"))?;
+                let from = ([head[0], head[1], head[2], head[3]], u16::from_le_bytes([head[4], head[5]]));
+                let rest = Payload { kind: self.kind, bytes: &self.bytes[6..] };
+                Message::Fetch { from, handles: rest.handles().map_err(|e| shift(e, 6))? }
+            }
+            kind::FETCHED => {
+                self.exact(16)?;
+                Message::Fetched { objects: self.u64_at(0)?, bytes: self.u64_at(8)? }
+            }
+            kind::RECALLED => {
+                let handles = self.handles()?;
+                if handles.len() % 2 != 0 {
+                    return Err(self.malformed(self.bytes.len(), "expected pairs of handles"));
+                }
+                Message::Recalled { entries: handles.chunks(2).map(|p| (p[0], p[1])).collect() }
+            }
             kind::MISSING => Message::Missing { handles: self.handles()? },
             kind::PUT => Message::Put { handle: self.handle(0)?, bytes: self.bytes[Handle::LEN..].to_vec() },
             kind::OBJECT => Message::Object { handle: self.handle(0)?, bytes: self.bytes[Handle::LEN..].to_vec() },
@@ -297,7 +352,7 @@ impl Payload<'_> {
                 let (offset, bytes) = self.chunk()?;
                 Message::ObjectChunk { offset, bytes }
             }
-            kind::STORED | kind::GET | kind::EVAL | kind::SUBMIT | kind::REPLAY | kind::JOURNAL => {
+            kind::STORED | kind::GET | kind::EVAL | kind::EVAL_FRESH | kind::SUBMIT | kind::REPLAY | kind::JOURNAL => {
                 self.exact(Handle::LEN)?;
                 let handle = self.handle(0)?;
                 match self.kind {
@@ -306,6 +361,7 @@ impl Payload<'_> {
                     kind::SUBMIT => Message::Submit { job: handle },
                     kind::REPLAY => Message::Replay { handle },
                     kind::JOURNAL => Message::Journal { journal: handle },
+                    kind::EVAL_FRESH => Message::EvalFresh { handle },
                     _ => Message::Eval { handle },
                 }
             }

@@ -33,6 +33,8 @@ pub mod offers {
     pub const STATS: u64 = 1 << 4;
     /// SUBMIT, REPLAY and JOURNAL (docs/IO.md).
     pub const JOBS: u64 = 1 << 5;
+    /// FETCH and RECALL (docs/CLUSTER.md).
+    pub const CLUSTER: u64 = 1 << 6;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +63,9 @@ pub enum Message {
     ObjectChunk { offset: u64, bytes: Vec<u8> },
     /// Client → node: evaluate a thunk (or any handle).
     Eval { handle: Handle },
+    /// Client → node: evaluate without reading or writing the memo (every task runs again;
+    /// for verification). Answered like EVAL.
+    EvalFresh { handle: Handle },
     /// Node → client: the value, and what it took.
     Evaluated { result: Handle, tasks_run: u64, memo_hits: u64, micros: u64 },
     /// Node → client: the evaluation failed; `thunk` is the failing thunk.
@@ -84,6 +89,15 @@ pub enum Message {
     /// Client → node: remember this journal (already stored, with its job and responses) as the
     /// latest of its job. Answered with STORED.
     Journal { journal: Handle },
+    /// Client → node: get these objects from the peer node at `from` (its cluster address and
+    /// API port), checking each on receipt; the ones already here are skipped.
+    Fetch { from: ([u8; 4], u16), handles: Vec<Handle> },
+    /// Node → client: the objects are here; how many were fetched and their bytes.
+    Fetched { objects: u64, bytes: u64 },
+    /// Client → node: which of these thunks has the node's memo a value for?
+    Recall { thunks: Vec<Handle> },
+    /// Node → client: `(thunk, value)` for each one remembered, in the order asked.
+    Recalled { entries: Vec<(Handle, Handle)> },
     /// Either way: the request (or the connection, for request id 0) failed.
     Error { code: ErrorCode, message: String },
 }

@@ -47,10 +47,13 @@ pub trait NodeApi {
     fn put_upload(&mut self, handle: &Handle, buffer: Box<dyn UploadBuffer>) -> Result<(), StoreError>;
     /// Evaluates `handle`: the result and (tasks run, memo hits, microseconds), or the failing
     /// thunk and why.
-    fn eval(&mut self, handle: &Handle) -> Result<(Handle, [u64; 3]), (Handle, String)>;
+    /// With `fresh`, the memo is neither read nor written.
+    fn eval(&mut self, handle: &Handle, fresh: bool) -> Result<(Handle, [u64; 3]), (Handle, String)>;
     fn stats(&self) -> String;
     /// Remembers a stored journal as the latest of its job; the job's handle, or why not.
     fn adopt_journal(&mut self, journal: &Handle) -> Result<Handle, String>;
+    /// The value the memo holds for `thunk`, if it remembers one.
+    fn recall(&self, thunk: &Handle) -> Option<Handle>;
 }
 
 /// Requests that need more than the store and evaluator (the network, for IO): the session
@@ -59,6 +62,7 @@ pub trait NodeApi {
 pub enum Work {
     Submit { job: Handle },
     Replay { handle: Handle },
+    Fetch { from: ([u8; 4], u16), handles: Vec<Handle> },
 }
 
 /// An upload in progress.
@@ -257,7 +261,7 @@ impl Session {
                     version: VERSION,
                     node_id: node.node_id(),
                     max_frame: MAX_FRAME as u32,
-                    offers: offers::HAVE | offers::PUT | offers::GET | offers::EVAL | offers::STATS | offers::JOBS,
+                    offers: offers::HAVE | offers::PUT | offers::GET | offers::EVAL | offers::STATS | offers::JOBS | offers::CLUSTER,
                 },
             ),
             Message::Have { handles } => {
@@ -291,7 +295,7 @@ impl Session {
                     self.downloads.push_back(Download { request, bytes, sent: 0 });
                 }
             },
-            Message::Eval { handle } => match node.eval(&handle) {
+            Message::Eval { handle } | Message::EvalFresh { handle } => match node.eval(&handle, matches!(frame.message, Message::EvalFresh { .. })) {
                 Ok((result, [tasks_run, memo_hits, micros])) => {
                     self.send(request, Message::Evaluated { result, tasks_run, memo_hits, micros })
                 }
@@ -303,6 +307,11 @@ impl Session {
             }
             Message::Submit { job } => self.work.push_back((request, Work::Submit { job })),
             Message::Replay { handle } => self.work.push_back((request, Work::Replay { handle })),
+            Message::Fetch { from, handles } => self.work.push_back((request, Work::Fetch { from, handles })),
+            Message::Recall { thunks } => {
+                let entries = thunks.iter().filter_map(|t| node.recall(t).map(|v| (*t, v))).collect();
+                self.send(request, Message::Recalled { entries });
+            }
             Message::Journal { journal } => match node.adopt_journal(&journal) {
                 Ok(_) => self.send(request, Message::Stored { handle: journal }),
                 Err(why) => self.error(request, ErrorCode::NotFound, why),
@@ -366,11 +375,14 @@ mod tests {
         fn put_upload(&mut self, h: &Handle, buffer: Box<dyn UploadBuffer>) -> Result<(), StoreError> {
             self.store.put_verified(h, buffer.into_bytes())
         }
-        fn eval(&mut self, h: &Handle) -> Result<(Handle, [u64; 3]), (Handle, String)> {
+        fn eval(&mut self, h: &Handle, _fresh: bool) -> Result<(Handle, [u64; 3]), (Handle, String)> {
             if h.kind() == Kind::Blob { Ok((*h, [0, 0, 1])) } else { Err((*h, "no tasks here".into())) }
         }
         fn stats(&self) -> String {
             format!("objects={}", self.store.stats().objects)
+        }
+        fn recall(&self, thunk: &Handle) -> Option<Handle> {
+            (thunk.kind() == Kind::Thunk).then(|| Handle::blob(b"remembered"))
         }
         fn adopt_journal(&mut self, journal: &Handle) -> Result<Handle, String> {
             if self.store.contains(journal) { Ok(*journal) } else { Err(format!("{journal} is not on this node")) }

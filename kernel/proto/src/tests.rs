@@ -33,6 +33,7 @@ fn message() -> impl Strategy<Value = Message> {
         handle().prop_map(|handle| Message::ObjectBegin { handle, len: handle.size() }),
         (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(offset, bytes)| Message::ObjectChunk { offset, bytes }),
         handle().prop_map(|handle| Message::Eval { handle }),
+        handle().prop_map(|handle| Message::EvalFresh { handle }),
         (handle(), any::<u64>(), any::<u64>(), any::<u64>())
             .prop_map(|(result, tasks_run, memo_hits, micros)| Message::Evaluated { result, tasks_run, memo_hits, micros }),
         (handle(), text(60)).prop_map(|(thunk, failure)| Message::EvalFailed { thunk, failure }),
@@ -45,6 +46,10 @@ fn message() -> impl Strategy<Value = Message> {
         (handle(), handle(), handle(), proptest::option::of(handle()))
             .prop_map(|(job, journal, result, recorded)| Message::Replayed { job, journal, result, recorded }),
         handle().prop_map(|journal| Message::Journal { journal }),
+        (any::<[u8; 4]>(), any::<u16>(), proptest::collection::vec(handle(), 0..10)).prop_map(|(ip, port, handles)| Message::Fetch { from: (ip, port), handles }),
+        (any::<u64>(), any::<u64>()).prop_map(|(objects, bytes)| Message::Fetched { objects, bytes }),
+        proptest::collection::vec(handle(), 0..10).prop_map(|thunks| Message::Recall { thunks }),
+        proptest::collection::vec((handle(), handle()), 0..10).prop_map(|entries| Message::Recalled { entries }),
         (0usize..6, text(60)).prop_map(|(c, message)| Message::Error {
             code: [ErrorCode::BadFrame, ErrorCode::WrongHash, ErrorCode::NotFound, ErrorCode::StoreFull, ErrorCode::Unexpected, ErrorCode::Internal][c],
             message

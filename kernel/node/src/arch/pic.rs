@@ -1,7 +1,7 @@
 //! The legacy 8259 interrupt controllers, remapped to vectors 32..48, with only the lines the
 //! kernel handles unmasked. A unikernel on one CPU needs nothing more elaborate yet.
 
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU16, Ordering};
 
 use x86_64::instructions::port::Port;
 
@@ -34,13 +34,15 @@ pub fn init() {
 }
 
 /// The network card's interrupt line, once it has one (0xff: none).
-static NET_IRQ: AtomicU8 = AtomicU8::new(0xff);
+/// Lines of devices whose interrupts only wake the node: masked when they fire, unmasked by
+/// the driver once it has looked (bit per IRQ).
+static DEVICE_IRQS: AtomicU16 = AtomicU16::new(0);
 
 /// Routes a device's level-triggered line: on each interrupt the line is masked (the device
 /// keeps it asserted until its driver acknowledges it), and the main loop, woken from `hlt`,
 /// acknowledges the device and calls [`unmask`].
 pub fn route_device(irq: u8) {
-    NET_IRQ.store(irq, Ordering::Relaxed);
+    DEVICE_IRQS.fetch_or(1 << irq, Ordering::Relaxed);
     unmask(irq);
 }
 
@@ -69,7 +71,7 @@ pub fn handle_irq(irq: u8) {
     }
     if irq == TIMER_IRQ {
         super::clock::on_tick();
-    } else if irq == NET_IRQ.load(Ordering::Relaxed) {
+    } else if DEVICE_IRQS.load(Ordering::Relaxed) & (1 << irq) != 0 {
         set_mask(irq, true);
     }
     eoi(irq);

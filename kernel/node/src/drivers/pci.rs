@@ -36,12 +36,14 @@ impl ConfigurationAccess for PortCam {
     }
 }
 
-/// The first virtio network device on bus 0 (where QEMU puts its devices).
-pub fn find_virtio_net() -> Option<(PciRoot<PortCam>, DeviceFunction)> {
+/// The `nth` virtio network device on bus 0 (where QEMU puts its devices, in the order of its
+/// command line).
+pub fn find_virtio_net(nth: usize) -> Option<(PciRoot<PortCam>, DeviceFunction)> {
     let root = PciRoot::new(PortCam);
     let found = root
         .enumerate_bus(0)
-        .find(|(_, info)| info.vendor_id == 0x1af4 && (info.device_id == 0x1000 || info.device_id == 0x1041))
+        .filter(|(_, info)| info.vendor_id == 0x1af4 && (info.device_id == 0x1000 || info.device_id == 0x1041))
+        .nth(nth)
         .map(|(df, _)| df)?;
     Some((root, found))
 }

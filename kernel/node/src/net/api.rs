@@ -57,6 +57,9 @@ pub struct Api {
     slots: Vec<Slot>,
     node_id: [u8; 32],
     pub served: u64,
+    /// What this node says of its cluster in STATS (`peers=...`).
+    cluster: String,
+    fault: cairn_bootcfg::Fault,
     /// Microseconds the node has spent halted, waiting for work (see `stats`).
     pub idle_us: u64,
     /// A connection that moves no bytes for this long is closed (node config `api_idle_s`).
@@ -67,6 +70,8 @@ pub struct Api {
 struct Node<'a> {
     ev: &'a mut NodeEvaluator,
     jobs: &'a mut Jobs,
+    cluster: &'a str,
+    fault: cairn_bootcfg::Fault,
     node_id: [u8; 32],
     served: u64,
     idle_us: u64,
@@ -80,7 +85,14 @@ impl NodeApi for Node<'_> {
         self.ev.store.contains(handle)
     }
     fn get(&self, handle: &Handle) -> Option<Bytes> {
-        self.ev.store.get(handle)
+        let bytes = self.ev.store.get(handle)?;
+        if self.fault == cairn_bootcfg::Fault::CorruptObjects && !bytes.is_empty() && !handle.is_literal() {
+            // The deliberate fault of a test node: a peer must catch this.
+            let mut corrupt = bytes.to_vec();
+            corrupt[0] ^= 0xff;
+            return Some(Bytes::from(corrupt));
+        }
+        Some(bytes)
     }
     fn put_verified(&mut self, handle: &Handle, bytes: Bytes) -> Result<(), StoreError> {
         self.ev.store.put_verified(handle, bytes)
@@ -95,9 +107,9 @@ impl NodeApi for Node<'_> {
         // Only buffers from `upload_buffer` come back here, so they are already in pages of their own.
         self.ev.store.put_upload(handle, buffer.into_bytes())
     }
-    fn eval(&mut self, handle: &Handle) -> Result<(Handle, [u64; 3]), (Handle, String)> {
+    fn eval(&mut self, handle: &Handle, fresh: bool) -> Result<(Handle, [u64; 3]), (Handle, String)> {
         let (before, started) = (self.ev.stats(), clock::micros_since_boot());
-        let outcome = self.ev.eval(*handle);
+        let outcome = if fresh { self.ev.eval_fresh(*handle) } else { self.ev.eval(*handle) };
         let after = self.ev.stats();
         let stats = [after.tasks_run - before.tasks_run, after.memo_hits - before.memo_hits, clock::micros_since_boot() - started];
         outcome.map(|result| (result, stats)).map_err(|e| (e.thunk, format!("{}", e.failure)))
@@ -105,11 +117,17 @@ impl NodeApi for Node<'_> {
     fn adopt_journal(&mut self, journal: &Handle) -> Result<Handle, String> {
         self.jobs.adopt(journal, self.ev)
     }
+    fn recall(&self, thunk: &Handle) -> Option<Handle> {
+        match self.ev.memo().get(thunk) {
+            Some(Ok(value)) => Some(*value),
+            _ => None,
+        }
+    }
     fn stats(&self) -> String {
         let store = self.ev.store.stats();
         let eval = self.ev.stats();
         format!(
-            "objects={}\nstore_bytes={}\nstore_limit={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nconnections_served={}\nuptime_ms={}\nidle_ms={}\n",
+            "objects={}\nstore_bytes={}\nstore_limit={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\n{}connections_served={}\nuptime_ms={}\nidle_ms={}\n",
             store.objects,
             store.bytes,
             store.limit,
@@ -119,6 +137,8 @@ impl NodeApi for Node<'_> {
             eval.io_requests,
             self.jobs.submitted,
             self.jobs.replayed,
+            self.jobs.fetched_bytes,
+            self.cluster,
             self.served,
             clock::micros_since_boot() / 1000,
             self.idle_us / 1000
@@ -127,7 +147,9 @@ impl NodeApi for Node<'_> {
 }
 
 impl Api {
-    pub fn new(network: &mut Network, node_id: [u8; 32], idle_timeout_s: u32) -> Api {
+    /// Serves the API on `network`; `cluster` is what STATS says of the node's cluster.
+    pub fn new(network: &mut Network, node_id: [u8; 32], config: &cairn_bootcfg::NodeConfig, cluster: String) -> Api {
+        let idle_timeout_s = config.api_idle_s;
         let slots = (0..CONNECTIONS)
             .map(|_| {
                 let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; BUFFER]), tcp::SocketBuffer::new(vec![0; BUFFER]));
@@ -137,14 +159,14 @@ impl Api {
                 Slot { socket: network.sockets.add(socket), session: None, last_active: 0, generation: 0 }
             })
             .collect();
-        Api { slots, node_id, served: 0, idle_us: 0, idle_timeout_us: u64::from(idle_timeout_s) * 1_000_000, queued: VecDeque::new() }
+        Api { slots, node_id, served: 0, cluster, fault: config.fault, idle_us: 0, idle_timeout_us: u64::from(idle_timeout_s) * 1_000_000, queued: VecDeque::new() }
     }
 
     /// Moves bytes between the sockets and their sessions; true if anything happened.
     pub fn poll(&mut self, network: &mut Network, ev: &mut NodeEvaluator, jobs: &mut Jobs) -> bool {
         let now = clock::micros_since_boot();
         let mut busy = false;
-        let mut node = Node { ev, jobs, node_id: self.node_id, served: self.served, idle_us: self.idle_us };
+        let mut node = Node { ev, jobs, cluster: &self.cluster, fault: self.fault, node_id: self.node_id, served: self.served, idle_us: self.idle_us };
         for (index, slot) in self.slots.iter_mut().enumerate() {
             let socket = network.sockets.get_mut::<tcp::Socket>(slot.socket);
             if !socket.is_open() {

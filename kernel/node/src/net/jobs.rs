@@ -23,6 +23,8 @@ pub struct Jobs {
     latest: BTreeMap<Handle, Handle>,
     pub submitted: u64,
     pub replayed: u64,
+    /// Bytes fetched from peers.
+    pub fetched_bytes: u64,
 }
 
 fn error(code: ErrorCode, message: alloc::string::String) -> Message {
@@ -30,10 +32,24 @@ fn error(code: ErrorCode, message: alloc::string::String) -> Message {
 }
 
 impl Jobs {
-    pub fn run(&mut self, work: Work, network: &mut Network, ev: &mut NodeEvaluator) -> Message {
+    /// Runs queued work: jobs' IO goes out on `network`, fetches from peers on `cluster`.
+    pub fn run(&mut self, work: Work, network: &mut Network, cluster: Option<&mut Network>, ev: &mut NodeEvaluator) -> Message {
         match work {
             Work::Submit { job } => self.submit(job, network, ev),
             Work::Replay { handle } => self.replay(handle, ev),
+            Work::Fetch { from, handles } => {
+                let Some(cluster) = cluster else {
+                    return error(ErrorCode::Unexpected, "this node is not in a cluster (no cluster_ip)".into());
+                };
+                match super::peer::fetch(cluster, ev, from, &handles) {
+                    Ok((objects, bytes)) => {
+                        self.fetched_bytes += bytes;
+                        Message::Fetched { objects, bytes }
+                    }
+                    Err(why) if why.starts_with(super::peer::WRONG_BYTES) => error(ErrorCode::WrongHash, why),
+                    Err(why) => error(ErrorCode::Internal, why),
+                }
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod client;
 pub mod jobs;
+pub mod peer;
 
 use alloc::vec;
 
@@ -28,8 +29,9 @@ fn now() -> Instant {
 }
 
 impl Network {
-    pub fn start(static_ip: Option<cairn_bootcfg::StaticIp>) -> Result<Network, crate::drivers::net::NoNetwork> {
-        let mut device = NetDevice::probe()?;
+    /// Starts the `nth` network card, with a static address or DHCP.
+    pub fn start(nth: usize, static_ip: Option<cairn_bootcfg::StaticIp>) -> Result<Network, crate::drivers::net::NoNetwork> {
+        let mut device = NetDevice::probe(nth)?;
         let mac = EthernetAddress(device.mac());
         // The seed only spreads TCP ports and sequence numbers; the MAC is as good as any.
         let mut config = Config::new(HardwareAddress::Ethernet(mac));

@@ -113,6 +113,23 @@ fn run(args: &[Handle]) -> TaskResult {
             }
             b"forge-return" => return Ok(Handle::blob(&[0x42; 64])),
             b"forge-tree" => return Ok(create_tree(&[Handle::blob(&[0x42; 64])])),
+            // Nondeterminism the kernel cannot trap (docs/EVALUATION.md, known leaks): the
+            // hardware random number generator. Verification across nodes catches it.
+            b"rdrand" => {
+                let (mut value, mut ok) = (0u64, 0u8);
+                for _ in 0..16 {
+                    asm!("rdrand {v}", "setc {ok}", v = out(reg) value, ok = out(reg_byte) ok);
+                    if ok == 1 {
+                        break;
+                    }
+                }
+                if ok != 1 {
+                    return Err("RDRAND gave no value".into());
+                }
+                let mut out = Vec::from(&b"a value from RDRAND, different on every run: "[..]);
+                out.extend_from_slice(&value.to_le_bytes());
+                return Ok(create_blob(&out));
+            }
             // IO the job never declared: a manifest and a job tree granting it, made by the task
             // (they are only data), and an IO request to the endpoint given as the second
             // argument. The kernel must refuse the request, naming the missing capability.

@@ -1,0 +1,208 @@
+//! Three-node clusters on one virtual L2 (docs/CLUSTER.md): the same results as one node,
+//! placement by locality, a node killed mid-job, verification on two nodes, and a peer that
+//! sends corrupted objects.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use cairn_bootcfg::NodeConfig;
+use cairn_object::Handle;
+use cairn_tools::client::Client;
+use cairn_tools::cluster::lifecycle::State;
+
+fn cairn() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_FILE_CAIRN_TOOLS_cairn"));
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+fn show(output: &Output) -> String {
+    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", output.status.code(), String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// A cluster for one test; `cluster down` when dropped.
+struct Cluster {
+    state_path: PathBuf,
+    state: State,
+}
+
+impl Cluster {
+    fn up(dir: &Path, extra: &[&str]) -> Cluster {
+        let state_path = dir.join("cluster.json");
+        let out = cairn().args(["cluster", "up", "--nodes", "3", "--state", state_path.to_str().unwrap()]).args(extra).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("cluster up: 3 nodes"), "{}", show(&out));
+        let state = State::read(&state_path).unwrap();
+        Cluster { state_path, state }
+    }
+
+    fn eval(&self, job: &Path, extra: &[&str]) -> Output {
+        cairn().args(["eval", "--cluster", self.state_path.to_str().unwrap(), "--job", job.to_str().unwrap()]).args(extra).output().unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let out = cairn().args(["cluster", "down", "--state", self.state_path.to_str().unwrap()]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        for node in &self.state.nodes {
+            assert!(!Path::new(&format!("/proc/{}", node.qemu_pid)).exists() || std::fs::read_to_string(format!("/proc/{}/stat", node.qemu_pid)).unwrap_or_default().contains(") Z "), "node {} still runs after `cluster down`", node.index);
+        }
+    }
+}
+
+fn result_of(output: &Output) -> Handle {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout.lines().find_map(|l| l.parse::<Handle>().ok()).unwrap_or_else(|| panic!("no result in:\n{}", show(output)))
+}
+
+/// Reads `moved between nodes N bytes` from the summary.
+fn moved_bytes(output: &Output) -> u64 {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let at = stderr.find("moved between nodes ").unwrap_or_else(|| panic!("no summary in:\n{}", show(output)));
+    stderr[at + 20..].split(' ').next().unwrap().parse().unwrap()
+}
+
+/// wordcount reduce over maps of CHUNKS chunks of about 96 KiB each, as files beside the job.
+fn wordcount_job(dir: &Path, chunks: usize) -> PathBuf {
+    let words = ["cairn", "stone", "path", "summit", "trail", "marker", "ridge", "valley", "mist", "granite"];
+    let mut maps = Vec::new();
+    for c in 0..chunks {
+        let mut text = String::new();
+        let mut state = 0x2545_f491_4f6c_dd1du64 ^ c as u64;
+        while text.len() < 96 * 1024 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            text.push_str(words[(state % words.len() as u64) as usize]);
+            text.push(if state % 11 == 0 { '\n' } else { ' ' });
+        }
+        let file = dir.join(format!("chunk{c}.txt"));
+        std::fs::write(&file, text).unwrap();
+        maps.push(format!("{{ task = \"{}\", args = [{{ text = \"map\" }}, \"{}\"] }}", env!("CARGO_BIN_FILE_CAIRN_TASKS_wordcount"), file.display()));
+    }
+    let job = dir.join("wordcount.toml");
+    std::fs::write(&job, format!("[root]\ntask = \"{}\"\nargs = [{{ text = \"reduce\" }}, {}]\n", env!("CARGO_BIN_FILE_CAIRN_TASKS_wordcount"), maps.join(", "))).unwrap();
+    job
+}
+
+/// A Mandelbrot image in `tiles` x 4 tiles of 64 x 64.
+fn mandelbrot_job(dir: &Path, columns: u32) -> PathBuf {
+    let elf = env!("CARGO_BIN_FILE_CAIRN_TASKS_mandelbrot");
+    let (w, h) = (64 * columns, 256);
+    let mut tiles = Vec::new();
+    for y in (0..h).step_by(64) {
+        for x in (0..w).step_by(64) {
+            tiles.push(format!("{{ task = \"{elf}\", memory_mib = 2, args = [{{ text = \"tile\" }}, {{ u32s = [{w}, {h}, {x}, {y}, 64, 64, 300] }}] }}"));
+        }
+    }
+    let job = dir.join("mandelbrot.toml");
+    std::fs::write(&job, format!("[root]\ntask = \"{elf}\"\nmemory_mib = 8\nargs = [{{ text = \"image\" }}, {{ u32s = [{w}, {h}, 64, 64] }}, {}]\n", tiles.join(", "))).unwrap();
+    job
+}
+
+#[test]
+fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &[]);
+
+    // Peers: each node lists the other two.
+    let stats = Client::connect(&cluster.state.nodes[0].api).unwrap().stats().unwrap();
+    assert!(stats.contains("cluster_ip=10.1.0.1") && stats.contains("peers=10.1.0.2,10.1.0.3"), "{stats}");
+
+    // Wordcount with its chunks spread over the nodes, then the same on one node.
+    let job = wordcount_job(dir.path(), 6);
+    let spread = cluster.eval(&job, &["--spread"]);
+    assert_eq!(spread.status.code(), Some(0), "{}", show(&spread));
+    let (_single, single_address) = cairn_tests::serving_node(NodeConfig::default());
+    let single = cairn().args(["eval", "--node", &single_address, "--job", job.to_str().unwrap()]).output().unwrap();
+    assert_eq!(single.status.code(), Some(0), "{}", show(&single));
+    assert_eq!(result_of(&spread), result_of(&single), "three nodes and one give the same handle");
+
+    // Locality placement ran each map where its chunk was; random placement moved chunks.
+    // (A second cluster run would hit the memos, so the baseline runs on fresh data: a
+    // different chunk size.)
+    let locality = moved_bytes(&spread);
+    let dir2 = tempfile::tempdir().unwrap();
+    let job2 = wordcount_job(dir2.path(), 6);
+    std::fs::write(dir2.path().join("chunk0.txt"), format!("{} fresh", std::fs::read_to_string(dir2.path().join("chunk0.txt")).unwrap())).unwrap();
+    let random = cluster.eval(&job2, &["--spread", "--placement", "random", "--seed", "3"]);
+    assert_eq!(random.status.code(), Some(0), "{}", show(&random));
+    assert!(locality < 32 * 1024, "locality moved {locality} bytes:\n{}", show(&spread));
+    assert!(moved_bytes(&random) > 96 * 1024, "random placement moved {} bytes", moved_bytes(&random));
+
+    // Verification: every task on two nodes, memos ignored; all agree.
+    let verified = cluster.eval(&job, &["--verify"]);
+    assert_eq!(verified.status.code(), Some(0), "{}", show(&verified));
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("verify: every task gave the same result on two nodes"), "{}", show(&verified));
+    assert_eq!(result_of(&verified), result_of(&single));
+    // A task that reads RDRAND (which no kernel can trap) is caught disagreeing with itself.
+    let rdrand = dir.path().join("rdrand.toml");
+    std::fs::write(&rdrand, format!("[root]\ntask = \"{}\"\nargs = [{{ text = \"rdrand\" }}]\n", env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile"))).unwrap();
+    let caught = cluster.eval(&rdrand, &["--verify"]);
+    assert_eq!(caught.status.code(), Some(1), "{}", show(&caught));
+    let line = String::from_utf8_lossy(&caught.stdout).lines().find(|l| l.starts_with("verify: MISMATCH thunk:")).map(String::from).unwrap_or_else(|| panic!("{}", show(&caught)));
+    assert_eq!(line.matches("blob:").count(), 2, "both results are named: {line}");
+
+    // A node killed while it works: its tasks run elsewhere and the image is the same.
+    let mandelbrot = mandelbrot_job(dir.path(), 4);
+    let reference = cairn().args(["eval", "--node", &single_address, "--job", mandelbrot.to_str().unwrap()]).output().unwrap();
+    assert_eq!(reference.status.code(), Some(0), "{}", show(&reference));
+    let mut child = cairn()
+        .args(["eval", "--cluster", cluster.state_path.to_str().unwrap(), "--job", mandelbrot.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let victim = cluster.state.nodes[2].qemu_pid;
+    let mut killed = false;
+    let mut transcript = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        transcript.push_str(&line);
+        transcript.push('\n');
+        // Node 2 has finished one task and has more queued: kill it now.
+        if !killed && line.contains(" done on node 2 ") {
+            // SAFETY: the pid of a QEMU this test's cluster started.
+            unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
+            killed = true;
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(killed, "node 2 never got work:\n{transcript}");
+    assert_eq!(out.status.code(), Some(0), "{transcript}");
+    assert!(transcript.contains("node 2 lost"), "{transcript}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().next().unwrap().parse::<Handle>().unwrap(), result_of(&reference), "{transcript}");
+}
+
+#[test]
+fn a_peer_that_sends_corrupted_objects_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &["--fault", "1=corrupt-objects"]);
+    let [n0, n1, n2] = [0, 1, 2].map(|i| Client::connect(&cluster.state.nodes[i].api).unwrap());
+    let (mut n0, mut n1, mut n2) = (n0, n1, n2);
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 9) as u8).collect();
+    let handle = Handle::blob(&blob);
+    n1.put(handle, &blob, |_| {}).unwrap();
+    n2.put(handle, &blob, |_| {}).unwrap();
+
+    // Node 0 asks the faulty node 1: the wrong bytes are caught and nothing is stored.
+    let err = n0.fetch(([10, 1, 0, 2], 7070), &[handle]).unwrap_err().to_string();
+    assert!(err.contains("wrong bytes") && err.contains("10.1.0.2:7070") && err.contains(&handle.to_string()), "{err}");
+    assert_eq!(n0.missing(&[handle]).unwrap(), [handle]);
+    // From the honest node 2 the same object arrives, checked.
+    assert_eq!(n0.fetch(([10, 1, 0, 3], 7070), &[handle]).unwrap(), (1, blob.len() as u64));
+    assert!(n0.get(handle, |_, _| {}).unwrap() == blob);
+
+    // A whole job on this cluster: the bad peer is caught, avoided, and the result is right.
+    let job = wordcount_job(dir.path(), 6);
+    let out = cluster.eval(&job, &["--spread"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node 1 sending wrong bytes"), "{}", show(&out));
+    let (_single, single) = cairn_tests::serving_node(NodeConfig::default());
+    let reference = cairn().args(["eval", "--node", &single, "--job", job.to_str().unwrap()]).output().unwrap();
+    assert_eq!(result_of(&out), result_of(&reference));
+}
