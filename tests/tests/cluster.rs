@@ -193,6 +193,9 @@ fn a_peer_that_sends_corrupted_objects_is_caught() {
     let err = n0.fetch(([10, 1, 0, 2], 7070), &[handle]).unwrap_err().to_string();
     assert!(err.contains("wrong bytes") && err.contains("10.1.0.2:7070") && err.contains(&handle.to_string()), "{err}");
     assert_eq!(n0.missing(&[handle]).unwrap(), [handle]);
+    // Only peers: a client cannot point a node at an address of its choosing.
+    let err = n0.fetch(([10, 1, 0, 9], 7070), &[handle]).unwrap_err().to_string();
+    assert!(err.contains("10.1.0.9 is not a peer of this node"), "{err}");
     // From the honest node 2 the same object arrives, checked.
     assert_eq!(n0.fetch(([10, 1, 0, 3], 7070), &[handle]).unwrap(), (1, blob.len() as u64));
     assert!(n0.get(handle, |_, _| {}).unwrap() == blob);

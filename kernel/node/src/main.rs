@@ -171,6 +171,7 @@ fn serve(config: &NodeConfig) -> Status {
     let mut api = net::api::Api::new(&mut network, node_id, config, cluster_text.clone());
     let mut cluster_api = cluster.as_mut().map(|c| net::api::Api::new(c, node_id, config, cluster_text));
     let mut jobs = net::jobs::Jobs::default();
+    jobs.peers = config.peers.clone();
     let started = arch::clock::micros_since_boot();
     let mut announced = false;
     log::info!("serving; stop the VM to shut down");

@@ -25,6 +25,8 @@ pub struct Jobs {
     pub replayed: u64,
     /// Bytes fetched from peers.
     pub fetched_bytes: u64,
+    /// The cluster addresses this node may fetch from (node config `peers`).
+    pub peers: alloc::vec::Vec<[u8; 4]>,
 }
 
 fn error(code: ErrorCode, message: alloc::string::String) -> Message {
@@ -41,6 +43,11 @@ impl Jobs {
                 let Some(cluster) = cluster else {
                     return error(ErrorCode::Unexpected, "this node is not in a cluster (no cluster_ip)".into());
                 };
+                // A client may point the node only at its peers, never at an address of its choosing.
+                if !self.peers.contains(&from.0) {
+                    let [a, b, c, d] = from.0;
+                    return error(ErrorCode::Unexpected, format!("{a}.{b}.{c}.{d} is not a peer of this node"));
+                }
                 match super::peer::fetch(cluster, ev, from, &handles) {
                     Ok((objects, bytes)) => {
                         self.fetched_bytes += bytes;
