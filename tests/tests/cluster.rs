@@ -121,6 +121,11 @@ fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node()
     assert_eq!(single.status.code(), Some(0), "{}", show(&single));
     assert_eq!(result_of(&spread), result_of(&single), "three nodes and one give the same handle");
 
+    // Again: every task is answered by some node's memo, and nothing runs.
+    let again = cluster.eval(&job, &[]);
+    assert_eq!(result_of(&again), result_of(&single));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("(none run; 7 from memos)"), "{}", show(&again));
+
     // Locality placement ran each map where its chunk was; random placement moved chunks.
     // (A second cluster run would hit the memos, so the baseline runs on fresh data: a
     // different chunk size.)
