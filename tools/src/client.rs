@@ -34,7 +34,9 @@ pub struct Evaluated {
 impl Client {
     pub fn connect(address: &str) -> anyhow::Result<Client> {
         let stream = TcpStream::connect(address).with_context(|| format!("cannot connect to the node at {address}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+        // Long enough for a big job or evaluation to finish; a node that dies resets the
+        // connection at once rather than timing out.
+        stream.set_read_timeout(Some(Duration::from_secs(600)))?;
         let _ = stream.set_nodelay(true);
         let mut client = Client { stream, buffer: Vec::new(), next_request: 1 };
         match client.call(Message::Hello { client: "cairn".into() })? {
