@@ -151,6 +151,24 @@ fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node()
     let line = String::from_utf8_lossy(&caught.stdout).lines().find(|l| l.starts_with("verify: MISMATCH thunk:")).map(String::from).unwrap_or_else(|| panic!("{}", show(&caught)));
     assert_eq!(line.matches("blob:").count(), 2, "both results are named: {line}");
 
+    // Relocation by a node: node 0 holds identity(2 MiB blob) and runs it on node 1, shipping
+    // the thunk and what node 1 lacks (in chunks); the result handle comes back through node 0.
+    let mut n0 = Client::connect(&cluster.state.nodes[0].api).unwrap();
+    let identity = std::fs::read(env!("CARGO_BIN_FILE_CAIRN_TASKS_identity")).unwrap();
+    let big: Vec<u8> = (0..(2u32 << 20)).map(|i| (i.wrapping_mul(2246822519) >> 7) as u8).collect();
+    let (procedure, big_h) = (Handle::blob(&identity), Handle::blob(&big));
+    let thunk = cairn_object::thunk::encode(cairn_object::Limits::new(16 << 20).unwrap(), procedure, &[big_h]).unwrap();
+    let thunk_h = cairn_object::store::name(cairn_object::Kind::Thunk, &thunk).unwrap();
+    n0.upload_missing(&[(procedure, identity), (big_h, big.clone()), (thunk_h, thunk)]).unwrap();
+    let mut n1 = Client::connect(&cluster.state.nodes[1].api).unwrap();
+    assert_eq!(n1.missing(&[big_h, thunk_h]).unwrap(), [big_h, thunk_h]);
+    let relocated = n0.relocate(([10, 1, 0, 2], 7070), thunk_h).unwrap();
+    assert_eq!((relocated.result, relocated.tasks_run), (big_h, 1));
+    assert!(n1.missing(&[big_h, thunk_h]).unwrap().is_empty(), "node 1 received the thunk and its input");
+    assert!(n0.stats().unwrap().contains("relocated=1"));
+    let err = n0.relocate(([10, 1, 0, 9], 7070), thunk_h).unwrap_err().to_string();
+    assert!(err.contains("not a peer"), "{err}");
+
     // A node killed while it works: its tasks run elsewhere and the image is the same.
     let mandelbrot = mandelbrot_job(dir.path(), 4);
     let reference = cairn().args(["eval", "--node", &single_address, "--job", mandelbrot.to_str().unwrap()]).output().unwrap();

@@ -24,6 +24,7 @@ pub struct JobOutcome {
     pub recorded: Option<Handle>,
 }
 
+#[derive(Debug)]
 pub struct Evaluated {
     pub result: Handle,
     pub tasks_run: u64,
@@ -191,6 +192,12 @@ impl Client {
         }
     }
 
+    /// Has the node run `thunk` on its peer at `to` (cluster address, API port): the node ships
+    /// the thunk and what the peer lacks; the peer evaluates.
+    pub fn relocate(&mut self, to: ([u8; 4], u16), thunk: Handle) -> anyhow::Result<Evaluated> {
+        self.eval_with(Message::Relocate { to, thunk })
+    }
+
     /// The values the node's memo holds for these thunks.
     pub fn recall(&mut self, thunks: &[Handle]) -> anyhow::Result<Vec<(Handle, Handle)>> {
         match self.call(Message::Recall { thunks: thunks.to_vec() })? {
@@ -235,6 +242,7 @@ fn name(message: &Message) -> &'static str {
         Message::Replayed { .. } => "REPLAYED",
         Message::Journal { .. } => "JOURNAL",
         Message::Fetch { .. } => "FETCH",
+        Message::Relocate { .. } => "RELOCATE",
         Message::Fetched { .. } => "FETCHED",
         Message::Recall { .. } => "RECALL",
         Message::Recalled { .. } => "RECALLED",

@@ -22,6 +22,7 @@ mod kind {
     pub const FETCH: u8 = 0x0c;
     pub const RECALL: u8 = 0x0d;
     pub const EVAL_FRESH: u8 = 0x0e;
+    pub const RELOCATE: u8 = 0x0f;
     pub const WELCOME: u8 = 0x81;
     pub const MISSING: u8 = 0x82;
     pub const STORED: u8 = 0x83;
@@ -67,6 +68,7 @@ fn kind_of(message: &Message) -> u8 {
         Message::Replayed { .. } => kind::REPLAYED,
         Message::Journal { .. } => kind::JOURNAL,
         Message::Fetch { .. } => kind::FETCH,
+        Message::Relocate { .. } => kind::RELOCATE,
         Message::Fetched { .. } => kind::FETCHED,
         Message::Recall { .. } => kind::RECALL,
         Message::Recalled { .. } => kind::RECALLED,
@@ -96,6 +98,11 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             for h in handles {
                 out.extend_from_slice(h.as_bytes());
             }
+        }
+        Message::Relocate { to: (ip, port), thunk } => {
+            out.extend_from_slice(ip);
+            out.extend_from_slice(&port.to_le_bytes());
+            out.extend_from_slice(thunk.as_bytes());
         }
         Message::Fetched { objects, bytes } => {
             out.extend_from_slice(&objects.to_le_bytes());
@@ -317,6 +324,11 @@ impl Payload<'_> {
                 let from = ([head[0], head[1], head[2], head[3]], u16::from_le_bytes([head[4], head[5]]));
                 let rest = Payload { kind: self.kind, bytes: &self.bytes[6..] };
                 Message::Fetch { from, handles: rest.handles().map_err(|e| shift(e, 6))? }
+            }
+            kind::RELOCATE => {
+                self.exact(6 + Handle::LEN)?;
+                let to = ([self.bytes[0], self.bytes[1], self.bytes[2], self.bytes[3]], u16::from_le_bytes([self.bytes[4], self.bytes[5]]));
+                Message::Relocate { to, thunk: self.handle(6)? }
             }
             kind::FETCHED => {
                 self.exact(16)?;

@@ -94,6 +94,9 @@ pub enum Message {
     Fetch { from: ([u8; 4], u16), handles: Vec<Handle> },
     /// Node → client: the objects are here; how many were fetched and their bytes.
     Fetched { objects: u64, bytes: u64 },
+    /// Client → node: run this thunk on the peer at `to`: ship it and the inputs the peer
+    /// lacks, have the peer evaluate it. Answered with the peer's EVALUATED or EVAL-FAILED.
+    Relocate { to: ([u8; 4], u16), thunk: Handle },
     /// Client → node: which of these thunks has the node's memo a value for?
     Recall { thunks: Vec<Handle> },
     /// Node → client: `(thunk, value)` for each one remembered, in the order asked.

@@ -63,6 +63,7 @@ pub enum Work {
     Submit { job: Handle },
     Replay { handle: Handle },
     Fetch { from: ([u8; 4], u16), handles: Vec<Handle> },
+    Relocate { to: ([u8; 4], u16), thunk: Handle },
 }
 
 /// An upload in progress.
@@ -308,6 +309,7 @@ impl Session {
             Message::Submit { job } => self.work.push_back((request, Work::Submit { job })),
             Message::Replay { handle } => self.work.push_back((request, Work::Replay { handle })),
             Message::Fetch { from, handles } => self.work.push_back((request, Work::Fetch { from, handles })),
+            Message::Relocate { to, thunk } => self.work.push_back((request, Work::Relocate { to, thunk })),
             Message::Recall { thunks } => {
                 let entries = thunks.iter().filter_map(|t| node.recall(t).map(|v| (*t, v))).collect();
                 self.send(request, Message::Recalled { entries });
@@ -575,12 +577,14 @@ mod tests {
             (8, Message::Replay { handle: other }),
             (9, Message::Stats),
             (10, Message::Journal { journal: other }),
+            (11, Message::Relocate { to: ([10, 1, 0, 2], 7070), thunk: job }),
         ]));
         // Only STATS and JOURNAL are answered at once; the jobs wait for the node.
         assert_eq!(replies.iter().map(|r| r.request).collect::<Vec<_>>(), [9, 10]);
         assert!(matches!(&replies[1].message, Message::Error { code: ErrorCode::NotFound, .. }));
         assert_eq!(s.take_work(), Some((7, Work::Submit { job })));
         assert_eq!(s.take_work(), Some((8, Work::Replay { handle: other })));
+        assert_eq!(s.take_work(), Some((11, Work::Relocate { to: ([10, 1, 0, 2], 7070), thunk: job })));
         assert_eq!(s.take_work(), None);
         let done = Message::JobDone { job, journal: other, result: job };
         s.deliver(7, done.clone());

@@ -48,6 +48,7 @@ fn message() -> impl Strategy<Value = Message> {
         handle().prop_map(|journal| Message::Journal { journal }),
         (any::<[u8; 4]>(), any::<u16>(), proptest::collection::vec(handle(), 0..10)).prop_map(|(ip, port, handles)| Message::Fetch { from: (ip, port), handles }),
         (any::<u64>(), any::<u64>()).prop_map(|(objects, bytes)| Message::Fetched { objects, bytes }),
+        (any::<[u8; 4]>(), any::<u16>(), handle()).prop_map(|(ip, port, thunk)| Message::Relocate { to: (ip, port), thunk }),
         proptest::collection::vec(handle(), 0..10).prop_map(|thunks| Message::Recall { thunks }),
         proptest::collection::vec((handle(), handle()), 0..10).prop_map(|entries| Message::Recalled { entries }),
         (0usize..6, text(60)).prop_map(|(c, message)| Message::Error {

@@ -127,7 +127,7 @@ impl NodeApi for Node<'_> {
         let store = self.ev.store.stats();
         let eval = self.ev.stats();
         format!(
-            "objects={}\nstore_bytes={}\nstore_limit={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\n{}connections_served={}\nuptime_ms={}\nidle_ms={}\n",
+            "objects={}\nstore_bytes={}\nstore_limit={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\nrelocated={}\n{}connections_served={}\nuptime_ms={}\nidle_ms={}\n",
             store.objects,
             store.bytes,
             store.limit,
@@ -138,6 +138,7 @@ impl NodeApi for Node<'_> {
             self.jobs.submitted,
             self.jobs.replayed,
             self.jobs.fetched_bytes,
+            self.jobs.relocated,
             self.cluster,
             self.served,
             clock::micros_since_boot() / 1000,

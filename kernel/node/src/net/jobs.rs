@@ -25,6 +25,8 @@ pub struct Jobs {
     pub replayed: u64,
     /// Bytes fetched from peers.
     pub fetched_bytes: u64,
+    /// Thunks this node has run on a peer.
+    pub relocated: u64,
     /// The cluster addresses this node may fetch from (node config `peers`).
     pub peers: alloc::vec::Vec<[u8; 4]>,
 }
@@ -39,15 +41,19 @@ impl Jobs {
         match work {
             Work::Submit { job } => self.submit(job, network, ev),
             Work::Replay { handle } => self.replay(handle, ev),
-            Work::Fetch { from, handles } => {
-                let Some(cluster) = cluster else {
-                    return error(ErrorCode::Unexpected, "this node is not in a cluster (no cluster_ip)".into());
+            Work::Relocate { to, thunk } => {
+                let cluster = match self.peer_network(cluster, to.0) {
+                    Ok(cluster) => cluster,
+                    Err(m) => return m,
                 };
-                // A client may point the node only at its peers, never at an address of its choosing.
-                if !self.peers.contains(&from.0) {
-                    let [a, b, c, d] = from.0;
-                    return error(ErrorCode::Unexpected, format!("{a}.{b}.{c}.{d} is not a peer of this node"));
-                }
+                self.relocated += 1;
+                super::peer::relocate(cluster, ev, to, thunk).unwrap_or_else(|why| error(ErrorCode::Internal, why))
+            }
+            Work::Fetch { from, handles } => {
+                let cluster = match self.peer_network(cluster, from.0) {
+                    Ok(cluster) => cluster,
+                    Err(m) => return m,
+                };
                 match super::peer::fetch(cluster, ev, from, &handles) {
                     Ok((objects, bytes)) => {
                         self.fetched_bytes += bytes;
@@ -58,6 +64,19 @@ impl Jobs {
                 }
             }
         }
+    }
+
+    /// The cluster network, if `peer` is one of this node's peers: a client may point the node
+    /// only at its peers, never at an address of its choosing.
+    fn peer_network<'n>(&self, cluster: Option<&'n mut Network>, peer: [u8; 4]) -> Result<&'n mut Network, Message> {
+        let Some(cluster) = cluster else {
+            return Err(error(ErrorCode::Unexpected, "this node is not in a cluster (no cluster_ip)".into()));
+        };
+        if !self.peers.contains(&peer) {
+            let [a, b, c, d] = peer;
+            return Err(error(ErrorCode::Unexpected, format!("{a}.{b}.{c}.{d} is not a peer of this node")));
+        }
+        Ok(cluster)
     }
 
     fn submit(&mut self, handle: Handle, network: &mut Network, ev: &mut NodeEvaluator) -> Message {

@@ -1,7 +1,8 @@
-//! Fetching objects from a peer node over the cluster network (docs/CLUSTER.md): the node is a
-//! client of the peer's API, asks for what it lacks, and checks every object against its handle
-//! before storing it. A peer that sends wrong bytes is named in the error, and nothing of that
-//! object is kept.
+//! The node as a client of its peers, over the cluster network (docs/CLUSTER.md):
+//! - `fetch`: get the objects it lacks from a peer, checking every one against its handle
+//!   before storing it (a peer that sends wrong bytes is named, and nothing of it is kept);
+//! - `relocate`: run a thunk on a peer: ship the thunk and exactly the inputs the peer lacks,
+//!   have it evaluate, and bring the result handle back.
 
 use alloc::format;
 use alloc::string::String;
@@ -9,9 +10,10 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use bytes::Bytes;
-use cairn_object::Handle;
 use cairn_object::store::{Store, StoreError};
-use cairn_proto::{Frame, Message, decode, encode};
+use cairn_object::{Handle, Kind, Thunk};
+use cairn_proto::{Frame, MAX_CHUNK, MAX_INLINE, Message, decode, encode};
+use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::wire::IpAddress;
 
@@ -19,10 +21,11 @@ use super::Network;
 use crate::arch::clock;
 use crate::jobs::NodeEvaluator;
 
+/// A peer that makes no progress for this long has failed.
 const STALL_US: u64 = 10_000_000;
+const BUFFER: usize = 256 * 1024;
 /// How a fetch error that is a peer's wrong bytes begins (the API answers it as `wrong hash`).
 pub const WRONG_BYTES: &str = "wrong bytes from a peer";
-const BUFFER: usize = 256 * 1024;
 static NEXT_PORT: core::sync::atomic::AtomicU16 = core::sync::atomic::AtomicU16::new(40000);
 
 fn local_port() -> u16 {
@@ -33,17 +36,106 @@ fn local_port() -> u16 {
     port
 }
 
-/// An object arriving in chunks.
-struct Incoming {
-    handle: Handle,
-    bytes: Vec<u8>,
-    len: usize,
+/// One API connection to a peer, driven by polling the cluster network.
+struct PeerLink<'n> {
+    network: &'n mut Network,
+    socket: SocketHandle,
+    peer: String,
+    input: Vec<u8>,
+    connected: bool,
+    last_progress: u64,
+}
+
+impl<'n> PeerLink<'n> {
+    fn open(network: &'n mut Network, to: ([u8; 4], u16)) -> Result<PeerLink<'n>, String> {
+        let [a, b, c, d] = to.0;
+        let peer = format!("{a}.{b}.{c}.{d}:{}", to.1);
+        let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; BUFFER]), tcp::SocketBuffer::new(vec![0; BUFFER]));
+        socket.set_ack_delay(None);
+        socket
+            .connect(network.iface.context(), (IpAddress::v4(a, b, c, d), to.1), local_port())
+            .map_err(|e| format!("cannot connect to {peer}: {e:?}"))?;
+        let socket = network.sockets.add(socket);
+        Ok(PeerLink { network, socket, peer, input: Vec::new(), connected: false, last_progress: clock::micros_since_boot() })
+    }
+
+    /// Moves packets; Ok(true) if bytes moved, an error if the peer refused, closed or stalled.
+    fn step(&mut self, out: &[u8], sent: &mut usize) -> Result<(), String> {
+        self.network.device.rearm();
+        self.network.poll();
+        let s = self.network.sockets.get_mut::<tcp::Socket>(self.socket);
+        let mut progressed = false;
+        self.connected |= s.may_send();
+        if !self.connected && s.state() == tcp::State::Closed {
+            return Err(format!("{} refused the connection", self.peer));
+        }
+        if s.can_send() && *sent < out.len() {
+            *sent += s.send_slice(&out[*sent..]).map_err(|e| format!("sending to {}: {e:?}", self.peer))?;
+            progressed = true;
+        }
+        while s.can_recv() {
+            let input = &mut self.input;
+            s.recv(|b| {
+                input.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .map_err(|e| format!("receiving from {}: {e:?}", self.peer))?;
+            progressed = true;
+        }
+        if self.connected && !s.may_recv() && !progressed {
+            return Err(format!("{} closed the connection", self.peer));
+        }
+        let now = clock::micros_since_boot();
+        if progressed {
+            self.last_progress = now;
+        } else if now - self.last_progress > STALL_US {
+            return Err(format!("{} made no progress for {} s", self.peer, STALL_US / 1_000_000));
+        } else {
+            self.network.poll();
+            x86_64::instructions::interrupts::enable_and_hlt();
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, frames: &[u8]) -> Result<(), String> {
+        let mut sent = 0;
+        while sent < frames.len() {
+            self.step(frames, &mut sent)?;
+        }
+        Ok(())
+    }
+
+    fn send_message(&mut self, request: u32, message: Message) -> Result<(), String> {
+        let mut out = Vec::new();
+        encode(&Frame { request, message }, &mut out);
+        self.send(&out)
+    }
+
+    /// The next frame from the peer; its ERROR frames become errors.
+    fn receive(&mut self) -> Result<Frame, String> {
+        loop {
+            if let Some((frame, used)) = decode(&self.input).map_err(|e| format!("{} sent a malformed frame: {e}", self.peer))? {
+                self.input.drain(..used);
+                if let Message::Error { message, .. } = frame.message {
+                    return Err(format!("{}: {message}", self.peer));
+                }
+                return Ok(frame);
+            }
+            self.step(&[], &mut 0)?;
+        }
+    }
+}
+
+impl Drop for PeerLink<'_> {
+    fn drop(&mut self) {
+        self.network.sockets.get_mut::<tcp::Socket>(self.socket).abort();
+        self.network.poll();
+        self.network.sockets.remove(self.socket);
+    }
 }
 
 /// Gets every handle the node lacks from the peer at `from`; returns (objects, bytes) fetched.
 pub fn fetch(network: &mut Network, ev: &mut NodeEvaluator, from: ([u8; 4], u16), handles: &[Handle]) -> Result<(u64, u64), String> {
-    let [a, b, c, d] = from.0;
-    let peer = format!("{a}.{b}.{c}.{d}:{}", from.1);
     let mut wanted: Vec<Handle> = handles.iter().copied().filter(|h| !h.is_literal() && !ev.store.contains(h)).collect();
     wanted.sort();
     wanted.dedup();
@@ -52,100 +144,45 @@ pub fn fetch(network: &mut Network, ev: &mut NodeEvaluator, from: ([u8; 4], u16)
     }
     let total: u64 = wanted.iter().map(|h| h.size()).sum();
     if total > ev.store.room() {
-        return Err(format!("{total} bytes from {peer} do not fit in the store"));
+        return Err(format!("{total} bytes do not fit in the store"));
     }
+    let mut link = PeerLink::open(network, from)?;
     let mut request = Vec::new();
     encode(&Frame { request: 0, message: Message::Hello { client: "cairn-node".into() } }, &mut request);
     for (i, h) in wanted.iter().enumerate() {
         encode(&Frame { request: i as u32 + 1, message: Message::Get { handle: *h } }, &mut request);
     }
-    let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; BUFFER]), tcp::SocketBuffer::new(vec![0; BUFFER]));
-    socket.set_ack_delay(None);
-    socket
-        .connect(network.iface.context(), (IpAddress::v4(a, b, c, d), from.1), local_port())
-        .map_err(|e| format!("cannot connect to {peer}: {e:?}"))?;
-    let socket = network.sockets.add(socket);
-    let outcome = converse(network, ev, socket, &peer, &request, &wanted);
-    let s = network.sockets.get_mut::<tcp::Socket>(socket);
-    s.abort();
-    network.poll();
-    network.sockets.remove(socket);
-    outcome.map(|bytes| (wanted.len() as u64, bytes))
-}
-
-fn converse(network: &mut Network, ev: &mut NodeEvaluator, socket: smoltcp::iface::SocketHandle, peer: &str, request: &[u8], wanted: &[Handle]) -> Result<u64, String> {
-    let (mut sent, mut connected, mut stored, mut bytes_in) = (0, false, 0usize, 0u64);
-    let mut input: Vec<u8> = Vec::new();
-    let mut incoming: Option<Incoming> = None;
-    let mut last_progress = clock::micros_since_boot();
-    loop {
-        network.device.rearm();
-        network.poll();
-        let s = network.sockets.get_mut::<tcp::Socket>(socket);
-        let mut progressed = false;
-        connected |= s.may_send();
-        if !connected && s.state() == tcp::State::Closed {
-            return Err(format!("{peer} refused the connection"));
-        }
-        if s.can_send() && sent < request.len() {
-            sent += s.send_slice(&request[sent..]).map_err(|e| format!("sending to {peer}: {e:?}"))?;
-            progressed = true;
-        }
-        while s.can_recv() {
-            s.recv(|b| {
-                input.extend_from_slice(b);
-                (b.len(), ())
-            })
-            .map_err(|e| format!("receiving from {peer}: {e:?}"))?;
-            progressed = true;
-        }
-        if connected && !s.may_recv() && input.is_empty() && stored < wanted.len() {
-            return Err(format!("{peer} closed the connection after {stored} of {} objects", wanted.len()));
-        }
-        let mut used = 0;
-        while let Some((frame, len)) = decode(&input[used..]).map_err(|e| format!("{peer} sent a malformed frame: {e}"))? {
-            used += len;
-            let index = frame.request as usize;
-            match frame.message {
-                Message::Welcome { .. } => {}
-                Message::Object { handle, bytes } if index >= 1 && wanted.get(index - 1) == Some(&handle) => {
-                    bytes_in += bytes.len() as u64;
-                    store(ev, peer, handle, bytes)?;
-                    stored += 1;
-                }
-                Message::ObjectBegin { handle, len } if wanted.get(index.wrapping_sub(1)) == Some(&handle) && incoming.is_none() => {
-                    incoming = Some(Incoming { handle, bytes: Vec::with_capacity(len as usize), len: len as usize });
-                }
-                Message::ObjectChunk { offset, bytes } => {
-                    let Some(object) = incoming.as_mut().filter(|o| offset as usize == o.bytes.len() && o.bytes.len() + bytes.len() <= o.len) else {
-                        return Err(format!("{peer} sent a chunk that continues no object"));
-                    };
-                    object.bytes.extend_from_slice(&bytes);
-                    if object.bytes.len() == object.len {
-                        let object = incoming.take().expect("present");
-                        bytes_in += object.len as u64;
-                        store(ev, peer, object.handle, object.bytes)?;
-                        stored += 1;
+    link.send(&request)?;
+    let mut bytes_in = 0u64;
+    let mut stored = 0;
+    while stored < wanted.len() {
+        let frame = link.receive()?;
+        let asked = (frame.request as usize).checked_sub(1).and_then(|i| wanted.get(i)).copied();
+        match frame.message {
+            Message::Welcome { .. } => {}
+            Message::Object { handle, bytes } if asked == Some(handle) => {
+                bytes_in += bytes.len() as u64;
+                store(ev, &link.peer, handle, bytes)?;
+                stored += 1;
+            }
+            Message::ObjectBegin { handle, len } if asked == Some(handle) => {
+                let mut bytes = Vec::with_capacity(len as usize);
+                while (bytes.len() as u64) < len {
+                    match link.receive()?.message {
+                        Message::ObjectChunk { offset, bytes: chunk } if offset == bytes.len() as u64 && offset + chunk.len() as u64 <= len => {
+                            bytes.extend_from_slice(&chunk)
+                        }
+                        _ => return Err(format!("{} interrupted {handle}", link.peer)),
                     }
                 }
-                Message::Error { message, .. } => return Err(format!("{peer}: {message}")),
-                _ => return Err(format!("{peer} answered out of turn")),
+                bytes_in += len;
+                store(ev, &link.peer, handle, bytes)?;
+                stored += 1;
             }
-        }
-        input.drain(..used);
-        if stored == wanted.len() {
-            return Ok(bytes_in);
-        }
-        let now = clock::micros_since_boot();
-        if progressed {
-            last_progress = now;
-        } else if now - last_progress > STALL_US {
-            return Err(format!("{peer} made no progress for {} s", STALL_US / 1_000_000));
-        } else {
-            network.poll();
-            x86_64::instructions::interrupts::enable_and_hlt();
+            _ => return Err(format!("{} answered out of turn", link.peer)),
         }
     }
+    Ok((wanted.len() as u64, bytes_in))
 }
 
 fn store(ev: &mut NodeEvaluator, peer: &str, handle: Handle, bytes: Vec<u8>) -> Result<(), String> {
@@ -153,5 +190,53 @@ fn store(ev: &mut NodeEvaluator, peer: &str, handle: Handle, bytes: Vec<u8>) -> 
         Ok(()) => Ok(()),
         Err(StoreError::Mismatch { actual, .. }) => Err(format!("{WRONG_BYTES}: {peer} sent wrong bytes for {handle} (they are {actual}); not stored")),
         Err(e) => Err(format!("storing {handle} from {peer}: {e}")),
+    }
+}
+
+/// Runs `thunk` on the peer at `to`: ships the thunk and the inputs the peer lacks (its
+/// procedure and arguments, which must be values here), and returns the peer's answer.
+pub fn relocate(network: &mut Network, ev: &NodeEvaluator, to: ([u8; 4], u16), thunk: Handle) -> Result<Message, String> {
+    let bytes = ev.store.get(&thunk).ok_or_else(|| format!("{thunk} is not on this node"))?;
+    if thunk.kind() != Kind::Thunk {
+        return Err(format!("{thunk} is not a thunk"));
+    }
+    let decoded = Thunk::decode(&bytes).map_err(|e| format!("{thunk}: {e}"))?;
+    let mut inputs = vec![thunk, decoded.procedure()];
+    for arg in decoded.args() {
+        if arg.kind() == Kind::Thunk {
+            return Err(format!("{thunk} has an unevaluated argument {arg}: relocate thunks whose arguments are values"));
+        }
+        inputs.push(arg);
+    }
+    inputs.retain(|h| !h.is_literal());
+    let mut link = PeerLink::open(network, to)?;
+    link.send_message(0, Message::Hello { client: "cairn-node".into() })?;
+    link.send_message(1, Message::Have { handles: inputs.clone() })?;
+    let missing = loop {
+        match link.receive()?.message {
+            Message::Welcome { .. } => {}
+            Message::Missing { handles } => break handles,
+            _ => return Err(format!("{} answered HAVE out of turn", link.peer)),
+        }
+    };
+    for handle in &missing {
+        let bytes = ev.store.get(handle).ok_or_else(|| format!("{handle} is not on this node"))?;
+        if bytes.len() <= MAX_INLINE {
+            link.send_message(2, Message::Put { handle: *handle, bytes: bytes.to_vec() })?;
+        } else {
+            link.send_message(2, Message::PutBegin { handle: *handle, len: bytes.len() as u64 })?;
+            for (i, chunk) in bytes.chunks(MAX_CHUNK).enumerate() {
+                link.send_message(2, Message::PutChunk { offset: (i * MAX_CHUNK) as u64, bytes: chunk.to_vec() })?;
+            }
+        }
+        match link.receive()?.message {
+            Message::Stored { handle: stored } if stored == *handle => {}
+            _ => return Err(format!("{} did not store {handle}", link.peer)),
+        }
+    }
+    link.send_message(3, Message::Eval { handle: thunk })?;
+    match link.receive()?.message {
+        answer @ (Message::Evaluated { .. } | Message::EvalFailed { .. }) => Ok(answer),
+        _ => Err(format!("{} answered EVAL out of turn", link.peer)),
     }
 }
