@@ -309,3 +309,28 @@ fn put_get_eval_and_stats_against_a_running_node() {
     signal(&node.child, libc::SIGTERM);
     node.wait_exit();
 }
+
+/// Bad input to the job and cluster commands: one clear line, no panic, no VM booted.
+#[test]
+fn job_and_cluster_commands_name_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("cluster.json");
+    let state = state.to_str().unwrap();
+    let bundle = dir.path().join("not-a-bundle");
+    std::fs::write(&bundle, "hello").unwrap();
+    for (args, needle) in [
+        (vec!["submit", "/nonexistent/job.toml"], "cannot read /nonexistent/job.toml"),
+        (vec!["replay", "garbage"], "`garbage` is not a handle"),
+        (vec!["journal", "import", bundle.to_str().unwrap()], "not a journal bundle"),
+        (vec!["cluster", "down", "--state", state], "no cluster state at"),
+        (vec!["cluster", "up", "--nodes", "0", "--state", state], "a cluster has 1 to 16 nodes"),
+        (vec!["cluster", "up", "--nodes", "2", "--fault", "5=corrupt-objects", "--state", state], "names node 5"),
+        (vec!["cluster", "up", "--nodes", "2", "--fault", "1=melt", "--state", state], "unknown fault `melt`"),
+        (vec!["eval", "--cluster", state, "--job", "/nonexistent.toml"], "cannot read /nonexistent.toml"),
+    ] {
+        let output = cairn().args(&args).stdin(Stdio::null()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle) && !stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

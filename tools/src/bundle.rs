@@ -73,9 +73,10 @@ impl Bundle {
             *bytes = &bytes[end + 1..];
             Ok(text)
         };
-        if line(&mut bytes)? != MAGIC {
+        if !bytes.starts_with(format!("{MAGIC}\n").as_bytes()) {
             bail!("not a journal bundle (expected `{MAGIC}` first)");
         }
+        line(&mut bytes)?;
         let journal = line(&mut bytes)?;
         let journal: Handle = journal.strip_prefix("journal ").ok_or_else(|| anyhow!("expected `journal HANDLE`"))?.parse()?;
         let mut objects = BTreeMap::new();

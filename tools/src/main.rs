@@ -794,8 +794,9 @@ fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    let handle = parse_handle(&args.handle)?;
     let mut client = cairn_tools::client::Client::connect(&args.node.node)?;
-    let outcome = client.replay(parse_handle(&args.handle)?)?;
+    let outcome = client.replay(handle)?;
     println!("job      {}", outcome.job);
     println!("journal  {}", outcome.journal);
     match outcome.result {

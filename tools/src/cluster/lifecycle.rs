@@ -151,6 +151,12 @@ pub fn serve(opts: &UpOptions, state_path: &Path, log: &mut dyn Write) -> anyhow
 /// Starts the daemon (`cairn cluster serve`, detached) and waits until the cluster is up.
 pub fn up(opts: &UpOptions, state_path: &Path) -> anyhow::Result<State> {
     use std::os::unix::process::CommandExt;
+    if !(1..=MAX_NODES).contains(&opts.nodes) {
+        bail!("a cluster has 1 to {MAX_NODES} nodes");
+    }
+    if let Some((index, _)) = opts.faults.iter().find(|(i, _)| *i >= opts.nodes) {
+        bail!("--fault names node {index}, but the cluster has nodes 0 to {}", opts.nodes - 1);
+    }
     if let Ok(old) = State::read(state_path) {
         if process_alive(old.daemon_pid) {
             bail!("a cluster is already running with state {} (stop it with `cairn cluster down`)", state_path.display());
