@@ -144,6 +144,11 @@ fn a_job_fetches_counts_sends_once_and_replays_without_its_upstream_here_and_els
     assert_eq!(*received.lock().unwrap(), [expected.as_bytes().to_vec()], "the summary went out exactly once");
     assert_eq!(requests.lock().unwrap().len(), 2);
     let job = field(&submitted, "job");
+    // `journal export` writes the same bundle as `submit --export`.
+    let exported = dir.path().join("exported.bundle");
+    let export = cairn(&["journal", "export", "--node", &address, &field(&submitted, "journal"), "-o", exported.to_str().unwrap()]);
+    assert_eq!(export.status.code(), Some(0), "{}", show(&export));
+    assert!(std::fs::read(&exported).unwrap() == std::fs::read(&bundle).unwrap());
 
     // Replay with the upstream gone: same result, nothing fetched, nothing sent.
     http.stop();
