@@ -144,6 +144,16 @@ fn a_job_fetches_counts_sends_once_and_replays_without_its_upstream_here_and_els
     assert_eq!(*received.lock().unwrap(), [expected.as_bytes().to_vec()], "the summary went out exactly once");
     assert_eq!(requests.lock().unwrap().len(), 2);
     let job = field(&submitted, "job");
+    // The journal's times are wall-clock times from the node's RTC (QEMU gives it the host's
+    // time): within a minute of the host's clock.
+    let journal_handle: Handle = field(&submitted, "journal").parse().unwrap();
+    let journal = cairn_tools::client::Client::connect(&address).unwrap().get(journal_handle, |_, _| {}).unwrap();
+    let journal = cairn_io::Journal::decode(&journal).unwrap();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert_eq!(journal.entries.len(), 3);
+    for entry in &journal.entries {
+        assert!(entry.at_ms.abs_diff(now_ms) < 60_000, "journal time {} vs host {now_ms}", entry.at_ms);
+    }
     // `journal export` writes the same bundle as `submit --export`.
     let exported = dir.path().join("exported.bundle");
     let export = cairn(&["journal", "export", "--node", &address, &field(&submitted, "journal"), "-o", exported.to_str().unwrap()]);

@@ -4,7 +4,7 @@
 //! ```text
 //! cairn-journal 1
 //! job tree:…
-//! io 1520 http.get thunk:… blob:…
+//! io 1795708800123 http.get thunk:… blob:…
 //! result blob:…
 //! ```
 
@@ -20,7 +20,8 @@ const MAGIC: &str = "cairn-journal 1";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// Milliseconds since the node booted when the response arrived.
+    /// When the response arrived: ms since the Unix epoch by the node's real-time clock (its
+    /// uptime in ms if it has none).
     pub at_ms: u64,
     pub effect: Effect,
     /// The IO request as applied (its arguments evaluated).

@@ -26,7 +26,7 @@ pub trait Transport {
     fn exchange(&mut self, capability: &Capability, request: &[u8], limit: usize) -> Result<Vec<u8>, String>;
     /// Sends `data` and closes.
     fn send(&mut self, capability: &Capability, data: &[u8]) -> Result<(), String>;
-    /// Milliseconds since the node booted, for the journal.
+    /// Milliseconds since the Unix epoch (the node's wall clock), for the journal.
     fn now_ms(&self) -> u64;
 }
 

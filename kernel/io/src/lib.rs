@@ -11,6 +11,7 @@ mod job;
 mod journal;
 mod layer;
 mod manifest;
+pub mod time;
 
 pub use job::{Job, JobError};
 pub use journal::{Entry, Journal, JournalError};

@@ -153,6 +153,10 @@ fn serve(config: &NodeConfig) -> Status {
             None
         }
     });
+    match arch::clock::read_wall_clock() {
+        Some(ms) => log::info!("clock: RTC says {} s since the Unix epoch", ms / 1000),
+        None => log::warn!("clock: the RTC gave no valid time; journals record uptime instead"),
+    }
     let (mut ev, _procedures) = jobs::node_evaluator(memory::heap::usage().1 as u64 / 2);
     let mut id_source = alloc::vec::Vec::from(network.device.mac());
     if let Some(cluster) = &cluster {

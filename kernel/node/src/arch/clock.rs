@@ -90,3 +90,19 @@ pub fn sleep_ms(ms: u64) {
         x86_64::instructions::interrupts::enable_and_hlt();
     }
 }
+
+/// Unix time in ms when the node booted (0 until `read_wall_clock`); from the RTC.
+static BOOT_UNIX_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Reads the real-time clock once; returns the wall-clock time now in ms, if the RTC gave one.
+pub fn read_wall_clock() -> Option<u64> {
+    let now_ms = super::rtc::unix_seconds()? * 1000;
+    BOOT_UNIX_MS.store(now_ms.saturating_sub(micros_since_boot() / 1000), Ordering::Relaxed);
+    Some(now_ms)
+}
+
+/// Milliseconds since the Unix epoch, for journals; None if the RTC could not be read.
+pub fn wall_ms() -> Option<u64> {
+    let boot = BOOT_UNIX_MS.load(Ordering::Relaxed);
+    (boot != 0).then(|| boot + micros_since_boot() / 1000)
+}

@@ -5,5 +5,6 @@ pub mod cpu;
 pub mod gdt;
 pub mod pic;
 pub mod probe;
+pub mod rtc;
 pub mod trap;
 pub mod user;

@@ -134,6 +134,7 @@ impl Transport for NetTransport<'_> {
     }
 
     fn now_ms(&self) -> u64 {
-        clock::micros_since_boot() / 1000
+        // Wall-clock time from the RTC; the node's uptime if it has none (docs/IO.md).
+        clock::wall_ms().unwrap_or(clock::micros_since_boot() / 1000)
     }
 }
