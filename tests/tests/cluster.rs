@@ -197,6 +197,10 @@ fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node()
     assert!(killed, "node 2 never got work:\n{transcript}");
     assert_eq!(out.status.code(), Some(0), "{transcript}");
     assert!(transcript.contains("node 2 lost"), "{transcript}");
+    let status = cairn().args(["cluster", "status", "--state", cluster.state_path.to_str().unwrap()]).output().unwrap();
+    let status_text = String::from_utf8_lossy(&status.stdout);
+    assert!(status_text.contains("node 2  DOWN") && status_text.contains("2 of 3 nodes up"), "{}", show(&status));
+    assert!(status_text.lines().filter(|l| l.contains("  up  ")).all(|l| !l.contains("tasks_run 0 ")), "{}", show(&status));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.lines().next().unwrap().parse::<Handle>().unwrap(), result_of(&reference), "{transcript}");
 }

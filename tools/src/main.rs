@@ -186,6 +186,8 @@ enum ClusterCommand {
     Up(ClusterUpArgs),
     /// Stop the cluster's nodes.
     Down(ClusterStateArg),
+    /// Each node of the cluster: up or down, its API, and what it holds and has run.
+    Status(ClusterStateArg),
     /// The cluster's daemon (started by `up`).
     #[command(hide = true)]
     Serve(ClusterUpArgs),
@@ -737,6 +739,33 @@ fn cluster(command: &ClusterCommand) -> anyhow::Result<ExitCode> {
                 println!("node {}  api {}  cluster {a}.{b}.{c}.{d}  qemu pid {}", node.index, node.api, node.qemu_pid);
             }
             println!("cluster up: {} nodes (state {}, consoles in {})", state.nodes.len(), args.state.state.display(), state.log.display());
+        }
+        ClusterCommand::Status(args) => {
+            let state = lifecycle::State::read(&args.state)?;
+            let mut down = 0;
+            for node in &state.nodes {
+                let [a, b, c, d] = node.cluster_ip;
+                let stats = cairn_tools::client::Client::connect(&node.api).and_then(|mut c| c.stats());
+                match stats {
+                    Ok(text) => {
+                        let get = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).unwrap_or("?").to_string();
+                        println!(
+                            "node {}  up    api {}  cluster {a}.{b}.{c}.{d}  objects {}  tasks_run {}  memo_entries {}  fetched_bytes {}",
+                            node.index,
+                            node.api,
+                            get("objects"),
+                            get("tasks_run"),
+                            get("memo_entries"),
+                            get("fetched_bytes")
+                        );
+                    }
+                    Err(e) => {
+                        down += 1;
+                        println!("node {}  DOWN  api {}  cluster {a}.{b}.{c}.{d}  ({e:#})", node.index, node.api);
+                    }
+                }
+            }
+            println!("{} of {} nodes up", state.nodes.len() - down, state.nodes.len());
         }
         ClusterCommand::Down(args) => {
             let state = lifecycle::down(&args.state)?;
