@@ -211,38 +211,56 @@ impl Coordinator<'_> {
             .collect()
     }
 
-    /// Asks every live node's memo about a task (as written, and as applied).
-    fn recall(&mut self, written: Handle, applied: Handle, progress: &mut dyn FnMut(&str)) -> Option<(NodeId, Handle)> {
+    /// The applied thunk of a task whose arguments all have values: its handle and encoding.
+    fn applied(&self, task: usize) -> anyhow::Result<Option<(Handle, Vec<u8>)>> {
+        let Some(args) = self.resolved_args(task) else { return Ok(None) };
+        let t = &self.graph.tasks[task];
+        let bytes = cairn_object::thunk::encode(t.limits, t.procedure, &args).map_err(|p| anyhow!("{p}"))?;
+        Ok(Some((cairn_object::store::name(Kind::Thunk, &bytes)?, bytes)))
+    }
+
+    /// Asks every live node's memo about these tasks (as written, and as applied), one RECALL
+    /// per node for all of them: a node answers only between evaluations, so asking task by
+    /// task would make every dispatch wait for every busy node. Tasks remembered somewhere are
+    /// done.
+    fn recall(&mut self, tasks: &[usize], progress: &mut dyn FnMut(&str)) -> anyhow::Result<()> {
+        let mut asked: HashMap<Handle, usize> = HashMap::new();
+        for &task in tasks {
+            if let Some((applied, _)) = self.applied(task)? {
+                asked.insert(self.graph.tasks[task].written, task);
+                asked.insert(applied, task);
+            }
+        }
+        if asked.is_empty() {
+            return Ok(());
+        }
+        let thunks: Vec<Handle> = asked.keys().copied().collect();
         for node in self.live() {
             if self.suspect.contains(&node) {
                 continue; // its memo is no better than its bytes
             }
             let Some(probe) = self.probes[node].as_mut() else { continue };
-            match probe.recall(&[written, applied]) {
+            match probe.recall(&thunks) {
                 Ok(entries) => {
-                    if let Some((_, value)) = entries.first() {
-                        return Some((node, *value));
+                    for (thunk, value) in entries {
+                        let Some(&task) = asked.get(&thunk) else { continue };
+                        if self.status[task] == Status::Waiting {
+                            self.holders.add(value, node);
+                            self.finish(task, value);
+                            self.report.recalled += 1;
+                        }
                     }
                 }
                 Err(e) => self.lose(node, &format!("{e:#}"), progress),
             }
         }
-        None
+        Ok(())
     }
 
     fn dispatch(&mut self, task: usize, progress: &mut dyn FnMut(&str)) -> anyhow::Result<bool> {
         let Some(args) = self.resolved_args(task) else { return Ok(false) };
+        let Some((applied, applied_bytes)) = self.applied(task)? else { return Ok(false) };
         let t = &self.graph.tasks[task];
-        let applied_bytes = cairn_object::thunk::encode(t.limits, t.procedure, &args).map_err(|p| anyhow!("{p}"))?;
-        let applied = cairn_object::store::name(Kind::Thunk, &applied_bytes)?;
-        if !self.options.verify && self.first_result[task].is_none() {
-            if let Some((node, value)) = self.recall(t.written, applied, progress) {
-                self.holders.add(value, node);
-                self.finish(task, value);
-                self.report.recalled += 1;
-                return Ok(true);
-            }
-        }
         let mut inputs = vec![t.procedure];
         inputs.extend(args.iter().copied());
         inputs.retain(|h| !h.is_literal());
@@ -473,9 +491,16 @@ pub fn run(graph: &Graph, objects: &HashMap<Handle, Vec<u8>>, nodes: &[NodeState
         } else {
             break;
         }
+        let ready: Vec<usize> = (0..tasks).filter(|&t| c.status[t] == Status::Waiting && c.resolved_args(t).is_some()).collect();
         let mut dispatched = false;
-        for task in 0..tasks {
-            if c.status[task] == Status::Waiting && c.resolved_args(task).is_some() {
+        if !options.verify {
+            let fresh: Vec<usize> = ready.iter().copied().filter(|&t| c.first_result[t].is_none()).collect();
+            let before = c.report.recalled;
+            c.recall(&fresh, progress)?;
+            dispatched |= c.report.recalled > before;
+        }
+        for task in ready {
+            if c.status[task] == Status::Waiting {
                 dispatched |= c.dispatch(task, progress)?;
             }
         }
