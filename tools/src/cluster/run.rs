@@ -15,6 +15,9 @@ use super::graph::{Arg, Candidate, Graph, Holders, NodeId, Placement, place};
 use super::lifecycle::{API_PORT, NodeState};
 use crate::client::Client;
 
+/// Times a task may fail to get its inputs from peers before the evaluation gives up.
+const MAX_FETCH_FAILURES: u32 = 5;
+
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
     pub placement: Placement,
@@ -71,6 +74,8 @@ enum Event {
     Failed { node: NodeId, task: usize, why: String },
     /// A peer sent wrong bytes while this node fetched from it.
     BadPeer { node: NodeId, task: usize, peer: NodeId, why: String },
+    /// The node could not fetch from a peer (busy too long, gone): the task is tried again.
+    FetchFailed { node: NodeId, task: usize, peer: NodeId, why: String },
     Lost { node: NodeId, why: String },
 }
 
@@ -121,6 +126,10 @@ fn run_order(client: &mut Client, node: NodeId, order: &Order) -> Event {
                 if why.contains("wrong bytes") {
                     return Event::BadPeer { node, task: order.task, peer: *peer, why };
                 }
+                // The node answered (with an error): it is the peer that failed, not this node.
+                if why.contains("the node refused") {
+                    return Event::FetchFailed { node, task: order.task, peer: *peer, why };
+                }
                 return lost(e);
             }
         }
@@ -154,6 +163,8 @@ struct Coordinator<'a> {
     placed_on: Vec<BTreeSet<NodeId>>,
     /// Tasks a node is working on.
     in_flight: Vec<BTreeSet<usize>>,
+    /// Failed fetches per task (a peer busy for too long); bounded by MAX_FETCH_FAILURES.
+    fetch_failures: Vec<u32>,
     orders: Vec<Option<mpsc::Sender<Order>>>,
     probes: Vec<Option<Client>>,
     rng: u64,
@@ -283,7 +294,13 @@ impl Coordinator<'_> {
         let mut fetches: BTreeMap<NodeId, Vec<Handle>> = BTreeMap::new();
         let mut uploads = Vec::new();
         for h in inputs.iter().filter(|h| !self.holders.holds(h, node)) {
-            let source = self.holders.holders(h).find(|p| self.alive[*p] && !self.suspect.contains(p) && *p != node);
+            // Of the trusted holders, the least loaded: a node answers only between its own
+            // evaluations, so a busy source makes the fetch crawl.
+            let source = self
+                .holders
+                .holders(h)
+                .filter(|p| self.alive[*p] && !self.suspect.contains(p) && *p != node)
+                .min_by_key(|p| (self.load[*p], *p));
             match (source, self.objects.get(h)) {
                 (Some(peer), _) => fetches.entry(peer).or_default().push(*h),
                 (None, Some(bytes)) => uploads.push((*h, bytes.clone())),
@@ -401,6 +418,17 @@ impl Coordinator<'_> {
                 self.status[task] = Status::Waiting;
                 self.placed_on[task].remove(&node);
             }
+            Event::FetchFailed { node, task, peer, why } => {
+                self.load[node] = self.load[node].saturating_sub(1);
+                self.in_flight[node].remove(&task);
+                self.fetch_failures[task] += 1;
+                if self.fetch_failures[task] > MAX_FETCH_FAILURES {
+                    bail!("task {task}: node {node} could not fetch its inputs from node {peer} {MAX_FETCH_FAILURES} times: {why}");
+                }
+                progress(&format!("cairn: node {node} could not fetch from node {peer} ({why}); task {task} runs again"));
+                self.status[task] = Status::Waiting;
+                self.placed_on[task].remove(&node);
+            }
             Event::Lost { node, why } => self.lose(node, &why, progress),
         }
         Ok(())
@@ -444,6 +472,7 @@ pub fn run(graph: &Graph, objects: &HashMap<Handle, Vec<u8>>, nodes: &[NodeState
         first_result: vec![None; tasks],
         placed_on: vec![BTreeSet::new(); tasks],
         in_flight: vec![BTreeSet::new(); n],
+        fetch_failures: vec![0; tasks],
         orders,
         probes,
         rng: options.seed | 1,
