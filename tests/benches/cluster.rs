@@ -18,14 +18,22 @@ fn summary(stdout: &str, stderr: &str) -> (f64, u64, String) {
     (secs, moved, stdout.lines().next().unwrap_or("").to_string())
 }
 
+/// Stops the cluster when dropped, so that a failed run leaves no nodes behind.
+struct Down(String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        cairn(&["cluster", "down", "--state", &self.0]);
+    }
+}
+
 fn with_cluster<T>(dir: &Path, nodes: usize, f: impl FnOnce(&str) -> T) -> T {
     let state = dir.join(format!("cluster-{nodes}.json"));
     let state = state.to_str().unwrap();
     let (ok, out, err) = cairn(&["cluster", "up", "--nodes", &nodes.to_string(), "--state", state]);
     assert!(ok, "{out}{err}");
-    let result = f(state);
-    cairn(&["cluster", "down", "--state", state]);
-    result
+    let _down = Down(state.to_string());
+    f(state)
 }
 
 fn main() {
