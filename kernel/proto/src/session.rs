@@ -108,8 +108,9 @@ impl Session {
 
     /// Takes bytes from the client and handles every whole frame among them.
     ///
-    /// During an upload, PUT-CHUNK payloads are copied once, straight into the upload's buffer;
-    /// every other frame is collected whole and then decoded.
+    /// Frames that arrive whole are decoded where they lie; a frame split across calls is
+    /// collected (only its own bytes). During an upload, PUT-CHUNK payloads are copied once,
+    /// straight into the upload's buffer. Work per call is linear in the bytes given.
     pub fn feed(&mut self, mut bytes: &[u8], node: &mut dyn NodeApi) {
         while !self.closing && !bytes.is_empty() {
             if self.chunk_left > 0 {
@@ -140,37 +141,34 @@ impl Session {
                     Err(e) => return self.fail(0, ErrorCode::BadFrame, e.to_string()),
                 }
             }
-            self.input.extend_from_slice(bytes);
-            bytes = &[];
-            let rest = self.decode_input(node);
-            if !rest.is_empty() {
-                // An upload began: what follows it goes through the streaming path above.
-                return self.feed(&rest, node);
-            }
-        }
-    }
-
-    /// Handles the whole frames in `input`; if one of them begins an upload, stops there and
-    /// returns the bytes after it.
-    fn decode_input(&mut self, node: &mut dyn NodeApi) -> Vec<u8> {
-        let mut used = 0;
-        while !self.closing {
-            match decode(&self.input[used..]) {
-                Ok(Some((frame, len))) => {
-                    used += len;
-                    self.handle(frame, node);
-                    if self.upload.is_some() {
-                        let rest = self.input[used..].to_vec();
-                        self.input.clear();
-                        return rest;
+            if self.input.is_empty() {
+                // Whole frames straight from the bytes received; only a partial one is kept.
+                match decode(bytes) {
+                    Ok(Some((frame, len))) => {
+                        bytes = &bytes[len..];
+                        self.handle(frame, node);
                     }
+                    Ok(None) => {
+                        self.input.extend_from_slice(bytes);
+                        bytes = &[];
+                    }
+                    Err(e) => return self.fail(0, ErrorCode::BadFrame, e.to_string()),
                 }
-                Ok(None) => break,
-                Err(e) => self.fail(0, ErrorCode::BadFrame, e.to_string()),
+                continue;
+            }
+            // A frame begun earlier: add just the bytes it still lacks.
+            let want = pending_need(&self.input).min(bytes.len());
+            self.input.extend_from_slice(&bytes[..want]);
+            bytes = &bytes[want..];
+            match decode(&self.input) {
+                Ok(Some((frame, _))) => {
+                    self.input.clear();
+                    self.handle(frame, node);
+                }
+                Ok(None) => {}
+                Err(e) => return self.fail(0, ErrorCode::BadFrame, e.to_string()),
             }
         }
-        self.input.drain(..used.min(self.input.len()));
-        Vec::new()
     }
 
     fn begin_chunk(&mut self, request: u32, offset: u64, len: usize, node: &mut dyn NodeApi) {
@@ -333,6 +331,14 @@ impl Session {
             Err(e @ StoreError::Full { .. }) => self.error(request, ErrorCode::StoreFull, e.to_string()),
             Err(e) => self.error(request, ErrorCode::WrongHash, e.to_string()),
         }
+    }
+}
+
+/// Bytes a partial frame in `input` still lacks: up to its length field, then up to its end.
+fn pending_need(input: &[u8]) -> usize {
+    match input.get(..4) {
+        None => 4 - input.len(),
+        Some(len) => (4 + u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize).saturating_sub(input.len()).max(1),
     }
 }
 
@@ -529,6 +535,28 @@ mod tests {
             let (mut s, mut n) = (Session::new(), node());
             exchange_in_pieces(&mut s, &mut n, &stream, &[size]);
         }
+    }
+
+    /// Thousands of uploads in one call are handled in a loop: the session used to recurse once
+    /// per upload (and copy the rest of the input each time), which overflowed the stack here.
+    #[test]
+    fn many_uploads_in_one_call() {
+        let mut messages = Vec::new();
+        let mut handles = Vec::new();
+        for i in 0..20_000u32 {
+            let bytes = [&i.to_le_bytes()[..], &[7u8; 60][..]].concat();
+            let h = Handle::blob(&bytes);
+            messages.push((i, Message::PutBegin { handle: h, len: bytes.len() as u64 }));
+            messages.push((i, Message::PutChunk { offset: 0, bytes }));
+            handles.push(h);
+        }
+        let (mut s, mut n) = (Session::new(), FakeNode { store: MemStore::new(64 << 20) });
+        let stream = frames(&messages);
+        s.feed(&stream, &mut n);
+        let replies = exchange(&mut s, &mut n, &[]);
+        assert_eq!(replies.len(), 20_000);
+        assert!(replies.iter().zip(&handles).all(|(r, h)| r.message == Message::Stored { handle: *h }));
+        assert!(handles.iter().all(|h| n.store.contains(h)));
     }
 
     #[test]
