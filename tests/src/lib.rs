@@ -91,12 +91,17 @@ pub fn free_port() -> u16 {
 /// Boots a BIOS node serving the node API (its other settings from `config`), waits for its
 /// address, and returns it with the API's host address.
 pub fn serving_node(config: NodeConfig) -> (Node, String) {
+    serving_node_with(NodeOptions { config, ..NodeOptions::default() })
+}
+
+/// A serving node booted with `opts` (its mode set to serve and its API forwarded), and the
+/// API's address.
+pub fn serving_node_with(opts: NodeOptions) -> (Node, String) {
     let port = free_port();
     let mut node = Node::boot_with(NodeOptions {
-        firmware: Firmware::Bios,
-        config: NodeConfig { mode: Mode::Serve, ..config },
+        config: NodeConfig { mode: Mode::Serve, ..opts.config },
         api_port: Some(port),
-        ..NodeOptions::default()
+        ..opts
     });
     node.expect(READY_LINE, BOOT_TIMEOUT);
     node.expect(r"^cairn: net ip=10\.0\.2\.15/24 ", BOOT_TIMEOUT);

@@ -158,3 +158,40 @@ fn idle_and_truncated_connections_are_closed_while_others_are_served() {
     let closed = watcher.join().unwrap().expect("the node closes an idle connection");
     assert!(closed >= Duration::from_millis(1500) && closed < Duration::from_secs(10), "closed after {closed:?}");
 }
+
+fn stat(stats: &str, key: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {stats}"))
+}
+
+/// Uploads are hashed span by span while they arrive, on the helper CPU when there is one
+/// (arch::smp): the names it computes are checked like any other, and a node with one CPU
+/// hashes them itself.
+#[test]
+fn uploads_are_named_on_the_helper_cpu_and_without_one() {
+    let big: Vec<u8> = (0..(4u32 << 20) + 777).map(|i| (i.wrapping_mul(2654435761) >> 9) as u8).collect();
+    let handle = Handle::blob(&big);
+    // The same length, one byte different: only hashing every span can tell.
+    let mut forged = big.clone();
+    forged[(3 << 20) + 5] ^= 0x40;
+    for cpus in [2, 1] {
+        let (_node, address) = cairn_tests::serving_node_with(NodeOptions { cpus, ..NodeOptions::default() });
+        let mut client = Client::connect(&address).unwrap();
+        let err = client.put(handle, &forged, |_| {}).unwrap_err().to_string();
+        assert!(err.contains("really"), "{cpus} CPUs: {err}");
+        assert_eq!(client.missing(&[handle]).unwrap(), [handle], "{cpus} CPUs: a forged upload stores nothing");
+        client.put(handle, &big, |_| {}).unwrap();
+        assert!(client.get(handle, |_, _| {}).unwrap() == big, "{cpus} CPUs: round trip");
+        let stats = client.stats().unwrap();
+        assert_eq!(stat(&stats, "cpus"), cpus as u64, "{stats}");
+        let helped = stat(&stats, "helper_hashed_bytes");
+        if cpus == 1 {
+            assert_eq!(helped, 0, "{stats}");
+        } else {
+            // Both uploads were offered to the helper; the boot CPU takes what is left at the end.
+            assert!(helped > 0 && helped <= 2 * big.len() as u64, "{stats}");
+        }
+    }
+}

@@ -265,6 +265,9 @@ struct BootArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=65536), global = true)]
     memory: u32,
+    /// Virtual CPUs: the kernel uses a second one to hash uploads as they arrive.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64), global = true)]
+    cpus: u32,
     /// Kernel log level.
     #[arg(long, value_enum, default_value = "info", global = true)]
     log: LogArg,
@@ -413,6 +416,7 @@ fn bench_net(boot: &BootArgs, mib: u64) -> anyhow::Result<Vec<(String, f64, Stri
         firmware: boot.firmware.firmware(),
         accel,
         memory_mib,
+        cpus: boot.cpus,
         config: NodeConfig { mode: Mode::Serve, log_level: boot.log.into(), ip: None, ..NodeConfig::default() },
         raw_config: None,
         api_port: Some(port),
@@ -524,6 +528,7 @@ fn boot_and_watch_on(
         firmware: args.firmware.firmware(),
         accel,
         memory_mib: args.memory,
+        cpus: args.cpus,
         config: NodeConfig { log_level: args.log.into(), ..config },
         raw_config: None,
         api_port,

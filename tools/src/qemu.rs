@@ -57,6 +57,8 @@ pub struct NodeOptions {
     pub firmware: Firmware,
     pub accel: Accel,
     pub memory_mib: u32,
+    /// Virtual CPUs. The kernel uses a second one as its helper (hashing uploads).
+    pub cpus: u32,
     pub config: NodeConfig,
     /// Boot with these configuration bytes instead of `config` (tests of bad configurations).
     pub raw_config: Option<Vec<u8>>,
@@ -81,6 +83,7 @@ impl Default for NodeOptions {
             firmware: Firmware::Bios,
             accel: Accel::Tcg,
             memory_mib: 512,
+            cpus: 2,
             config: NodeConfig::default(),
             raw_config: None,
             api_port: None,
@@ -184,9 +187,10 @@ impl Vm {
         // The BIOS stages of the bootloader need VESA, so a VGA device stays even without a display.
         cmd.args(["-nodefaults", "-vga", "std", "-display", "none", "-no-reboot", "-serial", "stdio"])
             .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-            .args(["-m", &opts.memory_mib.to_string(), "-smp", "1"]);
+            .args(["-m", &opts.memory_mib.to_string(), "-smp", &opts.cpus.to_string()]);
         match opts.accel {
-            Accel::Tcg => cmd.args(["-accel", "tcg", "-cpu", "max"]),
+            // One host thread per virtual CPU, so that the helper CPU really runs in parallel.
+            Accel::Tcg => cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max"]),
             Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
         };
         if let Some(ovmf) = ovmf {

@@ -50,7 +50,14 @@ pub fn hash(input: &[u8]) -> [u8; 32] {
     *merge_subtrees_root(&subtree(left, 0), &subtree(right, left_len as u64), Mode::Hash).as_bytes()
 }
 
-/// The chaining value of the subtree of `input`, which starts at byte `offset` of the whole.
+/// The chaining value of the subtree of `input`, which starts at byte `offset` of the whole
+/// (a multiple of the chunk length), in a whole longer than `input`. Callers check
+/// [`available`] first.
+pub fn subtree_cv(input: &[u8], offset: u64) -> ChainingValue {
+    assert!(available(), "cairn_blake3x8::subtree_cv needs AVX2");
+    subtree(input, offset)
+}
+
 fn subtree(input: &[u8], offset: u64) -> ChainingValue {
     if input.len() <= CHUNK_LEN {
         return blake3::Hasher::new().set_input_offset(offset).update(input).finalize_non_root();
@@ -75,60 +82,62 @@ mod x86 {
     core::arch::global_asm!(include_str!("rounds.s"));
 
     unsafe extern "C" {
-        fn cairn_b3x8_rounds(state: *mut [u32; LANES], message: *const [u32; LANES], scratch: *mut [u32; LANES]);
+        fn cairn_b3x8_chunks(
+            cv: *mut [u32; LANES],
+            messages: *const [[u32; LANES]; 16],
+            constants: *const [u32; LANES],
+            flags: *const [u32; LANES],
+            scratch: *mut [u32; LANES],
+        );
     }
 
+    const BLOCKS: usize = CHUNK_LEN / BLOCK_LEN;
+
     /// Chaining values of 8 consecutive whole chunks, the first with chunk counter `counter`.
-    /// Everything but the rounds is plain Rust (the kernel is built without SIMD registers).
+    /// The message words are rearranged here (the kernel is built without SIMD registers, so
+    /// this is plain Rust); all 16 blocks' rounds run in one call of the generated routine.
     ///
     /// # Safety
     /// The CPU and OS must support AVX2.
     pub unsafe fn hash8(input: &[u8; LANES * CHUNK_LEN], counter: u64, out: &mut [[u8; 32]; LANES]) {
-        let mut h = [[0u32; LANES]; 8];
-        for (i, row) in h.iter_mut().enumerate() {
-            *row = [IV[i]; LANES];
+        // messages[block][w][pair]: word w of the block in the chunks of lanes 2 * pair (low
+        // half) and 2 * pair + 1, which is the routine's layout of 8 u32 lanes. Words move two at
+        // a time: under emulation every memory access costs an address translation.
+        let mut messages = [[[0u64; LANES / 2]; 16]; BLOCKS];
+        for (block, rows) in messages.iter_mut().enumerate() {
+            for lane in (0..LANES).step_by(2) {
+                let at = |l: usize, w: usize| {
+                    let i = l * CHUNK_LEN + block * BLOCK_LEN + w * 4;
+                    u64::from_le_bytes(input[i..i + 8].try_into().expect("8 bytes"))
+                };
+                for w in (0..16).step_by(2) {
+                    let (a, b) = (at(lane, w), at(lane + 1, w));
+                    let even = (a & 0xffff_ffff) | (b << 32);
+                    let odd = (a >> 32) | (b & 0xffff_ffff_0000_0000);
+                    rows[w][lane / 2] = even;
+                    rows[w + 1][lane / 2] = odd;
+                }
+            }
         }
         let lo: [u32; LANES] = core::array::from_fn(|lane| (counter + lane as u64) as u32);
         let hi: [u32; LANES] = core::array::from_fn(|lane| ((counter + lane as u64) >> 32) as u32);
-        for block in 0..CHUNK_LEN / BLOCK_LEN {
-            // Word w of this block, for each lane, in one row.
-            let mut message = [[0u32; LANES]; 16];
-            for (lane, chunk) in input.chunks_exact(CHUNK_LEN).enumerate() {
-                let bytes = &chunk[block * BLOCK_LEN..][..BLOCK_LEN];
-                for (w, word) in bytes.chunks_exact(4).enumerate() {
-                    message[w][lane] = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
-                }
-            }
-            let mut flags = 0;
-            if block == 0 {
-                flags |= CHUNK_START;
-            }
-            if block == CHUNK_LEN / BLOCK_LEN - 1 {
-                flags |= CHUNK_END;
-            }
-            let mut v = [[0u32; LANES]; 16];
-            v[..8].copy_from_slice(&h);
-            for i in 0..4 {
-                v[8 + i] = [IV[i]; LANES];
-            }
-            v[12] = lo;
-            v[13] = hi;
-            v[14] = [BLOCK_LEN as u32; LANES];
-            v[15] = [flags; LANES];
-            let mut scratch = [0u32; LANES];
-            // SAFETY: both arrays are 16 rows of 8 u32s and the scratch is 32 bytes, as the
-            // routine expects; AVX2 is available (the caller's contract), and the routine
-            // clobbers only caller-saved vector registers, which the kernel never keeps values in.
-            unsafe { cairn_b3x8_rounds(v.as_mut_ptr(), message.as_ptr(), &mut scratch) };
-            for i in 0..8 {
-                for lane in 0..LANES {
-                    h[i][lane] = v[i][lane] ^ v[i + 8][lane];
-                }
-            }
-        }
-        for (lane, cv) in out.iter_mut().enumerate() {
-            for (i, row) in h.iter().enumerate() {
-                cv[4 * i..4 * i + 4].copy_from_slice(&row[lane].to_le_bytes());
+        let constants = [[IV[0]; LANES], [IV[1]; LANES], [IV[2]; LANES], [IV[3]; LANES], lo, hi, [BLOCK_LEN as u32; LANES]];
+        let flags: [[u32; LANES]; BLOCKS] = core::array::from_fn(|block| {
+            let start = if block == 0 { CHUNK_START } else { 0 };
+            let end = if block == BLOCKS - 1 { CHUNK_END } else { 0 };
+            [start | end; LANES]
+        });
+        let mut cv: [[u32; LANES]; 8] = core::array::from_fn(|i| [IV[i]; LANES]);
+        let mut scratch = [[0u32; LANES]; 16];
+        // SAFETY: every pointer is to an array of the shape the routine's header describes
+        // (gen_rounds.py); AVX2 is available (the caller's contract), and the routine clobbers
+        // only caller-saved registers and vector registers, which the kernel keeps no values in.
+        unsafe {
+            cairn_b3x8_chunks(cv.as_mut_ptr(), messages.as_ptr().cast(), constants.as_ptr(), flags.as_ptr(), scratch.as_mut_ptr())
+        };
+        for (lane, out) in out.iter_mut().enumerate() {
+            for (i, row) in cv.iter().enumerate() {
+                out[4 * i..4 * i + 4].copy_from_slice(&row[lane].to_le_bytes());
             }
         }
     }

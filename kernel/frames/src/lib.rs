@@ -172,6 +172,16 @@ impl<'a> FrameAllocator<'a> {
         None
     }
 
+    /// Allocates the lowest free frame that lies wholly below physical address `limit`; for
+    /// hardware that can only reach low memory (a second CPU starts in real mode, under 1 MiB).
+    pub fn alloc_below(&mut self, limit: u64) -> Option<u64> {
+        let end = (limit / FRAME_SIZE).saturating_sub(self.base_frame).min(self.frame_count) as usize;
+        let idx = find_bit(self.free, 0..end, true)?;
+        self.set_free(idx, false);
+        self.free_count -= 1;
+        Some(self.addr_of(idx))
+    }
+
     /// Returns one frame to the pool.
     pub fn free(&mut self, addr: u64) -> Result<(), FreeError> {
         self.free_contiguous(addr, 1)
@@ -320,6 +330,22 @@ mod tests {
         assert_eq!(fa.alloc_contiguous(100, 0x1000), None);
         fa.free_contiguous(0x8000, 4).unwrap();
         assert_eq!(fa.alloc_contiguous(4, 0x4000), Some(0x8000));
+    }
+
+    #[test]
+    fn low_frames_come_lowest_first_and_only_below_the_limit() {
+        let regions = [Region::new(0x1000, 0x4000), Region::new(0x9000, 0x20000)];
+        let mut storage = storage_for(&regions);
+        let mut fa = FrameAllocator::new(&mut storage, regions.iter().copied(), &[Region::new(0x1000, 0x2000)]);
+        assert_eq!(fa.alloc_below(0x3000), Some(0x2000));
+        // 0x3000 ends at the limit 0x4000, so it fits; nothing else below 0x4000 is left.
+        assert_eq!(fa.alloc_below(0x4000), Some(0x3000));
+        assert_eq!(fa.alloc_below(0x9fff), None, "a frame must end at or below the limit");
+        assert_eq!(fa.alloc_below(0xa000), Some(0x9000));
+        assert_eq!(fa.alloc_below(0), None);
+        assert_eq!(fa.free_frames(), 0x17 - 1);
+        fa.free(0x2000).unwrap();
+        assert_eq!(fa.alloc_below(u64::MAX), Some(0x2000));
     }
 
     #[test]

@@ -71,6 +71,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         if arch::user::cpuid_faulting() { "faulting (fixed answer)" } else { "NOT faulting: tasks see the host CPUID" }
     );
     choose_blake3();
+    match arch::smp::start(boot_info) {
+        Ok(apic_id) => log::info!("smp: helper CPU (APIC id {apic_id}) online; it hashes uploads"),
+        Err(why) => log::info!("smp: no helper CPU: {why}"),
+    }
     log::info!("mode: {}", config.mode.name());
 
     let status = run(&config, &memory);

@@ -21,6 +21,11 @@ pub trait UploadBuffer {
     fn write_at(&mut self, offset: usize, bytes: &[u8]);
     /// The bytes, once all of them have been written.
     fn into_bytes(self: Box<Self>) -> Bytes;
+    /// The bytes, and their BLAKE3 digest if the buffer computed it as they arrived (`None`:
+    /// the store hashes them).
+    fn into_bytes_and_digest(self: Box<Self>) -> (Bytes, Option<[u8; 32]>) {
+        (self.into_bytes(), None)
+    }
 }
 
 impl UploadBuffer for Vec<u8> {

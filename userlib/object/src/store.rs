@@ -113,6 +113,34 @@ impl MemStore {
     ) -> Result<(), StoreError> {
         let kind = claimed.kind();
         let actual = name(kind, &bytes).map_err(|error| StoreError::Invalid { kind, error })?;
+        self.put_named_placed(claimed, actual, bytes, place)
+    }
+
+    /// [`MemStore::put_verified_placed`] for a blob whose BLAKE3 digest the caller has already
+    /// computed from these very bytes (the node hashes uploads while they arrive, see
+    /// `hash::blob_digest_with_spans`), so they are not hashed again. Anything but a blob is
+    /// named from its bytes as usual.
+    pub fn put_verified_digest_placed(
+        &mut self,
+        claimed: &Handle,
+        bytes: Bytes,
+        blob_digest: [u8; 32],
+        place: impl FnOnce(Bytes) -> Option<Bytes>,
+    ) -> Result<(), StoreError> {
+        if claimed.kind() != Kind::Blob || bytes.len() <= crate::LITERAL_MAX {
+            return self.put_verified_placed(claimed, bytes, place);
+        }
+        let actual = Handle::named(Kind::Blob, bytes.len() as u64, crate::Digest(blob_digest));
+        self.put_named_placed(claimed, actual, bytes, place)
+    }
+
+    fn put_named_placed(
+        &mut self,
+        claimed: &Handle,
+        actual: Handle,
+        bytes: Bytes,
+        place: impl FnOnce(Bytes) -> Option<Bytes>,
+    ) -> Result<(), StoreError> {
         if actual != *claimed {
             return Err(StoreError::Mismatch { claimed: *claimed, actual });
         }

@@ -168,3 +168,24 @@ proptest! {
         prop_assert!(s.contains(&claimed));
     }
 }
+
+/// A digest computed elsewhere (the node hashes uploads as they arrive) names the blob only
+/// if it is the bytes' own: the store still compares it with the claim.
+#[test]
+fn put_with_a_precomputed_digest_checks_it_against_the_claim() {
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let claimed = Handle::blob(&bytes);
+    let own = *blake3::hash(&bytes).as_bytes();
+    let mut s = MemStore::new(1 << 30);
+    let other = *blake3::hash(b"something else").as_bytes();
+    let refused = s.put_verified_digest_placed(&claimed, Bytes::from(bytes.clone()), other, Some);
+    assert!(matches!(refused, Err(StoreError::Mismatch { .. })), "{refused:?}");
+    assert!(!s.contains(&claimed));
+    s.put_verified_digest_placed(&claimed, Bytes::from(bytes.clone()), own, Some).unwrap();
+    assert_eq!(s.get(&claimed).as_deref(), Some(&bytes[..]));
+    // Trees are named from their bytes whatever digest comes with them.
+    let tree = tree::encode(&[claimed]);
+    let tree_handle = store::name(Kind::Tree, &tree).unwrap();
+    s.put_verified_digest_placed(&tree_handle, Bytes::from(tree), other, Some).unwrap();
+    assert!(s.contains(&tree_handle));
+}

@@ -65,6 +65,21 @@ pub fn init() {
     }
 }
 
+/// Loads the kernel's GDT on the helper CPU (arch::smp). It loads no TSS: the boot CPU's is
+/// busy, and the helper never leaves ring 0, so it needs neither RSP0 nor (see
+/// `trap::init_helper`) IST stacks.
+pub fn load_on_helper() {
+    let (gdt, selectors) = GDT.get().expect("gdt::init runs first");
+    gdt.load();
+    // SAFETY: the selectors index the GDT just loaded, with the right privilege levels.
+    unsafe {
+        CS::set_reg(selectors.kernel_code);
+        SS::set_reg(selectors.kernel_data);
+        DS::set_reg(selectors.kernel_data);
+        ES::set_reg(selectors.kernel_data);
+    }
+}
+
 /// The stack the CPU switches to on an interrupt from ring 3 (TSS.RSP0).
 pub fn set_kernel_stack(top: VirtAddr) {
     let tss = TSS.get().expect("gdt::init runs first");

@@ -177,6 +177,30 @@ pub fn init() {
     unsafe { lidt(&pointer) };
 }
 
+/// The helper CPU's IDT: the same exception stubs as the boot CPU (a fault there is reported and
+/// stops the node), on the current stack since the helper has no TSS, plus `extra` gates
+/// `(vector, handler)` of its own.
+static mut HELPER_IDT: [IdtEntry; 256] = [IdtEntry::MISSING; 256];
+
+pub fn init_helper(extra: &[(u8, u64)]) {
+    let stubs = &raw const cairn_trap_stubs as u64;
+    let selector = gdt::selectors().kernel_code.0;
+    // SAFETY: only the helper CPU calls this, once, while nothing else uses HELPER_IDT.
+    let idt = unsafe { &mut *(&raw mut HELPER_IDT) };
+    for (vector, entry) in idt.iter_mut().enumerate().take(32) {
+        *entry = IdtEntry::gate(stubs + (vector * STUB_SIZE) as u64, selector, None, PrivilegeLevel::Ring0);
+    }
+    for &(vector, handler) in extra {
+        idt[vector as usize] = IdtEntry::gate(handler, selector, None, PrivilegeLevel::Ring0);
+    }
+    let pointer = DescriptorTablePointer {
+        limit: (core::mem::size_of::<[IdtEntry; 256]>() - 1) as u16,
+        base: VirtAddr::from_ptr(&raw const HELPER_IDT),
+    };
+    // SAFETY: HELPER_IDT is a static, and every present entry points at a handler.
+    unsafe { lidt(&pointer) };
+}
+
 pub fn exception_name(vector: u64) -> &'static str {
     match vector {
         0 => "divide error",

@@ -146,6 +146,26 @@ pub fn alloc_frame() -> Option<u64> {
     Some(frame)
 }
 
+/// A zeroed frame wholly below physical address `limit`, for hardware that only reaches low
+/// memory; `None` if there is none.
+pub fn alloc_frame_below(limit: u64) -> Option<u64> {
+    let frame = FRAMES.lock().as_mut()?.alloc_below(limit)?;
+    // SAFETY: as in alloc_frame.
+    unsafe { core::ptr::write_bytes(phys_to_virt(frame), 0, FRAME_SIZE as usize) };
+    Some(frame)
+}
+
+/// `len` bytes of physical memory at `phys`, read through the linear map: for firmware tables.
+/// `None` if any of it lies outside the map.
+pub fn read_physical(phys: u64, len: usize) -> Option<&'static [u8]> {
+    if phys == 0 || phys.checked_add(len as u64)? > linear_map_end() {
+        return None;
+    }
+    // SAFETY: the range lies inside the bootloader's linear map of physical memory, which stays
+    // mapped for the kernel's lifetime; callers only read firmware tables, which nothing writes.
+    Some(unsafe { core::slice::from_raw_parts(phys_to_virt(phys), len) })
+}
+
 pub fn alloc_contiguous(count: u64, align: u64) -> Option<u64> {
     FRAMES.lock().as_mut()?.alloc_contiguous(count, align)
 }

@@ -29,7 +29,11 @@ impl UploadBuffer for Upload {
         self.0.write_at(offset, bytes)
     }
     fn into_bytes(self: Box<Self>) -> Bytes {
-        self.0.into_bytes()
+        self.0.finish().0
+    }
+    fn into_bytes_and_digest(self: Box<Self>) -> (Bytes, Option<[u8; 32]>) {
+        let (bytes, digest) = self.0.finish();
+        (bytes, Some(digest))
     }
 }
 
@@ -104,8 +108,11 @@ impl NodeApi for Node<'_> {
         Some(Box::new(Upload(self.ev.store.upload_pages(len)?)))
     }
     fn put_upload(&mut self, handle: &Handle, buffer: Box<dyn UploadBuffer>) -> Result<(), StoreError> {
-        // Only buffers from `upload_buffer` come back here, so they are already in pages of their own.
-        self.ev.store.put_upload(handle, buffer.into_bytes())
+        // Only buffers from `upload_buffer` come back here: in pages of their own, and hashed.
+        match buffer.into_bytes_and_digest() {
+            (bytes, Some(digest)) => self.ev.store.put_upload(handle, bytes, digest),
+            (bytes, None) => self.ev.store.put_verified(handle, bytes),
+        }
     }
     fn eval(&mut self, handle: &Handle, fresh: bool) -> Result<(Handle, [u64; 3]), (Handle, String)> {
         let (before, started) = (self.ev.stats(), clock::micros_since_boot());
@@ -127,7 +134,9 @@ impl NodeApi for Node<'_> {
         let store = self.ev.store.stats();
         let eval = self.ev.stats();
         format!(
-            "objects={}\nstore_bytes={}\nstore_limit={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\nrelocated={}\n{}connections_served={}\nuptime_ms={}\nidle_ms={}\n",
+            "cpus={}\nhelper_hashed_bytes={}\nobjects={}\nstore_bytes={}\nstore_limit={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\nrelocated={}\n{}connections_served={}\nuptime_ms={}\nidle_ms={}\n",
+            if crate::arch::smp::online() { 2 } else { 1 },
+            crate::memory::objects::helper_hashed_bytes(),
             store.objects,
             store.bytes,
             store.limit,
