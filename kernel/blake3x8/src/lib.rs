@@ -18,6 +18,7 @@ const LANES: usize = 8;
 const BLOCK_LEN: usize = 64;
 const CHUNK_START: u32 = 1;
 const CHUNK_END: u32 = 2;
+const PARENT: u32 = 4;
 const IV: [u32; 8] = [
     0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A, 0x510E527F, 0x9B05688C, 0x1F83D9AB, 0x5BE0CD19,
 ];
@@ -58,26 +59,53 @@ pub fn subtree_cv(input: &[u8], offset: u64) -> ChainingValue {
     subtree(input, offset)
 }
 
+/// Whole chunks in the largest subtree hashed level by level in one piece (a 64 KiB span).
+const WIDE_CHUNKS: usize = 64;
+
 fn subtree(input: &[u8], offset: u64) -> ChainingValue {
     if input.len() <= CHUNK_LEN {
         return blake3::Hasher::new().set_input_offset(offset).update(input).finalize_non_root();
     }
-    if input.len() == LANES * CHUNK_LEN {
-        let mut cvs = [[0u8; 32]; LANES];
-        // SAFETY: `hash` checked that the CPU and OS support AVX2.
-        unsafe { x86::hash8(input.try_into().expect("8 chunks"), offset / CHUNK_LEN as u64, &mut cvs) };
-        let pairs: [ChainingValue; 4] = core::array::from_fn(|i| merge_subtrees_non_root(&cvs[2 * i], &cvs[2 * i + 1], Mode::Hash));
-        let quads = [merge_subtrees_non_root(&pairs[0], &pairs[1], Mode::Hash), merge_subtrees_non_root(&pairs[2], &pairs[3], Mode::Hash)];
-        return merge_subtrees_non_root(&quads[0], &quads[1], Mode::Hash);
+    let chunks = input.len() / CHUNK_LEN;
+    if input.len() % CHUNK_LEN == 0 && chunks.is_power_of_two() && (LANES..=WIDE_CHUNKS).contains(&chunks) {
+        return whole_subtree(input, offset);
     }
     let left_len = left_subtree_len(input.len() as u64) as usize;
     let (left, right) = input.split_at(left_len);
     merge_subtrees_non_root(&subtree(left, offset), &subtree(right, offset + left_len as u64), Mode::Hash)
 }
 
+/// A subtree of a power-of-two number of whole chunks (8 to [`WIDE_CHUNKS`]): the chunks 8 at a
+/// time, then each level of parents 8 at a time while there are that many, the last few merges
+/// one by one.
+fn whole_subtree(input: &[u8], offset: u64) -> ChainingValue {
+    let mut cvs = [[0u8; 32]; WIDE_CHUNKS];
+    let mut count = input.len() / CHUNK_LEN;
+    for (group, out) in input.chunks_exact(LANES * CHUNK_LEN).zip(cvs.chunks_exact_mut(LANES)) {
+        let counter = (offset + (group.as_ptr() as usize - input.as_ptr() as usize) as u64) / CHUNK_LEN as u64;
+        // SAFETY: callers checked that the CPU and OS support AVX2.
+        unsafe { x86::hash8(group.try_into().expect("8 chunks"), counter, out.try_into().expect("8 values")) };
+    }
+    while count >= 2 * LANES {
+        for i in 0..count / (2 * LANES) {
+            let children: [[u8; 32]; 2 * LANES] = cvs[2 * LANES * i..][..2 * LANES].try_into().expect("16 values");
+            // SAFETY: as above.
+            unsafe { x86::parents8(&children, (&mut cvs[LANES * i..][..LANES]).try_into().expect("8 values")) };
+        }
+        count /= 2;
+    }
+    while count > 1 {
+        for i in 0..count / 2 {
+            cvs[i] = merge_subtrees_non_root(&cvs[2 * i], &cvs[2 * i + 1], Mode::Hash);
+        }
+        count /= 2;
+    }
+    cvs[0]
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{BLOCK_LEN, CHUNK_END, CHUNK_LEN, CHUNK_START, IV, LANES};
+    use super::{BLOCK_LEN, CHUNK_END, CHUNK_LEN, CHUNK_START, IV, LANES, PARENT};
 
     core::arch::global_asm!(include_str!("rounds.s"));
 
@@ -88,6 +116,7 @@ mod x86 {
             constants: *const [u32; LANES],
             flags: *const [u32; LANES],
             scratch: *mut [u32; LANES],
+            blocks: usize,
         );
     }
 
@@ -133,8 +162,35 @@ mod x86 {
         // (gen_rounds.py); AVX2 is available (the caller's contract), and the routine clobbers
         // only caller-saved registers and vector registers, which the kernel keeps no values in.
         unsafe {
-            cairn_b3x8_chunks(cv.as_mut_ptr(), messages.as_ptr().cast(), constants.as_ptr(), flags.as_ptr(), scratch.as_mut_ptr())
+            cairn_b3x8_chunks(cv.as_mut_ptr(), messages.as_ptr().cast(), constants.as_ptr(), flags.as_ptr(), scratch.as_mut_ptr(), BLOCKS)
         };
+        lanes_out(&cv, out);
+    }
+
+    /// The parents of 8 pairs of chaining values: `out[j]` joins `children[2j]` and
+    /// `children[2j + 1]`.
+    ///
+    /// # Safety
+    /// The CPU and OS must support AVX2.
+    pub unsafe fn parents8(children: &[[u8; 32]; 2 * LANES], out: &mut [[u8; 32]; LANES]) {
+        // A parent's message is its left child's chaining value, then its right child's.
+        let mut message = [[0u32; LANES]; 16];
+        for (lane, pair) in children.chunks_exact(2).enumerate() {
+            for (w, word) in pair[0].chunks_exact(4).chain(pair[1].chunks_exact(4)).enumerate() {
+                message[w][lane] = u32::from_le_bytes(word.try_into().expect("4 bytes"));
+            }
+        }
+        let constants = [[IV[0]; LANES], [IV[1]; LANES], [IV[2]; LANES], [IV[3]; LANES], [0; LANES], [0; LANES], [BLOCK_LEN as u32; LANES]];
+        let flags = [[PARENT; LANES]];
+        let mut cv: [[u32; LANES]; 8] = core::array::from_fn(|i| [IV[i]; LANES]);
+        let mut scratch = [[0u32; LANES]; 16];
+        // SAFETY: as in hash8, with one block.
+        unsafe { cairn_b3x8_chunks(cv.as_mut_ptr(), &message, constants.as_ptr(), flags.as_ptr(), scratch.as_mut_ptr(), 1) };
+        lanes_out(&cv, out);
+    }
+
+    /// Each lane's chaining value as bytes, from the routine's rows.
+    fn lanes_out(cv: &[[u32; LANES]; 8], out: &mut [[u8; 32]; LANES]) {
         for (lane, out) in out.iter_mut().enumerate() {
             for (i, row) in cv.iter().enumerate() {
                 out[4 * i..4 * i + 4].copy_from_slice(&row[lane].to_le_bytes());

@@ -187,9 +187,15 @@ pub fn online() -> bool {
 /// id, or why there is none.
 pub fn start(boot_info: &BootInfo) -> Result<u32, alloc::string::String> {
     let cpus = super::acpi::cpus(boot_info)?;
-    let apic_base = Msr::new(0x1b);
+    let apic_base_msr = Msr::new(0x1b);
     // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU; reading it has no side effect.
-    let base = unsafe { apic_base.read() } & 0x000f_ffff_ffff_f000;
+    let apic_base = unsafe { apic_base_msr.read() };
+    if apic_base & (1 << 10) != 0 {
+        // x2APIC mode (firmware on large machines may leave it on): its registers are MSRs,
+        // not the MMIO page this module drives.
+        return Err("the local APIC is in x2APIC mode, which the helper start-up does not drive".into());
+    }
+    let base = apic_base & 0x000f_ffff_ffff_f000;
     let lapic = memory::paging::map_mmio(base, FRAME_SIZE).map_err(|e| alloc::format!("local APIC: {e}"))?;
     LAPIC.store(lapic, Ordering::Relaxed);
     CAIRN_HELPER_EOI.store(lapic + APIC_EOI as u64, Ordering::Relaxed);
