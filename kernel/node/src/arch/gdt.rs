@@ -54,6 +54,14 @@ pub fn init() {
         let tss = gdt.append(Descriptor::tss_segment(tss));
         (gdt, Selectors { kernel_code, kernel_data, user_data, user_code, tss })
     });
+    load_kernel_segments(gdt, selectors);
+    // SAFETY: the selector names the TSS descriptor of the GDT just loaded, and the TSS lives
+    // in a static.
+    unsafe { load_tss(selectors.tss) };
+}
+
+/// Loads `gdt` and the kernel's code and data segments from it.
+fn load_kernel_segments(gdt: &'static GlobalDescriptorTable, selectors: &Selectors) {
     gdt.load();
     // SAFETY: the selectors index the GDT just loaded, with the right privilege levels.
     unsafe {
@@ -61,7 +69,6 @@ pub fn init() {
         SS::set_reg(selectors.kernel_data);
         DS::set_reg(selectors.kernel_data);
         ES::set_reg(selectors.kernel_data);
-        load_tss(selectors.tss);
     }
 }
 
@@ -70,14 +77,7 @@ pub fn init() {
 /// `trap::init_helper`) IST stacks.
 pub fn load_on_helper() {
     let (gdt, selectors) = GDT.get().expect("gdt::init runs first");
-    gdt.load();
-    // SAFETY: the selectors index the GDT just loaded, with the right privilege levels.
-    unsafe {
-        CS::set_reg(selectors.kernel_code);
-        SS::set_reg(selectors.kernel_data);
-        DS::set_reg(selectors.kernel_data);
-        ES::set_reg(selectors.kernel_data);
-    }
+    load_kernel_segments(gdt, selectors);
 }
 
 /// The stack the CPU switches to on an interrupt from ring 3 (TSS.RSP0).
