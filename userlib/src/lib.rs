@@ -48,8 +48,11 @@ pub type TaskResult = Result<Handle, TaskError>;
 macro_rules! task {
     ($run:path) => {
         #[unsafe(no_mangle)]
-        pub extern "C" fn _start(args: *const u8, count: usize, heap_bytes: usize) -> ! {
-            $crate::rt::start(args, count, heap_bytes, $run)
+        /// # Safety
+        /// Only the kernel calls this, with the arguments it mapped for the task.
+        pub unsafe extern "C" fn _start(args: *const u8, count: usize, heap_bytes: usize) -> ! {
+            // SAFETY: the caller's contract is rt::start's.
+            unsafe { $crate::rt::start(args, count, heap_bytes, $run) }
         }
     };
 }

@@ -11,10 +11,15 @@ use cairn_object::{Handle, Kind, Limits, Thunk, Tree};
 use crate::TaskResult;
 
 /// Called by `task!`: sets up the heap, checks the arguments, runs the task, reports the result.
-pub fn start(args: *const u8, count: usize, _heap_bytes: usize, run: fn(&[Handle]) -> TaskResult) -> ! {
+///
+/// # Safety
+/// `args` must point at `count` 40-byte handles that stay mapped and unchanged for the task's
+/// life, as the kernel lays them out at entry.
+pub unsafe fn start(args: *const u8, count: usize, _heap_bytes: usize, run: fn(&[Handle]) -> TaskResult) -> ! {
     // Nothing is written at start: a task that does not allocate leaves its data pages clean,
     // which makes the next run of the same procedure cheaper to set up.
-    // SAFETY: the kernel maps `count` 40-byte handles at `args`, read-only, for the task's life.
+    // SAFETY: the caller's contract: `count` 40-byte handles at `args`, read-only, for the task's
+    // life.
     let raw = unsafe { core::slice::from_raw_parts(args, count * Handle::LEN) };
     for chunk in raw.chunks_exact(Handle::LEN) {
         if let Err(e) = Handle::from_bytes(chunk) {
