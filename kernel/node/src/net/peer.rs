@@ -166,17 +166,28 @@ pub fn fetch(network: &mut Network, ev: &mut NodeEvaluator, from: ([u8; 4], u16)
                 stored += 1;
             }
             Message::ObjectBegin { handle, len } if asked == Some(handle) => {
-                let mut bytes = Vec::with_capacity(len as usize);
-                while (bytes.len() as u64) < len {
+                // A blob's handle gives its length; a tree's or thunk's gives its footprint,
+                // which its encoding cannot exceed.
+                let fits = if handle.kind() == Kind::Blob { len == handle.size() } else { len <= handle.size() };
+                if !fits {
+                    return Err(format!("{WRONG_BYTES}: {} announced {len} bytes for {handle}, which has {}", link.peer, handle.size()));
+                }
+                // Straight into pages of the object's own, hashed as they arrive (on the helper
+                // CPU when there is one), as uploads from clients are.
+                let mut upload = ev.store.upload_pages(len as usize).ok_or_else(|| format!("{handle} ({len} bytes) does not fit in the store"))?;
+                let mut written = 0u64;
+                while written < len {
                     match link.receive()?.message {
-                        Message::ObjectChunk { offset, bytes: chunk } if offset == bytes.len() as u64 && offset + chunk.len() as u64 <= len => {
-                            bytes.extend_from_slice(&chunk)
+                        Message::ObjectChunk { offset, bytes: chunk } if offset == written && offset + chunk.len() as u64 <= len => {
+                            upload.write_at(offset as usize, &chunk);
+                            written += chunk.len() as u64;
                         }
                         _ => return Err(format!("{} interrupted {handle}", link.peer)),
                     }
                 }
                 bytes_in += len;
-                store(ev, &link.peer, handle, bytes)?;
+                let (bytes, digest) = upload.finish();
+                checked(ev.store.put_upload(&handle, bytes, digest), &link.peer, handle)?;
                 stored += 1;
             }
             _ => return Err(format!("{} answered out of turn", link.peer)),
@@ -186,7 +197,12 @@ pub fn fetch(network: &mut Network, ev: &mut NodeEvaluator, from: ([u8; 4], u16)
 }
 
 fn store(ev: &mut NodeEvaluator, peer: &str, handle: Handle, bytes: Vec<u8>) -> Result<(), String> {
-    match ev.store.put_verified(&handle, Bytes::from(bytes)) {
+    checked(ev.store.put_verified(&handle, Bytes::from(bytes)), peer, handle)
+}
+
+/// A store's verdict on an object from `peer`, as the error FETCH reports.
+fn checked(outcome: Result<(), StoreError>, peer: &str, handle: Handle) -> Result<(), String> {
+    match outcome {
         Ok(()) => Ok(()),
         Err(StoreError::Mismatch { actual, .. }) => Err(format!("{WRONG_BYTES}: {peer} sent wrong bytes for {handle} (they are {actual}); not stored")),
         Err(e) => Err(format!("storing {handle} from {peer}: {e}")),
