@@ -195,3 +195,45 @@ fn uploads_are_named_on_the_helper_cpu_and_without_one() {
         }
     }
 }
+
+/// A long evaluation does not hold up other clients' reads (kernel/node/src/net/busy.rs):
+/// while one client's EVAL runs a task that loops until the node's time budget stops it,
+/// another client connects and downloads a 1 MiB object. What a busy node cannot answer
+/// (STATS needs the evaluator) waits for the evaluation and is answered after it.
+#[test]
+fn a_node_answers_reads_while_it_evaluates() {
+    let (_node, address) = serving_node();
+    let mut setup = Client::connect(&address).unwrap();
+    let hostile = std::fs::read(env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile")).unwrap();
+    let procedure = Handle::blob(&hostile);
+    setup.put(procedure, &hostile, |_| {}).unwrap();
+    let thunk_bytes = cairn_object::thunk::encode(Limits::new(1 << 20).unwrap(), procedure, &[Handle::blob(b"loop")]).unwrap();
+    let looping = cairn_object::store::name(Kind::Thunk, &thunk_bytes).unwrap();
+    setup.put(looping, &thunk_bytes, |_| {}).unwrap();
+    let big: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2246822519) >> 7) as u8).collect();
+    let big_handle = Handle::blob(&big);
+    setup.put(big_handle, &big, |_| {}).unwrap();
+
+    let evaluating = {
+        let address = address.clone();
+        std::thread::spawn(move || {
+            let outcome = Client::connect(&address).unwrap().eval(looping).map(|e| e.result).map_err(|e| e.to_string());
+            (outcome, std::time::Instant::now())
+        })
+    };
+    // Give the EVAL time to reach the node and start its task.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut reader = Client::connect(&address).expect("HELLO is answered while the node evaluates");
+    assert_eq!(reader.missing(&[big_handle]).unwrap(), []);
+    assert!(reader.get(big_handle, |_, _| {}).unwrap() == big);
+    let read_done = std::time::Instant::now();
+    // Sent while the node still evaluates: answered only after, so it counts the task (the
+    // counter moves when a task ends).
+    let stats = reader.stats().unwrap();
+
+    let (outcome, eval_done) = evaluating.join().unwrap();
+    let failure = outcome.expect_err("the loop runs until the budget stops it");
+    assert!(failure.contains("time"), "{failure}");
+    assert!(read_done < eval_done, "the download finished only after the evaluation: it was held up by it");
+    assert!(stats.contains("tasks_run=1"), "STATS was answered before the evaluation ended: {stats}");
+}

@@ -17,7 +17,9 @@ mod task;
 
 use bootloader_api::BootInfo;
 use cairn_bootcfg::{Mode, NodeConfig};
+use cairn_proto::session::Work;
 use drivers::qemu_exit::{self, Status};
+use net::busy::{SERVING, Serving};
 
 bootloader_api::entry_point!(kernel_main, config = &boot_config::BOOTLOADER_CONFIG);
 
@@ -176,63 +178,89 @@ fn serve(config: &NodeConfig) -> Status {
         }
         _ => alloc::string::String::new(),
     };
-    let mut api = net::api::Api::new(&mut network, node_id, config, cluster_text.clone());
-    let mut cluster_api = cluster.as_mut().map(|c| net::api::Api::new(c, node_id, config, cluster_text));
+    let api = net::api::Api::new(&mut network, node_id, config, cluster_text.clone());
+    let cluster_api = cluster.as_mut().map(|c| net::api::Api::new(c, node_id, config, cluster_text));
+    *SERVING.lock() = Some(Serving { network, cluster, api, cluster_api });
     let mut jobs = net::jobs::Jobs::default();
     jobs.peers = config.peers.clone();
     let started = arch::clock::micros_since_boot();
     let mut announced = false;
     log::info!("serving; stop the VM to shut down");
     loop {
-        network.device.rearm();
-        let configured = network.poll();
-        if let Some(cluster) = cluster.as_mut() {
+        let mut guard = SERVING.lock();
+        let s = guard.as_mut().expect("set above");
+        s.network.device.rearm();
+        let configured = s.network.poll();
+        if let Some(cluster) = s.cluster.as_mut() {
             cluster.device.rearm();
             cluster.poll();
         }
         if configured && !announced {
             announced = true;
-            if let Some((cidr, gateway)) = network.address {
+            if let Some((cidr, gateway)) = s.network.address {
                 let gw = gateway.map(|g| alloc::format!("{g}")).unwrap_or_else(|| "none".into());
-                let how = if network.uses_dhcp() {
+                let how = if s.network.uses_dhcp() {
                     alloc::format!("dhcp_ms={}", (arch::clock::micros_since_boot() - started) / 1000)
                 } else {
                     "static".into()
                 };
                 println!("cairn: net ip={cidr} gateway={gw} {how} api_port={}", net::api::PORT);
             }
-            if let Some((cidr, _)) = cluster.as_ref().and_then(|c| c.address) {
+            if let Some((cidr, _)) = s.cluster.as_ref().and_then(|c| c.address) {
                 println!("cairn: cluster ip={cidr} peers={}", config.peers.len());
             }
         }
-        let mut busy = api.poll(&mut network, &mut ev, &mut jobs);
-        if let (Some(cluster_api), Some(cluster)) = (cluster_api.as_mut(), cluster.as_mut()) {
+        let mut busy = s.api.poll(&mut s.network, &mut ev, &mut jobs);
+        if let (Some(cluster_api), Some(cluster)) = (s.cluster_api.as_mut(), s.cluster.as_mut()) {
             busy |= cluster_api.poll(cluster, &mut ev, &mut jobs);
         }
-        while let Some(queued) = api.next_work() {
-            let answer = jobs.run(queued.work.clone(), &mut network, cluster.as_mut(), &mut ev);
-            api.deliver(queued, answer);
-            busy = true;
-        }
-        while let Some(queued) = cluster_api.as_mut().and_then(|a| a.next_work()) {
-            let answer = jobs.run(queued.work.clone(), &mut network, cluster.as_mut(), &mut ev);
-            if let Some(cluster_api) = cluster_api.as_mut() {
-                cluster_api.deliver(queued, answer);
-            }
-            busy = true;
-        }
+        drop(guard);
+        busy |= run_queued(&mut jobs, &mut ev);
+        let mut guard = SERVING.lock();
+        let s = guard.as_mut().expect("set above");
         if busy {
             // Replies go out on this round rather than the next tick.
-            network.poll();
-            if let Some(cluster) = cluster.as_mut() {
+            s.network.poll();
+            if let Some(cluster) = s.cluster.as_mut() {
                 cluster.poll();
             }
         } else {
             // The timer (100 Hz) or a device interrupt wakes us to poll again.
             let halted = arch::clock::micros_since_boot();
             x86_64::instructions::interrupts::enable_and_hlt();
-            api.idle_us += arch::clock::micros_since_boot() - halted;
+            s.api.idle_us += arch::clock::micros_since_boot() - halted;
         }
+    }
+}
+
+/// Runs the work both APIs queued, answering each on the API it came from; true if there was
+/// any. An EVAL runs with the networks let go (`net::busy`), so that the node keeps answering
+/// HELLO, HAVE and GET meanwhile; the jobs hold them, since they use the network themselves.
+fn run_queued(jobs: &mut net::jobs::Jobs, ev: &mut jobs::NodeEvaluator) -> bool {
+    let mut any = false;
+    loop {
+        let mut guard = SERVING.lock();
+        let s = guard.as_mut().expect("set by serve");
+        let (queued, on_cluster) = match s.api.next_work() {
+            Some(queued) => (queued, false),
+            None => match s.cluster_api.as_mut().and_then(|a| a.next_work()) {
+                Some(queued) => (queued, true),
+                None => return any,
+            },
+        };
+        any = true;
+        let answer = match queued.work.clone() {
+            Work::Eval { handle, fresh } => {
+                drop(guard);
+                let answer = net::api::evaluate(ev, handle, fresh);
+                guard = SERVING.lock();
+                answer
+            }
+            work => jobs.run(work, &mut s.network, s.cluster.as_mut(), ev),
+        };
+        let s = guard.as_mut().expect("set by serve");
+        let api = if on_cluster { s.cluster_api.as_mut().expect("work came from it") } else { &mut s.api };
+        api.deliver(queued, answer);
     }
 }
 

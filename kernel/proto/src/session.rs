@@ -16,7 +16,7 @@ use crate::{ErrorCode, Frame, MAX_CHUNK, MAX_FRAME, MAX_INLINE, Message, VERSION
 
 /// Memory an upload is written into, in order, which becomes the object's bytes without
 /// another copy once every byte has been written.
-pub trait UploadBuffer {
+pub trait UploadBuffer: Send {
     /// Writes `bytes` at `offset`; the session writes each byte exactly once, front to back.
     fn write_at(&mut self, offset: usize, bytes: &[u8]);
     /// The bytes, once all of them have been written.
@@ -50,21 +50,26 @@ pub trait NodeApi {
     fn upload_buffer(&mut self, len: usize) -> Option<Box<dyn UploadBuffer>>;
     /// Stores a finished upload (a buffer from `upload_buffer`) if it is the object `handle` names.
     fn put_upload(&mut self, handle: &Handle, buffer: Box<dyn UploadBuffer>) -> Result<(), StoreError>;
-    /// Evaluates `handle`: the result and (tasks run, memo hits, microseconds), or the failing
-    /// thunk and why.
-    /// With `fresh`, the memo is neither read nor written.
-    fn eval(&mut self, handle: &Handle, fresh: bool) -> Result<(Handle, [u64; 3]), (Handle, String)>;
     fn stats(&self) -> String;
     /// Remembers a stored journal as the latest of its job; the job's handle, or why not.
     fn adopt_journal(&mut self, journal: &Handle) -> Result<Handle, String>;
     /// The value the memo holds for `thunk`, if it remembers one.
     fn recall(&self, thunk: &Handle) -> Option<Handle>;
+    /// True while the node is in the middle of an evaluation and can only read its store: the
+    /// session then answers HELLO, HAVE and GET, and keeps everything else for later.
+    fn busy(&self) -> bool {
+        false
+    }
 }
 
-/// Requests that need more than the store and evaluator (the network, for IO): the session
-/// queues them, the node runs them when it can and answers through [`Session::deliver`].
+/// Requests that take the node a while (evaluation, and anything that needs the network): the
+/// session queues them, the node runs them when it can and answers through
+/// [`Session::deliver`]. An EVAL is answered before anything the client sent after it; the
+/// jobs are answered when they end, and later requests meanwhile.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Work {
+    /// With `fresh`, the memo is neither read nor written.
+    Eval { handle: Handle, fresh: bool },
     Submit { job: Handle },
     Replay { handle: Handle },
     Fetch { from: ([u8; 4], u16), handles: Vec<Handle> },
@@ -98,6 +103,13 @@ pub struct Session {
     downloads: VecDeque<Download>,
     work: VecDeque<(u32, Work)>,
     closing: bool,
+    /// Bytes received but not handled yet: everything after an EVAL still out, or what a busy
+    /// node cannot answer yet. [`Session::resume`] goes on with them.
+    held: Vec<u8>,
+    /// The request id of the EVAL the node is running for this session.
+    awaiting: Option<u32>,
+    /// Work queued and not yet answered.
+    outstanding: usize,
 }
 
 impl Session {
@@ -111,13 +123,52 @@ impl Session {
         self.closing
     }
 
-    /// Takes bytes from the client and handles every whole frame among them.
+    /// True while the session owes the client answers it has not produced yet: queued work, or
+    /// input held back. A client that has closed its side still gets them.
+    pub fn owes_answers(&self) -> bool {
+        self.outstanding > 0 || !self.held.is_empty()
+    }
+
+    /// Takes bytes from the client and handles every whole frame among them that can be
+    /// handled now (see [`Session::resume`]).
     ///
     /// Frames that arrive whole are decoded where they lie; a frame split across calls is
     /// collected (only its own bytes). During an upload, PUT-CHUNK payloads are copied once,
     /// straight into the upload's buffer. Work per call is linear in the bytes given.
-    pub fn feed(&mut self, mut bytes: &[u8], node: &mut dyn NodeApi) {
+    pub fn feed(&mut self, bytes: &[u8], node: &mut dyn NodeApi) {
+        if self.holding(node) || !self.held.is_empty() {
+            self.held.extend_from_slice(bytes);
+            return self.resume(node);
+        }
+        self.handle_bytes(bytes, node);
+    }
+
+    /// Goes on with bytes held back, once the EVAL they wait for is answered or the node is no
+    /// longer busy; the node calls this on every round.
+    pub fn resume(&mut self, node: &mut dyn NodeApi) {
+        if self.held.is_empty() || self.holding(node) {
+            return;
+        }
+        let held = core::mem::take(&mut self.held);
+        self.handle_bytes(&held, node);
+    }
+
+    /// Whether input must wait: for an EVAL's answer, or, on a busy node, to finish an upload.
+    fn holding(&self, node: &dyn NodeApi) -> bool {
+        self.awaiting.is_some() || (self.upload.is_some() && node.busy())
+    }
+
+    /// Whether the node can answer this request now.
+    fn answerable(message: &Message, node: &dyn NodeApi) -> bool {
+        !node.busy() || matches!(message, Message::Hello { .. } | Message::Have { .. } | Message::Get { .. })
+    }
+
+    fn handle_bytes(&mut self, mut bytes: &[u8], node: &mut dyn NodeApi) {
         while !self.closing && !bytes.is_empty() {
+            if self.holding(node) {
+                self.held.extend_from_slice(bytes);
+                return;
+            }
             if self.chunk_left > 0 {
                 let n = self.chunk_left.min(bytes.len());
                 let upload = self.upload.as_mut().expect("a chunk belongs to an upload");
@@ -149,6 +200,10 @@ impl Session {
             if self.input.is_empty() {
                 // Whole frames straight from the bytes received; only a partial one is kept.
                 match decode(bytes) {
+                    Ok(Some((frame, _))) if !Self::answerable(&frame.message, node) => {
+                        self.held.extend_from_slice(bytes);
+                        return;
+                    }
                     Ok(Some((frame, len))) => {
                         bytes = &bytes[len..];
                         self.handle(frame, node);
@@ -166,6 +221,11 @@ impl Session {
             self.input.extend_from_slice(&bytes[..want]);
             bytes = &bytes[want..];
             match decode(&self.input) {
+                Ok(Some((frame, _))) if !Self::answerable(&frame.message, node) => {
+                    self.held.append(&mut self.input);
+                    self.held.extend_from_slice(bytes);
+                    return;
+                }
                 Ok(Some((frame, _))) => {
                     self.input.clear();
                     self.handle(frame, node);
@@ -226,8 +286,17 @@ impl Session {
         self.work.pop_front()
     }
 
+    fn queue(&mut self, request: u32, work: Work) {
+        self.outstanding += 1;
+        self.work.push_back((request, work));
+    }
+
     /// The node's answer to queued work.
     pub fn deliver(&mut self, request: u32, message: Message) {
+        if self.awaiting == Some(request) {
+            self.awaiting = None;
+        }
+        self.outstanding = self.outstanding.saturating_sub(1);
         self.send(request, message);
     }
 
@@ -299,20 +368,19 @@ impl Session {
                     self.downloads.push_back(Download { request, bytes, sent: 0 });
                 }
             },
-            Message::Eval { handle } | Message::EvalFresh { handle } => match node.eval(&handle, matches!(frame.message, Message::EvalFresh { .. })) {
-                Ok((result, [tasks_run, memo_hits, micros])) => {
-                    self.send(request, Message::Evaluated { result, tasks_run, memo_hits, micros })
-                }
-                Err((thunk, failure)) => self.send(request, Message::EvalFailed { thunk, failure }),
-            },
+            Message::Eval { handle } | Message::EvalFresh { handle } => {
+                let fresh = matches!(frame.message, Message::EvalFresh { .. });
+                self.queue(request, Work::Eval { handle, fresh });
+                self.awaiting = Some(request);
+            }
             Message::Stats => {
                 let text = node.stats();
                 self.send(request, Message::StatsReply { text });
             }
-            Message::Submit { job } => self.work.push_back((request, Work::Submit { job })),
-            Message::Replay { handle } => self.work.push_back((request, Work::Replay { handle })),
-            Message::Fetch { from, handles } => self.work.push_back((request, Work::Fetch { from, handles })),
-            Message::Relocate { to, thunk } => self.work.push_back((request, Work::Relocate { to, thunk })),
+            Message::Submit { job } => self.queue(request, Work::Submit { job }),
+            Message::Replay { handle } => self.queue(request, Work::Replay { handle }),
+            Message::Fetch { from, handles } => self.queue(request, Work::Fetch { from, handles }),
+            Message::Relocate { to, thunk } => self.queue(request, Work::Relocate { to, thunk }),
             Message::Recall { thunks } => {
                 let entries = thunks.iter().filter_map(|t| node.recall(t).map(|v| (*t, v))).collect();
                 self.send(request, Message::Recalled { entries });
@@ -363,6 +431,7 @@ mod tests {
 
     struct FakeNode {
         store: MemStore,
+        busy: bool,
     }
 
     impl NodeApi for FakeNode {
@@ -388,9 +457,6 @@ mod tests {
         fn put_upload(&mut self, h: &Handle, buffer: Box<dyn UploadBuffer>) -> Result<(), StoreError> {
             self.store.put_verified(h, buffer.into_bytes())
         }
-        fn eval(&mut self, h: &Handle, _fresh: bool) -> Result<(Handle, [u64; 3]), (Handle, String)> {
-            if h.kind() == Kind::Blob { Ok((*h, [0, 0, 1])) } else { Err((*h, "no tasks here".into())) }
-        }
         fn stats(&self) -> String {
             format!("objects={}", self.store.stats().objects)
         }
@@ -400,10 +466,13 @@ mod tests {
         fn adopt_journal(&mut self, journal: &Handle) -> Result<Handle, String> {
             if self.store.contains(journal) { Ok(*journal) } else { Err(format!("{journal} is not on this node")) }
         }
+        fn busy(&self) -> bool {
+            self.busy
+        }
     }
 
     fn node() -> FakeNode {
-        FakeNode { store: MemStore::new(16 << 20) }
+        FakeNode { store: MemStore::new(16 << 20), busy: false }
     }
 
     fn frames(messages: &[(u32, Message)]) -> Vec<u8> {
@@ -555,7 +624,7 @@ mod tests {
             messages.push((i, Message::PutChunk { offset: 0, bytes }));
             handles.push(h);
         }
-        let (mut s, mut n) = (Session::new(), FakeNode { store: MemStore::new(64 << 20) });
+        let (mut s, mut n) = (Session::new(), FakeNode { store: MemStore::new(64 << 20), busy: false });
         let stream = frames(&messages);
         s.feed(&stream, &mut n);
         let replies = exchange(&mut s, &mut n, &[]);
@@ -619,9 +688,14 @@ mod tests {
         assert_eq!(s.take_work(), Some((8, Work::Replay { handle: other })));
         assert_eq!(s.take_work(), Some((11, Work::Relocate { to: ([10, 1, 0, 2], 7070), thunk: job })));
         assert_eq!(s.take_work(), None);
+        assert!(s.owes_answers());
         let done = Message::JobDone { job, journal: other, result: job };
         s.deliver(7, done.clone());
         assert_eq!(exchange(&mut s, &mut n, &[]), [Frame { request: 7, message: done }]);
+        s.deliver(8, Message::Stats);
+        assert!(s.owes_answers(), "the RELOCATE is still out");
+        s.deliver(11, Message::Stats);
+        assert!(!s.owes_answers());
     }
 
     #[test]
@@ -659,12 +733,77 @@ mod tests {
     }
 
     #[test]
-    fn eval_replies_with_the_result_or_the_failure() {
+    fn an_eval_is_answered_before_anything_sent_after_it() {
         let (mut s, mut n) = (Session::new(), node());
-        let b = Handle::blob(b"v");
-        let t = Handle::from_bytes(&{ let mut x = *Handle::blob(&[3u8; 40]).as_bytes(); x[0] = 3; x }).unwrap();
-        let replies = exchange(&mut s, &mut n, &frames(&[(1, Message::Eval { handle: b }), (2, Message::Eval { handle: t })]));
-        assert_eq!(replies[0].message, Message::Evaluated { result: b, tasks_run: 0, memo_hits: 0, micros: 1 });
-        assert_eq!(replies[1].message, Message::EvalFailed { thunk: t, failure: "no tasks here".into() });
+        let b = Handle::blob(&[3u8; 40]);
+        let replies = exchange(&mut s, &mut n, &frames(&[
+            (1, Message::Stats),
+            (2, Message::Eval { handle: b }),
+            (3, Message::Stats),
+            (4, Message::EvalFresh { handle: b }),
+        ]));
+        assert_eq!(replies.iter().map(|r| r.request).collect::<Vec<_>>(), [1], "everything after the EVAL waits");
+        assert_eq!(s.take_work(), Some((2, Work::Eval { handle: b, fresh: false })));
+        assert_eq!(s.take_work(), None);
+        // More input while the EVAL runs waits too.
+        assert!(exchange(&mut s, &mut n, &frames(&[(5, Message::Stats)])).is_empty());
+        let answer = Message::Evaluated { result: b, tasks_run: 1, memo_hits: 0, micros: 9 };
+        s.deliver(2, answer.clone());
+        s.resume(&mut n);
+        let replies = exchange(&mut s, &mut n, &[]);
+        assert_eq!(replies.iter().map(|r| r.request).collect::<Vec<_>>(), [2, 3], "the answer, then what came after it");
+        assert_eq!(replies[0].message, answer);
+        assert_eq!(s.take_work(), Some((4, Work::Eval { handle: b, fresh: true })));
+        let failed = Message::EvalFailed { thunk: b, failure: "no tasks here".into() };
+        s.deliver(4, failed.clone());
+        s.resume(&mut n);
+        let replies = exchange(&mut s, &mut n, &[]);
+        assert_eq!(replies.iter().map(|r| (r.request, r.message.clone())).collect::<Vec<_>>()[0], (4, failed));
+        assert_eq!(replies[1].request, 5);
+    }
+
+    #[test]
+    fn a_busy_node_answers_reads_and_keeps_the_rest_in_order() {
+        let (mut s, mut n) = (Session::new(), node());
+        let small = b"stored before the node got busy, not a literal".to_vec();
+        let h = Handle::blob(&small);
+        n.store.put_verified(&h, Bytes::from(small.clone())).unwrap();
+        n.busy = true;
+        let other = b"put while busy: waits until the node is free".to_vec();
+        let o = Handle::blob(&other);
+        let input = frames(&[
+            (1, Message::Hello { client: "peer".into() }),
+            (2, Message::Get { handle: h }),
+            (3, Message::Put { handle: o, bytes: other.clone() }),
+            (4, Message::Get { handle: h }),
+        ]);
+        // Split anywhere: the PUT and what follows it wait, byte for byte.
+        for cut in [1, 30, input.len() - 5] {
+            let (mut s2, mut n2) = (Session::new(), node());
+            n2.store.put_verified(&h, Bytes::from(small.clone())).unwrap();
+            n2.busy = true;
+            s2.feed(&input[..cut], &mut n2);
+            s2.feed(&input[cut..], &mut n2);
+            let replies = exchange(&mut s2, &mut n2, &[]);
+            assert_eq!(replies.iter().map(|r| r.request).collect::<Vec<_>>(), [1, 2], "cut at {cut}");
+            assert!(s2.owes_answers(), "the held PUT and GET are still owed");
+            n2.busy = false;
+            s2.resume(&mut n2);
+            let replies = exchange(&mut s2, &mut n2, &[]);
+            assert_eq!(replies.iter().map(|r| r.request).collect::<Vec<_>>(), [3, 4], "cut at {cut}");
+            assert!(n2.store.contains(&o));
+        }
+        // An upload in progress waits whole while the node is busy.
+        n.busy = false;
+        let big = vec![9u8; 3 * MAX_CHUNK + 10];
+        let bh = Handle::blob(&big);
+        let upload = upload_frames(&big, bh);
+        s.feed(&upload[..100], &mut n);
+        n.busy = true;
+        s.feed(&upload[100..], &mut n);
+        assert!(exchange(&mut s, &mut n, &[]).is_empty());
+        n.busy = false;
+        s.resume(&mut n);
+        assert_eq!(exchange(&mut s, &mut n, &[])[0].message, Message::Stored { handle: bh });
     }
 }

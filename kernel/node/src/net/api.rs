@@ -7,6 +7,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::cell::Cell;
 
 use bytes::Bytes;
 use cairn_object::Handle;
@@ -19,7 +20,79 @@ use super::Network;
 use super::jobs::Jobs;
 use crate::arch::clock;
 use crate::jobs::NodeEvaluator;
-use crate::memory::objects::UploadPages;
+use crate::memory::objects::{NodeStore, UploadPages};
+
+/// The answer to a queued EVAL (the node's loop runs it; see `net::busy`).
+pub fn evaluate(ev: &mut NodeEvaluator, handle: Handle, fresh: bool) -> cairn_proto::Message {
+    let (before, started) = (ev.stats(), clock::micros_since_boot());
+    let outcome = if fresh { ev.eval_fresh(handle) } else { ev.eval(handle) };
+    let after = ev.stats();
+    match outcome {
+        Ok(result) => cairn_proto::Message::Evaluated {
+            result,
+            tasks_run: after.tasks_run - before.tasks_run,
+            memo_hits: after.memo_hits - before.memo_hits,
+            micros: clock::micros_since_boot() - started,
+        },
+        Err(e) => cairn_proto::Message::EvalFailed { thunk: e.thunk, failure: format!("{}", e.failure) },
+    }
+}
+
+/// An object as this node serves it: the stored bytes, or, on a node with the deliberate fault
+/// of a test, bytes a peer must catch as wrong.
+fn served_object(store: &NodeStore, handle: &Handle, fault: cairn_bootcfg::Fault) -> Option<Bytes> {
+    let bytes = store.get(handle)?;
+    if fault == cairn_bootcfg::Fault::CorruptObjects && !bytes.is_empty() && !handle.is_literal() {
+        let mut corrupt = bytes.to_vec();
+        corrupt[0] ^= 0xff;
+        return Some(Bytes::from(corrupt));
+    }
+    Some(bytes)
+}
+
+/// The node as sessions see it while it evaluates: its store, read-only. Sessions ask it only
+/// what HELLO, HAVE and GET need (`NodeApi::busy`); the rest waits for the evaluation to end.
+struct BusyNode<'a> {
+    store: &'a NodeStore,
+    fault: cairn_bootcfg::Fault,
+    node_id: [u8; 32],
+}
+
+impl NodeApi for BusyNode<'_> {
+    fn node_id(&self) -> [u8; 32] {
+        self.node_id
+    }
+    fn contains(&self, handle: &Handle) -> bool {
+        self.store.contains(handle)
+    }
+    fn get(&self, handle: &Handle) -> Option<Bytes> {
+        served_object(self.store, handle, self.fault)
+    }
+    fn put_verified(&mut self, handle: &Handle, _: Bytes) -> Result<(), StoreError> {
+        Err(StoreError::Full { needed: handle.size(), used: 0, limit: 0 })
+    }
+    fn room(&self) -> u64 {
+        0
+    }
+    fn upload_buffer(&mut self, _: usize) -> Option<Box<dyn UploadBuffer>> {
+        None
+    }
+    fn put_upload(&mut self, handle: &Handle, _: Box<dyn UploadBuffer>) -> Result<(), StoreError> {
+        Err(StoreError::Full { needed: handle.size(), used: 0, limit: 0 })
+    }
+    fn stats(&self) -> String {
+        String::new()
+    }
+    fn adopt_journal(&mut self, _: &Handle) -> Result<Handle, String> {
+        Err("the node is evaluating".into())
+    }
+    fn recall(&self, _: &Handle) -> Option<Handle> {
+        None
+    }
+    fn busy(&self) -> bool {
+        true
+    }
+}
 
 /// An upload's pages, as the protocol session sees them.
 struct Upload(UploadPages);
@@ -57,18 +130,84 @@ pub struct Queued {
     pub work: Work,
 }
 
-pub struct Api {
+/// The API's connections, each a socket and its session.
+struct Connections {
     slots: Vec<Slot>,
+    /// A connection that moves no bytes for this long is closed (node config `api_idle_s`).
+    idle_timeout_us: u64,
+    queued: VecDeque<Queued>,
+}
+
+impl Connections {
+    /// Moves bytes between the sockets and their sessions, which ask `node`; true if anything
+    /// happened. `served` counts connections.
+    fn poll(&mut self, network: &mut Network, node: &mut dyn NodeApi, served: &Cell<u64>, timeouts: bool) -> bool {
+        let now = clock::micros_since_boot();
+        let mut busy = false;
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let socket = network.sockets.get_mut::<tcp::Socket>(slot.socket);
+            if !socket.is_open() {
+                slot.session = None;
+                // Listening can only fail if the socket is not closed, which it is here.
+                let _ = socket.listen(PORT);
+                continue;
+            }
+            if !socket.is_active() {
+                continue; // still listening
+            }
+            let session = slot.session.get_or_insert_with(|| {
+                served.set(served.get() + 1);
+                slot.last_active = now;
+                slot.generation += 1;
+                Session::new()
+            });
+            // Input held back (behind an EVAL just answered, or while the node was busy).
+            session.resume(node);
+            if socket.can_recv() {
+                let _ = socket.recv(|bytes| {
+                    session.feed(bytes, node);
+                    (bytes.len(), ())
+                });
+                slot.last_active = now;
+                busy = true;
+            }
+            while let Some((request, work)) = session.take_work() {
+                self.queued.push_back(Queued { slot: index, generation: slot.generation, request, work });
+            }
+            while socket.can_send() && session.has_output() {
+                let room = socket.send_capacity() - socket.send_queue();
+                let out = session.output(room);
+                if out.is_empty() {
+                    break;
+                }
+                let _ = socket.send_slice(&out);
+                slot.last_active = now;
+                busy = true;
+            }
+            // Close when the session gives up, or when the client has closed its side and has
+            // been answered (including queued work and input held back): otherwise the slot
+            // would stay half-closed and never listen again.
+            let client_done = socket.state() == tcp::State::CloseWait && !session.owes_answers();
+            if (session.closing() || client_done) && !session.has_output() {
+                socket.close();
+            } else if timeouts && now - slot.last_active > self.idle_timeout_us {
+                socket.abort();
+            }
+        }
+        busy
+    }
+}
+
+pub struct Api {
+    connections: Connections,
     node_id: [u8; 32],
-    pub served: u64,
+    /// Connections accepted so far (shared with the STATS a session may answer meanwhile).
+    served: Cell<u64>,
     /// What this node says of its cluster in STATS (`peers=...`).
     cluster: String,
     fault: cairn_bootcfg::Fault,
     /// Microseconds the node has spent halted, waiting for work (see `stats`).
     pub idle_us: u64,
-    /// A connection that moves no bytes for this long is closed (node config `api_idle_s`).
-    idle_timeout_us: u64,
-    queued: VecDeque<Queued>,
 }
 
 struct Node<'a> {
@@ -77,7 +216,7 @@ struct Node<'a> {
     cluster: &'a str,
     fault: cairn_bootcfg::Fault,
     node_id: [u8; 32],
-    served: u64,
+    served: &'a Cell<u64>,
     idle_us: u64,
 }
 
@@ -89,14 +228,7 @@ impl NodeApi for Node<'_> {
         self.ev.store.contains(handle)
     }
     fn get(&self, handle: &Handle) -> Option<Bytes> {
-        let bytes = self.ev.store.get(handle)?;
-        if self.fault == cairn_bootcfg::Fault::CorruptObjects && !bytes.is_empty() && !handle.is_literal() {
-            // The deliberate fault of a test node: a peer must catch this.
-            let mut corrupt = bytes.to_vec();
-            corrupt[0] ^= 0xff;
-            return Some(Bytes::from(corrupt));
-        }
-        Some(bytes)
+        served_object(&self.ev.store, handle, self.fault)
     }
     fn put_verified(&mut self, handle: &Handle, bytes: Bytes) -> Result<(), StoreError> {
         self.ev.store.put_verified(handle, bytes)
@@ -113,13 +245,6 @@ impl NodeApi for Node<'_> {
             (bytes, Some(digest)) => self.ev.store.put_upload(handle, bytes, digest),
             (bytes, None) => self.ev.store.put_verified(handle, bytes),
         }
-    }
-    fn eval(&mut self, handle: &Handle, fresh: bool) -> Result<(Handle, [u64; 3]), (Handle, String)> {
-        let (before, started) = (self.ev.stats(), clock::micros_since_boot());
-        let outcome = if fresh { self.ev.eval_fresh(*handle) } else { self.ev.eval(*handle) };
-        let after = self.ev.stats();
-        let stats = [after.tasks_run - before.tasks_run, after.memo_hits - before.memo_hits, clock::micros_since_boot() - started];
-        outcome.map(|result| (result, stats)).map_err(|e| (e.thunk, format!("{}", e.failure)))
     }
     fn adopt_journal(&mut self, journal: &Handle) -> Result<Handle, String> {
         self.jobs.adopt(journal, self.ev)
@@ -149,7 +274,7 @@ impl NodeApi for Node<'_> {
             self.jobs.fetched_bytes,
             self.jobs.relocated,
             self.cluster,
-            self.served,
+            self.served.get(),
             clock::micros_since_boot() / 1000,
             self.idle_us / 1000
         )
@@ -169,73 +294,32 @@ impl Api {
                 Slot { socket: network.sockets.add(socket), session: None, last_active: 0, generation: 0 }
             })
             .collect();
-        Api { slots, node_id, served: 0, cluster, fault: config.fault, idle_us: 0, idle_timeout_us: u64::from(idle_timeout_s) * 1_000_000, queued: VecDeque::new() }
+        let connections = Connections { slots, idle_timeout_us: u64::from(idle_timeout_s) * 1_000_000, queued: VecDeque::new() };
+        Api { connections, node_id, served: Cell::new(0), cluster, fault: config.fault, idle_us: 0 }
     }
 
     /// Moves bytes between the sockets and their sessions; true if anything happened.
     pub fn poll(&mut self, network: &mut Network, ev: &mut NodeEvaluator, jobs: &mut Jobs) -> bool {
-        let now = clock::micros_since_boot();
-        let mut busy = false;
-        let mut node = Node { ev, jobs, cluster: &self.cluster, fault: self.fault, node_id: self.node_id, served: self.served, idle_us: self.idle_us };
-        for (index, slot) in self.slots.iter_mut().enumerate() {
-            let socket = network.sockets.get_mut::<tcp::Socket>(slot.socket);
-            if !socket.is_open() {
-                slot.session = None;
-                // Listening can only fail if the socket is not closed, which it is here.
-                let _ = socket.listen(PORT);
-                continue;
-            }
-            if !socket.is_active() {
-                continue; // still listening
-            }
-            let session = slot.session.get_or_insert_with(|| {
-                node.served += 1;
-                slot.last_active = now;
-                slot.generation += 1;
-                Session::new()
-            });
-            if socket.can_recv() {
-                let _ = socket.recv(|bytes| {
-                    session.feed(bytes, &mut node);
-                    (bytes.len(), ())
-                });
-                slot.last_active = now;
-                busy = true;
-            }
-            while let Some((request, work)) = session.take_work() {
-                self.queued.push_back(Queued { slot: index, generation: slot.generation, request, work });
-            }
-            while socket.can_send() && session.has_output() {
-                let room = socket.send_capacity() - socket.send_queue();
-                let out = session.output(room);
-                if out.is_empty() {
-                    break;
-                }
-                let _ = socket.send_slice(&out);
-                slot.last_active = now;
-                busy = true;
-            }
-            // Close when the session gives up, or when the client has closed its side and has
-            // been answered: otherwise the slot would stay half-closed and never listen again.
-            let client_done = socket.state() == tcp::State::CloseWait;
-            if (session.closing() || client_done) && !session.has_output() {
-                socket.close();
-            } else if now - slot.last_active > self.idle_timeout_us {
-                socket.abort();
-            }
-        }
-        self.served = node.served;
-        busy
+        let mut node = Node { ev, jobs, cluster: &self.cluster, fault: self.fault, node_id: self.node_id, served: &self.served, idle_us: self.idle_us };
+        self.connections.poll(network, &mut node, &self.served, true)
+    }
+
+    /// [`Api::poll`] while the node evaluates (`net::busy`): sessions answer what the store
+    /// alone can answer and keep the rest; no connection times out meanwhile, since the
+    /// evaluation is not the clients' idleness.
+    pub fn poll_busy(&mut self, network: &mut Network, store: &NodeStore) -> bool {
+        let mut node = BusyNode { store, fault: self.fault, node_id: self.node_id };
+        self.connections.poll(network, &mut node, &self.served, false)
     }
 
     /// The next job a client asked for; run it, then hand the answer to [`Api::deliver`].
     pub fn next_work(&mut self) -> Option<Queued> {
-        self.queued.pop_front()
+        self.connections.queued.pop_front()
     }
 
     /// Answers queued work, unless its connection has gone in the meantime.
     pub fn deliver(&mut self, queued: Queued, answer: cairn_proto::Message) {
-        let slot = &mut self.slots[queued.slot];
+        let slot = &mut self.connections.slots[queued.slot];
         if slot.generation == queued.generation {
             if let Some(session) = slot.session.as_mut() {
                 session.deliver(queued.request, answer);

@@ -39,6 +39,8 @@ impl Jobs {
     /// Runs queued work: jobs' IO goes out on `network`, fetches from peers on `cluster`.
     pub fn run(&mut self, work: Work, network: &mut Network, cluster: Option<&mut Network>, ev: &mut NodeEvaluator) -> Message {
         match work {
+            // The node's loop runs an EVAL itself, letting go of the network (net::busy).
+            Work::Eval { handle, fresh } => super::api::evaluate(ev, handle, fresh),
             Work::Submit { job } => self.submit(job, network, ev),
             Work::Replay { handle } => self.replay(handle, ev),
             Work::Relocate { to, thunk } => {

@@ -1,6 +1,7 @@
 //! The node's network: smoltcp over the virtio card, addressed by DHCP, serving the node API.
 
 pub mod api;
+pub mod busy;
 pub mod client;
 pub mod jobs;
 pub mod peer;
