@@ -207,6 +207,9 @@ struct ClusterUpArgs {
     /// Guest memory of each node, in MiB.
     #[arg(long, default_value_t = 512)]
     memory: u32,
+    /// Virtual CPUs of each node (a second one hashes uploads as they arrive).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    cpus: u32,
     #[arg(long, default_value = "tcg", value_parser = ["tcg", "kvm"])]
     accel: String,
     /// Give node INDEX a deliberate fault (tests): INDEX=corrupt-objects.
@@ -732,6 +735,7 @@ fn cluster(command: &ClusterCommand) -> anyhow::Result<ExitCode> {
         Ok(lifecycle::UpOptions {
             nodes: args.nodes,
             memory_mib: args.memory,
+            cpus: args.cpus,
             accel: args.accel.parse().map_err(anyhow::Error::msg)?,
             faults: args.fault.iter().map(|f| lifecycle::parse_fault(f)).collect::<anyhow::Result<_>>()?,
         })

@@ -56,6 +56,8 @@ impl State {
 pub struct UpOptions {
     pub nodes: usize,
     pub memory_mib: u32,
+    /// Virtual CPUs of each node.
+    pub cpus: u32,
     pub accel: Accel,
     /// Deliberate faults by node index (tests).
     pub faults: Vec<(usize, Fault)>,
@@ -96,6 +98,7 @@ pub fn serve(opts: &UpOptions, state_path: &Path, log: &mut dyn Write) -> anyhow
         let vm = Vm::boot(&NodeOptions {
             accel: opts.accel,
             memory_mib: opts.memory_mib,
+            cpus: opts.cpus,
             config,
             api_port: Some(api_port),
             cluster_link: Some(link),
@@ -168,6 +171,7 @@ pub fn up(opts: &UpOptions, state_path: &Path) -> anyhow::Result<State> {
     let exe = std::env::current_exe().context("cannot find the cairn binary")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["cluster", "serve", "--nodes", &opts.nodes.to_string(), "--memory", &opts.memory_mib.to_string()])
+        .args(["--cpus", &opts.cpus.to_string()])
         .args(["--accel", &opts.accel.to_string(), "--state"])
         .arg(state_path);
     for (index, fault) in &opts.faults {
