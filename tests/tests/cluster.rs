@@ -169,6 +169,22 @@ fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node()
     let err = n0.relocate(([10, 1, 0, 9], 7070), thunk_h).unwrap_err().to_string();
     assert!(err.contains("not a peer"), "{err}");
 
+    // Two nodes fetching from each other at the same time: each answers the other's GETs while
+    // it waits on its own fetch (net::busy); otherwise both would wait until their fetches
+    // stalled out.
+    let a: Vec<u8> = (0..(4u32 << 20)).map(|i| (i.wrapping_mul(3266489917) >> 5) as u8).collect();
+    let b: Vec<u8> = (0..(4u32 << 20)).map(|i| (i.wrapping_mul(668265263) >> 9) as u8).collect();
+    let (a_h, b_h) = (Handle::blob(&a), Handle::blob(&b));
+    n1.put(a_h, &a, |_| {}).unwrap();
+    Client::connect(&cluster.state.nodes[2].api).unwrap().put(b_h, &b, |_| {}).unwrap();
+    let fetching = |node: usize, from: [u8; 4], handle: Handle| {
+        let api = cluster.state.nodes[node].api.clone();
+        std::thread::spawn(move || Client::connect(&api).unwrap().fetch((from, 7070), &[handle]).map_err(|e| e.to_string()))
+    };
+    let (one, two) = (fetching(1, [10, 1, 0, 3], b_h), fetching(2, [10, 1, 0, 2], a_h));
+    assert_eq!(one.join().unwrap(), Ok((1, b.len() as u64)), "node 1 fetching from node 2");
+    assert_eq!(two.join().unwrap(), Ok((1, a.len() as u64)), "node 2 fetching from node 1");
+
     // A node killed while it works: its tasks run elsewhere and the image is the same.
     let mandelbrot = mandelbrot_job(dir.path(), 4);
     let reference = cairn().args(["eval", "--node", &single_address, "--job", mandelbrot.to_str().unwrap()]).output().unwrap();

@@ -234,8 +234,9 @@ fn serve(config: &NodeConfig) -> Status {
 }
 
 /// Runs the work both APIs queued, answering each on the API it came from; true if there was
-/// any. An EVAL runs with the networks let go (`net::busy`), so that the node keeps answering
-/// HELLO, HAVE and GET meanwhile; the jobs hold them, since they use the network themselves.
+/// any. The node keeps answering HELLO, HAVE and GET meanwhile (`net::busy`): an EVAL runs with
+/// the networks let go, and FETCH and RELOCATE serve them while they wait on the peer. Jobs
+/// with IO hold the networks, since their evaluation uses them.
 fn run_queued(jobs: &mut net::jobs::Jobs, ev: &mut jobs::NodeEvaluator) -> bool {
     let mut any = false;
     loop {
@@ -256,7 +257,20 @@ fn run_queued(jobs: &mut net::jobs::Jobs, ev: &mut jobs::NodeEvaluator) -> bool 
                 guard = SERVING.lock();
                 answer
             }
-            work => jobs.run(work, &mut s.network, s.cluster.as_mut(), ev),
+            work @ (Work::Fetch { .. } | Work::Relocate { .. }) => {
+                let Serving { network, cluster, api, cluster_api } = s;
+                let mut others = |cluster: &mut net::Network, store: &memory::objects::NodeStore| {
+                    network.device.rearm();
+                    network.poll();
+                    api.poll_busy(network, store);
+                    if let Some(cluster_api) = cluster_api.as_mut() {
+                        cluster_api.poll_busy(cluster, store);
+                    }
+                    network.poll();
+                };
+                jobs.run_with_peer(work, cluster.as_mut(), &mut others, ev)
+            }
+            work => jobs.run(work, &mut s.network, ev),
         };
         let s = guard.as_mut().expect("set by serve");
         let api = if on_cluster { s.cluster_api.as_mut().expect("work came from it") } else { &mut s.api };

@@ -15,6 +15,7 @@ use cairn_proto::{ErrorCode, Message};
 
 use super::Network;
 use super::client::NetTransport;
+use super::peer::ServeOthers;
 use crate::jobs::NodeEvaluator;
 
 #[derive(Default)]
@@ -36,27 +37,35 @@ fn error(code: ErrorCode, message: alloc::string::String) -> Message {
 }
 
 impl Jobs {
-    /// Runs queued work: jobs' IO goes out on `network`, fetches from peers on `cluster`.
-    pub fn run(&mut self, work: Work, network: &mut Network, cluster: Option<&mut Network>, ev: &mut NodeEvaluator) -> Message {
+    /// Runs queued work that needs no peer: an EVAL (see net::busy for how the node's loop
+    /// runs it instead), or a job, whose IO goes out on `network`.
+    pub fn run(&mut self, work: Work, network: &mut Network, ev: &mut NodeEvaluator) -> Message {
         match work {
-            // The node's loop runs an EVAL itself, letting go of the network (net::busy).
             Work::Eval { handle, fresh } => super::api::evaluate(ev, handle, fresh),
             Work::Submit { job } => self.submit(job, network, ev),
             Work::Replay { handle } => self.replay(handle, ev),
+            Work::Fetch { .. } | Work::Relocate { .. } => error(ErrorCode::Internal, "work for a peer without the cluster network".into()),
+        }
+    }
+
+    /// Runs FETCH or RELOCATE over the `cluster` network; while it waits on the peer, `others`
+    /// serves this node's own clients what the store can answer.
+    pub fn run_with_peer(&mut self, work: Work, cluster: Option<&mut Network>, others: &mut ServeOthers<'_>, ev: &mut NodeEvaluator) -> Message {
+        match work {
             Work::Relocate { to, thunk } => {
                 let cluster = match self.peer_network(cluster, to.0) {
                     Ok(cluster) => cluster,
                     Err(m) => return m,
                 };
                 self.relocated += 1;
-                super::peer::relocate(cluster, ev, to, thunk).unwrap_or_else(|why| error(ErrorCode::Internal, why))
+                super::peer::relocate(cluster, others, ev, to, thunk).unwrap_or_else(|why| error(ErrorCode::Internal, why))
             }
             Work::Fetch { from, handles } => {
                 let cluster = match self.peer_network(cluster, from.0) {
                     Ok(cluster) => cluster,
                     Err(m) => return m,
                 };
-                match super::peer::fetch(cluster, ev, from, &handles) {
+                match super::peer::fetch(cluster, others, ev, from, &handles) {
                     Ok((objects, bytes)) => {
                         self.fetched_bytes += bytes;
                         Message::Fetched { objects, bytes }
@@ -65,6 +74,7 @@ impl Jobs {
                     Err(why) => error(ErrorCode::Internal, why),
                 }
             }
+            Work::Eval { .. } | Work::Submit { .. } | Work::Replay { .. } => error(ErrorCode::Internal, "not work for a peer".into()),
         }
     }
 

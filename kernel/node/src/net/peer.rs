@@ -20,6 +20,7 @@ use smoltcp::wire::IpAddress;
 use super::Network;
 use crate::arch::clock;
 use crate::jobs::NodeEvaluator;
+use crate::memory::objects::NodeStore;
 
 /// A peer that makes no progress for this long has failed.
 const STALL_US: u64 = 10_000_000;
@@ -36,9 +37,15 @@ fn local_port() -> u16 {
     port
 }
 
+/// What a node does for its own clients while it waits on a peer: serve what its store can
+/// answer (net::busy), given the cluster network the link uses and the store. Two nodes
+/// fetching from each other would otherwise wait for each other until both gave up.
+pub type ServeOthers<'a> = dyn FnMut(&mut Network, &NodeStore) + 'a;
+
 /// One API connection to a peer, driven by polling the cluster network.
 struct PeerLink<'n> {
     network: &'n mut Network,
+    others: &'n mut ServeOthers<'n>,
     socket: SocketHandle,
     peer: String,
     input: Vec<u8>,
@@ -47,7 +54,7 @@ struct PeerLink<'n> {
 }
 
 impl<'n> PeerLink<'n> {
-    fn open(network: &'n mut Network, to: ([u8; 4], u16)) -> Result<PeerLink<'n>, String> {
+    fn open(network: &'n mut Network, others: &'n mut ServeOthers<'n>, to: ([u8; 4], u16)) -> Result<PeerLink<'n>, String> {
         let [a, b, c, d] = to.0;
         let peer = format!("{a}.{b}.{c}.{d}:{}", to.1);
         let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; BUFFER]), tcp::SocketBuffer::new(vec![0; BUFFER]));
@@ -56,11 +63,11 @@ impl<'n> PeerLink<'n> {
             .connect(network.iface.context(), (IpAddress::v4(a, b, c, d), to.1), local_port())
             .map_err(|e| format!("cannot connect to {peer}: {e:?}"))?;
         let socket = network.sockets.add(socket);
-        Ok(PeerLink { network, socket, peer, input: Vec::new(), connected: false, last_progress: clock::micros_since_boot() })
+        Ok(PeerLink { network, others, socket, peer, input: Vec::new(), connected: false, last_progress: clock::micros_since_boot() })
     }
 
     /// Moves packets; Ok(true) if bytes moved, an error if the peer refused, closed or stalled.
-    fn step(&mut self, out: &[u8], sent: &mut usize) -> Result<(), String> {
+    fn step(&mut self, out: &[u8], sent: &mut usize, store: &NodeStore) -> Result<(), String> {
         self.network.device.rearm();
         self.network.poll();
         let s = self.network.sockets.get_mut::<tcp::Socket>(self.socket);
@@ -91,28 +98,29 @@ impl<'n> PeerLink<'n> {
         } else if now - self.last_progress > STALL_US {
             return Err(format!("{} made no progress for {} s", self.peer, STALL_US / 1_000_000));
         } else {
+            (self.others)(self.network, store);
             self.network.poll();
             x86_64::instructions::interrupts::enable_and_hlt();
         }
         Ok(())
     }
 
-    fn send(&mut self, frames: &[u8]) -> Result<(), String> {
+    fn send(&mut self, frames: &[u8], store: &NodeStore) -> Result<(), String> {
         let mut sent = 0;
         while sent < frames.len() {
-            self.step(frames, &mut sent)?;
+            self.step(frames, &mut sent, store)?;
         }
         Ok(())
     }
 
-    fn send_message(&mut self, request: u32, message: Message) -> Result<(), String> {
+    fn send_message(&mut self, request: u32, message: Message, store: &NodeStore) -> Result<(), String> {
         let mut out = Vec::new();
         encode(&Frame { request, message }, &mut out);
-        self.send(&out)
+        self.send(&out, store)
     }
 
     /// The next frame from the peer; its ERROR frames become errors.
-    fn receive(&mut self) -> Result<Frame, String> {
+    fn receive(&mut self, store: &NodeStore) -> Result<Frame, String> {
         loop {
             if let Some((frame, used)) = decode(&self.input).map_err(|e| format!("{} sent a malformed frame: {e}", self.peer))? {
                 self.input.drain(..used);
@@ -121,7 +129,7 @@ impl<'n> PeerLink<'n> {
                 }
                 return Ok(frame);
             }
-            self.step(&[], &mut 0)?;
+            self.step(&[], &mut 0, store)?;
         }
     }
 }
@@ -135,7 +143,7 @@ impl Drop for PeerLink<'_> {
 }
 
 /// Gets every handle the node lacks from the peer at `from`; returns (objects, bytes) fetched.
-pub fn fetch(network: &mut Network, ev: &mut NodeEvaluator, from: ([u8; 4], u16), handles: &[Handle]) -> Result<(u64, u64), String> {
+pub fn fetch(network: &mut Network, others: &mut ServeOthers<'_>, ev: &mut NodeEvaluator, from: ([u8; 4], u16), handles: &[Handle]) -> Result<(u64, u64), String> {
     let mut wanted: Vec<Handle> = handles.iter().copied().filter(|h| !h.is_literal() && !ev.store.contains(h)).collect();
     wanted.sort();
     wanted.dedup();
@@ -146,17 +154,17 @@ pub fn fetch(network: &mut Network, ev: &mut NodeEvaluator, from: ([u8; 4], u16)
     if total > ev.store.room() {
         return Err(format!("{total} bytes do not fit in the store"));
     }
-    let mut link = PeerLink::open(network, from)?;
+    let mut link = PeerLink::open(network, others, from)?;
     let mut request = Vec::new();
     encode(&Frame { request: 0, message: Message::Hello { client: "cairn-node".into() } }, &mut request);
     for (i, h) in wanted.iter().enumerate() {
         encode(&Frame { request: i as u32 + 1, message: Message::Get { handle: *h } }, &mut request);
     }
-    link.send(&request)?;
+    link.send(&request, &ev.store)?;
     let mut bytes_in = 0u64;
     let mut stored = 0;
     while stored < wanted.len() {
-        let frame = link.receive()?;
+        let frame = link.receive(&ev.store)?;
         let asked = (frame.request as usize).checked_sub(1).and_then(|i| wanted.get(i)).copied();
         match frame.message {
             Message::Welcome { .. } => {}
@@ -177,7 +185,7 @@ pub fn fetch(network: &mut Network, ev: &mut NodeEvaluator, from: ([u8; 4], u16)
                 let mut upload = ev.store.upload_pages(len as usize).ok_or_else(|| format!("{handle} ({len} bytes) does not fit in the store"))?;
                 let mut written = 0u64;
                 while written < len {
-                    match link.receive()?.message {
+                    match link.receive(&ev.store)?.message {
                         Message::ObjectChunk { offset, bytes: chunk } if offset == written && offset + chunk.len() as u64 <= len => {
                             upload.write_at(offset as usize, &chunk);
                             written += chunk.len() as u64;
@@ -211,7 +219,7 @@ fn checked(outcome: Result<(), StoreError>, peer: &str, handle: Handle) -> Resul
 
 /// Runs `thunk` on the peer at `to`: ships the thunk and the inputs the peer lacks (its
 /// procedure and arguments, which must be values here), and returns the peer's answer.
-pub fn relocate(network: &mut Network, ev: &NodeEvaluator, to: ([u8; 4], u16), thunk: Handle) -> Result<Message, String> {
+pub fn relocate(network: &mut Network, others: &mut ServeOthers<'_>, ev: &NodeEvaluator, to: ([u8; 4], u16), thunk: Handle) -> Result<Message, String> {
     let bytes = ev.store.get(&thunk).ok_or_else(|| format!("{thunk} is not on this node"))?;
     if thunk.kind() != Kind::Thunk {
         return Err(format!("{thunk} is not a thunk"));
@@ -225,11 +233,11 @@ pub fn relocate(network: &mut Network, ev: &NodeEvaluator, to: ([u8; 4], u16), t
         inputs.push(arg);
     }
     inputs.retain(|h| !h.is_literal());
-    let mut link = PeerLink::open(network, to)?;
-    link.send_message(0, Message::Hello { client: "cairn-node".into() })?;
-    link.send_message(1, Message::Have { handles: inputs.clone() })?;
+    let mut link = PeerLink::open(network, others, to)?;
+    link.send_message(0, Message::Hello { client: "cairn-node".into() }, &ev.store)?;
+    link.send_message(1, Message::Have { handles: inputs.clone() }, &ev.store)?;
     let missing = loop {
-        match link.receive()?.message {
+        match link.receive(&ev.store)?.message {
             Message::Welcome { .. } => {}
             Message::Missing { handles } => break handles,
             _ => return Err(format!("{} answered HAVE out of turn", link.peer)),
@@ -238,20 +246,20 @@ pub fn relocate(network: &mut Network, ev: &NodeEvaluator, to: ([u8; 4], u16), t
     for handle in &missing {
         let bytes = ev.store.get(handle).ok_or_else(|| format!("{handle} is not on this node"))?;
         if bytes.len() <= MAX_INLINE {
-            link.send_message(2, Message::Put { handle: *handle, bytes: bytes.to_vec() })?;
+            link.send_message(2, Message::Put { handle: *handle, bytes: bytes.to_vec() }, &ev.store)?;
         } else {
-            link.send_message(2, Message::PutBegin { handle: *handle, len: bytes.len() as u64 })?;
+            link.send_message(2, Message::PutBegin { handle: *handle, len: bytes.len() as u64 }, &ev.store)?;
             for (i, chunk) in bytes.chunks(MAX_CHUNK).enumerate() {
-                link.send_message(2, Message::PutChunk { offset: (i * MAX_CHUNK) as u64, bytes: chunk.to_vec() })?;
+                link.send_message(2, Message::PutChunk { offset: (i * MAX_CHUNK) as u64, bytes: chunk.to_vec() }, &ev.store)?;
             }
         }
-        match link.receive()?.message {
+        match link.receive(&ev.store)?.message {
             Message::Stored { handle: stored } if stored == *handle => {}
             _ => return Err(format!("{} did not store {handle}", link.peer)),
         }
     }
-    link.send_message(3, Message::Eval { handle: thunk })?;
-    match link.receive()?.message {
+    link.send_message(3, Message::Eval { handle: thunk }, &ev.store)?;
+    match link.receive(&ev.store)?.message {
         answer @ (Message::Evaluated { .. } | Message::EvalFailed { .. }) => Ok(answer),
         _ => Err(format!("{} answered EVAL out of turn", link.peer)),
     }
