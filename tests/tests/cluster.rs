@@ -1,6 +1,6 @@
 //! Three-node clusters on one virtual L2 (docs/CLUSTER.md): the same results as one node,
-//! placement by locality, a node killed mid-job, verification on two nodes, and a peer that
-//! sends corrupted objects.
+//! placement by locality, a node killed mid-job, verification on two nodes, tasks that time
+//! out, nodes fetching from each other, and a peer that sends corrupted objects.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -150,6 +150,19 @@ fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node()
     assert_eq!(caught.status.code(), Some(1), "{}", show(&caught));
     let line = String::from_utf8_lossy(&caught.stdout).lines().find(|l| l.starts_with("verify: MISMATCH thunk:")).map(String::from).unwrap_or_else(|| panic!("{}", show(&caught)));
     assert_eq!(line.matches("blob:").count(), 2, "both results are named: {line}");
+
+    // A task that runs out its time budget: a timeout is the node's, not the task's (EVAL-5),
+    // so the task runs again on each other node before the evaluation gives up, naming it.
+    let looping = dir.path().join("loop.toml");
+    std::fs::write(&looping, format!("[root]\ntask = \"{}\"\nargs = [{{ text = \"loop\" }}]\n", env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile"))).unwrap();
+    let timed_out = cluster.eval(&looping, &[]);
+    assert_eq!(timed_out.status.code(), Some(2), "{}", show(&timed_out));
+    let stderr = String::from_utf8_lossy(&timed_out.stderr);
+    assert_eq!(stderr.matches("it runs again").count(), 2, "{}", show(&timed_out));
+    for node in 0..3 {
+        assert!(stderr.contains(&format!("task 0 started on node {node}")), "each node tried it once: {}", show(&timed_out));
+    }
+    assert!(stderr.trim_end().ends_with("failed: timeout"), "{}", show(&timed_out));
 
     // Relocation by a node: node 0 holds identity(2 MiB blob) and runs it on node 1, shipping
     // the thunk and what node 1 lacks (in chunks); the result handle comes back through node 0.

@@ -17,6 +17,17 @@ use crate::client::Client;
 
 /// Times a task may fail to get its inputs from peers before the evaluation gives up.
 const MAX_FETCH_FAILURES: u32 = 5;
+/// Times a task may fail for a reason that is the node's rather than the task's before the
+/// evaluation gives up (see [`node_failure`]).
+const MAX_NODE_FAILURES: u32 = 2;
+
+/// Whether a node's report of a failed task says something about the node rather than the
+/// task: a timeout (the budget is wall-clock time, and a loaded node is slow) or the node
+/// running out of memory. EVAL-5 keeps these out of the memo for the same reason; the task
+/// runs again, elsewhere if it can.
+fn node_failure(why: &str) -> bool {
+    why.ends_with("failed: timeout") || why.ends_with("failed: node out of memory")
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
@@ -165,6 +176,8 @@ struct Coordinator<'a> {
     in_flight: Vec<BTreeSet<usize>>,
     /// Failed fetches per task (a peer busy for too long); bounded by MAX_FETCH_FAILURES.
     fetch_failures: Vec<u32>,
+    /// Failures per task that were the node's (node_failure); bounded by MAX_NODE_FAILURES.
+    node_failures: Vec<u32>,
     orders: Vec<Option<mpsc::Sender<Order>>>,
     probes: Vec<Option<Client>>,
     rng: u64,
@@ -407,7 +420,19 @@ impl Coordinator<'_> {
             }
             Event::Failed { node, task, why } => {
                 self.load[node] = self.load[node].saturating_sub(1);
-                bail!("task {task} failed on node {node}: {why}");
+                if !node_failure(&why) || self.node_failures[task] >= MAX_NODE_FAILURES {
+                    bail!("task {task} failed on node {node}: {why}");
+                }
+                self.node_failures[task] += 1;
+                self.in_flight[node].remove(&task);
+                progress(&format!("cairn: task {task} failed on node {node} ({why}), which says more about the node than the task; it runs again"));
+                self.status[task] = Status::Waiting;
+                // The node stays among those the task was placed on, so that it runs elsewhere,
+                // unless no other node could take it.
+                let elsewhere = self.live().into_iter().any(|n| !self.placed_on[task].contains(&n) && !self.suspect.contains(&n));
+                if !elsewhere {
+                    self.placed_on[task].clear();
+                }
             }
             Event::BadPeer { node, task, peer, why } => {
                 self.load[node] = self.load[node].saturating_sub(1);
@@ -473,6 +498,7 @@ pub fn run(graph: &Graph, objects: &HashMap<Handle, Vec<u8>>, nodes: &[NodeState
         placed_on: vec![BTreeSet::new(); tasks],
         in_flight: vec![BTreeSet::new(); n],
         fetch_failures: vec![0; tasks],
+        node_failures: vec![0; tasks],
         orders,
         probes,
         rng: options.seed | 1,
@@ -563,4 +589,18 @@ pub fn run(graph: &Graph, objects: &HashMap<Handle, Vec<u8>>, nodes: &[NodeState
     };
     c.report.wall = started.elapsed();
     Ok(c.report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_failure;
+
+    #[test]
+    fn only_the_nodes_failures_are_retried() {
+        assert!(node_failure("thunk:ab:10 failed: timeout"));
+        assert!(node_failure("thunk:ab:10 failed: node out of memory"));
+        assert!(!node_failure("thunk:ab:10 failed: out of memory: limit is 4096 bytes"));
+        assert!(!node_failure("thunk:ab:10 failed: task error: timeout"));
+        assert!(!node_failure("thunk:ab:10 failed: trap: page fault"));
+    }
 }
