@@ -198,8 +198,8 @@ fn uploads_are_named_on_the_helper_cpu_and_without_one() {
 
 /// A long evaluation does not hold up other clients' reads (kernel/node/src/net/busy.rs):
 /// while one client's EVAL runs a task that loops until the node's time budget stops it,
-/// another client connects and downloads a 1 MiB object. What a busy node cannot answer
-/// (STATS needs the evaluator) waits for the evaluation and is answered after it.
+/// another client connects and downloads a 1 MiB object, and uploads another. What a busy node
+/// cannot do (storing the upload, STATS, which needs the evaluator) waits for the evaluation.
 #[test]
 fn a_node_answers_reads_while_it_evaluates() {
     let (_node, address) = serving_node();
@@ -227,6 +227,10 @@ fn a_node_answers_reads_while_it_evaluates() {
     assert_eq!(reader.missing(&[big_handle]).unwrap(), []);
     assert!(reader.get(big_handle, |_, _| {}).unwrap() == big);
     let read_done = std::time::Instant::now();
+    // An upload streams in meanwhile; the object is stored once the evaluation has ended.
+    let fresh: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(3266489917) >> 11) as u8).collect();
+    let fresh_handle = Handle::blob(&fresh);
+    reader.put(fresh_handle, &fresh, |_| {}).unwrap();
     // Sent while the node still evaluates: answered only after, so it counts the task (the
     // counter moves when a task ends).
     let stats = reader.stats().unwrap();
@@ -236,4 +240,5 @@ fn a_node_answers_reads_while_it_evaluates() {
     assert!(failure.contains("time"), "{failure}");
     assert!(read_done < eval_done, "the download finished only after the evaluation: it was held up by it");
     assert!(stats.contains("tasks_run=1"), "STATS was answered before the evaluation ended: {stats}");
+    assert!(reader.get(fresh_handle, |_, _| {}).unwrap() == fresh, "the upload made during the evaluation");
 }

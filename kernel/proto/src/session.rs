@@ -56,7 +56,8 @@ pub trait NodeApi {
     /// The value the memo holds for `thunk`, if it remembers one.
     fn recall(&self, thunk: &Handle) -> Option<Handle>;
     /// True while the node is in the middle of an evaluation and can only read its store: the
-    /// session then answers HELLO, HAVE and GET, and keeps everything else for later.
+    /// session then answers HELLO, HAVE and GET, takes uploads' bytes (`upload_buffer` must
+    /// work) but stores them only later, and keeps everything else for later.
     fn busy(&self) -> bool {
         false
     }
@@ -110,6 +111,8 @@ pub struct Session {
     awaiting: Option<u32>,
     /// Work queued and not yet answered.
     outstanding: usize,
+    /// An upload whose bytes all arrived while the node was busy: stored once it is not.
+    completed: Option<Upload>,
 }
 
 impl Session {
@@ -126,7 +129,7 @@ impl Session {
     /// True while the session owes the client answers it has not produced yet: queued work, or
     /// input held back. A client that has closed its side still gets them.
     pub fn owes_answers(&self) -> bool {
-        self.outstanding > 0 || !self.held.is_empty()
+        self.outstanding > 0 || !self.held.is_empty() || self.completed.is_some()
     }
 
     /// Takes bytes from the client and handles every whole frame among them that can be
@@ -136,7 +139,7 @@ impl Session {
     /// collected (only its own bytes). During an upload, PUT-CHUNK payloads are copied once,
     /// straight into the upload's buffer. Work per call is linear in the bytes given.
     pub fn feed(&mut self, bytes: &[u8], node: &mut dyn NodeApi) {
-        if self.holding(node) || !self.held.is_empty() {
+        if self.holding() || !self.held.is_empty() {
             self.held.extend_from_slice(bytes);
             return self.resume(node);
         }
@@ -146,26 +149,34 @@ impl Session {
     /// Goes on with bytes held back, once the EVAL they wait for is answered or the node is no
     /// longer busy; the node calls this on every round.
     pub fn resume(&mut self, node: &mut dyn NodeApi) {
-        if self.held.is_empty() || self.holding(node) {
+        if !node.busy() {
+            if let Some(upload) = self.completed.take() {
+                let outcome = node.put_upload(&upload.handle, upload.buffer);
+                self.stored(upload.request, upload.handle, outcome);
+            }
+        }
+        if self.held.is_empty() || self.holding() {
             return;
         }
         let held = core::mem::take(&mut self.held);
         self.handle_bytes(&held, node);
     }
 
-    /// Whether input must wait: for an EVAL's answer, or, on a busy node, to finish an upload.
-    fn holding(&self, node: &dyn NodeApi) -> bool {
-        self.awaiting.is_some() || (self.upload.is_some() && node.busy())
+    /// Whether input must wait: for an EVAL's answer, or for an upload that arrived while the
+    /// node was busy to be stored.
+    fn holding(&self) -> bool {
+        self.awaiting.is_some() || self.completed.is_some()
     }
 
-    /// Whether the node can answer this request now.
+    /// Whether the node can handle this request now. A busy node still takes uploads: their
+    /// bytes go into the upload's own buffer, and only storing the finished object waits.
     fn answerable(message: &Message, node: &dyn NodeApi) -> bool {
-        !node.busy() || matches!(message, Message::Hello { .. } | Message::Have { .. } | Message::Get { .. })
+        !node.busy() || matches!(message, Message::Hello { .. } | Message::Have { .. } | Message::Get { .. } | Message::PutBegin { .. })
     }
 
     fn handle_bytes(&mut self, mut bytes: &[u8], node: &mut dyn NodeApi) {
         while !self.closing && !bytes.is_empty() {
-            if self.holding(node) {
+            if self.holding() {
                 self.held.extend_from_slice(bytes);
                 return;
             }
@@ -254,6 +265,10 @@ impl Session {
             return;
         }
         let upload = self.upload.take().expect("present");
+        if node.busy() {
+            self.completed = Some(upload);
+            return;
+        }
         let outcome = node.put_upload(&upload.handle, upload.buffer);
         self.stored(upload.request, upload.handle, outcome);
     }
@@ -793,7 +808,7 @@ mod tests {
             assert_eq!(replies.iter().map(|r| r.request).collect::<Vec<_>>(), [3, 4], "cut at {cut}");
             assert!(n2.store.contains(&o));
         }
-        // An upload in progress waits whole while the node is busy.
+        // A busy node takes an upload's bytes; storing it, and what follows, waits.
         n.busy = false;
         let big = vec![9u8; 3 * MAX_CHUNK + 10];
         let bh = Handle::blob(&big);
@@ -801,6 +816,21 @@ mod tests {
         s.feed(&upload[..100], &mut n);
         n.busy = true;
         s.feed(&upload[100..], &mut n);
+        assert!(exchange(&mut s, &mut n, &[]).is_empty());
+        assert!(s.owes_answers());
+        assert!(!n.store.contains(&bh));
+        s.resume(&mut n);
+        assert!(exchange(&mut s, &mut n, &[]).is_empty(), "still busy");
+        n.busy = false;
+        s.resume(&mut n);
+        let replies = exchange(&mut s, &mut n, &[]);
+        assert_eq!(replies[0].message, Message::Stored { handle: bh });
+        assert_eq!(replies[1].message, Message::Missing { handles: vec![] }, "the HAVE after it comes after it");
+        assert!(!s.owes_answers());
+        // An upload begun while busy streams too.
+        let (mut s, mut n) = (Session::new(), node());
+        n.busy = true;
+        s.feed(&upload, &mut n);
         assert!(exchange(&mut s, &mut n, &[]).is_empty());
         n.busy = false;
         s.resume(&mut n);

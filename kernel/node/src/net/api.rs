@@ -51,7 +51,8 @@ fn served_object(store: &NodeStore, handle: &Handle, fault: cairn_bootcfg::Fault
 }
 
 /// The node as sessions see it while it evaluates: its store, read-only. Sessions ask it only
-/// what HELLO, HAVE and GET need (`NodeApi::busy`); the rest waits for the evaluation to end.
+/// what HELLO, HAVE, GET and an upload's bytes need (`NodeApi::busy`); storing and everything
+/// else waits for the evaluation to end.
 struct BusyNode<'a> {
     store: &'a NodeStore,
     fault: cairn_bootcfg::Fault,
@@ -72,10 +73,11 @@ impl NodeApi for BusyNode<'_> {
         Err(StoreError::Full { needed: handle.size(), used: 0, limit: 0 })
     }
     fn room(&self) -> u64 {
-        0
+        self.store.room()
     }
-    fn upload_buffer(&mut self, _: usize) -> Option<Box<dyn UploadBuffer>> {
-        None
+    fn upload_buffer(&mut self, len: usize) -> Option<Box<dyn UploadBuffer>> {
+        // Setting pages aside changes no object: uploads stream while the node evaluates.
+        Some(Box::new(Upload(self.store.upload_pages(len)?)))
     }
     fn put_upload(&mut self, handle: &Handle, _: Box<dyn UploadBuffer>) -> Result<(), StoreError> {
         Err(StoreError::Full { needed: handle.size(), used: 0, limit: 0 })
