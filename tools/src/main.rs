@@ -52,6 +52,16 @@ enum Command {
     /// Clusters of nodes on this machine (docs/CLUSTER.md).
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Install QEMU, qemu-img and OVMF as needed (with apt, as root; every QEMU package at one
+    /// version), then check them. Other commands do this by themselves when something is missing.
+    Setup(SetupArgs),
+}
+
+#[derive(Args)]
+struct SetupArgs {
+    /// Say what would be installed, and change nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args)]
@@ -367,6 +377,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Image(args)) => write_image(&args),
         Some(Command::Hash(args)) => hash(&args),
         Some(Command::Bench(args)) => bench(&args),
+        Some(Command::Setup(args)) => {
+            cairn_hostsetup::setup(args.dry_run, &mut |line| eprintln!("cairn: {line}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
