@@ -94,17 +94,27 @@ pub fn facts(packages: &[&str]) -> anyhow::Result<Facts> {
     Ok(facts)
 }
 
-/// `apt-get ARGS...`, non-interactive, waiting for apt's lock.
+/// `apt-get ARGS...`, non-interactive, waiting for apt's lock. Its output (and dpkg's, hundreds of
+/// lines) is kept back and shown only when it fails, the last lines of it.
 pub fn apt_get(args: &[String]) -> anyhow::Result<()> {
-    let status = Command::new("apt-get")
+    let out = Command::new("apt-get")
         .args(["-o", LOCK_WAIT])
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .env("LC_ALL", "C")
-        .status()
+        .stdin(std::process::Stdio::null())
+        .output()
         .context("cannot run apt-get")?;
-    if !status.success() {
-        bail!("apt-get {} failed ({status})", args.first().map(String::as_str).unwrap_or(""));
+    if !out.status.success() {
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        bail!(
+            "apt-get {} failed ({}); it said:\n{tail}",
+            args.iter().find(|a| !a.starts_with('-')).map(String::as_str).unwrap_or(""),
+            out.status
+        );
     }
     Ok(())
 }

@@ -87,7 +87,7 @@ pub struct Plan {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    #[error("the apt sources offer no {0} (are the package lists empty? `apt-get update` fetches them)")]
+    #[error("the apt sources offer no {0} (see /etc/apt/sources.list*; `apt-get update` refreshes the lists)")]
     NotOffered(String),
     #[error(
         "no QEMU version is offered for all of {needed}: {package} is offered at {offered} only, \
