@@ -58,11 +58,7 @@ pub fn write_raw_image(firmware: Firmware, config: &NodeConfig, out: &Path) -> a
 
 /// Like [`write_raw_image`], with the configuration as raw bytes, valid or not: for testing how
 /// the kernel handles hand-edited configurations.
-pub fn write_raw_image_with_config_text(
-    firmware: Firmware,
-    config: &[u8],
-    out: &Path,
-) -> anyhow::Result<()> {
+pub fn write_raw_image_with_config_text(firmware: Firmware, config: &[u8], out: &Path) -> anyhow::Result<()> {
     let mut ramdisk = tempfile::NamedTempFile::new().context("cannot create a temporary file")?;
     ramdisk
         .write_all(config)

@@ -6,15 +6,24 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 fn cairn(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_FILE_CAIRN_TOOLS_cairn")).args(args).stdin(Stdio::null()).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    let out = Command::new(env!("CARGO_BIN_FILE_CAIRN_TOOLS_cairn"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// (seconds, bytes moved between nodes, result) from `cairn eval --cluster`'s summary.
 fn summary(stdout: &str, stderr: &str) -> (f64, u64, String) {
     let line = stderr.lines().find(|l| l.contains(" tasks on ")).expect("a summary line");
     let secs = line.split(" in ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
-    let moved = line.split("moved between nodes ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let moved =
+        line.split("moved between nodes ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     (secs, moved, stdout.lines().next().unwrap_or("").to_string())
 }
 
@@ -56,7 +65,10 @@ fn main() {
             summary(&out, &err)
         });
         let base_secs = *base.get_or_insert(secs);
-        println!("{}", serde_json::json!({"bench": "mandelbrot", "tiles": tiles.len(), "nodes": nodes, "seconds": secs, "speedup": base_secs / secs, "moved_bytes": moved, "result": result}));
+        println!(
+            "{}",
+            serde_json::json!({"bench": "mandelbrot", "tiles": tiles.len(), "nodes": nodes, "seconds": secs, "speedup": base_secs / secs, "moved_bytes": moved, "result": result})
+        );
     }
 
     // Wordcount: 12 chunks of 256 KiB, spread round robin over 3 nodes.
@@ -76,20 +88,43 @@ fn main() {
             }
             let file = dir.path().join(format!("chunk-{salt}-{c}.txt"));
             std::fs::write(&file, text).unwrap();
-            maps.push(format!("{{ task = \"{wc}\", args = [{{ text = \"map\" }}, \"{}\"] }}", file.display()));
+            maps.push(format!(
+                "{{ task = \"{wc}\", args = [{{ text = \"map\" }}, \"{}\"] }}",
+                file.display()
+            ));
         }
         let path = dir.path().join(format!("wordcount-{salt}.toml"));
-        std::fs::write(&path, format!("[root]\ntask = \"{wc}\"\nargs = [{{ text = \"reduce\" }}, {}]\n", maps.join(", "))).unwrap();
+        std::fs::write(
+            &path,
+            format!("[root]\ntask = \"{wc}\"\nargs = [{{ text = \"reduce\" }}, {}]\n", maps.join(", ")),
+        )
+        .unwrap();
         path
     };
     with_cluster(dir.path(), 3, |state| {
         // Fresh data for each run, so that no memo answers.
-        for (placement, seed, salt) in [("locality", "1", "a"), ("random", "1", "b"), ("random", "2", "c"), ("random", "3", "d")] {
+        for (placement, seed, salt) in
+            [("locality", "1", "a"), ("random", "1", "b"), ("random", "2", "c"), ("random", "3", "d")]
+        {
             let path = job(salt);
-            let (ok, out, err) = cairn(&["eval", "--cluster", state, "--job", path.to_str().unwrap(), "--spread", "--placement", placement, "--seed", seed]);
+            let (ok, out, err) = cairn(&[
+                "eval",
+                "--cluster",
+                state,
+                "--job",
+                path.to_str().unwrap(),
+                "--spread",
+                "--placement",
+                placement,
+                "--seed",
+                seed,
+            ]);
             assert!(ok, "{out}{err}");
             let (secs, moved, _) = summary(&out, &err);
-            println!("{}", serde_json::json!({"bench": "wordcount-spread", "chunks": 12, "chunk_kib": 256, "nodes": 3, "placement": placement, "seed": seed, "seconds": secs, "moved_bytes": moved}));
+            println!(
+                "{}",
+                serde_json::json!({"bench": "wordcount-spread", "chunks": 12, "chunk_kib": 256, "nodes": 3, "placement": placement, "seed": seed, "seconds": secs, "moved_bytes": moved})
+            );
         }
     });
 }

@@ -76,10 +76,16 @@ fn objects_evaluation_stats_and_misbehaving_clients() {
     // Garbage and an oversized frame each get an error and a close.
     let reply = raw_exchange(&address, b"GET / HTTP/1.1\r\n\r\n");
     let (frame, _) = decode(&reply).unwrap().expect("an error frame");
-    assert!(matches!(frame.message, Message::Error { code: cairn_proto::ErrorCode::BadFrame, .. }), "{frame:?}");
+    assert!(
+        matches!(frame.message, Message::Error { code: cairn_proto::ErrorCode::BadFrame, .. }),
+        "{frame:?}"
+    );
     let reply = raw_exchange(&address, &u32::MAX.to_le_bytes());
     let (frame, _) = decode(&reply).unwrap().expect("an error frame");
-    assert!(matches!(&frame.message, Message::Error { message, .. } if message.contains("frame length")), "{frame:?}");
+    assert!(
+        matches!(&frame.message, Message::Error { message, .. } if message.contains("frame length")),
+        "{frame:?}"
+    );
 
     // The quiet client is still connected, and the node still serves a new one.
     assert!(Client::connect(&address).unwrap().stats().unwrap().contains("objects="));
@@ -93,7 +99,11 @@ fn a_static_address_from_the_node_config_replaces_dhcp() {
         config: NodeConfig {
             mode: Mode::Serve,
             log_level: LogLevel::Info,
-            ip: Some(cairn_bootcfg::StaticIp { address: [10, 0, 2, 15], prefix: 24, gateway: Some([10, 0, 2, 2]) }),
+            ip: Some(cairn_bootcfg::StaticIp {
+                address: [10, 0, 2, 15],
+                prefix: 24,
+                gateway: Some([10, 0, 2, 2]),
+            }),
             ..NodeConfig::default()
         },
         api_port: Some(port),
@@ -124,18 +134,34 @@ fn idle_and_truncated_connections_are_closed_while_others_are_served() {
     // for the idle timeout.
     let mut truncated = TcpStream::connect(&address).unwrap();
     let mut frame = Vec::new();
-    cairn_proto::encode(&cairn_proto::Frame { request: 1, message: Message::Hello { client: "truncated".into() } }, &mut frame);
+    cairn_proto::encode(
+        &cairn_proto::Frame { request: 1, message: Message::Hello { client: "truncated".into() } },
+        &mut frame,
+    );
     truncated.write_all(&frame[..frame.len() - 3]).unwrap();
     truncated.shutdown(std::net::Shutdown::Write).unwrap();
-    let closed = time_to_close(&mut truncated, Duration::from_secs(30)).expect("the node closes a truncated connection");
-    assert!(closed < Duration::from_millis(1500), "closed after {closed:?}, before the 2 s idle timeout was due");
+    let closed = time_to_close(&mut truncated, Duration::from_secs(30))
+        .expect("the node closes a truncated connection");
+    assert!(
+        closed < Duration::from_millis(1500),
+        "closed after {closed:?}, before the 2 s idle timeout was due"
+    );
 
     // An upload cut short gives its memory back: the same upload then succeeds in full.
     let big: Vec<u8> = (0..(2u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
     let handle = Handle::blob(&big);
     let mut stream = Vec::new();
-    cairn_proto::encode(&cairn_proto::Frame { request: 1, message: Message::PutBegin { handle, len: big.len() as u64 } }, &mut stream);
-    cairn_proto::encode(&cairn_proto::Frame { request: 1, message: Message::PutChunk { offset: 0, bytes: big[..cairn_proto::MAX_CHUNK].to_vec() } }, &mut stream);
+    cairn_proto::encode(
+        &cairn_proto::Frame { request: 1, message: Message::PutBegin { handle, len: big.len() as u64 } },
+        &mut stream,
+    );
+    cairn_proto::encode(
+        &cairn_proto::Frame {
+            request: 1,
+            message: Message::PutChunk { offset: 0, bytes: big[..cairn_proto::MAX_CHUNK].to_vec() },
+        },
+        &mut stream,
+    );
     let mut cut = TcpStream::connect(&address).unwrap();
     cut.write_all(&stream[..stream.len() - 1000]).unwrap();
     cut.shutdown(std::net::Shutdown::Write).unwrap();
@@ -156,7 +182,10 @@ fn idle_and_truncated_connections_are_closed_while_others_are_served() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let closed = watcher.join().unwrap().expect("the node closes an idle connection");
-    assert!(closed >= Duration::from_millis(1500) && closed < Duration::from_secs(10), "closed after {closed:?}");
+    assert!(
+        closed >= Duration::from_millis(1500) && closed < Duration::from_secs(10),
+        "closed after {closed:?}"
+    );
 }
 
 fn stat(stats: &str, key: &str) -> u64 {
@@ -181,7 +210,11 @@ fn uploads_are_named_on_the_helper_cpu_and_without_one() {
         let mut client = Client::connect(&address).unwrap();
         let err = client.put(handle, &forged, |_| {}).unwrap_err().to_string();
         assert!(err.contains("really"), "{cpus} CPUs: {err}");
-        assert_eq!(client.missing(&[handle]).unwrap(), [handle], "{cpus} CPUs: a forged upload stores nothing");
+        assert_eq!(
+            client.missing(&[handle]).unwrap(),
+            [handle],
+            "{cpus} CPUs: a forged upload stores nothing"
+        );
         client.put(handle, &big, |_| {}).unwrap();
         assert!(client.get(handle, |_, _| {}).unwrap() == big, "{cpus} CPUs: round trip");
         let stats = client.stats().unwrap();
@@ -207,7 +240,9 @@ fn a_node_answers_reads_while_it_evaluates() {
     let hostile = std::fs::read(env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile")).unwrap();
     let procedure = Handle::blob(&hostile);
     setup.put(procedure, &hostile, |_| {}).unwrap();
-    let thunk_bytes = cairn_object::thunk::encode(Limits::new(1 << 20).unwrap(), procedure, &[Handle::blob(b"loop")]).unwrap();
+    let thunk_bytes =
+        cairn_object::thunk::encode(Limits::new(1 << 20).unwrap(), procedure, &[Handle::blob(b"loop")])
+            .unwrap();
     let looping = cairn_object::store::name(Kind::Thunk, &thunk_bytes).unwrap();
     setup.put(looping, &thunk_bytes, |_| {}).unwrap();
     let big: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2246822519) >> 7) as u8).collect();
@@ -217,7 +252,8 @@ fn a_node_answers_reads_while_it_evaluates() {
     let evaluating = {
         let address = address.clone();
         std::thread::spawn(move || {
-            let outcome = Client::connect(&address).unwrap().eval(looping).map(|e| e.result).map_err(|e| e.to_string());
+            let outcome =
+                Client::connect(&address).unwrap().eval(looping).map(|e| e.result).map_err(|e| e.to_string());
             (outcome, std::time::Instant::now())
         })
     };

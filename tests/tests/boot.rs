@@ -67,7 +67,10 @@ fn unmapped_read_is_reported_with_cr2_and_fails_the_node() {
     let rip = report[1].to_string();
     node.expect(r"^cairn: backtrace \(kernel image at 0x[0-9a-f]+\):$", BOOT_TIMEOUT);
     let frame0 = node.expect(r"^cairn:   #0  (0x[0-9a-f]+)$", BOOT_TIMEOUT);
-    assert_eq!(u64::from_str_radix(&frame0[1][2..], 16).unwrap(), u64::from_str_radix(&rip[2..], 16).unwrap());
+    assert_eq!(
+        u64::from_str_radix(&frame0[1][2..], 16).unwrap(),
+        u64::from_str_radix(&rip[2..], 16).unwrap()
+    );
     // The faulting read is called from the kernel's mode dispatch: there must be callers.
     node.expect(r"^cairn:   #1  0x[0-9a-f]+$", BOOT_TIMEOUT);
     let exit = node.finish(BOOT_TIMEOUT);
@@ -80,9 +83,6 @@ fn bad_node_config_is_reported_and_fails_the_node() {
         raw_config: Some(b"mode = job\nspeed = fast\n".to_vec()),
         ..NodeOptions::default()
     });
-    node.expect(
-        r"^cairn: bad node configuration: node config line 2: unknown key `speed`",
-        BOOT_TIMEOUT,
-    );
+    node.expect(r"^cairn: bad node configuration: node config line 2: unknown key `speed`", BOOT_TIMEOUT);
     assert_eq!(node.finish(BOOT_TIMEOUT), NodeExit::Failure);
 }

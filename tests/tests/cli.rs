@@ -62,7 +62,9 @@ impl Running {
                         return rest.to_string();
                     }
                 }
-                Err(_) => panic!("no line starting with {prefix:?}; output so far:\n{}", self.seen.join("\n")),
+                Err(_) => {
+                    panic!("no line starting with {prefix:?}; output so far:\n{}", self.seen.join("\n"))
+                }
             }
         }
     }
@@ -118,7 +120,12 @@ fn default_job_boots_shows_ready_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let output = cairn().arg("--out-dir").arg(dir.path()).stdin(Stdio::null()).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(stdout.lines().filter(|l| l.starts_with("cairn: ready boot_ms=")).count(), 1, "{stdout}");
 }
 
@@ -127,7 +134,10 @@ fn selftest_command_exits_zero_when_all_pass() {
     let output = cairn().args(["selftest", "--bios"]).stdin(Stdio::null()).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{stdout}");
-    assert!(stdout.lines().any(|l| l.starts_with("selftest: ") && l.ends_with(" passed, 0 failed")), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("selftest: ") && l.ends_with(" passed, 0 failed")),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -192,7 +202,10 @@ fn errors_are_one_sentence_without_a_panic() {
     let output = cairn().args(["image", "-o", "/nonexistent-dir/x.img"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.starts_with("cairn: error: cannot write the bios image to /nonexistent-dir/x.img"), "{stderr}");
+    assert!(
+        stderr.starts_with("cairn: error: cannot write the bios image to /nonexistent-dir/x.img"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!Path::new("/nonexistent-dir").exists());
 }
@@ -203,12 +216,20 @@ fn hash_prints_handle_first_with_the_b3sum_digest_for_files() {
     std::fs::write(dir.path().join("hello"), b"hello").unwrap();
     std::fs::create_dir(dir.path().join("d")).unwrap();
     std::fs::write(dir.path().join("d/fox"), b"The quick brown fox jumps over the lazy dog").unwrap();
-    let output = cairn().arg("hash").arg(dir.path().join("hello")).arg(dir.path().join("d/fox")).arg(dir.path().join("d")).output().unwrap();
+    let output = cairn()
+        .arg("hash")
+        .arg(dir.path().join("hello"))
+        .arg(dir.path().join("d/fox"))
+        .arg(dir.path().join("d"))
+        .output()
+        .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8(output.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}");
-    assert!(lines[0].starts_with("blob:=68656c6c6f  b3:ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f  "));
+    assert!(lines[0].starts_with(
+        "blob:=68656c6c6f  b3:ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f  "
+    ));
     assert!(lines[1].starts_with(
         "blob:2f1514181aadccd913abd94cfa592701a5686ab23f8df1dff1b74710febc6d4a:43  b3:2f1514181aadccd913abd94cfa592701a5686ab23f8df1dff1b74710febc6d4a  "
     ));
@@ -220,7 +241,10 @@ fn hash_prints_handle_first_with_the_b3sum_digest_for_files() {
 
     let output = cairn().args(["hash", "/nonexistent/x"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert_eq!(String::from_utf8_lossy(&output.stderr).trim(), "cairn: error: cannot read /nonexistent/x: No such file or directory (os error 2)");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).trim(),
+        "cairn: error: cannot read /nonexistent/x: No such file or directory (os error 2)"
+    );
 }
 
 #[test]
@@ -238,7 +262,10 @@ fn bench_reports_its_measurements_as_json() {
     }
     // A memo hit does no work a task invocation does: it must be the cheaper of the two.
     assert!(rows[1]["value"].as_f64() < rows[0]["value"].as_f64(), "{stdout}");
-    assert!(String::from_utf8_lossy(&output.stderr).contains("blake3 path "), "the boot log names the BLAKE3 path");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("blake3 path "),
+        "the boot log names the BLAKE3 path"
+    );
 }
 
 /// The network benchmark moves 64 MiB each way through a node with the default 512 MiB, which
@@ -289,10 +316,16 @@ fn put_get_eval_and_stats_against_a_running_node() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stdout, "blob:=0500000000000000\n0500000000000000\n");
     // The node has this very ELF built in (same bytes, same handle): only the thunk goes up.
-    assert!(stderr.contains("1 tasks run, 0 memo hits") && stderr.contains("uploaded 1 of 2 objects"), "{stderr}");
+    assert!(
+        stderr.contains("1 tasks run, 0 memo hits") && stderr.contains("uploaded 1 of 2 objects"),
+        "{stderr}"
+    );
     // Again: nothing to upload, and the memo answers.
     let (_, _, stderr) = run(&["eval", add, "blob:=0200000000000000", "blob:=0300000000000000"]);
-    assert!(stderr.contains("0 tasks run, 1 memo hits") && stderr.contains("uploaded 0 of 2 objects"), "{stderr}");
+    assert!(
+        stderr.contains("0 tasks run, 1 memo hits") && stderr.contains("uploaded 0 of 2 objects"),
+        "{stderr}"
+    );
 
     let (code, _, stderr) = run(&["eval", add, "blob:=02"]);
     assert_eq!(code, Some(2));
@@ -304,7 +337,8 @@ fn put_get_eval_and_stats_against_a_running_node() {
     assert!(stdout.lines().any(|l| l == "tasks_run=2"), "{stdout}");
     assert!(stdout.lines().any(|l| l == "memo_hits=1"), "{stdout}");
 
-    let (code, _, stderr) = run(&["get", "blob:2f1514181aadccd913abd94cfa592701a5686ab23f8df1dff1b74710febc6d4a:43"]);
+    let (code, _, stderr) =
+        run(&["get", "blob:2f1514181aadccd913abd94cfa592701a5686ab23f8df1dff1b74710febc6d4a:43"]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("is not on this node"), "{stderr}");
     signal(&node.child, libc::SIGTERM);
@@ -325,8 +359,14 @@ fn job_and_cluster_commands_name_what_is_wrong() {
         (vec!["journal", "import", bundle.to_str().unwrap()], "not a journal bundle"),
         (vec!["cluster", "down", "--state", state], "no cluster state at"),
         (vec!["cluster", "up", "--nodes", "0", "--state", state], "a cluster has 1 to 16 nodes"),
-        (vec!["cluster", "up", "--nodes", "2", "--fault", "5=corrupt-objects", "--state", state], "names node 5"),
-        (vec!["cluster", "up", "--nodes", "2", "--fault", "1=melt", "--state", state], "unknown fault `melt`"),
+        (
+            vec!["cluster", "up", "--nodes", "2", "--fault", "5=corrupt-objects", "--state", state],
+            "names node 5",
+        ),
+        (
+            vec!["cluster", "up", "--nodes", "2", "--fault", "1=melt", "--state", state],
+            "unknown fault `melt`",
+        ),
         (vec!["eval", "--cluster", state, "--job", "/nonexistent.toml"], "cannot read /nonexistent.toml"),
     ] {
         let output = cairn().args(&args).stdin(Stdio::null()).output().unwrap();

@@ -18,7 +18,12 @@ fn cairn() -> Command {
 }
 
 fn show(output: &Output) -> String {
-    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", output.status.code(), String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// A cluster for one test; `cluster down` when dropped.
@@ -30,7 +35,11 @@ struct Cluster {
 impl Cluster {
     fn up(dir: &Path, extra: &[&str]) -> Cluster {
         let state_path = dir.join("cluster.json");
-        let out = cairn().args(["cluster", "up", "--nodes", "3", "--state", state_path.to_str().unwrap()]).args(extra).output().unwrap();
+        let out = cairn()
+            .args(["cluster", "up", "--nodes", "3", "--state", state_path.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(0), "{}", show(&out));
         assert!(String::from_utf8_lossy(&out.stdout).contains("cluster up: 3 nodes"), "{}", show(&out));
         let state = State::read(&state_path).unwrap();
@@ -38,30 +47,46 @@ impl Cluster {
     }
 
     fn eval(&self, job: &Path, extra: &[&str]) -> Output {
-        cairn().args(["eval", "--cluster", self.state_path.to_str().unwrap(), "--job", job.to_str().unwrap()]).args(extra).output().unwrap()
+        cairn()
+            .args(["eval", "--cluster", self.state_path.to_str().unwrap(), "--job", job.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap()
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let out = cairn().args(["cluster", "down", "--state", self.state_path.to_str().unwrap()]).output().unwrap();
+        let out =
+            cairn().args(["cluster", "down", "--state", self.state_path.to_str().unwrap()]).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{}", show(&out));
         std::thread::sleep(std::time::Duration::from_millis(200));
         for node in &self.state.nodes {
-            assert!(!Path::new(&format!("/proc/{}", node.qemu_pid)).exists() || std::fs::read_to_string(format!("/proc/{}/stat", node.qemu_pid)).unwrap_or_default().contains(") Z "), "node {} still runs after `cluster down`", node.index);
+            assert!(
+                !Path::new(&format!("/proc/{}", node.qemu_pid)).exists()
+                    || std::fs::read_to_string(format!("/proc/{}/stat", node.qemu_pid))
+                        .unwrap_or_default()
+                        .contains(") Z "),
+                "node {} still runs after `cluster down`",
+                node.index
+            );
         }
     }
 }
 
 fn result_of(output: &Output) -> Handle {
     let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout.lines().find_map(|l| l.parse::<Handle>().ok()).unwrap_or_else(|| panic!("no result in:\n{}", show(output)))
+    stdout
+        .lines()
+        .find_map(|l| l.parse::<Handle>().ok())
+        .unwrap_or_else(|| panic!("no result in:\n{}", show(output)))
 }
 
 /// Reads `moved between nodes N bytes` from the summary.
 fn moved_bytes(output: &Output) -> u64 {
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let at = stderr.find("moved between nodes ").unwrap_or_else(|| panic!("no summary in:\n{}", show(output)));
+    let at =
+        stderr.find("moved between nodes ").unwrap_or_else(|| panic!("no summary in:\n{}", show(output)));
     stderr[at + 20..].split(' ').next().unwrap().parse().unwrap()
 }
 
@@ -81,10 +106,22 @@ fn wordcount_job(dir: &Path, chunks: usize) -> PathBuf {
         }
         let file = dir.join(format!("chunk{c}.txt"));
         std::fs::write(&file, text).unwrap();
-        maps.push(format!("{{ task = \"{}\", args = [{{ text = \"map\" }}, \"{}\"] }}", env!("CARGO_BIN_FILE_CAIRN_TASKS_wordcount"), file.display()));
+        maps.push(format!(
+            "{{ task = \"{}\", args = [{{ text = \"map\" }}, \"{}\"] }}",
+            env!("CARGO_BIN_FILE_CAIRN_TASKS_wordcount"),
+            file.display()
+        ));
     }
     let job = dir.join("wordcount.toml");
-    std::fs::write(&job, format!("[root]\ntask = \"{}\"\nargs = [{{ text = \"reduce\" }}, {}]\n", env!("CARGO_BIN_FILE_CAIRN_TASKS_wordcount"), maps.join(", "))).unwrap();
+    std::fs::write(
+        &job,
+        format!(
+            "[root]\ntask = \"{}\"\nargs = [{{ text = \"reduce\" }}, {}]\n",
+            env!("CARGO_BIN_FILE_CAIRN_TASKS_wordcount"),
+            maps.join(", ")
+        ),
+    )
+    .unwrap();
     job
 }
 
@@ -117,7 +154,8 @@ fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node()
     let spread = cluster.eval(&job, &["--spread"]);
     assert_eq!(spread.status.code(), Some(0), "{}", show(&spread));
     let (_single, single_address) = cairn_tests::serving_node(NodeConfig::default());
-    let single = cairn().args(["eval", "--node", &single_address, "--job", job.to_str().unwrap()]).output().unwrap();
+    let single =
+        cairn().args(["eval", "--node", &single_address, "--job", job.to_str().unwrap()]).output().unwrap();
     assert_eq!(single.status.code(), Some(0), "{}", show(&single));
     assert_eq!(result_of(&spread), result_of(&single), "three nodes and one give the same handle");
 
@@ -132,7 +170,11 @@ fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node()
     let locality = moved_bytes(&spread);
     let dir2 = tempfile::tempdir().unwrap();
     let job2 = wordcount_job(dir2.path(), 6);
-    std::fs::write(dir2.path().join("chunk0.txt"), format!("{} fresh", std::fs::read_to_string(dir2.path().join("chunk0.txt")).unwrap())).unwrap();
+    std::fs::write(
+        dir2.path().join("chunk0.txt"),
+        format!("{} fresh", std::fs::read_to_string(dir2.path().join("chunk0.txt")).unwrap()),
+    )
+    .unwrap();
     let random = cluster.eval(&job2, &["--spread", "--placement", "random", "--seed", "3"]);
     assert_eq!(random.status.code(), Some(0), "{}", show(&random));
     assert!(locality < 32 * 1024, "locality moved {locality} bytes:\n{}", show(&spread));
@@ -141,26 +183,53 @@ fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node()
     // Verification: every task on two nodes, memos ignored; all agree.
     let verified = cluster.eval(&job, &["--verify"]);
     assert_eq!(verified.status.code(), Some(0), "{}", show(&verified));
-    assert!(String::from_utf8_lossy(&verified.stdout).contains("verify: every task gave the same result on two nodes"), "{}", show(&verified));
+    assert!(
+        String::from_utf8_lossy(&verified.stdout)
+            .contains("verify: every task gave the same result on two nodes"),
+        "{}",
+        show(&verified)
+    );
     assert_eq!(result_of(&verified), result_of(&single));
     // A task that reads RDRAND (which no kernel can trap) is caught disagreeing with itself.
     let rdrand = dir.path().join("rdrand.toml");
-    std::fs::write(&rdrand, format!("[root]\ntask = \"{}\"\nargs = [{{ text = \"rdrand\" }}]\n", env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile"))).unwrap();
+    std::fs::write(
+        &rdrand,
+        format!(
+            "[root]\ntask = \"{}\"\nargs = [{{ text = \"rdrand\" }}]\n",
+            env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile")
+        ),
+    )
+    .unwrap();
     let caught = cluster.eval(&rdrand, &["--verify"]);
     assert_eq!(caught.status.code(), Some(1), "{}", show(&caught));
-    let line = String::from_utf8_lossy(&caught.stdout).lines().find(|l| l.starts_with("verify: MISMATCH thunk:")).map(String::from).unwrap_or_else(|| panic!("{}", show(&caught)));
+    let line = String::from_utf8_lossy(&caught.stdout)
+        .lines()
+        .find(|l| l.starts_with("verify: MISMATCH thunk:"))
+        .map(String::from)
+        .unwrap_or_else(|| panic!("{}", show(&caught)));
     assert_eq!(line.matches("blob:").count(), 2, "both results are named: {line}");
 
     // A task that runs out its time budget: a timeout is the node's, not the task's (EVAL-5),
     // so the task runs again on each other node before the evaluation gives up, naming it.
     let looping = dir.path().join("loop.toml");
-    std::fs::write(&looping, format!("[root]\ntask = \"{}\"\nargs = [{{ text = \"loop\" }}]\n", env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile"))).unwrap();
+    std::fs::write(
+        &looping,
+        format!(
+            "[root]\ntask = \"{}\"\nargs = [{{ text = \"loop\" }}]\n",
+            env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile")
+        ),
+    )
+    .unwrap();
     let timed_out = cluster.eval(&looping, &[]);
     assert_eq!(timed_out.status.code(), Some(2), "{}", show(&timed_out));
     let stderr = String::from_utf8_lossy(&timed_out.stderr);
     assert_eq!(stderr.matches("it runs again").count(), 2, "{}", show(&timed_out));
     for node in 0..3 {
-        assert!(stderr.contains(&format!("task 0 started on node {node}")), "each node tried it once: {}", show(&timed_out));
+        assert!(
+            stderr.contains(&format!("task 0 started on node {node}")),
+            "each node tried it once: {}",
+            show(&timed_out)
+        );
     }
     assert!(stderr.trim_end().ends_with("failed: timeout"), "{}", show(&timed_out));
 
@@ -170,7 +239,9 @@ fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node()
     let identity = std::fs::read(env!("CARGO_BIN_FILE_CAIRN_TASKS_identity")).unwrap();
     let big: Vec<u8> = (0..(2u32 << 20)).map(|i| (i.wrapping_mul(2246822519) >> 7) as u8).collect();
     let (procedure, big_h) = (Handle::blob(&identity), Handle::blob(&big));
-    let thunk = cairn_object::thunk::encode(cairn_object::Limits::new(16 << 20).unwrap(), procedure, &[big_h]).unwrap();
+    let thunk =
+        cairn_object::thunk::encode(cairn_object::Limits::new(16 << 20).unwrap(), procedure, &[big_h])
+            .unwrap();
     let thunk_h = cairn_object::store::name(cairn_object::Kind::Thunk, &thunk).unwrap();
     n0.upload_missing(&[(procedure, identity), (big_h, big.clone()), (thunk_h, thunk)]).unwrap();
     let mut n1 = Client::connect(&cluster.state.nodes[1].api).unwrap();
@@ -192,7 +263,9 @@ fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node()
     Client::connect(&cluster.state.nodes[2].api).unwrap().put(b_h, &b, |_| {}).unwrap();
     let fetching = |node: usize, from: [u8; 4], handle: Handle| {
         let api = cluster.state.nodes[node].api.clone();
-        std::thread::spawn(move || Client::connect(&api).unwrap().fetch((from, 7070), &[handle]).map_err(|e| e.to_string()))
+        std::thread::spawn(move || {
+            Client::connect(&api).unwrap().fetch((from, 7070), &[handle]).map_err(|e| e.to_string())
+        })
     };
     let (one, two) = (fetching(1, [10, 1, 0, 3], b_h), fetching(2, [10, 1, 0, 2], a_h));
     assert_eq!(one.join().unwrap(), Ok((1, b.len() as u64)), "node 1 fetching from node 2");
@@ -200,10 +273,19 @@ fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node()
 
     // A node killed while it works: its tasks run elsewhere and the image is the same.
     let mandelbrot = mandelbrot_job(dir.path(), 4);
-    let reference = cairn().args(["eval", "--node", &single_address, "--job", mandelbrot.to_str().unwrap()]).output().unwrap();
+    let reference = cairn()
+        .args(["eval", "--node", &single_address, "--job", mandelbrot.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(reference.status.code(), Some(0), "{}", show(&reference));
     let mut child = cairn()
-        .args(["eval", "--cluster", cluster.state_path.to_str().unwrap(), "--job", mandelbrot.to_str().unwrap()])
+        .args([
+            "eval",
+            "--cluster",
+            cluster.state_path.to_str().unwrap(),
+            "--job",
+            mandelbrot.to_str().unwrap(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -226,12 +308,27 @@ fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node()
     assert!(killed, "node 2 never got work:\n{transcript}");
     assert_eq!(out.status.code(), Some(0), "{transcript}");
     assert!(transcript.contains("node 2 lost"), "{transcript}");
-    let status = cairn().args(["cluster", "status", "--state", cluster.state_path.to_str().unwrap()]).output().unwrap();
+    let status = cairn()
+        .args(["cluster", "status", "--state", cluster.state_path.to_str().unwrap()])
+        .output()
+        .unwrap();
     let status_text = String::from_utf8_lossy(&status.stdout);
-    assert!(status_text.contains("node 2  DOWN") && status_text.contains("2 of 3 nodes up"), "{}", show(&status));
-    assert!(status_text.lines().filter(|l| l.contains("  up  ")).all(|l| !l.contains("tasks_run 0 ")), "{}", show(&status));
+    assert!(
+        status_text.contains("node 2  DOWN") && status_text.contains("2 of 3 nodes up"),
+        "{}",
+        show(&status)
+    );
+    assert!(
+        status_text.lines().filter(|l| l.contains("  up  ")).all(|l| !l.contains("tasks_run 0 ")),
+        "{}",
+        show(&status)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.lines().next().unwrap().parse::<Handle>().unwrap(), result_of(&reference), "{transcript}");
+    assert_eq!(
+        stdout.lines().next().unwrap().parse::<Handle>().unwrap(),
+        result_of(&reference),
+        "{transcript}"
+    );
 }
 
 #[test]
@@ -247,7 +344,10 @@ fn a_peer_that_sends_corrupted_objects_is_caught() {
 
     // Node 0 asks the faulty node 1: the wrong bytes are caught and nothing is stored.
     let err = n0.fetch(([10, 1, 0, 2], 7070), &[handle]).unwrap_err().to_string();
-    assert!(err.contains("wrong bytes") && err.contains("10.1.0.2:7070") && err.contains(&handle.to_string()), "{err}");
+    assert!(
+        err.contains("wrong bytes") && err.contains("10.1.0.2:7070") && err.contains(&handle.to_string()),
+        "{err}"
+    );
     assert_eq!(n0.missing(&[handle]).unwrap(), [handle]);
     // Only peers: a client cannot point a node at an address of its choosing.
     let err = n0.fetch(([10, 1, 0, 9], 7070), &[handle]).unwrap_err().to_string();
@@ -262,6 +362,7 @@ fn a_peer_that_sends_corrupted_objects_is_caught() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("node 1 sending wrong bytes"), "{}", show(&out));
     let (_single, single) = cairn_tests::serving_node(NodeConfig::default());
-    let reference = cairn().args(["eval", "--node", &single, "--job", job.to_str().unwrap()]).output().unwrap();
+    let reference =
+        cairn().args(["eval", "--node", &single, "--job", job.to_str().unwrap()]).output().unwrap();
     assert_eq!(result_of(&out), result_of(&reference));
 }

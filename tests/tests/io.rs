@@ -102,18 +102,30 @@ fn cairn(args: &[&str]) -> Output {
 
 fn field(output: &Output, name: &str) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no `{name}` in:\n{stdout}"));
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no `{name}` in:\n{stdout}"));
     line[name.len()..].split_whitespace().next().unwrap().to_string()
 }
 
 fn show(output: &Output) -> String {
-    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", output.status.code(), String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// send(sink, reduce(map(get a), map(get b))), granted `capabilities` (TOML lines).
 fn wordcount_job(dir: &Path, http_port: u16, sink_port: u16, capabilities: &str) -> std::path::PathBuf {
     let wordcount = env!("CARGO_BIN_FILE_CAIRN_TASKS_wordcount");
-    let map = |path: &str| format!(r#"{{ task = "{wordcount}", args = [{{ text = "map" }}, {{ http_get = "http://10.0.2.2:{http_port}{path}" }}] }}"#);
+    let map = |path: &str| {
+        format!(
+            r#"{{ task = "{wordcount}", args = [{{ text = "map" }}, {{ http_get = "http://10.0.2.2:{http_port}{path}" }}] }}"#
+        )
+    };
     let job = format!(
         "[capabilities]\n{capabilities}\n\n[root]\ntcp_send = \"10.0.2.2:{sink_port}\"\ndata = {{ task = \"{wordcount}\", args = [{{ text = \"reduce\" }}, {}, {}] }}\n",
         map(PAGES[0].0),
@@ -136,27 +148,48 @@ fn a_job_fetches_counts_sends_once_and_replays_without_its_upstream_here_and_els
     let bundle = dir.path().join("job.bundle");
 
     let (_node, address) = serving_node(NodeConfig::default());
-    let submitted = cairn(&["submit", "--node", &address, job_file.to_str().unwrap(), "--export", bundle.to_str().unwrap()]);
+    let submitted = cairn(&[
+        "submit",
+        "--node",
+        &address,
+        job_file.to_str().unwrap(),
+        "--export",
+        bundle.to_str().unwrap(),
+    ]);
     assert_eq!(submitted.status.code(), Some(0), "{}", show(&submitted));
     let expected = word_counts(&[PAGES[0].1, PAGES[1].1]);
     let result = field(&submitted, "result");
     assert_eq!(result, Handle::blob(expected.as_bytes()).to_string(), "{}", show(&submitted));
-    assert_eq!(*received.lock().unwrap(), [expected.as_bytes().to_vec()], "the summary went out exactly once");
+    assert_eq!(
+        *received.lock().unwrap(),
+        [expected.as_bytes().to_vec()],
+        "the summary went out exactly once"
+    );
     assert_eq!(requests.lock().unwrap().len(), 2);
     let job = field(&submitted, "job");
     // The journal's times are wall-clock times from the node's RTC (QEMU gives it the host's
     // time): within a minute of the host's clock.
     let journal_handle: Handle = field(&submitted, "journal").parse().unwrap();
-    let journal = cairn_tools::client::Client::connect(&address).unwrap().get(journal_handle, |_, _| {}).unwrap();
+    let journal =
+        cairn_tools::client::Client::connect(&address).unwrap().get(journal_handle, |_, _| {}).unwrap();
     let journal = cairn_io::Journal::decode(&journal).unwrap();
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     assert_eq!(journal.entries.len(), 3);
     for entry in &journal.entries {
         assert!(entry.at_ms.abs_diff(now_ms) < 60_000, "journal time {} vs host {now_ms}", entry.at_ms);
     }
     // `journal export` writes the same bundle as `submit --export`.
     let exported = dir.path().join("exported.bundle");
-    let export = cairn(&["journal", "export", "--node", &address, &field(&submitted, "journal"), "-o", exported.to_str().unwrap()]);
+    let export = cairn(&[
+        "journal",
+        "export",
+        "--node",
+        &address,
+        &field(&submitted, "journal"),
+        "-o",
+        exported.to_str().unwrap(),
+    ]);
     assert_eq!(export.status.code(), Some(0), "{}", show(&export));
     assert!(std::fs::read(&exported).unwrap() == std::fs::read(&bundle).unwrap());
 
@@ -199,11 +232,17 @@ fn io_the_manifest_does_not_grant_is_refused_naming_the_capability() {
     let (_node, address) = serving_node(NodeConfig::default());
 
     // The pages may be fetched, but the summary may not be sent.
-    let job_file = wordcount_job(dir.path(), http.port, out.port, &format!("http_get = [\"10.0.2.2:{}\"]", http.port));
+    let job_file =
+        wordcount_job(dir.path(), http.port, out.port, &format!("http_get = [\"10.0.2.2:{}\"]", http.port));
     let refused = cairn(&["submit", "--node", &address, job_file.to_str().unwrap()]);
     assert_eq!(refused.status.code(), Some(1), "{}", show(&refused));
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("missing capability") && stderr.contains(&format!("`tcp.send 10.0.2.2:{}`", out.port)), "{}", show(&refused));
+    assert!(
+        stderr.contains("missing capability")
+            && stderr.contains(&format!("`tcp.send 10.0.2.2:{}`", out.port)),
+        "{}",
+        show(&refused)
+    );
 
     // A hostile task makes its own manifest and job tree granting the send, and returns the
     // request: a task's objects are only data, so it is refused just the same.
@@ -228,14 +267,21 @@ fn io_the_manifest_does_not_grant_is_refused_naming_the_capability() {
     let endpoint = format!("10.0.2.2:{}", out.port).into_bytes();
     let data = b"sent by a plain evaluation, which may not send anything".to_vec();
     let (endpoint_h, data_h) = (Handle::blob(&endpoint), Handle::blob(&data));
-    let thunk = cairn_object::thunk::encode(cairn_object::io::limits(), cairn_object::io::Effect::TcpSend.procedure(), &[endpoint_h, data_h]).unwrap();
+    let thunk = cairn_object::thunk::encode(
+        cairn_object::io::limits(),
+        cairn_object::io::Effect::TcpSend.procedure(),
+        &[endpoint_h, data_h],
+    )
+    .unwrap();
     let thunk_h = cairn_object::store::name(cairn_object::Kind::Thunk, &thunk).unwrap();
     client.upload_missing(&[(endpoint_h, endpoint), (data_h, data), (thunk_h, thunk)]).unwrap();
     let err = client.eval(thunk_h).err().expect("refused").to_string();
     assert!(err.contains("missing capability") && err.contains("only for a job"), "{err}");
 
     assert!(received.lock().unwrap().is_empty(), "nothing reached the sink");
-    assert!(String::from_utf8_lossy(&cairn(&["stats", "--node", &address]).stdout).contains("jobs_submitted=2"));
+    assert!(
+        String::from_utf8_lossy(&cairn(&["stats", "--node", &address]).stdout).contains("jobs_submitted=2")
+    );
     http.stop();
     out.stop();
 }

@@ -17,7 +17,8 @@ fn expected_wordcount() -> Handle {
     for word in text.split(|b| !b.is_ascii_alphabetic()).filter(|w| !w.is_empty()) {
         *counts.entry(word.to_ascii_lowercase()).or_default() += 1;
     }
-    let rendered: String = counts.iter().map(|(w, n)| format!("{} {n}\n", String::from_utf8_lossy(w))).collect();
+    let rendered: String =
+        counts.iter().map(|(w, n)| format!("{} {n}\n", String::from_utf8_lossy(w))).collect();
     Handle::blob(rendered.as_bytes())
 }
 
@@ -61,7 +62,10 @@ fn default_job_computes_the_right_results_memoizes_and_replays() {
     let counts = line("job: wordcount -> ");
     assert_eq!(counts.len(), 2, "{stdout}");
     let want = expected_wordcount().to_string();
-    assert!(counts.iter().all(|l| l.starts_with(&format!("job: wordcount -> {want} "))), "{counts:?}, want {want}");
+    assert!(
+        counts.iter().all(|l| l.starts_with(&format!("job: wordcount -> {want} "))),
+        "{counts:?}, want {want}"
+    );
 
     let image = expected_image();
     let image_handle = Handle::blob(&image).to_string();
@@ -74,5 +78,8 @@ fn default_job_computes_the_right_results_memoizes_and_replays() {
 
     let saved = std::fs::read(dir.path().join("mandelbrot.ppm")).expect("the image was saved");
     assert!(saved == image, "the saved image differs from the host's rendering");
-    assert!(stderr.contains(&format!("cairn: saved mandelbrot.ppm (147471 bytes, {image_handle})")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cairn: saved mandelbrot.ppm (147471 bytes, {image_handle})")),
+        "{stderr}"
+    );
 }

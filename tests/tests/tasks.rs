@@ -145,7 +145,9 @@ fn cpuid_answers_without_stopping_the_task() {
     let value = got.rsplit(" = ").next().unwrap();
     assert_eq!(value.len(), 128, "16 registers of 4 bytes: {got}");
     if outcome("cpuid-faulting") == "yes" {
-        let words = |w: [u32; 4]| w.iter().flat_map(|v| v.to_le_bytes()).map(|b| format!("{b:02x}")).collect::<String>();
+        let words = |w: [u32; 4]| {
+            w.iter().flat_map(|v| v.to_le_bytes()).map(|b| format!("{b:02x}")).collect::<String>()
+        };
         let name = |s: &[u8; 4]| u32::from_le_bytes(*s);
         let leaf1_ecx = 1 | (1 << 9) | (1 << 13) | (1 << 19) | (1 << 20) | (1 << 23);
         let leaf1_edx = 1 | (1 << 8) | (1 << 15) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26);
@@ -164,7 +166,10 @@ fn a_task_never_sees_what_the_previous_run_left_behind() {
         let (first, second) = (outcome(&format!("{mode}/first")), outcome(&format!("{mode}/second")));
         assert_eq!(first, second, "{mode}: the second run saw something else");
     }
-    assert!(outcome("residue-static/first").ends_with(" = 0100000000000000"), "a static starts from its initial value");
+    assert!(
+        outcome("residue-static/first").ends_with(" = 0100000000000000"),
+        "a static starts from its initial value"
+    );
     assert!(outcome("residue-stack/first").ends_with(" = 0000000000000000"), "the stack starts zeroed");
     assert!(outcome("residue-heap/first").ends_with(" = 0000000000000000"), "the heap starts zeroed");
 }

@@ -30,7 +30,8 @@ impl Bundle {
     pub fn export(client: &mut Client, journal: Handle) -> anyhow::Result<Bundle> {
         let mut objects = BTreeMap::new();
         let journal_bytes = client.get(journal, |_, _| {}).context("fetching the journal")?;
-        let decoded = Journal::decode(&journal_bytes).map_err(|e| anyhow!("{journal} is not a journal: {e}"))?;
+        let decoded =
+            Journal::decode(&journal_bytes).map_err(|e| anyhow!("{journal} is not a journal: {e}"))?;
         objects.insert(journal, journal_bytes);
         let mut pending: Vec<Handle> = vec![decoded.job];
         pending.extend(decoded.responses());
@@ -68,7 +69,10 @@ impl Bundle {
 
     pub fn decode(mut bytes: &[u8]) -> anyhow::Result<Bundle> {
         let line = |bytes: &mut &[u8]| -> anyhow::Result<String> {
-            let end = bytes.iter().position(|&b| b == b'\n').ok_or_else(|| anyhow!("the bundle ends in the middle of a line"))?;
+            let end = bytes
+                .iter()
+                .position(|&b| b == b'\n')
+                .ok_or_else(|| anyhow!("the bundle ends in the middle of a line"))?;
             let text = std::str::from_utf8(&bytes[..end]).context("a bundle line is not UTF-8")?.to_string();
             *bytes = &bytes[end + 1..];
             Ok(text)
@@ -78,12 +82,15 @@ impl Bundle {
         }
         line(&mut bytes)?;
         let journal = line(&mut bytes)?;
-        let journal: Handle = journal.strip_prefix("journal ").ok_or_else(|| anyhow!("expected `journal HANDLE`"))?.parse()?;
+        let journal: Handle =
+            journal.strip_prefix("journal ").ok_or_else(|| anyhow!("expected `journal HANDLE`"))?.parse()?;
         let mut objects = BTreeMap::new();
         while !bytes.is_empty() {
             let header = line(&mut bytes)?;
             let mut words = header.split(' ');
-            let (Some("object"), Some(handle), Some(len), None) = (words.next(), words.next(), words.next(), words.next()) else {
+            let (Some("object"), Some(handle), Some(len), None) =
+                (words.next(), words.next(), words.next(), words.next())
+            else {
                 bail!("expected `object HANDLE LEN`, found `{header}`");
             };
             let handle: Handle = handle.parse()?;
@@ -120,10 +127,18 @@ mod tests {
         let job = Handle::blob(&[3u8; 64]);
         let response = b"a response that is not a literal blob at all".to_vec();
         let mut journal = Journal::new(job);
-        journal.entries.push(cairn_io::Entry { at_ms: 5, effect: cairn_object::io::Effect::HttpGet, request: Handle::blob(&[1u8; 50]), response: Handle::blob(&response) });
+        journal.entries.push(cairn_io::Entry {
+            at_ms: 5,
+            effect: cairn_object::io::Effect::HttpGet,
+            request: Handle::blob(&[1u8; 50]),
+            response: Handle::blob(&response),
+        });
         let journal_bytes = journal.encode().into_bytes();
         let journal_handle = Handle::blob(&journal_bytes);
-        let bundle = Bundle { journal: journal_handle, objects: [(journal_handle, journal_bytes), (Handle::blob(&response), response.clone())].into() };
+        let bundle = Bundle {
+            journal: journal_handle,
+            objects: [(journal_handle, journal_bytes), (Handle::blob(&response), response.clone())].into(),
+        };
         let encoded = bundle.encode();
         let back = Bundle::decode(&encoded).unwrap();
         assert_eq!(back.objects, bundle.objects);

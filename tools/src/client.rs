@@ -34,7 +34,8 @@ pub struct Evaluated {
 
 impl Client {
     pub fn connect(address: &str) -> anyhow::Result<Client> {
-        let stream = TcpStream::connect(address).with_context(|| format!("cannot connect to the node at {address}"))?;
+        let stream = TcpStream::connect(address)
+            .with_context(|| format!("cannot connect to the node at {address}"))?;
         // Long enough for a big job or evaluation to finish; a node that dies resets the
         // connection at once rather than timing out.
         stream.set_read_timeout(Some(Duration::from_secs(600)))?;
@@ -95,7 +96,10 @@ impl Client {
         } else {
             self.send(request, Message::PutBegin { handle, len: bytes.len() as u64 })?;
             for (i, chunk) in bytes.chunks(MAX_CHUNK).enumerate() {
-                self.send(request, Message::PutChunk { offset: (i * MAX_CHUNK) as u64, bytes: chunk.to_vec() })?;
+                self.send(
+                    request,
+                    Message::PutChunk { offset: (i * MAX_CHUNK) as u64, bytes: chunk.to_vec() },
+                )?;
                 progress(((i * MAX_CHUNK) + chunk.len()) as u64);
             }
         }
@@ -124,7 +128,8 @@ impl Client {
             }
             other => bail!("the node answered GET with {}", name(&other)),
         };
-        let actual = cairn_object::store::name(handle.kind(), &bytes).context("the node sent an invalid object")?;
+        let actual =
+            cairn_object::store::name(handle.kind(), &bytes).context("the node sent an invalid object")?;
         if actual != handle {
             bail!("the node sent the wrong object: asked for {handle}, received {actual}");
         }
@@ -142,7 +147,9 @@ impl Client {
 
     fn eval_with(&mut self, message: Message) -> anyhow::Result<Evaluated> {
         match self.call(message)? {
-            Message::Evaluated { result, tasks_run, memo_hits, micros } => Ok(Evaluated { result, tasks_run, memo_hits, micros }),
+            Message::Evaluated { result, tasks_run, memo_hits, micros } => {
+                Ok(Evaluated { result, tasks_run, memo_hits, micros })
+            }
             Message::EvalFailed { thunk, failure } => bail!("{thunk} failed: {failure}"),
             other => bail!("the node answered EVAL with {}", name(&other)),
         }
@@ -160,8 +167,12 @@ impl Client {
     /// Runs a job (docs/IO.md) and waits for it.
     pub fn submit(&mut self, job: Handle) -> anyhow::Result<JobOutcome> {
         match self.call(Message::Submit { job })? {
-            Message::JobDone { job, journal, result } => Ok(JobOutcome { job, journal, result: Ok(result), recorded: None }),
-            Message::JobFailed { job, journal, thunk, failure } => Ok(JobOutcome { job, journal, result: Err((thunk, failure)), recorded: None }),
+            Message::JobDone { job, journal, result } => {
+                Ok(JobOutcome { job, journal, result: Ok(result), recorded: None })
+            }
+            Message::JobFailed { job, journal, thunk, failure } => {
+                Ok(JobOutcome { job, journal, result: Err((thunk, failure)), recorded: None })
+            }
             other => bail!("the node answered SUBMIT with {}", name(&other)),
         }
     }
@@ -169,8 +180,12 @@ impl Client {
     /// Replays a job (or a journal) from its journal alone.
     pub fn replay(&mut self, handle: Handle) -> anyhow::Result<JobOutcome> {
         match self.call(Message::Replay { handle })? {
-            Message::Replayed { job, journal, result, recorded } => Ok(JobOutcome { job, journal, result: Ok(result), recorded }),
-            Message::JobFailed { job, journal, thunk, failure } => Ok(JobOutcome { job, journal, result: Err((thunk, failure)), recorded: None }),
+            Message::Replayed { job, journal, result, recorded } => {
+                Ok(JobOutcome { job, journal, result: Ok(result), recorded })
+            }
+            Message::JobFailed { job, journal, thunk, failure } => {
+                Ok(JobOutcome { job, journal, result: Err((thunk, failure)), recorded: None })
+            }
             other => bail!("the node answered REPLAY with {}", name(&other)),
         }
     }

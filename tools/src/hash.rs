@@ -49,12 +49,12 @@ fn name_dir(path: &Path) -> anyhow::Result<Handle> {
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot list {}", path.display()))?;
         let child = entry.path();
-        let meta = fs::symlink_metadata(&child)
-            .with_context(|| format!("cannot read {}", child.display()))?;
+        let meta =
+            fs::symlink_metadata(&child).with_context(|| format!("cannot read {}", child.display()))?;
         let kind = meta.file_type();
         let (mode, handle) = if kind.is_symlink() {
-            let target = fs::read_link(&child)
-                .with_context(|| format!("cannot read link {}", child.display()))?;
+            let target =
+                fs::read_link(&child).with_context(|| format!("cannot read link {}", child.display()))?;
             (Mode::Symlink, Handle::blob(target.as_os_str().as_bytes()))
         } else if kind.is_dir() {
             (Mode::Directory, name_dir(&child)?)
@@ -119,7 +119,10 @@ mod tests {
         assert_eq!(big.blake3.unwrap().0, *blake3::hash(&vec![7u8; 100_000]).as_bytes());
         let hello = name_path(&dir.path().join("hello")).unwrap();
         assert_eq!(hello.handle.to_string(), "blob:=68656c6c6f");
-        assert_eq!(hello.blake3.unwrap().to_string(), "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f");
+        assert_eq!(
+            hello.blake3.unwrap().to_string(),
+            "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f"
+        );
     }
 
     #[test]
@@ -161,7 +164,10 @@ mod tests {
     #[test]
     fn missing_paths_and_devices_are_clear_errors() {
         let err = name_path(Path::new("/nonexistent/file")).unwrap_err();
-        assert_eq!(format!("{err:#}"), "cannot read /nonexistent/file: No such file or directory (os error 2)");
+        assert_eq!(
+            format!("{err:#}"),
+            "cannot read /nonexistent/file: No such file or directory (os error 2)"
+        );
         let err = name_path(Path::new("/dev/null")).unwrap_err();
         assert_eq!(format!("{err:#}"), "cannot name /dev/null: it is not a file or a directory");
     }

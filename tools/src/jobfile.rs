@@ -60,12 +60,14 @@ impl Builder {
     }
 
     fn endpoint_blob(&mut self, text: &str, at: &str) -> anyhow::Result<Handle> {
-        Endpoint::parse(text).ok_or_else(|| anyhow!("{at}: `{text}` is not an endpoint like 10.0.2.2:8080"))?;
+        Endpoint::parse(text)
+            .ok_or_else(|| anyhow!("{at}: `{text}` is not an endpoint like 10.0.2.2:8080"))?;
         self.add(Kind::Blob, text.as_bytes().to_vec())
     }
 
     fn io(&mut self, effect: Effect, args: &[Handle]) -> anyhow::Result<Handle> {
-        let bytes = cairn_object::thunk::encode(cairn_object::io::limits(), effect.procedure(), args).map_err(|p| anyhow!("{p}"))?;
+        let bytes = cairn_object::thunk::encode(cairn_object::io::limits(), effect.procedure(), args)
+            .map_err(|p| anyhow!("{p}"))?;
         self.add(Kind::Thunk, bytes)
     }
 
@@ -85,7 +87,9 @@ impl Builder {
         };
         let allow = |keys: &[&str]| -> anyhow::Result<()> {
             match table.keys().find(|k| !keys.contains(&k.as_str())) {
-                Some(extra) => bail!("{at}: unexpected key `{extra}` (this expression takes {})", keys.join(", ")),
+                Some(extra) => {
+                    bail!("{at}: unexpected key `{extra}` (this expression takes {})", keys.join(", "))
+                }
                 None => Ok(()),
             }
         };
@@ -101,10 +105,15 @@ impl Builder {
             }
             "u32s" => {
                 allow(&["u32s"])?;
-                let items = table["u32s"].as_array().ok_or_else(|| anyhow!("{at}: `u32s` must be an array of integers"))?;
+                let items = table["u32s"]
+                    .as_array()
+                    .ok_or_else(|| anyhow!("{at}: `u32s` must be an array of integers"))?;
                 let mut bytes = Vec::new();
                 for item in items {
-                    let n = item.as_integer().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| anyhow!("{at}: `u32s` holds integers from 0 to 4294967295"))?;
+                    let n = item
+                        .as_integer()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| anyhow!("{at}: `u32s` holds integers from 0 to 4294967295"))?;
                     bytes.extend_from_slice(&n.to_le_bytes());
                 }
                 self.add(Kind::Blob, bytes)
@@ -133,23 +142,32 @@ impl Builder {
                 };
                 let mib = match table.get("memory_mib") {
                     None => DEFAULT_TASK_MIB,
-                    Some(v) => v.as_integer().filter(|m| (1..=4096).contains(m)).ok_or_else(|| anyhow!("{at}: `memory_mib` must be 1 to 4096"))? as u64,
+                    Some(v) => v
+                        .as_integer()
+                        .filter(|m| (1..=4096).contains(m))
+                        .ok_or_else(|| anyhow!("{at}: `memory_mib` must be 1 to 4096"))?
+                        as u64,
                 };
                 let limits = Limits::new(mib << 20).map_err(|p| anyhow!("{p}"))?;
-                let bytes = cairn_object::thunk::encode(limits, procedure, &args).map_err(|p| anyhow!("{at}: {p}"))?;
+                let bytes = cairn_object::thunk::encode(limits, procedure, &args)
+                    .map_err(|p| anyhow!("{at}: {p}"))?;
                 self.add(Kind::Thunk, bytes)
             }
             "http_get" => {
                 allow(&["http_get"])?;
                 let url = string("http_get")?;
-                cairn_object::io::parse_url(url).ok_or_else(|| anyhow!("{at}: `{url}` is not a URL like http://10.0.2.2:8080/path"))?;
+                cairn_object::io::parse_url(url)
+                    .ok_or_else(|| anyhow!("{at}: `{url}` is not a URL like http://10.0.2.2:8080/path"))?;
                 let url = self.add(Kind::Blob, url.as_bytes().to_vec())?;
                 self.io(Effect::HttpGet, &[url])
             }
             effect @ ("tcp_request" | "tcp_send") => {
                 allow(&[effect, "data"])?;
                 let to = self.endpoint_blob(string(effect)?, at)?;
-                let data = self.expr(table.get("data").ok_or_else(|| anyhow!("{at}: `{effect}` needs `data`"))?, &format!("{at}.data"))?;
+                let data = self.expr(
+                    table.get("data").ok_or_else(|| anyhow!("{at}: `{effect}` needs `data`"))?,
+                    &format!("{at}.data"),
+                )?;
                 self.io(if effect == "tcp_send" { Effect::TcpSend } else { Effect::TcpRequest }, &[to, data])
             }
             _ => unreachable!("kinds are listed above"),
@@ -159,8 +177,10 @@ impl Builder {
 
 impl JobFile {
     pub fn read(path: &Path) -> anyhow::Result<JobFile> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let doc: toml::Table = text.parse().with_context(|| format!("{} is not valid TOML", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let doc: toml::Table =
+            text.parse().with_context(|| format!("{} is not valid TOML", path.display()))?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         JobFile::from_table(&doc, &dir).with_context(|| format!("in {}", path.display()))
     }
@@ -173,21 +193,25 @@ impl JobFile {
         if let Some(caps) = doc.get("capabilities") {
             let caps = caps.as_table().ok_or_else(|| anyhow!("`capabilities` must be a table"))?;
             for (key, endpoints) in caps {
-                let effect = Effect::ALL
-                    .into_iter()
-                    .find(|e| effect_key(*e) == *key)
-                    .ok_or_else(|| anyhow!("capabilities: unknown effect `{key}` (known: tcp_request, http_get, tcp_send)"))?;
-                let endpoints = endpoints.as_array().ok_or_else(|| anyhow!("capabilities.{key} must be an array of endpoints"))?;
+                let effect = Effect::ALL.into_iter().find(|e| effect_key(*e) == *key).ok_or_else(|| {
+                    anyhow!("capabilities: unknown effect `{key}` (known: tcp_request, http_get, tcp_send)")
+                })?;
+                let endpoints = endpoints
+                    .as_array()
+                    .ok_or_else(|| anyhow!("capabilities.{key} must be an array of endpoints"))?;
                 for endpoint in endpoints {
                     let text = endpoint.as_str().unwrap_or_default();
-                    let endpoint = Endpoint::parse(text).ok_or_else(|| anyhow!("capabilities.{key}: `{text}` is not an endpoint like 10.0.2.2:8080"))?;
+                    let endpoint = Endpoint::parse(text).ok_or_else(|| {
+                        anyhow!("capabilities.{key}: `{text}` is not an endpoint like 10.0.2.2:8080")
+                    })?;
                     grants.push((effect, endpoint));
                 }
             }
         }
         let manifest = Manifest::new(grants);
         let mut builder = Builder { dir: dir.to_path_buf(), objects: BTreeMap::new() };
-        let root = builder.expr(doc.get("root").ok_or_else(|| anyhow!("a job file needs a `root`"))?, "root")?;
+        let root =
+            builder.expr(doc.get("root").ok_or_else(|| anyhow!("a job file needs a `root`"))?, "root")?;
         let (tree, manifest_bytes) = Job::encode(root, &manifest);
         builder.add(Kind::Blob, manifest_bytes)?;
         let job = builder.add(Kind::Tree, tree)?;
@@ -221,7 +245,9 @@ mod tests {
         .unwrap();
         assert_eq!(job.manifest.render(), "http.get 10.0.2.2:8080\ntcp.send 10.0.2.2:9000\n");
         assert_eq!(job.root.kind(), Kind::Thunk);
-        let loaded = Job::load(&job.job, |h| job.objects.iter().find(|(o, _)| o == h).map(|(_, b)| b.clone())).unwrap();
+        let loaded =
+            Job::load(&job.job, |h| job.objects.iter().find(|(o, _)| o == h).map(|(_, b)| b.clone()))
+                .unwrap();
         assert_eq!((loaded.root, loaded.manifest), (job.root, job.manifest.clone()));
         // Every non-literal object is there, each under its own name.
         for (handle, bytes) in &job.objects {

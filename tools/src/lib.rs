@@ -4,8 +4,8 @@
 pub mod bundle;
 pub mod client;
 pub mod cluster;
-pub mod jobfile;
 pub mod hash;
 pub mod host;
+pub mod jobfile;
 pub mod qemu;
 pub mod received;

@@ -350,7 +350,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         None => boot_and_stream(&cli.boot, Mode::Job),
         Some(Command::Node(args)) => {
-            eprintln!("cairn: node API on 127.0.0.1:{} (use --node 127.0.0.1:{})", args.api_port, args.api_port);
+            eprintln!(
+                "cairn: node API on 127.0.0.1:{} (use --node 127.0.0.1:{})",
+                args.api_port, args.api_port
+            );
             let mut text = String::new();
             if let Some(ip) = &args.ip {
                 text.push_str(&format!("ip = {ip}\n"));
@@ -434,12 +437,20 @@ fn bench_net(boot: &BootArgs, mib: u64) -> anyhow::Result<Vec<(String, f64, Stri
         accel,
         memory_mib,
         cpus: boot.cpus,
-        config: NodeConfig { mode: Mode::Serve, log_level: boot.log.into(), ip: None, ..NodeConfig::default() },
+        config: NodeConfig {
+            mode: Mode::Serve,
+            log_level: boot.log.into(),
+            ip: None,
+            ..NodeConfig::default()
+        },
         raw_config: None,
         api_port: Some(port),
         cluster_link: None,
     };
-    eprintln!("cairn: booting a node for the network benchmark ({}, {accel}, {memory_mib} MiB)", opts.firmware);
+    eprintln!(
+        "cairn: booting a node for the network benchmark ({}, {accel}, {memory_mib} MiB)",
+        opts.firmware
+    );
     let mut vm = Vm::boot(&opts)?;
     let deadline = Instant::now() + Duration::from_secs(boot.timeout.unwrap_or(120));
     loop {
@@ -510,7 +521,12 @@ fn write_image(args: &ImageArgs) -> anyhow::Result<ExitCode> {
     let size = std::fs::metadata(&args.output)
         .with_context(|| format!("cannot read {}", args.output.display()))?
         .len();
-    println!("{} ({firmware}, {}, {} KiB)", args.output.display(), if qcow2 { "qcow2" } else { "raw" }, size / 1024);
+    println!(
+        "{} ({firmware}, {}, {} KiB)",
+        args.output.display(),
+        if qcow2 { "qcow2" } else { "raw" },
+        size / 1024
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -519,7 +535,11 @@ fn boot_and_stream(args: &BootArgs, mode: Mode) -> anyhow::Result<ExitCode> {
 }
 
 /// `config` gives the mode and the network settings; the log level comes from `args`.
-fn boot_and_stream_on(args: &BootArgs, config: NodeConfig, api_port: Option<u16>) -> anyhow::Result<ExitCode> {
+fn boot_and_stream_on(
+    args: &BootArgs,
+    config: NodeConfig,
+    api_port: Option<u16>,
+) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout();
     boot_and_watch_on(args, config, api_port, |line| {
         let _ = writeln!(stdout, "{line}");
@@ -573,7 +593,13 @@ fn boot_and_watch_on(
                         let path = args.out_dir.join(&object.name);
                         std::fs::write(&path, &object.bytes)
                             .with_context(|| format!("cannot write {}", path.display()))?;
-                        eprintln!("cairn: saved {} ({} bytes, {}) to {}", object.name, object.bytes.len(), object.handle, path.display());
+                        eprintln!(
+                            "cairn: saved {} ({} bytes, {}) to {}",
+                            object.name,
+                            object.bytes.len(),
+                            object.handle,
+                            path.display()
+                        );
                         continue;
                     }
                 }
@@ -629,18 +655,25 @@ fn get(args: &GetArgs) -> anyhow::Result<ExitCode> {
     let bytes = client.get(handle, |got, _| bar.set_position(got))?;
     bar.finish_and_clear();
     match &args.output {
-        Some(path) => std::fs::write(path, &bytes).with_context(|| format!("cannot write {}", path.display()))?,
+        Some(path) => {
+            std::fs::write(path, &bytes).with_context(|| format!("cannot write {}", path.display()))?
+        }
         None => std::io::stdout().write_all(&bytes).context("cannot write to standard output")?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The root and every object of what `eval` was asked to evaluate.
-fn eval_objects(args: &EvalArgs) -> anyhow::Result<(cairn_object::Handle, Vec<(cairn_object::Handle, Vec<u8>)>)> {
+fn eval_objects(
+    args: &EvalArgs,
+) -> anyhow::Result<(cairn_object::Handle, Vec<(cairn_object::Handle, Vec<u8>)>)> {
     use cairn_object::{Handle, Kind, Limits};
     if let Some(job) = &args.job {
         let job = cairn_tools::jobfile::JobFile::read(job)?;
-        anyhow::ensure!(job.manifest.grants().is_empty(), "eval runs pure work; a job with capabilities goes to `cairn submit`");
+        anyhow::ensure!(
+            job.manifest.grants().is_empty(),
+            "eval runs pure work; a job with capabilities goes to `cairn submit`"
+        );
         return Ok((job.root, job.objects));
     }
     let task = args.task.as_ref().expect("clap requires TASK without --job");
@@ -651,7 +684,8 @@ fn eval_objects(args: &EvalArgs) -> anyhow::Result<(cairn_object::Handle, Vec<(c
         match arg.parse::<Handle>() {
             Ok(handle) => arg_handles.push(handle),
             Err(_) => {
-                let bytes = std::fs::read(arg).with_context(|| format!("{arg} is neither a handle nor a readable file"))?;
+                let bytes = std::fs::read(arg)
+                    .with_context(|| format!("{arg} is neither a handle nor a readable file"))?;
                 let handle = Handle::blob(&bytes);
                 arg_handles.push(handle);
                 objects.push((handle, bytes));
@@ -659,7 +693,8 @@ fn eval_objects(args: &EvalArgs) -> anyhow::Result<(cairn_object::Handle, Vec<(c
         }
     }
     let limits = Limits::new(args.task_memory << 20).map_err(|p| anyhow::anyhow!("memory limit: {p}"))?;
-    let thunk_bytes = cairn_object::thunk::encode(limits, objects[0].0, &arg_handles).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let thunk_bytes = cairn_object::thunk::encode(limits, objects[0].0, &arg_handles)
+        .map_err(|p| anyhow::anyhow!("{p}"))?;
     let thunk = cairn_object::store::name(Kind::Thunk, &thunk_bytes)?;
     objects.push((thunk, thunk_bytes));
     Ok((thunk, objects))
@@ -721,7 +756,11 @@ fn eval_on_cluster(
         report.recalled,
         report.moved_bytes,
         report.uploaded_bytes,
-        if report.lost_nodes.is_empty() { String::new() } else { format!("; lost nodes {:?}", report.lost_nodes) }
+        if report.lost_nodes.is_empty() {
+            String::new()
+        } else {
+            format!("; lost nodes {:?}", report.lost_nodes)
+        }
     );
     println!("{result}");
     if args.verify {
@@ -729,15 +768,21 @@ fn eval_on_cluster(
             println!("verify: every task gave the same result on two nodes");
         } else {
             for m in &report.mismatches {
-                println!("verify: MISMATCH {}: node {} -> {}, node {} -> {}", m.thunk, m.first.0, m.first.1, m.second.0, m.second.1);
+                println!(
+                    "verify: MISMATCH {}: node {} -> {}, node {} -> {}",
+                    m.thunk, m.first.0, m.first.1, m.second.0, m.second.1
+                );
             }
             return Ok(ExitCode::FAILURE);
         }
     }
     if let Some(path) = &args.output {
-        let value = report.value.as_ref().ok_or_else(|| anyhow::anyhow!("the result's bytes were not fetched"))?;
+        let value =
+            report.value.as_ref().ok_or_else(|| anyhow::anyhow!("the result's bytes were not fetched"))?;
         std::fs::write(path, value).with_context(|| format!("cannot write {}", path.display()))?;
-    } else if let Some(text) = report.value.as_ref().filter(|v| v.len() <= 4096).and_then(|v| std::str::from_utf8(v).ok()) {
+    } else if let Some(text) =
+        report.value.as_ref().filter(|v| v.len() <= 4096).and_then(|v| std::str::from_utf8(v).ok())
+    {
         println!("{}", text.trim_end());
     }
     Ok(ExitCode::SUCCESS)
@@ -759,9 +804,17 @@ fn cluster(command: &ClusterCommand) -> anyhow::Result<ExitCode> {
             let state = lifecycle::up(&options(args)?, &args.state.state)?;
             for node in &state.nodes {
                 let [a, b, c, d] = node.cluster_ip;
-                println!("node {}  api {}  cluster {a}.{b}.{c}.{d}  qemu pid {}", node.index, node.api, node.qemu_pid);
+                println!(
+                    "node {}  api {}  cluster {a}.{b}.{c}.{d}  qemu pid {}",
+                    node.index, node.api, node.qemu_pid
+                );
             }
-            println!("cluster up: {} nodes (state {}, consoles in {})", state.nodes.len(), args.state.state.display(), state.log.display());
+            println!(
+                "cluster up: {} nodes (state {}, consoles in {})",
+                state.nodes.len(),
+                args.state.state.display(),
+                state.log.display()
+            );
         }
         ClusterCommand::Status(args) => {
             let state = lifecycle::State::read(&args.state)?;
@@ -771,7 +824,12 @@ fn cluster(command: &ClusterCommand) -> anyhow::Result<ExitCode> {
                 let stats = cairn_tools::client::Client::connect(&node.api).and_then(|mut c| c.stats());
                 match stats {
                     Ok(text) => {
-                        let get = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).unwrap_or("?").to_string();
+                        let get = |key: &str| {
+                            text.lines()
+                                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                                .unwrap_or("?")
+                                .to_string()
+                        };
                         println!(
                             "node {}  up    api {}  cluster {a}.{b}.{c}.{d}  objects {}  tasks_run {}  memo_entries {}  fetched_bytes {}",
                             node.index,
@@ -784,7 +842,10 @@ fn cluster(command: &ClusterCommand) -> anyhow::Result<ExitCode> {
                     }
                     Err(e) => {
                         down += 1;
-                        println!("node {}  DOWN  api {}  cluster {a}.{b}.{c}.{d}  ({e:#})", node.index, node.api);
+                        println!(
+                            "node {}  DOWN  api {}  cluster {a}.{b}.{c}.{d}  ({e:#})",
+                            node.index, node.api
+                        );
                     }
                 }
             }
@@ -822,11 +883,22 @@ fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
     let job = cairn_tools::jobfile::JobFile::read(&args.job)?;
     let mut client = cairn_tools::client::Client::connect(&args.node.node)?;
     let uploaded = client.upload_missing(&job.objects)?;
-    eprintln!("cairn: job {} (uploaded {uploaded} of {} objects); capabilities: {}", job.job, job.objects.len(),
-        if job.manifest.grants().is_empty() { "none".to_string() } else { job.manifest.render().trim_end().replace('\n', ", ") });
+    eprintln!(
+        "cairn: job {} (uploaded {uploaded} of {} objects); capabilities: {}",
+        job.job,
+        job.objects.len(),
+        if job.manifest.grants().is_empty() {
+            "none".to_string()
+        } else {
+            job.manifest.render().trim_end().replace('\n', ", ")
+        }
+    );
     let outcome = client.submit(job.job)?;
     println!("job      {}", outcome.job);
-    println!("journal  {} (on the node at {}; save it with `cairn journal export {} -o FILE`)", outcome.journal, args.node.node, outcome.journal);
+    println!(
+        "journal  {} (on the node at {}; save it with `cairn journal export {} -o FILE`)",
+        outcome.journal, args.node.node, outcome.journal
+    );
     if let Some(path) = &args.export {
         let bundle = cairn_tools::bundle::Bundle::export(&mut client, outcome.journal)?;
         std::fs::write(path, bundle.encode()).with_context(|| format!("cannot write {}", path.display()))?;
@@ -882,18 +954,29 @@ fn journal(command: &JournalCommand) -> anyhow::Result<ExitCode> {
         JournalCommand::Export { node, journal, output } => {
             let mut client = cairn_tools::client::Client::connect(&node.node)?;
             let bundle = Bundle::export(&mut client, parse_handle(journal)?)?;
-            std::fs::write(output, bundle.encode()).with_context(|| format!("cannot write {}", output.display()))?;
-            println!("{} ({} objects, job {})", output.display(), bundle.objects.len(), bundle.journal()?.job);
+            std::fs::write(output, bundle.encode())
+                .with_context(|| format!("cannot write {}", output.display()))?;
+            println!(
+                "{} ({} objects, job {})",
+                output.display(),
+                bundle.objects.len(),
+                bundle.journal()?.job
+            );
         }
         JournalCommand::Import { node, file } => {
             let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-            let bundle = Bundle::decode(&bytes).with_context(|| format!("{} is not a usable bundle", file.display()))?;
+            let bundle = Bundle::decode(&bytes)
+                .with_context(|| format!("{} is not a usable bundle", file.display()))?;
             let job = bundle.journal()?.job;
             let mut client = cairn_tools::client::Client::connect(&node.node)?;
             let objects: Vec<_> = bundle.objects.iter().map(|(h, b)| (*h, b.clone())).collect();
             let uploaded = client.upload_missing(&objects)?;
             client.adopt_journal(bundle.journal)?;
-            println!("imported journal {} of job {job} ({uploaded} of {} objects uploaded)", bundle.journal, objects.len());
+            println!(
+                "imported journal {} of job {job} ({uploaded} of {} objects uploaded)",
+                bundle.journal,
+                objects.len()
+            );
             println!("replay it with: cairn replay {job} --node {}", node.node);
         }
     }

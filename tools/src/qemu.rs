@@ -197,10 +197,7 @@ impl Vm {
             let vars = dir.path().join("OVMF_VARS.fd");
             std::fs::copy(&ovmf.vars, &vars)
                 .with_context(|| format!("cannot copy {}", ovmf.vars.display()))?;
-            cmd.arg("-drive")
-                .arg(pflash(&ovmf.code, true))
-                .arg("-drive")
-                .arg(pflash(&vars, false));
+            cmd.arg("-drive").arg(pflash(&ovmf.code, true)).arg("-drive").arg(pflash(&vars, false));
         }
         cmd.arg("-drive").arg(format!("format=raw,file={}", image.display()));
         // User-mode networking: the node reaches the host at 10.0.2.2 and gets 10.0.2.15 by DHCP.
@@ -214,7 +211,10 @@ impl Vm {
             let mac = link.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
             cmd.args([
                 "-netdev",
-                &format!("socket,id=net1,udp=127.0.0.1:{},localaddr=127.0.0.1:{}", link.hub_port, link.local_port),
+                &format!(
+                    "socket,id=net1,udp=127.0.0.1:{},localaddr=127.0.0.1:{}",
+                    link.hub_port, link.local_port
+                ),
                 "-device",
                 &format!("virtio-net-pci,netdev=net1,mac={mac}"),
             ]);
@@ -230,8 +230,7 @@ impl Vm {
                 Ok(())
             });
         }
-        let mut child =
-            cmd.spawn().with_context(|| format!("cannot start {}", qemu.display()))?;
+        let mut child = cmd.spawn().with_context(|| format!("cannot start {}", qemu.display()))?;
         CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).push(child.id());
 
         let (tx, lines) = mpsc::channel();

@@ -15,7 +15,12 @@ use crate::TaskResult;
 /// # Safety
 /// `args` must point at `count` 40-byte handles that stay mapped and unchanged for the task's
 /// life, as the kernel lays them out at entry.
-pub unsafe fn start(args: *const u8, count: usize, _heap_bytes: usize, run: fn(&[Handle]) -> TaskResult) -> ! {
+pub unsafe fn start(
+    args: *const u8,
+    count: usize,
+    _heap_bytes: usize,
+    run: fn(&[Handle]) -> TaskResult,
+) -> ! {
     // Nothing is written at start: a task that does not allocate leaves its data pages clean,
     // which makes the next run of the same procedure cheaper to set up.
     // SAFETY: the caller's contract: `count` 40-byte handles at `args`, read-only, for the task's

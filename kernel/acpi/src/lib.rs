@@ -17,9 +17,17 @@ pub const RSDP_LEN: usize = 36;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AcpiError {
     /// The bytes are shorter than the structure says it is.
-    Truncated { what: &'static str, need: usize, have: usize },
-    BadSignature { what: &'static str },
-    BadChecksum { what: &'static str },
+    Truncated {
+        what: &'static str,
+        need: usize,
+        have: usize,
+    },
+    BadSignature {
+        what: &'static str,
+    },
+    BadChecksum {
+        what: &'static str,
+    },
 }
 
 impl fmt::Display for AcpiError {
@@ -131,7 +139,9 @@ pub fn madt_cpus(bytes: &[u8]) -> Result<Vec<Cpu>, AcpiError> {
         let entry = &entries[..len];
         let usable = |flags: u32| flags & 0b11 != 0;
         match kind {
-            0 if len >= 8 => cpus.push(Cpu { apic_id: u32::from(entry[3]), usable: usable(u32_at(entry, 4)) }),
+            0 if len >= 8 => {
+                cpus.push(Cpu { apic_id: u32::from(entry[3]), usable: usable(u32_at(entry, 4)) })
+            }
             9 if len >= 16 => cpus.push(Cpu { apic_id: u32_at(entry, 4), usable: usable(u32_at(entry, 8)) }),
             _ => {}
         }

@@ -11,7 +11,9 @@
 
 #![no_std]
 
-use blake3::hazmat::{ChainingValue, HasherExt, Mode, left_subtree_len, merge_subtrees_non_root, merge_subtrees_root};
+use blake3::hazmat::{
+    ChainingValue, HasherExt, Mode, left_subtree_len, merge_subtrees_non_root, merge_subtrees_root,
+};
 
 pub const CHUNK_LEN: usize = 1024;
 const LANES: usize = 8;
@@ -19,9 +21,8 @@ const BLOCK_LEN: usize = 64;
 const CHUNK_START: u32 = 1;
 const CHUNK_END: u32 = 2;
 const PARENT: u32 = 4;
-const IV: [u32; 8] = [
-    0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A, 0x510E527F, 0x9B05688C, 0x1F83D9AB, 0x5BE0CD19,
-];
+const IV: [u32; 8] =
+    [0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A, 0x510E527F, 0x9B05688C, 0x1F83D9AB, 0x5BE0CD19];
 
 /// True if this CPU (and the OS, through XCR0) can run [`hash`].
 pub fn available() -> bool {
@@ -82,15 +83,21 @@ fn whole_subtree(input: &[u8], offset: u64) -> ChainingValue {
     let mut cvs = [[0u8; 32]; WIDE_CHUNKS];
     let mut count = input.len() / CHUNK_LEN;
     for (group, out) in input.chunks_exact(LANES * CHUNK_LEN).zip(cvs.chunks_exact_mut(LANES)) {
-        let counter = (offset + (group.as_ptr() as usize - input.as_ptr() as usize) as u64) / CHUNK_LEN as u64;
+        let counter =
+            (offset + (group.as_ptr() as usize - input.as_ptr() as usize) as u64) / CHUNK_LEN as u64;
         // SAFETY: callers checked that the CPU and OS support AVX2.
-        unsafe { x86::hash8(group.try_into().expect("8 chunks"), counter, out.try_into().expect("8 values")) };
+        unsafe {
+            x86::hash8(group.try_into().expect("8 chunks"), counter, out.try_into().expect("8 values"))
+        };
     }
     while count >= 2 * LANES {
         for i in 0..count / (2 * LANES) {
-            let children: [[u8; 32]; 2 * LANES] = cvs[2 * LANES * i..][..2 * LANES].try_into().expect("16 values");
+            let children: [[u8; 32]; 2 * LANES] =
+                cvs[2 * LANES * i..][..2 * LANES].try_into().expect("16 values");
             // SAFETY: as above.
-            unsafe { x86::parents8(&children, (&mut cvs[LANES * i..][..LANES]).try_into().expect("8 values")) };
+            unsafe {
+                x86::parents8(&children, (&mut cvs[LANES * i..][..LANES]).try_into().expect("8 values"))
+            };
         }
         count /= 2;
     }
@@ -150,7 +157,15 @@ mod x86 {
         }
         let lo: [u32; LANES] = core::array::from_fn(|lane| (counter + lane as u64) as u32);
         let hi: [u32; LANES] = core::array::from_fn(|lane| ((counter + lane as u64) >> 32) as u32);
-        let constants = [[IV[0]; LANES], [IV[1]; LANES], [IV[2]; LANES], [IV[3]; LANES], lo, hi, [BLOCK_LEN as u32; LANES]];
+        let constants = [
+            [IV[0]; LANES],
+            [IV[1]; LANES],
+            [IV[2]; LANES],
+            [IV[3]; LANES],
+            lo,
+            hi,
+            [BLOCK_LEN as u32; LANES],
+        ];
         let flags: [[u32; LANES]; BLOCKS] = core::array::from_fn(|block| {
             let start = if block == 0 { CHUNK_START } else { 0 };
             let end = if block == BLOCKS - 1 { CHUNK_END } else { 0 };
@@ -162,7 +177,14 @@ mod x86 {
         // (gen_rounds.py); AVX2 is available (the caller's contract), and the routine clobbers
         // only caller-saved registers and vector registers, which the kernel keeps no values in.
         unsafe {
-            cairn_b3x8_chunks(cv.as_mut_ptr(), messages.as_ptr().cast(), constants.as_ptr(), flags.as_ptr(), scratch.as_mut_ptr(), BLOCKS)
+            cairn_b3x8_chunks(
+                cv.as_mut_ptr(),
+                messages.as_ptr().cast(),
+                constants.as_ptr(),
+                flags.as_ptr(),
+                scratch.as_mut_ptr(),
+                BLOCKS,
+            )
         };
         lanes_out(&cv, out);
     }
@@ -180,12 +202,29 @@ mod x86 {
                 message[w][lane] = u32::from_le_bytes(word.try_into().expect("4 bytes"));
             }
         }
-        let constants = [[IV[0]; LANES], [IV[1]; LANES], [IV[2]; LANES], [IV[3]; LANES], [0; LANES], [0; LANES], [BLOCK_LEN as u32; LANES]];
+        let constants = [
+            [IV[0]; LANES],
+            [IV[1]; LANES],
+            [IV[2]; LANES],
+            [IV[3]; LANES],
+            [0; LANES],
+            [0; LANES],
+            [BLOCK_LEN as u32; LANES],
+        ];
         let flags = [[PARENT; LANES]];
         let mut cv: [[u32; LANES]; 8] = core::array::from_fn(|i| [IV[i]; LANES]);
         let mut scratch = [[0u32; LANES]; 16];
         // SAFETY: as in hash8, with one block.
-        unsafe { cairn_b3x8_chunks(cv.as_mut_ptr(), &message, constants.as_ptr(), flags.as_ptr(), scratch.as_mut_ptr(), 1) };
+        unsafe {
+            cairn_b3x8_chunks(
+                cv.as_mut_ptr(),
+                &message,
+                constants.as_ptr(),
+                flags.as_ptr(),
+                scratch.as_mut_ptr(),
+                1,
+            )
+        };
         lanes_out(&cv, out);
     }
 
@@ -213,7 +252,9 @@ mod tests {
         pub struct Buf(pub std::vec::Vec<u8>);
         impl Buf {
             pub fn new(len: usize, seed: u8) -> Buf {
-                Buf((0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed).rotate_left((i % 7) as u32)).collect())
+                Buf((0..len)
+                    .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed).rotate_left((i % 7) as u32))
+                    .collect())
             }
         }
     }
@@ -223,7 +264,24 @@ mod tests {
         if !available() {
             return; // Nothing to compare on a CPU without AVX2.
         }
-        for len in [0, 1, 64, 1023, 1024, 1025, 2048, 4096, 8191, 8192, 8193, 16384, 3 * 8192 + 17, 65536, 100_000, 1 << 20] {
+        for len in [
+            0,
+            1,
+            64,
+            1023,
+            1024,
+            1025,
+            2048,
+            4096,
+            8191,
+            8192,
+            8193,
+            16384,
+            3 * 8192 + 17,
+            65536,
+            100_000,
+            1 << 20,
+        ] {
             let buf = data(len, 7);
             assert_eq!(hash(&buf.0), *blake3::hash(&buf.0).as_bytes(), "length {len}");
         }

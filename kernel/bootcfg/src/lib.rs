@@ -152,13 +152,28 @@ fn fmt_ipv4(ip: [u8; 4]) -> alloc::string::String {
 /// Why a configuration was rejected; `line` is 1-based.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConfigError {
-    NotUtf8 { byte: usize },
-    MissingEquals { line: usize },
-    UnknownKey { line: usize, key: String },
-    DuplicateKey { line: usize, key: String },
+    NotUtf8 {
+        byte: usize,
+    },
+    MissingEquals {
+        line: usize,
+    },
+    UnknownKey {
+        line: usize,
+        key: String,
+    },
+    DuplicateKey {
+        line: usize,
+        key: String,
+    },
     /// `gateway` without `ip`: DHCP provides both or neither.
     GatewayWithoutIp,
-    BadValue { line: usize, key: &'static str, value: String, expected: &'static str },
+    BadValue {
+        line: usize,
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -174,7 +189,9 @@ impl fmt::Display for ConfigError {
             ConfigError::DuplicateKey { line, key } => {
                 write!(f, "node config line {line}: `{key}` is set twice")
             }
-            ConfigError::GatewayWithoutIp => write!(f, "node config: `gateway` needs `ip` (a static address)"),
+            ConfigError::GatewayWithoutIp => {
+                write!(f, "node config: `gateway` needs `ip` (a static address)")
+            }
             ConfigError::BadValue { line, key, value, expected } => write!(
                 f,
                 "node config line {line}: `{key} = {value}` is not valid (expected one of: {expected})"
@@ -186,8 +203,7 @@ impl fmt::Display for ConfigError {
 impl NodeConfig {
     /// Parses a configuration; every key is optional and defaults as in [`NodeConfig::default`].
     pub fn parse(bytes: &[u8]) -> Result<NodeConfig, ConfigError> {
-        let text = core::str::from_utf8(bytes)
-            .map_err(|e| ConfigError::NotUtf8 { byte: e.valid_up_to() })?;
+        let text = core::str::from_utf8(bytes).map_err(|e| ConfigError::NotUtf8 { byte: e.valid_up_to() })?;
         let mut config = NodeConfig::default();
         let mut seen: Vec<&str> = Vec::new();
         let mut gateway = None;
@@ -197,8 +213,7 @@ impl NodeConfig {
             if content.is_empty() {
                 continue;
             }
-            let (key, value) =
-                content.split_once('=').ok_or(ConfigError::MissingEquals { line })?;
+            let (key, value) = content.split_once('=').ok_or(ConfigError::MissingEquals { line })?;
             let (key, value) = (key.trim(), value.trim());
             if !KEYS.split(", ").any(|known| known == key) {
                 return Err(ConfigError::UnknownKey { line, key: key.into() });
@@ -207,20 +222,46 @@ impl NodeConfig {
                 return Err(ConfigError::DuplicateKey { line, key: key.into() });
             }
             seen.push(key);
-            let bad = |expected| ConfigError::BadValue { line, key: if key == "ip" { "ip" } else { "gateway" }, value: value.into(), expected };
+            let bad = |expected| ConfigError::BadValue {
+                line,
+                key: if key == "ip" { "ip" } else { "gateway" },
+                value: value.into(),
+                expected,
+            };
             match key {
                 "ip" => {
-                    let (address, prefix) = value.split_once('/').ok_or_else(|| bad("an IPv4 address with a prefix, like 10.0.2.15/24"))?;
-                    let address = parse_ipv4(address).ok_or_else(|| bad("an IPv4 address with a prefix, like 10.0.2.15/24"))?;
-                    let prefix: u8 = prefix.parse().ok().filter(|p| (1..=32).contains(p)).ok_or_else(|| bad("a prefix length from 1 to 32"))?;
+                    let (address, prefix) = value
+                        .split_once('/')
+                        .ok_or_else(|| bad("an IPv4 address with a prefix, like 10.0.2.15/24"))?;
+                    let address = parse_ipv4(address)
+                        .ok_or_else(|| bad("an IPv4 address with a prefix, like 10.0.2.15/24"))?;
+                    let prefix: u8 = prefix
+                        .parse()
+                        .ok()
+                        .filter(|p| (1..=32).contains(p))
+                        .ok_or_else(|| bad("a prefix length from 1 to 32"))?;
                     config.ip = Some(StaticIp { address, prefix, gateway: None });
                 }
-                "gateway" => gateway = Some(parse_ipv4(value).ok_or_else(|| bad("an IPv4 address, like 10.0.2.2"))?),
+                "gateway" => {
+                    gateway = Some(parse_ipv4(value).ok_or_else(|| bad("an IPv4 address, like 10.0.2.2"))?)
+                }
                 "cluster_ip" => {
-                    let bad = |expected| ConfigError::BadValue { line, key: "cluster_ip", value: value.into(), expected };
-                    let (address, prefix) = value.split_once('/').ok_or_else(|| bad("an IPv4 address with a prefix, like 10.1.0.2/24"))?;
-                    let address = parse_ipv4(address).ok_or_else(|| bad("an IPv4 address with a prefix, like 10.1.0.2/24"))?;
-                    let prefix: u8 = prefix.parse().ok().filter(|p| (1..=32).contains(p)).ok_or_else(|| bad("a prefix length from 1 to 32"))?;
+                    let bad = |expected| ConfigError::BadValue {
+                        line,
+                        key: "cluster_ip",
+                        value: value.into(),
+                        expected,
+                    };
+                    let (address, prefix) = value
+                        .split_once('/')
+                        .ok_or_else(|| bad("an IPv4 address with a prefix, like 10.1.0.2/24"))?;
+                    let address = parse_ipv4(address)
+                        .ok_or_else(|| bad("an IPv4 address with a prefix, like 10.1.0.2/24"))?;
+                    let prefix: u8 = prefix
+                        .parse()
+                        .ok()
+                        .filter(|p| (1..=32).contains(p))
+                        .ok_or_else(|| bad("a prefix length from 1 to 32"))?;
                     config.cluster_ip = Some(StaticIp { address, prefix, gateway: None });
                 }
                 "peers" => {
@@ -235,40 +276,45 @@ impl NodeConfig {
                     }
                 }
                 "fault" => {
-                    config.fault = Fault::ALL.into_iter().find(|f| f.name() == value).ok_or_else(|| ConfigError::BadValue {
-                        line,
-                        key: "fault",
-                        value: value.into(),
-                        expected: "none, corrupt-objects",
+                    config.fault = Fault::ALL.into_iter().find(|f| f.name() == value).ok_or_else(|| {
+                        ConfigError::BadValue {
+                            line,
+                            key: "fault",
+                            value: value.into(),
+                            expected: "none, corrupt-objects",
+                        }
                     })?
                 }
                 "api_idle_s" => {
-                    config.api_idle_s = value.parse().ok().filter(|s| (1..=86_400).contains(s)).ok_or_else(|| ConfigError::BadValue {
-                        line,
-                        key: "api_idle_s",
-                        value: value.into(),
-                        expected: "seconds from 1 to 86400",
-                    })?
+                    config.api_idle_s =
+                        value.parse().ok().filter(|s| (1..=86_400).contains(s)).ok_or_else(|| {
+                            ConfigError::BadValue {
+                                line,
+                                key: "api_idle_s",
+                                value: value.into(),
+                                expected: "seconds from 1 to 86400",
+                            }
+                        })?
                 }
                 "mode" => {
-                    config.mode = Mode::ALL.into_iter().find(|m| m.name() == value).ok_or_else(
-                        || ConfigError::BadValue {
+                    config.mode = Mode::ALL.into_iter().find(|m| m.name() == value).ok_or_else(|| {
+                        ConfigError::BadValue {
                             line,
                             key: "mode",
                             value: value.into(),
                             expected: "serve, job, selftest, fault-test, task-checks, bench",
-                        },
-                    )?
+                        }
+                    })?
                 }
                 _ => {
-                    config.log_level = LogLevel::ALL
-                        .into_iter()
-                        .find(|l| l.name() == value)
-                        .ok_or_else(|| ConfigError::BadValue {
-                            line,
-                            key: "log",
-                            value: value.into(),
-                            expected: "error, warn, info, debug, trace",
+                    config.log_level =
+                        LogLevel::ALL.into_iter().find(|l| l.name() == value).ok_or_else(|| {
+                            ConfigError::BadValue {
+                                line,
+                                key: "log",
+                                value: value.into(),
+                                expected: "error, warn, info, debug, trace",
+                            }
                         })?
                 }
             }
@@ -331,7 +377,10 @@ mod tests {
         for mode in Mode::ALL {
             for log_level in LogLevel::ALL {
                 let text = alloc::format!("  mode={}  # why not\nlog =  {}\n", mode.name(), log_level.name());
-                assert_eq!(NodeConfig::parse(text.as_bytes()).unwrap(), NodeConfig { mode, log_level, ..NodeConfig::default() });
+                assert_eq!(
+                    NodeConfig::parse(text.as_bytes()).unwrap(),
+                    NodeConfig { mode, log_level, ..NodeConfig::default() }
+                );
             }
         }
     }
@@ -358,9 +407,18 @@ mod tests {
     #[test]
     fn static_addresses() {
         let c = NodeConfig::parse(b"ip = 10.0.2.15/24\ngateway = 10.0.2.2\n").unwrap();
-        assert_eq!(c.ip, Some(StaticIp { address: [10, 0, 2, 15], prefix: 24, gateway: Some([10, 0, 2, 2]) }));
+        assert_eq!(
+            c.ip,
+            Some(StaticIp { address: [10, 0, 2, 15], prefix: 24, gateway: Some([10, 0, 2, 2]) })
+        );
         assert_eq!(NodeConfig::parse(b"gateway = 10.0.2.2").unwrap_err(), ConfigError::GatewayWithoutIp);
-        for bad in ["ip = 10.0.2.15", "ip = 10.0.2/24", "ip = 10.0.2.300/24", "ip = 10.0.2.15/33", "ip = 010.0.2.15/24"] {
+        for bad in [
+            "ip = 10.0.2.15",
+            "ip = 10.0.2/24",
+            "ip = 10.0.2.300/24",
+            "ip = 10.0.2.15/33",
+            "ip = 010.0.2.15/24",
+        ] {
             let err = NodeConfig::parse(bad.as_bytes()).unwrap_err();
             assert!(matches!(err, ConfigError::BadValue { key: "ip", .. }), "{bad}: {err:?}");
         }
@@ -368,11 +426,18 @@ mod tests {
 
     #[test]
     fn cluster_keys() {
-        let c = NodeConfig::parse(b"cluster_ip = 10.1.0.2/24\npeers = 10.1.0.1  10.1.0.3\nfault = corrupt-objects\n").unwrap();
+        let c = NodeConfig::parse(
+            b"cluster_ip = 10.1.0.2/24\npeers = 10.1.0.1  10.1.0.3\nfault = corrupt-objects\n",
+        )
+        .unwrap();
         assert_eq!(c.cluster_ip, Some(StaticIp { address: [10, 1, 0, 2], prefix: 24, gateway: None }));
         assert_eq!(c.peers, [[10, 1, 0, 1], [10, 1, 0, 3]]);
         assert_eq!(c.fault, Fault::CorruptObjects);
-        for (bad, key) in [("cluster_ip = 10.1.0.2", "cluster_ip"), ("peers = 10.1.0.1 nope", "peers"), ("fault = melt", "fault")] {
+        for (bad, key) in [
+            ("cluster_ip = 10.1.0.2", "cluster_ip"),
+            ("peers = 10.1.0.1 nope", "peers"),
+            ("fault = melt", "fault"),
+        ] {
             let err = NodeConfig::parse(bad.as_bytes()).unwrap_err();
             assert!(matches!(err, ConfigError::BadValue { key: k, .. } if k == key), "{bad}: {err:?}");
         }

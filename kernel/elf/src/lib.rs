@@ -66,15 +66,22 @@ pub enum ElfError {
     NotElf,
     Not64BitLittleEndian,
     NotX86_64,
-    NotStaticExecutable { e_type: u16 },
+    NotStaticExecutable {
+        e_type: u16,
+    },
     BadProgramHeaders,
     DynamicLinking,
     ThreadLocalStorage,
     ExecutableStack,
     NoLoadableSegment,
     /// Segment `index` breaks a rule.
-    Segment { index: usize, problem: SegmentProblem },
-    EntryNotExecutable { entry: u64 },
+    Segment {
+        index: usize,
+        problem: SegmentProblem,
+    },
+    EntryNotExecutable {
+        entry: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,7 +188,11 @@ pub fn plan(elf: &[u8]) -> Result<LoadPlan, ElfError> {
             vaddr: u64_at(ph, 16),
             file_size: u64_at(ph, 32),
             mem_size: u64_at(ph, 40),
-            perms: Perms { read: p_flags & PF_R != 0, write: p_flags & PF_W != 0, execute: p_flags & PF_X != 0 },
+            perms: Perms {
+                read: p_flags & PF_R != 0,
+                write: p_flags & PF_W != 0,
+                execute: p_flags & PF_X != 0,
+            },
         };
         if seg.mem_size == 0 {
             continue;

@@ -34,7 +34,11 @@ const RX: u32 = PF_R | PF_X;
 const RW: u32 = PF_R | PF_W;
 
 fn good() -> Vec<u8> {
-    build(0x401010, 2, &[(PT_LOAD, RX, 0x1000, 0x401000, 0x100, 0x100), (PT_LOAD, RW, 0x2000, 0x402000, 0x10, 0x5000)])
+    build(
+        0x401010,
+        2,
+        &[(PT_LOAD, RX, 0x1000, 0x401000, 0x100, 0x100), (PT_LOAD, RW, 0x2000, 0x402000, 0x10, 0x5000)],
+    )
 }
 
 #[test]
@@ -49,8 +53,13 @@ fn a_good_static_executable_is_planned() {
 #[test]
 fn each_rule_is_enforced_with_its_own_error() {
     let seg = |problem| Err(ElfError::Segment { index: 0, problem });
-    let one = |flags, offset, vaddr, filesz, memsz| plan(&build(0x401000, 2, &[(PT_LOAD, flags, offset, vaddr, filesz, memsz)]));
-    assert_eq!(one(PF_R | PF_W | PF_X, 0x1000, 0x401000, 0x10, 0x10), seg(SegmentProblem::WritableAndExecutable));
+    let one = |flags, offset, vaddr, filesz, memsz| {
+        plan(&build(0x401000, 2, &[(PT_LOAD, flags, offset, vaddr, filesz, memsz)]))
+    };
+    assert_eq!(
+        one(PF_R | PF_W | PF_X, 0x1000, 0x401000, 0x10, 0x10),
+        seg(SegmentProblem::WritableAndExecutable)
+    );
     assert_eq!(one(PF_W, 0x1000, 0x401000, 0x10, 0x10), seg(SegmentProblem::NoPermissions));
     assert_eq!(one(RX, 0x1000, 0x401000, 0x20, 0x10), seg(SegmentProblem::FileSizeExceedsMemorySize));
     assert_eq!(one(RX, 0x2f00, 0x401f00, 0x200, 0x200), seg(SegmentProblem::OutsideFile));
@@ -60,15 +69,25 @@ fn each_rule_is_enforced_with_its_own_error() {
     assert_eq!(one(RX, 0x1000, u64::MAX - 0x10, 0x10, 0x100), seg(SegmentProblem::OutsideImageWindow));
     assert_eq!(one(RX, 0x1000, 0x401008, 0x10, 0x10), seg(SegmentProblem::Misaligned));
     assert_eq!(
-        plan(&build(0x401000, 2, &[(PT_LOAD, RX, 0x1000, 0x401000, 0x10, 0x10), (PT_LOAD, RW, 0x1800, 0x401800, 0x10, 0x10)])),
+        plan(&build(
+            0x401000,
+            2,
+            &[(PT_LOAD, RX, 0x1000, 0x401000, 0x10, 0x10), (PT_LOAD, RW, 0x1800, 0x401800, 0x10, 0x10)]
+        )),
         Err(ElfError::Segment { index: 1, problem: SegmentProblem::Overlaps })
     );
-    assert_eq!(plan(&build(0x402000, 2, &[(PT_LOAD, RX, 0x1000, 0x401000, 0x10, 0x10)])), Err(ElfError::EntryNotExecutable { entry: 0x402000 }));
+    assert_eq!(
+        plan(&build(0x402000, 2, &[(PT_LOAD, RX, 0x1000, 0x401000, 0x10, 0x10)])),
+        Err(ElfError::EntryNotExecutable { entry: 0x402000 })
+    );
     assert_eq!(plan(&build(0x401000, 3, &[])), Err(ElfError::NotStaticExecutable { e_type: 3 }));
     assert_eq!(plan(&build(0x401000, 2, &[])), Err(ElfError::NoLoadableSegment));
     assert_eq!(plan(&build(0x401000, 2, &[(PT_INTERP, PF_R, 0, 0, 0, 0)])), Err(ElfError::DynamicLinking));
     assert_eq!(plan(&build(0x401000, 2, &[(PT_TLS, PF_R, 0, 0, 0, 0)])), Err(ElfError::ThreadLocalStorage));
-    assert_eq!(plan(&build(0x401000, 2, &[(PT_GNU_STACK, RW | PF_X, 0, 0, 0, 0)])), Err(ElfError::ExecutableStack));
+    assert_eq!(
+        plan(&build(0x401000, 2, &[(PT_GNU_STACK, RW | PF_X, 0, 0, 0, 0)])),
+        Err(ElfError::ExecutableStack)
+    );
     let mut too_many = good();
     too_many[56..58].copy_from_slice(&500u16.to_le_bytes());
     assert_eq!(plan(&too_many), Err(ElfError::BadProgramHeaders));

@@ -5,10 +5,10 @@ use alloc::string::ToString;
 use alloc::vec::Vec;
 
 use bytes::Bytes;
-use smallvec::SmallVec;
-use cairn_object::store::Store;
 use cairn_object::io::Effect;
+use cairn_object::store::Store;
 use cairn_object::{Handle, Kind, Limits, Thunk, thunk};
+use smallvec::SmallVec;
 
 use crate::error::{EvalError, Failure};
 use crate::memo::{Memo, Outcome};
@@ -40,7 +40,9 @@ pub struct NoIo;
 
 impl<S: Store> Io<S> for NoIo {
     fn perform(&mut self, _: &mut S, effect: Effect, _: &Application<'_>) -> Result<Handle, Failure> {
-        Err(Failure::MissingCapability(alloc::format!("{effect}: IO is performed only for a job that declares it (cairn submit)")))
+        Err(Failure::MissingCapability(alloc::format!(
+            "{effect}: IO is performed only for a job that declares it (cairn submit)"
+        )))
     }
 }
 
@@ -60,7 +62,10 @@ pub enum Replay {
     /// Nothing is remembered for this thunk.
     NotRecorded,
     Identical(Outcome),
-    Differs { recorded: Outcome, replayed: Outcome },
+    Differs {
+        recorded: Outcome,
+        replayed: Outcome,
+    },
     /// The replay hit a failure of the node (timeout, ...): no verdict either way.
     Inconclusive(EvalError),
 }
@@ -173,7 +178,13 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         outcome
     }
 
-    fn run_with(&mut self, root: Handle, use_memo: bool, io: &mut dyn Io<S>, stack: &mut Vec<Frame>) -> Outcome {
+    fn run_with(
+        &mut self,
+        root: Handle,
+        use_memo: bool,
+        io: &mut dyn Io<S>,
+        stack: &mut Vec<Frame>,
+    ) -> Outcome {
         let mut steps = 0u64;
         let mut pending: Pending = match self.start(root, use_memo) {
             Start::Done(outcome) => return outcome,
@@ -310,7 +321,12 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
             // An IO request is never memoized, and neither is anything waiting on it.
             frame.taint();
         }
-        let app = Application { thunk: applied, limits: frame.limits, procedure: frame.procedure, args: &frame.done };
+        let app = Application {
+            thunk: applied,
+            limits: frame.limits,
+            procedure: frame.procedure,
+            args: &frame.done,
+        };
         if let Some(effect) = effect {
             self.stats.io_requests += 1;
             return match io.perform(&mut self.store, effect, &app) {

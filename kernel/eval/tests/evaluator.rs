@@ -13,7 +13,8 @@ struct Fake {
     flaky_counter: u64,
 }
 
-const OPS: [&str; 10] = ["identity", "add", "fib", "fail", "timeout", "forge", "self", "flaky", "concat", "count"];
+const OPS: [&str; 10] =
+    ["identity", "add", "fib", "fail", "timeout", "forge", "self", "flaky", "concat", "count"];
 
 fn op(name: &str) -> Handle {
     Handle::blob(format!("op:{name}").as_bytes())

@@ -51,7 +51,12 @@ struct Upstream {
 }
 
 impl Io<MemStore> for Upstream {
-    fn perform(&mut self, store: &mut MemStore, effect: Effect, app: &Application<'_>) -> Result<Handle, Failure> {
+    fn perform(
+        &mut self,
+        store: &mut MemStore,
+        effect: Effect,
+        app: &Application<'_>,
+    ) -> Result<Handle, Failure> {
         assert_eq!(effect, Effect::HttpGet);
         assert_eq!(app.procedure, Effect::HttpGet.procedure());
         self.served.set(self.served.get() + 1);

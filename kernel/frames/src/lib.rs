@@ -235,14 +235,10 @@ impl<'a> FrameAllocator<'a> {
 
 /// Lowest and one-past-highest whole frame number over all regions.
 fn span(regions: impl IntoIterator<Item = Region>) -> Option<(u64, u64)> {
-    regions
-        .into_iter()
-        .map(Region::frames)
-        .filter(|f| !f.is_empty())
-        .fold(None, |acc, f| match acc {
-            None => Some((f.start, f.end)),
-            Some((lo, hi)) => Some((lo.min(f.start), hi.max(f.end))),
-        })
+    regions.into_iter().map(Region::frames).filter(|f| !f.is_empty()).fold(None, |acc, f| match acc {
+        None => Some((f.start, f.end)),
+        Some((lo, hi)) => Some((lo.min(f.start), hi.max(f.end))),
+    })
 }
 
 /// Sets or clears bits `range` of `bits`, a word at a time where it can.
@@ -336,7 +332,8 @@ mod tests {
     fn low_frames_come_lowest_first_and_only_below_the_limit() {
         let regions = [Region::new(0x1000, 0x4000), Region::new(0x9000, 0x20000)];
         let mut storage = storage_for(&regions);
-        let mut fa = FrameAllocator::new(&mut storage, regions.iter().copied(), &[Region::new(0x1000, 0x2000)]);
+        let mut fa =
+            FrameAllocator::new(&mut storage, regions.iter().copied(), &[Region::new(0x1000, 0x2000)]);
         assert_eq!(fa.alloc_below(0x3000), Some(0x2000));
         // 0x3000 ends at the limit 0x4000, so it fits; nothing else below 0x4000 is left.
         assert_eq!(fa.alloc_below(0x4000), Some(0x3000));

@@ -45,14 +45,20 @@ impl Job {
     }
 
     /// Reads the job `handle` names, with `open` reading objects from the store.
-    pub fn load<B: AsRef<[u8]>>(handle: &Handle, open: impl Fn(&Handle) -> Option<B>) -> Result<Job, JobError> {
+    pub fn load<B: AsRef<[u8]>>(
+        handle: &Handle,
+        open: impl Fn(&Handle) -> Option<B>,
+    ) -> Result<Job, JobError> {
         if handle.kind() != Kind::Tree {
             return Err(JobError::NotATree(*handle));
         }
         let bytes = open(handle).ok_or(JobError::Missing(*handle))?;
         let tree = Tree::decode(bytes.as_ref()).map_err(|e| JobError::Shape(alloc::format!("{e}")))?;
         let (Some(root), Some(manifest_blob), 2) = (tree.get(0), tree.get(1), tree.len()) else {
-            return Err(JobError::Shape(alloc::format!("the tree has {} entries, not 2 (root, manifest)", tree.len())));
+            return Err(JobError::Shape(alloc::format!(
+                "the tree has {} entries, not 2 (root, manifest)",
+                tree.len()
+            )));
         };
         if manifest_blob.kind() != Kind::Blob {
             return Err(JobError::Shape("the manifest must be a blob".into()));

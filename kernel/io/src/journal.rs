@@ -101,15 +101,19 @@ impl Journal {
             let words: Vec<&str> = l.split(' ').collect();
             match words[..] {
                 ["io", at_ms, effect, request, response] if journal.result.is_none() => {
-                    let at_ms = at_ms.parse().map_err(|_| err(line, format!("`{at_ms}` is not a time in ms")))?;
-                    let effect = Effect::from_name(effect).ok_or_else(|| err(line, format!("unknown effect `{effect}`")))?;
+                    let at_ms =
+                        at_ms.parse().map_err(|_| err(line, format!("`{at_ms}` is not a time in ms")))?;
+                    let effect = Effect::from_name(effect)
+                        .ok_or_else(|| err(line, format!("unknown effect `{effect}`")))?;
                     let (request, response) = (handle(line, request)?, handle(line, response)?);
                     if journal.answer(&request).is_some() {
                         return Err(err(line, format!("{request} is answered twice")));
                     }
                     journal.entries.push(Entry { at_ms, effect, request, response });
                 }
-                ["result", result] if journal.result.is_none() => journal.result = Some(handle(line, result)?),
+                ["result", result] if journal.result.is_none() => {
+                    journal.result = Some(handle(line, result)?)
+                }
                 _ => return Err(err(line, format!("unexpected `{l}`"))),
             }
         }

@@ -52,15 +52,28 @@ impl<'a> JobIo<'a> {
         self.journal
     }
 
-    fn perform_live<S: Store>(&mut self, store: &mut S, request: &Request, transport: &mut dyn Transport) -> Result<Handle, Failure> {
-        let capability = self.manifest.capability_for(request).map_err(|m| Failure::MissingCapability(m.to_string()))?;
+    fn perform_live<S: Store>(
+        &mut self,
+        store: &mut S,
+        request: &Request,
+        transport: &mut dyn Transport,
+    ) -> Result<Handle, Failure> {
+        let capability =
+            self.manifest.capability_for(request).map_err(|m| Failure::MissingCapability(m.to_string()))?;
         let open = |h: &Handle| store.get(h).ok_or(Failure::MissingObject(*h));
-        let io_error = |why: String| Failure::Io(format!("{} {}: {why}", request.effect(), request.endpoint()));
+        let io_error =
+            |why: String| Failure::Io(format!("{} {}: {why}", request.effect(), request.endpoint()));
         let response = match request {
-            Request::TcpRequest { request: bytes, .. } => transport.exchange(&capability, &open(bytes)?, RESPONSE_LIMIT).map_err(io_error)?,
+            Request::TcpRequest { request: bytes, .. } => {
+                transport.exchange(&capability, &open(bytes)?, RESPONSE_LIMIT).map_err(io_error)?
+            }
             Request::HttpGet { to, path } => {
-                let raw = transport.exchange(&capability, &http_get_bytes(to, path), RESPONSE_LIMIT).map_err(io_error)?;
-                http_body(&raw).map_err(|why| Failure::Io(format!("http.get http://{to}{path}: {why}")))?.to_vec()
+                let raw = transport
+                    .exchange(&capability, &http_get_bytes(to, path), RESPONSE_LIMIT)
+                    .map_err(io_error)?;
+                http_body(&raw)
+                    .map_err(|why| Failure::Io(format!("http.get http://{to}{path}: {why}")))?
+                    .to_vec()
             }
             Request::TcpSend { data, .. } => {
                 transport.send(&capability, &open(data)?).map_err(io_error)?;
@@ -77,7 +90,11 @@ impl<S: Store> Io<S> for JobIo<'_> {
         // same page, and an output is sent at most once.
         if let Some(entry) = self.journal.answer(&app.thunk) {
             let response = entry.response;
-            return if store.contains(&response) { Ok(response) } else { Err(Failure::MissingObject(response)) };
+            return if store.contains(&response) {
+                Ok(response)
+            } else {
+                Err(Failure::MissingObject(response))
+            };
         }
         let request = Request::decode(effect, app.args, |h| store.get(h)).map_err(Failure::InvalidThunk)?;
         let Some(transport) = self.transport.take() else {

@@ -71,7 +71,8 @@ impl Manifest {
 
     /// Parses `effect a.b.c.d:port` lines; blank lines and `#` comments are ignored.
     pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
-        let text = core::str::from_utf8(bytes).map_err(|_| ManifestError { line: 0, why: "not UTF-8".into() })?;
+        let text =
+            core::str::from_utf8(bytes).map_err(|_| ManifestError { line: 0, why: "not UTF-8".into() })?;
         let mut grants = Vec::new();
         for (index, raw) in text.lines().enumerate() {
             let line = index + 1;
@@ -84,9 +85,11 @@ impl Manifest {
             let (Some(effect), Some(endpoint), None) = (words.next(), words.next(), words.next()) else {
                 return Err(bad("expected `effect endpoint`, like `http.get 10.0.2.2:8080`".into()));
             };
-            let effect = Effect::from_name(effect)
-                .ok_or_else(|| bad(alloc::format!("unknown effect `{effect}` (known: tcp.request, http.get, tcp.send)")))?;
-            let endpoint = Endpoint::parse(endpoint).ok_or_else(|| bad(alloc::format!("`{endpoint}` is not an endpoint like 10.0.2.2:8080")))?;
+            let effect = Effect::from_name(effect).ok_or_else(|| {
+                bad(alloc::format!("unknown effect `{effect}` (known: tcp.request, http.get, tcp.send)"))
+            })?;
+            let endpoint = Endpoint::parse(endpoint)
+                .ok_or_else(|| bad(alloc::format!("`{endpoint}` is not an endpoint like 10.0.2.2:8080")))?;
             grants.push((effect, endpoint));
         }
         Ok(Manifest::new(grants))

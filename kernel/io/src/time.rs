@@ -4,7 +4,8 @@
 /// Seconds since 1970-01-01T00:00:00Z of a civil UTC date and time, or None if it is not a
 /// valid one (the RTC said something impossible) or is before 1970.
 pub fn unix_seconds(year: u32, month: u32, day: u32, hour: u32, minute: u32, second: u32) -> Option<u64> {
-    if !(1970..=9999).contains(&year) || !(1..=12).contains(&month) || hour > 23 || minute > 59 || second > 59 {
+    if !(1970..=9999).contains(&year) || !(1..=12).contains(&month) || hour > 23 || minute > 59 || second > 59
+    {
         return None;
     }
     let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
@@ -13,7 +14,8 @@ pub fn unix_seconds(year: u32, month: u32, day: u32, hour: u32, minute: u32, sec
         return None;
     }
     // Days from the civil date (Howard Hinnant's days_from_civil), shifted so March is month 0.
-    let (y, m) = if month <= 2 { (year as i64 - 1, month as i64 + 9) } else { (year as i64, month as i64 - 3) };
+    let (y, m) =
+        if month <= 2 { (year as i64 - 1, month as i64 + 9) } else { (year as i64, month as i64 - 3) };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
     let doy = (153 * m + 2) / 5 + day as i64 - 1;

@@ -41,7 +41,9 @@ impl Transport for Upstream {
         let text = String::from_utf8(request.to_vec()).unwrap();
         let path = text.split(' ').nth(1).unwrap_or("/");
         Ok(match self.pages.get(path) {
-            Some(body) => format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes(),
+            Some(body) => {
+                format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+            }
             None => b"HTTP/1.0 404 Not Found\r\n\r\n".to_vec(),
         })
     }
@@ -134,7 +136,10 @@ fn a_journal_without_an_answer_names_the_request() {
     let dropped = journal.entries.remove(1);
     let err = ev.eval_with_io(job.root, &mut JobIo::replay(job.manifest, journal)).unwrap_err();
     assert_eq!(err.thunk, dropped.request);
-    assert!(matches!(&err.failure, Failure::Io(why) if why.contains("no answer") && why.contains("http.get 10.0.2.2:8080")), "{err}");
+    assert!(
+        matches!(&err.failure, Failure::Io(why) if why.contains("no answer") && why.contains("http.get 10.0.2.2:8080")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -144,12 +149,18 @@ fn requests_outside_the_manifest_fail_naming_the_capability_and_connect_nowhere(
     let (job_handle, job) = job(&mut ev.store, "http.get 10.0.2.2:8081\n");
     let mut up = upstream();
     let err = ev.eval_with_io(job.root, &mut JobIo::live(job_handle, job.manifest, &mut up)).unwrap_err();
-    assert!(matches!(&err.failure, Failure::MissingCapability(why) if why.contains("`http.get 10.0.2.2:8080`")), "{err}");
+    assert!(
+        matches!(&err.failure, Failure::MissingCapability(why) if why.contains("`http.get 10.0.2.2:8080`")),
+        "{err}"
+    );
     assert!(up.log.is_empty(), "nothing was contacted");
 
     let (job_handle, job) = self::job(&mut ev.store, "http.get 10.0.2.2:8080\n");
     let err = ev.eval_with_io(job.root, &mut JobIo::live(job_handle, job.manifest, &mut up)).unwrap_err();
-    assert!(matches!(&err.failure, Failure::MissingCapability(why) if why.contains("`tcp.send 10.0.2.2:9000`")), "{err}");
+    assert!(
+        matches!(&err.failure, Failure::MissingCapability(why) if why.contains("`tcp.send 10.0.2.2:9000`")),
+        "{err}"
+    );
     assert!(up.log.iter().all(|(e, _, _)| *e == Effect::HttpGet), "the summary was not sent");
 }
 
@@ -159,7 +170,8 @@ fn upstream_failures_and_bad_pages_are_io_errors() {
     let (job_handle, job) = job(&mut ev.store, GRANTS);
     let mut up = upstream();
     up.down = true;
-    let err = ev.eval_with_io(job.root, &mut JobIo::live(job_handle, job.manifest.clone(), &mut up)).unwrap_err();
+    let err =
+        ev.eval_with_io(job.root, &mut JobIo::live(job_handle, job.manifest.clone(), &mut up)).unwrap_err();
     assert!(matches!(&err.failure, Failure::Io(why) if why.contains("connection refused")), "{err}");
     let mut up = upstream();
     up.pages.remove("/b");
@@ -181,7 +193,12 @@ fn manifests_and_jobs_say_what_is_wrong() {
     let store = MemStore::new(1 << 20);
     let not_a_tree = Handle::blob(b"x");
     assert!(Job::load(&not_a_tree, |h| store.get(h)).unwrap_err().to_string().contains("not a job"));
-    let absent = Handle::from_bytes(&{ let mut b = *Handle::blob(&[1u8; 80]).as_bytes(); b[0] = Kind::Tree as u8; b }).unwrap();
+    let absent = Handle::from_bytes(&{
+        let mut b = *Handle::blob(&[1u8; 80]).as_bytes();
+        b[0] = Kind::Tree as u8;
+        b
+    })
+    .unwrap();
     assert!(Job::load(&absent, |h| store.get(h)).unwrap_err().to_string().contains("not on this node"));
 }
 
@@ -193,7 +210,10 @@ fn journals_reject_malformed_text() {
         ("cairn-journal 1\nwork x\n", "line 2"),
         ("cairn-journal 1\njob blob:=00\nio soon http.get blob:=00 blob:=00\n", "not a time"),
         ("cairn-journal 1\njob blob:=00\nio 1 ftp.get blob:=00 blob:=00\n", "unknown effect"),
-        ("cairn-journal 1\njob blob:=00\nio 1 http.get blob:=00 blob:=01\nio 2 http.get blob:=00 blob:=02\n", "answered twice"),
+        (
+            "cairn-journal 1\njob blob:=00\nio 1 http.get blob:=00 blob:=01\nio 2 http.get blob:=00 blob:=02\n",
+            "answered twice",
+        ),
         ("cairn-journal 1\njob blob:=00\nresult blob:=00\nio 1 http.get blob:=00 blob:=01\n", "line 4"),
     ] {
         let err = Journal::decode(text.as_bytes()).unwrap_err().to_string();

@@ -1,7 +1,7 @@
 //! What the kernel asks of the bootloader, and the node configuration it hands over.
 
-use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::BootInfo;
+use bootloader_api::config::{BootloaderConfig, Mapping};
 use cairn_bootcfg::{ConfigError, NodeConfig};
 
 pub const BOOTLOADER_CONFIG: BootloaderConfig = {

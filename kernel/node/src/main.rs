@@ -70,7 +70,11 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     );
     log::info!(
         "tasks: ring 3 with SYSCALL, RDTSC and FSGSBASE off, CPUID {}",
-        if arch::user::cpuid_faulting() { "faulting (fixed answer)" } else { "NOT faulting: tasks see the host CPUID" }
+        if arch::user::cpuid_faulting() {
+            "faulting (fixed answer)"
+        } else {
+            "NOT faulting: tasks see the host CPUID"
+        }
     );
     choose_blake3();
     match arch::smp::start(boot_info) {
@@ -90,7 +94,9 @@ fn choose_blake3() {
     let sample: alloc::vec::Vec<u8> = (0..128 * 1024u32).map(|i| (i % 251) as u8).collect();
     match cairn_object::hash::compare(&sample, arch::clock::rdtsc) {
         None => log::info!("blake3: no AVX2; the blake3 crate's own path names blobs"),
-        Some((_, _, false)) => log::error!("blake3: the two implementations disagree; keeping the blake3 crate"),
+        Some((_, _, false)) => {
+            log::error!("blake3: the two implementations disagree; keeping the blake3 crate")
+        }
         Some((crate_cycles, wide_cycles, true)) => {
             let mib_s = |cycles: u64| {
                 let us = (cycles * 1000 / arch::clock::tsc_khz().max(1)).max(1);

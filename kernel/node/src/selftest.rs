@@ -167,8 +167,8 @@ fn exception_breakpoint() -> CaseResult {
 }
 
 fn exception_invalid_opcode() -> CaseResult {
-    let report = trap::catch_exception(6, probe::UD2_LEN, probe::invalid_opcode)
-        .ok_or("ud2 was not caught")?;
+    let report =
+        trap::catch_exception(6, probe::UD2_LEN, probe::invalid_opcode).ok_or("ud2 was not caught")?;
     check(report.vector == 6, || format!("caught vector {}", report.vector))
 }
 

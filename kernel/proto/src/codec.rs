@@ -85,7 +85,9 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&frame.request.to_le_bytes());
     match &frame.message {
-        Message::Hello { client: text } | Message::StatsReply { text } => out.extend_from_slice(text.as_bytes()),
+        Message::Hello { client: text } | Message::StatsReply { text } => {
+            out.extend_from_slice(text.as_bytes())
+        }
         Message::Welcome { version, node_id, max_frame, offers } => {
             out.push(*version);
             out.extend_from_slice(node_id);
@@ -214,7 +216,11 @@ pub(crate) const CHUNK_HEAD: usize = HEADER + 8;
 pub(crate) enum Peek {
     NeedMore,
     /// A PUT-CHUNK of `len` object bytes for `offset` follows the first [`CHUNK_HEAD`] bytes.
-    PutChunk { request: u32, offset: u64, len: usize },
+    PutChunk {
+        request: u32,
+        offset: u64,
+        len: usize,
+    },
     /// Any other frame: decode it whole.
     Other,
 }
@@ -240,7 +246,11 @@ pub(crate) fn peek(buf: &[u8]) -> Result<Peek, ProtoError> {
         return Err(ProtoError::Malformed { kind, at: 8 + MAX_CHUNK, what: "chunk is too large" });
     }
     let Some(offset) = buf.get(HEADER..CHUNK_HEAD) else { return Ok(Peek::NeedMore) };
-    Ok(Peek::PutChunk { request, offset: u64::from_le_bytes(offset.try_into().expect("8 bytes")), len: payload - 8 })
+    Ok(Peek::PutChunk {
+        request,
+        offset: u64::from_le_bytes(offset.try_into().expect("8 bytes")),
+        len: payload - 8,
+    })
 }
 
 /// An error found in a part of a payload that starts `by` bytes in.
@@ -271,8 +281,15 @@ impl Payload<'_> {
     }
 
     fn handle(&self, at: usize) -> Result<Handle, ProtoError> {
-        let bytes = self.bytes.get(at..at + Handle::LEN).ok_or_else(|| self.malformed(at, "expected a 40-byte handle"))?;
-        Handle::from_bytes(bytes).map_err(|error| ProtoError::BadHandle { kind: self.kind, at: at + error.at, error })
+        let bytes = self
+            .bytes
+            .get(at..at + Handle::LEN)
+            .ok_or_else(|| self.malformed(at, "expected a 40-byte handle"))?;
+        Handle::from_bytes(bytes).map_err(|error| ProtoError::BadHandle {
+            kind: self.kind,
+            at: at + error.at,
+            error,
+        })
     }
 
     fn u64_at(&self, at: usize) -> Result<u64, ProtoError> {
@@ -292,7 +309,10 @@ impl Payload<'_> {
 
     fn handles(&self) -> Result<Vec<Handle>, ProtoError> {
         if self.bytes.len() % Handle::LEN != 0 {
-            return Err(self.malformed(self.bytes.len() - self.bytes.len() % Handle::LEN, "not a whole number of handles"));
+            return Err(self.malformed(
+                self.bytes.len() - self.bytes.len() % Handle::LEN,
+                "not a whole number of handles",
+            ));
         }
         (0..self.bytes.len() / Handle::LEN).map(|i| self.handle(i * Handle::LEN)).collect()
     }
@@ -320,14 +340,18 @@ impl Payload<'_> {
             kind::HAVE => Message::Have { handles: self.handles()? },
             kind::RECALL => Message::Recall { thunks: self.handles()? },
             kind::FETCH => {
-                let head = self.bytes.get(..6).ok_or_else(|| self.malformed(0, "expected an address and a port"))?;
+                let head =
+                    self.bytes.get(..6).ok_or_else(|| self.malformed(0, "expected an address and a port"))?;
                 let from = ([head[0], head[1], head[2], head[3]], u16::from_le_bytes([head[4], head[5]]));
                 let rest = Payload { kind: self.kind, bytes: &self.bytes[6..] };
                 Message::Fetch { from, handles: rest.handles().map_err(|e| shift(e, 6))? }
             }
             kind::RELOCATE => {
                 self.exact(6 + Handle::LEN)?;
-                let to = ([self.bytes[0], self.bytes[1], self.bytes[2], self.bytes[3]], u16::from_le_bytes([self.bytes[4], self.bytes[5]]));
+                let to = (
+                    [self.bytes[0], self.bytes[1], self.bytes[2], self.bytes[3]],
+                    u16::from_le_bytes([self.bytes[4], self.bytes[5]]),
+                );
                 Message::Relocate { to, thunk: self.handle(6)? }
             }
             kind::FETCHED => {
@@ -343,7 +367,9 @@ impl Payload<'_> {
             }
             kind::MISSING => Message::Missing { handles: self.handles()? },
             kind::PUT => Message::Put { handle: self.handle(0)?, bytes: self.bytes[Handle::LEN..].to_vec() },
-            kind::OBJECT => Message::Object { handle: self.handle(0)?, bytes: self.bytes[Handle::LEN..].to_vec() },
+            kind::OBJECT => {
+                Message::Object { handle: self.handle(0)?, bytes: self.bytes[Handle::LEN..].to_vec() }
+            }
             kind::PUT_BEGIN | kind::OBJECT_BEGIN => {
                 self.exact(Handle::LEN + 8)?;
                 let (handle, len) = (self.handle(0)?, self.u64_at(Handle::LEN)?);
@@ -364,7 +390,13 @@ impl Payload<'_> {
                 let (offset, bytes) = self.chunk()?;
                 Message::ObjectChunk { offset, bytes }
             }
-            kind::STORED | kind::GET | kind::EVAL | kind::EVAL_FRESH | kind::SUBMIT | kind::REPLAY | kind::JOURNAL => {
+            kind::STORED
+            | kind::GET
+            | kind::EVAL
+            | kind::EVAL_FRESH
+            | kind::SUBMIT
+            | kind::REPLAY
+            | kind::JOURNAL => {
                 self.exact(Handle::LEN)?;
                 let handle = self.handle(0)?;
                 match self.kind {
@@ -393,7 +425,12 @@ impl Payload<'_> {
                     160 => Some(self.handle(120)?),
                     _ => return Err(self.malformed(self.bytes.len().min(120), "expected 3 or 4 handles")),
                 };
-                Message::Replayed { job: self.handle(0)?, journal: self.handle(40)?, result: self.handle(80)?, recorded }
+                Message::Replayed {
+                    job: self.handle(0)?,
+                    journal: self.handle(40)?,
+                    result: self.handle(80)?,
+                    recorded,
+                }
             }
             kind::EVALUATED => {
                 self.exact(Handle::LEN + 24)?;
@@ -404,7 +441,9 @@ impl Payload<'_> {
                     micros: self.u64_at(56)?,
                 }
             }
-            kind::EVAL_FAILED => Message::EvalFailed { thunk: self.handle(0)?, failure: self.text(Handle::LEN, MAX_TEXT)? },
+            kind::EVAL_FAILED => {
+                Message::EvalFailed { thunk: self.handle(0)?, failure: self.text(Handle::LEN, MAX_TEXT)? }
+            }
             kind::STATS => {
                 self.exact(0)?;
                 Message::Stats
@@ -413,7 +452,8 @@ impl Payload<'_> {
             kind::ERROR => {
                 let code = self.bytes.get(..2).ok_or_else(|| self.malformed(0, "expected an error code"))?;
                 let code = u16::from_le_bytes([code[0], code[1]]);
-                let code = ErrorCode::from_u16(code).ok_or_else(|| self.malformed(0, "unknown error code"))?;
+                let code =
+                    ErrorCode::from_u16(code).ok_or_else(|| self.malformed(0, "unknown error code"))?;
                 Message::Error { code, message: self.text(2, MAX_TEXT)? }
             }
             other => return Err(ProtoError::UnknownType { kind: other }),

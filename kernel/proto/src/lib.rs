@@ -40,69 +40,152 @@ pub mod offers {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     /// Client → node: who is asking.
-    Hello { client: String },
+    Hello {
+        client: String,
+    },
     /// Node → client.
-    Welcome { version: u8, node_id: [u8; 32], max_frame: u32, offers: u64 },
+    Welcome {
+        version: u8,
+        node_id: [u8; 32],
+        max_frame: u32,
+        offers: u64,
+    },
     /// Client → node: which of these do you lack?
-    Have { handles: Vec<Handle> },
+    Have {
+        handles: Vec<Handle>,
+    },
     /// Node → client: the ones it lacks, in the order asked.
-    Missing { handles: Vec<Handle> },
+    Missing {
+        handles: Vec<Handle>,
+    },
     /// Client → node: a whole object, at most [`MAX_INLINE`] bytes.
-    Put { handle: Handle, bytes: Vec<u8> },
+    Put {
+        handle: Handle,
+        bytes: Vec<u8>,
+    },
     /// Client → node: an object of `len` bytes follows in `PutChunk`s, in order.
-    PutBegin { handle: Handle, len: u64 },
-    PutChunk { offset: u64, bytes: Vec<u8> },
+    PutBegin {
+        handle: Handle,
+        len: u64,
+    },
+    PutChunk {
+        offset: u64,
+        bytes: Vec<u8>,
+    },
     /// Node → client: the object is stored (its name checked).
-    Stored { handle: Handle },
+    Stored {
+        handle: Handle,
+    },
     /// Client → node.
-    Get { handle: Handle },
+    Get {
+        handle: Handle,
+    },
     /// Node → client: a whole object.
-    Object { handle: Handle, bytes: Vec<u8> },
+    Object {
+        handle: Handle,
+        bytes: Vec<u8>,
+    },
     /// Node → client: an object of `len` bytes follows in `ObjectChunk`s, in order.
-    ObjectBegin { handle: Handle, len: u64 },
-    ObjectChunk { offset: u64, bytes: Vec<u8> },
+    ObjectBegin {
+        handle: Handle,
+        len: u64,
+    },
+    ObjectChunk {
+        offset: u64,
+        bytes: Vec<u8>,
+    },
     /// Client → node: evaluate a thunk (or any handle).
-    Eval { handle: Handle },
+    Eval {
+        handle: Handle,
+    },
     /// Client → node: evaluate without reading or writing the memo (every task runs again;
     /// for verification). Answered like EVAL.
-    EvalFresh { handle: Handle },
+    EvalFresh {
+        handle: Handle,
+    },
     /// Node → client: the value, and what it took.
-    Evaluated { result: Handle, tasks_run: u64, memo_hits: u64, micros: u64 },
+    Evaluated {
+        result: Handle,
+        tasks_run: u64,
+        memo_hits: u64,
+        micros: u64,
+    },
     /// Node → client: the evaluation failed; `thunk` is the failing thunk.
-    EvalFailed { thunk: Handle, failure: String },
+    EvalFailed {
+        thunk: Handle,
+        failure: String,
+    },
     Stats,
     /// Node → client: `key=value` lines.
-    StatsReply { text: String },
+    StatsReply {
+        text: String,
+    },
     /// Client → node: run a job (a tree [root thunk, manifest]) with the IO its manifest grants.
-    Submit { job: Handle },
+    Submit {
+        job: Handle,
+    },
     /// Node → client: the job's value and its journal (stored on the node).
-    JobDone { job: Handle, journal: Handle, result: Handle },
+    JobDone {
+        job: Handle,
+        journal: Handle,
+        result: Handle,
+    },
     /// Node → client: the job failed; `thunk` is the failing thunk. The journal holds the IO
     /// performed before the failure.
-    JobFailed { job: Handle, journal: Handle, thunk: Handle, failure: String },
+    JobFailed {
+        job: Handle,
+        journal: Handle,
+        thunk: Handle,
+        failure: String,
+    },
     /// Client → node: evaluate a job again from its journal alone (a job: its latest journal on
     /// this node; or a journal). No IO is performed.
-    Replay { handle: Handle },
+    Replay {
+        handle: Handle,
+    },
     /// Node → client: the replay's value and the value the journal recorded (none if the job
     /// had failed).
-    Replayed { job: Handle, journal: Handle, result: Handle, recorded: Option<Handle> },
+    Replayed {
+        job: Handle,
+        journal: Handle,
+        result: Handle,
+        recorded: Option<Handle>,
+    },
     /// Client → node: remember this journal (already stored, with its job and responses) as the
     /// latest of its job. Answered with STORED.
-    Journal { journal: Handle },
+    Journal {
+        journal: Handle,
+    },
     /// Client → node: get these objects from the peer node at `from` (its cluster address and
     /// API port), checking each on receipt; the ones already here are skipped.
-    Fetch { from: ([u8; 4], u16), handles: Vec<Handle> },
+    Fetch {
+        from: ([u8; 4], u16),
+        handles: Vec<Handle>,
+    },
     /// Node → client: the objects are here; how many were fetched and their bytes.
-    Fetched { objects: u64, bytes: u64 },
+    Fetched {
+        objects: u64,
+        bytes: u64,
+    },
     /// Client → node: run this thunk on the peer at `to`: ship it and the inputs the peer
     /// lacks, have the peer evaluate it. Answered with the peer's EVALUATED or EVAL-FAILED.
-    Relocate { to: ([u8; 4], u16), thunk: Handle },
+    Relocate {
+        to: ([u8; 4], u16),
+        thunk: Handle,
+    },
     /// Client → node: which of these thunks has the node's memo a value for?
-    Recall { thunks: Vec<Handle> },
+    Recall {
+        thunks: Vec<Handle>,
+    },
     /// Node → client: `(thunk, value)` for each one remembered, in the order asked.
-    Recalled { entries: Vec<(Handle, Handle)> },
+    Recalled {
+        entries: Vec<(Handle, Handle)>,
+    },
     /// Either way: the request (or the connection, for request id 0) failed.
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,9 +204,16 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     fn from_u16(v: u16) -> Option<ErrorCode> {
-        [ErrorCode::BadFrame, ErrorCode::WrongHash, ErrorCode::NotFound, ErrorCode::StoreFull, ErrorCode::Unexpected, ErrorCode::Internal]
-            .into_iter()
-            .find(|c| *c as u16 == v)
+        [
+            ErrorCode::BadFrame,
+            ErrorCode::WrongHash,
+            ErrorCode::NotFound,
+            ErrorCode::StoreFull,
+            ErrorCode::Unexpected,
+            ErrorCode::Internal,
+        ]
+        .into_iter()
+        .find(|c| *c as u16 == v)
     }
 }
 
@@ -137,14 +227,30 @@ pub struct Frame {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProtoError {
     /// The length field says more than [`MAX_FRAME`] (or less than the fixed header).
-    BadLength { len: u32 },
-    BadVersion { version: u8 },
-    UnknownType { kind: u8 },
+    BadLength {
+        len: u32,
+    },
+    BadVersion {
+        version: u8,
+    },
+    UnknownType {
+        kind: u8,
+    },
     /// Flags are reserved and must be zero.
-    BadFlags { flags: u16 },
+    BadFlags {
+        flags: u16,
+    },
     /// The payload does not have the shape its type requires; `at` is the payload offset.
-    Malformed { kind: u8, at: usize, what: &'static str },
-    BadHandle { kind: u8, at: usize, error: cairn_object::DecodeError },
+    Malformed {
+        kind: u8,
+        at: usize,
+        what: &'static str,
+    },
+    BadHandle {
+        kind: u8,
+        at: usize,
+        error: cairn_object::DecodeError,
+    },
 }
 
 impl fmt::Display for ProtoError {

@@ -70,11 +70,24 @@ pub trait NodeApi {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Work {
     /// With `fresh`, the memo is neither read nor written.
-    Eval { handle: Handle, fresh: bool },
-    Submit { job: Handle },
-    Replay { handle: Handle },
-    Fetch { from: ([u8; 4], u16), handles: Vec<Handle> },
-    Relocate { to: ([u8; 4], u16), thunk: Handle },
+    Eval {
+        handle: Handle,
+        fresh: bool,
+    },
+    Submit {
+        job: Handle,
+    },
+    Replay {
+        handle: Handle,
+    },
+    Fetch {
+        from: ([u8; 4], u16),
+        handles: Vec<Handle>,
+    },
+    Relocate {
+        to: ([u8; 4], u16),
+        thunk: Handle,
+    },
 }
 
 /// An upload in progress.
@@ -171,7 +184,11 @@ impl Session {
     /// Whether the node can handle this request now. A busy node still takes uploads: their
     /// bytes go into the upload's own buffer, and only storing the finished object waits.
     fn answerable(message: &Message, node: &dyn NodeApi) -> bool {
-        !node.busy() || matches!(message, Message::Hello { .. } | Message::Have { .. } | Message::Get { .. } | Message::PutBegin { .. })
+        !node.busy()
+            || matches!(
+                message,
+                Message::Hello { .. } | Message::Have { .. } | Message::Get { .. } | Message::PutBegin { .. }
+            )
     }
 
     fn handle_bytes(&mut self, mut bytes: &[u8], node: &mut dyn NodeApi) {
@@ -251,7 +268,11 @@ impl Session {
         let upload = self.upload.as_ref().expect("called during an upload");
         let total = upload.buffer_len();
         if offset != upload.filled as u64 || offset + len as u64 > total as u64 {
-            return self.fail(request, ErrorCode::Unexpected, format!("chunk at {offset} does not continue the upload"));
+            return self.fail(
+                request,
+                ErrorCode::Unexpected,
+                format!("chunk at {offset} does not continue the upload"),
+            );
         }
         self.chunk_left = len;
         if len == 0 {
@@ -282,7 +303,10 @@ impl Session {
         while self.output.len() - self.sent < max {
             let Some(download) = self.downloads.front_mut() else { break };
             let end = (download.sent + MAX_CHUNK).min(download.bytes.len());
-            let chunk = Message::ObjectChunk { offset: download.sent as u64, bytes: download.bytes[download.sent..end].to_vec() };
+            let chunk = Message::ObjectChunk {
+                offset: download.sent as u64,
+                bytes: download.bytes[download.sent..end].to_vec(),
+            };
             let request = download.request;
             download.sent = end;
             if end == download.bytes.len() {
@@ -340,7 +364,11 @@ impl Session {
     fn handle(&mut self, frame: Frame, node: &mut dyn NodeApi) {
         let request = frame.request;
         if self.upload.is_some() && !matches!(frame.message, Message::PutChunk { .. }) {
-            return self.fail(request, ErrorCode::Unexpected, "an upload is in progress: only PUT-CHUNK may follow".into());
+            return self.fail(
+                request,
+                ErrorCode::Unexpected,
+                "an upload is in progress: only PUT-CHUNK may follow".into(),
+            );
         }
         match frame.message {
             Message::Hello { .. } => self.send(
@@ -349,7 +377,13 @@ impl Session {
                     version: VERSION,
                     node_id: node.node_id(),
                     max_frame: MAX_FRAME as u32,
-                    offers: offers::HAVE | offers::PUT | offers::GET | offers::EVAL | offers::STATS | offers::JOBS | offers::CLUSTER,
+                    offers: offers::HAVE
+                        | offers::PUT
+                        | offers::GET
+                        | offers::EVAL
+                        | offers::STATS
+                        | offers::JOBS
+                        | offers::CLUSTER,
                 },
             ),
             Message::Have { handles } => {
@@ -359,12 +393,20 @@ impl Session {
             Message::Put { handle, bytes } => self.store(request, handle, bytes, node),
             Message::PutBegin { handle, len } => {
                 if len > node.room() {
-                    return self.error(request, ErrorCode::StoreFull, format!("{len} bytes do not fit in the store"));
+                    return self.error(
+                        request,
+                        ErrorCode::StoreFull,
+                        format!("{len} bytes do not fit in the store"),
+                    );
                 }
                 // The decoder checked that `len` is the handle's size, so a liar only gets a
                 // mismatch at the end; the buffer is bounded by the store's room.
                 let Some(buffer) = usize::try_from(len).ok().and_then(|len| node.upload_buffer(len)) else {
-                    return self.error(request, ErrorCode::StoreFull, format!("no memory for an upload of {len} bytes now"));
+                    return self.error(
+                        request,
+                        ErrorCode::StoreFull,
+                        format!("no memory for an upload of {len} bytes now"),
+                    );
                 };
                 self.upload = Some(Upload { request, handle, buffer, filled: 0 });
                 if len == 0 {
@@ -377,7 +419,9 @@ impl Session {
             }
             Message::Get { handle } => match node.get(&handle) {
                 None => self.error(request, ErrorCode::NotFound, format!("{handle} is not on this node")),
-                Some(bytes) if bytes.len() <= MAX_INLINE => self.send(request, Message::Object { handle, bytes: bytes.to_vec() }),
+                Some(bytes) if bytes.len() <= MAX_INLINE => {
+                    self.send(request, Message::Object { handle, bytes: bytes.to_vec() })
+                }
                 Some(bytes) => {
                     self.send(request, Message::ObjectBegin { handle, len: bytes.len() as u64 });
                     self.downloads.push_back(Download { request, bytes, sent: 0 });
@@ -404,7 +448,11 @@ impl Session {
                 Ok(_) => self.send(request, Message::Stored { handle: journal }),
                 Err(why) => self.error(request, ErrorCode::NotFound, why),
             },
-            _ => self.fail(request, ErrorCode::Unexpected, "that message goes from a node to a client, not to a node".into()),
+            _ => self.fail(
+                request,
+                ErrorCode::Unexpected,
+                "that message goes from a node to a client, not to a node".into(),
+            ),
         }
     }
 
@@ -426,7 +474,9 @@ impl Session {
 fn pending_need(input: &[u8]) -> usize {
     match input.get(..4) {
         None => 4 - input.len(),
-        Some(len) => (4 + u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize).saturating_sub(input.len()).max(1),
+        Some(len) => (4 + u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize)
+            .saturating_sub(input.len())
+            .max(1),
     }
 }
 
@@ -479,7 +529,11 @@ mod tests {
             (thunk.kind() == Kind::Thunk).then(|| Handle::blob(b"remembered"))
         }
         fn adopt_journal(&mut self, journal: &Handle) -> Result<Handle, String> {
-            if self.store.contains(journal) { Ok(*journal) } else { Err(format!("{journal} is not on this node")) }
+            if self.store.contains(journal) {
+                Ok(*journal)
+            } else {
+                Err(format!("{journal} is not on this node"))
+            }
         }
         fn busy(&self) -> bool {
             self.busy
@@ -522,16 +576,26 @@ mod tests {
         let (mut s, mut n) = (Session::new(), node());
         let small = b"a small object, but not a literal one".to_vec();
         let h = Handle::blob(&small);
-        let replies = exchange(&mut s, &mut n, &frames(&[
-            (1, Message::Hello { client: "test".into() }),
-            (2, Message::Have { handles: vec![h, Handle::blob(b"lit")] }),
-            (3, Message::Put { handle: h, bytes: small.clone() }),
-            (4, Message::Have { handles: vec![h] }),
-            (5, Message::Get { handle: h }),
-            (6, Message::Stats),
-        ]));
-        assert!(matches!(replies[0].message, Message::Welcome { version: 1, node_id, .. } if node_id == [7; 32]));
-        assert_eq!(replies[1].message, Message::Missing { handles: vec![h] }, "literal blobs are never missing");
+        let replies = exchange(
+            &mut s,
+            &mut n,
+            &frames(&[
+                (1, Message::Hello { client: "test".into() }),
+                (2, Message::Have { handles: vec![h, Handle::blob(b"lit")] }),
+                (3, Message::Put { handle: h, bytes: small.clone() }),
+                (4, Message::Have { handles: vec![h] }),
+                (5, Message::Get { handle: h }),
+                (6, Message::Stats),
+            ]),
+        );
+        assert!(
+            matches!(replies[0].message, Message::Welcome { version: 1, node_id, .. } if node_id == [7; 32])
+        );
+        assert_eq!(
+            replies[1].message,
+            Message::Missing { handles: vec![h] },
+            "literal blobs are never missing"
+        );
         assert_eq!(replies[2], Frame { request: 3, message: Message::Stored { handle: h } });
         assert_eq!(replies[3].message, Message::Missing { handles: vec![] });
         assert_eq!(replies[4].message, Message::Object { handle: h, bytes: small });
@@ -543,8 +607,14 @@ mod tests {
     fn wrong_hash_is_refused_and_nothing_is_stored() {
         let (mut s, mut n) = (Session::new(), node());
         let claimed = Handle::blob(&[1u8; 100]);
-        let replies = exchange(&mut s, &mut n, &frames(&[(9, Message::Put { handle: claimed, bytes: vec![2u8; 100] })]));
-        assert!(matches!(&replies[0].message, Message::Error { code: ErrorCode::WrongHash, message } if message.contains("really")));
+        let replies = exchange(
+            &mut s,
+            &mut n,
+            &frames(&[(9, Message::Put { handle: claimed, bytes: vec![2u8; 100] })]),
+        );
+        assert!(
+            matches!(&replies[0].message, Message::Error { code: ErrorCode::WrongHash, message } if message.contains("really"))
+        );
         assert!(!n.store.contains(&claimed));
         assert!(!s.closing(), "a bad object is the client's problem, not the connection's");
     }
@@ -578,14 +648,20 @@ mod tests {
     fn upload_frames(big: &[u8], claimed: Handle) -> Vec<u8> {
         let mut messages = vec![(1, Message::PutBegin { handle: claimed, len: big.len() as u64 })];
         for (i, chunk) in big.chunks(MAX_CHUNK / 3).enumerate() {
-            messages.push((1, Message::PutChunk { offset: (i * (MAX_CHUNK / 3)) as u64, bytes: chunk.to_vec() }));
+            messages
+                .push((1, Message::PutChunk { offset: (i * (MAX_CHUNK / 3)) as u64, bytes: chunk.to_vec() }));
         }
         messages.push((2, Message::Have { handles: vec![claimed] }));
         frames(&messages)
     }
 
     /// Feeds `bytes` in pieces of the given sizes (cycled), then collects the replies.
-    fn exchange_in_pieces(session: &mut Session, node: &mut FakeNode, bytes: &[u8], sizes: &[usize]) -> Vec<Frame> {
+    fn exchange_in_pieces(
+        session: &mut Session,
+        node: &mut FakeNode,
+        bytes: &[u8],
+        sizes: &[usize],
+    ) -> Vec<Frame> {
         let mut at = 0;
         for size in sizes.iter().cycle() {
             if at == bytes.len() {
@@ -654,7 +730,10 @@ mod tests {
         let claimed = Handle::blob(&vec![8u8; 300_000]);
         let (mut s, mut n) = (Session::new(), node());
         let replies = exchange_in_pieces(&mut s, &mut n, &upload_frames(&big, claimed), &[1, 19, 4096, 3]);
-        assert!(matches!(&replies[0].message, Message::Error { code: ErrorCode::WrongHash, .. }), "{replies:?}");
+        assert!(
+            matches!(&replies[0].message, Message::Error { code: ErrorCode::WrongHash, .. }),
+            "{replies:?}"
+        );
         assert_eq!(replies[1].message, Message::Missing { handles: vec![claimed] });
         assert!(!s.closing());
     }
@@ -663,25 +742,37 @@ mod tests {
     fn frames_other_than_chunks_during_an_upload_close_the_session() {
         let h = Handle::blob(&[5u8; 5000]);
         let (mut s, mut n) = (Session::new(), node());
-        let replies = exchange(&mut s, &mut n, &frames(&[
-            (1, Message::PutBegin { handle: h, len: 5000 }),
-            (1, Message::PutChunk { offset: 0, bytes: vec![5; 1000] }),
-            (2, Message::Stats),
-        ]));
-        assert!(matches!(&replies[0].message, Message::Error { code: ErrorCode::Unexpected, message } if message.contains("upload")));
+        let replies = exchange(
+            &mut s,
+            &mut n,
+            &frames(&[
+                (1, Message::PutBegin { handle: h, len: 5000 }),
+                (1, Message::PutChunk { offset: 0, bytes: vec![5; 1000] }),
+                (2, Message::Stats),
+            ]),
+        );
+        assert!(
+            matches!(&replies[0].message, Message::Error { code: ErrorCode::Unexpected, message } if message.contains("upload"))
+        );
         assert!(s.closing());
         // A chunk that runs past the object's end, and a chunk head with an impossible length.
         let (mut s, mut n) = (Session::new(), node());
-        let replies = exchange(&mut s, &mut n, &frames(&[
-            (1, Message::PutBegin { handle: h, len: 5000 }),
-            (1, Message::PutChunk { offset: 0, bytes: vec![5; 5001] }),
-        ]));
+        let replies = exchange(
+            &mut s,
+            &mut n,
+            &frames(&[
+                (1, Message::PutBegin { handle: h, len: 5000 }),
+                (1, Message::PutChunk { offset: 0, bytes: vec![5; 5001] }),
+            ]),
+        );
         assert!(matches!(&replies[0].message, Message::Error { code: ErrorCode::Unexpected, .. }));
         let (mut s, mut n) = (Session::new(), node());
         let mut stream = frames(&[(1, Message::PutBegin { handle: h, len: 5000 })]);
         stream.extend_from_slice(&((MAX_FRAME as u32) + 1).to_le_bytes());
         let replies = exchange(&mut s, &mut n, &stream);
-        assert!(matches!(&replies[0].message, Message::Error { code: ErrorCode::BadFrame, message } if message.contains("length")));
+        assert!(
+            matches!(&replies[0].message, Message::Error { code: ErrorCode::BadFrame, message } if message.contains("length"))
+        );
         assert!(s.closing());
     }
 
@@ -689,13 +780,17 @@ mod tests {
     fn jobs_are_queued_for_the_node_and_answered_later_in_order_of_delivery() {
         let (mut s, mut n) = (Session::new(), node());
         let (job, other) = (Handle::blob(&[1u8; 50]), Handle::blob(&[2u8; 50]));
-        let replies = exchange(&mut s, &mut n, &frames(&[
-            (7, Message::Submit { job }),
-            (8, Message::Replay { handle: other }),
-            (9, Message::Stats),
-            (10, Message::Journal { journal: other }),
-            (11, Message::Relocate { to: ([10, 1, 0, 2], 7070), thunk: job }),
-        ]));
+        let replies = exchange(
+            &mut s,
+            &mut n,
+            &frames(&[
+                (7, Message::Submit { job }),
+                (8, Message::Replay { handle: other }),
+                (9, Message::Stats),
+                (10, Message::Journal { journal: other }),
+                (11, Message::Relocate { to: ([10, 1, 0, 2], 7070), thunk: job }),
+            ]),
+        );
         // Only STATS and JOURNAL are answered at once; the jobs wait for the node.
         assert_eq!(replies.iter().map(|r| r.request).collect::<Vec<_>>(), [9, 10]);
         assert!(matches!(&replies[1].message, Message::Error { code: ErrorCode::NotFound, .. }));
@@ -727,14 +822,19 @@ mod tests {
     fn out_of_order_chunks_and_stray_chunks_close_the_session() {
         let (mut s, mut n) = (Session::new(), node());
         let h = Handle::blob(&[5u8; 2000]);
-        let replies = exchange(&mut s, &mut n, &frames(&[
-            (1, Message::PutBegin { handle: h, len: 2000 }),
-            (1, Message::PutChunk { offset: 1000, bytes: vec![5; 1000] }),
-        ]));
+        let replies = exchange(
+            &mut s,
+            &mut n,
+            &frames(&[
+                (1, Message::PutBegin { handle: h, len: 2000 }),
+                (1, Message::PutChunk { offset: 1000, bytes: vec![5; 1000] }),
+            ]),
+        );
         assert!(matches!(&replies[0].message, Message::Error { code: ErrorCode::Unexpected, .. }));
         assert!(s.closing());
         let (mut s, mut n) = (Session::new(), node());
-        let replies = exchange(&mut s, &mut n, &frames(&[(1, Message::PutChunk { offset: 0, bytes: vec![1] })]));
+        let replies =
+            exchange(&mut s, &mut n, &frames(&[(1, Message::PutChunk { offset: 0, bytes: vec![1] })]));
         assert!(matches!(&replies[0].message, Message::Error { code: ErrorCode::Unexpected, .. }));
     }
 
@@ -742,8 +842,14 @@ mod tests {
     fn uploads_larger_than_the_store_are_refused_up_front() {
         let (mut s, mut n) = (Session::new(), node());
         let h = Handle::blob(&vec![0u8; 64]);
-        let fake_big = Handle::from_bytes(&{ let mut b = *h.as_bytes(); b[2..8].copy_from_slice(&(1u64 << 40).to_le_bytes()[..6]); b }).unwrap();
-        let replies = exchange(&mut s, &mut n, &frames(&[(1, Message::PutBegin { handle: fake_big, len: 1 << 40 })]));
+        let fake_big = Handle::from_bytes(&{
+            let mut b = *h.as_bytes();
+            b[2..8].copy_from_slice(&(1u64 << 40).to_le_bytes()[..6]);
+            b
+        })
+        .unwrap();
+        let replies =
+            exchange(&mut s, &mut n, &frames(&[(1, Message::PutBegin { handle: fake_big, len: 1 << 40 })]));
         assert!(matches!(&replies[0].message, Message::Error { code: ErrorCode::StoreFull, .. }));
     }
 
@@ -751,13 +857,21 @@ mod tests {
     fn an_eval_is_answered_before_anything_sent_after_it() {
         let (mut s, mut n) = (Session::new(), node());
         let b = Handle::blob(&[3u8; 40]);
-        let replies = exchange(&mut s, &mut n, &frames(&[
-            (1, Message::Stats),
-            (2, Message::Eval { handle: b }),
-            (3, Message::Stats),
-            (4, Message::EvalFresh { handle: b }),
-        ]));
-        assert_eq!(replies.iter().map(|r| r.request).collect::<Vec<_>>(), [1], "everything after the EVAL waits");
+        let replies = exchange(
+            &mut s,
+            &mut n,
+            &frames(&[
+                (1, Message::Stats),
+                (2, Message::Eval { handle: b }),
+                (3, Message::Stats),
+                (4, Message::EvalFresh { handle: b }),
+            ]),
+        );
+        assert_eq!(
+            replies.iter().map(|r| r.request).collect::<Vec<_>>(),
+            [1],
+            "everything after the EVAL waits"
+        );
         assert_eq!(s.take_work(), Some((2, Work::Eval { handle: b, fresh: false })));
         assert_eq!(s.take_work(), None);
         // More input while the EVAL runs waits too.
@@ -766,14 +880,21 @@ mod tests {
         s.deliver(2, answer.clone());
         s.resume(&mut n);
         let replies = exchange(&mut s, &mut n, &[]);
-        assert_eq!(replies.iter().map(|r| r.request).collect::<Vec<_>>(), [2, 3], "the answer, then what came after it");
+        assert_eq!(
+            replies.iter().map(|r| r.request).collect::<Vec<_>>(),
+            [2, 3],
+            "the answer, then what came after it"
+        );
         assert_eq!(replies[0].message, answer);
         assert_eq!(s.take_work(), Some((4, Work::Eval { handle: b, fresh: true })));
         let failed = Message::EvalFailed { thunk: b, failure: "no tasks here".into() };
         s.deliver(4, failed.clone());
         s.resume(&mut n);
         let replies = exchange(&mut s, &mut n, &[]);
-        assert_eq!(replies.iter().map(|r| (r.request, r.message.clone())).collect::<Vec<_>>()[0], (4, failed));
+        assert_eq!(
+            replies.iter().map(|r| (r.request, r.message.clone())).collect::<Vec<_>>()[0],
+            (4, failed)
+        );
         assert_eq!(replies[1].request, 5);
     }
 
@@ -825,7 +946,11 @@ mod tests {
         s.resume(&mut n);
         let replies = exchange(&mut s, &mut n, &[]);
         assert_eq!(replies[0].message, Message::Stored { handle: bh });
-        assert_eq!(replies[1].message, Message::Missing { handles: vec![] }, "the HAVE after it comes after it");
+        assert_eq!(
+            replies[1].message,
+            Message::Missing { handles: vec![] },
+            "the HAVE after it comes after it"
+        );
         assert!(!s.owes_answers());
         // An upload begun while busy streams too.
         let (mut s, mut n) = (Session::new(), node());

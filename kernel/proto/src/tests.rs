@@ -14,45 +14,74 @@ fn handle() -> impl Strategy<Value = Handle> {
 }
 
 fn text(max: usize) -> impl Strategy<Value = String> {
-    proptest::collection::vec(any::<char>(), 0..max).prop_map(|c| c.into_iter().collect::<String>()).prop_filter("fits", |s| s.len() <= 256)
+    proptest::collection::vec(any::<char>(), 0..max)
+        .prop_map(|c| c.into_iter().collect::<String>())
+        .prop_filter("fits", |s| s.len() <= 256)
 }
 
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         text(40).prop_map(|client| Message::Hello { client }),
-        (any::<u8>(), any::<[u8; 32]>(), any::<u32>(), any::<u64>())
-            .prop_map(|(version, node_id, max_frame, offers)| Message::Welcome { version, node_id, max_frame, offers }),
+        (any::<u8>(), any::<[u8; 32]>(), any::<u32>(), any::<u64>()).prop_map(
+            |(version, node_id, max_frame, offers)| Message::Welcome { version, node_id, max_frame, offers }
+        ),
         proptest::collection::vec(handle(), 0..20).prop_map(|handles| Message::Have { handles }),
         proptest::collection::vec(handle(), 0..20).prop_map(|handles| Message::Missing { handles }),
-        (handle(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(handle, bytes)| Message::Put { handle, bytes }),
+        (handle(), proptest::collection::vec(any::<u8>(), 0..300))
+            .prop_map(|(handle, bytes)| Message::Put { handle, bytes }),
         handle().prop_map(|handle| Message::PutBegin { handle, len: handle.size() }),
-        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(offset, bytes)| Message::PutChunk { offset, bytes }),
+        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300))
+            .prop_map(|(offset, bytes)| Message::PutChunk { offset, bytes }),
         handle().prop_map(|handle| Message::Stored { handle }),
         handle().prop_map(|handle| Message::Get { handle }),
-        (handle(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(handle, bytes)| Message::Object { handle, bytes }),
+        (handle(), proptest::collection::vec(any::<u8>(), 0..300))
+            .prop_map(|(handle, bytes)| Message::Object { handle, bytes }),
         handle().prop_map(|handle| Message::ObjectBegin { handle, len: handle.size() }),
-        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(offset, bytes)| Message::ObjectChunk { offset, bytes }),
+        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300))
+            .prop_map(|(offset, bytes)| Message::ObjectChunk { offset, bytes }),
         handle().prop_map(|handle| Message::Eval { handle }),
         handle().prop_map(|handle| Message::EvalFresh { handle }),
-        (handle(), any::<u64>(), any::<u64>(), any::<u64>())
-            .prop_map(|(result, tasks_run, memo_hits, micros)| Message::Evaluated { result, tasks_run, memo_hits, micros }),
+        (handle(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(result, tasks_run, memo_hits, micros)| Message::Evaluated {
+                result,
+                tasks_run,
+                memo_hits,
+                micros
+            }
+        ),
         (handle(), text(60)).prop_map(|(thunk, failure)| Message::EvalFailed { thunk, failure }),
         Just(Message::Stats),
         text(60).prop_map(|text| Message::StatsReply { text }),
         handle().prop_map(|job| Message::Submit { job }),
-        (handle(), handle(), handle()).prop_map(|(job, journal, result)| Message::JobDone { job, journal, result }),
-        (handle(), handle(), handle(), text(60)).prop_map(|(job, journal, thunk, failure)| Message::JobFailed { job, journal, thunk, failure }),
+        (handle(), handle(), handle()).prop_map(|(job, journal, result)| Message::JobDone {
+            job,
+            journal,
+            result
+        }),
+        (handle(), handle(), handle(), text(60))
+            .prop_map(|(job, journal, thunk, failure)| Message::JobFailed { job, journal, thunk, failure }),
         handle().prop_map(|handle| Message::Replay { handle }),
-        (handle(), handle(), handle(), proptest::option::of(handle()))
-            .prop_map(|(job, journal, result, recorded)| Message::Replayed { job, journal, result, recorded }),
+        (handle(), handle(), handle(), proptest::option::of(handle())).prop_map(
+            |(job, journal, result, recorded)| Message::Replayed { job, journal, result, recorded }
+        ),
         handle().prop_map(|journal| Message::Journal { journal }),
-        (any::<[u8; 4]>(), any::<u16>(), proptest::collection::vec(handle(), 0..10)).prop_map(|(ip, port, handles)| Message::Fetch { from: (ip, port), handles }),
+        (any::<[u8; 4]>(), any::<u16>(), proptest::collection::vec(handle(), 0..10))
+            .prop_map(|(ip, port, handles)| Message::Fetch { from: (ip, port), handles }),
         (any::<u64>(), any::<u64>()).prop_map(|(objects, bytes)| Message::Fetched { objects, bytes }),
-        (any::<[u8; 4]>(), any::<u16>(), handle()).prop_map(|(ip, port, thunk)| Message::Relocate { to: (ip, port), thunk }),
+        (any::<[u8; 4]>(), any::<u16>(), handle())
+            .prop_map(|(ip, port, thunk)| Message::Relocate { to: (ip, port), thunk }),
         proptest::collection::vec(handle(), 0..10).prop_map(|thunks| Message::Recall { thunks }),
-        proptest::collection::vec((handle(), handle()), 0..10).prop_map(|entries| Message::Recalled { entries }),
+        proptest::collection::vec((handle(), handle()), 0..10)
+            .prop_map(|entries| Message::Recalled { entries }),
         (0usize..6, text(60)).prop_map(|(c, message)| Message::Error {
-            code: [ErrorCode::BadFrame, ErrorCode::WrongHash, ErrorCode::NotFound, ErrorCode::StoreFull, ErrorCode::Unexpected, ErrorCode::Internal][c],
+            code: [
+                ErrorCode::BadFrame,
+                ErrorCode::WrongHash,
+                ErrorCode::NotFound,
+                ErrorCode::StoreFull,
+                ErrorCode::Unexpected,
+                ErrorCode::Internal
+            ][c],
             message
         }),
     ]
@@ -127,7 +156,10 @@ fn oversized_lengths_are_refused_before_the_bytes_arrive() {
 fn errors_name_what_is_wrong() {
     let mut bytes = bytes_of(&[Frame { request: 1, message: Message::Stats }]);
     bytes[4] = 9;
-    assert_eq!(decode(&bytes).unwrap_err().to_string(), "protocol version 9 is not supported (this side speaks 1)");
+    assert_eq!(
+        decode(&bytes).unwrap_err().to_string(),
+        "protocol version 9 is not supported (this side speaks 1)"
+    );
     bytes[4] = VERSION;
     bytes[5] = 0x42;
     assert_eq!(decode(&bytes).unwrap_err().to_string(), "unknown message type 0x42");
@@ -135,11 +167,15 @@ fn errors_name_what_is_wrong() {
     bytes[6] = 1;
     assert_eq!(decode(&bytes).unwrap_err().to_string(), "reserved flags 0x0001 must be zero");
 
-    let mut have = bytes_of(&[Frame { request: 1, message: Message::Have { handles: vec![Handle::blob(b"x")] } }]);
+    let mut have =
+        bytes_of(&[Frame { request: 1, message: Message::Have { handles: vec![Handle::blob(b"x")] } }]);
     have.push(0);
     let len = (have.len() - 4) as u32;
     have[..4].copy_from_slice(&len.to_le_bytes());
-    assert_eq!(decode(&have).unwrap_err().to_string(), "message 0x02, payload byte 40: not a whole number of handles");
+    assert_eq!(
+        decode(&have).unwrap_err().to_string(),
+        "message 0x02, payload byte 40: not a whole number of handles"
+    );
 
     let mut get = bytes_of(&[Frame { request: 1, message: Message::Get { handle: Handle::blob(b"x") } }]);
     get[HEADER] = 9; // the handle's kind byte
@@ -151,5 +187,8 @@ fn errors_name_what_is_wrong() {
     let big = Handle::blob(&[1u8; 100]);
     let mut begin = bytes_of(&[Frame { request: 1, message: Message::PutBegin { handle: big, len: 100 } }]);
     begin[HEADER + 40] = 99;
-    assert_eq!(decode(&begin).unwrap_err().to_string(), "message 0x04, payload byte 40: length differs from the handle's size");
+    assert_eq!(
+        decode(&begin).unwrap_err().to_string(),
+        "message 0x04, payload byte 40: length differs from the handle's size"
+    );
 }

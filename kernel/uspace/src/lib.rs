@@ -4,9 +4,7 @@
 
 #![no_std]
 
-use cairn_abi::layout::{
-    ARGS_BASE, HEAP_BASE, IMAGE_BASE, IMAGE_END, OBJECTS_BASE, STACK_MAX, STACK_TOP,
-};
+use cairn_abi::layout::{ARGS_BASE, HEAP_BASE, IMAGE_BASE, IMAGE_END, OBJECTS_BASE, STACK_MAX, STACK_TOP};
 
 pub const PAGE: u64 = 4096;
 /// One past the highest user address (the lower canonical half).

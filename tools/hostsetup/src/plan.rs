@@ -87,7 +87,9 @@ pub struct Plan {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    #[error("the apt sources offer no {0} (see /etc/apt/sources.list*; `apt-get update` refreshes the lists)")]
+    #[error(
+        "the apt sources offer no {0} (see /etc/apt/sources.list*; `apt-get update` refreshes the lists)"
+    )]
     NotOffered(String),
     #[error(
         "no QEMU version is offered for all of {needed}: {package} is offered at {offered} only, \

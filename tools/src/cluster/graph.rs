@@ -148,7 +148,13 @@ pub struct Candidate {
 }
 
 /// Chooses a node for a task with `inputs` among `candidates` (alive, not excluded).
-pub fn place(inputs: &[Handle], candidates: &[Candidate], holders: &Holders, policy: Placement, rng: &mut u64) -> Option<NodeId> {
+pub fn place(
+    inputs: &[Handle],
+    candidates: &[Candidate],
+    holders: &Holders,
+    policy: Placement,
+    rng: &mut u64,
+) -> Option<NodeId> {
     if candidates.is_empty() {
         return None;
     }
@@ -161,7 +167,8 @@ pub fn place(inputs: &[Handle], candidates: &[Candidate], holders: &Holders, pol
             Some(candidates[(*rng % candidates.len() as u64) as usize].node)
         }
         Placement::Locality => {
-            let cost: BTreeMap<NodeId, u64> = candidates.iter().map(|c| (c.node, holders.missing_bytes(inputs, c.node))).collect();
+            let cost: BTreeMap<NodeId, u64> =
+                candidates.iter().map(|c| (c.node, holders.missing_bytes(inputs, c.node))).collect();
             let least = *cost.values().min().expect("non-empty");
             // Every node within SMALL_INPUTS of the best is as good as the best: take the least
             // loaded of those (then the fewer missing bytes, then the lower id).
@@ -191,14 +198,32 @@ mod tests {
         holders.add(b, 2);
         let idle = |node| Candidate { node, load: 0 };
         let mut rng = 1;
-        assert_eq!(place(&[a], &[idle(0), idle(1), idle(2)], &holders, Placement::Locality, &mut rng), Some(0));
-        assert_eq!(place(&[b], &[idle(0), idle(1), idle(2)], &holders, Placement::Locality, &mut rng), Some(2));
+        assert_eq!(
+            place(&[a], &[idle(0), idle(1), idle(2)], &holders, Placement::Locality, &mut rng),
+            Some(0)
+        );
+        assert_eq!(
+            place(&[b], &[idle(0), idle(1), idle(2)], &holders, Placement::Locality, &mut rng),
+            Some(2)
+        );
         // Even when busy, a node holding 1 MiB of input beats an idle one that would fetch it.
-        assert_eq!(place(&[a], &[Candidate { node: 0, load: 3 }, idle(1)], &holders, Placement::Locality, &mut rng), Some(0));
+        assert_eq!(
+            place(&[a], &[Candidate { node: 0, load: 3 }, idle(1)], &holders, Placement::Locality, &mut rng),
+            Some(0)
+        );
         // Small inputs: the least loaded node wins.
         let small = blob(1000, 3);
         holders.add(small, 0);
-        assert_eq!(place(&[small], &[Candidate { node: 0, load: 2 }, Candidate { node: 1, load: 1 }, idle(2)], &holders, Placement::Locality, &mut rng), Some(2));
+        assert_eq!(
+            place(
+                &[small],
+                &[Candidate { node: 0, load: 2 }, Candidate { node: 1, load: 1 }, idle(2)],
+                &holders,
+                Placement::Locality,
+                &mut rng
+            ),
+            Some(2)
+        );
         assert_eq!(place(&[a], &[], &holders, Placement::Locality, &mut rng), None);
     }
 

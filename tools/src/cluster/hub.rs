@@ -8,7 +8,12 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 
 /// Where a frame goes: the learned port of its destination, or every other node.
-fn destinations<'a>(frame: &[u8], from: SocketAddr, nodes: &'a [SocketAddr], learned: &mut HashMap<[u8; 6], SocketAddr>) -> Vec<&'a SocketAddr> {
+fn destinations<'a>(
+    frame: &[u8],
+    from: SocketAddr,
+    nodes: &'a [SocketAddr],
+    learned: &mut HashMap<[u8; 6], SocketAddr>,
+) -> Vec<&'a SocketAddr> {
     if frame.len() >= 12 {
         let source: [u8; 6] = frame[6..12].try_into().expect("6 bytes");
         if source[0] & 1 == 0 {
@@ -63,7 +68,10 @@ mod tests {
         assert_eq!(destinations(&frame(a, b), nodes[1], &nodes, &mut learned), [&nodes[0]]);
         assert_eq!(destinations(&frame(b, a), nodes[0], &nodes, &mut learned), [&nodes[1]]);
         // Broadcasts always flood.
-        assert_eq!(destinations(&frame([0xff; 6], a), nodes[0], &nodes, &mut learned), [&nodes[1], &nodes[2]]);
+        assert_eq!(
+            destinations(&frame([0xff; 6], a), nodes[0], &nodes, &mut learned),
+            [&nodes[1], &nodes[2]]
+        );
         // A runt frame floods rather than being misread.
         assert_eq!(destinations(b"short", nodes[2], &nodes, &mut learned), [&nodes[0], &nodes[1]]);
     }

@@ -40,14 +40,16 @@ pub struct State {
 
 impl State {
     pub fn read(path: &Path) -> anyhow::Result<State> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("no cluster state at {} (start one with `cairn cluster up`)", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("no cluster state at {} (start one with `cairn cluster up`)", path.display())
+        })?;
         serde_json::from_str(&text).with_context(|| format!("{} is not a cluster state file", path.display()))
     }
 
     fn write(&self, path: &Path) -> anyhow::Result<()> {
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(self)?).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::write(&tmp, serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
     }
 }
@@ -93,7 +95,11 @@ pub fn serve(opts: &UpOptions, state_path: &Path, log: &mut dyn Write) -> anyhow
             ..NodeConfig::default()
         };
         let api_port = free_tcp_port()?;
-        let link = ClusterLink { hub_port, local_port: free_udp_port()?, mac: [0x52, 0x54, 0x00, 0xc1, 0x00, index as u8 + 1] };
+        let link = ClusterLink {
+            hub_port,
+            local_port: free_udp_port()?,
+            mac: [0x52, 0x54, 0x00, 0xc1, 0x00, index as u8 + 1],
+        };
         links.push(SocketAddr::from(([127, 0, 0, 1], link.local_port)));
         let vm = Vm::boot(&NodeOptions {
             accel: opts.accel,
@@ -105,7 +111,12 @@ pub fn serve(opts: &UpOptions, state_path: &Path, log: &mut dyn Write) -> anyhow
             ..NodeOptions::default()
         })
         .with_context(|| format!("cannot boot node {index}"))?;
-        nodes.push(NodeState { index, api: format!("127.0.0.1:{api_port}"), cluster_ip: ip, qemu_pid: vm.pid() });
+        nodes.push(NodeState {
+            index,
+            api: format!("127.0.0.1:{api_port}"),
+            cluster_ip: ip,
+            qemu_pid: vm.pid(),
+        });
         vms.push(vm);
     }
     std::thread::spawn(move || super::hub::serve(hub, links));
@@ -162,18 +173,29 @@ pub fn up(opts: &UpOptions, state_path: &Path) -> anyhow::Result<State> {
     }
     if let Ok(old) = State::read(state_path) {
         if process_alive(old.daemon_pid) {
-            bail!("a cluster is already running with state {} (stop it with `cairn cluster down`)", state_path.display());
+            bail!(
+                "a cluster is already running with state {} (stop it with `cairn cluster down`)",
+                state_path.display()
+            );
         }
     }
     let _ = std::fs::remove_file(state_path);
     let log_path = state_path.with_extension("log");
-    let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    let log =
+        std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find the cairn binary")?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["cluster", "serve", "--nodes", &opts.nodes.to_string(), "--memory", &opts.memory_mib.to_string()])
-        .args(["--cpus", &opts.cpus.to_string()])
-        .args(["--accel", &opts.accel.to_string(), "--state"])
-        .arg(state_path);
+    cmd.args([
+        "cluster",
+        "serve",
+        "--nodes",
+        &opts.nodes.to_string(),
+        "--memory",
+        &opts.memory_mib.to_string(),
+    ])
+    .args(["--cpus", &opts.cpus.to_string()])
+    .args(["--accel", &opts.accel.to_string(), "--state"])
+    .arg(state_path);
     for (index, fault) in &opts.faults {
         cmd.args(["--fault", &format!("{index}={}", fault.name())]);
     }
@@ -195,7 +217,10 @@ pub fn up(opts: &UpOptions, state_path: &Path) -> anyhow::Result<State> {
         if let Some(status) = child.try_wait()? {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            bail!("the cluster daemon stopped ({status}): {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "));
+            bail!(
+                "the cluster daemon stopped ({status}): {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            );
         }
         if Instant::now() > deadline {
             // SAFETY: our own child, not yet reaped.
@@ -232,8 +257,12 @@ pub fn down(state_path: &Path) -> anyhow::Result<State> {
 
 /// Parses `INDEX=FAULT` (`--fault 1=corrupt-objects`).
 pub fn parse_fault(text: &str) -> anyhow::Result<(usize, Fault)> {
-    let (index, name) = text.split_once('=').ok_or_else(|| anyhow!("expected INDEX=FAULT, like 1=corrupt-objects"))?;
+    let (index, name) =
+        text.split_once('=').ok_or_else(|| anyhow!("expected INDEX=FAULT, like 1=corrupt-objects"))?;
     let index = index.parse().map_err(|_| anyhow!("`{index}` is not a node index"))?;
-    let fault = Fault::ALL.into_iter().find(|f| f.name() == name).ok_or_else(|| anyhow!("unknown fault `{name}` (known: corrupt-objects)"))?;
+    let fault = Fault::ALL
+        .into_iter()
+        .find(|f| f.name() == name)
+        .ok_or_else(|| anyhow!("unknown fault `{name}` (known: corrupt-objects)"))?;
     Ok((index, fault))
 }

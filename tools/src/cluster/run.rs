@@ -80,14 +80,38 @@ struct Order {
 }
 
 enum Event {
-    Done { node: NodeId, task: usize, result: Handle, moved: u64, uploaded: u64, ran: bool },
+    Done {
+        node: NodeId,
+        task: usize,
+        result: Handle,
+        moved: u64,
+        uploaded: u64,
+        ran: bool,
+    },
     /// The task itself failed: deterministic, so the whole evaluation fails.
-    Failed { node: NodeId, task: usize, why: String },
+    Failed {
+        node: NodeId,
+        task: usize,
+        why: String,
+    },
     /// A peer sent wrong bytes while this node fetched from it.
-    BadPeer { node: NodeId, task: usize, peer: NodeId, why: String },
+    BadPeer {
+        node: NodeId,
+        task: usize,
+        peer: NodeId,
+        why: String,
+    },
     /// The node could not fetch from a peer (busy too long, gone): the task is tried again.
-    FetchFailed { node: NodeId, task: usize, peer: NodeId, why: String },
-    Lost { node: NodeId, why: String },
+    FetchFailed {
+        node: NodeId,
+        task: usize,
+        peer: NodeId,
+        why: String,
+    },
+    Lost {
+        node: NodeId,
+        why: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +142,9 @@ fn run_order(client: &mut Client, node: NodeId, order: &Order) -> Event {
     let lost = |e: anyhow::Error| Event::Lost { node, why: format!("{e:#}") };
     let mut uploaded = 0;
     let mut moved = 0;
-    for (handle, bytes) in order.uploads.iter().chain(std::iter::once(&(order.applied, order.applied_bytes.clone()))) {
+    for (handle, bytes) in
+        order.uploads.iter().chain(std::iter::once(&(order.applied, order.applied_bytes.clone())))
+    {
         match client.missing(&[*handle]) {
             Ok(m) if m.is_empty() => continue,
             Ok(_) => {}
@@ -147,7 +173,14 @@ fn run_order(client: &mut Client, node: NodeId, order: &Order) -> Event {
     }
     let outcome = if order.fresh { client.eval_fresh(order.applied) } else { client.eval(order.applied) };
     match outcome {
-        Ok(evaluated) => Event::Done { node, task: order.task, result: evaluated.result, moved, uploaded, ran: evaluated.tasks_run > 0 },
+        Ok(evaluated) => Event::Done {
+            node,
+            task: order.task,
+            result: evaluated.result,
+            moved,
+            uploaded,
+            ran: evaluated.tasks_run > 0,
+        },
         Err(e) => {
             let why = format!("{e:#}");
             // A failure reported by the node is the task's; a broken connection is the node's.
@@ -208,7 +241,8 @@ impl Coordinator<'_> {
         // Finished results that only the lost node held are gone: their tasks run again.
         for task in 0..self.graph.tasks.len() {
             if let (Status::Done, Some(result)) = (self.status[task], self.results[task]) {
-                if !result.is_literal() && self.holders.holders(&result).next().is_none() && self.needed(task) {
+                if !result.is_literal() && self.holders.holders(&result).next().is_none() && self.needed(task)
+                {
                     self.status[task] = Status::Waiting;
                     self.results[task] = None;
                     self.first_result[task] = None;
@@ -221,7 +255,12 @@ impl Coordinator<'_> {
     /// Does a task not yet done (or the root) still need this task's value?
     fn needed(&self, task: usize) -> bool {
         self.graph.root == Arg::Task(task)
-            || self.graph.tasks.iter().enumerate().any(|(i, t)| self.status[i] != Status::Done && t.args.contains(&Arg::Task(task)))
+            || self
+                .graph
+                .tasks
+                .iter()
+                .enumerate()
+                .any(|(i, t)| self.status[i] != Status::Done && t.args.contains(&Arg::Task(task)))
     }
 
     fn resolved_args(&self, task: usize) -> Option<Vec<Handle>> {
@@ -294,7 +333,8 @@ impl Coordinator<'_> {
             .filter(|n| !self.placed_on[task].contains(n) && !self.suspect.contains(n))
             .map(|node| Candidate { node, load: self.load[node] })
             .collect();
-        let Some(node) = place(&inputs, &candidates, &self.holders, self.options.placement, &mut self.rng) else {
+        let Some(node) = place(&inputs, &candidates, &self.holders, self.options.placement, &mut self.rng)
+        else {
             if self.live().is_empty() {
                 bail!("every node is lost");
             }
@@ -349,7 +389,8 @@ impl Coordinator<'_> {
     /// wrong bytes becomes suspect and the root runs again elsewhere; false until fetched.
     fn fetch_root(&mut self, root: usize, progress: &mut dyn FnMut(&str)) -> bool {
         let Some(result) = self.results[root] else { return false };
-        let holders: Vec<NodeId> = self.holders.holders(&result).filter(|n| self.alive[*n] && !self.suspect.contains(n)).collect();
+        let holders: Vec<NodeId> =
+            self.holders.holders(&result).filter(|n| self.alive[*n] && !self.suspect.contains(n)).collect();
         for node in holders {
             let Some(probe) = self.probes[node].as_mut() else { continue };
             match probe.get(result, |_, _| {}) {
@@ -360,7 +401,9 @@ impl Coordinator<'_> {
                 Err(e) => {
                     let why = format!("{e:#}");
                     if why.contains("wrong object") {
-                        progress(&format!("cairn: the host caught node {node} sending wrong bytes for the result: {why}"));
+                        progress(&format!(
+                            "cairn: the host caught node {node} sending wrong bytes for the result: {why}"
+                        ));
                         self.report.bad_peers.push((node, why));
                         self.suspect.insert(node);
                     } else {
@@ -407,9 +450,18 @@ impl Coordinator<'_> {
                         Some((first_node, first)) if first != result => {
                             let t = &self.graph.tasks[task];
                             let args = self.resolved_args(task).unwrap_or_default();
-                            let thunk = cairn_object::thunk::encode(t.limits, t.procedure, &args).ok().and_then(|b| cairn_object::store::name(Kind::Thunk, &b).ok()).unwrap_or(t.written);
-                            progress(&format!("cairn: MISMATCH for {thunk}: node {first_node} says {first}, node {node} says {result}"));
-                            self.report.mismatches.push(Mismatch { thunk, first: (first_node, first), second: (node, result) });
+                            let thunk = cairn_object::thunk::encode(t.limits, t.procedure, &args)
+                                .ok()
+                                .and_then(|b| cairn_object::store::name(Kind::Thunk, &b).ok())
+                                .unwrap_or(t.written);
+                            progress(&format!(
+                                "cairn: MISMATCH for {thunk}: node {first_node} says {first}, node {node} says {result}"
+                            ));
+                            self.report.mismatches.push(Mismatch {
+                                thunk,
+                                first: (first_node, first),
+                                second: (node, result),
+                            });
                         }
                         Some(_) => {}
                     }
@@ -425,11 +477,16 @@ impl Coordinator<'_> {
                 }
                 self.node_failures[task] += 1;
                 self.in_flight[node].remove(&task);
-                progress(&format!("cairn: task {task} failed on node {node} ({why}), which says more about the node than the task; it runs again"));
+                progress(&format!(
+                    "cairn: task {task} failed on node {node} ({why}), which says more about the node than the task; it runs again"
+                ));
                 self.status[task] = Status::Waiting;
                 // The node stays among those the task was placed on, so that it runs elsewhere,
                 // unless no other node could take it.
-                let elsewhere = self.live().into_iter().any(|n| !self.placed_on[task].contains(&n) && !self.suspect.contains(&n));
+                let elsewhere = self
+                    .live()
+                    .into_iter()
+                    .any(|n| !self.placed_on[task].contains(&n) && !self.suspect.contains(&n));
                 if !elsewhere {
                     self.placed_on[task].clear();
                 }
@@ -448,9 +505,13 @@ impl Coordinator<'_> {
                 self.in_flight[node].remove(&task);
                 self.fetch_failures[task] += 1;
                 if self.fetch_failures[task] > MAX_FETCH_FAILURES {
-                    bail!("task {task}: node {node} could not fetch its inputs from node {peer} {MAX_FETCH_FAILURES} times: {why}");
+                    bail!(
+                        "task {task}: node {node} could not fetch its inputs from node {peer} {MAX_FETCH_FAILURES} times: {why}"
+                    );
                 }
-                progress(&format!("cairn: node {node} could not fetch from node {peer} ({why}); task {task} runs again"));
+                progress(&format!(
+                    "cairn: node {node} could not fetch from node {peer} ({why}); task {task} runs again"
+                ));
                 self.status[task] = Status::Waiting;
                 self.placed_on[task].remove(&node);
             }
@@ -462,7 +523,13 @@ impl Coordinator<'_> {
 
 /// Evaluates `graph` on the cluster's nodes. `objects` holds every object of the graph that the
 /// host has (the job's own objects), to upload where no node has them.
-pub fn run(graph: &Graph, objects: &HashMap<Handle, Vec<u8>>, nodes: &[NodeState], options: Options, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {
+pub fn run(
+    graph: &Graph,
+    objects: &HashMap<Handle, Vec<u8>>,
+    nodes: &[NodeState],
+    options: Options,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<Report> {
     let started = Instant::now();
     let n = nodes.len();
     if n == 0 {
@@ -546,7 +613,8 @@ pub fn run(graph: &Graph, objects: &HashMap<Handle, Vec<u8>>, nodes: &[NodeState
         } else {
             break;
         }
-        let ready: Vec<usize> = (0..tasks).filter(|&t| c.status[t] == Status::Waiting && c.resolved_args(t).is_some()).collect();
+        let ready: Vec<usize> =
+            (0..tasks).filter(|&t| c.status[t] == Status::Waiting && c.resolved_args(t).is_some()).collect();
         let mut dispatched = false;
         if !options.verify {
             let fresh: Vec<usize> = ready.iter().copied().filter(|&t| c.first_result[t].is_none()).collect();

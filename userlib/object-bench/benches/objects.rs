@@ -11,9 +11,7 @@ use bytes::Bytes;
 use cairn_object::store::{MemStore, Store};
 use cairn_object::tree::{self, Tree};
 use cairn_object::{Handle, Kind};
-use criterion::{
-    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
-};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -132,8 +130,7 @@ fn store(c: &mut Criterion) {
     const BLOB: usize = 4 * KIB;
     /// Distinct blobs cycled through: 4096 x 4 KiB = 16 MiB.
     const POOL: usize = 4096;
-    let pool: Vec<Bytes> =
-        (0..POOL as u64).map(|i| Bytes::from(pseudo_random(BLOB, 1 + i))).collect();
+    let pool: Vec<Bytes> = (0..POOL as u64).map(|i| Bytes::from(pseudo_random(BLOB, 1 + i))).collect();
     let handles: Vec<Handle> = pool.iter().map(|b| Handle::blob(b)).collect();
     let mut full = MemStore::new(u64::MAX);
     for blob in &pool {

@@ -60,7 +60,8 @@ impl DirBuilder {
     }
 
     pub fn add(&mut self, name: &[u8], mode: Mode, object: Handle) -> Result<(), DirError> {
-        let bad = name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0);
+        let bad =
+            name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0);
         if bad {
             return Err(DirError::BadName(name.to_vec()));
         }

@@ -8,27 +8,49 @@ use crate::handle::{Kind, LITERAL_MAX};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Problem {
     /// A handle must be exactly 40 bytes.
-    HandleLength { len: usize },
-    UnknownKind { value: u8 },
-    UnknownForm { value: u8 },
+    HandleLength {
+        len: usize,
+    },
+    UnknownKind {
+        value: u8,
+    },
+    UnknownForm {
+        value: u8,
+    },
     /// Only blobs are ever literal.
-    LiteralNotBlob { kind: Kind },
-    LiteralTooLong { size: u64 },
+    LiteralNotBlob {
+        kind: Kind,
+    },
+    LiteralTooLong {
+        size: u64,
+    },
     /// A blob of at most 32 bytes must be literal, so that it has one name.
-    SmallBlobNotLiteral { size: u64 },
+    SmallBlobNotLiteral {
+        size: u64,
+    },
     /// Bytes of a literal handle past its length must be zero.
     LiteralPadding,
     /// A tree encoding is a whole number of 40-byte handles.
-    TreeLength { len: usize },
+    TreeLength {
+        len: usize,
+    },
     /// A thunk has limits, a procedure, and zero or more arguments.
-    ThunkTooShort { entries: usize },
+    ThunkTooShort {
+        entries: usize,
+    },
     /// A thunk's first entry must be a literal blob holding its limits.
     ThunkLimitsNotLiteral,
     /// Limits are 1 to 4 little-endian u64 fields; version 1 defines one (memory bytes).
-    LimitsLength { len: usize },
-    LimitsField { field: usize },
+    LimitsLength {
+        len: usize,
+    },
+    LimitsField {
+        field: usize,
+    },
     /// A thunk's procedure must be a blob (an ELF file).
-    ProcedureNotBlob { kind: Kind },
+    ProcedureNotBlob {
+        kind: Kind,
+    },
     /// The object's bytes do not have the name it was claimed to have.
     Mismatch,
 }
@@ -107,7 +129,9 @@ pub enum TextProblem {
     MissingColon,
     UnknownKind,
     NotHex,
-    DigestLength { digits: usize },
+    DigestLength {
+        digits: usize,
+    },
     OddLiteralLength,
     MissingSize,
     BadSize,

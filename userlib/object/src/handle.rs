@@ -102,11 +102,9 @@ impl Handle {
 
     /// Checks 40 bytes against every rule of the handle layout.
     pub fn from_bytes(bytes: &[u8]) -> Result<Handle, DecodeError> {
-        let h: [u8; Handle::LEN] = bytes
-            .try_into()
-            .map_err(|_| DecodeError::new(0, Problem::HandleLength { len: bytes.len() }))?;
-        let kind = Kind::from_byte(h[0])
-            .ok_or(DecodeError::new(0, Problem::UnknownKind { value: h[0] }))?;
+        let h: [u8; Handle::LEN] =
+            bytes.try_into().map_err(|_| DecodeError::new(0, Problem::HandleLength { len: bytes.len() }))?;
+        let kind = Kind::from_byte(h[0]).ok_or(DecodeError::new(0, Problem::UnknownKind { value: h[0] }))?;
         let size = u64::from_le_bytes([h[2], h[3], h[4], h[5], h[6], h[7], 0, 0]);
         match h[1] {
             FORM_LITERAL => {

@@ -58,7 +58,8 @@ pub fn blob_digest_with_spans(bytes: &[u8], span_cvs: &[[u8; 32]]) -> [u8; 32] {
     }
     let left_len = left_subtree_len(bytes.len() as u64) as usize;
     let (left, right) = bytes.split_at(left_len);
-    let (left_cv, right_cv) = (spanned_subtree(left, 0, span_cvs), spanned_subtree(right, left_len, span_cvs));
+    let (left_cv, right_cv) =
+        (spanned_subtree(left, 0, span_cvs), spanned_subtree(right, left_len, span_cvs));
     *merge_subtrees_root(&left_cv, &right_cv, Mode::Hash).as_bytes()
 }
 
@@ -74,7 +75,8 @@ fn spanned_subtree(input: &[u8], offset: usize, span_cvs: &[[u8; 32]]) -> [u8; 3
     }
     let left_len = left_subtree_len(input.len() as u64) as usize;
     let (left, right) = input.split_at(left_len);
-    let (left_cv, right_cv) = (spanned_subtree(left, offset, span_cvs), spanned_subtree(right, offset + left_len, span_cvs));
+    let (left_cv, right_cv) =
+        (spanned_subtree(left, offset, span_cvs), spanned_subtree(right, offset + left_len, span_cvs));
     merge_subtrees_non_root(&left_cv, &right_cv, Mode::Hash)
 }
 
@@ -126,9 +128,21 @@ mod tests {
     fn span_hashing_is_blake3_at_every_boundary() {
         for wide in [false, true] {
             use_shift_rotate_avx2(wide);
-            for len in [0, 1, 1024, SPAN_LEN - 1, SPAN_LEN, SPAN_LEN + 1, 2 * SPAN_LEN, 2 * SPAN_LEN + 1024,
-                3 * SPAN_LEN + 17, 4 * SPAN_LEN, 5 * SPAN_LEN - 1, 8 * SPAN_LEN + 3 * 1024 + 5, 33 * SPAN_LEN]
-            {
+            for len in [
+                0,
+                1,
+                1024,
+                SPAN_LEN - 1,
+                SPAN_LEN,
+                SPAN_LEN + 1,
+                2 * SPAN_LEN,
+                2 * SPAN_LEN + 1024,
+                3 * SPAN_LEN + 17,
+                4 * SPAN_LEN,
+                5 * SPAN_LEN - 1,
+                8 * SPAN_LEN + 3 * 1024 + 5,
+                33 * SPAN_LEN,
+            ] {
                 let bytes = blob(len, len as u8);
                 assert_eq!(by_spans(&bytes), *blake3::hash(&bytes).as_bytes(), "length {len}, wide {wide}");
             }

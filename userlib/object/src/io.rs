@@ -104,7 +104,11 @@ impl Endpoint {
 }
 
 fn canonical_decimal(text: &str) -> Option<u32> {
-    if text.is_empty() || text.len() > 5 || (text.len() > 1 && text.starts_with('0')) || !text.bytes().all(|b| b.is_ascii_digit()) {
+    if text.is_empty()
+        || text.len() > 5
+        || (text.len() > 1 && text.starts_with('0'))
+        || !text.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     text.parse().ok()
@@ -141,17 +145,25 @@ impl Request {
     }
 
     /// Decodes an application of `effect` to `args` (already values); `open` reads a blob.
-    pub fn decode<B: AsRef<[u8]>>(effect: Effect, args: &[Handle], open: impl Fn(&Handle) -> Option<B>) -> Result<Request, String> {
+    pub fn decode<B: AsRef<[u8]>>(
+        effect: Effect,
+        args: &[Handle],
+        open: impl Fn(&Handle) -> Option<B>,
+    ) -> Result<Request, String> {
         if args.len() != effect.arity() {
             return Err(format!("{effect} takes {} arguments, not {}", effect.arity(), args.len()));
         }
         let text = |h: &Handle, what: &str| -> Result<String, String> {
-            let bytes = open(h).ok_or_else(|| format!("{effect}: the {what} {h} is not a blob on this node"))?;
-            core::str::from_utf8(bytes.as_ref()).map(String::from).map_err(|_| format!("{effect}: the {what} is not UTF-8"))
+            let bytes =
+                open(h).ok_or_else(|| format!("{effect}: the {what} {h} is not a blob on this node"))?;
+            core::str::from_utf8(bytes.as_ref())
+                .map(String::from)
+                .map_err(|_| format!("{effect}: the {what} is not UTF-8"))
         };
         let endpoint = |h: &Handle| -> Result<Endpoint, String> {
             let text = text(h, "endpoint")?;
-            Endpoint::parse(&text).ok_or_else(|| format!("{effect}: `{text}` is not an endpoint like 10.0.2.2:8080"))
+            Endpoint::parse(&text)
+                .ok_or_else(|| format!("{effect}: `{text}` is not an endpoint like 10.0.2.2:8080"))
         };
         let blob = |h: &Handle, what: &str| -> Result<Handle, String> {
             if h.kind() != crate::Kind::Blob {
@@ -160,11 +172,15 @@ impl Request {
             Ok(*h)
         };
         Ok(match effect {
-            Effect::TcpRequest => Request::TcpRequest { to: endpoint(&args[0])?, request: blob(&args[1], "request")? },
+            Effect::TcpRequest => {
+                Request::TcpRequest { to: endpoint(&args[0])?, request: blob(&args[1], "request")? }
+            }
             Effect::TcpSend => Request::TcpSend { to: endpoint(&args[0])?, data: blob(&args[1], "data")? },
             Effect::HttpGet => {
                 let url = text(&args[0], "URL")?;
-                let (to, path) = parse_url(&url).ok_or_else(|| format!("http.get: `{url}` is not a URL like http://10.0.2.2:8080/path"))?;
+                let (to, path) = parse_url(&url).ok_or_else(|| {
+                    format!("http.get: `{url}` is not a URL like http://10.0.2.2:8080/path")
+                })?;
                 Request::HttpGet { to, path }
             }
         })
@@ -178,7 +194,11 @@ pub fn parse_url(url: &str) -> Option<(Endpoint, String)> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let to = if authority.contains(':') { Endpoint::parse(authority)? } else { Endpoint::parse(&format!("{authority}:80"))? };
+    let to = if authority.contains(':') {
+        Endpoint::parse(authority)?
+    } else {
+        Endpoint::parse(&format!("{authority}:80"))?
+    };
     if !path.bytes().all(|b| b.is_ascii_graphic()) {
         return None;
     }
@@ -187,12 +207,14 @@ pub fn parse_url(url: &str) -> Option<(Endpoint, String)> {
 
 /// The bytes of an HTTP/1.0 GET (one request per connection; the server closes when done).
 pub fn http_get_bytes(to: &Endpoint, path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.0\r\nHost: {to}\r\nUser-Agent: cairn\r\nConnection: close\r\n\r\n").into_bytes()
+    format!("GET {path} HTTP/1.0\r\nHost: {to}\r\nUser-Agent: cairn\r\nConnection: close\r\n\r\n")
+        .into_bytes()
 }
 
 /// The body of a complete HTTP/1.x response, if its status is 200; otherwise why not.
 pub fn http_body(response: &[u8]) -> Result<&[u8], String> {
-    let end = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or("the response has no end of headers")?;
+    let end =
+        response.windows(4).position(|w| w == b"\r\n\r\n").ok_or("the response has no end of headers")?;
     let head = core::str::from_utf8(&response[..end]).map_err(|_| "the response headers are not UTF-8")?;
     let status_line = head.lines().next().unwrap_or("");
     let mut parts = status_line.splitn(3, ' ');
@@ -239,7 +261,18 @@ mod tests {
     #[test]
     fn endpoints_are_canonical() {
         assert_eq!(Endpoint::parse("10.0.2.2:8080"), Some(Endpoint { ip: [10, 0, 2, 2], port: 8080 }));
-        for bad in ["10.0.2.2", "10.0.2:80", "10.0.2.2.1:80", "010.0.2.2:80", "10.0.2.2:0", "10.0.2.2:65536", "10.0.2.256:80", "10.0.2.2:+80", "a.b.c.d:80", ""] {
+        for bad in [
+            "10.0.2.2",
+            "10.0.2:80",
+            "10.0.2.2.1:80",
+            "010.0.2.2:80",
+            "10.0.2.2:0",
+            "10.0.2.2:65536",
+            "10.0.2.256:80",
+            "10.0.2.2:+80",
+            "a.b.c.d:80",
+            "",
+        ] {
             assert_eq!(Endpoint::parse(bad), None, "{bad}");
         }
         assert_eq!(format!("{}", Endpoint::parse("1.2.3.4:5").unwrap()), "1.2.3.4:5");
@@ -247,8 +280,14 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(parse_url("http://10.0.2.2:8080/a/b.txt"), Some((Endpoint { ip: [10, 0, 2, 2], port: 8080 }, "/a/b.txt".into())));
-        assert_eq!(parse_url("http://10.0.2.2"), Some((Endpoint { ip: [10, 0, 2, 2], port: 80 }, "/".into())));
+        assert_eq!(
+            parse_url("http://10.0.2.2:8080/a/b.txt"),
+            Some((Endpoint { ip: [10, 0, 2, 2], port: 8080 }, "/a/b.txt".into()))
+        );
+        assert_eq!(
+            parse_url("http://10.0.2.2"),
+            Some((Endpoint { ip: [10, 0, 2, 2], port: 80 }, "/".into()))
+        );
         for bad in ["https://10.0.2.2/", "http://example.com/", "http://10.0.2.2/a b", "ftp://1.2.3.4/"] {
             assert_eq!(parse_url(bad), None, "{bad}");
         }
@@ -257,11 +296,17 @@ mod tests {
     #[test]
     fn requests_decode_or_say_why_not() {
         let blobs: std::collections::HashMap<Handle, Vec<u8>> =
-            [b"10.0.2.2:80".to_vec(), b"http://10.0.2.2:81/x".to_vec(), b"nope".to_vec(), b"hello".to_vec()].into_iter().map(|b| (Handle::blob(&b), b)).collect();
+            [b"10.0.2.2:80".to_vec(), b"http://10.0.2.2:81/x".to_vec(), b"nope".to_vec(), b"hello".to_vec()]
+                .into_iter()
+                .map(|b| (Handle::blob(&b), b))
+                .collect();
         let open = |h: &Handle| blobs.get(h).cloned();
         let ep = Handle::blob(b"10.0.2.2:80");
         let data = Handle::blob(b"hello");
-        assert_eq!(Request::decode(Effect::TcpSend, &[ep, data], open), Ok(Request::TcpSend { to: Endpoint { ip: [10, 0, 2, 2], port: 80 }, data }));
+        assert_eq!(
+            Request::decode(Effect::TcpSend, &[ep, data], open),
+            Ok(Request::TcpSend { to: Endpoint { ip: [10, 0, 2, 2], port: 80 }, data })
+        );
         assert_eq!(
             Request::decode(Effect::HttpGet, &[Handle::blob(b"http://10.0.2.2:81/x")], open),
             Ok(Request::HttpGet { to: Endpoint { ip: [10, 0, 2, 2], port: 81 }, path: "/x".into() })
@@ -269,8 +314,15 @@ mod tests {
         let err = Request::decode(Effect::TcpSend, &[Handle::blob(b"nope"), data], open).unwrap_err();
         assert!(err.contains("`nope` is not an endpoint"), "{err}");
         assert!(Request::decode(Effect::TcpSend, &[ep], open).unwrap_err().contains("takes 2 arguments"));
-        let tree = Handle::from_bytes(&{ let mut b = *Handle::blob(&[1u8; 64]).as_bytes(); b[0] = Kind::Tree as u8; b }).unwrap();
-        assert!(Request::decode(Effect::TcpRequest, &[ep, tree], open).unwrap_err().contains("must be a blob"));
+        let tree = Handle::from_bytes(&{
+            let mut b = *Handle::blob(&[1u8; 64]).as_bytes();
+            b[0] = Kind::Tree as u8;
+            b
+        })
+        .unwrap();
+        assert!(
+            Request::decode(Effect::TcpRequest, &[ep, tree], open).unwrap_err().contains("must be a blob")
+        );
     }
 
     #[test]
@@ -278,9 +330,14 @@ mod tests {
         assert_eq!(http_body(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello"), Ok(&b"hello"[..]));
         assert_eq!(http_body(b"HTTP/1.1 200 OK\r\n\r\nno length"), Ok(&b"no length"[..]));
         assert!(http_body(b"HTTP/1.0 404 Not Found\r\n\r\n").unwrap_err().contains("404"));
-        assert!(http_body(b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nshort").unwrap_err().contains("Content-Length"));
+        assert!(
+            http_body(b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nshort")
+                .unwrap_err()
+                .contains("Content-Length")
+        );
         assert!(http_body(b"garbage").is_err());
-        let req = String::from_utf8(http_get_bytes(&Endpoint { ip: [10, 0, 2, 2], port: 8080 }, "/a")).unwrap();
+        let req =
+            String::from_utf8(http_get_bytes(&Endpoint { ip: [10, 0, 2, 2], port: 8080 }, "/a")).unwrap();
         assert!(req.starts_with("GET /a HTTP/1.0\r\nHost: 10.0.2.2:8080\r\n") && req.ends_with("\r\n\r\n"));
     }
 }

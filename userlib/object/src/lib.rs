@@ -14,10 +14,10 @@
 extern crate alloc;
 
 pub mod dir;
-pub mod hash;
-pub mod io;
 mod error;
 mod handle;
+pub mod hash;
+pub mod io;
 pub mod store;
 mod text;
 pub mod thunk;
@@ -36,12 +36,12 @@ pub mod context {
     /// `blake3::hazmat::hash_derive_key_context` of the contexts above, precomputed: naming a
     /// small tree then costs one compression instead of two. A test checks them.
     pub(crate) const TREE_KEY: [u8; 32] = [
-        13, 6, 58, 135, 239, 143, 128, 23, 186, 23, 168, 22, 169, 107, 190, 87, 57, 240, 229, 57,
-        242, 55, 36, 79, 175, 69, 11, 215, 181, 175, 71, 39,
+        13, 6, 58, 135, 239, 143, 128, 23, 186, 23, 168, 22, 169, 107, 190, 87, 57, 240, 229, 57, 242, 55,
+        36, 79, 175, 69, 11, 215, 181, 175, 71, 39,
     ];
     pub(crate) const THUNK_KEY: [u8; 32] = [
-        148, 87, 42, 18, 231, 174, 171, 71, 241, 226, 158, 28, 63, 217, 15, 119, 113, 48, 123,
-        223, 178, 239, 208, 18, 96, 106, 197, 13, 13, 176, 53, 53,
+        148, 87, 42, 18, 231, 174, 171, 71, 241, 226, 158, 28, 63, 217, 15, 119, 113, 48, 123, 223, 178, 239,
+        208, 18, 96, 106, 197, 13, 13, 176, 53, 53,
     ];
 
     #[cfg(test)]

@@ -31,8 +31,7 @@ fn hex_value(c: u8) -> Option<u8> {
 fn decode_hex(hex: &[u8], out: &mut [u8], base: usize) -> Result<(), TextError> {
     for (i, pair) in hex.chunks(2).enumerate() {
         let hi = hex_value(pair[0]).ok_or(TextError { at: base + 2 * i, what: TextProblem::NotHex })?;
-        let lo =
-            hex_value(pair[1]).ok_or(TextError { at: base + 2 * i + 1, what: TextProblem::NotHex })?;
+        let lo = hex_value(pair[1]).ok_or(TextError { at: base + 2 * i + 1, what: TextProblem::NotHex })?;
         out[i] = hi << 4 | lo;
     }
     Ok(())

@@ -40,9 +40,7 @@ impl<'a> Tree<'a> {
     }
 
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Handle> + 'a {
-        self.encoding
-            .chunks_exact(Handle::LEN)
-            .map(Handle::from_validated)
+        self.encoding.chunks_exact(Handle::LEN).map(Handle::from_validated)
     }
 
     pub fn encoding(&self) -> &'a [u8] {

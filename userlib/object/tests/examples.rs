@@ -36,7 +36,10 @@ fn empty_blob() {
 fn hello() {
     let h = Handle::blob(b"hello");
     check(h, "blob:=68656c6c6f");
-    assert_eq!(hex(h.as_bytes()), "010105000000000068656c6c6f000000000000000000000000000000000000000000000000000000");
+    assert_eq!(
+        hex(h.as_bytes()),
+        "010105000000000068656c6c6f000000000000000000000000000000000000000000000000000000"
+    );
     doc_has("hello  01 01 050000000000 68656c6c6f000000000000000000000000000000000000000000000000000000");
     let digest = "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f";
     assert_eq!(h.digest().to_string(), digest);
@@ -69,7 +72,10 @@ fn tree_of_two() {
 
 #[test]
 fn empty_tree() {
-    check(Tree::decode(&[]).unwrap().handle(), "tree:168708f7469ea157379103d6b2596af0038244168a81663c19f769dcb593e74f:0");
+    check(
+        Tree::decode(&[]).unwrap().handle(),
+        "tree:168708f7469ea157379103d6b2596af0038244168a81663c19f769dcb593e74f:0",
+    );
 }
 
 #[test]
@@ -125,20 +131,32 @@ fn errors_name_what_is_wrong() {
     bad[0] = 7;
     let err = Handle::from_bytes(&bad).unwrap_err();
     assert_eq!(err.to_string(), "byte 0: unknown kind 0x07 (expected 0x01 blob, 0x02 tree, 0x03 thunk)");
-    assert_eq!(Handle::from_bytes(&bad[..39]).unwrap_err().to_string(), "byte 0: a handle is 40 bytes, not 39");
+    assert_eq!(
+        Handle::from_bytes(&bad[..39]).unwrap_err().to_string(),
+        "byte 0: a handle is 40 bytes, not 39"
+    );
 
     let mut padded = *Handle::blob(b"hello").as_bytes();
     padded[20] = 1;
     assert_eq!(Handle::from_bytes(&padded).unwrap_err().to_string(), "byte 20: literal padding must be zero");
 
     let err = Tree::decode(&[0u8; 81]).unwrap_err();
-    assert_eq!(err.to_string(), "byte 80: tree encoding of 81 bytes is not a whole number of 40-byte handles");
+    assert_eq!(
+        err.to_string(),
+        "byte 80: tree encoding of 81 bytes is not a whole number of 40-byte handles"
+    );
     let mut two = tree::encode(&[Handle::blob(b"a"), Handle::blob(b"b")]);
     two[41] = 9;
-    assert_eq!(Tree::decode(&two).unwrap_err().to_string(), "byte 41: unknown form 0x09 (expected 0x00 digest or 0x01 literal)");
+    assert_eq!(
+        Tree::decode(&two).unwrap_err().to_string(),
+        "byte 41: unknown form 0x09 (expected 0x00 digest or 0x01 literal)"
+    );
 
     let not_a_thunk = tree::encode(&[Handle::blob(b"xx"), Handle::blob(FOX)]);
-    assert_eq!(Thunk::decode(&not_a_thunk).unwrap_err().to_string(), "byte 8: limits are 8 to 32 bytes in whole u64 fields, not 2 bytes");
+    assert_eq!(
+        Thunk::decode(&not_a_thunk).unwrap_err().to_string(),
+        "byte 8: limits are 8 to 32 bytes in whole u64 fields, not 2 bytes"
+    );
 
     for (text, message) in [
         ("blub:=00", "handle text, character 0: unknown kind (expected blob, tree or thunk)"),
@@ -146,8 +164,14 @@ fn errors_name_what_is_wrong() {
         ("blob:=0g", "handle text, character 7: expected a lowercase hex digit"),
         ("blob:=000", "handle text, character 9: literal hex has an odd number of digits"),
         ("tree:abcd:3", "handle text, character 5: a digest is 64 hex digits, not 4"),
-        ("blob:2f1514181aadccd913abd94cfa592701a5686ab23f8df1dff1b74710febc6d4a:043", "handle text, character 70: size is not a decimal number below 2^48"),
-        ("blob:2f1514181aadccd913abd94cfa592701a5686ab23f8df1dff1b74710febc6d4a:5", "handle text, character 0: a blob of 5 bytes must be literal (at most 32 bytes)"),
+        (
+            "blob:2f1514181aadccd913abd94cfa592701a5686ab23f8df1dff1b74710febc6d4a:043",
+            "handle text, character 70: size is not a decimal number below 2^48",
+        ),
+        (
+            "blob:2f1514181aadccd913abd94cfa592701a5686ab23f8df1dff1b74710febc6d4a:5",
+            "handle text, character 0: a blob of 5 bytes must be literal (at most 32 bytes)",
+        ),
         ("tree:=00", "handle text, character 0: a tree cannot be literal"),
     ] {
         assert_eq!(text.parse::<Handle>().unwrap_err().to_string(), message, "for {text:?}");

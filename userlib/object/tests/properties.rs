@@ -18,12 +18,19 @@ fn handle() -> impl Strategy<Value = Handle> {
     let blob = blob_bytes().prop_map(|b| Handle::blob(&b));
     blob.prop_recursive(3, 24, 6, |inner| {
         prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..6)
-                .prop_map(|entries| Tree::decode(&tree::encode(&entries)).unwrap().handle()),
-            (1u64..64, blob_bytes(), proptest::collection::vec(inner, 0..4)).prop_map(|(pages, proc_bytes, args)| {
-                let enc = thunk::encode(Limits::new(pages * 4096).unwrap(), Handle::blob(&proc_bytes), &args).unwrap();
-                Thunk::decode(&enc).unwrap().handle()
-            }),
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(|entries| Tree::decode(&tree::encode(
+                &entries
+            ))
+            .unwrap()
+            .handle()),
+            (1u64..64, blob_bytes(), proptest::collection::vec(inner, 0..4)).prop_map(
+                |(pages, proc_bytes, args)| {
+                    let enc =
+                        thunk::encode(Limits::new(pages * 4096).unwrap(), Handle::blob(&proc_bytes), &args)
+                            .unwrap();
+                    Thunk::decode(&enc).unwrap().handle()
+                }
+            ),
         ]
     })
 }

@@ -9,9 +9,8 @@ pub fn read_u64(handle: &Handle) -> Result<u64, TaskError> {
     #[cfg(target_os = "none")]
     {
         let bytes = cairn_userlib::open(handle);
-        let array: [u8; 8] = bytes
-            .try_into()
-            .map_err(|_| TaskError::from(alloc_free_message(bytes.len())))?;
+        let array: [u8; 8] =
+            bytes.try_into().map_err(|_| TaskError::from(alloc_free_message(bytes.len())))?;
         Ok(u64::from_le_bytes(array))
     }
     #[cfg(not(target_os = "none"))]
@@ -23,5 +22,9 @@ pub fn read_u64(handle: &Handle) -> Result<u64, TaskError> {
 
 #[cfg(target_os = "none")]
 fn alloc_free_message(len: usize) -> &'static str {
-    if len < 8 { "expected an 8-byte number, got fewer bytes" } else { "expected an 8-byte number, got more bytes" }
+    if len < 8 {
+        "expected an 8-byte number, got fewer bytes"
+    } else {
+        "expected an 8-byte number, got more bytes"
+    }
 }

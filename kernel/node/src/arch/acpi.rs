@@ -27,7 +27,8 @@ fn read_table(phys: u64) -> Result<&'static [u8], String> {
 pub fn cpus(boot_info: &BootInfo) -> Result<Vec<Cpu>, String> {
     let rsdp = boot_info.rsdp_addr.into_option().ok_or("the bootloader found no RSDP")?;
     let root = cairn_acpi::parse_rsdp(read(rsdp, RSDP_LEN, "RSDP")?).map_err(|e| format!("{e}"))?;
-    let entries = cairn_acpi::root_entries(read_table(root.address)?, root.extended).map_err(|e| format!("{e}"))?;
+    let entries =
+        cairn_acpi::root_entries(read_table(root.address)?, root.extended).map_err(|e| format!("{e}"))?;
     for phys in entries {
         let table = read_table(phys)?;
         if table.starts_with(b"APIC") {

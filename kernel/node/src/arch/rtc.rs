@@ -57,5 +57,12 @@ pub fn unix_seconds() -> Option<u64> {
         }
     }
     let century = value(century).filter(|c| (19..=99).contains(c)).unwrap_or(20);
-    cairn_io::time::unix_seconds(century * 100 + value(year)?, value(month)?, value(day)?, hour, value(minute)?, value(second)?)
+    cairn_io::time::unix_seconds(
+        century * 100 + value(year)?,
+        value(month)?,
+        value(day)?,
+        hour,
+        value(minute)?,
+        value(second)?,
+    )
 }

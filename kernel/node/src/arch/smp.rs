@@ -268,8 +268,10 @@ impl LowMemory {
             let len = &raw const cairn_helper_trampoline_end as usize - start as usize;
             let page = phys_to_virt(self.trampoline);
             core::ptr::copy_nonoverlapping(start, page, len);
-            let put32 = |param: Param, value: u32| (page.add(param as usize) as *mut u32).write_unaligned(value);
-            let put64 = |param: Param, value: u64| (page.add(param as usize) as *mut u64).write_unaligned(value);
+            let put32 =
+                |param: Param, value: u32| (page.add(param as usize) as *mut u32).write_unaligned(value);
+            let put64 =
+                |param: Param, value: u64| (page.add(param as usize) as *mut u64).write_unaligned(value);
             (page.add(Param::GdtLimit as usize) as *mut u16).write_unaligned(23);
             put32(Param::GdtBase, (self.trampoline + TRAMPOLINE_GDT as u64) as u32);
             let long_mode = &raw const cairn_helper_long_mode as u64 - start as u64;

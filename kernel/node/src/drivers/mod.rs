@@ -3,5 +3,5 @@
 pub mod net;
 pub mod pci;
 pub mod qemu_exit;
-pub mod virtio;
 pub mod serial;
+pub mod virtio;

@@ -44,11 +44,19 @@ impl NetDevice {
     /// Finds and starts the `nth` virtio network card.
     pub fn probe(nth: usize) -> Result<NetDevice, NoNetwork> {
         use virtio_drivers::transport::pci::bus::{Command, PciRoot};
-        let (mut root, df): (PciRoot<_>, _) = super::pci::find_virtio_net(nth).ok_or(NoNetwork("no virtio network card"))?;
+        let (mut root, df): (PciRoot<_>, _) =
+            super::pci::find_virtio_net(nth).ok_or(NoNetwork("no virtio network card"))?;
         root.set_command(df, Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER);
-        let transport = PciTransport::new::<KernelHal, _>(&mut root, df).map_err(|_| NoNetwork("virtio-net transport setup failed"))?;
+        let transport = PciTransport::new::<KernelHal, _>(&mut root, df)
+            .map_err(|_| NoNetwork("virtio-net transport setup failed"))?;
         let card = Card::new(transport).map_err(|_| NoNetwork("virtio-net device setup failed"))?;
-        let mut device = NetDevice { card, irq: None, rx: [const { None }; QUEUE_SIZE], tx: [const { None }; QUEUE_SIZE], spare: alloc::vec::Vec::new() };
+        let mut device = NetDevice {
+            card,
+            irq: None,
+            rx: [const { None }; QUEUE_SIZE],
+            tx: [const { None }; QUEUE_SIZE],
+            spare: alloc::vec::Vec::new(),
+        };
         for _ in 0..QUEUE_SIZE {
             device.lend_rx(buffer()).map_err(|_| NoNetwork("virtio-net receive queue setup failed"))?;
         }

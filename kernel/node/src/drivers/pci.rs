@@ -8,7 +8,11 @@ pub struct PortCam;
 
 impl PortCam {
     fn address(df: DeviceFunction, offset: u8) -> u32 {
-        0x8000_0000 | (df.bus as u32) << 16 | (df.device as u32) << 11 | (df.function as u32) << 8 | (offset as u32 & 0xfc)
+        0x8000_0000
+            | (df.bus as u32) << 16
+            | (df.device as u32) << 11
+            | (df.function as u32) << 8
+            | (offset as u32 & 0xfc)
     }
 }
 
@@ -42,7 +46,9 @@ pub fn find_virtio_net(nth: usize) -> Option<(PciRoot<PortCam>, DeviceFunction)>
     let root = PciRoot::new(PortCam);
     let found = root
         .enumerate_bus(0)
-        .filter(|(_, info)| info.vendor_id == 0x1af4 && (info.device_id == 0x1000 || info.device_id == 0x1041))
+        .filter(|(_, info)| {
+            info.vendor_id == 0x1af4 && (info.device_id == 0x1000 || info.device_id == 0x1041)
+        })
         .nth(nth)
         .map(|(df, _)| df)?;
     Some((root, found))

@@ -65,7 +65,9 @@ unsafe impl Hal for KernelHal {
         if direction != BufferDirection::DriverToDevice {
             // SAFETY: the device is done with the bounce pages; `buffer` is the caller's, lent
             // for writing back.
-            unsafe { core::ptr::copy_nonoverlapping(memory::phys_to_virt(paddr), virt as *mut u8, buffer.len()) };
+            unsafe {
+                core::ptr::copy_nonoverlapping(memory::phys_to_virt(paddr), virt as *mut u8, buffer.len())
+            };
         }
         let _ = memory::free_frames(paddr, pages as u64);
     }

@@ -62,7 +62,13 @@ pub fn run() -> Status {
     image_args.extend(&tiles);
     let mandelbrot = apply(&mut ev, p.mandelbrot, &image_args, 4 * mib);
 
-    println!("job: wordcount over {} bytes in {CHUNKS} chunks; mandelbrot {}x{} in {} tiles", text.len(), IMAGE.0, IMAGE.1, tiles.len());
+    println!(
+        "job: wordcount over {} bytes in {CHUNKS} chunks; mandelbrot {}x{} in {} tiles",
+        text.len(),
+        IMAGE.0,
+        IMAGE.1,
+        tiles.len()
+    );
     let Some(results) = evaluate(&mut ev, wordcount, mandelbrot, "first evaluation") else {
         return Status::Failure;
     };
@@ -90,7 +96,12 @@ pub fn run() -> Status {
 }
 
 /// Evaluates both roots and prints their results and the work it took.
-fn evaluate(ev: &mut NodeEvaluator, wordcount: Handle, mandelbrot: Handle, label: &str) -> Option<(Handle, Handle)> {
+fn evaluate(
+    ev: &mut NodeEvaluator,
+    wordcount: Handle,
+    mandelbrot: Handle,
+    label: &str,
+) -> Option<(Handle, Handle)> {
     let before = ev.stats();
     let counts = ev.eval(wordcount);
     let image = ev.eval(mandelbrot);
@@ -115,7 +126,8 @@ fn evaluate(ev: &mut NodeEvaluator, wordcount: Handle, mandelbrot: Handle, label
         .collect();
     let distinct = top.len();
     top.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
-    let top: Vec<_> = top.iter().take(5).map(|(n, w)| format!("{} {n}", core::str::from_utf8(w).unwrap_or("?"))).collect();
+    let top: Vec<_> =
+        top.iter().take(5).map(|(n, w)| format!("{} {n}", core::str::from_utf8(w).unwrap_or("?"))).collect();
     println!("job: wordcount -> {counts} ({distinct} distinct words; most frequent: {})", top.join(", "));
     println!("job: mandelbrot -> {image}");
     println!(
@@ -141,7 +153,9 @@ fn base64(bytes: &[u8]) -> alloc::string::String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = alloc::string::String::with_capacity(bytes.len().div_ceil(3) * 4);
     for group in bytes.chunks(3) {
-        let n = (group[0] as u32) << 16 | (*group.get(1).unwrap_or(&0) as u32) << 8 | *group.get(2).unwrap_or(&0) as u32;
+        let n = (group[0] as u32) << 16
+            | (*group.get(1).unwrap_or(&0) as u32) << 8
+            | *group.get(2).unwrap_or(&0) as u32;
         for i in 0..4 {
             if i <= group.len() {
                 out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);

@@ -29,7 +29,8 @@ pub struct Procedures {
 /// An evaluator over a fresh store holding the built-in tasks.
 pub fn node_evaluator(store_limit: u64) -> (NodeEvaluator, Procedures) {
     let mut store = NodeStore::new(store_limit);
-    let mut put = |elf: &'static [u8]| store.put(Kind::Blob, Bytes::from_static(elf)).expect("built-in tasks fit");
+    let mut put =
+        |elf: &'static [u8]| store.put(Kind::Blob, Bytes::from_static(elf)).expect("built-in tasks fit");
     let procedures = Procedures {
         identity: put(builtin::IDENTITY),
         add: put(builtin::ADD),

@@ -14,9 +14,27 @@ use crate::drivers::qemu_exit::Status;
 use crate::println;
 
 pub const HOSTILE_MODES: &[&str] = &[
-    "hlt", "cli", "port-out", "port-in", "write-kernel", "read-unmapped", "exec-heap", "exec-args",
-    "stack-overflow", "unknown-syscall", "wild-pointer", "huge-length", "alloc-beyond-limit", "loop",
-    "rdtsc", "wrfsbase", "trap-flag", "flags-syscall", "cpuid", "forge-open", "forge-return",
+    "hlt",
+    "cli",
+    "port-out",
+    "port-in",
+    "write-kernel",
+    "read-unmapped",
+    "exec-heap",
+    "exec-args",
+    "stack-overflow",
+    "unknown-syscall",
+    "wild-pointer",
+    "huge-length",
+    "alloc-beyond-limit",
+    "loop",
+    "rdtsc",
+    "wrfsbase",
+    "trap-flag",
+    "flags-syscall",
+    "cpuid",
+    "forge-open",
+    "forge-return",
     "forge-tree",
 ];
 
@@ -74,6 +92,9 @@ pub fn run() -> Status {
         }
     }
     let t = ev.executor.stats;
-    println!("task-check done: syscalls={} page_ins={} preemptions={}", t.syscalls, t.page_ins, t.preemptions);
+    println!(
+        "task-check done: syscalls={} page_ins={} preemptions={}",
+        t.syscalls, t.page_ins, t.preemptions
+    );
     Status::Success
 }

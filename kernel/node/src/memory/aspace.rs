@@ -14,9 +14,8 @@ use super::{FRAME_SIZE, alloc_frame, free_frames, phys_to_virt};
 
 /// Marks a leaf that maps a frame the address space does not own.
 const BORROWED: PageTableFlags = PageTableFlags::BIT_9;
-const TABLE_FLAGS: PageTableFlags = PageTableFlags::PRESENT
-    .union(PageTableFlags::WRITABLE)
-    .union(PageTableFlags::USER_ACCESSIBLE);
+const TABLE_FLAGS: PageTableFlags =
+    PageTableFlags::PRESENT.union(PageTableFlags::WRITABLE).union(PageTableFlags::USER_ACCESSIBLE);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Perm {
@@ -81,11 +80,14 @@ impl AddressSpace {
     }
 
     fn map(&mut self, virt: u64, phys: u64, flags: PageTableFlags) -> Result<(), MapError> {
-        let page = Page::<Size4KiB>::from_start_address(VirtAddr::new(virt)).map_err(|_| MapError::Misaligned(virt))?;
-        let frame = PhysFrame::from_start_address(PhysAddr::new(phys)).map_err(|_| MapError::Misaligned(phys))?;
+        let page = Page::<Size4KiB>::from_start_address(VirtAddr::new(virt))
+            .map_err(|_| MapError::Misaligned(virt))?;
+        let frame =
+            PhysFrame::from_start_address(PhysAddr::new(phys)).map_err(|_| MapError::Misaligned(phys))?;
         // SAFETY: lower-half mappings of this space only; the kernel never holds references
         // into them except through `read`/`write` below, which translate first.
-        let result = unsafe { self.mapper().map_to_with_table_flags(page, frame, flags, TABLE_FLAGS, &mut Frames) };
+        let result =
+            unsafe { self.mapper().map_to_with_table_flags(page, frame, flags, TABLE_FLAGS, &mut Frames) };
         match result {
             // Not the active space, or a fresh page: no stale TLB entry to flush either way
             // unless active, and flushing is cheap.
@@ -110,7 +112,12 @@ impl AddressSpace {
 
     /// Maps a fresh frame the space owns after `fill` has written its contents (the frame is
     /// zeroed first, and not yet visible to the task while `fill` runs).
-    pub fn map_new_filled(&mut self, virt: u64, perm: Perm, fill: impl FnOnce(&mut [u8])) -> Result<u64, MapError> {
+    pub fn map_new_filled(
+        &mut self,
+        virt: u64,
+        perm: Perm,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<u64, MapError> {
         let phys = alloc_frame().ok_or(MapError::OutOfFrames)?;
         // SAFETY: the frame was just allocated to us alone and lies in the linear map.
         fill(unsafe { core::slice::from_raw_parts_mut(phys_to_virt(phys), FRAME_SIZE as usize) });
@@ -154,7 +161,8 @@ impl AddressSpace {
 
     /// Unmaps a page, freeing its frame if this space owns it.
     pub fn unmap(&mut self, virt: u64) -> Result<(), MapError> {
-        let page = Page::<Size4KiB>::from_start_address(VirtAddr::new(virt)).map_err(|_| MapError::Misaligned(virt))?;
+        let page = Page::<Size4KiB>::from_start_address(VirtAddr::new(virt))
+            .map_err(|_| MapError::Misaligned(virt))?;
         let owned = matches!(self.translate(virt), Some((_, flags)) if !flags.contains(BORROWED));
         let (frame, flush) = self.mapper().unmap(page).map_err(|_| MapError::NotMapped(virt))?;
         flush.flush();
@@ -182,7 +190,9 @@ impl AddressSpace {
             // SAFETY: `table` is a page table of this space (the root, or a present non-leaf
             // entry's target), in the linear map; it is only read.
             let entry = unsafe { &(&*(phys_to_virt(table) as *const PageTable))[index] };
-            if !entry.flags().contains(PageTableFlags::PRESENT) || entry.flags().contains(PageTableFlags::HUGE_PAGE) {
+            if !entry.flags().contains(PageTableFlags::PRESENT)
+                || entry.flags().contains(PageTableFlags::HUGE_PAGE)
+            {
                 return None;
             }
             table = entry.addr().as_u64();
@@ -210,12 +220,19 @@ impl AddressSpace {
         })
     }
 
-    fn copy(&mut self, virt: u64, len: usize, write: bool, mut each: impl FnMut(*mut u8, usize, usize)) -> bool {
+    fn copy(
+        &mut self,
+        virt: u64,
+        len: usize,
+        write: bool,
+        mut each: impl FnMut(*mut u8, usize, usize),
+    ) -> bool {
         if !cairn_uspace::user_range(virt, len as u64) {
             return false;
         }
         let allowed = |flags: PageTableFlags| {
-            flags.contains(PageTableFlags::USER_ACCESSIBLE) && (!write || flags.contains(PageTableFlags::WRITABLE))
+            flags.contains(PageTableFlags::USER_ACCESSIBLE)
+                && (!write || flags.contains(PageTableFlags::WRITABLE))
         };
         // The common case, within one page: one walk.
         if len > 0 && virt / FRAME_SIZE == (virt + len as u64 - 1) / FRAME_SIZE {

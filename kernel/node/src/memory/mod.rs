@@ -60,8 +60,7 @@ impl core::fmt::Display for InitError {
 }
 
 pub fn init(boot_info: &BootInfo) -> Result<MemoryReport, InitError> {
-    let phys_offset =
-        boot_info.physical_memory_offset.into_option().ok_or(InitError::NoPhysicalMapping)?;
+    let phys_offset = boot_info.physical_memory_offset.into_option().ok_or(InitError::NoPhysicalMapping)?;
     PHYS_OFFSET.store(phys_offset, Ordering::Relaxed);
     KERNEL_IMAGE_BASE.store(boot_info.kernel_image_offset, Ordering::Relaxed);
 
@@ -99,9 +98,7 @@ pub fn init(boot_info: &BootInfo) -> Result<MemoryReport, InitError> {
         .ok_or(InitError::NoRoomForBitmap { bytes: bitmap_bytes })?;
     // SAFETY: [bitmap_phys, +bitmap_bytes) is usable RAM inside the bootloader's linear map, and
     // it is reserved below so that no frame allocation can ever hand it out again.
-    let storage = unsafe {
-        core::slice::from_raw_parts_mut((phys_offset + bitmap_phys) as *mut u64, words)
-    };
+    let storage = unsafe { core::slice::from_raw_parts_mut((phys_offset + bitmap_phys) as *mut u64, words) };
     let reserved = [Region::new(bitmap_phys, bitmap_phys + bitmap_bytes)];
     let mut frames = FrameAllocator::new(storage, usable.iter().copied(), &reserved);
 

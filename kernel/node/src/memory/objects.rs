@@ -10,8 +10,8 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use cairn_object::store::{MemStore, Store, StoreError, StoreStats};
 use cairn_object::hash::{self, SPAN_LEN};
+use cairn_object::store::{MemStore, Store, StoreError, StoreStats};
 use cairn_object::{Handle, Kind};
 
 use crate::arch::smp::{self, HelperWork};
@@ -132,7 +132,8 @@ impl SpanHashing {
             }
             // SAFETY: span i lies below `ready`, so all its bytes were written and none will be
             // again; it is inside the allocation because i < spans = len / SPAN_LEN.
-            let span = unsafe { core::slice::from_raw_parts(self.pages.ptr.as_ptr().add(i * SPAN_LEN), SPAN_LEN) };
+            let span =
+                unsafe { core::slice::from_raw_parts(self.pages.ptr.as_ptr().add(i * SPAN_LEN), SPAN_LEN) };
             let cv = hash::span_cv(span, i);
             // SAFETY: this CPU alone claimed span i (the exchange above), so nothing else writes
             // or reads this cell until `done` is raised below.
@@ -170,10 +171,15 @@ impl UploadPages {
     /// Writes `bytes` at `offset`, which must be where the last write ended.
     pub fn write_at(&mut self, offset: usize, bytes: &[u8]) {
         let Some(shared) = self.shared.as_ref() else { return };
-        assert!(offset == self.written && offset + bytes.len() <= shared.pages.len, "uploads are written in order, within bounds");
+        assert!(
+            offset == self.written && offset + bytes.len() <= shared.pages.len,
+            "uploads are written in order, within bounds"
+        );
         // SAFETY: offset..offset+len lies inside the allocation (checked above) and past
         // `ready`, where no other CPU reads; `bytes` cannot overlap memory this buffer owns.
-        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), shared.pages.ptr.as_ptr().add(offset), bytes.len()) };
+        unsafe {
+            core::ptr::copy_nonoverlapping(bytes.as_ptr(), shared.pages.ptr.as_ptr().add(offset), bytes.len())
+        };
         self.written += bytes.len();
         let ready = (self.written / SPAN_LEN).min(shared.spans);
         if ready > shared.ready.load(Ordering::Relaxed) {

@@ -5,8 +5,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
 use x86_64::registers::control::Cr3;
 use x86_64::structures::paging::{
-    FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB,
-    Translate, mapper::MapToError, mapper::UnmapError,
+    FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB, Translate,
+    mapper::MapToError, mapper::UnmapError,
 };
 use x86_64::{PhysAddr, VirtAddr};
 
@@ -82,8 +82,7 @@ fn page(virt: u64) -> Result<Page<Size4KiB>, MapError> {
 /// Maps one 4 KiB page `virt` to frame `phys`.
 pub fn map_page(virt: u64, phys: u64, flags: PageTableFlags) -> Result<(), MapError> {
     let page = page(virt)?;
-    let frame = PhysFrame::from_start_address(PhysAddr::new(phys))
-        .map_err(|_| MapError::Misaligned(phys))?;
+    let frame = PhysFrame::from_start_address(PhysAddr::new(phys)).map_err(|_| MapError::Misaligned(phys))?;
     let mut guard = MAPPER.lock();
     let mapper = guard.as_mut().expect("paging::init runs first");
     // SAFETY: callers map frames they own (fresh frames or device memory) at addresses in the

@@ -143,7 +143,13 @@ struct Connections {
 impl Connections {
     /// Moves bytes between the sockets and their sessions, which ask `node`; true if anything
     /// happened. `served` counts connections.
-    fn poll(&mut self, network: &mut Network, node: &mut dyn NodeApi, served: &Cell<u64>, timeouts: bool) -> bool {
+    fn poll(
+        &mut self,
+        network: &mut Network,
+        node: &mut dyn NodeApi,
+        served: &Cell<u64>,
+        timeouts: bool,
+    ) -> bool {
         let now = clock::micros_since_boot();
         let mut busy = false;
         for (index, slot) in self.slots.iter_mut().enumerate() {
@@ -285,24 +291,44 @@ impl NodeApi for Node<'_> {
 
 impl Api {
     /// Serves the API on `network`; `cluster` is what STATS says of the node's cluster.
-    pub fn new(network: &mut Network, node_id: [u8; 32], config: &cairn_bootcfg::NodeConfig, cluster: String) -> Api {
+    pub fn new(
+        network: &mut Network,
+        node_id: [u8; 32],
+        config: &cairn_bootcfg::NodeConfig,
+        cluster: String,
+    ) -> Api {
         let idle_timeout_s = config.api_idle_s;
         let slots = (0..CONNECTIONS)
             .map(|_| {
-                let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; BUFFER]), tcp::SocketBuffer::new(vec![0; BUFFER]));
+                let mut socket = tcp::Socket::new(
+                    tcp::SocketBuffer::new(vec![0; BUFFER]),
+                    tcp::SocketBuffer::new(vec![0; BUFFER]),
+                );
                 // Acknowledge at once: the node polls in bursts, and a delayed ACK stalls the
                 // sender for a whole delay on every window.
                 socket.set_ack_delay(None);
                 Slot { socket: network.sockets.add(socket), session: None, last_active: 0, generation: 0 }
             })
             .collect();
-        let connections = Connections { slots, idle_timeout_us: u64::from(idle_timeout_s) * 1_000_000, queued: VecDeque::new() };
+        let connections = Connections {
+            slots,
+            idle_timeout_us: u64::from(idle_timeout_s) * 1_000_000,
+            queued: VecDeque::new(),
+        };
         Api { connections, node_id, served: Cell::new(0), cluster, fault: config.fault, idle_us: 0 }
     }
 
     /// Moves bytes between the sockets and their sessions; true if anything happened.
     pub fn poll(&mut self, network: &mut Network, ev: &mut NodeEvaluator, jobs: &mut Jobs) -> bool {
-        let mut node = Node { ev, jobs, cluster: &self.cluster, fault: self.fault, node_id: self.node_id, served: &self.served, idle_us: self.idle_us };
+        let mut node = Node {
+            ev,
+            jobs,
+            cluster: &self.cluster,
+            fault: self.fault,
+            node_id: self.node_id,
+            served: &self.served,
+            idle_us: self.idle_us,
+        };
         self.connections.poll(network, &mut node, &self.served, true)
     }
 

@@ -37,10 +37,20 @@ impl<'a> NetTransport<'a> {
 
     /// Connects, sends `data` then FIN, and collects what the peer sends (if `keep_reply`) until
     /// `done` says the exchange is over.
-    fn converse(&mut self, capability: &Capability, data: &[u8], limit: usize, keep_reply: bool, done: fn(tcp::State) -> bool) -> Result<Vec<u8>, String> {
+    fn converse(
+        &mut self,
+        capability: &Capability,
+        data: &[u8],
+        limit: usize,
+        keep_reply: bool,
+        done: fn(tcp::State) -> bool,
+    ) -> Result<Vec<u8>, String> {
         let endpoint = capability.endpoint();
         let [a, b, c, d] = endpoint.ip;
-        let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; BUFFER]), tcp::SocketBuffer::new(vec![0; BUFFER]));
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; BUFFER]),
+            tcp::SocketBuffer::new(vec![0; BUFFER]),
+        );
         socket.set_ack_delay(None);
         let local_port = self.local_port();
         socket
@@ -57,7 +67,14 @@ impl<'a> NetTransport<'a> {
         outcome
     }
 
-    fn drive(&mut self, handle: smoltcp::iface::SocketHandle, data: &[u8], limit: usize, keep_reply: bool, done: fn(tcp::State) -> bool) -> Result<Vec<u8>, String> {
+    fn drive(
+        &mut self,
+        handle: smoltcp::iface::SocketHandle,
+        data: &[u8],
+        limit: usize,
+        keep_reply: bool,
+        done: fn(tcp::State) -> bool,
+    ) -> Result<Vec<u8>, String> {
         let (mut sent, mut fin_sent, mut connected) = (0, false, false);
         let mut reply = Vec::new();
         let mut last_progress = clock::micros_since_boot();
@@ -121,14 +138,28 @@ impl Transport for NetTransport<'_> {
     fn exchange(&mut self, capability: &Capability, request: &[u8], limit: usize) -> Result<Vec<u8>, String> {
         // Over once the peer has closed its side and everything it sent is read.
         self.converse(capability, request, limit, true, |state| {
-            matches!(state, tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait | tcp::State::Closed)
+            matches!(
+                state,
+                tcp::State::CloseWait
+                    | tcp::State::LastAck
+                    | tcp::State::Closing
+                    | tcp::State::TimeWait
+                    | tcp::State::Closed
+            )
         })
     }
 
     fn send(&mut self, capability: &Capability, data: &[u8]) -> Result<(), String> {
         // Over once the peer has acknowledged everything, our FIN included.
         self.converse(capability, data, 0, false, |state| {
-            matches!(state, tcp::State::FinWait2 | tcp::State::TimeWait | tcp::State::Closed | tcp::State::Closing | tcp::State::LastAck)
+            matches!(
+                state,
+                tcp::State::FinWait2
+                    | tcp::State::TimeWait
+                    | tcp::State::Closed
+                    | tcp::State::Closing
+                    | tcp::State::LastAck
+            )
         })
         .map(|_| ())
     }

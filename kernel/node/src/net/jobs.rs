@@ -44,13 +44,21 @@ impl Jobs {
             Work::Eval { handle, fresh } => super::api::evaluate(ev, handle, fresh),
             Work::Submit { job } => self.submit(job, network, ev),
             Work::Replay { handle } => self.replay(handle, ev),
-            Work::Fetch { .. } | Work::Relocate { .. } => error(ErrorCode::Internal, "work for a peer without the cluster network".into()),
+            Work::Fetch { .. } | Work::Relocate { .. } => {
+                error(ErrorCode::Internal, "work for a peer without the cluster network".into())
+            }
         }
     }
 
     /// Runs FETCH or RELOCATE over the `cluster` network; while it waits on the peer, `others`
     /// serves this node's own clients what the store can answer.
-    pub fn run_with_peer(&mut self, work: Work, cluster: Option<&mut Network>, others: &mut ServeOthers<'_>, ev: &mut NodeEvaluator) -> Message {
+    pub fn run_with_peer(
+        &mut self,
+        work: Work,
+        cluster: Option<&mut Network>,
+        others: &mut ServeOthers<'_>,
+        ev: &mut NodeEvaluator,
+    ) -> Message {
         match work {
             Work::Relocate { to, thunk } => {
                 let cluster = match self.peer_network(cluster, to.0) {
@@ -58,7 +66,8 @@ impl Jobs {
                     Err(m) => return m,
                 };
                 self.relocated += 1;
-                super::peer::relocate(cluster, others, ev, to, thunk).unwrap_or_else(|why| error(ErrorCode::Internal, why))
+                super::peer::relocate(cluster, others, ev, to, thunk)
+                    .unwrap_or_else(|why| error(ErrorCode::Internal, why))
             }
             Work::Fetch { from, handles } => {
                 let cluster = match self.peer_network(cluster, from.0) {
@@ -74,13 +83,19 @@ impl Jobs {
                     Err(why) => error(ErrorCode::Internal, why),
                 }
             }
-            Work::Eval { .. } | Work::Submit { .. } | Work::Replay { .. } => error(ErrorCode::Internal, "not work for a peer".into()),
+            Work::Eval { .. } | Work::Submit { .. } | Work::Replay { .. } => {
+                error(ErrorCode::Internal, "not work for a peer".into())
+            }
         }
     }
 
     /// The cluster network, if `peer` is one of this node's peers: a client may point the node
     /// only at its peers, never at an address of its choosing.
-    fn peer_network<'n>(&self, cluster: Option<&'n mut Network>, peer: [u8; 4]) -> Result<&'n mut Network, Message> {
+    fn peer_network<'n>(
+        &self,
+        cluster: Option<&'n mut Network>,
+        peer: [u8; 4],
+    ) -> Result<&'n mut Network, Message> {
         let Some(cluster) = cluster else {
             return Err(error(ErrorCode::Unexpected, "this node is not in a cluster (no cluster_ip)".into()));
         };
@@ -108,7 +123,9 @@ impl Jobs {
         };
         match outcome {
             Ok(result) => Message::JobDone { job: handle, journal, result },
-            Err(e) => Message::JobFailed { job: handle, journal, thunk: e.thunk, failure: e.failure.to_string() },
+            Err(e) => {
+                Message::JobFailed { job: handle, journal, thunk: e.thunk, failure: e.failure.to_string() }
+            }
         }
     }
 
@@ -116,7 +133,14 @@ impl Jobs {
         let journal_handle = match handle.kind() {
             Kind::Tree => match self.latest.get(&handle) {
                 Some(j) => *j,
-                None => return error(ErrorCode::NotFound, format!("no journal of job {handle} on this node (import one with `cairn journal import`)")),
+                None => {
+                    return error(
+                        ErrorCode::NotFound,
+                        format!(
+                            "no journal of job {handle} on this node (import one with `cairn journal import`)"
+                        ),
+                    );
+                }
             },
             _ => handle,
         };
@@ -133,7 +157,12 @@ impl Jobs {
         let mut io = JobIo::replay(job.manifest, journal.clone());
         match ev.eval_with_io(job.root, &mut io) {
             Ok(result) => Message::Replayed { job: journal.job, journal: journal_handle, result, recorded },
-            Err(e) => Message::JobFailed { job: journal.job, journal: journal_handle, thunk: e.thunk, failure: e.failure.to_string() },
+            Err(e) => Message::JobFailed {
+                job: journal.job,
+                journal: journal_handle,
+                thunk: e.thunk,
+                failure: e.failure.to_string(),
+            },
         }
     }
 
@@ -148,7 +177,11 @@ impl Jobs {
 
     /// Makes a journal someone stored (an import) the latest of its job, once everything a
     /// replay needs is here: the job, its manifest and every response.
-    pub fn adopt(&mut self, journal_handle: &Handle, ev: &NodeEvaluator) -> Result<Handle, alloc::string::String> {
+    pub fn adopt(
+        &mut self,
+        journal_handle: &Handle,
+        ev: &NodeEvaluator,
+    ) -> Result<Handle, alloc::string::String> {
         let journal = load_journal(journal_handle, ev)?;
         Job::load(&journal.job, |h| ev.store.get(h)).map_err(|e| e.to_string())?;
         if let Some(missing) = journal.responses().find(|h| !ev.store.contains(h)) {

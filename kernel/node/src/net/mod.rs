@@ -31,15 +31,20 @@ fn now() -> Instant {
 
 impl Network {
     /// Starts the `nth` network card, with a static address or DHCP.
-    pub fn start(nth: usize, static_ip: Option<cairn_bootcfg::StaticIp>) -> Result<Network, crate::drivers::net::NoNetwork> {
+    pub fn start(
+        nth: usize,
+        static_ip: Option<cairn_bootcfg::StaticIp>,
+    ) -> Result<Network, crate::drivers::net::NoNetwork> {
         let mut device = NetDevice::probe(nth)?;
         let mac = EthernetAddress(device.mac());
         // The seed only spreads TCP ports and sequence numbers; the MAC is as good as any.
         let mut config = Config::new(HardwareAddress::Ethernet(mac));
-        config.random_seed = u64::from_le_bytes([mac.0[0], mac.0[1], mac.0[2], mac.0[3], mac.0[4], mac.0[5], 0, 0]);
+        config.random_seed =
+            u64::from_le_bytes([mac.0[0], mac.0[1], mac.0[2], mac.0[3], mac.0[4], mac.0[5], 0, 0]);
         let iface = Interface::new(config, &mut device, now());
         let mut sockets = SocketSet::new(vec![]);
-        let mut network = Network { device, iface, sockets: SocketSet::new(vec![]), dhcp: None, address: None };
+        let mut network =
+            Network { device, iface, sockets: SocketSet::new(vec![]), dhcp: None, address: None };
         match static_ip {
             None => network.dhcp = Some(sockets.add(dhcpv4::Socket::new())),
             Some(ip) => {

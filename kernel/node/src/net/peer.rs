@@ -54,16 +54,31 @@ struct PeerLink<'n> {
 }
 
 impl<'n> PeerLink<'n> {
-    fn open(network: &'n mut Network, others: &'n mut ServeOthers<'n>, to: ([u8; 4], u16)) -> Result<PeerLink<'n>, String> {
+    fn open(
+        network: &'n mut Network,
+        others: &'n mut ServeOthers<'n>,
+        to: ([u8; 4], u16),
+    ) -> Result<PeerLink<'n>, String> {
         let [a, b, c, d] = to.0;
         let peer = format!("{a}.{b}.{c}.{d}:{}", to.1);
-        let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; BUFFER]), tcp::SocketBuffer::new(vec![0; BUFFER]));
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; BUFFER]),
+            tcp::SocketBuffer::new(vec![0; BUFFER]),
+        );
         socket.set_ack_delay(None);
         socket
             .connect(network.iface.context(), (IpAddress::v4(a, b, c, d), to.1), local_port())
             .map_err(|e| format!("cannot connect to {peer}: {e:?}"))?;
         let socket = network.sockets.add(socket);
-        Ok(PeerLink { network, others, socket, peer, input: Vec::new(), connected: false, last_progress: clock::micros_since_boot() })
+        Ok(PeerLink {
+            network,
+            others,
+            socket,
+            peer,
+            input: Vec::new(),
+            connected: false,
+            last_progress: clock::micros_since_boot(),
+        })
     }
 
     /// Moves packets; Ok(true) if bytes moved, an error if the peer refused, closed or stalled.
@@ -122,7 +137,9 @@ impl<'n> PeerLink<'n> {
     /// The next frame from the peer; its ERROR frames become errors.
     fn receive(&mut self, store: &NodeStore) -> Result<Frame, String> {
         loop {
-            if let Some((frame, used)) = decode(&self.input).map_err(|e| format!("{} sent a malformed frame: {e}", self.peer))? {
+            if let Some((frame, used)) =
+                decode(&self.input).map_err(|e| format!("{} sent a malformed frame: {e}", self.peer))?
+            {
                 self.input.drain(..used);
                 if let Message::Error { message, .. } = frame.message {
                     return Err(format!("{}: {message}", self.peer));
@@ -143,8 +160,15 @@ impl Drop for PeerLink<'_> {
 }
 
 /// Gets every handle the node lacks from the peer at `from`; returns (objects, bytes) fetched.
-pub fn fetch(network: &mut Network, others: &mut ServeOthers<'_>, ev: &mut NodeEvaluator, from: ([u8; 4], u16), handles: &[Handle]) -> Result<(u64, u64), String> {
-    let mut wanted: Vec<Handle> = handles.iter().copied().filter(|h| !h.is_literal() && !ev.store.contains(h)).collect();
+pub fn fetch(
+    network: &mut Network,
+    others: &mut ServeOthers<'_>,
+    ev: &mut NodeEvaluator,
+    from: ([u8; 4], u16),
+    handles: &[Handle],
+) -> Result<(u64, u64), String> {
+    let mut wanted: Vec<Handle> =
+        handles.iter().copied().filter(|h| !h.is_literal() && !ev.store.contains(h)).collect();
     wanted.sort();
     wanted.dedup();
     if wanted.is_empty() {
@@ -176,17 +200,27 @@ pub fn fetch(network: &mut Network, others: &mut ServeOthers<'_>, ev: &mut NodeE
             Message::ObjectBegin { handle, len } if asked == Some(handle) => {
                 // A blob's handle gives its length; a tree's or thunk's gives its footprint,
                 // which its encoding cannot exceed.
-                let fits = if handle.kind() == Kind::Blob { len == handle.size() } else { len <= handle.size() };
+                let fits =
+                    if handle.kind() == Kind::Blob { len == handle.size() } else { len <= handle.size() };
                 if !fits {
-                    return Err(format!("{WRONG_BYTES}: {} announced {len} bytes for {handle}, which has {}", link.peer, handle.size()));
+                    return Err(format!(
+                        "{WRONG_BYTES}: {} announced {len} bytes for {handle}, which has {}",
+                        link.peer,
+                        handle.size()
+                    ));
                 }
                 // Straight into pages of the object's own, hashed as they arrive (on the helper
                 // CPU when there is one), as uploads from clients are.
-                let mut upload = ev.store.upload_pages(len as usize).ok_or_else(|| format!("{handle} ({len} bytes) does not fit in the store"))?;
+                let mut upload = ev
+                    .store
+                    .upload_pages(len as usize)
+                    .ok_or_else(|| format!("{handle} ({len} bytes) does not fit in the store"))?;
                 let mut written = 0u64;
                 while written < len {
                     match link.receive(&ev.store)?.message {
-                        Message::ObjectChunk { offset, bytes: chunk } if offset == written && offset + chunk.len() as u64 <= len => {
+                        Message::ObjectChunk { offset, bytes: chunk }
+                            if offset == written && offset + chunk.len() as u64 <= len =>
+                        {
                             upload.write_at(offset as usize, &chunk);
                             written += chunk.len() as u64;
                         }
@@ -212,14 +246,22 @@ fn store(ev: &mut NodeEvaluator, peer: &str, handle: Handle, bytes: Vec<u8>) -> 
 fn checked(outcome: Result<(), StoreError>, peer: &str, handle: Handle) -> Result<(), String> {
     match outcome {
         Ok(()) => Ok(()),
-        Err(StoreError::Mismatch { actual, .. }) => Err(format!("{WRONG_BYTES}: {peer} sent wrong bytes for {handle} (they are {actual}); not stored")),
+        Err(StoreError::Mismatch { actual, .. }) => Err(format!(
+            "{WRONG_BYTES}: {peer} sent wrong bytes for {handle} (they are {actual}); not stored"
+        )),
         Err(e) => Err(format!("storing {handle} from {peer}: {e}")),
     }
 }
 
 /// Runs `thunk` on the peer at `to`: ships the thunk and the inputs the peer lacks (its
 /// procedure and arguments, which must be values here), and returns the peer's answer.
-pub fn relocate(network: &mut Network, others: &mut ServeOthers<'_>, ev: &NodeEvaluator, to: ([u8; 4], u16), thunk: Handle) -> Result<Message, String> {
+pub fn relocate(
+    network: &mut Network,
+    others: &mut ServeOthers<'_>,
+    ev: &NodeEvaluator,
+    to: ([u8; 4], u16),
+    thunk: Handle,
+) -> Result<Message, String> {
     let bytes = ev.store.get(&thunk).ok_or_else(|| format!("{thunk} is not on this node"))?;
     if thunk.kind() != Kind::Thunk {
         return Err(format!("{thunk} is not a thunk"));
@@ -228,7 +270,9 @@ pub fn relocate(network: &mut Network, others: &mut ServeOthers<'_>, ev: &NodeEv
     let mut inputs = vec![thunk, decoded.procedure()];
     for arg in decoded.args() {
         if arg.kind() == Kind::Thunk {
-            return Err(format!("{thunk} has an unevaluated argument {arg}: relocate thunks whose arguments are values"));
+            return Err(format!(
+                "{thunk} has an unevaluated argument {arg}: relocate thunks whose arguments are values"
+            ));
         }
         inputs.push(arg);
     }
@@ -250,7 +294,11 @@ pub fn relocate(network: &mut Network, others: &mut ServeOthers<'_>, ev: &NodeEv
         } else {
             link.send_message(2, Message::PutBegin { handle: *handle, len: bytes.len() as u64 }, &ev.store)?;
             for (i, chunk) in bytes.chunks(MAX_CHUNK).enumerate() {
-                link.send_message(2, Message::PutChunk { offset: (i * MAX_CHUNK) as u64, bytes: chunk.to_vec() }, &ev.store)?;
+                link.send_message(
+                    2,
+                    Message::PutChunk { offset: (i * MAX_CHUNK) as u64, bytes: chunk.to_vec() },
+                    &ev.store,
+                )?;
             }
         }
         match link.receive(&ev.store)?.message {

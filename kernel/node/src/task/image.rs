@@ -37,7 +37,8 @@ pub struct Image {
 
 impl Image {
     fn load(elf: &[u8], procedure: &Handle) -> Result<Image, Failure> {
-        let plan: LoadPlan = cairn_elf::plan(elf).map_err(|e| Failure::InvalidThunk(format!("procedure {procedure}: {e}")))?;
+        let plan: LoadPlan =
+            cairn_elf::plan(elf).map_err(|e| Failure::InvalidThunk(format!("procedure {procedure}: {e}")))?;
         let mut layout = Vec::new();
         for segment in &plan.segments {
             let perm = Perm { write: segment.perms.write, execute: segment.perms.execute };
@@ -49,7 +50,8 @@ impl Image {
                 let hi = (virt + FRAME_SIZE).min(segment.vaddr + segment.file_size);
                 if lo < hi {
                     let from = (segment.file_offset + (lo - segment.vaddr)) as usize;
-                    bytes[(lo - virt) as usize..(hi - virt) as usize].copy_from_slice(&elf[from..from + (hi - lo) as usize]);
+                    bytes[(lo - virt) as usize..(hi - virt) as usize]
+                        .copy_from_slice(&elf[from..from + (hi - lo) as usize]);
                 }
                 let content = if perm.write {
                     Content::Template(alloc::boxed::Box::new(bytes))
@@ -78,7 +80,9 @@ impl Image {
         for page in &self.layout {
             let mapped = match &page.content {
                 Content::Shared(frame) => space.map_borrowed(page.virt, frame.phys(), page.perm),
-                Content::Template(bytes) => space.map_new_filled(page.virt, page.perm, |f| f.copy_from_slice(&bytes[..])).map(|_| ()),
+                Content::Template(bytes) => {
+                    space.map_new_filled(page.virt, page.perm, |f| f.copy_from_slice(&bytes[..])).map(|_| ())
+                }
             };
             mapped.map_err(|_| Failure::NodeOutOfMemory)?;
         }

@@ -249,8 +249,16 @@ impl Task {
             limit_bytes,
             heap_bytes,
             charged_pages: fixed_pages,
-            given: if app.args.len() <= GIVEN_INLINE { app.args.iter().copied().collect() } else { Default::default() },
-            known: if app.args.len() > GIVEN_INLINE { app.args.iter().copied().collect() } else { BTreeSet::new() },
+            given: if app.args.len() <= GIVEN_INLINE {
+                app.args.iter().copied().collect()
+            } else {
+                Default::default()
+            },
+            known: if app.args.len() > GIVEN_INLINE {
+                app.args.iter().copied().collect()
+            } else {
+                BTreeSet::new()
+            },
             opened: BTreeMap::new(),
             lent: Vec::new(),
             next_object: cairn_abi::layout::OBJECTS_BASE,
@@ -259,7 +267,13 @@ impl Task {
         })
     }
 
-    fn run(&mut self, store: &mut NodeStore, stats: &mut TaskStats, simd: &mut Simd, budget_us: u64) -> Result<Handle, Failure> {
+    fn run(
+        &mut self,
+        store: &mut NodeStore,
+        stats: &mut TaskStats,
+        simd: &mut Simd,
+        budget_us: u64,
+    ) -> Result<Handle, Failure> {
         let started = clock::micros_since_boot();
         simd.start();
         loop {

@@ -45,7 +45,11 @@ impl Task {
 }
 
 /// Handles the syscall in the task's context; `Some(result)` when the task is done.
-pub fn handle(task: &mut Task, store: &mut NodeStore, simd: &mut super::Simd) -> Result<Option<Handle>, Failure> {
+pub fn handle(
+    task: &mut Task,
+    store: &mut NodeStore,
+    simd: &mut super::Simd,
+) -> Result<Option<Handle>, Failure> {
     let ctx = &task.context;
     let (number, a0, a1, a2, a3) = (ctx.rax, ctx.rdi, ctx.rsi, ctx.rdx, ctx.r10);
     match number {
@@ -64,7 +68,8 @@ pub fn handle(task: &mut Task, store: &mut NodeStore, simd: &mut super::Simd) ->
             let (addr, len) = task.map_object(store, &handle)?;
             if handle.kind() != Kind::Blob {
                 let bytes = store.get(&handle).ok_or(Failure::MissingObject(handle))?;
-                let tree = Tree::decode(&bytes).map_err(|e| bad(format!("stored {handle} is invalid: {e}")))?;
+                let tree =
+                    Tree::decode(&bytes).map_err(|e| bad(format!("stored {handle} is invalid: {e}")))?;
                 task.known.extend(tree.iter());
             }
             task.context.rax = addr;

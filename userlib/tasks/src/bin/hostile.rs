@@ -49,7 +49,9 @@ fn run(args: &[Handle]) -> TaskResult {
                 core::hint::black_box(recurse(0));
             }
             b"unknown-syscall" => asm!("syscall", in("rax") 99u64, lateout("rcx") _, lateout("r11") _),
-            b"wild-pointer" => asm!("syscall", in("rax") SYS_EXIT, in("rdi") KERNEL_ADDRESS, lateout("rcx") _, lateout("r11") _),
+            b"wild-pointer" => {
+                asm!("syscall", in("rax") SYS_EXIT, in("rdi") KERNEL_ADDRESS, lateout("rcx") _, lateout("r11") _)
+            }
             b"huge-length" => {
                 let byte = 0u8;
                 let mut out = [0u8; 40];
@@ -135,10 +137,12 @@ fn run(args: &[Handle]) -> TaskResult {
             // argument. The kernel must refuse the request, naming the missing capability.
             b"forge-io" => {
                 let endpoint = *args.get(1).ok_or("forge-io needs an endpoint")?;
-                let text = alloc::format!("tcp.send {}\n", core::str::from_utf8(open(&endpoint)).unwrap_or("?"));
+                let text =
+                    alloc::format!("tcp.send {}\n", core::str::from_utf8(open(&endpoint)).unwrap_or("?"));
                 let manifest = create_blob(text.as_bytes());
                 let data = create_blob(b"exfiltrated by a task that holds no capability");
-                let request = cairn_userlib::io_request(cairn_userlib::object::io::Effect::TcpSend, &[endpoint, data]);
+                let request =
+                    cairn_userlib::io_request(cairn_userlib::object::io::Effect::TcpSend, &[endpoint, data]);
                 create_tree(&[request, manifest]);
                 return Ok(request);
             }

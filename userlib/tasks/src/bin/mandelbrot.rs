@@ -71,7 +71,11 @@ fn image(params: &Handle, tiles: &[Handle]) -> TaskResult {
             let (x, y) = (tx + i as u32 % tw, ty + i as u32 / tw);
             let at = ((y * width + x) * 3) as usize;
             // A blue-to-gold ramp; the set itself stays black.
-            body[at..at + 3].copy_from_slice(&if g == 0 { [0, 0, 0] } else { [g / 3, g / 2 + 40, 255 - g / 2] });
+            body[at..at + 3].copy_from_slice(&if g == 0 {
+                [0, 0, 0]
+            } else {
+                [g / 3, g / 2 + 40, 255 - g / 2]
+            });
         }
     }
     Ok(create_blob(&out))
