@@ -275,7 +275,7 @@ fn io_the_manifest_does_not_grant_is_refused_naming_the_capability() {
     .unwrap();
     let thunk_h = cairn_object::store::name(cairn_object::Kind::Thunk, &thunk).unwrap();
     client.upload_missing(&[(endpoint_h, endpoint), (data_h, data), (thunk_h, thunk)]).unwrap();
-    let err = client.eval(thunk_h).err().expect("refused").to_string();
+    let err = client.eval(thunk_h).expect_err("refused").to_string();
     assert!(err.contains("missing capability") && err.contains("only for a job"), "{err}");
 
     assert!(received.lock().unwrap().is_empty(), "nothing reached the sink");

@@ -398,10 +398,10 @@ fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let code = boot_and_watch(&args.boot, Mode::Bench, |line| {
         if let Some(rest) = line.strip_prefix("cairn: bench ") {
             let parts: Vec<&str> = rest.split(' ').collect();
-            if let [name, value, unit] = parts[..] {
-                if let Ok(value) = value.parse::<f64>() {
-                    results.push((name.to_string(), value, unit.to_string()));
-                }
+            if let [name, value, unit] = parts[..]
+                && let Ok(value) = value.parse::<f64>()
+            {
+                results.push((name.to_string(), value, unit.to_string()));
             }
         }
         eprintln!("{line}");
@@ -466,7 +466,7 @@ fn bench_net(boot: &BootArgs, mib: u64) -> anyhow::Result<Vec<(String, f64, Stri
     }
     let mut bytes = vec![0u8; (mib << 20) as usize];
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    for word in bytes.chunks_exact_mut(8) {
+    for word in bytes.as_chunks_mut::<8>().0 {
         // xorshift: incompressible, so nothing along the way can shortcut it.
         state ^= state << 13;
         state ^= state >> 7;
@@ -663,10 +663,11 @@ fn get(args: &GetArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Objects to upload, with their bytes.
+type ObjectList = Vec<(cairn_object::Handle, Vec<u8>)>;
+
 /// The root and every object of what `eval` was asked to evaluate.
-fn eval_objects(
-    args: &EvalArgs,
-) -> anyhow::Result<(cairn_object::Handle, Vec<(cairn_object::Handle, Vec<u8>)>)> {
+fn eval_objects(args: &EvalArgs) -> anyhow::Result<(cairn_object::Handle, ObjectList)> {
     use cairn_object::{Handle, Kind, Limits};
     if let Some(job) = &args.job {
         let job = cairn_tools::jobfile::JobFile::read(job)?;

@@ -26,7 +26,7 @@ pub unsafe fn start(
     // SAFETY: the caller's contract: `count` 40-byte handles at `args`, read-only, for the task's
     // life.
     let raw = unsafe { core::slice::from_raw_parts(args, count * Handle::LEN) };
-    for chunk in raw.chunks_exact(Handle::LEN) {
+    for chunk in raw.as_chunks::<{ Handle::LEN }>().0 {
         if let Err(e) = Handle::from_bytes(chunk) {
             fail(&alloc::format!("argument is not a handle: {e}"));
         }

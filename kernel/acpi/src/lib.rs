@@ -111,9 +111,9 @@ fn table<'a>(bytes: &'a [u8], signature: &[u8; 4], what: &'static str) -> Result
 /// The physical addresses of the tables a root table (RSDT or XSDT) lists.
 pub fn root_entries(bytes: &[u8], extended: bool) -> Result<Vec<u64>, AcpiError> {
     Ok(if extended {
-        table(bytes, b"XSDT", "XSDT")?.chunks_exact(8).map(|e| u64_at(e, 0)).collect()
+        table(bytes, b"XSDT", "XSDT")?.as_chunks::<8>().0.iter().map(|e| u64_at(e, 0)).collect()
     } else {
-        table(bytes, b"RSDT", "RSDT")?.chunks_exact(4).map(|e| u64::from(u32_at(e, 0))).collect()
+        table(bytes, b"RSDT", "RSDT")?.as_chunks::<4>().0.iter().map(|e| u64::from(u32_at(e, 0))).collect()
     })
 }
 

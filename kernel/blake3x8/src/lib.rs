@@ -68,7 +68,10 @@ fn subtree(input: &[u8], offset: u64) -> ChainingValue {
         return blake3::Hasher::new().set_input_offset(offset).update(input).finalize_non_root();
     }
     let chunks = input.len() / CHUNK_LEN;
-    if input.len() % CHUNK_LEN == 0 && chunks.is_power_of_two() && (LANES..=WIDE_CHUNKS).contains(&chunks) {
+    if input.len().is_multiple_of(CHUNK_LEN)
+        && chunks.is_power_of_two()
+        && (LANES..=WIDE_CHUNKS).contains(&chunks)
+    {
         return whole_subtree(input, offset);
     }
     let left_len = left_subtree_len(input.len() as u64) as usize;
@@ -82,13 +85,12 @@ fn subtree(input: &[u8], offset: u64) -> ChainingValue {
 fn whole_subtree(input: &[u8], offset: u64) -> ChainingValue {
     let mut cvs = [[0u8; 32]; WIDE_CHUNKS];
     let mut count = input.len() / CHUNK_LEN;
-    for (group, out) in input.chunks_exact(LANES * CHUNK_LEN).zip(cvs.chunks_exact_mut(LANES)) {
+    let groups = input.as_chunks::<{ LANES * CHUNK_LEN }>().0;
+    for (group, out) in groups.iter().zip(cvs.as_chunks_mut::<LANES>().0) {
         let counter =
             (offset + (group.as_ptr() as usize - input.as_ptr() as usize) as u64) / CHUNK_LEN as u64;
         // SAFETY: callers checked that the CPU and OS support AVX2.
-        unsafe {
-            x86::hash8(group.try_into().expect("8 chunks"), counter, out.try_into().expect("8 values"))
-        };
+        unsafe { x86::hash8(group, counter, out) };
     }
     while count >= 2 * LANES {
         for i in 0..count / (2 * LANES) {
@@ -197,9 +199,9 @@ mod x86 {
     pub unsafe fn parents8(children: &[[u8; 32]; 2 * LANES], out: &mut [[u8; 32]; LANES]) {
         // A parent's message is its left child's chaining value, then its right child's.
         let mut message = [[0u32; LANES]; 16];
-        for (lane, pair) in children.chunks_exact(2).enumerate() {
-            for (w, word) in pair[0].chunks_exact(4).chain(pair[1].chunks_exact(4)).enumerate() {
-                message[w][lane] = u32::from_le_bytes(word.try_into().expect("4 bytes"));
+        for (lane, [left, right]) in children.as_chunks::<2>().0.iter().enumerate() {
+            for (w, word) in left.as_chunks::<4>().0.iter().chain(right.as_chunks::<4>().0).enumerate() {
+                message[w][lane] = u32::from_le_bytes(*word);
             }
         }
         let constants = [

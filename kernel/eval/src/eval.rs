@@ -110,6 +110,7 @@ impl Frame {
     }
 }
 
+#[allow(clippy::large_enum_variant, reason = "a transient return value; boxing would allocate per thunk")]
 enum Start {
     Done(Outcome),
     Frame(Frame),
@@ -256,11 +257,9 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         if handle.kind() != Kind::Thunk {
             return Start::Done(Ok(handle));
         }
-        if use_memo {
-            if let Some(outcome) = self.memo.get(&handle) {
-                self.stats.memo_hits += 1;
-                return Start::Done(outcome.clone());
-            }
+        if use_memo && let Some(outcome) = self.memo.get(&handle) {
+            self.stats.memo_hits += 1;
+            return Start::Done(outcome.clone());
         }
         let fail = |failure| Start::Done(Err(EvalError { thunk: handle, failure }));
         let Some(bytes) = self.store.get(&handle) else {
@@ -305,11 +304,9 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         };
         if applied != frame.current {
             frame.chain.push(applied);
-            if use_memo {
-                if let Some(outcome) = self.memo.get(&applied) {
-                    self.stats.memo_hits += 1;
-                    return Applied::Done(outcome.clone());
-                }
+            if use_memo && let Some(outcome) = self.memo.get(&applied) {
+                self.stats.memo_hits += 1;
+                return Applied::Done(outcome.clone());
             }
         }
         *steps += 1;

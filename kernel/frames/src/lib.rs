@@ -189,7 +189,7 @@ impl<'a> FrameAllocator<'a> {
 
     /// Returns `count` frames starting at `addr`; nothing is freed if any of them is invalid.
     pub fn free_contiguous(&mut self, addr: u64, count: u64) -> Result<(), FreeError> {
-        if addr % FRAME_SIZE != 0 {
+        if !addr.is_multiple_of(FRAME_SIZE) {
             return Err(FreeError::Misaligned(addr));
         }
         for i in 0..count {

@@ -16,7 +16,9 @@ use crate::println;
 
 type CaseResult = Result<(), String>;
 
-const CASES: &[(&str, fn() -> CaseResult)] = &[
+type Case = (&'static str, fn() -> CaseResult);
+
+const CASES: &[Case] = &[
     ("frames_alloc_free", frames_alloc_free),
     ("frames_contiguous", frames_contiguous),
     ("heap_alloc", heap_alloc),

@@ -308,7 +308,7 @@ impl Payload<'_> {
     }
 
     fn handles(&self) -> Result<Vec<Handle>, ProtoError> {
-        if self.bytes.len() % Handle::LEN != 0 {
+        if !self.bytes.len().is_multiple_of(Handle::LEN) {
             return Err(self.malformed(
                 self.bytes.len() - self.bytes.len() % Handle::LEN,
                 "not a whole number of handles",

@@ -162,11 +162,11 @@ impl Session {
     /// Goes on with bytes held back, once the EVAL they wait for is answered or the node is no
     /// longer busy; the node calls this on every round.
     pub fn resume(&mut self, node: &mut dyn NodeApi) {
-        if !node.busy() {
-            if let Some(upload) = self.completed.take() {
-                let outcome = node.put_upload(&upload.handle, upload.buffer);
-                self.stored(upload.request, upload.handle, outcome);
-            }
+        if !node.busy()
+            && let Some(upload) = self.completed.take()
+        {
+            let outcome = node.put_upload(&upload.handle, upload.buffer);
+            self.stored(upload.request, upload.handle, outcome);
         }
         if self.held.is_empty() || self.holding() {
             return;
@@ -415,7 +415,7 @@ impl Session {
             }
             Message::PutChunk { .. } => {
                 // Chunks inside an upload never reach here (see `feed`).
-                return self.fail(request, ErrorCode::Unexpected, "PUT-CHUNK without PUT-BEGIN".into());
+                self.fail(request, ErrorCode::Unexpected, "PUT-CHUNK without PUT-BEGIN".into())
             }
             Message::Get { handle } => match node.get(&handle) {
                 None => self.error(request, ErrorCode::NotFound, format!("{handle} is not on this node")),
@@ -841,7 +841,7 @@ mod tests {
     #[test]
     fn uploads_larger_than_the_store_are_refused_up_front() {
         let (mut s, mut n) = (Session::new(), node());
-        let h = Handle::blob(&vec![0u8; 64]);
+        let h = Handle::blob(&[0u8; 64]);
         let fake_big = Handle::from_bytes(&{
             let mut b = *h.as_bytes();
             b[2..8].copy_from_slice(&(1u64 << 40).to_le_bytes()[..6]);

@@ -247,11 +247,9 @@ mod tests {
         ) {
             let inputs: Vec<Handle> = sizes.iter().enumerate().map(|(i, n)| blob(*n, i as u8)).collect();
             let mut holders = Holders::default();
-            for (i, h) in inputs.iter().enumerate() {
-                for node in 0..3 {
-                    if held[i][node] {
-                        holders.add(*h, node);
-                    }
+            for (h, held_by) in inputs.iter().zip(&held) {
+                for (node, _) in held_by.iter().enumerate().filter(|(_, held)| **held) {
+                    holders.add(*h, node);
                 }
             }
             let candidates: Vec<Candidate> = (0..3).map(|node| Candidate { node, load: loads[node] }).collect();

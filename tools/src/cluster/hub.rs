@@ -20,10 +20,10 @@ fn destinations<'a>(
             learned.insert(source, from);
         }
         let dest: [u8; 6] = frame[0..6].try_into().expect("6 bytes");
-        if dest[0] & 1 == 0 {
-            if let Some(port) = learned.get(&dest) {
-                return nodes.iter().filter(|n| *n == port && **n != from).collect();
-            }
+        if dest[0] & 1 == 0
+            && let Some(port) = learned.get(&dest)
+        {
+            return nodes.iter().filter(|n| *n == port && **n != from).collect();
         }
     }
     nodes.iter().filter(|n| **n != from).collect()

@@ -171,13 +171,13 @@ pub fn up(opts: &UpOptions, state_path: &Path) -> anyhow::Result<State> {
     if let Some((index, _)) = opts.faults.iter().find(|(i, _)| *i >= opts.nodes) {
         bail!("--fault names node {index}, but the cluster has nodes 0 to {}", opts.nodes - 1);
     }
-    if let Ok(old) = State::read(state_path) {
-        if process_alive(old.daemon_pid) {
-            bail!(
-                "a cluster is already running with state {} (stop it with `cairn cluster down`)",
-                state_path.display()
-            );
-        }
+    if let Ok(old) = State::read(state_path)
+        && process_alive(old.daemon_pid)
+    {
+        bail!(
+            "a cluster is already running with state {} (stop it with `cairn cluster down`)",
+            state_path.display()
+        );
     }
     let _ = std::fs::remove_file(state_path);
     let log_path = state_path.with_extension("log");
@@ -233,7 +233,7 @@ pub fn up(opts: &UpOptions, state_path: &Path) -> anyhow::Result<State> {
 
 fn process_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-        && std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(false, |s| !s.contains(") Z "))
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
 /// Stops the daemon (and with it every node) and removes the state file.

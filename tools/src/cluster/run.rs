@@ -240,14 +240,15 @@ impl Coordinator<'_> {
         }
         // Finished results that only the lost node held are gone: their tasks run again.
         for task in 0..self.graph.tasks.len() {
-            if let (Status::Done, Some(result)) = (self.status[task], self.results[task]) {
-                if !result.is_literal() && self.holders.holders(&result).next().is_none() && self.needed(task)
-                {
-                    self.status[task] = Status::Waiting;
-                    self.results[task] = None;
-                    self.first_result[task] = None;
-                    self.placed_on[task].clear();
-                }
+            if let (Status::Done, Some(result)) = (self.status[task], self.results[task])
+                && !result.is_literal()
+                && self.holders.holders(&result).next().is_none()
+                && self.needed(task)
+            {
+                self.status[task] = Status::Waiting;
+                self.results[task] = None;
+                self.first_result[task] = None;
+                self.placed_on[task].clear();
             }
         }
     }
@@ -605,12 +606,8 @@ pub fn run(
     }
     let mut idle_rounds = 0;
 
-    loop {
-        if let Arg::Task(root) = graph.root {
-            if c.status[root] == Status::Done && c.fetch_root(root, progress) {
-                break;
-            }
-        } else {
+    while let Arg::Task(root) = graph.root {
+        if c.status[root] == Status::Done && c.fetch_root(root, progress) {
             break;
         }
         let ready: Vec<usize> =
@@ -630,7 +627,7 @@ pub fn run(
         if c.live().is_empty() {
             bail!("every node is lost");
         }
-        let running = c.status.iter().any(|s| *s == Status::Running);
+        let running = c.status.contains(&Status::Running);
         if !running && !dispatched {
             // Nothing placeable this round (a lost result is being redone first); a few rounds
             // of that with nothing running means no progress is possible.

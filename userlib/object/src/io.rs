@@ -229,12 +229,12 @@ pub fn http_body(response: &[u8]) -> Result<&[u8], String> {
     // With a Content-Length, the body must be exactly that long (a cut-off body is an error,
     // not a shorter page).
     for line in head.lines().skip(1) {
-        if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("content-length") {
-                let len: usize = value.trim().parse().map_err(|_| "bad Content-Length")?;
-                if body.len() != len {
-                    return Err(format!("body is {} bytes, Content-Length says {len}", body.len()));
-                }
+        if let Some((name, value)) = line.split_once(':')
+            && name.trim().eq_ignore_ascii_case("content-length")
+        {
+            let len: usize = value.trim().parse().map_err(|_| "bad Content-Length")?;
+            if body.len() != len {
+                return Err(format!("body is {} bytes, Content-Length says {len}", body.len()));
             }
         }
     }

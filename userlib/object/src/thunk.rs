@@ -21,7 +21,7 @@ pub struct Limits {
 impl Limits {
     /// `memory_bytes` must be a non-zero multiple of 4096.
     pub fn new(memory_bytes: u64) -> Result<Limits, Problem> {
-        if memory_bytes == 0 || memory_bytes % PAGE != 0 {
+        if memory_bytes == 0 || !memory_bytes.is_multiple_of(PAGE) {
             return Err(Problem::LimitsField { field: 0 });
         }
         Ok(Limits { memory_bytes })

@@ -16,11 +16,11 @@ pub struct Tree<'a> {
 impl<'a> Tree<'a> {
     /// Checks that `encoding` is a canonical tree: whole handles, each canonical.
     pub fn decode(encoding: &'a [u8]) -> Result<Tree<'a>, DecodeError> {
-        if encoding.len() % Handle::LEN != 0 {
+        if !encoding.len().is_multiple_of(Handle::LEN) {
             let whole = encoding.len() - encoding.len() % Handle::LEN;
             return Err(DecodeError::new(whole, Problem::TreeLength { len: encoding.len() }));
         }
-        for (i, chunk) in encoding.chunks_exact(Handle::LEN).enumerate() {
+        for (i, chunk) in encoding.as_chunks::<{ Handle::LEN }>().0.iter().enumerate() {
             Handle::from_bytes(chunk).map_err(|e| e.offset(i * Handle::LEN))?;
         }
         Ok(Tree { encoding })
@@ -40,7 +40,7 @@ impl<'a> Tree<'a> {
     }
 
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Handle> + 'a {
-        self.encoding.chunks_exact(Handle::LEN).map(Handle::from_validated)
+        self.encoding.as_chunks::<{ Handle::LEN }>().0.iter().map(|h| Handle::from_validated(h))
     }
 
     pub fn encoding(&self) -> &'a [u8] {

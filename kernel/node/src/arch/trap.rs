@@ -156,7 +156,10 @@ static mut IDT: [IdtEntry; 256] = [IdtEntry::MISSING; 256];
 pub fn init() {
     let stubs = &raw const cairn_trap_stubs as u64;
     let selector = gdt::selectors().kernel_code.0;
-    for vector in 0..STUB_COUNT {
+    // SAFETY: runs once on the boot CPU before interrupts are enabled; nothing else reads or
+    // writes the IDT concurrently.
+    let idt = unsafe { (&raw mut IDT).as_mut().expect("a static") };
+    for (vector, entry) in idt.iter_mut().enumerate().take(STUB_COUNT) {
         let ist = match vector {
             2 => Some(gdt::NMI_IST),
             8 => Some(gdt::DOUBLE_FAULT_IST),
@@ -164,9 +167,7 @@ pub fn init() {
             _ => None,
         };
         let handler = stubs + (vector * STUB_SIZE) as u64;
-        // SAFETY: runs once on the boot CPU before interrupts are enabled; nothing else reads
-        // or writes the IDT concurrently.
-        unsafe { IDT[vector] = IdtEntry::gate(handler, selector, ist, PrivilegeLevel::Ring0) };
+        *entry = IdtEntry::gate(handler, selector, ist, PrivilegeLevel::Ring0);
     }
     let pointer = DescriptorTablePointer {
         limit: (core::mem::size_of::<[IdtEntry; 256]>() - 1) as u16,
@@ -186,7 +187,7 @@ pub fn init_helper(extra: &[(u8, u64)]) {
     let stubs = &raw const cairn_trap_stubs as u64;
     let selector = gdt::selectors().kernel_code.0;
     // SAFETY: only the helper CPU calls this, once, while nothing else uses HELPER_IDT.
-    let idt = unsafe { &mut *(&raw mut HELPER_IDT) };
+    let idt = unsafe { (&raw mut HELPER_IDT).as_mut().expect("a static") };
     for (vector, entry) in idt.iter_mut().enumerate().take(32) {
         *entry = IdtEntry::gate(stubs + (vector * STUB_SIZE) as u64, selector, None, PrivilegeLevel::Ring0);
     }
@@ -297,13 +298,14 @@ fn exception(frame: &mut TrapFrame) {
         error_code: frame.error_code,
         cr2: if frame.vector == 14 { Cr2::read_raw() } else { 0 },
     };
-    if let Some(expected) = EXPECTED.try_lock().as_mut().and_then(|e| e.as_mut()) {
-        if expected.vector == frame.vector && expected.caught.is_none() {
-            crate::println!("cairn: caught expected exception: {report}");
-            expected.caught = Some(report);
-            frame.rip += expected.skip_bytes;
-            return;
-        }
+    if let Some(expected) = EXPECTED.try_lock().as_mut().and_then(|e| e.as_mut())
+        && expected.vector == frame.vector
+        && expected.caught.is_none()
+    {
+        crate::println!("cairn: caught expected exception: {report}");
+        expected.caught = Some(report);
+        frame.rip += expected.skip_bytes;
+        return;
     }
     fatal(&report, frame.rbp);
 }

@@ -276,7 +276,7 @@ impl NodeStore {
     /// names. The bytes are already in pages of their own, so they are not copied again, and
     /// already hashed.
     pub fn put_upload(&mut self, claimed: &Handle, bytes: Bytes, digest: [u8; 32]) -> Result<(), StoreError> {
-        debug_assert!(bytes.is_empty() || bytes.as_ptr() as u64 % FRAME_SIZE == 0);
+        debug_assert!(bytes.is_empty() || (bytes.as_ptr() as u64).is_multiple_of(FRAME_SIZE));
         self.inner.put_verified_digest_placed(claimed, bytes, digest, Some)
     }
 
@@ -291,7 +291,7 @@ impl NodeStore {
     /// The physical pages holding an object, if it has pages of its own: `(first frame, len)`.
     pub fn frames_of(&self, handle: &Handle) -> Option<(u64, Bytes)> {
         let bytes = self.inner.get(handle)?;
-        if bytes.len() < PAGE_ALIGNED_MIN || bytes.as_ptr() as u64 % FRAME_SIZE != 0 {
+        if bytes.len() < PAGE_ALIGNED_MIN || !(bytes.as_ptr() as u64).is_multiple_of(FRAME_SIZE) {
             return None;
         }
         let offset = phys_to_virt(0) as u64;

@@ -348,12 +348,12 @@ impl Api {
     /// Answers queued work, unless its connection has gone in the meantime.
     pub fn deliver(&mut self, queued: Queued, answer: cairn_proto::Message) {
         let slot = &mut self.connections.slots[queued.slot];
-        if slot.generation == queued.generation {
-            if let Some(session) = slot.session.as_mut() {
-                session.deliver(queued.request, answer);
-                // A long job is activity, not idleness.
-                slot.last_active = clock::micros_since_boot();
-            }
+        if slot.generation == queued.generation
+            && let Some(session) = slot.session.as_mut()
+        {
+            session.deliver(queued.request, answer);
+            // A long job is activity, not idleness.
+            slot.last_active = clock::micros_since_boot();
         }
     }
 }

@@ -91,6 +91,7 @@ impl Jobs {
 
     /// The cluster network, if `peer` is one of this node's peers: a client may point the node
     /// only at its peers, never at an address of its choosing.
+    #[allow(clippy::result_large_err, reason = "the error is the answer to send, made once")]
     fn peer_network<'n>(
         &self,
         cluster: Option<&'n mut Network>,
@@ -166,6 +167,7 @@ impl Jobs {
         }
     }
 
+    #[allow(clippy::result_large_err, reason = "the error is the answer to send, made once")]
     fn store_journal(&mut self, journal: &Journal, ev: &mut NodeEvaluator) -> Result<Handle, Message> {
         let handle = ev
             .store

@@ -74,9 +74,8 @@ fn run(args: &[Handle]) -> TaskResult {
             // Direction and alignment-check flags set across a syscall: the kernel must clear
             // them on entry and still copy the blob correctly.
             b"flags-syscall" => {
-                let h: Handle;
                 asm!("pushfq", "or qword ptr [rsp], 0x40400", "popfq", "std");
-                h = create_blob(b"copied forwards, whatever the flags say");
+                let h = create_blob(b"copied forwards, whatever the flags say");
                 asm!("cld", "pushfq", "and qword ptr [rsp], ~0x40000", "popfq");
                 return Ok(h);
             }
