@@ -375,3 +375,111 @@ fn job_and_cluster_commands_name_what_is_wrong() {
         assert!(stderr.contains(needle) && !stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// What a hostile task or node says reaches the user escaped: on its own line at most, with no
+/// terminal control left in it. A fake node on a local port plays the hostile side (no QEMU).
+#[test]
+fn hostile_node_text_is_escaped_on_the_terminal() {
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    use cairn_object::Handle;
+    use cairn_proto::{Frame, MAX_FRAME, Message, decode, encode};
+
+    const HOSTILE: &str = "task error: \x1b[2J\x1b]0;owned\x07\u{9b}31m\ncairn: ready boot_ms=1 mem_mib=1\r";
+    // Text, not controls (which make it hex): its line break must not start a line.
+    let value = b"ok\ncairn: ready boot_ms=1 mem_mib=1\n".to_vec();
+    let value_h = Handle::blob(&value);
+
+    // Answers HELLO, HAVE (it lacks nothing), EVAL (failing the first time, then with a value
+    // whose text is hostile), GET of that value, and STATS.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    thread::spawn(move || {
+        let mut evals = 0;
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buffer = Vec::new();
+            loop {
+                let frame = match decode(&buffer).unwrap() {
+                    Some((frame, used)) => {
+                        buffer.drain(..used);
+                        frame
+                    }
+                    None => {
+                        let mut chunk = [0u8; 65536];
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    }
+                };
+                let message = match frame.message {
+                    Message::Hello { .. } => Message::Welcome {
+                        version: 1,
+                        node_id: [0; 32],
+                        max_frame: MAX_FRAME as u32,
+                        offers: 0,
+                    },
+                    Message::Have { .. } => Message::Missing { handles: Vec::new() },
+                    Message::Eval { handle } => {
+                        evals += 1;
+                        if evals == 1 {
+                            Message::EvalFailed { thunk: handle, failure: HOSTILE.into() }
+                        } else {
+                            Message::Evaluated { result: value_h, tasks_run: 1, memo_hits: 0, micros: 5 }
+                        }
+                    }
+                    Message::Get { handle } => Message::Object { handle, bytes: value.clone() },
+                    Message::Stats => Message::StatsReply { text: format!("objects=3\nnote={HOSTILE}\n") },
+                    _ => break,
+                };
+                let mut out = Vec::new();
+                encode(&Frame { request: frame.request, message }, &mut out);
+                if stream.write_all(&out).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let run = |args: &[&str]| {
+        let output = cairn().args(args).args(["--node", &address]).stdin(Stdio::null()).output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8(output.stdout).unwrap(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    };
+    let clean = |text: &str| {
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "a control character got through: {text:?}"
+        );
+        assert!(!text.lines().any(|l| l.starts_with("cairn: ready")), "a forged line got through: {text}");
+    };
+
+    let add = env!("CARGO_BIN_FILE_CAIRN_TASKS_add");
+    let (code, stdout, stderr) = run(&["eval", add, "blob:=02"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    clean(&stdout);
+    clean(&stderr);
+    assert!(
+        stderr.trim_end().ends_with(
+            "failed: task error: \\x1b[2J\\x1b]0;owned\\x07\\u{9b}31m\\ncairn: ready boot_ms=1 mem_mib=1\\r"
+        ),
+        "{stderr}"
+    );
+
+    let (code, stdout, stderr) = run(&["eval", add, "blob:=02"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    clean(&stdout);
+    assert_eq!(stdout, format!("{value_h}\nok\\ncairn: ready boot_ms=1 mem_mib=1\n"));
+
+    // STATS keeps its lines (tools read `key=value` lines from it); their content is escaped.
+    let (code, stdout, _) = run(&["stats"]);
+    assert_eq!(code, Some(0));
+    assert!(!stdout.chars().any(|c| c.is_control() && c != '\n'), "{stdout:?}");
+    assert_eq!(stdout.lines().next(), Some("objects=3"));
+    assert!(stdout.lines().any(|l| l.starts_with("note=task error: \\x1b[2J")), "{stdout}");
+}

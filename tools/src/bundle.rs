@@ -16,6 +16,7 @@ use cairn_io::{Job, Journal};
 use cairn_object::{Handle, Kind, Thunk, Tree};
 
 use crate::client::Client;
+use crate::untrusted::escape;
 
 const MAGIC: &str = "cairn-bundle 1";
 
@@ -30,8 +31,9 @@ impl Bundle {
     pub fn export(client: &mut Client, journal: Handle) -> anyhow::Result<Bundle> {
         let mut objects = BTreeMap::new();
         let journal_bytes = client.get(journal, |_, _| {}).context("fetching the journal")?;
-        let decoded =
-            Journal::decode(&journal_bytes).map_err(|e| anyhow!("{journal} is not a journal: {e}"))?;
+        // The decoder quotes the line it stopped at: a node's bytes.
+        let decoded = Journal::decode(&journal_bytes)
+            .map_err(|e| anyhow!("{journal} is not a journal: {}", escape(&e.to_string())))?;
         objects.insert(journal, journal_bytes);
         let mut pending: Vec<Handle> = vec![decoded.job];
         pending.extend(decoded.responses());
@@ -91,11 +93,12 @@ impl Bundle {
             let (Some("object"), Some(handle), Some(len), None) =
                 (words.next(), words.next(), words.next(), words.next())
             else {
-                bail!("expected `object HANDLE LEN`, found `{header}`");
+                bail!("expected `object HANDLE LEN`, found `{}`", escape(&header));
             };
             let handle: Handle = handle.parse()?;
-            let len: usize = len.parse().with_context(|| format!("bad length in `{header}`"))?;
-            if bytes.len() < len + 1 || bytes[len] != b'\n' {
+            let len: usize = len.parse().with_context(|| format!("bad length in `{}`", escape(&header)))?;
+            // A bundle may come from anywhere: its length is checked without arithmetic.
+            if bytes.get(len) != Some(&b'\n') {
                 bail!("the bundle is cut short inside {handle}");
             }
             let body = bytes[..len].to_vec();
@@ -114,7 +117,11 @@ impl Bundle {
 
     /// The journal, decoded.
     pub fn journal(&self) -> anyhow::Result<Journal> {
-        Journal::decode(&self.objects[&self.journal]).map_err(|e| anyhow!("{e}"))
+        let bytes = self
+            .objects
+            .get(&self.journal)
+            .ok_or_else(|| anyhow!("the bundle lacks its journal {}", self.journal))?;
+        Journal::decode(bytes).map_err(|e| anyhow!("{}", escape(&e.to_string())))
     }
 }
 
@@ -150,5 +157,11 @@ mod tests {
         assert!(Bundle::decode(&tampered).unwrap_err().to_string().contains("holds other bytes"));
         assert!(Bundle::decode(&encoded[..encoded.len() - 3]).unwrap_err().to_string().contains("cut short"));
         assert!(Bundle::decode(b"hello\n").unwrap_err().to_string().contains("not a journal bundle"));
+        // A length no file can hold is refused, not overflowed.
+        let huge = format!("{MAGIC}\njournal {journal_handle}\nobject {journal_handle} {}\nx\n", usize::MAX);
+        assert!(Bundle::decode(huge.as_bytes()).unwrap_err().to_string().contains("cut short"));
+        let hostile = format!("{MAGIC}\njournal {journal_handle}\nobject \x1b[2J\n");
+        let err = Bundle::decode(hostile.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("\\x1b[2J") && !err.contains('\x1b'), "{err}");
     }
 }

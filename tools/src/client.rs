@@ -1,13 +1,75 @@
 //! A client of the node API (docs/PROTOCOL.md) over TCP: every object received is checked
 //! against its handle before it is handed back.
+//!
+//! Every answer is untrusted input: it must answer the request that was sent and name what was
+//! asked, nothing is allocated by a size the node states beyond a fixed bound, and the node's
+//! own words (its errors, a task's failure) are escaped wherever they become an error's text
+//! ([`crate::untrusted`]), since errors end up on the user's terminal.
 
+use std::fmt;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cairn_object::Handle;
-use cairn_proto::{Frame, MAX_CHUNK, MAX_INLINE, Message, decode, encode};
+use cairn_proto::{ErrorCode, Frame, MAX_CHUNK, MAX_INLINE, Message, decode, encode};
+
+use crate::untrusted::escape;
+
+/// At most this much is reserved up front for a chunked download; beyond it the buffer grows
+/// as chunks arrive, so a node that announces a large object and then stalls costs only what it
+/// actually sent.
+const MAX_RESERVE: u64 = 64 << 20;
+
+/// The node answered a request with ERROR.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub code: ErrorCode,
+    /// The node's words, as sent: escape before showing (Display does).
+    pub message: String,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the node refused: {} ({:?})", escape(&self.message), self.code)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// The node reported that an evaluation failed (EVAL-FAILED or JOB-FAILED): the failing thunk
+/// and why. The reason is the node's evaluator's text and carries the task's own words, so it
+/// is escaped for display.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskFailed {
+    pub thunk: Handle,
+    /// As sent: escape before showing (Display does).
+    pub failure: String,
+}
+
+impl fmt::Display for TaskFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} failed: {}", self.thunk, escape(&self.failure))
+    }
+}
+
+impl std::error::Error for TaskFailed {}
+
+/// The node sent a well-formed object, but not the one asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrongObject {
+    pub asked: Handle,
+    pub received: Handle,
+}
+
+impl fmt::Display for WrongObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the node sent the wrong object: asked for {}, received {}", self.asked, self.received)
+    }
+}
+
+impl std::error::Error for WrongObject {}
 
 pub struct Client {
     stream: TcpStream,
@@ -19,7 +81,7 @@ pub struct Client {
 pub struct JobOutcome {
     pub job: Handle,
     pub journal: Handle,
-    pub result: Result<Handle, (Handle, String)>,
+    pub result: Result<Handle, TaskFailed>,
     /// For a replay: the value the journal recorded (None if the job had failed).
     pub recorded: Option<Handle>,
 }
@@ -54,12 +116,22 @@ impl Client {
         self.stream.write_all(&bytes).context("the node closed the connection")
     }
 
-    fn receive(&mut self) -> anyhow::Result<Frame> {
+    /// The next frame, which must answer `request` (or be about the whole connection: id 0).
+    /// The buffer holds at most one frame and one read: `decode` refuses a length field over
+    /// `MAX_FRAME` as soon as it arrives.
+    fn receive(&mut self, request: u32) -> anyhow::Result<Frame> {
         loop {
             if let Some((frame, used)) = decode(&self.buffer).context("the node sent a malformed frame")? {
                 self.buffer.drain(..used);
-                if let Message::Error { code, message } = &frame.message {
-                    bail!("the node refused: {message} ({code:?})");
+                if frame.request != request && frame.request != 0 {
+                    bail!(
+                        "the node answered request {} while request {request} was waiting ({})",
+                        frame.request,
+                        name(&frame.message)
+                    );
+                }
+                if let Message::Error { code, message } = frame.message {
+                    return Err(Refused { code, message }.into());
                 }
                 return Ok(frame);
             }
@@ -72,16 +144,24 @@ impl Client {
         }
     }
 
-    fn call(&mut self, message: Message) -> anyhow::Result<Message> {
+    /// A fresh request id. Never 0, which answers are about the whole connection.
+    fn next_id(&mut self) -> u32 {
         let request = self.next_request;
-        self.next_request += 1;
+        self.next_request = self.next_request.checked_add(1).unwrap_or(1);
+        request
+    }
+
+    fn call(&mut self, message: Message) -> anyhow::Result<Message> {
+        let request = self.next_id();
         self.send(request, message)?;
-        Ok(self.receive()?.message)
+        Ok(self.receive(request)?.message)
     }
 
     pub fn missing(&mut self, handles: &[Handle]) -> anyhow::Result<Vec<Handle>> {
         match self.call(Message::Have { handles: handles.to_vec() })? {
-            Message::Missing { handles } => Ok(handles),
+            // The protocol answers with those asked about that it lacks, in the order asked.
+            Message::Missing { handles: missing } if in_order_among(&missing, handles) => Ok(missing),
+            Message::Missing { .. } => bail!("the node answered HAVE with handles it was not asked about"),
             other => bail!("the node answered HAVE with {}", name(&other)),
         }
     }
@@ -89,8 +169,7 @@ impl Client {
     /// Stores `bytes` on the node as the object `handle`, in chunks if large; `progress` hears
     /// how many bytes have gone.
     pub fn put(&mut self, handle: Handle, bytes: &[u8], mut progress: impl FnMut(u64)) -> anyhow::Result<()> {
-        let request = self.next_request;
-        self.next_request += 1;
+        let request = self.next_id();
         if bytes.len() <= MAX_INLINE {
             self.send(request, Message::Put { handle, bytes: bytes.to_vec() })?;
         } else {
@@ -103,24 +182,48 @@ impl Client {
                 progress(((i * MAX_CHUNK) + chunk.len()) as u64);
             }
         }
-        match self.receive()?.message {
+        match self.receive(request)?.message {
             Message::Stored { handle: stored } if stored == handle => Ok(()),
+            Message::Stored { handle: stored } => bail!("the node stored {stored} when sent {handle}"),
             other => bail!("the node answered PUT with {}", name(&other)),
         }
     }
 
     /// Fetches an object and checks it is the one `handle` names.
     pub fn get(&mut self, handle: Handle, mut progress: impl FnMut(u64, u64)) -> anyhow::Result<Vec<u8>> {
-        let bytes = match self.call(Message::Get { handle })? {
+        let request = self.next_id();
+        self.send(request, Message::Get { handle })?;
+        let bytes = match self.receive(request)?.message {
+            Message::Object { handle: sent, .. } if sent != handle => {
+                return Err(WrongObject { asked: handle, received: sent }.into());
+            }
             Message::Object { bytes, .. } => bytes,
+            Message::ObjectBegin { handle: sent, .. } if sent != handle => {
+                return Err(WrongObject { asked: handle, received: sent }.into());
+            }
             Message::ObjectBegin { len, .. } => {
-                let mut bytes = Vec::with_capacity(len as usize);
+                // The length is the handle's size (the decoder checks it), and the handle is
+                // ours; still, reserve no more than a bound and let the rest grow with the data.
+                if len != handle.size() {
+                    bail!("the node announced {len} bytes for {handle}");
+                }
+                let mut bytes = Vec::with_capacity(len.min(MAX_RESERVE) as usize);
                 while (bytes.len() as u64) < len {
-                    match self.receive()?.message {
+                    match self.receive(request)?.message {
                         Message::ObjectChunk { offset, bytes: chunk } if offset == bytes.len() as u64 => {
+                            if chunk.is_empty() || (chunk.len() as u64) > len - offset {
+                                bail!(
+                                    "the node sent a chunk of {} bytes at {offset} of the {len} of {handle}",
+                                    chunk.len()
+                                );
+                            }
                             bytes.extend_from_slice(&chunk);
                             progress(bytes.len() as u64, len);
                         }
+                        Message::ObjectChunk { offset, .. } => bail!(
+                            "the node sent a chunk of {handle} at {offset}, expected one at {}",
+                            bytes.len()
+                        ),
                         other => bail!("the node interrupted the download with {}", name(&other)),
                     }
                 }
@@ -131,7 +234,7 @@ impl Client {
         let actual =
             cairn_object::store::name(handle.kind(), &bytes).context("the node sent an invalid object")?;
         if actual != handle {
-            bail!("the node sent the wrong object: asked for {handle}, received {actual}");
+            return Err(WrongObject { asked: handle, received: actual }.into());
         }
         Ok(bytes)
     }
@@ -150,7 +253,7 @@ impl Client {
             Message::Evaluated { result, tasks_run, memo_hits, micros } => {
                 Ok(Evaluated { result, tasks_run, memo_hits, micros })
             }
-            Message::EvalFailed { thunk, failure } => bail!("{thunk} failed: {failure}"),
+            Message::EvalFailed { thunk, failure } => Err(TaskFailed { thunk, failure }.into()),
             other => bail!("the node answered EVAL with {}", name(&other)),
         }
     }
@@ -166,34 +269,48 @@ impl Client {
 
     /// Runs a job (docs/IO.md) and waits for it.
     pub fn submit(&mut self, job: Handle) -> anyhow::Result<JobOutcome> {
-        match self.call(Message::Submit { job })? {
+        let outcome = match self.call(Message::Submit { job })? {
             Message::JobDone { job, journal, result } => {
-                Ok(JobOutcome { job, journal, result: Ok(result), recorded: None })
+                JobOutcome { job, journal, result: Ok(result), recorded: None }
             }
             Message::JobFailed { job, journal, thunk, failure } => {
-                Ok(JobOutcome { job, journal, result: Err((thunk, failure)), recorded: None })
+                JobOutcome { job, journal, result: Err(TaskFailed { thunk, failure }), recorded: None }
             }
             other => bail!("the node answered SUBMIT with {}", name(&other)),
+        };
+        if outcome.job != job {
+            bail!("the node answered SUBMIT {job} about another job, {}", outcome.job);
         }
+        Ok(outcome)
     }
 
     /// Replays a job (or a journal) from its journal alone.
     pub fn replay(&mut self, handle: Handle) -> anyhow::Result<JobOutcome> {
-        match self.call(Message::Replay { handle })? {
+        let outcome = match self.call(Message::Replay { handle })? {
             Message::Replayed { job, journal, result, recorded } => {
-                Ok(JobOutcome { job, journal, result: Ok(result), recorded })
+                JobOutcome { job, journal, result: Ok(result), recorded }
             }
             Message::JobFailed { job, journal, thunk, failure } => {
-                Ok(JobOutcome { job, journal, result: Err((thunk, failure)), recorded: None })
+                JobOutcome { job, journal, result: Err(TaskFailed { thunk, failure }), recorded: None }
             }
             other => bail!("the node answered REPLAY with {}", name(&other)),
+        };
+        // Asked by a job's handle or a journal's: the answer must be about that one.
+        if outcome.job != handle && outcome.journal != handle {
+            bail!(
+                "the node answered REPLAY {handle} about job {} and journal {}",
+                outcome.job,
+                outcome.journal
+            );
         }
+        Ok(outcome)
     }
 
     /// Makes a stored journal the latest of its job on the node (after an import).
     pub fn adopt_journal(&mut self, journal: Handle) -> anyhow::Result<()> {
         match self.call(Message::Journal { journal })? {
-            Message::Stored { .. } => Ok(()),
+            Message::Stored { handle } if handle == journal => Ok(()),
+            Message::Stored { handle } => bail!("the node answered JOURNAL {journal} about {handle}"),
             other => bail!("the node answered JOURNAL with {}", name(&other)),
         }
     }
@@ -216,7 +333,13 @@ impl Client {
     /// The values the node's memo holds for these thunks.
     pub fn recall(&mut self, thunks: &[Handle]) -> anyhow::Result<Vec<(Handle, Handle)>> {
         match self.call(Message::Recall { thunks: thunks.to_vec() })? {
-            Message::Recalled { entries } => Ok(entries),
+            // Those asked about that the memo holds, in the order asked.
+            Message::Recalled { entries }
+                if in_order_among(&entries.iter().map(|(t, _)| *t).collect::<Vec<_>>(), thunks) =>
+            {
+                Ok(entries)
+            }
+            Message::Recalled { .. } => bail!("the node answered RECALL about thunks it was not asked about"),
             other => bail!("the node answered RECALL with {}", name(&other)),
         }
     }
@@ -227,6 +350,12 @@ impl Client {
             other => bail!("the node answered STATS with {}", name(&other)),
         }
     }
+}
+
+/// Whether `part` is `of` with some handles left out: what HAVE and RECALL answers must be.
+fn in_order_among(part: &[Handle], of: &[Handle]) -> bool {
+    let mut rest = of.iter();
+    part.iter().all(|h| rest.any(|x| x == h))
 }
 
 fn name(message: &Message) -> &'static str {
@@ -261,5 +390,173 @@ fn name(message: &Message) -> &'static str {
         Message::Fetched { .. } => "FETCHED",
         Message::Recall { .. } => "RECALL",
         Message::Recalled { .. } => "RECALLED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use cairn_proto::MAX_FRAME;
+
+    use super::*;
+
+    /// A fake node on a local port: answers HELLO, then every other request with the frames
+    /// `answer` makes of it. Ends when the client goes away.
+    fn fake_node(mut answer: impl FnMut(Frame) -> Vec<Frame> + Send + 'static) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut buffer = Vec::new();
+            loop {
+                let frame = loop {
+                    if let Some((frame, used)) = decode(&buffer).unwrap() {
+                        buffer.drain(..used);
+                        break frame;
+                    }
+                    let mut chunk = [0u8; 65536];
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let replies = match frame.message {
+                    Message::Hello { .. } => vec![Frame {
+                        request: frame.request,
+                        message: Message::Welcome {
+                            version: 1,
+                            node_id: [0; 32],
+                            max_frame: MAX_FRAME as u32,
+                            offers: 0,
+                        },
+                    }],
+                    _ => answer(frame),
+                };
+                let mut out = Vec::new();
+                for reply in &replies {
+                    encode(reply, &mut out);
+                }
+                if stream.write_all(&out).is_err() {
+                    return;
+                }
+            }
+        });
+        address
+    }
+
+    fn reply(to: &Frame, message: Message) -> Vec<Frame> {
+        vec![Frame { request: to.request, message }]
+    }
+
+    /// A handle of `size` bytes that is not a literal (its digest is made up).
+    fn big_handle(size: u64) -> Handle {
+        format!("blob:{}:{size}", "ab".repeat(32)).parse().unwrap()
+    }
+
+    const HOSTILE: &str = "task error: \x1b[2J\x1b]0;owned\x07\u{9b}31m\ncairn: ready boot_ms=1 mem_mib=1\r";
+
+    #[test]
+    fn a_tasks_failure_is_shown_escaped_on_one_line() {
+        let thunk = Handle::blob(b"the thunk");
+        let address = fake_node(move |frame| {
+            reply(&frame, Message::EvalFailed { thunk, failure: HOSTILE.to_string() })
+        });
+        let err = Client::connect(&address).unwrap().eval(thunk).unwrap_err();
+        // What `cairn eval` prints after `cairn: error: `.
+        let shown = format!("{err:#}");
+        assert_eq!(shown.lines().count(), 1, "{shown}");
+        assert!(!shown.chars().any(crate::untrusted::needs_escape), "{shown}");
+        assert_eq!(
+            shown,
+            format!(
+                "{thunk} failed: task error: \\x1b[2J\\x1b]0;owned\\x07\\u{{9b}}31m\\ncairn: ready boot_ms=1 mem_mib=1\\r"
+            )
+        );
+        // The words as sent stay available to code that needs them.
+        assert_eq!(err.downcast_ref::<TaskFailed>().unwrap().failure, HOSTILE);
+    }
+
+    #[test]
+    fn a_nodes_error_is_shown_escaped() {
+        let address = fake_node(|frame| {
+            reply(&frame, Message::Error { code: ErrorCode::Internal, message: HOSTILE.to_string() })
+        });
+        let err = Client::connect(&address).unwrap().stats().unwrap_err();
+        let shown = format!("{err:#}");
+        assert!(shown.starts_with("the node refused: task error: \\x1b[2J"), "{shown}");
+        assert!(shown.ends_with("\\r (Internal)") && shown.lines().count() == 1, "{shown}");
+        assert_eq!(err.downcast_ref::<Refused>().unwrap().code, ErrorCode::Internal);
+    }
+
+    #[test]
+    fn a_download_must_be_the_object_asked_for_and_no_larger() {
+        let asked = big_handle(100);
+        // Another object announced: refused before anything is reserved for it.
+        let other = big_handle(1 << 40);
+        let address =
+            fake_node(move |frame| reply(&frame, Message::ObjectBegin { handle: other, len: 1 << 40 }));
+        let err = Client::connect(&address).unwrap().get(asked, |_, _| {}).unwrap_err();
+        assert!(err.downcast_ref::<WrongObject>().is_some(), "{err:#}");
+
+        // The right object, then a chunk that runs past its end.
+        let address = fake_node(move |frame| {
+            let mut frames = reply(&frame, Message::ObjectBegin { handle: asked, len: 100 });
+            frames.extend(reply(&frame, Message::ObjectChunk { offset: 0, bytes: vec![0; 150] }));
+            frames
+        });
+        let err = Client::connect(&address).unwrap().get(asked, |_, _| {}).unwrap_err();
+        assert!(format!("{err:#}").contains("a chunk of 150 bytes at 0 of the 100"), "{err:#}");
+
+        // A huge object that is asked for: announced, then the node stops. Only what came is held.
+        let huge = big_handle(1 << 40);
+        let address = fake_node(move |frame| {
+            let mut frames = reply(&frame, Message::ObjectBegin { handle: huge, len: 1 << 40 });
+            frames.extend(reply(&frame, Message::ObjectChunk { offset: 0, bytes: vec![1; 10] }));
+            frames.extend(reply(&frame, Message::ObjectChunk { offset: 5, bytes: vec![1; 10] }));
+            frames
+        });
+        let err = Client::connect(&address).unwrap().get(huge, |_, _| {}).unwrap_err();
+        assert!(format!("{err:#}").contains("at 5, expected one at 10"), "{err:#}");
+    }
+
+    #[test]
+    fn answers_must_be_about_what_was_asked() {
+        let (a, b, stranger) = (big_handle(40), big_handle(41), big_handle(42));
+        let job = big_handle(43);
+        let address = fake_node(move |frame| match &frame.message {
+            Message::Have { .. } => reply(&frame, Message::Missing { handles: vec![b, stranger] }),
+            Message::Recall { .. } => reply(&frame, Message::Recalled { entries: vec![(stranger, a)] }),
+            Message::Submit { .. } => {
+                reply(&frame, Message::JobDone { job: stranger, journal: stranger, result: a })
+            }
+            Message::Journal { .. } => reply(&frame, Message::Stored { handle: stranger }),
+            // An answer to some other request.
+            _ => vec![Frame {
+                request: frame.request + 7,
+                message: Message::StatsReply { text: "x=1".into() },
+            }],
+        });
+        let mut client = Client::connect(&address).unwrap();
+        let err = client.missing(&[a, b]).unwrap_err();
+        assert!(format!("{err:#}").contains("not asked about"), "{err:#}");
+        let err = client.recall(&[a, b]).unwrap_err();
+        assert!(format!("{err:#}").contains("not asked about"), "{err:#}");
+        let err = client.submit(job).err().unwrap();
+        assert!(format!("{err:#}").contains("about another job"), "{err:#}");
+        let err = client.adopt_journal(job).unwrap_err();
+        assert!(format!("{err:#}").contains(&format!("JOURNAL {job} about {stranger}")), "{err:#}");
+        let err = client.stats().unwrap_err();
+        assert!(format!("{err:#}").contains("answered request"), "{err:#}");
+    }
+
+    #[test]
+    fn answers_in_the_order_asked_with_some_left_out_are_fine() {
+        let [a, b, c] = [big_handle(40), big_handle(41), big_handle(42)];
+        assert!(in_order_among(&[a, c], &[a, b, c]));
+        assert!(in_order_among(&[], &[a]));
+        assert!(in_order_among(&[a, a], &[a, b, a]));
+        assert!(!in_order_among(&[c, a], &[a, b, c]));
+        assert!(!in_order_among(&[a, a], &[a, b]));
     }
 }

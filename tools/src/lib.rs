@@ -9,3 +9,4 @@ pub mod host;
 pub mod jobfile;
 pub mod qemu;
 pub mod received;
+pub mod untrusted;

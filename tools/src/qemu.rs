@@ -24,6 +24,9 @@ use crate::host;
 /// kernel writes 0x10 for success and 0x11 for failure (kernel/node/src/drivers/qemu_exit.rs).
 const EXIT_SUCCESS: i32 = (0x10 << 1) | 1;
 const EXIT_FAILURE: i32 = (0x11 << 1) | 1;
+/// Console bytes taken as one line at most: a node that never ends a line still cannot make the
+/// reader hold more than this. A longer line arrives in pieces.
+const MAX_LINE: u64 = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Accel {
@@ -240,7 +243,7 @@ impl Vm {
             let mut buf = Vec::new();
             loop {
                 buf.clear();
-                match reader.read_until(b'\n', &mut buf) {
+                match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
                         let line = console_text(&buf);

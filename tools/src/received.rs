@@ -5,6 +5,13 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use cairn_object::Handle;
 
+use crate::untrusted::{escape, needs_escape};
+
+/// The largest object accepted over a console. At 115200 baud this is hours of base64, far more
+/// than any node sends (the default job's image is 144 KiB); it bounds what a node's header can
+/// make the tool hold.
+pub const MAX_OBJECT: usize = 64 << 20;
+
 #[derive(Debug, PartialEq, Eq)]
 pub struct Received {
     pub name: String,
@@ -32,6 +39,10 @@ impl Receiver {
         if let Some((name, handle, len, mut text)) = self.pending.take() {
             if line != "cairn: object-end" {
                 text.push_str(line.trim());
+                // No more base64 than `len` bytes need: the header bounds what is kept.
+                if text.len() > len.div_ceil(3) * 4 {
+                    bail!("object {name}: more base64 than {len} bytes need");
+                }
                 self.pending = Some((name, handle, len, text));
                 return Ok(Line::Consumed);
             }
@@ -49,12 +60,19 @@ impl Receiver {
         }
         let Some(rest) = line.strip_prefix("cairn: object ") else { return Ok(Line::Console) };
         let parts: Vec<&str> = rest.split(' ').collect();
-        let [name, handle, len] = parts[..] else { bail!("malformed object header: {line}") };
-        if name.contains('/') || name.starts_with('.') {
-            bail!("object name {name:?} is not a plain file name");
+        let [name, handle, len] = parts[..] else { bail!("malformed object header: {}", escape(line)) };
+        // The name becomes a file name in the output directory.
+        if name.is_empty() || name.contains('/') || name.starts_with('.') || name.chars().any(needs_escape) {
+            bail!("object name \"{}\" is not a plain file name", escape(name));
         }
         let handle: Handle = handle.parse().with_context(|| format!("object {name}"))?;
         let len: usize = len.parse().with_context(|| format!("object {name}: bad length"))?;
+        if len as u64 != handle.size() {
+            bail!("object {name}: the header says {len} bytes, its handle {handle} says otherwise");
+        }
+        if len > MAX_OBJECT {
+            bail!("object {name}: {len} bytes is more than the {MAX_OBJECT} taken over a console");
+        }
         self.pending = Some((name.to_string(), handle, len, String::new()));
         Ok(Line::Consumed)
     }
@@ -105,5 +123,29 @@ mod tests {
         let mut r = Receiver::default();
         let err = r.feed("cairn: object ../evil blob:=00 1").err().unwrap();
         assert!(err.to_string().contains("not a plain file name"));
+        let err = r.feed("cairn: object \x1b[2Jx.ppm blob:=00 1").err().unwrap().to_string();
+        assert!(
+            err.contains("not a plain file name") && err.contains("\\x1b[2J") && !err.contains('\x1b'),
+            "{err}"
+        );
+        assert!(r.feed("cairn: object  blob:=00 1").is_err(), "an empty name");
+    }
+
+    #[test]
+    fn sizes_are_bounded_by_the_header_and_the_handle() {
+        let mut r = Receiver::default();
+        let err = r.feed("cairn: object x blob:=0000 3").err().unwrap().to_string();
+        assert!(err.contains("says otherwise"), "{err}");
+        // A header for 2 bytes, then more base64 than 2 bytes take: refused before it piles up.
+        let mut r = Receiver::default();
+        assert!(matches!(r.feed("cairn: object x blob:=0000 2").unwrap(), Line::Consumed));
+        assert!(matches!(r.feed("AAA=").unwrap(), Line::Consumed));
+        let err = r.feed("AAAA").err().unwrap().to_string();
+        assert!(err.contains("more base64"), "{err}");
+        // A big handle's size is no licence either.
+        let big: Handle = format!("blob:{}:{}", "ab".repeat(32), MAX_OBJECT + 1).parse().unwrap();
+        let err =
+            Receiver::default().feed(&format!("cairn: object x {big} {}", MAX_OBJECT + 1)).err().unwrap();
+        assert!(err.to_string().contains("more than"), "{err}");
     }
 }

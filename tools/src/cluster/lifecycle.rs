@@ -12,6 +12,7 @@ use cairn_bootcfg::{Fault, Mode, NodeConfig, StaticIp};
 use serde::{Deserialize, Serialize};
 
 use crate::qemu::{Accel, ClusterLink, NodeOptions, Vm};
+use crate::untrusted::escape;
 
 /// Node `i` is 10.1.0.(i+1)/24 on the cluster network.
 pub fn cluster_ip(index: usize) -> [u8; 4] {
@@ -125,7 +126,8 @@ pub fn serve(opts: &UpOptions, state_path: &Path, log: &mut dyn Write) -> anyhow
         loop {
             match vm.next_line(deadline) {
                 Ok(Some(line)) => {
-                    let _ = writeln!(log, "node {index}: {line}");
+                    // Console lines can carry a task's words; the log is read on terminals.
+                    let _ = writeln!(log, "node {index}: {}", escape(&line));
                     if line.starts_with("cairn: cluster ip=") {
                         break;
                     }
@@ -148,7 +150,7 @@ pub fn serve(opts: &UpOptions, state_path: &Path, log: &mut dyn Write) -> anyhow
             }
             match vm.next_line(Instant::now() + Duration::from_millis(50)) {
                 Ok(Some(line)) => {
-                    let _ = writeln!(log, "node {index}: {line}");
+                    let _ = writeln!(log, "node {index}: {}", escape(&line));
                 }
                 Ok(None) => {
                     let _ = writeln!(log, "node {index}: QEMU exited");
@@ -215,8 +217,10 @@ pub fn up(opts: &UpOptions, state_path: &Path) -> anyhow::Result<State> {
             return Ok(state);
         }
         if let Some(status) = child.try_wait()? {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            let log = std::fs::read(&log_path).unwrap_or_default();
+            let log = String::from_utf8_lossy(&log);
+            // Escaped again: the log also holds what QEMU and the daemon wrote themselves.
+            let tail: Vec<String> = log.lines().rev().take(5).map(escape).collect();
             bail!(
                 "the cluster daemon stopped ({status}): {}",
                 tail.into_iter().rev().collect::<Vec<_>>().join(" | ")

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use cairn_object::{Handle, Kind};
+use cairn_proto::ErrorCode;
 
 use super::graph::{Arg, Candidate, Graph, Holders, NodeId, Placement, place};
 use super::lifecycle::{API_PORT, NodeState};
-use crate::client::Client;
+use crate::client::{Client, Refused, TaskFailed, WrongObject};
 
 /// Times a task may fail to get its inputs from peers before the evaluation gives up.
 const MAX_FETCH_FAILURES: u32 = 5;
@@ -21,12 +22,13 @@ const MAX_FETCH_FAILURES: u32 = 5;
 /// evaluation gives up (see [`node_failure`]).
 const MAX_NODE_FAILURES: u32 = 2;
 
-/// Whether a node's report of a failed task says something about the node rather than the
-/// task: a timeout (the budget is wall-clock time, and a loaded node is slow) or the node
-/// running out of memory. EVAL-5 keeps these out of the memo for the same reason; the task
-/// runs again, elsewhere if it can.
-fn node_failure(why: &str) -> bool {
-    why.ends_with("failed: timeout") || why.ends_with("failed: node out of memory")
+/// Whether a node's report of a failed task (the failure as the node sent it) says something
+/// about the node rather than the task: a timeout (the budget is wall-clock time, and a loaded
+/// node is slow) or the node running out of memory. EVAL-5 keeps these out of the memo for the
+/// same reason; the task runs again, elsewhere if it can. Whole-text matches: a task's own
+/// error message that merely ends like one of these is the task's.
+fn node_failure(failure: &str) -> bool {
+    failure == "timeout" || failure == "node out of memory"
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -88,11 +90,12 @@ enum Event {
         uploaded: u64,
         ran: bool,
     },
-    /// The task itself failed: deterministic, so the whole evaluation fails.
+    /// The task itself failed: deterministic, so the whole evaluation fails (unless the
+    /// failure is the node's, see [`node_failure`]).
     Failed {
         node: NodeId,
         task: usize,
-        why: String,
+        failure: TaskFailed,
     },
     /// A peer sent wrong bytes while this node fetched from it.
     BadPeer {
@@ -141,7 +144,7 @@ fn worker(node: NodeId, address: String, orders: mpsc::Receiver<Order>, events: 
 fn run_order(client: &mut Client, node: NodeId, order: &Order) -> Event {
     let lost = |e: anyhow::Error| Event::Lost { node, why: format!("{e:#}") };
     let mut uploaded = 0;
-    let mut moved = 0;
+    let mut moved: u64 = 0;
     for (handle, bytes) in
         order.uploads.iter().chain(std::iter::once(&(order.applied, order.applied_bytes.clone())))
     {
@@ -157,17 +160,17 @@ fn run_order(client: &mut Client, node: NodeId, order: &Order) -> Event {
     }
     for (peer, ip, handles) in &order.fetches {
         match client.fetch((*ip, API_PORT), handles) {
-            Ok((_, bytes)) => moved += bytes,
+            // The figure is the node's: saturate rather than trust it not to overflow.
+            Ok((_, bytes)) => moved = moved.saturating_add(bytes),
             Err(e) => {
+                // Told apart by the error's type, not its text, which is partly the node's.
+                let Some(refused) = e.downcast_ref::<Refused>() else { return lost(e) };
                 let why = format!("{e:#}");
-                if why.contains("wrong bytes") {
+                if refused.code == ErrorCode::WrongHash || refused.message.contains("wrong bytes") {
                     return Event::BadPeer { node, task: order.task, peer: *peer, why };
                 }
                 // The node answered (with an error): it is the peer that failed, not this node.
-                if why.contains("the node refused") {
-                    return Event::FetchFailed { node, task: order.task, peer: *peer, why };
-                }
-                return lost(e);
+                return Event::FetchFailed { node, task: order.task, peer: *peer, why };
             }
         }
     }
@@ -181,11 +184,11 @@ fn run_order(client: &mut Client, node: NodeId, order: &Order) -> Event {
             uploaded,
             ran: evaluated.tasks_run > 0,
         },
-        Err(e) => {
-            let why = format!("{e:#}");
-            // A failure reported by the node is the task's; a broken connection is the node's.
-            if why.contains(" failed: ") { Event::Failed { node, task: order.task, why } } else { lost(e) }
-        }
+        // A failure reported by the node is the task's; a broken connection is the node's.
+        Err(e) => match e.downcast::<TaskFailed>() {
+            Ok(failure) => Event::Failed { node, task: order.task, failure },
+            Err(e) => lost(e),
+        },
     }
 }
 
@@ -401,7 +404,7 @@ impl Coordinator<'_> {
                 }
                 Err(e) => {
                     let why = format!("{e:#}");
-                    if why.contains("wrong object") {
+                    if e.downcast_ref::<WrongObject>().is_some() {
                         progress(&format!(
                             "cairn: the host caught node {node} sending wrong bytes for the result: {why}"
                         ));
@@ -430,8 +433,8 @@ impl Coordinator<'_> {
             Event::Done { node, task, result, moved, uploaded, ran } => {
                 self.load[node] = self.load[node].saturating_sub(1);
                 self.in_flight[node].remove(&task);
-                self.report.moved_bytes += moved;
-                self.report.uploaded_bytes += uploaded;
+                self.report.moved_bytes = self.report.moved_bytes.saturating_add(moved);
+                self.report.uploaded_bytes = self.report.uploaded_bytes.saturating_add(uploaded);
                 if ran {
                     *self.report.runs.entry(node).or_default() += 1;
                 }
@@ -471,9 +474,11 @@ impl Coordinator<'_> {
                 let finished = self.status.iter().filter(|s| **s == Status::Done).count();
                 progress(&format!("cairn: task {task} done on node {node} ({finished} of {total})"));
             }
-            Event::Failed { node, task, why } => {
+            Event::Failed { node, task, failure } => {
                 self.load[node] = self.load[node].saturating_sub(1);
-                if !node_failure(&why) || self.node_failures[task] >= MAX_NODE_FAILURES {
+                // TaskFailed's Display escapes the node's words.
+                let why = failure.to_string();
+                if !node_failure(&failure.failure) || self.node_failures[task] >= MAX_NODE_FAILURES {
                     bail!("task {task} failed on node {node}: {why}");
                 }
                 self.node_failures[task] += 1;
@@ -588,7 +593,8 @@ pub fn run(
     for h in &leaves {
         let targets: Vec<NodeId> = if procedures.contains(h) {
             live.clone() // code goes everywhere: it is small and every node may run it
-        } else if options.spread {
+        } else if options.spread && !live.is_empty() {
+            // (With no node answering there is nowhere to spread to; the loop below says so.)
             next += 1;
             vec![live[(next - 1) % live.len()]]
         } else {
@@ -599,7 +605,8 @@ pub fn run(
                 continue;
             }
             let bytes = objects.get(h).ok_or_else(|| anyhow!("{h} is not among the job's objects"))?;
-            c.probes[node].as_mut().expect("live").put(*h, bytes, |_| {})?;
+            let probe = c.probes[node].as_mut().ok_or_else(|| anyhow!("node {node} is not connected"))?;
+            probe.put(*h, bytes, |_| {})?;
             c.holders.add(*h, node);
             c.report.uploaded_bytes += bytes.len() as u64;
         }
@@ -662,10 +669,12 @@ mod tests {
 
     #[test]
     fn only_the_nodes_failures_are_retried() {
-        assert!(node_failure("thunk:ab:10 failed: timeout"));
-        assert!(node_failure("thunk:ab:10 failed: node out of memory"));
-        assert!(!node_failure("thunk:ab:10 failed: out of memory: limit is 4096 bytes"));
-        assert!(!node_failure("thunk:ab:10 failed: task error: timeout"));
-        assert!(!node_failure("thunk:ab:10 failed: trap: page fault"));
+        assert!(node_failure("timeout"));
+        assert!(node_failure("node out of memory"));
+        assert!(!node_failure("out of memory: limit is 4096 bytes"));
+        assert!(!node_failure("task error: timeout"));
+        assert!(!node_failure("trap: page fault"));
+        // A task cannot pass its own error off as the node's by how it ends.
+        assert!(!node_failure("task error: x failed: timeout"));
     }
 }

@@ -1,0 +1,259 @@
+//! Commands that boot a node in QEMU and watch its console: the default job (no subcommand),
+//! `node`, `selftest`; and `image`, which writes what they boot. The boot helpers here are
+//! shared with `bench`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cairn_boot::Firmware;
+use cairn_bootcfg::{LogLevel, Mode, NodeConfig};
+use cairn_tools::qemu::{self, Accel, NodeExit, NodeOptions, Vm};
+use cairn_tools::received::Line;
+use cairn_tools::untrusted::escape;
+use clap::{Args, ValueEnum};
+
+#[derive(Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub boot: BootArgs,
+    /// Host port (on 127.0.0.1) that forwards to the node API.
+    #[arg(long, default_value_t = 7070)]
+    pub api_port: u16,
+    /// A static address, like 10.0.2.15/24, instead of DHCP.
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// The default gateway that goes with --ip.
+    #[arg(long, requires = "ip")]
+    pub gateway: Option<String>,
+    /// Close API connections that move no bytes for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = cairn_bootcfg::DEFAULT_API_IDLE_S, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub api_idle: u32,
+}
+
+#[derive(Args, Clone)]
+pub struct FirmwareArgs {
+    /// Boot through legacy BIOS (the default).
+    #[arg(long, conflicts_with = "uefi", global = true)]
+    pub bios: bool,
+    /// Boot through UEFI (OVMF).
+    #[arg(long, global = true)]
+    pub uefi: bool,
+}
+
+impl FirmwareArgs {
+    pub fn firmware(&self) -> Firmware {
+        if self.uefi { Firmware::Uefi } else { Firmware::Bios }
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct BootArgs {
+    #[command(flatten)]
+    pub firmware: FirmwareArgs,
+    /// QEMU accelerator. KVM is opt-in: nested KVM is unreliable on many hosts.
+    #[arg(long, default_value = "tcg", value_parser = ["tcg", "kvm"], global = true)]
+    pub accel: String,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=65536), global = true)]
+    pub memory: u32,
+    /// Virtual CPUs: the kernel uses a second one to hash uploads as they arrive.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64), global = true)]
+    pub cpus: u32,
+    /// Kernel log level.
+    #[arg(long, value_enum, default_value = "info", global = true)]
+    pub log: LogArg,
+    /// Stop the node (and fail) if it has not shut down after this many seconds.
+    #[arg(long, value_name = "SECS", global = true)]
+    pub timeout: Option<u64>,
+    /// Where objects the node sends (the default job's image) are saved.
+    #[arg(long, value_name = "DIR", default_value = ".", global = true)]
+    pub out_dir: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogArg {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogArg> for LogLevel {
+    fn from(l: LogArg) -> LogLevel {
+        match l {
+            LogArg::Error => LogLevel::Error,
+            LogArg::Warn => LogLevel::Warn,
+            LogArg::Info => LogLevel::Info,
+            LogArg::Debug => LogLevel::Debug,
+            LogArg::Trace => LogLevel::Trace,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ImageArgs {
+    #[command(flatten)]
+    pub firmware: FirmwareArgs,
+    /// Image format; qcow2 goes through qemu-img.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub format: ImageFormat,
+    /// What the node does when it boots from this image.
+    #[arg(long, value_parser = ["serve", "job", "selftest", "fault-test", "task-checks", "bench"], default_value = "serve")]
+    pub mode: String,
+    /// Where to write the image.
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+}
+
+/// `cairn node`: a serving node with the API forwarded to a host port.
+pub fn node(args: &NodeArgs) -> anyhow::Result<ExitCode> {
+    eprintln!("cairn: node API on 127.0.0.1:{} (use --node 127.0.0.1:{})", args.api_port, args.api_port);
+    let mut text = String::new();
+    if let Some(ip) = &args.ip {
+        text.push_str(&format!("ip = {ip}\n"));
+    }
+    if let Some(gateway) = &args.gateway {
+        text.push_str(&format!("gateway = {gateway}\n"));
+    }
+    text.push_str(&format!("api_idle_s = {}\n", args.api_idle));
+    // Through the node's own parser, so that bad --ip or --gateway text fails as the node would.
+    let config = NodeConfig::parse(text.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    boot_and_stream_on(&args.boot, NodeConfig { mode: Mode::Serve, ..config }, Some(args.api_port))
+}
+
+fn parse_mode(name: &str) -> Mode {
+    Mode::ALL.into_iter().find(|m| m.name() == name).unwrap_or(Mode::Serve)
+}
+
+pub fn write_image(args: &ImageArgs) -> anyhow::Result<ExitCode> {
+    let firmware = args.firmware.firmware();
+    let config = NodeConfig { mode: parse_mode(&args.mode), ..NodeConfig::default() };
+    let qcow2 = matches!(args.format, ImageFormat::Qcow2);
+    qemu::write_image(firmware, &config, qcow2, &args.output)?;
+    let size = std::fs::metadata(&args.output)
+        .with_context(|| format!("cannot read {}", args.output.display()))?
+        .len();
+    println!(
+        "{} ({firmware}, {}, {} KiB)",
+        args.output.display(),
+        if qcow2 { "qcow2" } else { "raw" },
+        size / 1024
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn boot_and_stream(args: &BootArgs, mode: Mode) -> anyhow::Result<ExitCode> {
+    boot_and_stream_on(args, NodeConfig { mode, ..NodeConfig::default() }, None)
+}
+
+/// `config` gives the mode and the network settings; the log level comes from `args`. Console
+/// lines go to stdout, one by one as they come.
+fn boot_and_stream_on(
+    args: &BootArgs,
+    config: NodeConfig,
+    api_port: Option<u16>,
+) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout();
+    boot_and_watch_on(args, config, api_port, |line| {
+        let _ = writeln!(stdout, "{line}");
+        let _ = stdout.flush();
+    })
+}
+
+/// Boots a node, saves the objects it sends, hands every other console line to `on_line`, and
+/// turns how the node ended into an exit code.
+pub fn boot_and_watch(args: &BootArgs, mode: Mode, on_line: impl FnMut(&str)) -> anyhow::Result<ExitCode> {
+    boot_and_watch_on(args, NodeConfig { mode, ..NodeConfig::default() }, None, on_line)
+}
+
+/// Lines reach `on_line` escaped (crate `untrusted`): the kernel is ours, but a task's words can
+/// appear in its log. Objects are parsed from the lines as they came.
+fn boot_and_watch_on(
+    args: &BootArgs,
+    config: NodeConfig,
+    api_port: Option<u16>,
+    mut on_line: impl FnMut(&str),
+) -> anyhow::Result<ExitCode> {
+    let mode = config.mode;
+    let accel: Accel = args.accel.parse().map_err(anyhow::Error::msg)?;
+    let opts = NodeOptions {
+        firmware: args.firmware.firmware(),
+        accel,
+        memory_mib: args.memory,
+        cpus: args.cpus,
+        config: NodeConfig { log_level: args.log.into(), ..config },
+        raw_config: None,
+        api_port,
+        cluster_link: None,
+    };
+    eprintln!(
+        "cairn: booting a node ({}, {}, {} MiB, mode {})",
+        opts.firmware,
+        accel,
+        opts.memory_mib,
+        mode.name()
+    );
+    let mut vm = Vm::boot(&opts)?;
+    eprintln!("cairn: qemu pid {}", vm.pid());
+    // Without a timeout the deadline is far enough away to mean "never".
+    let deadline = Instant::now() + Duration::from_secs(args.timeout.unwrap_or(100 * 365 * 86400));
+    let mut receiver = cairn_tools::received::Receiver::default();
+    loop {
+        match vm.next_line(deadline) {
+            Ok(Some(line)) => {
+                match receiver.feed(&line)? {
+                    Line::Console => {}
+                    Line::Consumed => continue,
+                    Line::Done(object) => {
+                        let path = args.out_dir.join(&object.name);
+                        std::fs::write(&path, &object.bytes)
+                            .with_context(|| format!("cannot write {}", path.display()))?;
+                        eprintln!(
+                            "cairn: saved {} ({} bytes, {}) to {}",
+                            escape(&object.name),
+                            object.bytes.len(),
+                            object.handle,
+                            path.display()
+                        );
+                        continue;
+                    }
+                }
+                on_line(&escape(&line));
+                if line.starts_with("cairn: ready ") {
+                    eprintln!("cairn: node ready {:.2} s after QEMU started", vm.elapsed().as_secs_f64());
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {
+                vm.kill();
+                anyhow::bail!(
+                    "the node did not finish within {} s; QEMU was stopped",
+                    args.timeout.unwrap_or_default()
+                );
+            }
+        }
+    }
+    let exit = vm.wait(deadline)?;
+    let secs = vm.elapsed().as_secs_f64();
+    match exit {
+        NodeExit::Success => {
+            eprintln!("cairn: {exit} after {secs:.1} s");
+            Ok(ExitCode::SUCCESS)
+        }
+        NodeExit::Failure => {
+            eprintln!("cairn: {exit} after {secs:.1} s");
+            Ok(ExitCode::FAILURE)
+        }
+        other => anyhow::bail!("{other}"),
+    }
+}

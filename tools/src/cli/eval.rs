@@ -1,0 +1,186 @@
+//! `cairn eval`: a task applied to arguments (or a job file's root), on one running node or,
+//! with `--cluster`, across a cluster.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use cairn_object::{Handle, Kind, Limits};
+use cairn_tools::client::Client;
+use cairn_tools::cluster::{graph, lifecycle, run};
+use cairn_tools::untrusted::escape;
+use clap::{Args, ValueEnum};
+
+use super::cluster::DEFAULT_CLUSTER_STATE;
+use super::{NodeAddress, print_value};
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub node: NodeAddress,
+    /// The task's ELF file (or give --job).
+    #[arg(required_unless_present = "job")]
+    pub task: Option<PathBuf>,
+    /// Arguments: a handle (e.g. blob:=68656c6c6f), or a file whose bytes become a blob.
+    pub args: Vec<String>,
+    /// Memory limit of the application, in MiB.
+    #[arg(long, default_value_t = 16)]
+    pub task_memory: u64,
+    /// Evaluate the root of a job file (docs/IO.md) instead of TASK ARGS; it may not do IO.
+    #[arg(long, value_name = "JOB.toml", conflicts_with = "task")]
+    pub job: Option<PathBuf>,
+    /// Run across the cluster whose state file this is (docs/CLUSTER.md) instead of on --node.
+    #[arg(long, value_name = "STATE", num_args = 0..=1, default_missing_value = DEFAULT_CLUSTER_STATE)]
+    pub cluster: Option<PathBuf>,
+    /// With --cluster: run every task on two different nodes and compare their results.
+    #[arg(long, requires = "cluster")]
+    pub verify: bool,
+    /// With --cluster: where ready tasks go.
+    #[arg(long, value_enum, default_value_t = PlacementArg::Locality, requires = "cluster")]
+    pub placement: PlacementArg,
+    /// With --cluster: start with the data spread over the nodes, round robin.
+    #[arg(long, requires = "cluster")]
+    pub spread: bool,
+    /// With --cluster: write the result's bytes to this file.
+    #[arg(short, long, value_name = "FILE", requires = "cluster")]
+    pub output: Option<PathBuf>,
+    /// With --cluster: the seed of random placement.
+    #[arg(long, default_value_t = 1, requires = "cluster")]
+    pub seed: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum PlacementArg {
+    /// Where the fewest input bytes must move; by load when inputs are small.
+    Locality,
+    /// Anywhere, at random (the baseline to compare with).
+    Random,
+}
+
+/// Objects to upload, with their bytes.
+type ObjectList = Vec<(Handle, Vec<u8>)>;
+
+pub fn eval(args: &EvalArgs) -> anyhow::Result<ExitCode> {
+    let (root, objects) = eval_objects(args)?;
+    if let Some(state) = &args.cluster {
+        return eval_on_cluster(args, state, root, objects);
+    }
+    let mut client = Client::connect(&args.node.node)?;
+    // Upload only what the node lacks.
+    let uploaded = client.upload_missing(&objects)?;
+    // A failure comes back as an error whose text the client has escaped.
+    let evaluated = client.eval(root)?;
+    eprintln!(
+        "cairn: {} ({} tasks run, {} memo hits, {} us; uploaded {} of {} objects)",
+        root,
+        evaluated.tasks_run,
+        evaluated.memo_hits,
+        evaluated.micros,
+        uploaded,
+        objects.len()
+    );
+    println!("{}", evaluated.result);
+    if evaluated.result.size() <= 64 {
+        print_value(&mut client, evaluated.result)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The root and every object of what `eval` was asked to evaluate.
+fn eval_objects(args: &EvalArgs) -> anyhow::Result<(Handle, ObjectList)> {
+    if let Some(job) = &args.job {
+        let job = cairn_tools::jobfile::JobFile::read(job)?;
+        anyhow::ensure!(
+            job.manifest.grants().is_empty(),
+            "eval runs pure work; a job with capabilities goes to `cairn submit`"
+        );
+        return Ok((job.root, job.objects));
+    }
+    let task = args.task.as_ref().context("give TASK.elf or --job")?;
+    let elf = std::fs::read(task).with_context(|| format!("cannot read {}", task.display()))?;
+    let mut objects: ObjectList = vec![(Handle::blob(&elf), elf)];
+    let mut arg_handles = Vec::new();
+    for arg in &args.args {
+        match arg.parse::<Handle>() {
+            Ok(handle) => arg_handles.push(handle),
+            Err(_) => {
+                let bytes = std::fs::read(arg)
+                    .with_context(|| format!("{arg} is neither a handle nor a readable file"))?;
+                let handle = Handle::blob(&bytes);
+                arg_handles.push(handle);
+                objects.push((handle, bytes));
+            }
+        }
+    }
+    let limits = Limits::new(args.task_memory << 20).map_err(|p| anyhow::anyhow!("memory limit: {p}"))?;
+    let thunk_bytes = cairn_object::thunk::encode(limits, objects[0].0, &arg_handles)
+        .map_err(|p| anyhow::anyhow!("{p}"))?;
+    let thunk = cairn_object::store::name(Kind::Thunk, &thunk_bytes)?;
+    objects.push((thunk, thunk_bytes));
+    Ok((thunk, objects))
+}
+
+fn eval_on_cluster(
+    args: &EvalArgs,
+    state: &Path,
+    root: Handle,
+    objects: ObjectList,
+) -> anyhow::Result<ExitCode> {
+    let state = lifecycle::State::read(state)?;
+    let objects: HashMap<_, _> = objects.into_iter().collect();
+    let graph = graph::Graph::build(root, |h| objects.get(h).cloned())?;
+    let options = run::Options {
+        placement: match args.placement {
+            PlacementArg::Locality => graph::Placement::Locality,
+            PlacementArg::Random => graph::Placement::Random,
+        },
+        verify: args.verify,
+        spread: args.spread,
+        seed: args.seed,
+    };
+    // Progress lines quote nodes only through errors the client has escaped.
+    let report = run::run(&graph, &objects, &state.nodes, options, &mut |line| eprintln!("{line}"))?;
+    let result = report.result.ok_or_else(|| anyhow::anyhow!("the evaluation ended without a result"))?;
+    let runs: Vec<String> = report.runs.iter().map(|(node, n)| format!("node {node}: {n}")).collect();
+    eprintln!(
+        "cairn: {} tasks on {} nodes in {:.2} s ({}; {} from memos); moved between nodes {} bytes, uploaded {} bytes{}",
+        report.tasks,
+        state.nodes.len(),
+        report.wall.as_secs_f64(),
+        if runs.is_empty() { "none run".to_string() } else { runs.join(", ") },
+        report.recalled,
+        report.moved_bytes,
+        report.uploaded_bytes,
+        if report.lost_nodes.is_empty() {
+            String::new()
+        } else {
+            format!("; lost nodes {:?}", report.lost_nodes)
+        }
+    );
+    println!("{result}");
+    if args.verify {
+        if report.mismatches.is_empty() {
+            println!("verify: every task gave the same result on two nodes");
+        } else {
+            for m in &report.mismatches {
+                println!(
+                    "verify: MISMATCH {}: node {} -> {}, node {} -> {}",
+                    m.thunk, m.first.0, m.first.1, m.second.0, m.second.1
+                );
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    if let Some(path) = &args.output {
+        let value =
+            report.value.as_ref().ok_or_else(|| anyhow::anyhow!("the result's bytes were not fetched"))?;
+        std::fs::write(path, value).with_context(|| format!("cannot write {}", path.display()))?;
+    } else if let Some(text) =
+        report.value.as_ref().filter(|v| v.len() <= 4096).and_then(|v| std::str::from_utf8(v).ok())
+    {
+        // A task's text: on one line, its controls and line breaks escaped.
+        println!("{}", escape(text.trim_end()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
