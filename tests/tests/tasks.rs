@@ -34,8 +34,22 @@ fn outcome(case: &str) -> &'static str {
 fn contained(case: &str, expected: &str) {
     let got = outcome(case);
     assert!(got.starts_with("failed: ") && got.contains(expected), "{case}: {got}");
+    still_serving(case);
+}
+
+/// After `case`, the node ran an ordinary task and gave its known result: the identity of
+/// `still serving after CASE...`.
+fn still_serving(case: &str) {
     let after = outcome(&format!("{case}/after"));
-    assert!(after.starts_with("ok "), "{case}/after: {after}");
+    let value = after.rsplit(" = ").next().unwrap_or_default();
+    let text = String::from_utf8(
+        (0..value.len()).step_by(2).map(|i| u8::from_str_radix(&value[i..i + 2], 16).unwrap()).collect(),
+    )
+    .unwrap();
+    assert!(
+        after.starts_with("ok ") && text.starts_with(&format!("still serving after {case}")),
+        "{case}/after: {after}"
+    );
 }
 
 #[test]
@@ -172,4 +186,105 @@ fn a_task_never_sees_what_the_previous_run_left_behind() {
     );
     assert!(outcome("residue-stack/first").ends_with(" = 0000000000000000"), "the stack starts zeroed");
     assert!(outcome("residue-heap/first").ends_with(" = 0000000000000000"), "the heap starts zeroed");
+}
+
+// Containment (docs/SECURITY.md): each case below failed on the main of 4afb1ba (issue [1/6]),
+// most of them by panicking the kernel; each now fails cleanly, or works, and the node goes on.
+
+#[test]
+fn a_thunk_asking_for_more_than_the_node_allows_is_refused_before_anything_is_allocated() {
+    contained(
+        "ask-1tib",
+        "node limit: the thunk asks for 1099511627776 bytes of memory; this node allows at most 268435456 per task",
+    );
+    contained("create-at-heap", "bad syscall: 549755813888 bytes at 0x1000000000 are not the task's memory");
+}
+
+#[test]
+fn syscalls_may_use_heap_pages_the_task_never_touched() {
+    let zeros = cairn_object::Handle::blob(&vec![0u8; 8 << 20]);
+    assert_eq!(outcome("create-untouched"), format!("ok {zeros}"));
+    still_serving("create-untouched");
+}
+
+#[test]
+fn an_image_is_charged_before_it_exists_and_its_zero_pages_come_on_demand() {
+    contained("huge-bss", "out of memory: limit is 4194304 bytes");
+    let ok = hex(b"bss ok");
+    assert_eq!(outcome("bss-8mib"), format!("ok blob:={ok} = {ok}"));
+    still_serving("bss-8mib");
+}
+
+#[test]
+fn the_kernels_work_for_a_task_counts_against_its_budget() {
+    // A loop of 2 MiB CREATEs used to run 12 s under a 1 s budget, the ticks landing in the
+    // kernel. The bound is the budget plus one check interval, with room for a slow host.
+    contained("budget-dodge", "timeout");
+    let ms: u64 = outcome("budget-dodge/ms").parse().unwrap();
+    assert!((1000..2500).contains(&ms), "budget-dodge ran {ms} ms under a 1000 ms budget");
+}
+
+#[test]
+fn segment_selectors_do_not_carry_over() {
+    let (first, second) = (outcome("segments/first"), outcome("segments/second"));
+    assert!(first.starts_with("ok "), "{first}");
+    assert_eq!(first, second, "a task read the selectors another task set");
+    assert_eq!(outcome("segments/set"), format!("ok blob:={} = {}", hex(b"set"), hex(b"set")));
+}
+
+#[test]
+fn pages_the_kernel_wrote_for_a_task_are_reset() {
+    for (mode, fill) in [("residue-kernel-data", "01"), ("residue-kernel-bss", "00")] {
+        let (first, second) = (outcome(&format!("{mode}/first")), outcome(&format!("{mode}/second")));
+        assert!(first.ends_with(&fill.repeat(40)), "{mode}: {first}");
+        assert_eq!(first, second, "{mode}: the second run saw the handle the kernel wrote for the first");
+    }
+}
+
+#[test]
+fn cpu_state_that_would_reveal_the_machine_is_hidden_or_fixed() {
+    let hardening = outcome("hardening");
+    if hardening.contains("umip=on") {
+        contained("sgdt", "trap: SGDT, SIDT and SMSW are not available to tasks (UMIP)");
+    }
+    // RDPID reads IA32_TSC_AUX, fixed at 0 (where the CPU has no RDPID it is an invalid opcode).
+    let rdpid = outcome("rdpid");
+    assert!(
+        rdpid == "ok blob:=0000000000000000 = 0000000000000000"
+            || rdpid.contains("invalid or unavailable instruction"),
+        "{rdpid}"
+    );
+    let agree = outcome("simd-agree");
+    let value = agree.rsplit(" = ").next().unwrap_or_default();
+    assert!(agree.starts_with("ok ") && value.starts_with(&hex(b"agree: ")), "{agree}");
+}
+
+#[test]
+fn each_trap_is_reported_under_its_own_name() {
+    contained("int3", "trap: breakpoint (int3)");
+    contained("int80", "trap: software interrupt (int 0x80) is not available to tasks");
+    contained("ud2", "trap: invalid opcode (ud2)");
+    contained("xsetbv", "trap: privileged instruction (xsetbv)");
+}
+
+#[test]
+fn nesting_and_chains_of_tail_calls_stop_at_the_nodes_ceilings() {
+    // Nested 100,000 deep, or 120,000 tail calls ending in an error, each used to panic the
+    // kernel; the checks run with ceilings of 1000 and 2000 to reach them quickly.
+    contained("nest", "node limit: thunks nest deeper than the 1000 this node allows");
+    contained("countdown", "step limit: more than 2000 applications");
+    // Within the ceilings, a chain ending in a 4 KiB message fails with all of it.
+    assert_eq!(outcome("countdown-short"), "failed: task error: 4096 x 'x' (uniform true)");
+    still_serving("countdown-short");
+    assert_eq!(outcome("fail-long"), "failed: task error: 4096 x 'y' (uniform true)");
+    still_serving("fail-long");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn a_task_cannot_forge_console_lines() {
+    contained("fail-forge", r"task error: forged\ncairn: ready boot_ms=0 mem_mib=0\r\x1b[2J");
 }

@@ -10,6 +10,10 @@
 
 extern crate alloc;
 
+mod ceilings;
+
+pub use ceilings::{CEILING_KEYS, CeilingKey, Ceilings};
+
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -93,6 +97,8 @@ pub struct NodeConfig {
     pub peers: Vec<[u8; 4]>,
     /// A deliberate fault, for tests of the nodes that must catch it.
     pub fault: Fault,
+    /// What any one task, evaluation or connection may use (docs/SECURITY.md).
+    pub ceilings: Ceilings,
 }
 
 /// Faults a node can be told to have (tests only).
@@ -127,6 +133,7 @@ impl Default for NodeConfig {
             cluster_ip: None,
             peers: Vec::new(),
             fault: Fault::None,
+            ceilings: Ceilings::default(),
         }
     }
 }
@@ -174,6 +181,14 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
+    /// A ceiling outside what the node can honour.
+    OutOfRange {
+        line: usize,
+        key: &'static str,
+        value: String,
+        min: u64,
+        max: u64,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -184,7 +199,11 @@ impl fmt::Display for ConfigError {
                 write!(f, "node config line {line}: expected `key = value`")
             }
             ConfigError::UnknownKey { line, key } => {
-                write!(f, "node config line {line}: unknown key `{key}` (known: {KEYS})")
+                write!(f, "node config line {line}: unknown key `{key}` (known: {KEYS}")?;
+                for ceiling in CEILING_KEYS {
+                    write!(f, ", {}", ceiling.key)?;
+                }
+                f.write_str(")")
             }
             ConfigError::DuplicateKey { line, key } => {
                 write!(f, "node config line {line}: `{key}` is set twice")
@@ -192,6 +211,10 @@ impl fmt::Display for ConfigError {
             ConfigError::GatewayWithoutIp => {
                 write!(f, "node config: `gateway` needs `ip` (a static address)")
             }
+            ConfigError::OutOfRange { line, key, value, min, max } => write!(
+                f,
+                "node config line {line}: `{key} = {value}` is not valid (expected a whole number from {min} to {max})"
+            ),
             ConfigError::BadValue { line, key, value, expected } => write!(
                 f,
                 "node config line {line}: `{key} = {value}` is not valid (expected one of: {expected})"
@@ -215,6 +238,24 @@ impl NodeConfig {
             }
             let (key, value) = content.split_once('=').ok_or(ConfigError::MissingEquals { line })?;
             let (key, value) = (key.trim(), value.trim());
+            if let Some(ceiling) = CEILING_KEYS.iter().find(|c| c.key == key) {
+                if seen.contains(&key) {
+                    return Err(ConfigError::DuplicateKey { line, key: key.into() });
+                }
+                seen.push(key);
+                let number = value.replace('_', "").parse::<u64>().ok();
+                let v = number.filter(|v| (ceiling.min..=ceiling.max).contains(v)).ok_or_else(|| {
+                    ConfigError::OutOfRange {
+                        line,
+                        key: ceiling.key,
+                        value: value.into(),
+                        min: ceiling.min,
+                        max: ceiling.max,
+                    }
+                })?;
+                (ceiling.set)(&mut config.ceilings, v);
+                continue;
+            }
             if !KEYS.split(", ").any(|known| known == key) {
                 return Err(ConfigError::UnknownKey { line, key: key.into() });
             }
@@ -355,6 +396,13 @@ impl NodeConfig {
         if self.api_idle_s != DEFAULT_API_IDLE_S {
             out.push_str(&alloc::format!("api_idle_s = {}\n", self.api_idle_s));
         }
+        let defaults = Ceilings::default();
+        for ceiling in CEILING_KEYS {
+            let value = (ceiling.get)(&self.ceilings);
+            if value != (ceiling.get)(&defaults) {
+                out.push_str(&alloc::format!("{} = {value}\n", ceiling.key));
+            }
+        }
         out
     }
 }
@@ -453,13 +501,41 @@ mod tests {
         }
     }
 
+    #[test]
+    fn ceilings_are_keys_with_ranges() {
+        let c = NodeConfig::parse(b"task_memory_mib = 64\neval_applications = 1_000\n").unwrap();
+        assert_eq!(c.ceilings.task_memory_mib, 64);
+        assert_eq!(c.ceilings.task_memory_bytes(), 64 << 20);
+        assert_eq!(c.ceilings.eval_applications, 1000);
+        assert_eq!(c.ceilings.task_time_ms, Ceilings::default().task_time_ms);
+        for bad in
+            ["task_memory_mib = 0", "task_memory_mib = 32769", "task_time_ms = 1e3", "api_min_rate = -5"]
+        {
+            let err = NodeConfig::parse(bad.as_bytes()).unwrap_err();
+            assert!(matches!(err, ConfigError::OutOfRange { line: 1, .. }), "{bad}: {err:?}");
+            assert!(err.to_string().contains("expected a whole number from"), "{err}");
+        }
+        let err = NodeConfig::parse(b"eval_depth = 5\neval_depth = 6").unwrap_err();
+        assert_eq!(err, ConfigError::DuplicateKey { line: 2, key: "eval_depth".into() });
+        assert!(NodeConfig::parse(b"tsk_time_ms = 5").unwrap_err().to_string().contains("task_time_ms"));
+    }
+
     proptest! {
+        #[test]
+        fn ceilings_render_round_trip(values in proptest::collection::vec(any::<u64>(), CEILING_KEYS.len())) {
+            let mut config = NodeConfig::default();
+            for (ceiling, v) in CEILING_KEYS.iter().zip(values) {
+                (ceiling.set)(&mut config.ceilings, ceiling.min + v % (ceiling.max - ceiling.min + 1));
+            }
+            prop_assert_eq!(NodeConfig::parse(config.render().as_bytes()).unwrap(), config);
+        }
+
         #[test]
         fn render_round_trips(mode in 0..6usize, level in 0..5usize, ip in proptest::option::of((any::<[u8; 4]>(), 1u8..=32, proptest::option::of(any::<[u8; 4]>()))), api_idle_s in 1u32..=86_400,
             cluster_ip in proptest::option::of((any::<[u8; 4]>(), 1u8..=32)), peers in proptest::collection::vec(any::<[u8; 4]>(), 0..4), fault in 0..2usize) {
             let cluster_ip = cluster_ip.map(|(address, prefix)| StaticIp { address, prefix, gateway: None });
             let ip = ip.map(|(address, prefix, gateway)| StaticIp { address, prefix, gateway });
-            let config = NodeConfig { mode: Mode::ALL[mode], log_level: LogLevel::ALL[level], ip, api_idle_s, cluster_ip, peers, fault: Fault::ALL[fault] };
+            let config = NodeConfig { mode: Mode::ALL[mode], log_level: LogLevel::ALL[level], ip, api_idle_s, cluster_ip, peers, fault: Fault::ALL[fault], ceilings: Ceilings::default() };
             prop_assert_eq!(NodeConfig::parse(config.render().as_bytes()).unwrap(), config);
         }
 

@@ -27,6 +27,12 @@ pub enum Failure {
     MissingObject(Handle),
     /// More applications than the node allows for one evaluation.
     StepLimit { limit: u64 },
+    /// The thunk asks for more than this node allows any task or evaluation (a node-wide
+    /// ceiling, docs/SECURITY.md); says which and how much.
+    NodeLimit(String),
+    /// The machine, not the task, failed while the task ran (an NMI, a machine check): the task
+    /// was tried again and the fault persisted.
+    NodeFault(String),
     /// An IO request the job's manifest does not grant; names the capability it would need.
     MissingCapability(String),
     /// An IO request that was granted but failed (refused, timed out, a bad response), or that
@@ -43,6 +49,8 @@ impl Failure {
                 | Failure::NodeOutOfMemory
                 | Failure::MissingObject(_)
                 | Failure::StepLimit { .. }
+                | Failure::NodeLimit(_)
+                | Failure::NodeFault(_)
                 | Failure::MissingCapability(_)
                 | Failure::Io(_)
         )
@@ -60,6 +68,8 @@ impl Failure {
             Failure::NodeOutOfMemory => "node out of memory",
             Failure::MissingObject(_) => "missing object",
             Failure::StepLimit { .. } => "step limit",
+            Failure::NodeLimit(_) => "node limit",
+            Failure::NodeFault(_) => "node fault",
             Failure::MissingCapability(_) => "missing capability",
             Failure::Io(_) => "io",
         }
@@ -75,6 +85,8 @@ impl fmt::Display for Failure {
             | Failure::BadSyscall(why)
             | Failure::TaskError(why)
             | Failure::MissingCapability(why)
+            | Failure::NodeLimit(why)
+            | Failure::NodeFault(why)
             | Failure::Io(why) => write!(f, ": {why}"),
             Failure::ForgedHandle(h) | Failure::MissingObject(h) => write!(f, ": {h}"),
             Failure::OutOfMemory { limit } => write!(f, ": limit is {limit} bytes"),
@@ -82,6 +94,25 @@ impl fmt::Display for Failure {
             Failure::Timeout | Failure::NodeOutOfMemory => Ok(()),
         }
     }
+}
+
+/// Text a task chose (its failure message) as it is kept and shown: control characters, line
+/// breaks included, escaped, so that it can never forge a console line or steer a terminal it
+/// is printed on, whoever prints it.
+pub fn printable(text: &str) -> String {
+    use core::fmt::Write;
+    let mut out = String::new();
+    for c in text.chars() {
+        let _ = match c {
+            '\n' => out.write_str("\\n"),
+            '\r' => out.write_str("\\r"),
+            '\t' => out.write_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => write!(out, "\\x{:02x}", c as u32),
+            c if ('\u{80}'..='\u{9f}').contains(&c) => write!(out, "\\u{{{:x}}}", c as u32),
+            c => out.write_char(c),
+        };
+    }
+    out
 }
 
 /// A failed evaluation: the thunk whose task failed, and why.
@@ -98,3 +129,15 @@ impl fmt::Display for EvalError {
 }
 
 impl core::error::Error for EvalError {}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn task_text_is_made_printable() {
+        assert_eq!(printable("boom\ncairn: ready boot_ms=1"), "boom\\ncairn: ready boot_ms=1");
+        assert_eq!(printable("\x1b[2J\r\t\x7f\u{9b}"), "\\x1b[2J\\r\\t\\x7f\\u{9b}");
+        assert_eq!(printable("café 日本 \\ plain"), "café 日本 \\ plain");
+    }
+}

@@ -27,6 +27,9 @@ pub struct Application<'a> {
 /// there too (or be one of its inputs).
 pub trait Executor<S: Store> {
     fn apply(&mut self, store: &mut S, app: &Application<'_>) -> Result<Handle, Failure>;
+
+    /// An evaluation begins: budgets that span all its applications start here.
+    fn start_evaluation(&mut self) {}
 }
 
 /// Performs IO requests (applications of an [`Effect`] procedure) for one job (docs/IO.md):
@@ -70,14 +73,31 @@ pub enum Replay {
     Inconclusive(EvalError),
 }
 
-pub const DEFAULT_STEP_LIMIT: u64 = 1_000_000;
+/// What one evaluation may use on this node (docs/SECURITY.md), whatever its thunks ask for.
+/// Going past one fails with `node limit` or `step limit`, never remembered: another node, or
+/// this one configured otherwise, may allow it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ceilings {
+    /// The largest memory limit a thunk may declare.
+    pub task_memory_bytes: u64,
+    /// Applications (tasks run and IO requests) in one evaluation.
+    pub applications: u64,
+    /// Thunks waiting on their arguments at once (how deep thunks nest inside arguments).
+    pub depth: u64,
+}
+
+impl Default for Ceilings {
+    fn default() -> Self {
+        Ceilings { task_memory_bytes: 256 << 20, applications: 100_000, depth: 10_000 }
+    }
+}
 
 pub struct Evaluator<S, E> {
     pub store: S,
     pub executor: E,
     memo: Memo,
     stats: Stats,
-    step_limit: u64,
+    ceilings: Ceilings,
     /// The work stack, kept between evaluations so that evaluating allocates nothing for it.
     stack: Vec<Frame>,
 }
@@ -126,14 +146,23 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
             executor,
             memo: Memo::new(),
             stats: Stats::default(),
-            step_limit: DEFAULT_STEP_LIMIT,
+            ceilings: Ceilings::default(),
             stack: Vec::new(),
         }
     }
 
     pub fn with_step_limit(mut self, limit: u64) -> Self {
-        self.step_limit = limit;
+        self.ceilings.applications = limit;
         self
+    }
+
+    pub fn with_ceilings(mut self, ceilings: Ceilings) -> Self {
+        self.ceilings = ceilings;
+        self
+    }
+
+    pub fn ceilings(&self) -> Ceilings {
+        self.ceilings
     }
 
     pub fn stats(&self) -> Stats {
@@ -161,7 +190,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
     }
 
     pub fn replay(&mut self, thunk: Handle) -> Replay {
-        let Some(recorded) = self.memo.get(&thunk).cloned() else {
+        let Some(recorded) = self.memo.get(&thunk) else {
             return Replay::NotRecorded;
         };
         match self.run(thunk, false, &mut NoIo) {
@@ -172,6 +201,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
     }
 
     fn run(&mut self, root: Handle, use_memo: bool, io: &mut dyn Io<S>) -> Outcome {
+        self.executor.start_evaluation();
         let mut stack = core::mem::take(&mut self.stack);
         stack.clear();
         let outcome = self.run_with(root, use_memo, io, &mut stack);
@@ -223,7 +253,10 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
                 let arg = frame.args[frame.done.len()];
                 match self.start(arg, use_memo) {
                     Start::Done(outcome) => pending = Some((outcome, false)),
-                    Start::Frame(child) => stack.push(child),
+                    Start::Frame(child) => match self.room_for_child(stack) {
+                        Ok(()) => stack.push(child),
+                        Err(failure) => pending = Some((Err(EvalError { thunk: arg, failure }), false)),
+                    },
                 }
                 continue;
             }
@@ -233,6 +266,17 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
                     Start::Frame(mut next_frame) => {
                         let frame = stack.last_mut().expect("non-empty");
                         let mut chain = core::mem::take(&mut frame.chain);
+                        if chain.try_reserve(next_frame.chain.len()).is_err() {
+                            frame.chain = chain;
+                            let frame = stack.pop().expect("non-empty");
+                            let outcome = Err(EvalError { thunk: next, failure: Failure::NodeOutOfMemory });
+                            self.remember(&frame, &outcome, use_memo);
+                            if stack.is_empty() {
+                                return outcome;
+                            }
+                            pending = Some((outcome, frame.tainted()));
+                            continue;
+                        }
                         chain.extend(next_frame.chain.drain(..));
                         next_frame.chain = chain;
                         next_frame.clean_from = frame.clean_from;
@@ -252,6 +296,17 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         }
     }
 
+    /// Whether one more thunk may wait on its arguments: the depth ceiling, and memory for it.
+    fn room_for_child(&self, stack: &mut Vec<Frame>) -> Result<(), Failure> {
+        if stack.len() as u64 >= self.ceilings.depth {
+            return Err(Failure::NodeLimit(alloc::format!(
+                "thunks nest deeper than the {} this node allows",
+                self.ceilings.depth
+            )));
+        }
+        stack.try_reserve(1).map_err(|_| Failure::NodeOutOfMemory)
+    }
+
     /// EVAL-1 for values; otherwise a memo hit or a new frame for the thunk.
     fn start(&mut self, handle: Handle, use_memo: bool) -> Start {
         if handle.kind() != Kind::Thunk {
@@ -259,22 +314,39 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         }
         if use_memo && let Some(outcome) = self.memo.get(&handle) {
             self.stats.memo_hits += 1;
-            return Start::Done(outcome.clone());
+            return Start::Done(outcome);
         }
         let fail = |failure| Start::Done(Err(EvalError { thunk: handle, failure }));
         let Some(bytes) = self.store.get(&handle) else {
             return fail(Failure::MissingObject(handle));
         };
         match Thunk::decode(&bytes) {
-            Ok(t) => Start::Frame(Frame {
-                chain: smallvec::smallvec![handle],
-                clean_from: 0,
-                current: handle,
-                limits: t.limits(),
-                procedure: t.procedure(),
-                args: t.args().collect(),
-                done: Handles::new(),
-            }),
+            Ok(t) if t.limits().memory_bytes() > self.ceilings.task_memory_bytes => {
+                fail(Failure::NodeLimit(alloc::format!(
+                    "the thunk asks for {} bytes of memory; this node allows at most {} per task",
+                    t.limits().memory_bytes(),
+                    self.ceilings.task_memory_bytes
+                )))
+            }
+            Ok(t) => {
+                // As many arguments as the thunk's encoding holds: allocate for them fallibly.
+                let (mut args, mut done) = (Handles::new(), Handles::new());
+                if args.try_reserve_exact(t.args().len()).is_err()
+                    || done.try_reserve_exact(t.args().len()).is_err()
+                {
+                    return fail(Failure::NodeOutOfMemory);
+                }
+                args.extend(t.args());
+                Start::Frame(Frame {
+                    chain: smallvec::smallvec![handle],
+                    clean_from: 0,
+                    current: handle,
+                    limits: t.limits(),
+                    procedure: t.procedure(),
+                    args,
+                    done,
+                })
+            }
             Err(e) => {
                 let outcome = Err(EvalError { thunk: handle, failure: Failure::InvalidThunk(e.to_string()) });
                 if use_memo {
@@ -303,15 +375,18 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
             }
         };
         if applied != frame.current {
+            if frame.chain.try_reserve(1).is_err() {
+                return fail(Failure::NodeOutOfMemory);
+            }
             frame.chain.push(applied);
             if use_memo && let Some(outcome) = self.memo.get(&applied) {
                 self.stats.memo_hits += 1;
-                return Applied::Done(outcome.clone());
+                return Applied::Done(outcome);
             }
         }
         *steps += 1;
-        if *steps > self.step_limit {
-            return fail(Failure::StepLimit { limit: self.step_limit });
+        if *steps > self.ceilings.applications {
+            return fail(Failure::StepLimit { limit: self.ceilings.applications });
         }
         let effect = Effect::of(&frame.procedure);
         if effect.is_some() {
@@ -344,9 +419,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
 
     fn remember(&mut self, frame: &Frame, outcome: &Outcome, use_memo: bool) {
         if use_memo {
-            for thunk in &frame.chain[frame.clean_from.min(frame.chain.len())..] {
-                self.memo.record(*thunk, outcome);
-            }
+            self.memo.record_all(&frame.chain[frame.clean_from.min(frame.chain.len())..], outcome);
         }
     }
 }

@@ -10,6 +10,6 @@ mod error;
 mod eval;
 mod memo;
 
-pub use error::{EvalError, Failure};
-pub use eval::{Application, Evaluator, Executor, Io, NoIo, Replay, Stats};
+pub use error::{EvalError, Failure, printable};
+pub use eval::{Application, Ceilings, Evaluator, Executor, Io, NoIo, Replay, Stats};
 pub use memo::Memo;

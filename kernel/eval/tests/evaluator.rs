@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use cairn_eval::{Application, EvalError, Evaluator, Executor, Failure, Replay, Stats};
+use cairn_eval::{Application, Ceilings, EvalError, Evaluator, Executor, Failure, Replay, Stats};
 use cairn_object::store::{MemStore, Store};
 use cairn_object::{Handle, Kind, Limits, thunk};
 
@@ -13,8 +13,8 @@ struct Fake {
     flaky_counter: u64,
 }
 
-const OPS: [&str; 10] =
-    ["identity", "add", "fib", "fail", "timeout", "forge", "self", "flaky", "concat", "count"];
+const OPS: [&str; 11] =
+    ["identity", "add", "fib", "fail", "timeout", "forge", "self", "flaky", "concat", "count", "countdown"];
 
 fn op(name: &str) -> Handle {
     Handle::blob(format!("op:{name}").as_bytes())
@@ -76,6 +76,14 @@ impl Executor<MemStore> for Fake {
                 Ok(store.put(Kind::Blob, Bytes::from(out)).unwrap())
             }
             "count" => Ok(u64_blob(store, app.args.len() as u64)),
+            // countdown(n): a tail call to countdown(n - 1), ending in an error with a long message.
+            "countdown" => match read_u64(store, &app.args[0]) {
+                0 => Err(Failure::TaskError("x".repeat(4096))),
+                n => {
+                    let next = u64_blob(store, n - 1);
+                    Ok(make_thunk(store, "countdown", &[next]))
+                }
+            },
             _ => unreachable!(),
         }
     }
@@ -186,7 +194,7 @@ fn eval_7_an_argument_failure_fails_the_parent_naming_the_innermost_thunk() {
     assert_eq!(err.to_string(), format!("{fail} failed: task error: boom"));
     assert!(!ev.executor.runs.contains_key("add"), "the parent must not run");
     // Remembered for the parent too, since it is deterministic.
-    assert_eq!(ev.memo().get(&parent), Some(&Err(err)));
+    assert_eq!(ev.memo().get(&parent), Some(Err(err)));
 }
 
 #[test]
@@ -237,7 +245,7 @@ fn eval_6_replay_reports_identical_or_the_two_outcomes() {
         other => panic!("expected differs, got {other:?}"),
     }
     // Replay does not overwrite what was remembered.
-    assert_eq!(ev.memo().get(&flaky), Some(&recorded));
+    assert_eq!(ev.memo().get(&flaky), Some(recorded));
 }
 
 #[test]
@@ -253,4 +261,62 @@ fn many_arguments_are_evaluated_in_order() {
     let result = ev.eval(t).unwrap();
     let expected: String = (0..20).map(|i| format!("<{i}>")).collect();
     assert_eq!(ev.store.get(&result).unwrap(), expected.as_bytes());
+}
+
+/// identity(identity(...(identity(blob)))), `depth` thunks deep.
+fn nested(ev: &mut Evaluator<MemStore, Fake>, depth: usize) -> (Handle, Handle) {
+    let blob = u64_blob(&mut ev.store, 42);
+    let mut t = blob;
+    for _ in 0..depth {
+        t = make_thunk(&mut ev.store, "identity", &[t]);
+    }
+    (t, blob)
+}
+
+#[test]
+fn deep_nesting_stops_at_the_depth_ceiling_without_recursing_and_is_not_remembered() {
+    // 100,000 deep panicked the kernel (allocation failure); now a node limit, not remembered.
+    let mut ev = evaluator().with_ceilings(Ceilings { depth: 1000, ..Ceilings::default() });
+    let (t, _) = nested(&mut ev, 100_000);
+    let err = ev.eval(t).unwrap_err();
+    assert!(matches!(&err.failure, Failure::NodeLimit(why) if why.contains("deeper than the 1000")), "{err}");
+    assert!(!err.failure.is_deterministic());
+    assert!(ev.memo().get(&t).is_none());
+    // With room for it, the same graph evaluates on an explicit stack, not the native one.
+    let mut ev = evaluator().with_ceilings(Ceilings { depth: 200_000, ..Ceilings::default() });
+    let (t, blob) = nested(&mut ev, 100_000);
+    assert_eq!(ev.eval(t), Ok(blob));
+}
+
+#[test]
+fn a_long_chain_of_tail_calls_ending_in_an_error_shares_one_copy_of_it() {
+    let mut ev = evaluator().with_ceilings(Ceilings { applications: 200_000, ..Ceilings::default() });
+    let start = u64_blob(&mut ev.store, 120_000);
+    let t = make_thunk(&mut ev.store, "countdown", &[start]);
+    let err = ev.eval(t).unwrap_err();
+    assert_eq!(err.failure, Failure::TaskError("x".repeat(4096)));
+    // Every link of the chain is remembered (EVAL-4), each with the same error.
+    assert!(ev.memo().len() > 120_000, "{}", ev.memo().len());
+    assert_eq!(ev.memo().get(&t), Some(Err(err)));
+}
+
+#[test]
+fn a_thunk_asking_for_more_memory_than_the_node_allows_fails_with_node_limit() {
+    let mut ev = evaluator().with_ceilings(Ceilings { task_memory_bytes: 1 << 20, ..Ceilings::default() });
+    let blob = u64_blob(&mut ev.store, 1);
+    let big = thunk::encode(Limits::new(1 << 40).unwrap(), op("identity"), &[blob]).unwrap();
+    let big = ev.store.put(Kind::Thunk, Bytes::from(big)).unwrap();
+    let err = ev.eval(big).unwrap_err();
+    assert_eq!(
+        err.failure,
+        Failure::NodeLimit(
+            "the thunk asks for 1099511627776 bytes of memory; this node allows at most 1048576 per task"
+                .into()
+        )
+    );
+    assert!(ev.memo().is_empty(), "another node may allow it");
+    assert_eq!(ev.executor.runs.get("identity"), None, "nothing ran");
+    // At the ceiling exactly, it runs.
+    let ok = make_thunk(&mut ev.store, "identity", &[blob]);
+    assert_eq!(ev.eval(ok), Ok(blob));
 }

@@ -49,7 +49,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     drivers::serial::init_logger(config.log_level);
     arch::pic::init();
     arch::clock::init();
-    arch::user::init();
+    let hardening = arch::user::init();
     x86_64::instructions::interrupts::enable();
 
     log::info!(
@@ -68,13 +68,18 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         memory.heap_bytes >> 20,
         memory.free_frames
     );
+    let on = |b: bool| if b { "on" } else { "off (the CPU lacks it)" };
     log::info!(
-        "tasks: ring 3 with SYSCALL, RDTSC and FSGSBASE off, CPUID {}",
+        "tasks: ring 3 with SYSCALL, RDTSC and FSGSBASE off, CPUID {}; UMIP {}, SMEP {}, SMAP {}, TSC_AUX {}",
         if arch::user::cpuid_faulting() {
             "faulting (fixed answer)"
         } else {
             "NOT faulting: tasks see the host CPUID"
-        }
+        },
+        on(hardening.umip),
+        on(hardening.smep),
+        on(hardening.smap),
+        if hardening.tsc_aux { "fixed at 0" } else { "absent" }
     );
     choose_blake3();
     match arch::smp::start(boot_info) {
@@ -169,7 +174,7 @@ fn serve(config: &NodeConfig) -> Status {
         Some(ms) => log::info!("clock: RTC says {} s since the Unix epoch", ms / 1000),
         None => log::warn!("clock: the RTC gave no valid time; journals record uptime instead"),
     }
-    let (mut ev, _procedures) = jobs::node_evaluator(memory::heap::usage().1 as u64 / 2);
+    let (mut ev, _procedures) = jobs::node_evaluator(memory::heap::usage().1 as u64 / 2, &config.ceilings);
     let mut id_source = alloc::vec::Vec::from(network.device.mac());
     if let Some(cluster) = &cluster {
         id_source.extend_from_slice(&cluster.device.mac());

@@ -4,6 +4,10 @@
 
 #![no_std]
 
+mod trap;
+
+pub use trap::{Trap, exception_name, name_trap};
+
 use cairn_abi::layout::{ARGS_BASE, HEAP_BASE, IMAGE_BASE, IMAGE_END, OBJECTS_BASE, STACK_MAX, STACK_TOP};
 
 pub const PAGE: u64 = 4096;
@@ -11,6 +15,17 @@ pub const PAGE: u64 = 4096;
 pub const USER_END: u64 = 0x0000_8000_0000_0000;
 /// The objects window is as large as the heap window below it.
 pub const OBJECTS_END: u64 = OBJECTS_BASE + (OBJECTS_BASE - HEAP_BASE);
+// The objects window never reaches the stack's guard page.
+const _: () = assert!(OBJECTS_END <= STACK_TOP - STACK_MAX - PAGE);
+
+/// The largest heap: the heap window less one unmapped guard page before the objects window,
+/// so that at any memory limit the heap, the objects and the stack stay apart.
+pub const HEAP_MAX: u64 = OBJECTS_BASE - HEAP_BASE - PAGE;
+
+/// The heap a task gets from the bytes its limit leaves for it, kept inside its window.
+pub fn heap_bytes(available: u64) -> u64 {
+    available.min(HEAP_MAX) & !(PAGE - 1)
+}
 
 /// Where an address lies in a task's address space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,11 +47,13 @@ pub enum Region {
 
 pub fn classify(addr: u64, heap_bytes: u64) -> Region {
     let stack_bottom = STACK_TOP - STACK_MAX;
+    // Whatever a caller passes, the heap ends inside its window: no overflow, no overlap.
+    let heap_end = HEAP_BASE + heap_bytes.min(HEAP_MAX);
     match addr {
         a if a >= USER_END => Region::Kernel,
         a if (IMAGE_BASE..IMAGE_END).contains(&a) => Region::Image,
         a if (ARGS_BASE..ARGS_BASE + PAGE * 16).contains(&a) => Region::Args,
-        a if (HEAP_BASE..HEAP_BASE + heap_bytes).contains(&a) => Region::Heap,
+        a if (HEAP_BASE..heap_end).contains(&a) => Region::Heap,
         a if (HEAP_BASE..OBJECTS_BASE).contains(&a) => Region::BeyondHeap,
         a if (OBJECTS_BASE..OBJECTS_END).contains(&a) => Region::Objects,
         a if (stack_bottom..STACK_TOP).contains(&a) => Region::Stack,
@@ -116,6 +133,52 @@ pub fn page_fault_verdict(addr: u64, access: FaultAccess, heap_bytes: u64) -> Fa
     }
 }
 
+/// A task's time budget, counted in the time spent on the task: running, and the kernel's work
+/// for it (syscalls, page-ins), but not the time the node spends serving others meanwhile.
+/// Times are microseconds of any monotonic clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    limit_us: u64,
+    spent_us: u64,
+    /// When the current stretch of work for the task began; `None` while paused.
+    since: Option<u64>,
+}
+
+impl Budget {
+    /// A budget of `limit_us`, running from `now`.
+    pub fn start(limit_us: u64, now: u64) -> Budget {
+        Budget { limit_us, spent_us: 0, since: Some(now) }
+    }
+
+    /// Stops counting (the node is about to serve others).
+    pub fn pause(&mut self, now: u64) {
+        if let Some(since) = self.since.take() {
+            self.spent_us = self.spent_us.saturating_add(now.saturating_sub(since));
+        }
+    }
+
+    /// Counts again from `now`.
+    pub fn resume(&mut self, now: u64) {
+        if self.since.is_none() {
+            self.since = Some(now);
+        }
+    }
+
+    /// Time spent on the task up to `now`.
+    pub fn spent(&self, now: u64) -> u64 {
+        let running = self.since.map_or(0, |since| now.saturating_sub(since));
+        self.spent_us.saturating_add(running)
+    }
+
+    pub fn exceeded(&self, now: u64) -> bool {
+        self.spent(now) > self.limit_us
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit_us
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,7 +222,45 @@ mod tests {
         assert!(is_canonical(0xffff_8000_0000_0000));
     }
 
+    #[test]
+    fn heap_windows_hold_at_every_limit() {
+        for heap in [0, PAGE, 1 << 30, HEAP_MAX, HEAP_MAX + PAGE, 64 << 30, u64::MAX - PAGE, u64::MAX] {
+            // The heap never reaches the objects window, whatever the limit.
+            assert_ne!(classify(OBJECTS_BASE - 1, heap), Region::Heap, "heap {heap:#x}");
+            assert_eq!(classify(OBJECTS_BASE, heap), Region::Objects, "heap {heap:#x}");
+            assert_eq!(classify(STACK_TOP - 8, heap), Region::Stack, "heap {heap:#x}");
+            assert_eq!(classify(STACK_TOP - STACK_MAX - 8, heap), Region::StackGuard, "heap {heap:#x}");
+            assert!(heap_bytes(heap) <= HEAP_MAX);
+            assert_eq!(heap_bytes(heap) % PAGE, 0);
+        }
+        assert_eq!(classify(OBJECTS_BASE - 1, u64::MAX), Region::BeyondHeap, "the guard page");
+    }
+
+    #[test]
+    fn budgets_count_only_the_time_spent_on_the_task() {
+        let mut b = Budget::start(1000, 10);
+        assert!(!b.exceeded(1010));
+        b.pause(500);
+        // Serving others for a long time does not count.
+        b.resume(100_000);
+        assert_eq!(b.spent(100_100), 590);
+        assert!(!b.exceeded(100_400));
+        assert!(b.exceeded(100_511));
+        b.pause(100_600);
+        b.pause(200_000);
+        assert_eq!(b.spent(300_000), 1090);
+        // A clock that goes backwards never underflows.
+        let b = Budget::start(5, 100);
+        assert_eq!(b.spent(50), 0);
+    }
+
     proptest! {
+        #[test]
+        fn classify_never_panics(addr in any::<u64>(), heap in any::<u64>()) {
+            let _ = classify(addr, heap);
+            let _ = page_fault_verdict(addr, FaultAccess::from_error_code(heap & 0x1f), heap);
+        }
+
         #[test]
         fn user_rflags_never_grant_io_privilege_and_keep_interrupts_on(saved in any::<u64>()) {
             let f = user_rflags(saved);

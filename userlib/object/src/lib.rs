@@ -18,6 +18,7 @@ mod error;
 mod handle;
 pub mod hash;
 pub mod io;
+mod set;
 pub mod store;
 mod text;
 pub mod thunk;
@@ -25,6 +26,7 @@ pub mod tree;
 
 pub use error::{DecodeError, Problem, TextError};
 pub use handle::{BlobNamer, Digest, Handle, Kind, LITERAL_MAX, MAX_SIZE};
+pub use set::HandleSet;
 pub use thunk::{Limits, Thunk};
 pub use tree::Tree;
 

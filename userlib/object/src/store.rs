@@ -134,6 +134,18 @@ impl MemStore {
         self.put_named_placed(claimed, actual, bytes, place)
     }
 
+    /// Stores a blob of more than `LITERAL_MAX` bytes whose BLAKE3 digest the caller computed
+    /// from these very bytes (a kernel hashes large objects span by span, checking a task's
+    /// budget in between), in place: the bytes are kept as they are. Returns its handle.
+    pub fn put_hashed_blob(&mut self, bytes: Bytes, blob_digest: [u8; 32]) -> Result<Handle, StoreError> {
+        if bytes.len() <= crate::LITERAL_MAX {
+            return Ok(Handle::blob(&bytes));
+        }
+        let handle = Handle::named(Kind::Blob, bytes.len() as u64, crate::Digest(blob_digest));
+        self.insert(handle, bytes)?;
+        Ok(handle)
+    }
+
     fn put_named_placed(
         &mut self,
         claimed: &Handle,

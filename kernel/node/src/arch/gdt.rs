@@ -12,6 +12,12 @@ use x86_64::structures::tss::TaskStateSegment;
 pub const DOUBLE_FAULT_IST: u16 = 0;
 pub const NMI_IST: u16 = 1;
 pub const MACHINE_CHECK_IST: u16 = 2;
+/// #DB and #BP too: a task can make #DB strike at the first instruction of the syscall entry,
+/// before the kernel has switched stacks (`mov ss` then `syscall` with TF set), where it must
+/// not run on the task's stack.
+pub const DEBUG_IST: u16 = 3;
+pub const BREAKPOINT_IST: u16 = 4;
+const IST_COUNT: usize = 5;
 
 const IST_STACK_SIZE: usize = 16 * 1024;
 
@@ -19,7 +25,7 @@ const IST_STACK_SIZE: usize = 16 * 1024;
 #[allow(dead_code, reason = "only the CPU uses the bytes, through the TSS")]
 struct Stack([u8; IST_STACK_SIZE]);
 
-static mut IST_STACKS: [Stack; 3] = [const { Stack([0; IST_STACK_SIZE]) }; 3];
+static mut IST_STACKS: [Stack; IST_COUNT] = [const { Stack([0; IST_STACK_SIZE]) }; IST_COUNT];
 
 pub struct Selectors {
     pub kernel_code: SegmentSelector,
@@ -35,7 +41,9 @@ static GDT: Once<(GlobalDescriptorTable, Selectors)> = Once::new();
 pub fn init() {
     let tss = TSS.call_once(|| {
         let mut tss = TaskStateSegment::new();
-        for (slot, ist) in [DOUBLE_FAULT_IST, NMI_IST, MACHINE_CHECK_IST].into_iter().enumerate() {
+        for (slot, ist) in
+            [DOUBLE_FAULT_IST, NMI_IST, MACHINE_CHECK_IST, DEBUG_IST, BREAKPOINT_IST].into_iter().enumerate()
+        {
             // SAFETY: each IST stack is handed out exactly once, here, and is only ever used by
             // the CPU as an interrupt stack.
             let stack = unsafe { &raw const IST_STACKS[slot] };

@@ -6,7 +6,7 @@
 
 use core::arch::global_asm;
 use core::fmt;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use spin::Mutex;
 use x86_64::instructions::tables::lidt;
@@ -161,7 +161,9 @@ pub fn init() {
     let idt = unsafe { (&raw mut IDT).as_mut().expect("a static") };
     for (vector, entry) in idt.iter_mut().enumerate().take(STUB_COUNT) {
         let ist = match vector {
+            1 => Some(gdt::DEBUG_IST),
             2 => Some(gdt::NMI_IST),
+            3 => Some(gdt::BREAKPOINT_IST),
             8 => Some(gdt::DOUBLE_FAULT_IST),
             18 => Some(gdt::MACHINE_CHECK_IST),
             _ => None,
@@ -202,34 +204,7 @@ pub fn init_helper(extra: &[(u8, u64)]) {
     unsafe { lidt(&pointer) };
 }
 
-pub fn exception_name(vector: u64) -> &'static str {
-    match vector {
-        0 => "divide error",
-        1 => "debug",
-        2 => "non-maskable interrupt",
-        3 => "breakpoint",
-        4 => "overflow",
-        5 => "bound range exceeded",
-        6 => "invalid opcode",
-        7 => "device not available",
-        8 => "double fault",
-        10 => "invalid TSS",
-        11 => "segment not present",
-        12 => "stack-segment fault",
-        13 => "general protection fault",
-        14 => "page fault",
-        16 => "x87 floating-point error",
-        17 => "alignment check",
-        18 => "machine check",
-        19 => "SIMD floating-point error",
-        20 => "virtualization exception",
-        21 => "control protection exception",
-        28 => "hypervisor injection exception",
-        29 => "VMM communication exception",
-        30 => "security exception",
-        _ => "reserved exception",
-    }
-}
+pub use cairn_uspace::exception_name;
 
 /// What an exception looked like, as printed and as checked by the self tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -274,6 +249,9 @@ pub fn catch_exception(vector: u64, skip_bytes: u64, f: impl FnOnce()) -> Option
 
 static IN_FATAL: AtomicBool = AtomicBool::new(false);
 
+/// #DB traps that struck in ring 0 and were let go (see `exception`).
+pub static DEFERRED_DEBUG_TRAPS: AtomicU64 = AtomicU64::new(0);
+
 #[unsafe(no_mangle)]
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     if frame.cs & 3 == 3 {
@@ -305,6 +283,14 @@ fn exception(frame: &mut TrapFrame) {
         crate::println!("cairn: caught expected exception: {report}");
         expected.caught = Some(report);
         frame.rip += expected.skip_bytes;
+        return;
+    }
+    if frame.vector == 1 {
+        // The kernel never single-steps itself and sets no breakpoints: a #DB in ring 0 is one
+        // a task left pending (`mov ss` then `syscall` with TF set delivers it at the first
+        // instruction of the syscall entry). It belongs to no one; carry on without TF.
+        DEFERRED_DEBUG_TRAPS.fetch_add(1, Ordering::Relaxed);
+        frame.rflags &= !(1 << 8);
         return;
     }
     fatal(&report, frame.rbp);

@@ -67,6 +67,8 @@ static LAST_CR2: AtomicU64 = AtomicU64::new(0);
 const USER_CS: u64 = 0x23;
 const USER_SS: u64 = 0x1b;
 
+// On entry, DS, ES, FS and GS are loaded with the null selector: whatever the last task put in
+// them, the next one starts from the same selectors (their bases stay zero: see `init`).
 global_asm!(
     r#"
     .section .text.cairn_user, "ax"
@@ -80,6 +82,11 @@ cairn_enter_user:
     push r15
     mov [rip + CAIRN_KERNEL_RSP], rsp
     mov [rip + CAIRN_CURRENT_CONTEXT], rdi
+    xor eax, eax
+    mov ds, eax
+    mov es, eax
+    mov fs, eax
+    mov gs, eax
     push {user_ss}
     push qword ptr [rdi + 128]
     push qword ptr [rdi + 136]
@@ -163,8 +170,59 @@ static CPUID_FAULTING: AtomicU64 = AtomicU64::new(0);
 const MSR_PLATFORM_INFO: u32 = 0xce;
 const MSR_MISC_FEATURES_ENABLES: u32 = 0x140;
 
-/// SYSCALL/SYSRET MSRs, no-execute, RDTSC and CPUID for ring 3, and the trap stack.
-pub fn init() {
+const MSR_FS_BASE: u32 = 0xc000_0100;
+const MSR_GS_BASE: u32 = 0xc000_0101;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+const MSR_TSC_AUX: u32 = 0xc000_0103;
+
+/// The CPU protections [`init`] could switch on, for the boot log.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Hardening {
+    /// SGDT, SIDT, SLDT, SMSW and STR fault in ring 3 (they would reveal kernel addresses).
+    pub umip: bool,
+    /// The kernel cannot execute task pages.
+    pub smep: bool,
+    /// The kernel cannot touch task pages except through its own mapping of them.
+    pub smap: bool,
+    /// IA32_TSC_AUX is fixed at 0 (RDPID reads it in ring 3, and CR4.TSD does not stop it).
+    pub tsc_aux: bool,
+}
+
+static HARDENING: spin::Once<Hardening> = spin::Once::new();
+
+/// What [`init`] switched on.
+pub fn hardening() -> Hardening {
+    HARDENING.get().copied().unwrap_or_default()
+}
+
+/// XCR0 for the kernel (everything `arch::cpu::enable_simd` enabled) and for tasks.
+static KERNEL_XCR0: AtomicU64 = AtomicU64::new(0);
+static TASK_XCR0: AtomicU64 = AtomicU64::new(0);
+static CURRENT_XCR0: AtomicU64 = AtomicU64::new(0);
+
+fn set_xcr0(value: u64) {
+    if value == 0 || CURRENT_XCR0.load(Ordering::Relaxed) == value {
+        return;
+    }
+    // SAFETY: both values come from `init`: the kernel's XCR0 as enable_simd set it, or x87|SSE,
+    // a subset of it that is always valid.
+    unsafe { x86_64::registers::xcontrol::XCr0::write_raw(value) };
+    CURRENT_XCR0.store(value, Ordering::Relaxed);
+}
+
+/// Before a task's SIMD state is loaded: the XCR0 tasks run with.
+pub fn enter_task_xcr0() {
+    set_xcr0(TASK_XCR0.load(Ordering::Relaxed));
+}
+
+/// Before the kernel uses SIMD itself: its own XCR0.
+pub fn enter_kernel_xcr0() {
+    set_xcr0(KERNEL_XCR0.load(Ordering::Relaxed));
+}
+
+/// SYSCALL/SYSRET MSRs, no-execute, RDTSC and CPUID for ring 3, the trap stack, and every
+/// protection the CPU offers against what a task could see or do (docs/SECURITY.md).
+pub fn init() -> Hardening {
     let selectors = gdt::selectors();
     let top = VirtAddr::from_ptr(&raw const TRAP_STACK) + TRAP_STACK_SIZE as u64;
     gdt::set_kernel_stack(top);
@@ -188,7 +246,45 @@ pub fn init() {
             misc.write(misc.read() | 1);
             CPUID_FAULTING.store(1, Ordering::Relaxed);
         }
+        // The kernel never uses FS or GS; their bases stay zero for every task.
+        for msr in [MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE] {
+            Msr::new(msr).write(0);
+        }
     }
+    let leaf7 = core::arch::x86_64::__cpuid_count(7, 0);
+    let extended = core::arch::x86_64::__cpuid(0x8000_0000).eax;
+    let rdtscp = extended >= 0x8000_0001 && core::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 27) != 0;
+    let hardening = Hardening {
+        umip: leaf7.ecx & (1 << 2) != 0,
+        smep: leaf7.ebx & (1 << 7) != 0,
+        smap: leaf7.ebx & (1 << 20) != 0,
+        tsc_aux: rdtscp || leaf7.ecx & (1 << 22) != 0,
+    };
+    // SAFETY: each CR4 bit is set only where CPUID reports the feature. The kernel never
+    // executes task pages (SMEP) and reaches task memory only through its linear map of the
+    // frames, never at task addresses (SMAP).
+    unsafe {
+        Cr4::update(|cr4| {
+            cr4.set(Cr4Flags::USER_MODE_INSTRUCTION_PREVENTION, hardening.umip);
+            cr4.set(Cr4Flags::SUPERVISOR_MODE_EXECUTION_PROTECTION, hardening.smep);
+            cr4.set(Cr4Flags::SUPERVISOR_MODE_ACCESS_PREVENTION, hardening.smap);
+        });
+        if hardening.tsc_aux {
+            Msr::new(MSR_TSC_AUX).write(0);
+        }
+    }
+    let kernel_xcr0 = if Cr4::read().contains(Cr4Flags::OSXSAVE) {
+        x86_64::registers::xcontrol::XCr0::read_raw()
+    } else {
+        0
+    };
+    // The fixed CPUID answer says x86-64-v2 and no AVX: where tasks get it, they run with x87
+    // and SSE state only, so that what they can execute is what CPUID and XGETBV tell them.
+    let task_xcr0 = if cpuid_faulting() && kernel_xcr0 != 0 { 0b11 } else { kernel_xcr0 };
+    KERNEL_XCR0.store(kernel_xcr0, Ordering::Relaxed);
+    TASK_XCR0.store(task_xcr0, Ordering::Relaxed);
+    CURRENT_XCR0.store(kernel_xcr0, Ordering::Relaxed);
+    *HARDENING.call_once(|| hardening)
 }
 
 pub fn cpuid_faulting() -> bool {

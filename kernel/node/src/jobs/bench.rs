@@ -15,7 +15,7 @@ const HASH_BYTES: usize = 16 << 20;
 const HASH_ROUNDS: u64 = 4;
 
 pub fn run() -> Status {
-    let (mut ev, p) = node_evaluator(64 << 20);
+    let (mut ev, p) = node_evaluator(64 << 20, &cairn_bootcfg::Ceilings::default());
     let tiny = blob(&mut ev, b"x");
     let thunk = apply(&mut ev, p.identity, &[tiny], 1 << 20);
 

@@ -26,7 +26,7 @@ const TILE: (u32, u32) = (64, 64);
 const MAX_ITER: u32 = 64;
 
 pub fn run() -> Status {
-    let (mut ev, p) = node_evaluator(256 << 20);
+    let (mut ev, p) = node_evaluator(256 << 20, &cairn_bootcfg::Ceilings::default());
     let mib = 1 << 20;
 
     // Wordcount: one map thunk per chunk (cut at line ends), one reduce over all of them.

@@ -1,6 +1,7 @@
 //! Work the node does on its own: the default job, and the task checks the QEMU tests run.
 
 pub mod bench;
+mod containment_checks;
 pub mod demo;
 pub mod task_checks;
 
@@ -12,7 +13,7 @@ use cairn_object::store::Store;
 use cairn_object::{Handle, Kind, Limits, thunk};
 
 use crate::memory::objects::NodeStore;
-use crate::task::{TaskExecutor, builtin};
+use crate::task::{TaskCeilings, TaskExecutor, builtin};
 
 pub type NodeEvaluator = Evaluator<NodeStore, TaskExecutor>;
 
@@ -24,10 +25,11 @@ pub struct Procedures {
     pub wordcount: Handle,
     pub mandelbrot: Handle,
     pub hostile: Handle,
+    pub containment: Handle,
 }
 
-/// An evaluator over a fresh store holding the built-in tasks.
-pub fn node_evaluator(store_limit: u64) -> (NodeEvaluator, Procedures) {
+/// An evaluator over a fresh store holding the built-in tasks, under the node's ceilings.
+pub fn node_evaluator(store_limit: u64, ceilings: &cairn_bootcfg::Ceilings) -> (NodeEvaluator, Procedures) {
     let mut store = NodeStore::new(store_limit);
     let mut put =
         |elf: &'static [u8]| store.put(Kind::Blob, Bytes::from_static(elf)).expect("built-in tasks fit");
@@ -38,8 +40,15 @@ pub fn node_evaluator(store_limit: u64) -> (NodeEvaluator, Procedures) {
         wordcount: put(builtin::WORDCOUNT),
         mandelbrot: put(builtin::MANDELBROT),
         hostile: put(builtin::HOSTILE),
+        containment: put(builtin::CONTAINMENT),
     };
-    (Evaluator::new(store, TaskExecutor::new()), procedures)
+    let eval_ceilings = cairn_eval::Ceilings {
+        task_memory_bytes: ceilings.task_memory_bytes(),
+        applications: ceilings.eval_applications,
+        depth: ceilings.eval_depth,
+    };
+    let executor = TaskExecutor::new(TaskCeilings::from_config(ceilings));
+    (Evaluator::new(store, executor).with_ceilings(eval_ceilings), procedures)
 }
 
 pub fn blob(ev: &mut NodeEvaluator, bytes: &[u8]) -> Handle {

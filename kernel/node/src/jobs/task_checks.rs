@@ -38,7 +38,7 @@ pub const HOSTILE_MODES: &[&str] = &[
     "forge-tree",
 ];
 
-fn show(ev: &NodeEvaluator, outcome: &Result<Handle, cairn_eval::EvalError>) -> String {
+pub fn show(ev: &NodeEvaluator, outcome: &Result<Handle, cairn_eval::EvalError>) -> String {
     match outcome {
         Ok(h) => match ev.store.get(h) {
             Some(bytes) if bytes.len() <= 64 => format!("ok {h} = {}", hex(&bytes)),
@@ -52,9 +52,21 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The ceilings of the checks: a 1 s budget, and ceilings low enough that the checks reach
+/// them quickly (`containment_checks`).
+pub fn ceilings() -> cairn_bootcfg::Ceilings {
+    cairn_bootcfg::Ceilings {
+        task_time_ms: 1000,
+        // Low enough to reach in a check; budget-dodge must meet its budget, not this.
+        task_create_mib: 256,
+        eval_depth: 1000,
+        eval_applications: 2000,
+        ..cairn_bootcfg::Ceilings::default()
+    }
+}
+
 pub fn run() -> Status {
-    let (mut ev, p) = node_evaluator(64 << 20);
-    ev.executor.budget_us = 1_000_000;
+    let (mut ev, p) = node_evaluator(64 << 20, &ceilings());
     let mib = 1 << 20;
 
     println!("task-check cpuid-faulting: {}", if crate::arch::user::cpuid_faulting() { "yes" } else { "no" });
@@ -91,6 +103,7 @@ pub fn run() -> Status {
             println!("task-check {mode}/{run}: {}", show(&ev, &outcome));
         }
     }
+    super::containment_checks::run(&mut ev, &p);
     let t = ev.executor.stats;
     println!(
         "task-check done: syscalls={} page_ins={} preemptions={}",

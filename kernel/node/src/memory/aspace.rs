@@ -177,8 +177,8 @@ impl AddressSpace {
         self.map(virt, phys, perm.flags() | BORROWED)
     }
 
-    /// The physical address and flags behind a user address.
-    fn translate(&mut self, virt: u64) -> Option<(u64, PageTableFlags)> {
+    /// The level-1 table that would hold `virt`'s entry, if the tables down to it exist.
+    fn leaf_table(&self, virt: u64) -> Option<u64> {
         // A direct walk: task mappings are always 4 KiB pages in the lower half, and this runs
         // on every syscall and reset, where the generic mapper's checks cost too much.
         if virt >= cairn_uspace::USER_END {
@@ -197,10 +197,36 @@ impl AddressSpace {
             }
             table = entry.addr().as_u64();
         }
-        // SAFETY: as above, for the level-1 table.
+        Some(table)
+    }
+
+    /// The physical address and flags behind a user address.
+    fn translate(&mut self, virt: u64) -> Option<(u64, PageTableFlags)> {
+        let table = self.leaf_table(virt)?;
+        // SAFETY: a level-1 table of this space, in the linear map; it is only read.
         let entry = unsafe { &(&*(phys_to_virt(table) as *const PageTable))[(virt >> 12) as usize & 511] };
         let flags = entry.flags();
         flags.contains(PageTableFlags::PRESENT).then(|| (entry.addr().as_u64() + (virt & 0xfff), flags))
+    }
+
+    /// Whether a user page is mapped at all.
+    pub fn is_mapped(&mut self, virt: u64) -> bool {
+        self.translate(virt).is_some()
+    }
+
+    /// Records that the kernel wrote the page at `virt`, as the CPU would have had the task
+    /// written it, so that a reset restores it: the kernel writes through the linear map,
+    /// which leaves the task's own dirty bit clear.
+    fn mark_written(&mut self, virt: u64) {
+        let Some(table) = self.leaf_table(virt) else { return };
+        // SAFETY: a level-1 table of this space, in the linear map; `&mut self` makes this the
+        // only reference, and the task is not running. Setting DIRTY on a present entry needs
+        // no TLB flush: the CPU itself only ever sets it.
+        let entry =
+            unsafe { &mut (&mut *(phys_to_virt(table) as *mut PageTable))[(virt >> 12) as usize & 511] };
+        if entry.flags().contains(PageTableFlags::PRESENT) {
+            entry.set_flags(entry.flags() | PageTableFlags::DIRTY);
+        }
     }
 
     /// Copies task memory into `out`; `false` if any byte is not mapped for the task.
@@ -213,11 +239,19 @@ impl AddressSpace {
     }
 
     /// Copies `bytes` into task memory; `false` if any byte is not mapped writable for the task.
+    /// The pages written count as written by the task ([`Self::mark_written`]).
     pub fn write(&mut self, virt: u64, bytes: &[u8]) -> bool {
-        self.copy(virt, bytes.len(), true, |chunk_virt, offset, len| {
+        let copied = self.copy(virt, bytes.len(), true, |chunk_virt, offset, len| {
             // SAFETY: as in `read`, and the page is writable for the task.
             unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr().add(offset), chunk_virt, len) };
-        })
+        });
+        if copied && !bytes.is_empty() {
+            let last = (virt + bytes.len() as u64 - 1) & !(FRAME_SIZE - 1);
+            for page in ((virt & !(FRAME_SIZE - 1))..=last).step_by(FRAME_SIZE as usize) {
+                self.mark_written(page);
+            }
+        }
+        copied
     }
 
     fn copy(

@@ -23,7 +23,7 @@ const PAGE_ALIGNED_MIN: usize = 2048;
 
 /// A page-aligned, page-rounded heap buffer: its pages hold nothing but its bytes (and zeros),
 /// so they can be mapped into a task without leaking anything else.
-struct PageBuf {
+pub struct PageBuf {
     ptr: NonNull<u8>,
     len: usize,
     layout: Layout,
@@ -235,6 +235,30 @@ impl Drop for UploadPages {
     }
 }
 
+/// Memory for an object a task creates, allocated fallibly before anything is copied: pages of
+/// its own when it is large (so it is lent to tasks without another copy), else an ordinary
+/// buffer.
+pub enum NewObject {
+    Small(Vec<u8>),
+    Pages(PageBuf),
+}
+
+impl NewObject {
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            NewObject::Small(v) => v,
+            NewObject::Pages(p) => p.as_mut(),
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            NewObject::Small(v) => Bytes::from(v),
+            NewObject::Pages(p) => Bytes::from_owner(p),
+        }
+    }
+}
+
 pub struct NodeStore {
     inner: MemStore,
 }
@@ -278,6 +302,37 @@ impl NodeStore {
     pub fn put_upload(&mut self, claimed: &Handle, bytes: Bytes, digest: [u8; 32]) -> Result<(), StoreError> {
         debug_assert!(bytes.is_empty() || (bytes.as_ptr() as u64).is_multiple_of(FRAME_SIZE));
         self.inner.put_verified_digest_placed(claimed, bytes, digest, Some)
+    }
+
+    /// A zeroed buffer for a new object of `len` bytes, if the store has room for it and the
+    /// heap the memory; nothing is allocated otherwise.
+    pub fn new_object(&self, len: usize) -> Option<NewObject> {
+        if len as u64 > self.room() {
+            return None;
+        }
+        if len < PAGE_ALIGNED_MIN {
+            let mut v = Vec::new();
+            v.try_reserve_exact(len).ok()?;
+            v.resize(len, 0);
+            return Some(NewObject::Small(v));
+        }
+        PageBuf::zeroed(len).map(NewObject::Pages)
+    }
+
+    /// Stores an object made in a [`NewObject`]: a blob whose digest the caller computed from
+    /// these bytes is not hashed again; anything else is named (and checked) as it is stored.
+    pub fn put_new(
+        &mut self,
+        kind: Kind,
+        object: NewObject,
+        blob_digest: Option<[u8; 32]>,
+    ) -> Result<Handle, StoreError> {
+        let bytes = object.into_bytes();
+        match (kind, blob_digest) {
+            (Kind::Blob, Some(digest)) => self.inner.put_hashed_blob(bytes, digest),
+            // Already where it should live: small, or in pages of its own.
+            _ => self.inner.put_placed(kind, bytes, Some),
+        }
     }
 
     /// Large objects move into pages of their own; `None` if the heap has no room.

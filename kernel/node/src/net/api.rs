@@ -259,7 +259,7 @@ impl NodeApi for Node<'_> {
     }
     fn recall(&self, thunk: &Handle) -> Option<Handle> {
         match self.ev.memo().get(thunk) {
-            Some(Ok(value)) => Some(*value),
+            Some(Ok(value)) => Some(value),
             _ => None,
         }
     }
