@@ -202,9 +202,10 @@ impl Client {
                 return Err(WrongObject { asked: handle, received: sent }.into());
             }
             Message::ObjectBegin { len, .. } => {
-                // The length is the handle's size (the decoder checks it), and the handle is
-                // ours; still, reserve no more than a bound and let the rest grow with the data.
-                if len != handle.size() {
+                // The length fits the handle (the decoder checks it: a blob's size, or a tree's
+                // encoding within its footprint), and the handle is ours; still, reserve no more
+                // than a bound and let the rest grow with the data.
+                if !cairn_proto::length_fits(&handle, len) {
                     bail!("the node announced {len} bytes for {handle}");
                 }
                 let mut bytes = Vec::with_capacity(len.min(MAX_RESERVE) as usize);

@@ -75,6 +75,24 @@ fn kind_of(message: &Message) -> u8 {
     }
 }
 
+/// Appends a text field of at most [`MAX_TEXT`] bytes: a longer one (a task's failure message,
+/// escaped, can be longer) is cut at a character boundary and says so, rather than making a
+/// frame the receiver must reject.
+fn put_text(out: &mut Vec<u8>, text: &str) {
+    if text.len() <= MAX_TEXT {
+        out.extend_from_slice(text.as_bytes());
+        return;
+    }
+    const MARK: &str = " [cut: ";
+    let note = alloc::format!("{MARK}{} bytes]", text.len());
+    let mut end = MAX_TEXT - note.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.extend_from_slice(&text.as_bytes()[..end]);
+    out.extend_from_slice(note.as_bytes());
+}
+
 /// Appends `frame` to `out`. Panics if a message is larger than one frame allows (a caller bug:
 /// objects larger than `MAX_INLINE` must be chunked).
 pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
@@ -149,7 +167,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             for h in [job, journal, thunk] {
                 out.extend_from_slice(h.as_bytes());
             }
-            out.extend_from_slice(failure.as_bytes());
+            put_text(out, failure);
         }
         Message::Replayed { job, journal, result, recorded } => {
             for h in [job, journal, result] {
@@ -167,12 +185,12 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         }
         Message::EvalFailed { thunk, failure } => {
             out.extend_from_slice(thunk.as_bytes());
-            out.extend_from_slice(failure.as_bytes());
+            put_text(out, failure);
         }
         Message::Stats => {}
         Message::Error { code, message } => {
             out.extend_from_slice(&(*code as u16).to_le_bytes());
-            out.extend_from_slice(message.as_bytes());
+            put_text(out, message);
         }
     }
     let len = out.len() - start - 4;
@@ -373,8 +391,13 @@ impl Payload<'_> {
             kind::PUT_BEGIN | kind::OBJECT_BEGIN => {
                 self.exact(Handle::LEN + 8)?;
                 let (handle, len) = (self.handle(0)?, self.u64_at(Handle::LEN)?);
-                if handle.size() != len {
-                    return Err(self.malformed(Handle::LEN, "length differs from the handle's size"));
+                if !crate::length_fits(&handle, len) {
+                    let why = if handle.kind() == cairn_object::Kind::Blob {
+                        "length differs from the handle's size"
+                    } else {
+                        "length is not whole entries within the handle's footprint"
+                    };
+                    return Err(self.malformed(Handle::LEN, why));
                 }
                 if self.kind == kind::PUT_BEGIN {
                     Message::PutBegin { handle, len }

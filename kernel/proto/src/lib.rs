@@ -24,6 +24,16 @@ pub const HEADER: usize = 12;
 pub const MAX_INLINE: usize = MAX_CHUNK;
 const MAX_TEXT: usize = 4096;
 
+/// Whether `len` bytes can be the object `handle` names (docs/PROTOCOL.md, PUT-BEGIN): a blob's
+/// length is its size; a tree's or thunk's encoding is whole entries, and no more than its
+/// footprint (its size, which also counts what its entries declare).
+pub fn length_fits(handle: &Handle, len: u64) -> bool {
+    match handle.kind() {
+        cairn_object::Kind::Blob => len == handle.size(),
+        _ => len.is_multiple_of(Handle::LEN as u64) && len <= handle.size(),
+    }
+}
+
 /// What a node offers, in HELLO's reply.
 pub mod offers {
     pub const HAVE: u64 = 1 << 0;
@@ -200,6 +210,9 @@ pub enum ErrorCode {
     /// A message the receiver does not accept here (e.g. a chunk without a begin).
     Unexpected = 5,
     Internal = 6,
+    /// The node will not serve this connection now (a ceiling on connections: too many from
+    /// one client, or closed while idle to make room); the node closes it after saying so.
+    Busy = 7,
 }
 
 impl ErrorCode {
@@ -211,6 +224,7 @@ impl ErrorCode {
             ErrorCode::StoreFull,
             ErrorCode::Unexpected,
             ErrorCode::Internal,
+            ErrorCode::Busy,
         ]
         .into_iter()
         .find(|c| *c as u16 == v)
@@ -276,6 +290,7 @@ impl fmt::Display for ProtoError {
 
 impl core::error::Error for ProtoError {}
 
+pub mod admission;
 mod codec;
 pub mod session;
 pub use codec::{decode, encode};

@@ -94,6 +94,8 @@ pub enum Work {
 struct Upload {
     request: u32,
     handle: Handle,
+    /// Bytes announced: the blob's size, or the tree's or thunk's encoding.
+    len: usize,
     buffer: Box<dyn UploadBuffer>,
     filled: usize,
 }
@@ -105,8 +107,28 @@ struct Download {
     sent: usize,
 }
 
+/// What one connection may hold on the node (docs/SECURITY.md, the `api_*` ceilings). Past
+/// either, the session stops taking input until the client catches up: the node then stops
+/// reading its socket, and TCP makes the client wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Bytes of answers waiting to be sent (downloads not yet sent included).
+    pub queue_bytes: usize,
+    /// Bytes received and held behind work not answered yet (or while the node is busy).
+    pub held_bytes: usize,
+    /// Requests queued for the node and not answered yet.
+    pub work: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits { queue_bytes: 4 << 20, held_bytes: 16 << 20, work: 64 }
+    }
+}
+
 #[derive(Default)]
 pub struct Session {
+    limits: SessionLimits,
     input: Vec<u8>,
     /// Encoded frames not yet handed out; `output[sent..]` is what remains.
     output: Vec<u8>,
@@ -131,6 +153,33 @@ pub struct Session {
 impl Session {
     pub fn new() -> Session {
         Session::default()
+    }
+
+    pub fn with_limits(limits: SessionLimits) -> Session {
+        Session { limits, ..Session::default() }
+    }
+
+    /// Bytes of answers not sent yet, the rest of every download included.
+    pub fn pending_output(&self) -> usize {
+        let downloads: usize = self.downloads.iter().map(|d| d.bytes.len() - d.sent).sum();
+        self.output.len() - self.sent + downloads
+    }
+
+    /// Whether the node should hand this session more bytes now: not while it holds as much
+    /// as it may behind unanswered work, nor while the client leaves its answers unread.
+    pub fn accepts_input(&self) -> bool {
+        !self.closing && self.held.len() < self.limits.held_bytes && !self.paused()
+    }
+
+    /// True while answers pile up unread or too much work is queued: frames wait.
+    fn paused(&self) -> bool {
+        self.pending_output() >= self.limits.queue_bytes || self.outstanding >= self.limits.work
+    }
+
+    /// True in the middle of a request: part of a frame, or an upload not yet complete. A
+    /// connection then owes the node bytes, at a reasonable rate (the node's `api_min_rate`).
+    pub fn mid_request(&self) -> bool {
+        !self.input.is_empty() || self.upload.is_some() || self.chunk_left > 0
     }
 
     /// True once the session has said why it gives up; the caller closes the connection after
@@ -168,7 +217,7 @@ impl Session {
             let outcome = node.put_upload(&upload.handle, upload.buffer);
             self.stored(upload.request, upload.handle, outcome);
         }
-        if self.held.is_empty() || self.holding() {
+        if self.held.is_empty() || self.holding() || self.paused() {
             return;
         }
         let held = core::mem::take(&mut self.held);
@@ -193,7 +242,9 @@ impl Session {
 
     fn handle_bytes(&mut self, mut bytes: &[u8], node: &mut dyn NodeApi) {
         while !self.closing && !bytes.is_empty() {
-            if self.holding() {
+            // Between frames, wait while the client leaves its answers unread or has queued as
+            // much work as it may: the rest waits, bounded by `accepts_input`.
+            if self.holding() || (self.chunk_left == 0 && self.input.is_empty() && self.paused()) {
                 self.held.extend_from_slice(bytes);
                 return;
             }
@@ -356,6 +407,11 @@ impl Session {
         self.send(request, Message::Error { code, message });
     }
 
+    /// Says why the node will not serve this connection, then closes it once that is sent.
+    pub fn refuse(&mut self, code: ErrorCode, message: String) {
+        self.fail(0, code, message)
+    }
+
     fn fail(&mut self, request: u32, code: ErrorCode, message: String) {
         self.error(request, code, message);
         self.closing = true;
@@ -399,8 +455,8 @@ impl Session {
                         format!("{len} bytes do not fit in the store"),
                     );
                 }
-                // The decoder checked that `len` is the handle's size, so a liar only gets a
-                // mismatch at the end; the buffer is bounded by the store's room.
+                // The decoder checked that `len` can be the object's (`length_fits`), so a liar
+                // only gets a mismatch at the end; the buffer is bounded by the store's room.
                 let Some(buffer) = usize::try_from(len).ok().and_then(|len| node.upload_buffer(len)) else {
                     return self.error(
                         request,
@@ -408,7 +464,7 @@ impl Session {
                         format!("no memory for an upload of {len} bytes now"),
                     );
                 };
-                self.upload = Some(Upload { request, handle, buffer, filled: 0 });
+                self.upload = Some(Upload { request, handle, len: len as usize, buffer, filled: 0 });
                 if len == 0 {
                     self.finish_upload_if_complete(node);
                 }
@@ -482,7 +538,7 @@ fn pending_need(input: &[u8]) -> usize {
 
 impl Upload {
     fn buffer_len(&self) -> usize {
-        self.handle.size() as usize
+        self.len
     }
 }
 
@@ -643,6 +699,138 @@ mod tests {
             }
         }
         assert!(got == big);
+    }
+
+    #[test]
+    fn trees_larger_than_a_frame_go_up_and_down_in_chunks() {
+        // A tree's handle carries its footprint, not its encoding's length: the upload and the
+        // download announce the encoding (whole entries, within the footprint).
+        let (mut s, mut n) = (Session::new(), node());
+        let entries: Vec<Handle> = (0..40_000u32).map(|i| Handle::blob(&i.to_le_bytes())).collect();
+        let encoding = cairn_object::tree::encode(&entries);
+        let h = cairn_object::store::name(Kind::Tree, &encoding).unwrap();
+        assert!(encoding.len() > crate::MAX_FRAME && h.size() > encoding.len() as u64);
+        let mut messages = vec![(1, Message::PutBegin { handle: h, len: encoding.len() as u64 })];
+        for (i, chunk) in encoding.chunks(MAX_CHUNK).enumerate() {
+            messages.push((1, Message::PutChunk { offset: (i * MAX_CHUNK) as u64, bytes: chunk.to_vec() }));
+        }
+        messages.push((2, Message::Get { handle: h }));
+        let replies = exchange(&mut s, &mut n, &frames(&messages));
+        assert_eq!(replies[0].message, Message::Stored { handle: h });
+        assert_eq!(replies[1].message, Message::ObjectBegin { handle: h, len: encoding.len() as u64 });
+        let got: Vec<u8> = replies[2..]
+            .iter()
+            .flat_map(|r| match &r.message {
+                Message::ObjectChunk { bytes, .. } => bytes.clone(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert!(got == encoding);
+        // A length that cannot be the tree's is refused by the decoder.
+        assert!(!crate::length_fits(&h, encoding.len() as u64 + 1));
+        assert!(!crate::length_fits(&h, h.size() + 40));
+    }
+
+    #[test]
+    fn a_client_that_never_reads_its_answers_is_paused_and_loses_nothing() {
+        // 501 GETs of a 1 MiB object, sent at once: the answers wait within the queue ceiling,
+        // the requests behind them wait too, and every one is answered once the client reads.
+        let limits = SessionLimits { queue_bytes: 4 << 20, held_bytes: 16 << 20, work: 64 };
+        let (mut s, mut n) = (Session::with_limits(limits), node());
+        let object: Vec<u8> = (0..MAX_INLINE as u32).map(|i| (i % 251) as u8).collect();
+        let h = Handle::blob(&object);
+        n.store.put_verified(&h, Bytes::from(object.clone())).unwrap();
+        let gets = frames(&(0..501).map(|i| (i, Message::Get { handle: h })).collect::<Vec<_>>());
+        for piece in gets.chunks(64 << 10) {
+            assert!(s.accepts_input(), "a few GET frames fit behind the ceiling");
+            s.feed(piece, &mut n);
+        }
+        assert!(s.pending_output() <= limits.queue_bytes + MAX_FRAME, "{}", s.pending_output());
+        assert!(!s.accepts_input(), "paused while the answers are unread");
+        let mut answered = 0;
+        let mut input = Vec::new();
+        while s.has_output() {
+            input.extend(s.output(256 << 10));
+            while let Ok(Some((frame, used))) = decode(&input) {
+                assert_eq!(frame.message, Message::Object { handle: h, bytes: object.clone() });
+                answered += 1;
+                input.drain(..used);
+            }
+            s.resume(&mut n);
+            assert!(s.pending_output() <= limits.queue_bytes + MAX_FRAME);
+        }
+        assert_eq!(answered, 501);
+        assert!(s.accepts_input() && !s.closing());
+    }
+
+    #[test]
+    fn bytes_behind_an_unanswered_eval_stop_at_the_held_ceiling() {
+        let limits = SessionLimits { queue_bytes: 4 << 20, held_bytes: 1 << 20, work: 64 };
+        let (mut s, mut n) = (Session::with_limits(limits), node());
+        s.feed(&frames(&[(1, Message::Eval { handle: Handle::blob(b"x") })]), &mut n);
+        assert!(s.take_work().is_some());
+        let puts = frames(
+            &(0..100u32)
+                .map(|i| {
+                    let bytes = vec![i as u8; 64 << 10];
+                    (i + 2, Message::Put { handle: Handle::blob(&bytes), bytes })
+                })
+                .collect::<Vec<_>>(),
+        );
+        let mut fed = 0;
+        for piece in puts.chunks(32 << 10) {
+            if !s.accepts_input() {
+                break;
+            }
+            s.feed(piece, &mut n);
+            fed += piece.len();
+        }
+        assert!((1 << 20..(1 << 20) + (64 << 10)).contains(&fed), "the node stopped reading at {fed} bytes");
+        // Once the EVAL is answered, the held requests go through in order.
+        s.deliver(
+            1,
+            Message::Evaluated { result: Handle::blob(b"x"), tasks_run: 0, memo_hits: 0, micros: 0 },
+        );
+        s.resume(&mut n);
+        let replies = {
+            let out = s.output(usize::MAX);
+            let mut frames = Vec::new();
+            let mut rest = &out[..];
+            while let Ok(Some((frame, used))) = decode(rest) {
+                frames.push(frame);
+                rest = &rest[used..];
+            }
+            frames
+        };
+        assert!(matches!(replies[0].message, Message::Evaluated { .. }));
+        assert!(
+            replies.len() > 10 && replies[1..].iter().all(|f| matches!(f.message, Message::Stored { .. }))
+        );
+        assert!(s.accepts_input());
+    }
+
+    #[test]
+    fn queued_work_is_bounded_per_connection() {
+        let limits = SessionLimits { queue_bytes: 4 << 20, held_bytes: 16 << 20, work: 8 };
+        let (mut s, mut n) = (Session::with_limits(limits), node());
+        let submits = frames(
+            &(0..20).map(|i| (i, Message::Submit { job: Handle::blob(&[i as u8; 40]) })).collect::<Vec<_>>(),
+        );
+        s.feed(&submits, &mut n);
+        let mut queued = 0;
+        while s.take_work().is_some() {
+            queued += 1;
+        }
+        assert_eq!(queued, 8, "no more than the ceiling in flight");
+        assert!(!s.accepts_input());
+        for i in 0..8 {
+            s.deliver(i, Message::Error { code: ErrorCode::NotFound, message: "no".into() });
+        }
+        s.resume(&mut n);
+        while s.take_work().is_some() {
+            queued += 1;
+        }
+        assert_eq!(queued, 16);
     }
 
     fn upload_frames(big: &[u8], claimed: Handle) -> Vec<u8> {

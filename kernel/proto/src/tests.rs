@@ -192,3 +192,21 @@ fn errors_name_what_is_wrong() {
         "message 0x04, payload byte 40: length differs from the handle's size"
     );
 }
+
+#[test]
+fn text_longer_than_a_field_allows_is_cut_and_says_so() {
+    // A task's failure message, escaped, can be four times the 4 KiB a task may give.
+    let failure = alloc::format!("task error: {}", "é\\x1b".repeat(3000));
+    let frame = Frame { request: 9, message: Message::EvalFailed { thunk: Handle::blob(b"t"), failure } };
+    let bytes = bytes_of(&[frame]);
+    let (decoded, used) = crate::decode(&bytes).unwrap().unwrap();
+    assert_eq!(used, bytes.len());
+    let Message::EvalFailed { failure, .. } = decoded.message else { panic!("{decoded:?}") };
+    assert!(failure.len() <= 4096 && failure.starts_with("task error: é\\x1b"), "{}", failure.len());
+    assert!(failure.ends_with(" [cut: 18012 bytes]"), "{}", &failure[failure.len() - 40..]);
+    let error = Frame {
+        request: 1,
+        message: Message::Error { code: ErrorCode::Unexpected, message: "x".repeat(5000) },
+    };
+    assert!(crate::decode(&bytes_of(&[error])).unwrap().is_some());
+}

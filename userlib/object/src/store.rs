@@ -136,12 +136,21 @@ impl MemStore {
 
     /// Stores a blob of more than `LITERAL_MAX` bytes whose BLAKE3 digest the caller computed
     /// from these very bytes (a kernel hashes large objects span by span, checking a task's
-    /// budget in between), in place: the bytes are kept as they are. Returns its handle.
-    pub fn put_hashed_blob(&mut self, bytes: Bytes, blob_digest: [u8; 32]) -> Result<Handle, StoreError> {
+    /// budget in between), in place: the bytes are kept as they are. Returns its handle. A new
+    /// object is refused as `Full` if it needs more than `room` bytes.
+    pub fn put_hashed_blob(
+        &mut self,
+        bytes: Bytes,
+        blob_digest: [u8; 32],
+        room: u64,
+    ) -> Result<Handle, StoreError> {
         if bytes.len() <= crate::LITERAL_MAX {
             return Ok(Handle::blob(&bytes));
         }
         let handle = Handle::named(Kind::Blob, bytes.len() as u64, crate::Digest(blob_digest));
+        if !self.objects.contains_key(&handle) && bytes.len() as u64 > room {
+            return Err(StoreError::Full { needed: bytes.len() as u64, used: self.bytes, limit: self.limit });
+        }
         self.insert(handle, bytes)?;
         Ok(handle)
     }

@@ -328,10 +328,13 @@ impl NodeStore {
         blob_digest: Option<[u8; 32]>,
     ) -> Result<Handle, StoreError> {
         let bytes = object.into_bytes();
+        // `new_object` checked the room before the bytes were made; uploads may have taken
+        // some since, so look again, as `put` does.
+        let room = self.room();
         match (kind, blob_digest) {
-            (Kind::Blob, Some(digest)) => self.inner.put_hashed_blob(bytes, digest),
+            (Kind::Blob, Some(digest)) => self.inner.put_hashed_blob(bytes, digest, room),
             // Already where it should live: small, or in pages of its own.
-            _ => self.inner.put_placed(kind, bytes, Some),
+            _ => self.inner.put_placed(kind, bytes, |b| (b.len() as u64 <= room).then_some(b)),
         }
     }
 
@@ -356,12 +359,18 @@ impl NodeStore {
 }
 
 impl Store for NodeStore {
+    // New objects may not eat into room promised to uploads in progress (`room`); an object the
+    // store already holds needs no room, so the check is made only when one is placed.
     fn put(&mut self, kind: Kind, bytes: Bytes) -> Result<Handle, StoreError> {
-        self.inner.put_placed(kind, bytes, Self::placed)
+        let room = self.room();
+        self.inner.put_placed(kind, bytes, |b| if b.len() as u64 > room { None } else { Self::placed(b) })
     }
 
     fn put_verified(&mut self, claimed: &Handle, bytes: Bytes) -> Result<(), StoreError> {
-        self.inner.put_verified_placed(claimed, bytes, Self::placed)
+        let room = self.room();
+        self.inner.put_verified_placed(claimed, bytes, |b| {
+            if b.len() as u64 > room { None } else { Self::placed(b) }
+        })
     }
 
     fn get(&self, handle: &Handle) -> Option<Bytes> {

@@ -2,19 +2,14 @@
 //! (`cairn_proto::session`) over the node's store and evaluator.
 
 use alloc::boxed::Box;
-use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
-use alloc::vec;
-use alloc::vec::Vec;
 use core::cell::Cell;
 
 use bytes::Bytes;
 use cairn_object::Handle;
 use cairn_object::store::{Store, StoreError};
-use cairn_proto::session::{NodeApi, Session, UploadBuffer, Work};
-use smoltcp::iface::SocketHandle;
-use smoltcp::socket::tcp;
+use cairn_proto::session::{NodeApi, UploadBuffer};
 
 use super::Network;
 use super::jobs::Jobs;
@@ -112,99 +107,8 @@ impl UploadBuffer for Upload {
     }
 }
 
-pub const PORT: u16 = 7070;
-const CONNECTIONS: usize = 4;
-const BUFFER: usize = 256 * 1024;
-
-struct Slot {
-    socket: SocketHandle,
-    session: Option<Session>,
-    last_active: u64,
-    /// Counts connections on this slot, so an answer for a closed one is not given to the next.
-    generation: u64,
-}
-
-/// Work a session queued (a job), to be run by the node's loop with the network at hand.
-pub struct Queued {
-    slot: usize,
-    generation: u64,
-    request: u32,
-    pub work: Work,
-}
-
-/// The API's connections, each a socket and its session.
-struct Connections {
-    slots: Vec<Slot>,
-    /// A connection that moves no bytes for this long is closed (node config `api_idle_s`).
-    idle_timeout_us: u64,
-    queued: VecDeque<Queued>,
-}
-
-impl Connections {
-    /// Moves bytes between the sockets and their sessions, which ask `node`; true if anything
-    /// happened. `served` counts connections.
-    fn poll(
-        &mut self,
-        network: &mut Network,
-        node: &mut dyn NodeApi,
-        served: &Cell<u64>,
-        timeouts: bool,
-    ) -> bool {
-        let now = clock::micros_since_boot();
-        let mut busy = false;
-        for (index, slot) in self.slots.iter_mut().enumerate() {
-            let socket = network.sockets.get_mut::<tcp::Socket>(slot.socket);
-            if !socket.is_open() {
-                slot.session = None;
-                // Listening can only fail if the socket is not closed, which it is here.
-                let _ = socket.listen(PORT);
-                continue;
-            }
-            if !socket.is_active() {
-                continue; // still listening
-            }
-            let session = slot.session.get_or_insert_with(|| {
-                served.set(served.get() + 1);
-                slot.last_active = now;
-                slot.generation += 1;
-                Session::new()
-            });
-            // Input held back (behind an EVAL just answered, or while the node was busy).
-            session.resume(node);
-            if socket.can_recv() {
-                let _ = socket.recv(|bytes| {
-                    session.feed(bytes, node);
-                    (bytes.len(), ())
-                });
-                slot.last_active = now;
-                busy = true;
-            }
-            while let Some((request, work)) = session.take_work() {
-                self.queued.push_back(Queued { slot: index, generation: slot.generation, request, work });
-            }
-            while socket.can_send() && session.has_output() {
-                let room = socket.send_capacity() - socket.send_queue();
-                let out = session.output(room);
-                if out.is_empty() {
-                    break;
-                }
-                let _ = socket.send_slice(&out);
-                slot.last_active = now;
-                busy = true;
-            }
-            // Close when the session gives up, or when the client has closed its side and has
-            // been answered (including queued work and input held back): otherwise the slot
-            // would stay half-closed and never listen again.
-            let client_done = socket.state() == tcp::State::CloseWait && !session.owes_answers();
-            if (session.closing() || client_done) && !session.has_output() {
-                socket.close();
-            } else if timeouts && now - slot.last_active > self.idle_timeout_us {
-                socket.abort();
-            }
-        }
-        busy
-    }
-}
+use super::connections::Connections;
+pub use super::connections::{PORT, Queued};
 
 pub struct Api {
     connections: Connections,
@@ -225,6 +129,7 @@ struct Node<'a> {
     fault: cairn_bootcfg::Fault,
     node_id: [u8; 32],
     served: &'a Cell<u64>,
+    refusals: super::connections::Refusals,
     idle_us: u64,
 }
 
@@ -267,7 +172,7 @@ impl NodeApi for Node<'_> {
         let store = self.ev.store.stats();
         let eval = self.ev.stats();
         format!(
-            "cpus={}\nhelper_hashed_bytes={}\nobjects={}\nstore_bytes={}\nstore_limit={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\nrelocated={}\n{}connections_served={}\nuptime_ms={}\nidle_ms={}\n",
+            "cpus={}\nhelper_hashed_bytes={}\nobjects={}\nstore_bytes={}\nstore_limit={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\nrelocated={}\n{}connections_served={}\nconnections_refused={}\nconnections_too_slow={}\nconnections_evicted={}\nconnections_idle={}\nuptime_ms={}\nidle_ms={}\n",
             if crate::arch::smp::online() { 2 } else { 1 },
             crate::memory::objects::helper_hashed_bytes(),
             store.objects,
@@ -283,6 +188,10 @@ impl NodeApi for Node<'_> {
             self.jobs.relocated,
             self.cluster,
             self.served.get(),
+            self.refusals.per_client,
+            self.refusals.too_slow,
+            self.refusals.evicted,
+            self.refusals.idle,
             clock::micros_since_boot() / 1000,
             self.idle_us / 1000
         )
@@ -297,24 +206,7 @@ impl Api {
         config: &cairn_bootcfg::NodeConfig,
         cluster: String,
     ) -> Api {
-        let idle_timeout_s = config.api_idle_s;
-        let slots = (0..CONNECTIONS)
-            .map(|_| {
-                let mut socket = tcp::Socket::new(
-                    tcp::SocketBuffer::new(vec![0; BUFFER]),
-                    tcp::SocketBuffer::new(vec![0; BUFFER]),
-                );
-                // Acknowledge at once: the node polls in bursts, and a delayed ACK stalls the
-                // sender for a whole delay on every window.
-                socket.set_ack_delay(None);
-                Slot { socket: network.sockets.add(socket), session: None, last_active: 0, generation: 0 }
-            })
-            .collect();
-        let connections = Connections {
-            slots,
-            idle_timeout_us: u64::from(idle_timeout_s) * 1_000_000,
-            queued: VecDeque::new(),
-        };
+        let connections = Connections::new(network, config.api_idle_s, &config.ceilings);
         Api { connections, node_id, served: Cell::new(0), cluster, fault: config.fault, idle_us: 0 }
     }
 
@@ -327,6 +219,7 @@ impl Api {
             fault: self.fault,
             node_id: self.node_id,
             served: &self.served,
+            refusals: self.connections.refusals,
             idle_us: self.idle_us,
         };
         self.connections.poll(network, &mut node, &self.served, true)

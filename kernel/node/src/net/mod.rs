@@ -3,6 +3,7 @@
 pub mod api;
 pub mod busy;
 pub mod client;
+pub mod connections;
 pub mod jobs;
 pub mod peer;
 

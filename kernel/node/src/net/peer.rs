@@ -199,10 +199,8 @@ pub fn fetch(
             }
             Message::ObjectBegin { handle, len } if asked == Some(handle) => {
                 // A blob's handle gives its length; a tree's or thunk's gives its footprint,
-                // which its encoding cannot exceed.
-                let fits =
-                    if handle.kind() == Kind::Blob { len == handle.size() } else { len <= handle.size() };
-                if !fits {
+                // which its encoding (whole entries) cannot exceed.
+                if !cairn_proto::length_fits(&handle, len) {
                     return Err(format!(
                         "{WRONG_BYTES}: {} announced {len} bytes for {handle}, which has {}",
                         link.peer,

@@ -1,0 +1,279 @@
+//! The node API's connections: TCP sockets on port 7070, each with its protocol session, and the
+//! node-wide ceilings on what they may hold (docs/SECURITY.md): answers queued and bytes held per
+//! connection (the session pauses, and the node stops reading), connections per client address,
+//! a minimum pace in the middle of a request, and room kept for new clients by closing the
+//! connection idle the longest when every slot is taken. The decisions are
+//! `cairn_proto::admission`'s, tested on the host.
+
+use alloc::collections::VecDeque;
+use alloc::format;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::Cell;
+
+use cairn_bootcfg::Ceilings;
+use cairn_proto::ErrorCode;
+use cairn_proto::admission::{self, Pace, SlotView};
+use cairn_proto::session::{NodeApi, Session, SessionLimits, Work};
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
+use smoltcp::wire::IpAddress;
+
+use super::Network;
+use crate::arch::clock;
+
+pub const PORT: u16 = 7070;
+/// Each socket's receive and send buffers.
+const BUFFER: usize = 256 * 1024;
+/// Queued work a connection may have outstanding at once.
+const WORK_PER_CONNECTION: usize = 64;
+/// A connection the node closed is reset if the client has not closed its side this long
+/// after: a client that never does must not keep the slot (in FIN-WAIT) forever.
+const CLOSE_GRACE_US: u64 = 1_000_000;
+
+pub(super) struct Slot {
+    socket: SocketHandle,
+    pub(super) session: Option<Session>,
+    pub(super) last_active: u64,
+    /// Counts connections on this slot, so an answer for a closed one is not given to the next.
+    pub(super) generation: u64,
+    /// The client's address while connected.
+    peer: Option<IpAddress>,
+    pace: Pace,
+    /// When the node closed its side.
+    closed_at: Option<u64>,
+}
+
+/// Work a session queued (a job), to be run by the node's loop with the network at hand.
+pub struct Queued {
+    pub(super) slot: usize,
+    pub(super) generation: u64,
+    pub(super) request: u32,
+    pub work: Work,
+}
+
+/// Connections the ceilings ended, for STATS.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Refusals {
+    /// Refused: the client address held as many connections as it may.
+    pub per_client: u64,
+    /// Dropped for dribbling: below the minimum pace in the middle of a request.
+    pub too_slow: u64,
+    /// Closed while quiet to make room for a new client.
+    pub evicted: u64,
+    /// Closed for moving no bytes for `api_idle_s` (a client that stopped reading included).
+    pub idle: u64,
+}
+
+/// The API's connections, each a socket and its session.
+pub(super) struct Connections {
+    pub(super) slots: Vec<Slot>,
+    /// A connection that moves no bytes for this long is closed (node config `api_idle_s`).
+    idle_timeout_us: u64,
+    limits: SessionLimits,
+    per_client: u64,
+    min_rate: u64,
+    pub(super) queued: VecDeque<Queued>,
+    pub(super) refusals: Refusals,
+}
+
+impl Connections {
+    pub(super) fn new(network: &mut Network, idle_timeout_s: u32, ceilings: &Ceilings) -> Connections {
+        let slots = (0..ceilings.api_connections)
+            .map(|_| {
+                let mut socket = tcp::Socket::new(
+                    tcp::SocketBuffer::new(vec![0; BUFFER]),
+                    tcp::SocketBuffer::new(vec![0; BUFFER]),
+                );
+                // Acknowledge at once: the node polls in bursts, and a delayed ACK stalls the
+                // sender for a whole delay on every window.
+                socket.set_ack_delay(None);
+                Slot {
+                    socket: network.sockets.add(socket),
+                    session: None,
+                    last_active: 0,
+                    generation: 0,
+                    peer: None,
+                    pace: Pace::default(),
+                    closed_at: None,
+                }
+            })
+            .collect();
+        Connections {
+            slots,
+            idle_timeout_us: u64::from(idle_timeout_s) * 1_000_000,
+            limits: SessionLimits {
+                queue_bytes: ceilings.api_queue_bytes() as usize,
+                held_bytes: ceilings.api_held_bytes() as usize,
+                work: WORK_PER_CONNECTION,
+            },
+            per_client: ceilings.api_connections_per_client,
+            min_rate: ceilings.api_min_rate,
+            queued: VecDeque::new(),
+            refusals: Refusals::default(),
+        }
+    }
+
+    /// Connections other than `slot` that `peer` holds open (not on their way out).
+    fn held_by(&self, network: &Network, peer: IpAddress, slot: usize) -> u64 {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| {
+                *i != slot
+                    && s.peer == Some(peer)
+                    && s.closed_at.is_none()
+                    && network.sockets.get::<tcp::Socket>(s.socket).state() == tcp::State::Established
+            })
+            .count() as u64
+    }
+
+    /// Moves bytes between the sockets and their sessions, which ask `node`; true if anything
+    /// happened. `served` counts connections. Without `timeouts` (while the node evaluates),
+    /// no connection is closed for idleness: the evaluation is not the clients' idleness.
+    pub(super) fn poll(
+        &mut self,
+        network: &mut Network,
+        node: &mut dyn NodeApi,
+        served: &Cell<u64>,
+        timeouts: bool,
+    ) -> bool {
+        let now = clock::micros_since_boot();
+        let mut busy = false;
+        for index in 0..self.slots.len() {
+            let socket = network.sockets.get_mut::<tcp::Socket>(self.slots[index].socket);
+            if !socket.is_open() {
+                let slot = &mut self.slots[index];
+                slot.session = None;
+                slot.peer = None;
+                slot.closed_at = None;
+                // Listening can only fail if the socket is not closed, which it is here.
+                let _ = socket.listen(PORT);
+                continue;
+            }
+            if !socket.is_active() {
+                continue; // still listening
+            }
+            if self.slots[index].session.is_none() {
+                let peer = socket.remote_endpoint().map(|e| e.addr);
+                let admitted =
+                    peer.is_none_or(|p| admission::admit(self.held_by(network, p, index), self.per_client));
+                self.start_session(index, peer, admitted, now, served);
+            }
+            let socket = network.sockets.get_mut::<tcp::Socket>(self.slots[index].socket);
+            let slot = &mut self.slots[index];
+            let session = slot.session.as_mut().expect("set above");
+            // Input held back (behind an EVAL just answered, or while the node was busy).
+            session.resume(node);
+            let mut received = 0;
+            // A session that holds all it may, or whose answers go unread, gets no more bytes:
+            // they stay in the socket, and TCP makes the client wait.
+            if session.accepts_input() && socket.can_recv() {
+                let _ = socket.recv(|bytes| {
+                    session.feed(bytes, node);
+                    received = bytes.len();
+                    (bytes.len(), ())
+                });
+                slot.last_active = now;
+                busy = true;
+            }
+            let owing = session.mid_request() && session.accepts_input();
+            if !slot.pace.observe(now, received as u64, owing, self.min_rate) {
+                self.refusals.too_slow += 1;
+                socket.abort();
+                continue;
+            }
+            while let Some((request, work)) = session.take_work() {
+                self.queued.push_back(Queued { slot: index, generation: slot.generation, request, work });
+            }
+            while socket.can_send() && session.has_output() {
+                let room = socket.send_capacity() - socket.send_queue();
+                let out = session.output(room);
+                if out.is_empty() {
+                    break;
+                }
+                let _ = socket.send_slice(&out);
+                slot.last_active = now;
+                busy = true;
+            }
+            // Close when the session gives up, or when the client has closed its side and has
+            // been answered (including queued work and input held back): otherwise the slot
+            // would stay half-closed and never listen again.
+            let client_done = socket.state() == tcp::State::CloseWait && !session.owes_answers();
+            if (session.closing() || client_done) && !session.has_output() {
+                let closed_at = *slot.closed_at.get_or_insert(now);
+                if now.saturating_sub(closed_at) > CLOSE_GRACE_US {
+                    socket.abort();
+                } else {
+                    socket.close();
+                }
+            } else if timeouts && now.saturating_sub(slot.last_active) > self.idle_timeout_us {
+                self.refusals.idle += 1;
+                socket.abort();
+            }
+        }
+        self.make_room(network, now);
+        busy
+    }
+
+    /// A new connection on `index`: its session, refused at once if its client holds all it may.
+    fn start_session(
+        &mut self,
+        index: usize,
+        peer: Option<IpAddress>,
+        admitted: bool,
+        now: u64,
+        served: &Cell<u64>,
+    ) {
+        let slot = &mut self.slots[index];
+        served.set(served.get() + 1);
+        slot.last_active = now;
+        slot.generation += 1;
+        slot.peer = peer;
+        slot.pace = Pace::default();
+        slot.closed_at = None;
+        let mut session = Session::with_limits(self.limits);
+        if !admitted {
+            self.refusals.per_client += 1;
+            let who = peer.map(|p| format!("{p}")).unwrap_or_default();
+            session.refuse(
+                ErrorCode::Busy,
+                format!("{who} holds the {} connections one client may have", self.per_client),
+            );
+        }
+        slot.session = Some(session);
+    }
+
+    /// With every slot taken, closes the quiet connection idle the longest, so that a new
+    /// client is not locked out by connections that hold slots and do nothing.
+    fn make_room(&mut self, network: &mut Network, now: u64) {
+        let views: Vec<SlotView> = self
+            .slots
+            .iter()
+            .map(|slot| {
+                let socket = network.sockets.get::<tcp::Socket>(slot.socket);
+                // A connection on its way out frees its slot soon: no need to close another.
+                let connected = socket.is_active() && !slot.session.as_ref().is_some_and(Session::closing);
+                let quiet = slot
+                    .session
+                    .as_ref()
+                    .is_none_or(|s| !s.mid_request() && !s.owes_answers() && !s.has_output() && !s.closing());
+                SlotView { connected, quiet, idle_us: now.saturating_sub(slot.last_active) }
+            })
+            .collect();
+        if let Some(index) = admission::evict(&views) {
+            self.refusals.evicted += 1;
+            let slot = &mut self.slots[index];
+            if let Some(session) = slot.session.as_mut() {
+                session.refuse(ErrorCode::Busy, "closed while idle to make room for another client".into());
+            }
+            let socket = network.sockets.get_mut::<tcp::Socket>(slot.socket);
+            if let Some(session) = slot.session.as_mut() {
+                let out = session.output(socket.send_capacity() - socket.send_queue());
+                let _ = socket.send_slice(&out);
+            }
+            slot.closed_at = Some(now);
+            socket.close();
+        }
+    }
+}

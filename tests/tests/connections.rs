@@ -1,0 +1,227 @@
+//! Clients that try to exhaust a node through its API (docs/SECURITY.md, docs/PROTOCOL.md
+//! "Connections and their ceilings"): answers never read, bytes piled behind an EVAL,
+//! dribbling and idle connections, many connections from one client, inline PUTs into room
+//! promised to an upload, and a failure message longer than a frame field. Each used to panic
+//! the kernel or lock other clients out (issue [1/6]); after each, the node still serves.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use cairn_bootcfg::{Ceilings, LogLevel, NodeConfig};
+use cairn_object::{Handle, Kind, Limits};
+use cairn_proto::{ErrorCode, Frame, Message, decode, encode};
+use cairn_tests::Node;
+use cairn_tools::client::{Client, TaskFailed};
+
+fn serving(ceilings: Ceilings, api_idle_s: u32) -> (Node, String) {
+    cairn_tests::serving_node(NodeConfig {
+        log_level: LogLevel::Info,
+        api_idle_s,
+        ceilings,
+        ..NodeConfig::default()
+    })
+}
+
+fn frames(messages: &[(u32, Message)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (request, message) in messages {
+        encode(&Frame { request: *request, message: message.clone() }, &mut out);
+    }
+    out
+}
+
+fn stat(address: &str, key: &str) -> u64 {
+    let stats = Client::connect(address).unwrap().stats().unwrap();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {stats}"))
+        .parse()
+        .unwrap()
+}
+
+/// An ordinary client still gets its object back: the node serves.
+fn still_serves(address: &str) {
+    let mut client = Client::connect(address).expect("a new client is served");
+    let bytes = b"still served, after the node was pushed".repeat(10);
+    let h = Handle::blob(&bytes);
+    client.put(h, &bytes, |_| {}).unwrap();
+    assert_eq!(client.get(h, |_, _| {}).unwrap(), bytes);
+}
+
+/// Polls `f` every half second until it holds or `limit` passes.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    false
+}
+
+#[test]
+fn a_client_that_never_reads_its_answers_is_paused_then_dropped_while_others_are_served() {
+    let (_node, address) = serving(Ceilings { api_queue_mib: 1, ..Ceilings::default() }, 5);
+    let object: Vec<u8> = (0..1_000_000u32).map(|i| (i % 249) as u8).collect();
+    let h = Handle::blob(&object);
+    Client::connect(&address).unwrap().put(h, &object, |_| {}).unwrap();
+    // 501 GETs of a 1 MB object, never read: 501 MB of answers used to pile up in the kernel.
+    let mut greedy = TcpStream::connect(&address).unwrap();
+    let gets = frames(&(0..501).map(|i| (i, Message::Get { handle: h })).collect::<Vec<_>>());
+    greedy.write_all(&gets).unwrap();
+    still_serves(&address);
+    // Paused, it moves no bytes, and is closed once idle for `api_idle_s`.
+    assert!(eventually(Duration::from_secs(30), || stat(&address, "connections_idle") >= 1), "never closed");
+    still_serves(&address);
+    drop(greedy);
+}
+
+#[test]
+fn bytes_sent_behind_an_unanswered_eval_are_held_only_up_to_the_ceiling() {
+    let ceilings = Ceilings { api_held_mib: 1, task_time_ms: 6000, ..Ceilings::default() };
+    let (_node, address) = serving(ceilings, 60);
+    let mut client = Client::connect(&address).unwrap();
+    let hostile = std::fs::read(env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile")).unwrap();
+    let procedure = Handle::blob(&hostile);
+    client.put(procedure, &hostile, |_| {}).unwrap();
+    let encoding =
+        cairn_object::thunk::encode(Limits::new(4 << 20).unwrap(), procedure, &[Handle::blob(b"loop")])
+            .unwrap();
+    let thunk = cairn_object::store::name(Kind::Thunk, &encoding).unwrap();
+    client.put(thunk, &encoding, |_| {}).unwrap();
+
+    // An EVAL that runs for 6 s, then PUTs behind it as fast as the node takes them.
+    let mut pusher = TcpStream::connect(&address).unwrap();
+    pusher.write_all(&frames(&[(1, Message::Eval { handle: thunk })])).unwrap();
+    pusher.set_write_timeout(Some(Duration::from_millis(1500))).unwrap();
+    let chunk = vec![0x5a; 900 << 10];
+    let put = frames(&[(2, Message::Put { handle: Handle::blob(&chunk), bytes: chunk })]);
+    let (mut written, started) = (0usize, Instant::now());
+    while started.elapsed() < Duration::from_secs(4) {
+        match pusher.write(&put) {
+            Ok(n) => written += n,
+            Err(_) => break, // the node stopped reading: writes block
+        }
+    }
+    // The held ceiling is 1 MiB; the socket buffers on both sides (node, QEMU, host) take a few
+    // more. 355 MB used to be taken, and the kernel ran out of memory.
+    assert!(written < 24 << 20, "the node took {} MiB behind one EVAL", written >> 20);
+    still_serves(&address);
+    drop(pusher);
+    still_serves(&address);
+}
+
+#[test]
+fn dribbling_and_idle_connections_do_not_lock_others_out() {
+    let (_node, address) = serving(Ceilings { api_connections: 4, ..Ceilings::default() }, 60);
+    // Four connections take every slot, each dribbling a 4 KB frame a byte a second: it would
+    // take an hour to arrive, and the slot with it.
+    let dribblers: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(&address).unwrap()).collect();
+    let handles: Vec<Handle> = (0..100u32).map(|i| Handle::blob(&[i.to_le_bytes(); 10].concat())).collect();
+    let frame = frames(&[(1, Message::Have { handles })]);
+    let started = Instant::now();
+    let mut served = false;
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(40) && !served {
+        for mut d in &dribblers {
+            let _ = d.write_all(&frame[sent..sent + 1]);
+        }
+        sent += 1;
+        std::thread::sleep(Duration::from_secs(1));
+        served = Client::connect(&address).and_then(|mut c| c.stats()).is_ok();
+    }
+    assert!(served, "no client got in while four connections dribbled for 40 s");
+    assert!(stat(&address, "connections_too_slow") >= 1);
+
+    // Four quiet connections (a HELLO each, then nothing) hold every slot: the one idle the
+    // longest makes room for a new client.
+    let mut quiet = Vec::new();
+    for _ in 0..4 {
+        let mut c = TcpStream::connect(&address).unwrap();
+        c.write_all(&frames(&[(1, Message::Hello { client: "quiet".into() })])).unwrap();
+        quiet.push(c);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Closing one takes the node a second or two (its FIN, then a reset if the client keeps
+    // its side open).
+    assert!(
+        eventually(Duration::from_secs(15), || Client::connect(&address).and_then(|mut c| c.stats()).is_ok()),
+        "no client got in while four idle connections held every slot"
+    );
+    // With every slot taken, a client may find none listening for a moment; it gets in on a
+    // retry, and the node counts what it closed to make room.
+    let evicted =
+        || Client::connect(&address).and_then(|mut c| c.stats()).map(|s| s.contains("connections_evicted=0"));
+    assert!(eventually(Duration::from_secs(10), || matches!(evicted(), Ok(false))));
+    drop((dribblers, quiet));
+}
+
+#[test]
+fn one_client_cannot_take_every_connection() {
+    let ceilings = Ceilings { api_connections: 6, api_connections_per_client: 2, ..Ceilings::default() };
+    let (_node, address) = serving(ceilings, 60);
+    // Every host client reaches the node from QEMU's gateway address: one client address.
+    let held: Vec<Client> = (0..2).map(|_| Client::connect(&address).unwrap()).collect();
+    let mut third = TcpStream::connect(&address).unwrap();
+    third.write_all(&frames(&[(1, Message::Stats)])).unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut reply = Vec::new();
+    let _ = third.read_to_end(&mut reply);
+    let (frame, _) = decode(&reply).unwrap().expect("an answer");
+    assert!(
+        matches!(&frame.message, Message::Error { code: ErrorCode::Busy, message } if message.contains("the 2 connections one client may have")),
+        "{frame:?}"
+    );
+    drop(held);
+    assert!(eventually(Duration::from_secs(10), || Client::connect(&address)
+        .and_then(|mut c| c.stats())
+        .is_ok()));
+    assert!(stat(&address, "connections_refused") >= 1);
+}
+
+#[test]
+fn inline_puts_cannot_take_room_promised_to_an_upload() {
+    let (_node, address) = serving(Ceilings::default(), 60);
+    let room = stat(&address, "store_limit") - stat(&address, "store_bytes");
+    // An upload that reserves all but 512 KiB of the store, and sends nothing more.
+    let reserved = room - (512 << 10);
+    let mut uploader = TcpStream::connect(&address).unwrap();
+    let claimed = Handle::blob(&vec![0u8; reserved as usize][..]);
+    uploader.write_all(&frames(&[(1, Message::PutBegin { handle: claimed, len: reserved })])).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let big = vec![0x77u8; 1_000_000];
+    let err = Client::connect(&address).unwrap().put(Handle::blob(&big), &big, |_| {}).unwrap_err();
+    assert!(format!("{err:#}").contains("store is full"), "{err:#}");
+    drop(uploader);
+    // The upload's room comes back once it is cut off.
+    assert!(eventually(Duration::from_secs(10), || {
+        Client::connect(&address).unwrap().put(Handle::blob(&big), &big, |_| {}).is_ok()
+    }));
+}
+
+#[test]
+fn a_failure_message_longer_than_a_frame_field_reaches_the_client() {
+    let (_node, address) = serving(Ceilings::default(), 60);
+    let mut client = Client::connect(&address).unwrap();
+    let elf = std::fs::read(env!("CARGO_BIN_FILE_CAIRN_TASKS_containment")).unwrap();
+    let procedure = Handle::blob(&elf);
+    client.put(procedure, &elf, |_| {}).unwrap();
+    for mode in ["fail-long", "fail-forge"] {
+        let encoding = cairn_object::thunk::encode(
+            Limits::new(4 << 20).unwrap(),
+            procedure,
+            &[Handle::blob(mode.as_bytes())],
+        )
+        .unwrap();
+        let thunk = cairn_object::store::name(Kind::Thunk, &encoding).unwrap();
+        client.put(thunk, &encoding, |_| {}).unwrap();
+        let err = client.eval(thunk).unwrap_err();
+        let failed = err.downcast_ref::<TaskFailed>().unwrap_or_else(|| panic!("{mode}: {err:#}"));
+        assert!(failed.failure.len() <= 4096, "{mode}: {}", failed.failure.len());
+        assert!(!failed.failure.chars().any(char::is_control), "{mode}: {:?}", failed.failure);
+    }
+    still_serves(&address);
+}
