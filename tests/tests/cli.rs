@@ -255,13 +255,29 @@ fn bench_reports_its_measurements_as_json() {
     let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
     // The default node has the helper CPU, so span hashing runs on two.
-    assert_eq!(names, ["invoke_us", "memo_hit_us", "blake3_mib_s", "blake3_spans_2cpu_mib_s"]);
+    assert_eq!(
+        names,
+        [
+            "store_put_per_s_1e3",
+            "store_put_per_s_1e6",
+            "store_objects_held",
+            "store_heap_bytes_per_object",
+            "invoke_us",
+            "memo_hit_us",
+            "blake3_mib_s",
+            "blake3_spans_2cpu_mib_s"
+        ]
+    );
     for row in &rows {
         let value = row["value"].as_f64().unwrap();
         assert!(value.is_finite() && value > 0.0, "{row}");
     }
+    let value = |name: &str| rows.iter().find(|r| r["name"] == name).unwrap()["value"].as_f64().unwrap();
     // A memo hit does no work a task invocation does: it must be the cheaper of the two.
-    assert!(rows[1]["value"].as_f64() < rows[0]["value"].as_f64(), "{stdout}");
+    assert!(value("memo_hit_us") < value("invoke_us"), "{stdout}");
+    // The store's limit must not understate what an object costs the heap: it counts 192 bytes
+    // besides the object's 40.
+    assert!(value("store_heap_bytes_per_object") <= 40.0 + 192.0, "{stdout}");
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("blake3 path "),
         "the boot log names the BLAKE3 path"

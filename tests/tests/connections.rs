@@ -225,3 +225,49 @@ fn a_failure_message_longer_than_a_frame_field_reaches_the_client() {
     }
     still_serves(&address);
 }
+
+#[test]
+fn a_full_store_evicts_what_nothing_pins_and_never_stops_the_node() {
+    // 256 MiB of memory: a store of about 63 MiB, offered 100 MiB of uploads.
+    let config = NodeConfig { log_level: LogLevel::Info, ..NodeConfig::default() };
+    let (_node, address) = cairn_tests::serving_node_with(cairn_tools::qemu::NodeOptions {
+        config,
+        memory_mib: 256,
+        ..Default::default()
+    });
+    let limit = stat(&address, "store_limit");
+    let mut client = Client::connect(&address).unwrap();
+    let blob =
+        |i: u32| (0..1_000_000u32).map(|j| (j.wrapping_mul(2654435761) ^ i) as u8).collect::<Vec<u8>>();
+    let mut handles = Vec::new();
+    for i in 0..100 {
+        let bytes = blob(i);
+        let h = Handle::blob(&bytes);
+        client.put(h, &bytes, |_| {}).unwrap_or_else(|e| panic!("upload {i} into a full store: {e:#}"));
+        handles.push(h);
+    }
+    assert!((100 << 20) > limit, "the uploads must overflow the store");
+    let evictions = stat(&address, "store_evictions");
+    assert!(evictions >= 30, "{evictions} evictions");
+    assert!(stat(&address, "store_used") <= limit);
+    // The newest are there; the oldest made room. A GET never serves a wrong byte either way.
+    assert_eq!(client.get(handles[99], |_, _| {}).unwrap(), blob(99));
+    // Least recently used first, approximately (CLOCK): the older half made most of the room,
+    // and the last uploads are all there.
+    let old_missing = client.missing(&handles[..50]).unwrap().len();
+    let new_missing = client.missing(&handles[90..]).unwrap().len();
+    assert!(old_missing >= 30 && new_missing == 0, "{old_missing} old and {new_missing} new ones evicted");
+    // The node still evaluates: its built-in procedures are pinned, and room is made.
+    let add = std::fs::read(env!("CARGO_BIN_FILE_CAIRN_TASKS_add")).unwrap();
+    let procedure = Handle::blob(&add);
+    client.put(procedure, &add, |_| {}).unwrap();
+    let encoding =
+        cairn_object::thunk::encode(Limits::new(1 << 20).unwrap(), procedure, &[n(2), n(3)]).unwrap();
+    let thunk = cairn_object::store::name(Kind::Thunk, &encoding).unwrap();
+    client.put(thunk, &encoding, |_| {}).unwrap();
+    assert_eq!(client.eval(thunk).unwrap().result, n(5));
+}
+
+fn n(v: u64) -> Handle {
+    Handle::blob(&v.to_le_bytes())
+}

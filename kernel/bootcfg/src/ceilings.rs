@@ -24,6 +24,9 @@ pub struct Ceilings {
     pub eval_applications: u64,
     /// Thunks one evaluation may have waiting on their arguments at once.
     pub eval_depth: u64,
+    /// Entries the memo keeps; past that, the least recently used go (their values with them,
+    /// once nothing else keeps those).
+    pub memo_entries: u64,
     /// Client connections served at once, per API.
     pub api_connections: u64,
     /// Connections one client address may hold at once.
@@ -49,6 +52,7 @@ impl Default for Ceilings {
             eval_time_s: 300,
             eval_applications: 100_000,
             eval_depth: 10_000,
+            memo_entries: 250_000,
             api_connections: 16,
             api_connections_per_client: 16,
             api_queue_mib: 4,
@@ -91,6 +95,7 @@ pub const CEILING_KEYS: &[CeilingKey] = &[
     key!(eval_time_s, 1, 7 * 86_400),
     key!(eval_applications, 1, 1_000_000_000),
     key!(eval_depth, 1, 1_000_000),
+    key!(memo_entries, 1, 100_000_000),
     key!(api_connections, 1, 256),
     key!(api_connections_per_client, 1, 256),
     key!(api_queue_mib, 1, 1024),

@@ -84,11 +84,13 @@ pub struct Ceilings {
     pub applications: u64,
     /// Thunks waiting on their arguments at once (how deep thunks nest inside arguments).
     pub depth: u64,
+    /// Entries the memo keeps; past that, the least recently used go.
+    pub memo_entries: u64,
 }
 
 impl Default for Ceilings {
     fn default() -> Self {
-        Ceilings { task_memory_bytes: 256 << 20, applications: 100_000, depth: 10_000 }
+        Ceilings { task_memory_bytes: 256 << 20, applications: 100_000, depth: 10_000, memo_entries: 250_000 }
     }
 }
 
@@ -117,6 +119,9 @@ struct Frame {
     procedure: Handle,
     args: Handles,
     done: Handles,
+    /// What this frame pinned in the store (its arguments, and their values as they come),
+    /// exactly: an unpin of what it never pinned would take someone else's pin.
+    pinned: Handles,
 }
 
 impl Frame {
@@ -144,7 +149,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         Evaluator {
             store,
             executor,
-            memo: Memo::new(),
+            memo: Memo::with_capacity(Ceilings::default().memo_entries as usize),
             stats: Stats::default(),
             ceilings: Ceilings::default(),
             stack: Vec::new(),
@@ -158,6 +163,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
 
     pub fn with_ceilings(mut self, ceilings: Ceilings) -> Self {
         self.ceilings = ceilings;
+        self.memo.set_capacity(usize::try_from(ceilings.memo_entries).unwrap_or(usize::MAX));
         self
     }
 
@@ -202,10 +208,15 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
 
     fn run(&mut self, root: Handle, use_memo: bool, io: &mut dyn Io<S>) -> Outcome {
         self.executor.start_evaluation();
+        // What the evaluation was asked for stays while it runs, whatever the store evicts.
+        let pinned = self.store.pin(&root);
         let mut stack = core::mem::take(&mut self.stack);
         stack.clear();
         let outcome = self.run_with(root, use_memo, io, &mut stack);
         self.stack = stack;
+        if pinned {
+            self.store.unpin(&root);
+        }
         outcome
     }
 
@@ -224,12 +235,19 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
                 None
             }
         };
+        // Now that the root's arguments are pinned, room for the work ahead.
+        self.relieve_pressure();
         loop {
             let frame = stack.last_mut().expect("a frame is always pending here");
             match pending.take() {
                 Some((Ok(value), from_io)) => {
                     if from_io {
                         frame.taint();
+                    }
+                    // An argument's value stays until the frame is done with it, whatever
+                    // the store evicts meanwhile.
+                    if frame.pinned.try_reserve(1).is_ok() && self.store.pin(&value) {
+                        frame.pinned.push(value);
                     }
                     frame.done.push(value)
                 }
@@ -255,7 +273,10 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
                     Start::Done(outcome) => pending = Some((outcome, false)),
                     Start::Frame(child) => match self.room_for_child(stack) {
                         Ok(()) => stack.push(child),
-                        Err(failure) => pending = Some((Err(EvalError { thunk: arg, failure }), false)),
+                        Err(failure) => {
+                            release(&mut self.store, &child);
+                            pending = Some((Err(EvalError { thunk: arg, failure }), false));
+                        }
                     },
                 }
                 continue;
@@ -267,6 +288,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
                         let frame = stack.last_mut().expect("non-empty");
                         let mut chain = core::mem::take(&mut frame.chain);
                         if chain.try_reserve(next_frame.chain.len()).is_err() {
+                            release(&mut self.store, &next_frame);
                             frame.chain = chain;
                             let frame = stack.pop().expect("non-empty");
                             let outcome = Err(EvalError { thunk: next, failure: Failure::NodeOutOfMemory });
@@ -280,6 +302,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
                         chain.extend(next_frame.chain.drain(..));
                         next_frame.chain = chain;
                         next_frame.clean_from = frame.clean_from;
+                        release(&mut self.store, frame);
                         *frame = next_frame;
                         continue;
                     }
@@ -337,6 +360,13 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
                     return fail(Failure::NodeOutOfMemory);
                 }
                 args.extend(t.args());
+                // The arguments stay (until the frame is done) for when they are evaluated:
+                // other work may need the store's room meanwhile.
+                let mut pinned = Handles::new();
+                if pinned.try_reserve_exact(args.len()).is_err() {
+                    return fail(Failure::NodeOutOfMemory);
+                }
+                pinned.extend(args.iter().copied().filter(|arg| self.store.pin(arg)));
                 Start::Frame(Frame {
                     chain: smallvec::smallvec![handle],
                     clean_from: 0,
@@ -345,12 +375,13 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
                     procedure: t.procedure(),
                     args,
                     done,
+                    pinned,
                 })
             }
             Err(e) => {
                 let outcome = Err(EvalError { thunk: handle, failure: Failure::InvalidThunk(e.to_string()) });
                 if use_memo {
-                    self.memo.record(handle, &outcome);
+                    self.memo.record(handle, &outcome, &mut |_, _| {});
                 }
                 Start::Done(outcome)
             }
@@ -408,6 +439,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
             };
         }
         self.stats.tasks_run += 1;
+        self.relieve_pressure();
         match self.executor.apply(&mut self.store, &app) {
             // Defence in depth for EVAL-3: whatever the executor checked, a result must exist.
             Ok(result) if !self.store.contains(&result) => fail(Failure::ForgedHandle(result)),
@@ -417,10 +449,63 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         }
     }
 
+    /// A frame is done: its arguments' values are let go, and its outcome remembered.
     fn remember(&mut self, frame: &Frame, outcome: &Outcome, use_memo: bool) {
+        release(&mut self.store, frame);
         if use_memo {
-            self.memo.record_all(&frame.chain[frame.clean_from.min(frame.chain.len())..], outcome);
+            let store = &mut self.store;
+            let chain = &frame.chain[frame.clean_from.min(frame.chain.len())..];
+            self.memo.record_all(chain, outcome, &mut |value, pin| pin_in(store, value, pin));
         }
+    }
+
+    /// With the store nearly full, makes room before more work starts.
+    fn relieve_pressure(&mut self) {
+        let stats = self.store.stats();
+        if stats.used.saturating_mul(100) > stats.limit.saturating_mul(HIGH_WATER_PERCENT) {
+            // Gently: what is not needed yet but was just stored (a thunk's arguments before
+            // its frame pins them) must not go for room nobody has asked for.
+            self.free_up(stats.limit / 100 * (100 - HIGH_WATER_PERCENT + 5), false);
+        }
+    }
+
+    /// Makes `bytes` free in the store if it can: objects nothing pins go first, least
+    /// recently used first; then memo entries, least recently used first, which lets go of the
+    /// values they pinned. For whoever is about to store something (an upload, say).
+    pub fn make_room(&mut self, bytes: u64) -> bool {
+        self.free_up(bytes, true)
+    }
+
+    /// Objects read since the last sweep (what was just uploaded, say) are spared while old
+    /// memo entries can still go; then, if `thorough`, everything unpinned is fair game.
+    fn free_up(&mut self, bytes: u64, thorough: bool) -> bool {
+        while !self.store.reclaim(bytes, true) {
+            let store = &mut self.store;
+            if self.memo.evict(MEMO_EVICT_BATCH, &mut |value, pin| pin_in(store, value, pin)) == 0 {
+                return thorough && self.store.reclaim(bytes, false);
+            }
+        }
+        true
+    }
+}
+
+/// Past this share of its limit, the store is relieved before more work starts.
+const HIGH_WATER_PERCENT: u64 = 85;
+/// Memo entries let go at a time when the store needs room.
+const MEMO_EVICT_BATCH: usize = 256;
+
+/// Lets go of what a frame pinned: its arguments, and the values they gave.
+fn release<S: Store>(store: &mut S, frame: &Frame) {
+    for handle in &frame.pinned {
+        store.unpin(handle);
+    }
+}
+
+fn pin_in<S: Store>(store: &mut S, value: Handle, pin: bool) {
+    if pin {
+        store.pin(&value);
+    } else {
+        store.unpin(&value);
     }
 }
 

@@ -22,6 +22,7 @@ const CASES: &[Case] = &[
     ("frames_alloc_free", frames_alloc_free),
     ("frames_contiguous", frames_contiguous),
     ("heap_alloc", heap_alloc),
+    ("heap_small_classes", heap_small_classes),
     ("paging_map_unmap", paging_map_unmap),
     ("paging_mmio_hpet", paging_mmio_hpet),
     ("simd_enabled", simd_enabled),
@@ -96,6 +97,23 @@ fn heap_alloc() -> CaseResult {
     drop((big, boxed));
     let (used_after, _) = heap::usage();
     check(used_after == used_before, || format!("heap leaked {} bytes", used_after - used_before))
+}
+
+/// Small allocations come from size classes: a second round of the same allocations reuses
+/// the blocks the first freed, taking no new slab from the general heap.
+fn heap_small_classes() -> CaseResult {
+    let round = || (0..50_000u32).map(|i| Box::new([i; 10])).collect::<Vec<_>>();
+    drop(round());
+    let slabs_before = heap::small_stats().slabs;
+    let boxes = round();
+    check(boxes.iter().enumerate().all(|(i, b)| b[9] == i as u32), || {
+        "a small box lost its contents".into()
+    })?;
+    let slabs_after = heap::small_stats().slabs;
+    drop(boxes);
+    check(slabs_after == slabs_before, || {
+        format!("{} new slabs for blocks freed before", slabs_after - slabs_before)
+    })
 }
 
 fn paging_map_unmap() -> CaseResult {

@@ -115,14 +115,56 @@ fn store_round_trip_and_zero_copy() {
 }
 
 #[test]
-fn full_store_says_so_and_keeps_what_it_had() {
-    let mut s = MemStore::new(100);
+fn full_store_says_so_and_keeps_what_it_pins() {
+    let overhead = store::OBJECT_OVERHEAD;
+    let mut s = MemStore::new(100 + 2 * overhead);
     let a = s.put(Kind::Blob, bytes::Bytes::from(vec![1u8; 60])).unwrap();
+    assert!(s.pin(&a));
     let err = s.put(Kind::Blob, bytes::Bytes::from(vec![2u8; 60])).unwrap_err();
-    assert_eq!(err, store::StoreError::Full { needed: 60, used: 60, limit: 100 });
-    assert_eq!(err.to_string(), "store is full: 60 more bytes would exceed the limit (60 of 100 bytes used)");
+    assert_eq!(err, store::StoreError::Full { needed: 60, used: 60 + overhead, limit: 100 + 2 * overhead });
+    assert_eq!(
+        err.to_string(),
+        "store is full: 60 more bytes would exceed the limit (252 of 484 bytes used)"
+    );
     assert!(s.contains(&a));
-    assert_eq!(s.stats().objects, 1);
+    assert_eq!((s.stats().objects, s.stats().evictions, s.stats().pinned), (1, 0, 1));
+    // Unpinned, it makes room: the new object evicts it.
+    s.unpin(&a);
+    let b = s.put(Kind::Blob, bytes::Bytes::from(vec![2u8; 60])).unwrap();
+    assert!(s.contains(&b) && !s.contains(&a));
+    assert_eq!((s.stats().evictions, s.stats().evicted_bytes), (1, 60));
+}
+
+#[test]
+fn eviction_takes_the_least_recently_read_first_and_never_what_is_pinned() {
+    let size = 1000u64;
+    let mut s = MemStore::new(10 * (size + store::OBJECT_OVERHEAD));
+    let blob = |i: u32| bytes::Bytes::from(vec![i as u8; size as usize]);
+    let handles: Vec<Handle> = (0..10).map(|i| s.put(Kind::Blob, blob(i)).unwrap()).collect();
+    assert!(s.pin(&handles[3]));
+    // A sweep gives every new object one pass; reading some of them again keeps them longer.
+    assert!(s.reclaim(0, false));
+    for _ in 0..3 {
+        s.put(Kind::Blob, blob(100)).unwrap();
+        s.get(&handles[5]);
+        s.get(&handles[6]);
+        for i in 101..110 {
+            s.put(Kind::Blob, blob(i)).unwrap();
+            s.get(&handles[5]);
+            s.get(&handles[6]);
+        }
+    }
+    assert!(s.contains(&handles[3]), "pinned");
+    assert!(s.contains(&handles[5]) && s.contains(&handles[6]), "read all along");
+    assert!(!s.contains(&handles[0]) && !s.contains(&handles[9]), "never read again");
+    assert!(s.stats().used <= s.stats().limit);
+    // Pins protect even when nothing else can make room.
+    for h in &handles {
+        s.pin(h);
+    }
+    let big = bytes::Bytes::from(vec![7u8; 9 * size as usize]);
+    assert!(matches!(s.put(Kind::Blob, big), Err(store::StoreError::Full { .. })));
+    assert!(s.contains(&handles[3]) && s.contains(&handles[5]));
 }
 
 #[test]

@@ -196,3 +196,65 @@ fn put_with_a_precomputed_digest_checks_it_against_the_claim() {
     s.put_verified_digest_placed(&tree_handle, Bytes::from(tree), other, Some).unwrap();
     assert!(s.contains(&tree_handle));
 }
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put(u16, u16),
+    Get(u16),
+    Pin(u16),
+    Unpin(u16),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u16..64, 33u16..3000).prop_map(|(i, len)| Op::Put(i, len)),
+        (0u16..64).prop_map(Op::Get),
+        (0u16..64).prop_map(Op::Pin),
+        (0u16..64).prop_map(Op::Unpin),
+    ]
+}
+
+proptest! {
+    /// Whatever is put, read, pinned and unpinned, the store stays within its limit, never
+    /// evicts a pinned object, and never holds wrong bytes.
+    #[test]
+    fn eviction_keeps_the_limit_and_the_pins(ops in proptest::collection::vec(op(), 0..300)) {
+        let mut s = MemStore::new(20_000);
+        let bytes = |i: u16, len: u16| Bytes::from(vec![i as u8; len as usize]);
+        let mut pins: std::collections::BTreeMap<Handle, u32> = Default::default();
+        let mut known: std::collections::BTreeMap<u16, (Handle, Bytes)> = Default::default();
+        for op in ops {
+            match op {
+                Op::Put(i, len) => {
+                    let b = bytes(i, len);
+                    if let Ok(h) = s.put(Kind::Blob, b.clone()) {
+                        known.insert(i, (h, b));
+                    }
+                }
+                Op::Get(i) => {
+                    if let Some((h, b)) = known.get(&i) && let Some(got) = s.get(h) {
+                        prop_assert_eq!(&got, b);
+                    }
+                }
+                Op::Pin(i) => {
+                    if let Some((h, _)) = known.get(&i) && s.pin(h) {
+                        *pins.entry(*h).or_default() += 1;
+                    }
+                }
+                Op::Unpin(i) => {
+                    if let Some((h, _)) = known.get(&i) && let Some(n) = pins.get_mut(h) && *n > 0 {
+                        s.unpin(h);
+                        *n -= 1;
+                    }
+                }
+            }
+            let stats = s.stats();
+            prop_assert!(stats.used <= stats.limit, "{stats:?}");
+            for (h, n) in &pins {
+                if *n > 0 {
+                    prop_assert!(s.contains(h), "pinned {h} was evicted");
+                }
+            }
+        }
+    }
+}

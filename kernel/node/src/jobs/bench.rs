@@ -14,7 +14,16 @@ const MEMO_HITS: u64 = 100_000;
 const HASH_BYTES: usize = 16 << 20;
 const HASH_ROUNDS: u64 = 4;
 
+/// Small objects created in a row, to see whether creating stays as fast with many held.
+const OBJECTS: u64 = 1_000_000;
+/// Each rate is measured over this many creates.
+const OBJECTS_WINDOW: u64 = 1_000;
+
 pub fn run() -> Status {
+    if let Err(why) = objects() {
+        println!("cairn: bench failed: {why}");
+        return Status::Failure;
+    }
     let (mut ev, p) = node_evaluator(64 << 20, &cairn_bootcfg::Ceilings::default());
     let tiny = blob(&mut ev, b"x");
     let thunk = apply(&mut ev, p.identity, &[tiny], 1 << 20);
@@ -72,6 +81,43 @@ pub fn run() -> Status {
     let cpus = if crate::arch::smp::online() { 2 } else { 1 };
     report(&alloc::format!("blake3_spans_{cpus}cpu_mib_s"), mib / (elapsed as f64 / 1e6), "MiB/s");
     Status::Success
+}
+
+/// Creates a million distinct 40-byte objects in a store of their own and reports the rate of
+/// the first thousand and of the thousand that bring it to a million, and what each object
+/// costs the heap (which the store's limit estimates as its bytes plus `OBJECT_OVERHEAD`).
+fn objects() -> Result<(), alloc::string::String> {
+    use bytes::Bytes;
+    use cairn_object::Kind;
+    use cairn_object::store::Store;
+
+    let (heap_used, heap_free) = crate::memory::heap::usage();
+    let limit = (heap_free as u64 / 4 * 3).min(256 << 20);
+    let mut store = crate::memory::objects::NodeStore::new(limit);
+    let rate =
+        |from: u64, store: &mut crate::memory::objects::NodeStore| -> Result<f64, alloc::string::String> {
+            let start = clock::micros_since_boot();
+            for i in from..from + OBJECTS_WINDOW {
+                let bytes: alloc::vec::Vec<u8> = (0..5).flat_map(|_| i.to_le_bytes()).collect();
+                store.put(Kind::Blob, Bytes::from(bytes)).map_err(|e| alloc::format!("object {i}: {e}"))?;
+            }
+            let elapsed = (clock::micros_since_boot() - start).max(1);
+            Ok(OBJECTS_WINDOW as f64 * 1e6 / elapsed as f64)
+        };
+    let first = rate(0, &mut store)?;
+    let mut i = OBJECTS_WINDOW;
+    while i < OBJECTS - OBJECTS_WINDOW {
+        rate(i, &mut store)?;
+        i += OBJECTS_WINDOW;
+    }
+    let last = rate(i, &mut store)?;
+    let stats = store.stats();
+    let heap_per_object = (crate::memory::heap::usage().0 - heap_used) as f64 / stats.objects.max(1) as f64;
+    report("store_put_per_s_1e3", first, "objects/s");
+    report("store_put_per_s_1e6", last, "objects/s");
+    report("store_objects_held", stats.objects as f64, "objects");
+    report("store_heap_bytes_per_object", heap_per_object, "bytes");
+    Ok(())
 }
 
 fn report(name: &str, value: f64, unit: &str) {

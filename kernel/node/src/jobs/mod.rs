@@ -31,8 +31,12 @@ pub struct Procedures {
 /// An evaluator over a fresh store holding the built-in tasks, under the node's ceilings.
 pub fn node_evaluator(store_limit: u64, ceilings: &cairn_bootcfg::Ceilings) -> (NodeEvaluator, Procedures) {
     let mut store = NodeStore::new(store_limit);
-    let mut put =
-        |elf: &'static [u8]| store.put(Kind::Blob, Bytes::from_static(elf)).expect("built-in tasks fit");
+    // Built-in tasks are pinned: the store never evicts them.
+    let mut put = |elf: &'static [u8]| {
+        let handle = store.put(Kind::Blob, Bytes::from_static(elf)).expect("built-in tasks fit");
+        store.pin(&handle);
+        handle
+    };
     let procedures = Procedures {
         identity: put(builtin::IDENTITY),
         add: put(builtin::ADD),
@@ -46,6 +50,7 @@ pub fn node_evaluator(store_limit: u64, ceilings: &cairn_bootcfg::Ceilings) -> (
         task_memory_bytes: ceilings.task_memory_bytes(),
         applications: ceilings.eval_applications,
         depth: ceilings.eval_depth,
+        memo_entries: ceilings.memo_entries,
     };
     let executor = TaskExecutor::new(TaskCeilings::from_config(ceilings));
     (Evaluator::new(store, executor).with_ceilings(eval_ceilings), procedures)

@@ -11,7 +11,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use cairn_object::hash::{self, SPAN_LEN};
-use cairn_object::store::{MemStore, Store, StoreError, StoreStats};
+use cairn_object::store::{MemStore, OBJECT_OVERHEAD, Store, StoreError, StoreStats};
 use cairn_object::{Handle, Kind};
 
 use crate::arch::smp::{self, HelperWork};
@@ -268,16 +268,34 @@ impl NodeStore {
         NodeStore { inner: MemStore::new(limit_bytes) }
     }
 
-    /// Bytes the store could still take, less what uploads in progress have been promised.
+    /// Bytes the store could still take without evicting anything, less what uploads in
+    /// progress have been promised.
     pub fn room(&self) -> u64 {
-        let stats = self.inner.stats();
-        stats.limit.saturating_sub(stats.bytes).saturating_sub(UPLOADS_IN_FLIGHT.load(Ordering::Relaxed))
+        self.inner.free().saturating_sub(UPLOADS_IN_FLIGHT.load(Ordering::Relaxed))
+    }
+
+    /// The most the store could take if everything that may go went (memo entries included,
+    /// which only the evaluator can let go of), less what uploads in progress have been promised.
+    pub fn room_at_most(&self) -> u64 {
+        self.inner.stats().limit.saturating_sub(UPLOADS_IN_FLIGHT.load(Ordering::Relaxed))
+    }
+
+    /// Evicts objects nothing pins, least recently used first, until a new object of `len`
+    /// bytes fits beside what uploads in progress have been promised; true if it does.
+    pub fn make_room(&mut self, len: u64) -> bool {
+        let wanted = len.saturating_add(OBJECT_OVERHEAD);
+        if self.room() >= wanted {
+            return true;
+        }
+        self.inner.make_room(wanted.saturating_add(UPLOADS_IN_FLIGHT.load(Ordering::Relaxed)))
     }
 
     /// Pages for an upload of `len` bytes, if the store has room and the heap memory. Uploads
     /// of several spans are offered to the helper CPU, which hashes them as they arrive.
+    /// It evicts nothing itself (a busy node's store is only read): callers that may, make
+    /// room first ([`NodeStore::make_room`]).
     pub fn upload_pages(&self, len: usize) -> Option<UploadPages> {
-        if len as u64 > self.room() {
+        if len as u64 + OBJECT_OVERHEAD > self.room() {
             return None;
         }
         let pages = PageBuf::for_writing(len)?;
@@ -304,10 +322,10 @@ impl NodeStore {
         self.inner.put_verified_digest_placed(claimed, bytes, digest, Some)
     }
 
-    /// A zeroed buffer for a new object of `len` bytes, if the store has room for it and the
-    /// heap the memory; nothing is allocated otherwise.
-    pub fn new_object(&self, len: usize) -> Option<NewObject> {
-        if len as u64 > self.room() {
+    /// A zeroed buffer for a new object of `len` bytes, if the store has room for it (evicting
+    /// what nothing pins if need be) and the heap the memory; nothing is allocated otherwise.
+    pub fn new_object(&mut self, len: usize) -> Option<NewObject> {
+        if !self.make_room(len as u64) {
             return None;
         }
         if len < PAGE_ALIGNED_MIN {
@@ -328,9 +346,10 @@ impl NodeStore {
         blob_digest: Option<[u8; 32]>,
     ) -> Result<Handle, StoreError> {
         let bytes = object.into_bytes();
-        // `new_object` checked the room before the bytes were made; uploads may have taken
-        // some since, so look again, as `put` does.
-        let room = self.room();
+        // `new_object` made room before the bytes were made; uploads may have taken some
+        // since, so look again, as `put` does.
+        self.make_room(bytes.len() as u64);
+        let room = self.room().saturating_sub(OBJECT_OVERHEAD);
         match (kind, blob_digest) {
             (Kind::Blob, Some(digest)) => self.inner.put_hashed_blob(bytes, digest, room),
             // Already where it should live: small, or in pages of its own.
@@ -359,15 +378,20 @@ impl NodeStore {
 }
 
 impl Store for NodeStore {
-    // New objects may not eat into room promised to uploads in progress (`room`); an object the
-    // store already holds needs no room, so the check is made only when one is placed.
+    // New objects may not eat into room promised to uploads in progress (`room`), and make room
+    // by evicting what nothing pins; an object the store already holds needs no room, so the
+    // check is made only when one is placed.
     fn put(&mut self, kind: Kind, bytes: Bytes) -> Result<Handle, StoreError> {
-        let room = self.room();
+        self.make_room(bytes.len() as u64);
+        let room = self.room().saturating_sub(OBJECT_OVERHEAD);
         self.inner.put_placed(kind, bytes, |b| if b.len() as u64 > room { None } else { Self::placed(b) })
     }
 
     fn put_verified(&mut self, claimed: &Handle, bytes: Bytes) -> Result<(), StoreError> {
-        let room = self.room();
+        if !self.inner.contains(claimed) {
+            self.make_room(bytes.len() as u64);
+        }
+        let room = self.room().saturating_sub(OBJECT_OVERHEAD);
         self.inner.put_verified_placed(claimed, bytes, |b| {
             if b.len() as u64 > room { None } else { Self::placed(b) }
         })
@@ -383,5 +407,17 @@ impl Store for NodeStore {
 
     fn stats(&self) -> StoreStats {
         self.inner.stats()
+    }
+
+    fn pin(&mut self, handle: &Handle) -> bool {
+        self.inner.pin(handle)
+    }
+
+    fn unpin(&mut self, handle: &Handle) {
+        self.inner.unpin(handle)
+    }
+
+    fn reclaim(&mut self, bytes: u64, second_chance: bool) -> bool {
+        self.inner.reclaim(bytes.saturating_add(UPLOADS_IN_FLIGHT.load(Ordering::Relaxed)), second_chance)
     }
 }

@@ -8,7 +8,7 @@ use core::cell::Cell;
 
 use bytes::Bytes;
 use cairn_object::Handle;
-use cairn_object::store::{Store, StoreError};
+use cairn_object::store::{OBJECT_OVERHEAD, Store, StoreError};
 use cairn_proto::session::{NodeApi, UploadBuffer};
 
 use super::Network;
@@ -144,12 +144,19 @@ impl NodeApi for Node<'_> {
         served_object(&self.ev.store, handle, self.fault)
     }
     fn put_verified(&mut self, handle: &Handle, bytes: Bytes) -> Result<(), StoreError> {
+        if !self.ev.store.contains(handle) {
+            // Old memo entries go before what clients just uploaded (Evaluator::make_room).
+            self.ev.make_room(bytes.len() as u64 + OBJECT_OVERHEAD);
+        }
         self.ev.store.put_verified(handle, bytes)
     }
     fn room(&self) -> u64 {
-        self.ev.store.room()
+        // What could be made free: anything may go but what is pinned and what uploads in
+        // progress were promised; `upload_buffer` then makes the room, or says it cannot.
+        self.ev.store.room_at_most()
     }
     fn upload_buffer(&mut self, len: usize) -> Option<Box<dyn UploadBuffer>> {
+        self.ev.make_room(len as u64 + OBJECT_OVERHEAD);
         Some(Box::new(Upload(self.ev.store.upload_pages(len)?)))
     }
     fn put_upload(&mut self, handle: &Handle, buffer: Box<dyn UploadBuffer>) -> Result<(), StoreError> {
@@ -172,15 +179,20 @@ impl NodeApi for Node<'_> {
         let store = self.ev.store.stats();
         let eval = self.ev.stats();
         format!(
-            "cpus={}\nhelper_hashed_bytes={}\nobjects={}\nstore_bytes={}\nstore_limit={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\nrelocated={}\n{}connections_served={}\nconnections_refused={}\nconnections_too_slow={}\nconnections_evicted={}\nconnections_idle={}\nuptime_ms={}\nidle_ms={}\n",
+            "cpus={}\nhelper_hashed_bytes={}\nobjects={}\nstore_bytes={}\nstore_used={}\nstore_limit={}\nstore_pinned={}\nstore_evictions={}\nstore_evicted_bytes={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nmemo_evictions={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\nrelocated={}\n{}connections_served={}\nconnections_refused={}\nconnections_too_slow={}\nconnections_evicted={}\nconnections_idle={}\nuptime_ms={}\nidle_ms={}\n",
             if crate::arch::smp::online() { 2 } else { 1 },
             crate::memory::objects::helper_hashed_bytes(),
             store.objects,
             store.bytes,
+            store.used,
             store.limit,
+            store.pinned,
+            store.evictions,
+            store.evicted_bytes,
             eval.tasks_run,
             eval.memo_hits,
             self.ev.memo().len(),
+            self.ev.memo().evictions(),
             eval.io_requests,
             self.jobs.submitted,
             self.jobs.replayed,

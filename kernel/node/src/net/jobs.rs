@@ -173,8 +173,20 @@ impl Jobs {
             .store
             .put(Kind::Blob, Bytes::from(journal.encode().into_bytes()))
             .map_err(|e| error(ErrorCode::StoreFull, format!("the journal does not fit: {e}")))?;
-        self.latest.insert(journal.job, handle);
+        self.set_latest(handle, journal, ev);
         Ok(handle)
+    }
+
+    /// Makes `handle` the latest journal of its job, pinning what a replay of it needs (the
+    /// journal, the job with its manifest and root, every response, the result) and letting go
+    /// of what the journal it replaces pinned: the store never evicts a replay's inputs.
+    fn set_latest(&mut self, handle: Handle, journal: &Journal, ev: &mut NodeEvaluator) {
+        keep(journal, handle, ev, true);
+        if let Some(old) = self.latest.insert(journal.job, handle)
+            && let Ok(old_journal) = load_journal(&old, ev)
+        {
+            keep(&old_journal, old, ev, false);
+        }
     }
 
     /// Makes a journal someone stored (an import) the latest of its job, once everything a
@@ -182,15 +194,34 @@ impl Jobs {
     pub fn adopt(
         &mut self,
         journal_handle: &Handle,
-        ev: &NodeEvaluator,
+        ev: &mut NodeEvaluator,
     ) -> Result<Handle, alloc::string::String> {
         let journal = load_journal(journal_handle, ev)?;
         Job::load(&journal.job, |h| ev.store.get(h)).map_err(|e| e.to_string())?;
         if let Some(missing) = journal.responses().find(|h| !ev.store.contains(h)) {
             return Err(format!("response {missing} of the journal is not on this node"));
         }
-        self.latest.insert(journal.job, *journal_handle);
+        self.set_latest(*journal_handle, &journal, ev);
         Ok(journal.job)
+    }
+}
+
+/// Pins (or unpins) what a replay of `journal` needs.
+fn keep(journal: &Journal, handle: Handle, ev: &mut NodeEvaluator, pin: bool) {
+    let job = Job::load(&journal.job, |h| ev.store.get(h)).ok();
+    let parts = job.iter().flat_map(|j| [j.manifest_blob, j.root]);
+    let all: alloc::vec::Vec<Handle> = [handle, journal.job]
+        .into_iter()
+        .chain(parts)
+        .chain(journal.responses())
+        .chain(journal.result)
+        .collect();
+    for h in all {
+        if pin {
+            ev.store.pin(&h);
+        } else {
+            ev.store.unpin(&h);
+        }
     }
 }
 

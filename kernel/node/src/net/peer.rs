@@ -209,6 +209,7 @@ pub fn fetch(
                 }
                 // Straight into pages of the object's own, hashed as they arrive (on the helper
                 // CPU when there is one), as uploads from clients are.
+                ev.make_room(len.saturating_add(cairn_object::store::OBJECT_OVERHEAD));
                 let mut upload = ev
                     .store
                     .upload_pages(len as usize)

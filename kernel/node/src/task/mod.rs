@@ -159,6 +159,12 @@ impl TaskExecutor {
         }
         let outcome = task.run(store, image, &mut self.stats, &mut self.simd);
         let spent = task.budget.spent(clock::micros_since_boot());
+        // The evaluator takes over the result (it pins what it keeps) before the store is
+        // touched again.
+        for handle in task.created.drain(..) {
+            use cairn_object::store::Store;
+            store.unpin(&handle);
+        }
         self.warm = Some(Warm {
             procedure: app.procedure,
             space: task.space,

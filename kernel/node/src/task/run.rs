@@ -54,6 +54,9 @@ pub(super) struct Task {
     pub args_pages: u64,
     /// Pages added while running (heap, stack, zero pages, objects): a reset unmaps them.
     pub added: Vec<u64>,
+    /// Objects the task created, pinned in the store until it ends: a CREATE that makes room
+    /// must never evict what the task made a moment ago (and may return, or put in a tree).
+    pub created: Vec<Handle>,
 }
 
 pub(super) fn oom(limit: u64) -> Failure {
@@ -150,6 +153,7 @@ impl Task {
             next_object: OBJECTS_BASE,
             args_pages,
             added: Vec::new(),
+            created: Vec::new(),
         })
     }
 

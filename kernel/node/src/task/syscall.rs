@@ -153,6 +153,10 @@ fn create(
         StoreError::Invalid { .. } | StoreError::Mismatch { .. } => bad(format!("{e}")),
         StoreError::Full { .. } => Failure::NodeOutOfMemory,
     })?;
+    task.created.try_reserve(1).map_err(|_| Failure::NodeOutOfMemory)?;
+    if store.pin(&handle) {
+        task.created.push(handle);
+    }
     if !task.space.write(out, handle.as_bytes()) {
         return Err(pointer(out, Handle::LEN as u64));
     }
