@@ -183,20 +183,26 @@ fn one_client_cannot_take_every_connection() {
 }
 
 #[test]
-fn inline_puts_cannot_take_room_promised_to_an_upload() {
+fn inline_puts_cannot_take_room_promised_to_uploads() {
     let (_node, address) = serving(Ceilings::default(), 60);
-    let room = stat(&address, "store_limit") - stat(&address, "store_bytes");
-    // An upload that reserves all but 512 KiB of the store, and sends nothing more.
-    let reserved = room - (512 << 10);
-    let mut uploader = TcpStream::connect(&address).unwrap();
-    let claimed = Handle::blob(&vec![0u8; reserved as usize][..]);
-    uploader.write_all(&frames(&[(1, Message::PutBegin { handle: claimed, len: reserved })])).unwrap();
+    let room = stat(&address, "store_limit") - stat(&address, "store_used");
+    // Two uploads that reserve all but about 600 KiB of it between them, and send nothing more.
+    let each = room / 2 - (300 << 10);
+    let uploaders: Vec<TcpStream> = (0..2u8)
+        .map(|i| {
+            let mut uploader = TcpStream::connect(&address).unwrap();
+            let claimed = Handle::blob(&vec![i; each as usize][..]);
+            uploader.write_all(&frames(&[(1, Message::PutBegin { handle: claimed, len: each })])).unwrap();
+            uploader
+        })
+        .collect();
     std::thread::sleep(Duration::from_secs(1));
+    // An inline PUT (one frame) of 1 MB: it used to be stored into the promised room.
     let big = vec![0x77u8; 1_000_000];
     let err = Client::connect(&address).unwrap().put(Handle::blob(&big), &big, |_| {}).unwrap_err();
     assert!(format!("{err:#}").contains("store is full"), "{err:#}");
-    drop(uploader);
-    // The upload's room comes back once it is cut off.
+    drop(uploaders);
+    // The uploads' room comes back once they are cut off.
     assert!(eventually(Duration::from_secs(10), || {
         Client::connect(&address).unwrap().put(Handle::blob(&big), &big, |_| {}).is_ok()
     }));
@@ -270,4 +276,36 @@ fn a_full_store_evicts_what_nothing_pins_and_never_stops_the_node() {
 
 fn n(v: u64) -> Handle {
     Handle::blob(&v.to_le_bytes())
+}
+
+#[test]
+fn a_recall_larger_than_its_answer_may_be_is_answered_within_a_frame() {
+    // RECALL of one remembered thunk, repeated to fill a frame: its answer used to outgrow
+    // the frame, and the kernel panicked building it.
+    let (_node, address) = serving(Ceilings::default(), 60);
+    let mut client = Client::connect(&address).unwrap();
+    let add = std::fs::read(env!("CARGO_BIN_FILE_CAIRN_TASKS_add")).unwrap();
+    let procedure = Handle::blob(&add);
+    client.put(procedure, &add, |_| {}).unwrap();
+    let encoding =
+        cairn_object::thunk::encode(Limits::new(1 << 20).unwrap(), procedure, &[n(2), n(3)]).unwrap();
+    let thunk = cairn_object::store::name(Kind::Thunk, &encoding).unwrap();
+    client.put(thunk, &encoding, |_| {}).unwrap();
+    assert_eq!(client.eval(thunk).unwrap().result, n(5));
+    let thunks = vec![thunk; (cairn_proto::MAX_FRAME - 64) / Handle::LEN];
+    let mut raw = TcpStream::connect(&address).unwrap();
+    raw.write_all(&frames(&[(7, Message::Recall { thunks })])).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut reply = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let frame = loop {
+        let got = raw.read(&mut buf).unwrap();
+        assert!(got > 0, "the node closed without answering");
+        reply.extend_from_slice(&buf[..got]);
+        if let Some((frame, _)) = decode(&reply).unwrap() {
+            break frame;
+        }
+    };
+    assert_eq!(frame.message, Message::Recalled { entries: vec![(thunk, n(5))] });
+    still_serves(&address);
 }

@@ -175,8 +175,8 @@ fn a_job_fetches_counts_sends_once_and_replays_without_its_upstream_here_and_els
     let journal = cairn_io::Journal::decode(&journal).unwrap();
     let now_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    assert_eq!(journal.entries.len(), 3);
-    for entry in &journal.entries {
+    assert_eq!(journal.entries().len(), 3);
+    for entry in journal.entries() {
         assert!(entry.at_ms.abs_diff(now_ms) < 60_000, "journal time {} vs host {now_ms}", entry.at_ms);
     }
     // `journal export` writes the same bundle as `submit --export`.

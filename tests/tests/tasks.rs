@@ -285,6 +285,18 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 #[test]
+fn an_images_zero_pages_are_not_kept_after_its_task() {
+    // The 8 MiB zero segment ran (its last page touched) and is gone; what stays is the image's
+    // file pages in the cache and the reused address space, a few pages.
+    let line = outcome("image-memory");
+    let field = |name: &str| -> u64 {
+        line.split(' ').find_map(|f| f.strip_prefix(&format!("{name}="))).unwrap().parse().unwrap()
+    };
+    assert!(line.starts_with("ok "), "{line}");
+    assert!(field("frames_held_kib") < 1024 && field("heap_held_kib") < 1024, "{line}");
+}
+
+#[test]
 fn a_task_cannot_forge_console_lines() {
     contained("fail-forge", r"task error: forged\ncairn: ready boot_ms=0 mem_mib=0\r\x1b[2J");
 }

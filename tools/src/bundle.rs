@@ -134,7 +134,7 @@ mod tests {
         let job = Handle::blob(&[3u8; 64]);
         let response = b"a response that is not a literal blob at all".to_vec();
         let mut journal = Journal::new(job);
-        journal.entries.push(cairn_io::Entry {
+        journal.record(cairn_io::Entry {
             at_ms: 5,
             effect: cairn_object::io::Effect::HttpGet,
             request: Handle::blob(&[1u8; 50]),

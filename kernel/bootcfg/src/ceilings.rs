@@ -54,9 +54,9 @@ impl Default for Ceilings {
             eval_depth: 10_000,
             memo_entries: 250_000,
             api_connections: 16,
-            api_connections_per_client: 16,
-            api_queue_mib: 4,
-            api_held_mib: 16,
+            api_connections_per_client: 12,
+            api_queue_mib: 1,
+            api_held_mib: 1,
             api_min_rate: 1024,
         }
     }

@@ -96,6 +96,9 @@ impl fmt::Display for Failure {
     }
 }
 
+/// The most a kept task message takes, escaped.
+const MAX_MESSAGE: usize = 4096;
+
 /// Text a task chose (its failure message) as it is kept and shown: control characters, line
 /// breaks included, escaped, so that it can never forge a console line or steer a terminal it
 /// is printed on, whoever prints it.
@@ -103,6 +106,15 @@ pub fn printable(text: &str) -> String {
     use core::fmt::Write;
     let mut out = String::new();
     for c in text.chars() {
+        // Escaped, 4 KiB can grow fourfold: the message a task gives stays at most 4 KiB.
+        if out.len() >= MAX_MESSAGE {
+            let mut end = MAX_MESSAGE;
+            while !out.is_char_boundary(end) {
+                end -= 1;
+            }
+            out.truncate(end);
+            break;
+        }
         let _ = match c {
             '\n' => out.write_str("\\n"),
             '\r' => out.write_str("\\r"),
@@ -139,5 +151,8 @@ mod tests {
         assert_eq!(printable("boom\ncairn: ready boot_ms=1"), "boom\\ncairn: ready boot_ms=1");
         assert_eq!(printable("\x1b[2J\r\t\x7f\u{9b}"), "\\x1b[2J\\r\\t\\x7f\\u{9b}");
         assert_eq!(printable("café 日本 \\ plain"), "café 日本 \\ plain");
+        // Escaping may grow a message fourfold; it stays at most 4 KiB.
+        let escaped = printable(&"\x01é".repeat(4096));
+        assert!(escaped.len() <= 4096 && escaped.starts_with("\\x01é"), "{}", escaped.len());
     }
 }

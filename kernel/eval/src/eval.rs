@@ -86,11 +86,19 @@ pub struct Ceilings {
     pub depth: u64,
     /// Entries the memo keeps; past that, the least recently used go.
     pub memo_entries: u64,
+    /// Arguments one thunk may have (its encoding, and the one applied, are built in memory).
+    pub tree_entries: u64,
 }
 
 impl Default for Ceilings {
     fn default() -> Self {
-        Ceilings { task_memory_bytes: 256 << 20, applications: 100_000, depth: 10_000, memo_entries: 250_000 }
+        Ceilings {
+            task_memory_bytes: 256 << 20,
+            applications: 100_000,
+            depth: 10_000,
+            memo_entries: 250_000,
+            tree_entries: 1 << 18,
+        }
     }
 }
 
@@ -351,6 +359,13 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
                     self.ceilings.task_memory_bytes
                 )))
             }
+            Ok(t) if t.args().len() as u64 > self.ceilings.tree_entries => {
+                fail(Failure::NodeLimit(alloc::format!(
+                    "the thunk has {} arguments; this node allows at most {}",
+                    t.args().len(),
+                    self.ceilings.tree_entries
+                )))
+            }
             Ok(t) => {
                 // As many arguments as the thunk's encoding holds: allocate for them fallibly.
                 let (mut args, mut done) = (Handles::new(), Handles::new());
@@ -433,6 +448,8 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         if let Some(effect) = effect {
             self.stats.io_requests += 1;
             return match io.perform(&mut self.store, effect, &app) {
+                // The IO layer stores every response; one it did not is its bug (and IO is never
+                // remembered either way).
                 Ok(result) if !self.store.contains(&result) => fail(Failure::ForgedHandle(result)),
                 Ok(result) => Applied::Done(Ok(result)),
                 Err(failure) => fail(failure),
@@ -441,8 +458,10 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         self.stats.tasks_run += 1;
         self.relieve_pressure();
         match self.executor.apply(&mut self.store, &app) {
-            // Defence in depth for EVAL-3: whatever the executor checked, a result must exist.
-            Ok(result) if !self.store.contains(&result) => fail(Failure::ForgedHandle(result)),
+            // The executor enforces EVAL-3 (it knows what the task may name). A result the store
+            // lacks is then one this node does not hold (an entry of a tree it opened, say):
+            // missing, not remembered, rather than a failure another node would not have.
+            Ok(result) if !self.store.contains(&result) => fail(Failure::MissingObject(result)),
             Ok(result) if result.kind() == Kind::Thunk => Applied::Tail(result),
             Ok(result) => Applied::Done(Ok(result)),
             Err(failure) => fail(failure),

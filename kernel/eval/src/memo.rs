@@ -42,6 +42,9 @@ pub struct Memo {
     /// Where the last eviction sweep stopped.
     hand: Option<Handle>,
     evictions: u64,
+    /// The error recorded last: an error that fails every thunk waiting on it (EVAL-7) is
+    /// recorded once per thunk, nested thousands deep, and must be one copy, not thousands.
+    last_error: Option<Arc<EvalError>>,
 }
 
 impl Default for Memo {
@@ -64,7 +67,13 @@ impl Memo {
 
     /// A memo that keeps at most `capacity` entries.
     pub fn with_capacity(capacity: usize) -> Memo {
-        Memo { entries: BTreeMap::new(), capacity: capacity.max(1), hand: None, evictions: 0 }
+        Memo {
+            entries: BTreeMap::new(),
+            capacity: capacity.max(1),
+            hand: None,
+            evictions: 0,
+            last_error: None,
+        }
     }
 
     /// Keeps at most `capacity` entries from the next one recorded on.
@@ -89,7 +98,14 @@ impl Memo {
     pub fn record_all(&mut self, thunks: &[Handle], outcome: &Outcome, pins: Pins<'_>) -> bool {
         let entry = match outcome {
             Ok(h) => Entry::Value(*h),
-            Err(e) if e.failure.is_deterministic() => Entry::Error(Arc::new(e.clone())),
+            Err(e) if e.failure.is_deterministic() => {
+                let shared = match &self.last_error {
+                    Some(last) if **last == *e => last.clone(),
+                    _ => Arc::new(e.clone()),
+                };
+                self.last_error = Some(shared.clone());
+                Entry::Error(shared)
+            }
             Err(_) => return false,
         };
         for thunk in thunks {
@@ -162,5 +178,32 @@ impl Memo {
     /// Every remembered thunk and its outcome.
     pub fn iter(&self) -> impl Iterator<Item = (&Handle, Outcome)> {
         self.entries.iter().map(|(thunk, slot)| (thunk, outcome_of(&slot.entry)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Failure;
+
+    #[test]
+    fn one_error_failing_a_nest_of_thunks_is_kept_once() {
+        let mut memo = Memo::new();
+        let error =
+            EvalError { thunk: Handle::blob(b"inner"), failure: Failure::TaskError("x".repeat(4096)) };
+        // As the evaluator records it: once for each thunk the error fails on its way out.
+        for i in 0..1000u32 {
+            memo.record(Handle::blob(&[i.to_le_bytes(); 10].concat()), &Err(error.clone()), &mut |_, _| {});
+        }
+        let shared: alloc::vec::Vec<&Arc<EvalError>> = memo
+            .entries
+            .values()
+            .map(|slot| match &slot.entry {
+                Entry::Error(e) => e,
+                Entry::Value(_) => panic!("an error was recorded"),
+            })
+            .collect();
+        assert_eq!(shared.len(), 1000);
+        assert!(shared.iter().all(|e| Arc::ptr_eq(e, shared[0])), "copies of one error");
     }
 }

@@ -133,12 +133,15 @@ fn fib_60_as_a_dynamic_graph_runs_each_subproblem_once() {
 }
 
 #[test]
-fn eval_3_a_result_not_in_the_store_is_a_forged_handle() {
+fn a_result_the_store_lacks_is_missing_and_not_remembered() {
+    // The executor enforces EVAL-3; a result the store does not hold is an object this node
+    // lacks, which another node may hold: never a remembered failure.
     let mut ev = evaluator();
     let t = make_thunk(&mut ev.store, "forge", &[]);
     let err = ev.eval(t).unwrap_err();
     assert_eq!(err.thunk, t);
-    assert_eq!(err.failure, Failure::ForgedHandle(Handle::blob(&[0x5a; 64])));
+    assert_eq!(err.failure, Failure::MissingObject(Handle::blob(&[0x5a; 64])));
+    assert!(ev.memo().get(&t).is_none());
 }
 
 #[test]
@@ -319,4 +322,19 @@ fn a_thunk_asking_for_more_memory_than_the_node_allows_fails_with_node_limit() {
     // At the ceiling exactly, it runs.
     let ok = make_thunk(&mut ev.store, "identity", &[blob]);
     assert_eq!(ev.eval(ok), Ok(blob));
+}
+
+#[test]
+fn a_thunk_with_more_arguments_than_the_node_allows_fails_with_node_limit() {
+    let mut ev = evaluator().with_ceilings(Ceilings { tree_entries: 100, ..Ceilings::default() });
+    let blob = u64_blob(&mut ev.store, 1);
+    let wide = make_thunk(&mut ev.store, "count", &vec![blob; 101]);
+    let err = ev.eval(wide).unwrap_err();
+    assert_eq!(
+        err.failure,
+        Failure::NodeLimit("the thunk has 101 arguments; this node allows at most 100".into())
+    );
+    let fits = make_thunk(&mut ev.store, "count", &vec![blob; 100]);
+    let counted = ev.eval(fits).unwrap();
+    assert_eq!(read_u64(&ev.store, &counted), 100);
 }

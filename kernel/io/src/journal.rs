@@ -8,6 +8,7 @@
 //! result blob:…
 //! ```
 
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -17,6 +18,11 @@ use cairn_object::Handle;
 use cairn_object::io::Effect;
 
 const MAGIC: &str = "cairn-journal 1";
+
+/// The most entries a journal may have: a job's IO requests are applications, and no node
+/// allows more than this many in one evaluation by default. A longer journal is refused before
+/// it takes memory.
+pub const MAX_ENTRIES: usize = 100_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -32,7 +38,9 @@ pub struct Entry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Journal {
     pub job: Handle,
-    pub entries: Vec<Entry>,
+    entries: Vec<Entry>,
+    /// Request → its entry: a replay looks every request up, and must not scan for each.
+    index: BTreeMap<Handle, usize>,
     /// The job's value, once it has one (a failed job has none).
     pub result: Option<Handle>,
 }
@@ -51,18 +59,43 @@ impl fmt::Display for JournalError {
 
 impl Journal {
     pub fn new(job: Handle) -> Journal {
-        Journal { job, entries: Vec::new(), result: None }
+        Journal { job, entries: Vec::new(), index: BTreeMap::new(), result: None }
     }
 
     /// The recorded response to `request`.
     pub fn answer(&self, request: &Handle) -> Option<&Entry> {
-        self.entries.iter().find(|e| e.request == *request)
+        self.index.get(request).and_then(|&i| self.entries.get(i))
     }
 
-    pub fn record(&mut self, entry: Entry) {
-        if self.answer(&entry.request).is_none() {
-            self.entries.push(entry);
+    /// Every entry, in the order the requests were made.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Records `entry` unless its request is answered already; false if it was, or if the
+    /// journal holds [`MAX_ENTRIES`] (or the memory for one more is not there).
+    pub fn record(&mut self, entry: Entry) -> bool {
+        if self.index.contains_key(&entry.request)
+            || self.entries.len() >= MAX_ENTRIES
+            || self.entries.try_reserve(1).is_err()
+        {
+            return false;
         }
+        self.index.insert(entry.request, self.entries.len());
+        self.entries.push(entry);
+        true
+    }
+
+    /// The journal without entry `i` (for tests of replays that lack an answer).
+    pub fn without_entry(&self, i: usize) -> Journal {
+        let mut out = Journal::new(self.job);
+        for (j, e) in self.entries.iter().enumerate() {
+            if j != i {
+                out.record(e.clone());
+            }
+        }
+        out.result = self.result;
+        out
     }
 
     /// Every object a replay needs besides the job's own inputs: the responses.
@@ -90,7 +123,7 @@ impl Journal {
             _ => return Err(err(1, format!("expected `{MAGIC}`"))),
         }
         let handle = |line: usize, text: &str| -> Result<Handle, JournalError> {
-            text.parse::<Handle>().map_err(|e| err(line, format!("`{text}`: {e}")))
+            text.parse::<Handle>().map_err(|e| err(line, format!("`{}`: {e}", cairn_object::excerpt(text))))
         };
         let job = match lines.next() {
             Some((line, l)) if l.starts_with("job ") => handle(line, &l[4..])?,
@@ -98,23 +131,34 @@ impl Journal {
         };
         let mut journal = Journal::new(job);
         for (line, l) in lines {
-            let words: Vec<&str> = l.split(' ').collect();
-            match words[..] {
-                ["io", at_ms, effect, request, response] if journal.result.is_none() => {
-                    let at_ms =
-                        at_ms.parse().map_err(|_| err(line, format!("`{at_ms}` is not a time in ms")))?;
-                    let effect = Effect::from_name(effect)
-                        .ok_or_else(|| err(line, format!("unknown effect `{effect}`")))?;
+            // At most six words are looked at: a line of a million spaces costs nothing more.
+            let mut split = l.splitn(6, ' ');
+            let words: [Option<&str>; 6] = core::array::from_fn(|_| split.next());
+            match words {
+                [Some("io"), Some(at_ms), Some(effect), Some(request), Some(response), None]
+                    if journal.result.is_none() =>
+                {
+                    let at_ms = at_ms.parse().map_err(|_| {
+                        err(line, format!("`{}` is not a time in ms", cairn_object::excerpt(at_ms)))
+                    })?;
+                    let effect = Effect::from_name(effect).ok_or_else(|| {
+                        err(line, format!("unknown effect `{}`", cairn_object::excerpt(effect)))
+                    })?;
                     let (request, response) = (handle(line, request)?, handle(line, response)?);
                     if journal.answer(&request).is_some() {
                         return Err(err(line, format!("{request} is answered twice")));
                     }
-                    journal.entries.push(Entry { at_ms, effect, request, response });
+                    if !journal.record(Entry { at_ms, effect, request, response }) {
+                        return Err(err(
+                            line,
+                            format!("more than the {MAX_ENTRIES} entries a journal may have"),
+                        ));
+                    }
                 }
-                ["result", result] if journal.result.is_none() => {
+                [Some("result"), Some(result), None, ..] if journal.result.is_none() => {
                     journal.result = Some(handle(line, result)?)
                 }
-                _ => return Err(err(line, format!("unexpected `{l}`"))),
+                _ => return Err(err(line, format!("unexpected `{}`", cairn_object::excerpt(l)))),
             }
         }
         Ok(journal)

@@ -97,6 +97,13 @@ impl<S: Store> Io<S> for JobIo<'_> {
             };
         }
         let request = Request::decode(effect, app.args, |h| store.get(h)).map_err(Failure::InvalidThunk)?;
+        // Every request performed is journaled: one the journal has no room for is not made.
+        if self.journal.entries().len() >= crate::journal::MAX_ENTRIES {
+            return Err(Failure::NodeLimit(format!(
+                "the job made the {} IO requests a journal may hold",
+                crate::journal::MAX_ENTRIES
+            )));
+        }
         let Some(transport) = self.transport.take() else {
             return Err(Failure::Io(format!(
                 "replay: the journal has no answer for {} ({effect} {})",
@@ -108,7 +115,9 @@ impl<S: Store> Io<S> for JobIo<'_> {
         let now_ms = transport.now_ms();
         self.transport = Some(transport);
         let response = outcome?;
-        self.journal.record(Entry { at_ms: now_ms, effect, request: app.thunk, response });
+        if !self.journal.record(Entry { at_ms: now_ms, effect, request: app.thunk, response }) {
+            return Err(Failure::NodeOutOfMemory);
+        }
         Ok(response)
     }
 }

@@ -14,6 +14,6 @@ mod manifest;
 pub mod time;
 
 pub use job::{Job, JobError};
-pub use journal::{Entry, Journal, JournalError};
+pub use journal::{Entry, Journal, JournalError, MAX_ENTRIES as MAX_JOURNAL_ENTRIES};
 pub use layer::{JobIo, RESPONSE_LIMIT, Transport};
 pub use manifest::{Capability, Manifest, ManifestError, MissingCapability};

@@ -86,10 +86,17 @@ impl Manifest {
                 return Err(bad("expected `effect endpoint`, like `http.get 10.0.2.2:8080`".into()));
             };
             let effect = Effect::from_name(effect).ok_or_else(|| {
-                bad(alloc::format!("unknown effect `{effect}` (known: tcp.request, http.get, tcp.send)"))
+                bad(alloc::format!(
+                    "unknown effect `{}` (known: tcp.request, http.get, tcp.send)",
+                    cairn_object::excerpt(effect)
+                ))
             })?;
-            let endpoint = Endpoint::parse(endpoint)
-                .ok_or_else(|| bad(alloc::format!("`{endpoint}` is not an endpoint like 10.0.2.2:8080")))?;
+            let endpoint = Endpoint::parse(endpoint).ok_or_else(|| {
+                bad(alloc::format!(
+                    "`{}` is not an endpoint like 10.0.2.2:8080",
+                    cairn_object::excerpt(endpoint)
+                ))
+            })?;
             grants.push((effect, endpoint));
         }
         Ok(Manifest::new(grants))

@@ -107,7 +107,7 @@ fn a_job_fetches_sends_once_and_replays_from_its_journal_alone() {
     let effects: Vec<Effect> = up.log.iter().map(|(e, _, _)| *e).collect();
     assert_eq!(effects, [Effect::HttpGet, Effect::HttpGet, Effect::TcpSend]);
     assert_eq!(up.log[2].2, expected.as_bytes());
-    assert_eq!(journal.entries.len(), 3);
+    assert_eq!(journal.entries().len(), 3);
 
     // The journal travels as text and comes back equal.
     let journal = Journal::decode(journal.encode().as_bytes()).unwrap();
@@ -132,8 +132,9 @@ fn a_journal_without_an_answer_names_the_request() {
     let mut up = upstream();
     let mut io = JobIo::live(job_handle, job.manifest.clone(), &mut up);
     ev.eval_with_io(job.root, &mut io).unwrap();
-    let mut journal = io.into_journal();
-    let dropped = journal.entries.remove(1);
+    let full = io.into_journal();
+    let dropped = full.entries()[1].clone();
+    let journal = full.without_entry(1);
     let err = ev.eval_with_io(job.root, &mut JobIo::replay(job.manifest, journal)).unwrap_err();
     assert_eq!(err.thunk, dropped.request);
     assert!(
@@ -243,4 +244,28 @@ proptest! {
         let _ = Manifest::parse(&bytes);
         let _ = Journal::decode(&bytes);
     }
+}
+
+#[test]
+fn hostile_journals_are_refused_cheaply_and_say_what_is_wrong() {
+    let head = format!("cairn-journal 1\njob {}\n", Handle::blob(b"job"));
+    // A line of nine million spaces: refused without splitting it into nine million words.
+    let spaces = format!("{head}io{}\n", " ".repeat(9_000_000));
+    let err = Journal::decode(spaces.as_bytes()).unwrap_err();
+    assert_eq!(err.line, 3);
+    assert!(err.why.len() < 200, "the message quotes an excerpt, not the line: {} bytes", err.why.len());
+    // A word of a million letters is quoted as an excerpt too.
+    let long = format!("{head}result {}\n", "x".repeat(1_000_000));
+    assert!(Journal::decode(long.as_bytes()).unwrap_err().why.len() < 200);
+    // More entries than a journal may have.
+    let mut text = head.clone();
+    for i in 0..=cairn_io::MAX_JOURNAL_ENTRIES as u32 {
+        text.push_str(&format!(
+            "io 1 http.get {} {}\n",
+            Handle::blob(&[i.to_le_bytes(); 9].concat()),
+            Handle::blob(b"r")
+        ));
+    }
+    let err = Journal::decode(text.as_bytes()).unwrap_err();
+    assert!(err.why.contains("entries a journal may have"), "{err}");
 }

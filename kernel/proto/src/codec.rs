@@ -93,8 +93,9 @@ fn put_text(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(note.as_bytes());
 }
 
-/// Appends `frame` to `out`. Panics if a message is larger than one frame allows (a caller bug:
-/// objects larger than `MAX_INLINE` must be chunked).
+/// Appends `frame` to `out`. Objects larger than `MAX_INLINE` must be chunked, and lists
+/// bounded, by the caller; should one not be, the frame becomes `ERROR internal` rather than
+/// one the receiver must refuse, and nothing panics.
 pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
@@ -194,7 +195,16 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         }
     }
     let len = out.len() - start - 4;
-    assert!(len <= MAX_FRAME, "message too large for one frame; chunk it");
+    if len > MAX_FRAME {
+        // A caller should have chunked or bounded it; the peer must still get a frame it can
+        // decode, so it gets this one instead of one it would refuse (and no one panics).
+        out.truncate(start);
+        let message = "the answer would not fit in one frame".into();
+        return encode(
+            &Frame { request: frame.request, message: Message::Error { code: ErrorCode::Internal, message } },
+            out,
+        );
+    }
     out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
 }
 
@@ -244,6 +254,17 @@ pub(crate) enum Peek {
 }
 
 /// Looks at the start of a frame, with the same checks as [`decode`].
+/// Whether the frame `buf` begins with is one a busy node answers (HELLO, HAVE, GET, and
+/// PUT-BEGIN, whose bytes stream in): read from its header alone, without decoding it.
+pub(crate) fn answerable_when_busy(buf: &[u8]) -> bool {
+    matches!(buf.get(5), Some(&(kind::HELLO | kind::HAVE | kind::GET | kind::PUT_BEGIN)))
+}
+
+/// Whether the frame `buf` begins with is a GET (read from its header alone).
+pub(crate) fn begins_with_get(buf: &[u8]) -> bool {
+    buf.get(5) == Some(&kind::GET)
+}
+
 pub(crate) fn peek(buf: &[u8]) -> Result<Peek, ProtoError> {
     let Some(len_bytes) = buf.get(..4) else { return Ok(Peek::NeedMore) };
     let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes"));

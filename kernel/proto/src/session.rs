@@ -11,7 +11,7 @@ use bytes::Bytes;
 use cairn_object::Handle;
 use cairn_object::store::StoreError;
 
-use crate::codec::{CHUNK_HEAD, Peek, peek};
+use crate::codec::{CHUNK_HEAD, Peek, answerable_when_busy, begins_with_get, peek};
 use crate::{ErrorCode, Frame, MAX_CHUNK, MAX_FRAME, MAX_INLINE, Message, VERSION, decode, encode, offers};
 
 /// Memory an upload is written into, in order, which becomes the object's bytes without
@@ -55,6 +55,11 @@ pub trait NodeApi {
     fn adopt_journal(&mut self, journal: &Handle) -> Result<Handle, String>;
     /// The value the memo holds for `thunk`, if it remembers one.
     fn recall(&self, thunk: &Handle) -> Option<Handle>;
+    /// Whether a download of `len` more bytes may start now. Downloads hold their objects
+    /// until sent, even objects the store has since evicted, so a node bounds them together.
+    fn may_download(&self, _len: u64) -> bool {
+        true
+    }
     /// True while the node is in the middle of an evaluation and can only read its store: the
     /// session then answers HELLO, HAVE and GET, takes uploads' bytes (`upload_buffer` must
     /// work) but stores them only later, and keeps everything else for later.
@@ -107,6 +112,10 @@ struct Download {
     sent: usize,
 }
 
+/// Pairs one RECALLED frame holds; a RECALL asking for more gets this many (the client asks
+/// again for the rest).
+const MAX_RECALLED: usize = (MAX_FRAME - 64) / (2 * Handle::LEN);
+
 /// What one connection may hold on the node (docs/SECURITY.md, the `api_*` ceilings). Past
 /// either, the session stops taking input until the client catches up: the node then stops
 /// reading its socket, and TCP makes the client wait.
@@ -122,7 +131,7 @@ pub struct SessionLimits {
 
 impl Default for SessionLimits {
     fn default() -> Self {
-        SessionLimits { queue_bytes: 4 << 20, held_bytes: 16 << 20, work: 64 }
+        SessionLimits { queue_bytes: 1 << 20, held_bytes: 1 << 20, work: 8 }
     }
 }
 
@@ -176,6 +185,11 @@ impl Session {
         self.pending_output() >= self.limits.queue_bytes || self.outstanding >= self.limits.work
     }
 
+    /// The length of the upload in progress, if there is one (a node gives it a deadline).
+    pub fn upload_len(&self) -> Option<usize> {
+        self.upload.as_ref().map(|u| u.len)
+    }
+
     /// True in the middle of a request: part of a frame, or an upload not yet complete. A
     /// connection then owes the node bytes, at a reasonable rate (the node's `api_min_rate`).
     pub fn mid_request(&self) -> bool {
@@ -220,8 +234,26 @@ impl Session {
         if self.held.is_empty() || self.holding() || self.paused() {
             return;
         }
+        // Held bytes whose first frame must still wait stay where they are: taking and handing
+        // them back would copy them all on every round.
+        if self.upload.is_none() && !self.first_held_answerable(node) {
+            return;
+        }
         let held = core::mem::take(&mut self.held);
         self.handle_bytes(&held, node);
+    }
+
+    fn first_held_answerable(&self, node: &dyn NodeApi) -> bool {
+        if node.busy() && !answerable_when_busy(&self.held) {
+            return false;
+        }
+        if !begins_with_get(&self.held) {
+            return true;
+        }
+        match decode(&self.held) {
+            Ok(Some((frame, _))) => Self::answerable(&frame.message, node),
+            _ => true,
+        }
     }
 
     /// Whether input must wait: for an EVAL's answer, or for an upload that arrived while the
@@ -233,6 +265,12 @@ impl Session {
     /// Whether the node can handle this request now. A busy node still takes uploads: their
     /// bytes go into the upload's own buffer, and only storing the finished object waits.
     fn answerable(message: &Message, node: &dyn NodeApi) -> bool {
+        if let Message::Get { handle } = message
+            && handle.size() > MAX_INLINE as u64
+            && !node.may_download(handle.size())
+        {
+            return false; // it waits until downloads in flight have gone out
+        }
         !node.busy()
             || matches!(
                 message,
@@ -497,7 +535,20 @@ impl Session {
             Message::Fetch { from, handles } => self.queue(request, Work::Fetch { from, handles }),
             Message::Relocate { to, thunk } => self.queue(request, Work::Relocate { to, thunk }),
             Message::Recall { thunks } => {
-                let entries = thunks.iter().filter_map(|t| node.recall(t).map(|v| (*t, v))).collect();
+                // At most what one RECALLED frame holds (80 bytes a pair), each thunk once: a
+                // RECALL of one thunk repeated must not make an answer larger than a frame.
+                let mut entries: Vec<(Handle, Handle)> = Vec::new();
+                let mut seen = alloc::collections::BTreeSet::new();
+                for t in &thunks {
+                    if entries.len() == MAX_RECALLED {
+                        break;
+                    }
+                    if seen.insert(*t)
+                        && let Some(v) = node.recall(t)
+                    {
+                        entries.push((*t, v));
+                    }
+                }
                 self.send(request, Message::Recalled { entries });
             }
             Message::Journal { journal } => match node.adopt_journal(&journal) {
@@ -831,6 +882,66 @@ mod tests {
             queued += 1;
         }
         assert_eq!(queued, 16);
+    }
+
+    #[test]
+    fn a_recall_of_one_thunk_repeated_gets_an_answer_that_fits_a_frame() {
+        let (mut s, mut n) = (Session::new(), node());
+        let thunk = cairn_object::store::name(
+            Kind::Thunk,
+            &cairn_object::thunk::encode(cairn_object::Limits::new(4096).unwrap(), Handle::blob(b"p"), &[])
+                .unwrap(),
+        )
+        .unwrap();
+        let thunks = vec![thunk; (crate::MAX_FRAME - 64) / Handle::LEN];
+        let replies = exchange(&mut s, &mut n, &frames(&[(1, Message::Recall { thunks })]));
+        assert_eq!(
+            replies[0].message,
+            Message::Recalled { entries: vec![(thunk, Handle::blob(b"remembered"))] }
+        );
+        // Many distinct ones: as many as one frame holds.
+        let many: Vec<Handle> = (0..20_000u32).map(thunk_like).collect();
+        let replies = exchange(&mut s, &mut n, &frames(&[(2, Message::Recall { thunks: many })]));
+        let Message::Recalled { entries } = &replies[0].message else { panic!("{:?}", replies[0]) };
+        assert_eq!(entries.len(), MAX_RECALLED);
+    }
+
+    fn thunk_like(i: u32) -> Handle {
+        let bytes = cairn_object::thunk::encode(
+            cairn_object::Limits::new(4096).unwrap(),
+            Handle::blob(&[i.to_le_bytes(); 10].concat()),
+            &[],
+        )
+        .unwrap();
+        cairn_object::store::name(Kind::Thunk, &bytes).unwrap()
+    }
+
+    #[test]
+    fn held_bytes_a_busy_node_cannot_answer_yet_are_not_copied_on_every_round() {
+        let (mut s, mut n) = (Session::new(), node());
+        n.busy = true;
+        let mut bytes = frames(&[(1, Message::Stats)]);
+        bytes.extend(frames(&[(
+            2,
+            Message::Put { handle: Handle::blob(&[3; 500_000]), bytes: vec![3; 500_000] },
+        )]));
+        s.feed(&bytes, &mut n);
+        assert_eq!(s.held.len(), bytes.len());
+        let before = s.held.as_ptr();
+        for _ in 0..100 {
+            s.resume(&mut n);
+        }
+        assert_eq!(s.held.as_ptr(), before, "held bytes were moved");
+        n.busy = false;
+        s.resume(&mut n);
+        assert!(s.held.is_empty());
+        let out = s.output(usize::MAX);
+        let (first, used) = decode(&out).unwrap().unwrap();
+        assert!(matches!(first.message, Message::StatsReply { .. }));
+        assert_eq!(
+            decode(&out[used..]).unwrap().unwrap().0.message,
+            Message::Stored { handle: Handle::blob(&[3; 500_000]) }
+        );
     }
 
     fn upload_frames(big: &[u8], claimed: Handle) -> Vec<u8> {

@@ -210,3 +210,12 @@ fn text_longer_than_a_field_allows_is_cut_and_says_so() {
     };
     assert!(crate::decode(&bytes_of(&[error])).unwrap().is_some());
 }
+
+#[test]
+fn a_message_too_large_for_a_frame_becomes_an_error_instead_of_a_panic() {
+    let handles = vec![Handle::blob(&[7u8; 40]); crate::MAX_FRAME / Handle::LEN + 10];
+    let bytes = bytes_of(&[Frame { request: 5, message: Message::Missing { handles } }]);
+    let (frame, _) = crate::decode(&bytes).unwrap().unwrap();
+    assert_eq!(frame.request, 5);
+    assert!(matches!(frame.message, Message::Error { code: ErrorCode::Internal, .. }), "{frame:?}");
+}

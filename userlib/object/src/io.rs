@@ -156,14 +156,19 @@ impl Request {
         let text = |h: &Handle, what: &str| -> Result<String, String> {
             let bytes =
                 open(h).ok_or_else(|| format!("{effect}: the {what} {h} is not a blob on this node"))?;
+            // An endpoint or a URL is short: a long blob is refused before it is copied.
+            if bytes.as_ref().len() > MAX_TEXT_ARG {
+                return Err(format!("{effect}: the {what} is longer than {MAX_TEXT_ARG} bytes"));
+            }
             core::str::from_utf8(bytes.as_ref())
                 .map(String::from)
                 .map_err(|_| format!("{effect}: the {what} is not UTF-8"))
         };
         let endpoint = |h: &Handle| -> Result<Endpoint, String> {
             let text = text(h, "endpoint")?;
-            Endpoint::parse(&text)
-                .ok_or_else(|| format!("{effect}: `{text}` is not an endpoint like 10.0.2.2:8080"))
+            Endpoint::parse(&text).ok_or_else(|| {
+                format!("{effect}: `{}` is not an endpoint like 10.0.2.2:8080", crate::excerpt(&text))
+            })
         };
         let blob = |h: &Handle, what: &str| -> Result<Handle, String> {
             if h.kind() != crate::Kind::Blob {
@@ -179,13 +184,19 @@ impl Request {
             Effect::HttpGet => {
                 let url = text(&args[0], "URL")?;
                 let (to, path) = parse_url(&url).ok_or_else(|| {
-                    format!("http.get: `{url}` is not a URL like http://10.0.2.2:8080/path")
+                    format!(
+                        "http.get: `{}` is not a URL like http://10.0.2.2:8080/path",
+                        crate::excerpt(&url)
+                    )
                 })?;
                 Request::HttpGet { to, path }
             }
         })
     }
 }
+
+/// The longest endpoint or URL an IO request may name.
+const MAX_TEXT_ARG: usize = 2048;
 
 /// `http://a.b.c.d[:port]/path` → endpoint and path (`/` if none). Only printable ASCII paths.
 pub fn parse_url(url: &str) -> Option<(Endpoint, String)> {

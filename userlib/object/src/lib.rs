@@ -30,6 +30,16 @@ pub use set::HandleSet;
 pub use thunk::{Limits, Thunk};
 pub use tree::Tree;
 
+/// At most the first 64 characters of `text`, and `…` if there was more: for error messages
+/// that quote untrusted input, so that a message never grows with what it quotes.
+pub fn excerpt(text: &str) -> alloc::string::String {
+    const MAX: usize = 64;
+    match text.char_indices().nth(MAX) {
+        None => alloc::string::String::from(text),
+        Some((end, _)) => alloc::format!("{}…", &text[..end]),
+    }
+}
+
 /// BLAKE3 key-derivation contexts; changing one renames every object of that kind.
 pub mod context {
     pub const TREE: &str = "cairn 2026-11 object tree v1";

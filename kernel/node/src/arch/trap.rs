@@ -51,6 +51,8 @@ pub struct TrapFrame {
     pub ss: u64,
 }
 
+// The common path clears DF and AC before any Rust code runs: a task may have set either, and
+// AC set in the kernel would switch SMAP off for it. (SYSCALL clears both through SFMASK.)
 // Each stub is padded to STUB_SIZE bytes so that the IDT can compute its address from the
 // vector. Exceptions 8, 10-14, 17, 21, 29 and 30 push an error code; the others get a zero so
 // that the frame has one shape.
@@ -88,6 +90,9 @@ cairn_trap_common:
     push r15
     mov rdi, rsp
     cld
+    pushfq
+    and qword ptr [rsp], ~0x40000
+    popfq
     call {dispatch}
     pop r15
     pop r14
@@ -319,7 +324,9 @@ pub fn print_backtrace(rip: u64, mut rbp: u64) {
             break;
         }
         // SAFETY: rbp is 8-aligned and the 16 bytes at it are mapped kernel memory (checked
-        // above); at worst they are not a frame record and we print a meaningless address.
+        // above); at worst they are not a frame record and we print a meaningless address (or,
+        // as the mapped range includes the MMIO window, read a device register: this runs only
+        // on the way to stopping the node).
         let (next, ret) = unsafe { (*(rbp as *const u64), *((rbp + 8) as *const u64)) };
         if ret == 0 {
             break;

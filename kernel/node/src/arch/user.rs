@@ -360,9 +360,13 @@ pub fn trap_from_user(frame: &TrapFrame) -> ! {
 pub struct SimdState([u8; 4096]);
 
 /// The one fixed state every task starts from: x87 and SSE/AVX registers in their initial
-/// state (XSTATE_BV = 0), MXCSR = 0x1f80 (all exceptions masked, round to nearest).
+/// state (XSTATE_BV = 0), MXCSR = 0x1f80 (all exceptions masked, round to nearest), and the
+/// x87 control word 0x037f in the legacy area, for FXRSTOR on a CPU without XSAVE (XRSTOR
+/// ignores it: XSTATE_BV = 0 means the initial state).
 pub static INITIAL_SIMD: SimdState = {
     let mut area = [0u8; 4096];
+    area[0] = 0x7f;
+    area[1] = 0x03;
     let mxcsr = 0x1f80u32.to_le_bytes();
     area[24] = mxcsr[0];
     area[25] = mxcsr[1];
@@ -377,6 +381,12 @@ impl SimdState {
     }
 
     pub fn save(&mut self) {
+        if KERNEL_XCR0.load(Ordering::Relaxed) == 0 {
+            // SAFETY: no XSAVE on this CPU (KERNEL_XCR0 is 0): FXSAVE's 512 bytes, 16-byte
+            // aligned, fit the area many times over.
+            unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) self.0.as_mut_ptr(), options(nostack)) };
+            return;
+        }
         let mask = x86_64::registers::xcontrol::XCr0::read_raw();
         // SAFETY: the area is 64-byte aligned and 4 KiB, larger than any XSAVE layout for the
         // components enabled in XCR0.
@@ -387,6 +397,11 @@ impl SimdState {
     }
 
     pub fn restore(&self) {
+        if KERNEL_XCR0.load(Ordering::Relaxed) == 0 {
+            // SAFETY: as in save; the area holds a valid legacy image (INITIAL_SIMD's, or FXSAVE's).
+            unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) self.0.as_ptr(), options(nostack)) };
+            return;
+        }
         let mask = x86_64::registers::xcontrol::XCr0::read_raw();
         // SAFETY: as in save; the area was produced by `initial` or by `save`.
         unsafe {

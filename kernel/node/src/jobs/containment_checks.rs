@@ -86,6 +86,18 @@ pub fn run(ev: &mut NodeEvaluator, p: &Procedures) {
         println!("task-check {name}/ms: {ms}");
         still_serving(ev, p, name);
     }
+    // An image's zero pages cost nothing once its task is done: the cache keeps the file's pages
+    // only (it used to keep a page per page of `.bss`, 1 GiB for a 300-byte ELF).
+    let (frames_before, heap_before) = (crate::memory::free_frame_count(), crate::memory::heap::usage().0);
+    let mode = blob(ev, b"bss-8mib");
+    let thunk = apply(ev, p.containment, &[mode], 4 * MIB);
+    let outcome = ev.eval_fresh(thunk);
+    let frames_held = frames_before.saturating_sub(crate::memory::free_frame_count()) * 4;
+    let heap_held = crate::memory::heap::usage().0.saturating_sub(heap_before) / 1024;
+    println!(
+        "task-check image-memory: {} frames_held_kib={frames_held} heap_held_kib={heap_held}",
+        if outcome.is_ok() { "ok" } else { "failed" }
+    );
     // Selectors and pages the kernel wrote must not carry over from one run to the next.
     let read = blob(ev, b"segments-read");
     let read = apply(ev, p.containment, &[read], 4 * MIB);

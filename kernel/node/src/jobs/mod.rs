@@ -51,6 +51,7 @@ pub fn node_evaluator(store_limit: u64, ceilings: &cairn_bootcfg::Ceilings) -> (
         applications: ceilings.eval_applications,
         depth: ceilings.eval_depth,
         memo_entries: ceilings.memo_entries,
+        tree_entries: ceilings.tree_entries,
     };
     let executor = TaskExecutor::new(TaskCeilings::from_config(ceilings));
     (Evaluator::new(store, executor).with_ceilings(eval_ceilings), procedures)

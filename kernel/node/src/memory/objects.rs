@@ -65,7 +65,9 @@ impl PageBuf {
 
 impl AsRef<[u8]> for PageBuf {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: ptr..ptr+len is initialised (zeroed at allocation) and lives as long as self.
+        // SAFETY: ptr..ptr+len lives as long as self and is initialised: zeroed at allocation,
+        // or (`for_writing`) written in full before the buffer is read (UploadPages only reads
+        // it once every byte has arrived).
         unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
@@ -79,7 +81,7 @@ impl AsMut<[u8]> for PageBuf {
 
 impl Drop for PageBuf {
     fn drop(&mut self) {
-        // SAFETY: allocated in copy_of with this layout.
+        // SAFETY: allocated (zeroed, for_writing or copy_of) with this very layout.
         unsafe { dealloc(self.ptr.as_ptr(), self.layout) };
     }
 }

@@ -5,6 +5,7 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use core::cell::Cell;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use cairn_object::Handle;
@@ -42,7 +43,44 @@ fn served_object(store: &NodeStore, handle: &Handle, fault: cairn_bootcfg::Fault
         corrupt[0] ^= 0xff;
         return Some(Bytes::from(corrupt));
     }
+    if bytes.len() > cairn_proto::MAX_INLINE {
+        // A download holds its object until sent, even one the store has since evicted: the
+        // node counts what downloads hold, and starts new ones only within a bound.
+        return Some(Bytes::from_owner(Downloading::new(bytes)));
+    }
     Some(bytes)
+}
+
+/// Bytes downloads in progress hold.
+static DOWNLOADS_HELD: AtomicU64 = AtomicU64::new(0);
+
+/// An object's bytes while a download holds them.
+struct Downloading(Bytes);
+
+impl Downloading {
+    fn new(bytes: Bytes) -> Downloading {
+        DOWNLOADS_HELD.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Downloading(bytes)
+    }
+}
+
+impl AsRef<[u8]> for Downloading {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Downloading {
+    fn drop(&mut self) {
+        DOWNLOADS_HELD.fetch_sub(self.0.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Whether a download of `len` bytes may start beside those in progress: their bytes together
+/// stay within a quarter of the store's limit (one download of any size may always run).
+fn may_download(store: &NodeStore, len: u64) -> bool {
+    let held = DOWNLOADS_HELD.load(Ordering::Relaxed);
+    held == 0 || held.saturating_add(len) <= store.stats().limit / 4
 }
 
 /// The node as sessions see it while it evaluates: its store, read-only. Sessions ask it only
@@ -69,6 +107,9 @@ impl NodeApi for BusyNode<'_> {
     }
     fn room(&self) -> u64 {
         self.store.room()
+    }
+    fn may_download(&self, len: u64) -> bool {
+        may_download(self.store, len)
     }
     fn upload_buffer(&mut self, len: usize) -> Option<Box<dyn UploadBuffer>> {
         // Setting pages aside changes no object: uploads stream while the node evaluates.
@@ -154,6 +195,9 @@ impl NodeApi for Node<'_> {
         // What could be made free: anything may go but what is pinned and what uploads in
         // progress were promised; `upload_buffer` then makes the room, or says it cannot.
         self.ev.store.room_at_most()
+    }
+    fn may_download(&self, len: u64) -> bool {
+        may_download(&self.ev.store, len)
     }
     fn upload_buffer(&mut self, len: usize) -> Option<Box<dyn UploadBuffer>> {
         self.ev.make_room(len as u64 + OBJECT_OVERHEAD);
@@ -246,8 +290,15 @@ impl Api {
     }
 
     /// The next job a client asked for; run it, then hand the answer to [`Api::deliver`].
+    /// Work whose connection has gone is dropped, not run: nobody would get its answer.
     pub fn next_work(&mut self) -> Option<Queued> {
-        self.connections.queued.pop_front()
+        while let Some(queued) = self.connections.queued.pop_front() {
+            let slot = &self.connections.slots[queued.slot];
+            if slot.generation == queued.generation && slot.session.is_some() {
+                return Some(queued);
+            }
+        }
+        None
     }
 
     /// Answers queued work, unless its connection has gone in the meantime.

@@ -16,17 +16,24 @@ use crate::arch::clock;
 
 /// A connection that makes no progress for this long fails.
 const STALL_US: u64 = 10_000_000;
+/// However a server paces itself (a byte every 9 s keeps clear of the stall), one request ends
+/// by a deadline: this long, plus its bytes at [`DEADLINE_RATE`] bytes per second.
+const DEADLINE_BASE_US: u64 = 30_000_000;
+const DEADLINE_RATE: u64 = 256 * 1024;
 const BUFFER: usize = 64 * 1024;
 const FIRST_LOCAL_PORT: u16 = 49152;
 
 pub struct NetTransport<'a> {
     network: &'a mut Network,
     next_port: u16,
+    /// What is left of the job's time for IO: all its requests together may take no longer
+    /// than one evaluation may (the node's `eval_time_s`).
+    budget_us: u64,
 }
 
 impl<'a> NetTransport<'a> {
-    pub fn new(network: &'a mut Network) -> NetTransport<'a> {
-        NetTransport { network, next_port: FIRST_LOCAL_PORT }
+    pub fn new(network: &'a mut Network, budget_us: u64) -> NetTransport<'a> {
+        NetTransport { network, next_port: FIRST_LOCAL_PORT, budget_us }
     }
 
     fn local_port(&mut self) -> u16 {
@@ -57,7 +64,17 @@ impl<'a> NetTransport<'a> {
             .connect(self.network.iface.context(), (IpAddress::v4(a, b, c, d), endpoint.port), local_port)
             .map_err(|e| format!("cannot connect: {e:?}"))?;
         let handle = self.network.sockets.add(socket);
-        let outcome = self.drive(handle, data, limit, keep_reply, done);
+        let started = clock::micros_since_boot();
+        let for_bytes =
+            (data.len() as u64).saturating_add(limit as u64).saturating_mul(1_000_000) / DEADLINE_RATE;
+        let own = DEADLINE_BASE_US.saturating_add(for_bytes);
+        let deadline = if self.budget_us < own {
+            (started.saturating_add(self.budget_us), "the job's IO ran past the time one evaluation may take")
+        } else {
+            (started.saturating_add(own), "the server did not finish in time")
+        };
+        let outcome = self.drive(handle, data, limit, keep_reply, done, deadline);
+        self.budget_us = self.budget_us.saturating_sub(clock::micros_since_boot().saturating_sub(started));
         let socket = self.network.sockets.get_mut::<tcp::Socket>(handle);
         if outcome.is_err() {
             socket.abort();
@@ -74,6 +91,7 @@ impl<'a> NetTransport<'a> {
         limit: usize,
         keep_reply: bool,
         done: fn(tcp::State) -> bool,
+        (deadline, late): (u64, &'static str),
     ) -> Result<Vec<u8>, String> {
         let (mut sent, mut fin_sent, mut connected) = (0, false, false);
         let mut reply = Vec::new();
@@ -122,6 +140,9 @@ impl<'a> NetTransport<'a> {
                 return Err(format!("the peer closed after {sent} of {} bytes", data.len()));
             }
             let now = clock::micros_since_boot();
+            if now > deadline {
+                return Err(late.into());
+            }
             if progressed {
                 last_progress = now;
             } else if now - last_progress > STALL_US {

@@ -26,10 +26,14 @@ pub const PORT: u16 = 7070;
 /// Each socket's receive and send buffers.
 const BUFFER: usize = 256 * 1024;
 /// Queued work a connection may have outstanding at once.
-const WORK_PER_CONNECTION: usize = 64;
+const WORK_PER_CONNECTION: usize = 8;
+/// An upload of `len` bytes must be whole within this long, plus its bytes at
+/// [`UPLOAD_RATE`] bytes per second: the room it was promised is not held at a dribble for hours.
+const UPLOAD_BASE_US: u64 = 60_000_000;
+const UPLOAD_RATE: u64 = 256 * 1024;
 /// A connection the node closed is reset if the client has not closed its side this long
 /// after: a client that never does must not keep the slot (in FIN-WAIT) forever.
-const CLOSE_GRACE_US: u64 = 1_000_000;
+const CLOSE_GRACE_US: u64 = 200_000;
 
 pub(super) struct Slot {
     socket: SocketHandle,
@@ -42,6 +46,8 @@ pub(super) struct Slot {
     pace: Pace,
     /// When the node closed its side.
     closed_at: Option<u64>,
+    /// When the upload in progress must be whole.
+    upload_deadline: Option<u64>,
 }
 
 /// Work a session queued (a job), to be run by the node's loop with the network at hand.
@@ -96,6 +102,7 @@ impl Connections {
                     peer: None,
                     pace: Pace::default(),
                     closed_at: None,
+                    upload_deadline: None,
                 }
             })
             .collect();
@@ -178,7 +185,12 @@ impl Connections {
                 busy = true;
             }
             let owing = session.mid_request() && session.accepts_input();
-            if !slot.pace.observe(now, received as u64, owing, self.min_rate) {
+            slot.upload_deadline = session.upload_len().map(|len| {
+                let for_bytes = (len as u64).saturating_mul(1_000_000) / UPLOAD_RATE;
+                slot.upload_deadline.unwrap_or(now.saturating_add(UPLOAD_BASE_US).saturating_add(for_bytes))
+            });
+            let late = slot.upload_deadline.is_some_and(|deadline| now > deadline);
+            if !slot.pace.observe(now, received as u64, owing, self.min_rate) || late {
                 self.refusals.too_slow += 1;
                 socket.abort();
                 continue;
@@ -232,6 +244,7 @@ impl Connections {
         slot.peer = peer;
         slot.pace = Pace::default();
         slot.closed_at = None;
+        slot.upload_deadline = None;
         let mut session = Session::with_limits(self.limits);
         if !admitted {
             self.refusals.per_client += 1;
@@ -247,6 +260,23 @@ impl Connections {
     /// With every slot taken, closes the quiet connection idle the longest, so that a new
     /// client is not locked out by connections that hold slots and do nothing.
     fn make_room(&mut self, network: &mut Network, now: u64) {
+        // Connections the node has closed (their answers sent) wait for the client's last ACK;
+        // with no slot listening, the one closed longest goes now, so that clients that open,
+        // send garbage and vanish, many a second, cannot keep every slot closing.
+        let listening =
+            self.slots.iter().any(|slot| !network.sockets.get::<tcp::Socket>(slot.socket).is_active());
+        if !listening
+            && let Some(slot) = self
+                .slots
+                .iter()
+                .filter(|slot| {
+                    slot.closed_at.is_some() && slot.session.as_ref().is_none_or(|s| !s.has_output())
+                })
+                .min_by_key(|slot| slot.closed_at)
+        {
+            network.sockets.get_mut::<tcp::Socket>(slot.socket).abort();
+            return;
+        }
         let views: Vec<SlotView> = self
             .slots
             .iter()

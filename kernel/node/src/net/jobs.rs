@@ -18,10 +18,23 @@ use super::client::NetTransport;
 use super::peer::ServeOthers;
 use crate::jobs::NodeEvaluator;
 
+/// Jobs whose latest journal a node keeps (pinning what its replay needs); past that, the one
+/// used least recently is let go of, so that journals can never pin the whole store.
+const KEPT_JOURNALS: usize = 256;
+
+/// A journal a node keeps for its job.
+struct Kept {
+    journal: Handle,
+    /// Exactly what keeping it pinned.
+    pinned: alloc::vec::Vec<Handle>,
+    used: u64,
+}
+
 #[derive(Default)]
 pub struct Jobs {
     /// Job → its latest journal on this node.
-    latest: BTreeMap<Handle, Handle>,
+    latest: BTreeMap<Handle, Kept>,
+    clock: u64,
     pub submitted: u64,
     pub replayed: u64,
     /// Bytes fetched from peers.
@@ -113,7 +126,7 @@ impl Jobs {
             Err(e) => return error(ErrorCode::NotFound, e.to_string()),
         };
         self.submitted += 1;
-        let mut transport = NetTransport::new(network);
+        let mut transport = NetTransport::new(network, ev.executor.ceilings.eval_time_us);
         let mut io = JobIo::live(handle, job.manifest, &mut transport);
         let outcome = ev.eval_with_io(job.root, &mut io);
         let mut journal = io.into_journal();
@@ -132,7 +145,7 @@ impl Jobs {
 
     fn replay(&mut self, handle: Handle, ev: &mut NodeEvaluator) -> Message {
         let journal_handle = match handle.kind() {
-            Kind::Tree => match self.latest.get(&handle) {
+            Kind::Tree => match self.latest.get(&handle).map(|k| &k.journal) {
                 Some(j) => *j,
                 None => {
                     return error(
@@ -181,11 +194,17 @@ impl Jobs {
     /// journal, the job with its manifest and root, every response, the result) and letting go
     /// of what the journal it replaces pinned: the store never evicts a replay's inputs.
     fn set_latest(&mut self, handle: Handle, journal: &Journal, ev: &mut NodeEvaluator) {
-        keep(journal, handle, ev, true);
-        if let Some(old) = self.latest.insert(journal.job, handle)
-            && let Ok(old_journal) = load_journal(&old, ev)
+        self.clock += 1;
+        let pinned = keep(journal, handle, ev);
+        let kept = Kept { journal: handle, pinned, used: self.clock };
+        if let Some(old) = self.latest.insert(journal.job, kept) {
+            release(old, ev);
+        }
+        if self.latest.len() > KEPT_JOURNALS
+            && let Some(oldest) = self.latest.iter().min_by_key(|(_, k)| k.used).map(|(job, _)| *job)
+            && let Some(old) = self.latest.remove(&oldest)
         {
-            keep(&old_journal, old, ev, false);
+            release(old, ev);
         }
     }
 
@@ -206,22 +225,24 @@ impl Jobs {
     }
 }
 
-/// Pins (or unpins) what a replay of `journal` needs.
-fn keep(journal: &Journal, handle: Handle, ev: &mut NodeEvaluator, pin: bool) {
+/// Pins what a replay of `journal` needs; returns exactly what it pinned.
+fn keep(journal: &Journal, handle: Handle, ev: &mut NodeEvaluator) -> alloc::vec::Vec<Handle> {
     let job = Job::load(&journal.job, |h| ev.store.get(h)).ok();
     let parts = job.iter().flat_map(|j| [j.manifest_blob, j.root]);
-    let all: alloc::vec::Vec<Handle> = [handle, journal.job]
-        .into_iter()
-        .chain(parts)
-        .chain(journal.responses())
-        .chain(journal.result)
-        .collect();
-    for h in all {
-        if pin {
-            ev.store.pin(&h);
-        } else {
-            ev.store.unpin(&h);
+    let wanted =
+        [handle, journal.job].into_iter().chain(parts).chain(journal.responses()).chain(journal.result);
+    let mut pinned = alloc::vec::Vec::new();
+    for h in wanted {
+        if pinned.try_reserve(1).is_ok() && ev.store.pin(&h) {
+            pinned.push(h);
         }
+    }
+    pinned
+}
+
+fn release(kept: Kept, ev: &mut NodeEvaluator) {
+    for h in &kept.pinned {
+        ev.store.unpin(h);
     }
 }
 

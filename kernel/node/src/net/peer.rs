@@ -24,6 +24,12 @@ use crate::memory::objects::NodeStore;
 
 /// A peer that makes no progress for this long has failed.
 const STALL_US: u64 = 10_000_000;
+/// However a peer paces itself, one exchange with it ends by a deadline: this long, plus the
+/// time its bytes take at [`DEADLINE_RATE`] bytes per second.
+const DEADLINE_BASE_US: u64 = 30_000_000;
+const DEADLINE_RATE: u64 = 256 * 1024;
+/// While a link is busy, the node still answers others at least this often.
+const SERVE_EVERY_US: u64 = 10_000;
 const BUFFER: usize = 256 * 1024;
 /// How a fetch error that is a peer's wrong bytes begins (the API answers it as `wrong hash`).
 pub const WRONG_BYTES: &str = "wrong bytes from a peer";
@@ -51,6 +57,13 @@ struct PeerLink<'n> {
     input: Vec<u8>,
     connected: bool,
     last_progress: u64,
+    last_served: u64,
+    /// No progress for this long is a failure (longer while the peer evaluates).
+    stall_us: u64,
+    /// When the exchange must be over, whatever the peer does.
+    deadline: u64,
+    /// A peer says WELCOME once.
+    welcomed: bool,
 }
 
 impl<'n> PeerLink<'n> {
@@ -78,7 +91,17 @@ impl<'n> PeerLink<'n> {
             input: Vec::new(),
             connected: false,
             last_progress: clock::micros_since_boot(),
+            last_served: clock::micros_since_boot(),
+            stall_us: STALL_US,
+            deadline: clock::micros_since_boot() + DEADLINE_BASE_US,
+            welcomed: false,
         })
+    }
+
+    /// Gives the exchange room for `bytes` more (at [`DEADLINE_RATE`]) and `extra_us` more.
+    fn extend_deadline(&mut self, bytes: u64, extra_us: u64) {
+        let for_bytes = bytes.saturating_mul(1_000_000) / DEADLINE_RATE;
+        self.deadline = self.deadline.saturating_add(for_bytes).saturating_add(extra_us);
     }
 
     /// Moves packets; Ok(true) if bytes moved, an error if the peer refused, closed or stalled.
@@ -108,13 +131,21 @@ impl<'n> PeerLink<'n> {
             return Err(format!("{} closed the connection", self.peer));
         }
         let now = clock::micros_since_boot();
+        if now > self.deadline {
+            return Err(format!("{} did not finish in time", self.peer));
+        }
         if progressed {
             self.last_progress = now;
-        } else if now - self.last_progress > STALL_US {
-            return Err(format!("{} made no progress for {} s", self.peer, STALL_US / 1_000_000));
-        } else {
+        } else if now.saturating_sub(self.last_progress) > self.stall_us {
+            return Err(format!("{} made no progress for {} s", self.peer, self.stall_us / 1_000_000));
+        }
+        // Others are served while the peer streams, too, not only while it is quiet.
+        if !progressed || now.saturating_sub(self.last_served) >= SERVE_EVERY_US {
             (self.others)(self.network, store);
             self.network.poll();
+            self.last_served = clock::micros_since_boot();
+        }
+        if !progressed {
             x86_64::instructions::interrupts::enable_and_hlt();
         }
         Ok(())
@@ -141,10 +172,16 @@ impl<'n> PeerLink<'n> {
                 decode(&self.input).map_err(|e| format!("{} sent a malformed frame: {e}", self.peer))?
             {
                 self.input.drain(..used);
-                if let Message::Error { message, .. } = frame.message {
-                    return Err(format!("{}: {message}", self.peer));
+                match frame.message {
+                    Message::Error { message, .. } => return Err(format!("{}: {message}", self.peer)),
+                    // Once, in answer to HELLO; more would keep the node waiting forever.
+                    Message::Welcome { .. } if !self.welcomed => {
+                        self.welcomed = true;
+                        continue;
+                    }
+                    Message::Welcome { .. } => return Err(format!("{} said WELCOME twice", self.peer)),
+                    _ => return Ok(frame),
                 }
-                return Ok(frame);
             }
             self.step(&[], &mut 0, store)?;
         }
@@ -179,6 +216,7 @@ pub fn fetch(
         return Err(format!("{total} bytes do not fit in the store"));
     }
     let mut link = PeerLink::open(network, others, from)?;
+    link.extend_deadline(total, 0);
     let mut request = Vec::new();
     encode(&Frame { request: 0, message: Message::Hello { client: "cairn-node".into() } }, &mut request);
     for (i, h) in wanted.iter().enumerate() {
@@ -187,11 +225,20 @@ pub fn fetch(
     link.send(&request, &ev.store)?;
     let mut bytes_in = 0u64;
     let mut stored = 0;
+    // Each asked-for object is answered once: a second answer is the peer's mistake, and must
+    // not count as another object.
+    let mut answered = vec![false; wanted.len()];
     while stored < wanted.len() {
         let frame = link.receive(&ev.store)?;
-        let asked = (frame.request as usize).checked_sub(1).and_then(|i| wanted.get(i)).copied();
+        let index = (frame.request as usize).checked_sub(1).filter(|i| *i < wanted.len());
+        if let Some(i) = index {
+            if answered[i] {
+                return Err(format!("{} answered {} twice", link.peer, wanted[i]));
+            }
+            answered[i] = true;
+        }
+        let asked = index.map(|i| wanted[i]);
         match frame.message {
-            Message::Welcome { .. } => {}
             Message::Object { handle, bytes } if asked == Some(handle) => {
                 bytes_in += bytes.len() as u64;
                 store(ev, &link.peer, handle, bytes)?;
@@ -252,6 +299,9 @@ fn checked(outcome: Result<(), StoreError>, peer: &str, handle: Handle) -> Resul
     }
 }
 
+/// Handles one HAVE frame holds, with room to spare.
+const HAVE_BATCH: usize = (cairn_proto::MAX_FRAME - 64) / Handle::LEN;
+
 /// Runs `thunk` on the peer at `to`: ships the thunk and the inputs the peer lacks (its
 /// procedure and arguments, which must be values here), and returns the peer's answer.
 pub fn relocate(
@@ -276,16 +326,22 @@ pub fn relocate(
         inputs.push(arg);
     }
     inputs.retain(|h| !h.is_literal());
+    inputs.sort();
+    inputs.dedup();
     let mut link = PeerLink::open(network, others, to)?;
+    link.extend_deadline(inputs.iter().map(|h| h.size()).fold(0u64, u64::saturating_add), 0);
     link.send_message(0, Message::Hello { client: "cairn-node".into() }, &ev.store)?;
-    link.send_message(1, Message::Have { handles: inputs.clone() }, &ev.store)?;
-    let missing = loop {
+    // HAVE in batches that each fit a frame, however many inputs the thunk has.
+    let mut missing = Vec::new();
+    for batch in inputs.chunks(HAVE_BATCH) {
+        link.send_message(1, Message::Have { handles: batch.to_vec() }, &ev.store)?;
         match link.receive(&ev.store)?.message {
-            Message::Welcome { .. } => {}
-            Message::Missing { handles } => break handles,
+            Message::Missing { handles } if handles.iter().all(|h| batch.binary_search(h).is_ok()) => {
+                missing.extend(handles)
+            }
             _ => return Err(format!("{} answered HAVE out of turn", link.peer)),
         }
-    };
+    }
     for handle in &missing {
         let bytes = ev.store.get(handle).ok_or_else(|| format!("{handle} is not on this node"))?;
         if bytes.len() <= MAX_INLINE {
@@ -306,6 +362,10 @@ pub fn relocate(
         }
     }
     link.send_message(3, Message::Eval { handle: thunk }, &ev.store)?;
+    // The peer evaluates in silence, for as long as its evaluation may take.
+    let evaluation_us = ev.executor.ceilings.eval_time_us;
+    link.stall_us = evaluation_us.saturating_add(STALL_US);
+    link.extend_deadline(0, evaluation_us);
     match link.receive(&ev.store)?.message {
         answer @ (Message::Evaluated { .. } | Message::EvalFailed { .. }) => Ok(answer),
         _ => Err(format!("{} answered EVAL out of turn", link.peer)),

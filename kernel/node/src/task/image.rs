@@ -61,9 +61,7 @@ pub enum ZeroFill {
 }
 
 impl Image {
-    fn load(elf: &[u8], procedure: &Handle) -> Result<Image, Failure> {
-        let plan: LoadPlan =
-            cairn_elf::plan(elf).map_err(|e| Failure::InvalidThunk(format!("procedure {procedure}: {e}")))?;
+    fn load(elf: &[u8], plan: LoadPlan) -> Result<Image, Failure> {
         let mut segments = Vec::new();
         segments.try_reserve_exact(plan.segments.len()).map_err(|_| Failure::NodeOutOfMemory)?;
         for segment in &plan.segments {
@@ -167,12 +165,25 @@ pub struct ImageCache {
 }
 
 impl ImageCache {
-    pub fn get(&mut self, store: &NodeStore, procedure: &Handle) -> Result<&Image, Failure> {
+    /// The image of `procedure`, loading it if need be, but only if `fits` its page count:
+    /// an image too large for the task's limit is refused from its headers, before any of it
+    /// is loaded.
+    pub fn get(
+        &mut self,
+        store: &NodeStore,
+        procedure: &Handle,
+        fits: impl Fn(u64) -> bool,
+    ) -> Result<&Image, Failure> {
         use cairn_object::store::Store;
         self.clock += 1;
         if !self.images.contains_key(procedure) {
             let elf = store.get(procedure).ok_or(Failure::MissingObject(*procedure))?;
-            let image = Image::load(&elf, procedure)?;
+            let plan = cairn_elf::plan(&elf)
+                .map_err(|e| Failure::InvalidThunk(format!("procedure {procedure}: {e}")))?;
+            if !fits(plan.pages()) {
+                return Err(Failure::OutOfMemory { limit: 0 });
+            }
+            let image = Image::load(&elf, plan)?;
             let needed = image.bytes();
             while !self.images.is_empty()
                 && (self.images.len() >= CACHED_IMAGES || self.bytes + needed > CACHE_BYTES)

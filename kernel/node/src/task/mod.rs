@@ -124,18 +124,27 @@ impl TaskExecutor {
         app: &Application<'_>,
         budget_us: u64,
     ) -> (Result<Handle, Failure>, u64) {
-        let image = match self.images.get(store, &app.procedure) {
-            Ok(image) => image,
-            Err(failure) => return (Err(failure), 0),
-        };
+        // The budget counts from here: loading an image (a large ELF, again and again if two
+        // procedures take turns) is work done for the task.
+        let started = clock::micros_since_boot();
+        let since = |now: u64| now.saturating_sub(started);
         // The image, the arguments and the top stack page must fit the limit before any of
-        // them is mapped: a header may claim far more than the file holds.
+        // them is loaded or mapped: a header may claim far more than the file holds.
         let limit = app.limits.memory_bytes();
         let args_bytes = (ARGS_HEADER + app.args.len() * Handle::LEN) as u64;
-        let fixed_pages = image.pages + args_bytes.div_ceil(FRAME_SIZE) + 1;
-        if fixed_pages > limit / FRAME_SIZE {
+        let fixed_pages = |image_pages: u64| image_pages + args_bytes.div_ceil(FRAME_SIZE) + 1;
+        let limit_pages = limit / FRAME_SIZE;
+        let image = match self.images.get(store, &app.procedure, |pages| fixed_pages(pages) <= limit_pages) {
+            Ok(image) => image,
+            Err(Failure::OutOfMemory { .. }) => return (Err(Failure::OutOfMemory { limit }), 0),
+            Err(failure) => return (Err(failure), since(clock::micros_since_boot())),
+        };
+        if fixed_pages(image.pages) > limit_pages {
             return (Err(Failure::OutOfMemory { limit }), 0);
         }
+        // A warm space borrows its image's read-only frames: it is reused only for the very
+        // procedure just fetched from the cache (the cache never evicts the image it returns),
+        // and dropped otherwise, before any of them could be freed and handed out again.
         let reused = match self.warm.take() {
             Some(warm) if warm.procedure == app.procedure => reset(warm, image),
             _ => None,
@@ -148,7 +157,6 @@ impl TaskExecutor {
                 Err(failure) => return (Err(failure), 0),
             },
         };
-        let started = clock::micros_since_boot();
         let mut task =
             match Task::new(space, args_pages, args_used, image, app, self.ceilings, budget_us, started) {
                 Ok(task) => task,

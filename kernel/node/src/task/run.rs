@@ -46,6 +46,8 @@ pub(super) struct Task {
     /// more go into `known` too), what it created, and the entries of what it opened.
     pub given: smallvec::SmallVec<[Handle; GIVEN_INLINE]>,
     pub known: HandleSet,
+    /// How many of `known` are arguments (which do not count against `task_handles`).
+    args_known: usize,
     /// Objects mapped with SYS_OPEN: handle → (address, length), and the bytes kept alive
     /// while their pages are lent to the task.
     opened: BTreeMap<Handle, (u64, u64)>,
@@ -130,10 +132,12 @@ impl Task {
             ..UserContext::default()
         };
         let (mut given, mut known) = (smallvec::SmallVec::new(), HandleSet::new());
+        let mut args_known = 0;
         if app.args.len() <= GIVEN_INLINE {
             given.extend(app.args.iter().copied());
         } else {
             known.try_extend(app.args.iter().copied()).map_err(|_| Failure::NodeOutOfMemory)?;
+            args_known = known.len();
         }
         Ok(Task {
             space,
@@ -148,6 +152,7 @@ impl Task {
             last_served: now,
             given,
             known,
+            args_known,
             opened: BTreeMap::new(),
             lent: Vec::new(),
             next_object: OBJECTS_BASE,
@@ -170,7 +175,8 @@ impl Task {
     /// Adds handles the task may name from now on, within the node's ceiling on how many one
     /// task may hold.
     pub fn learn(&mut self, handles: impl ExactSizeIterator<Item = Handle>) -> Result<(), Failure> {
-        let total = (self.known.len() + self.opened.len()).saturating_add(handles.len()) as u64;
+        let held = self.known.len() - self.args_known + self.opened.len();
+        let total = held.saturating_add(handles.len()) as u64;
         if total > self.ceilings.handles {
             return Err(Failure::NodeLimit(format!(
                 "the task would name more than the {} handles this node allows one task",
@@ -364,7 +370,7 @@ impl Task {
         if let Some(&(addr, len)) = self.opened.get(handle) {
             return Ok((addr, len, false));
         }
-        if (self.known.len() + self.opened.len()) as u64 >= self.ceilings.handles {
+        if (self.known.len() - self.args_known + self.opened.len()) as u64 >= self.ceilings.handles {
             return Err(Failure::NodeLimit(format!(
                 "the task would name more than the {} handles this node allows one task",
                 self.ceilings.handles
