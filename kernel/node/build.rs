@@ -2,7 +2,8 @@
 // dependencies) so that the node can run its default job and self tests without a network.
 use std::fmt::Write;
 
-const TASKS: &[&str] = &["identity", "add", "fib", "wordcount", "mandelbrot", "hostile", "containment"];
+const TASKS: &[&str] =
+    &["identity", "add", "fib", "wordcount", "mandelbrot", "hostile", "containment", "fuzz"];
 
 fn main() {
     // Every segment on file pages of its own. The bootloader maps the kernel file's frames, so

@@ -12,7 +12,7 @@ use cairn_tools::qemu;
 use cairn_tools::untrusted::escape_lines;
 use clap::{Parser, Subcommand};
 
-use cli::{NodeAddress, bench, boot, cluster, eval, jobs, objects, setup};
+use cli::{NodeAddress, bench, boot, cluster, eval, fuzz, fuzz_wire, jobs, objects, setup};
 
 #[derive(Parser)]
 #[command(name = "cairn", version, about = "Cairn, a functional unikernel: images, nodes and jobs in QEMU")]
@@ -36,6 +36,11 @@ enum Command {
     Hash(objects::HashArgs),
     /// Boot a node that measures itself (guest time): invocation, memo hit, BLAKE3 throughput.
     Bench(bench::BenchArgs),
+    /// Try to crash a node with generated syscall programs (in a node booted for it, or with
+    /// --node through a running node's API); report counts, rate and every crash.
+    Fuzz(fuzz::FuzzArgs),
+    /// Try to crash a running node with mutated frames over TCP; check it still answers.
+    FuzzWire(fuzz_wire::FuzzWireArgs),
     /// Store files on a running node; prints their handles.
     Put(objects::PutArgs),
     /// Fetch an object from a running node, checking it against its handle.
@@ -90,6 +95,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Image(args)) => boot::write_image(&args),
         Some(Command::Hash(args)) => objects::hash(&args),
         Some(Command::Bench(args)) => bench::bench(&args),
+        Some(Command::Fuzz(args)) => fuzz::fuzz(&args),
+        Some(Command::FuzzWire(args)) => fuzz_wire::fuzz_wire(&args),
         Some(Command::Setup(args)) => setup::setup(&args),
     }
 }

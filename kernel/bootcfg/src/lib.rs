@@ -33,11 +33,13 @@ pub enum Mode {
     TaskChecks,
     /// Measure invocation, memo hits and hashing in guest time (`cairn bench`).
     Bench,
+    /// Run generated syscall-fuzz programs (`fuzz_*` keys), with no network (`cairn fuzz`).
+    Fuzz,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 6] =
-        [Mode::Serve, Mode::Job, Mode::Selftest, Mode::FaultTest, Mode::TaskChecks, Mode::Bench];
+    pub const ALL: [Mode; 7] =
+        [Mode::Serve, Mode::Job, Mode::Selftest, Mode::FaultTest, Mode::TaskChecks, Mode::Bench, Mode::Fuzz];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -47,6 +49,7 @@ impl Mode {
             Mode::FaultTest => "fault-test",
             Mode::TaskChecks => "task-checks",
             Mode::Bench => "bench",
+            Mode::Fuzz => "fuzz",
         }
     }
 }
@@ -99,6 +102,23 @@ pub struct NodeConfig {
     pub fault: Fault,
     /// What any one task, evaluation or connection may use (docs/SECURITY.md).
     pub ceilings: Ceilings,
+    /// What the `fuzz` mode runs.
+    pub fuzz: Fuzz,
+}
+
+/// The `fuzz` mode's programs: `programs` of them from index `first` of the run seeded with
+/// `seed` (cairn-fuzz), so that any stretch of a run can be run again alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fuzz {
+    pub seed: u64,
+    pub programs: u64,
+    pub first: u64,
+}
+
+impl Default for Fuzz {
+    fn default() -> Self {
+        Fuzz { seed: 1, programs: 1000, first: 0 }
+    }
 }
 
 /// Faults a node can be told to have (tests only).
@@ -121,7 +141,8 @@ impl Fault {
 }
 
 pub const DEFAULT_API_IDLE_S: u32 = 60;
-const KEYS: &str = "mode, log, ip, gateway, api_idle_s, cluster_ip, peers, fault";
+const KEYS: &str =
+    "mode, log, ip, gateway, api_idle_s, cluster_ip, peers, fault, fuzz_seed, fuzz_programs, fuzz_first";
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -134,6 +155,7 @@ impl Default for NodeConfig {
             peers: Vec::new(),
             fault: Fault::None,
             ceilings: Ceilings::default(),
+            fuzz: Fuzz::default(),
         }
     }
 }
@@ -343,9 +365,28 @@ impl NodeConfig {
                             line,
                             key: "mode",
                             value: value.into(),
-                            expected: "serve, job, selftest, fault-test, task-checks, bench",
+                            expected: "serve, job, selftest, fault-test, task-checks, bench, fuzz",
                         }
                     })?
+                }
+                "fuzz_seed" | "fuzz_programs" | "fuzz_first" => {
+                    let (key, min, expected) = match key {
+                        "fuzz_seed" => ("fuzz_seed", 0, "a whole number"),
+                        "fuzz_first" => ("fuzz_first", 0, "a whole number"),
+                        _ => ("fuzz_programs", 1, "a whole number from 1"),
+                    };
+                    let number = value.replace('_', "").parse::<u64>().ok().filter(|n| *n >= min);
+                    let n = number.ok_or_else(|| ConfigError::BadValue {
+                        line,
+                        key,
+                        value: value.into(),
+                        expected,
+                    })?;
+                    match key {
+                        "fuzz_seed" => config.fuzz.seed = n,
+                        "fuzz_first" => config.fuzz.first = n,
+                        _ => config.fuzz.programs = n,
+                    }
                 }
                 _ => {
                     config.log_level =
@@ -396,6 +437,16 @@ impl NodeConfig {
         if self.api_idle_s != DEFAULT_API_IDLE_S {
             out.push_str(&alloc::format!("api_idle_s = {}\n", self.api_idle_s));
         }
+        let (fuzz, default) = (self.fuzz, Fuzz::default());
+        for (key, value, default) in [
+            ("fuzz_seed", fuzz.seed, default.seed),
+            ("fuzz_programs", fuzz.programs, default.programs),
+            ("fuzz_first", fuzz.first, default.first),
+        ] {
+            if value != default {
+                out.push_str(&alloc::format!("{key} = {value}\n"));
+            }
+        }
         let defaults = Ceilings::default();
         for ceiling in CEILING_KEYS {
             let value = (ceiling.get)(&self.ceilings);
@@ -408,140 +459,4 @@ impl NodeConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    extern crate std;
-    use super::*;
-    use alloc::string::ToString;
-    use proptest::prelude::*;
-
-    #[test]
-    fn empty_config_is_the_default() {
-        assert_eq!(NodeConfig::parse(b"").unwrap(), NodeConfig::default());
-        assert_eq!(NodeConfig::parse(b"# only a comment\n\n").unwrap(), NodeConfig::default());
-    }
-
-    #[test]
-    fn parses_every_mode_and_level() {
-        for mode in Mode::ALL {
-            for log_level in LogLevel::ALL {
-                let text = alloc::format!("  mode={}  # why not\nlog =  {}\n", mode.name(), log_level.name());
-                assert_eq!(
-                    NodeConfig::parse(text.as_bytes()).unwrap(),
-                    NodeConfig { mode, log_level, ..NodeConfig::default() }
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn errors_name_the_line_and_the_problem() {
-        let err = NodeConfig::parse(b"mode = job\nmdoe = serve\n").unwrap_err();
-        assert_eq!(err, ConfigError::UnknownKey { line: 2, key: "mdoe".into() });
-        assert!(err.to_string().contains("line 2"));
-        assert!(err.to_string().contains("mdoe"));
-
-        let err = NodeConfig::parse(b"mode = fast\n").unwrap_err();
-        assert!(matches!(err, ConfigError::BadValue { line: 1, key: "mode", .. }));
-        assert!(err.to_string().contains("fast"));
-
-        assert_eq!(
-            NodeConfig::parse(b"log = info\nlog = warn").unwrap_err(),
-            ConfigError::DuplicateKey { line: 2, key: "log".into() }
-        );
-        assert_eq!(NodeConfig::parse(b"mode\n").unwrap_err(), ConfigError::MissingEquals { line: 1 });
-        assert_eq!(NodeConfig::parse(b"mode = \xff").unwrap_err(), ConfigError::NotUtf8 { byte: 7 });
-    }
-
-    #[test]
-    fn static_addresses() {
-        let c = NodeConfig::parse(b"ip = 10.0.2.15/24\ngateway = 10.0.2.2\n").unwrap();
-        assert_eq!(
-            c.ip,
-            Some(StaticIp { address: [10, 0, 2, 15], prefix: 24, gateway: Some([10, 0, 2, 2]) })
-        );
-        assert_eq!(NodeConfig::parse(b"gateway = 10.0.2.2").unwrap_err(), ConfigError::GatewayWithoutIp);
-        for bad in [
-            "ip = 10.0.2.15",
-            "ip = 10.0.2/24",
-            "ip = 10.0.2.300/24",
-            "ip = 10.0.2.15/33",
-            "ip = 010.0.2.15/24",
-        ] {
-            let err = NodeConfig::parse(bad.as_bytes()).unwrap_err();
-            assert!(matches!(err, ConfigError::BadValue { key: "ip", .. }), "{bad}: {err:?}");
-        }
-    }
-
-    #[test]
-    fn cluster_keys() {
-        let c = NodeConfig::parse(
-            b"cluster_ip = 10.1.0.2/24\npeers = 10.1.0.1  10.1.0.3\nfault = corrupt-objects\n",
-        )
-        .unwrap();
-        assert_eq!(c.cluster_ip, Some(StaticIp { address: [10, 1, 0, 2], prefix: 24, gateway: None }));
-        assert_eq!(c.peers, [[10, 1, 0, 1], [10, 1, 0, 3]]);
-        assert_eq!(c.fault, Fault::CorruptObjects);
-        for (bad, key) in [
-            ("cluster_ip = 10.1.0.2", "cluster_ip"),
-            ("peers = 10.1.0.1 nope", "peers"),
-            ("fault = melt", "fault"),
-        ] {
-            let err = NodeConfig::parse(bad.as_bytes()).unwrap_err();
-            assert!(matches!(err, ConfigError::BadValue { key: k, .. } if k == key), "{bad}: {err:?}");
-        }
-    }
-
-    #[test]
-    fn api_idle_timeout() {
-        assert_eq!(NodeConfig::parse(b"api_idle_s = 5").unwrap().api_idle_s, 5);
-        assert_eq!(NodeConfig::parse(b"").unwrap().api_idle_s, DEFAULT_API_IDLE_S);
-        for bad in ["api_idle_s = 0", "api_idle_s = -1", "api_idle_s = 86401", "api_idle_s = soon"] {
-            let err = NodeConfig::parse(bad.as_bytes()).unwrap_err();
-            assert!(matches!(err, ConfigError::BadValue { key: "api_idle_s", .. }), "{bad}: {err:?}");
-        }
-    }
-
-    #[test]
-    fn ceilings_are_keys_with_ranges() {
-        let c = NodeConfig::parse(b"task_memory_mib = 64\neval_applications = 1_000\n").unwrap();
-        assert_eq!(c.ceilings.task_memory_mib, 64);
-        assert_eq!(c.ceilings.task_memory_bytes(), 64 << 20);
-        assert_eq!(c.ceilings.eval_applications, 1000);
-        assert_eq!(c.ceilings.task_time_ms, Ceilings::default().task_time_ms);
-        for bad in
-            ["task_memory_mib = 0", "task_memory_mib = 32769", "task_time_ms = 1e3", "api_min_rate = -5"]
-        {
-            let err = NodeConfig::parse(bad.as_bytes()).unwrap_err();
-            assert!(matches!(err, ConfigError::OutOfRange { line: 1, .. }), "{bad}: {err:?}");
-            assert!(err.to_string().contains("expected a whole number from"), "{err}");
-        }
-        let err = NodeConfig::parse(b"eval_depth = 5\neval_depth = 6").unwrap_err();
-        assert_eq!(err, ConfigError::DuplicateKey { line: 2, key: "eval_depth".into() });
-        assert!(NodeConfig::parse(b"tsk_time_ms = 5").unwrap_err().to_string().contains("task_time_ms"));
-    }
-
-    proptest! {
-        #[test]
-        fn ceilings_render_round_trip(values in proptest::collection::vec(any::<u64>(), CEILING_KEYS.len())) {
-            let mut config = NodeConfig::default();
-            for (ceiling, v) in CEILING_KEYS.iter().zip(values) {
-                (ceiling.set)(&mut config.ceilings, ceiling.min + v % (ceiling.max - ceiling.min + 1));
-            }
-            prop_assert_eq!(NodeConfig::parse(config.render().as_bytes()).unwrap(), config);
-        }
-
-        #[test]
-        fn render_round_trips(mode in 0..6usize, level in 0..5usize, ip in proptest::option::of((any::<[u8; 4]>(), 1u8..=32, proptest::option::of(any::<[u8; 4]>()))), api_idle_s in 1u32..=86_400,
-            cluster_ip in proptest::option::of((any::<[u8; 4]>(), 1u8..=32)), peers in proptest::collection::vec(any::<[u8; 4]>(), 0..4), fault in 0..2usize) {
-            let cluster_ip = cluster_ip.map(|(address, prefix)| StaticIp { address, prefix, gateway: None });
-            let ip = ip.map(|(address, prefix, gateway)| StaticIp { address, prefix, gateway });
-            let config = NodeConfig { mode: Mode::ALL[mode], log_level: LogLevel::ALL[level], ip, api_idle_s, cluster_ip, peers, fault: Fault::ALL[fault], ceilings: Ceilings::default() };
-            prop_assert_eq!(NodeConfig::parse(config.render().as_bytes()).unwrap(), config);
-        }
-
-        #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = NodeConfig::parse(&bytes);
-        }
-    }
-}
+mod tests;

@@ -139,6 +139,10 @@ fn run(config: &NodeConfig, memory: &memory::MemoryReport) -> Status {
             ready();
             jobs::bench::run()
         }
+        Mode::Fuzz => {
+            ready();
+            jobs::fuzz::run(config)
+        }
         Mode::Serve => {
             ready();
             serve(config)
@@ -291,5 +295,6 @@ fn run_queued(jobs: &mut net::jobs::Jobs, ev: &mut jobs::NodeEvaluator) -> bool 
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
+    jobs::fuzz::note_panic();
     arch::trap::fatal_panic(info)
 }

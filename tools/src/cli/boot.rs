@@ -102,7 +102,7 @@ pub struct ImageArgs {
     #[arg(long, value_enum, default_value = "raw")]
     pub format: ImageFormat,
     /// What the node does when it boots from this image.
-    #[arg(long, value_parser = ["serve", "job", "selftest", "fault-test", "task-checks", "bench"], default_value = "serve")]
+    #[arg(long, value_parser = ["serve", "job", "selftest", "fault-test", "task-checks", "bench", "fuzz"], default_value = "serve")]
     pub mode: String,
     /// Where to write the image.
     #[arg(short, long)]

@@ -5,6 +5,8 @@ pub mod bench;
 pub mod boot;
 pub mod cluster;
 pub mod eval;
+pub mod fuzz;
+pub mod fuzz_wire;
 pub mod jobs;
 pub mod objects;
 pub mod setup;

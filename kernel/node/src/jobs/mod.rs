@@ -3,6 +3,7 @@
 pub mod bench;
 mod containment_checks;
 pub mod demo;
+pub mod fuzz;
 pub mod task_checks;
 
 use alloc::vec::Vec;
@@ -26,6 +27,7 @@ pub struct Procedures {
     pub mandelbrot: Handle,
     pub hostile: Handle,
     pub containment: Handle,
+    pub fuzz: Handle,
 }
 
 /// An evaluator over a fresh store holding the built-in tasks, under the node's ceilings.
@@ -45,6 +47,7 @@ pub fn node_evaluator(store_limit: u64, ceilings: &cairn_bootcfg::Ceilings) -> (
         mandelbrot: put(builtin::MANDELBROT),
         hostile: put(builtin::HOSTILE),
         containment: put(builtin::CONTAINMENT),
+        fuzz: put(builtin::FUZZ),
     };
     let eval_ceilings = cairn_eval::Ceilings {
         task_memory_bytes: ceilings.task_memory_bytes(),

@@ -1,0 +1,144 @@
+//! The node configuration's tests: parsing, errors, rendering round trips.
+
+extern crate std;
+use super::*;
+use alloc::string::ToString;
+use proptest::prelude::*;
+
+#[test]
+fn empty_config_is_the_default() {
+    assert_eq!(NodeConfig::parse(b"").unwrap(), NodeConfig::default());
+    assert_eq!(NodeConfig::parse(b"# only a comment\n\n").unwrap(), NodeConfig::default());
+}
+
+#[test]
+fn parses_every_mode_and_level() {
+    for mode in Mode::ALL {
+        for log_level in LogLevel::ALL {
+            let text = alloc::format!("  mode={}  # why not\nlog =  {}\n", mode.name(), log_level.name());
+            assert_eq!(
+                NodeConfig::parse(text.as_bytes()).unwrap(),
+                NodeConfig { mode, log_level, ..NodeConfig::default() }
+            );
+        }
+    }
+}
+
+#[test]
+fn errors_name_the_line_and_the_problem() {
+    let err = NodeConfig::parse(b"mode = job\nmdoe = serve\n").unwrap_err();
+    assert_eq!(err, ConfigError::UnknownKey { line: 2, key: "mdoe".into() });
+    assert!(err.to_string().contains("line 2"));
+    assert!(err.to_string().contains("mdoe"));
+
+    let err = NodeConfig::parse(b"mode = fast\n").unwrap_err();
+    assert!(matches!(err, ConfigError::BadValue { line: 1, key: "mode", .. }));
+    assert!(err.to_string().contains("fast"));
+
+    assert_eq!(
+        NodeConfig::parse(b"log = info\nlog = warn").unwrap_err(),
+        ConfigError::DuplicateKey { line: 2, key: "log".into() }
+    );
+    assert_eq!(NodeConfig::parse(b"mode\n").unwrap_err(), ConfigError::MissingEquals { line: 1 });
+    assert_eq!(NodeConfig::parse(b"mode = \xff").unwrap_err(), ConfigError::NotUtf8 { byte: 7 });
+}
+
+#[test]
+fn static_addresses() {
+    let c = NodeConfig::parse(b"ip = 10.0.2.15/24\ngateway = 10.0.2.2\n").unwrap();
+    assert_eq!(c.ip, Some(StaticIp { address: [10, 0, 2, 15], prefix: 24, gateway: Some([10, 0, 2, 2]) }));
+    assert_eq!(NodeConfig::parse(b"gateway = 10.0.2.2").unwrap_err(), ConfigError::GatewayWithoutIp);
+    for bad in
+        ["ip = 10.0.2.15", "ip = 10.0.2/24", "ip = 10.0.2.300/24", "ip = 10.0.2.15/33", "ip = 010.0.2.15/24"]
+    {
+        let err = NodeConfig::parse(bad.as_bytes()).unwrap_err();
+        assert!(matches!(err, ConfigError::BadValue { key: "ip", .. }), "{bad}: {err:?}");
+    }
+}
+
+#[test]
+fn cluster_keys() {
+    let c =
+        NodeConfig::parse(b"cluster_ip = 10.1.0.2/24\npeers = 10.1.0.1  10.1.0.3\nfault = corrupt-objects\n")
+            .unwrap();
+    assert_eq!(c.cluster_ip, Some(StaticIp { address: [10, 1, 0, 2], prefix: 24, gateway: None }));
+    assert_eq!(c.peers, [[10, 1, 0, 1], [10, 1, 0, 3]]);
+    assert_eq!(c.fault, Fault::CorruptObjects);
+    for (bad, key) in [
+        ("cluster_ip = 10.1.0.2", "cluster_ip"),
+        ("peers = 10.1.0.1 nope", "peers"),
+        ("fault = melt", "fault"),
+    ] {
+        let err = NodeConfig::parse(bad.as_bytes()).unwrap_err();
+        assert!(matches!(err, ConfigError::BadValue { key: k, .. } if k == key), "{bad}: {err:?}");
+    }
+}
+
+#[test]
+fn api_idle_timeout() {
+    assert_eq!(NodeConfig::parse(b"api_idle_s = 5").unwrap().api_idle_s, 5);
+    assert_eq!(NodeConfig::parse(b"").unwrap().api_idle_s, DEFAULT_API_IDLE_S);
+    for bad in ["api_idle_s = 0", "api_idle_s = -1", "api_idle_s = 86401", "api_idle_s = soon"] {
+        let err = NodeConfig::parse(bad.as_bytes()).unwrap_err();
+        assert!(matches!(err, ConfigError::BadValue { key: "api_idle_s", .. }), "{bad}: {err:?}");
+    }
+}
+
+#[test]
+fn fuzz_keys() {
+    let c =
+        NodeConfig::parse(b"mode = fuzz\nfuzz_seed = 7\nfuzz_programs = 1_000_000\nfuzz_first = 5").unwrap();
+    assert_eq!((c.mode, c.fuzz), (Mode::Fuzz, Fuzz { seed: 7, programs: 1_000_000, first: 5 }));
+    assert_eq!(NodeConfig::parse(b"").unwrap().fuzz, Fuzz::default());
+    for (bad, key) in [
+        ("fuzz_programs = 0", "fuzz_programs"),
+        ("fuzz_seed = -1", "fuzz_seed"),
+        ("fuzz_first = x", "fuzz_first"),
+    ] {
+        let err = NodeConfig::parse(bad.as_bytes()).unwrap_err();
+        assert!(matches!(err, ConfigError::BadValue { key: k, .. } if k == key), "{bad}: {err:?}");
+    }
+}
+
+#[test]
+fn ceilings_are_keys_with_ranges() {
+    let c = NodeConfig::parse(b"task_memory_mib = 64\neval_applications = 1_000\n").unwrap();
+    assert_eq!(c.ceilings.task_memory_mib, 64);
+    assert_eq!(c.ceilings.task_memory_bytes(), 64 << 20);
+    assert_eq!(c.ceilings.eval_applications, 1000);
+    assert_eq!(c.ceilings.task_time_ms, Ceilings::default().task_time_ms);
+    for bad in ["task_memory_mib = 0", "task_memory_mib = 32769", "task_time_ms = 1e3", "api_min_rate = -5"] {
+        let err = NodeConfig::parse(bad.as_bytes()).unwrap_err();
+        assert!(matches!(err, ConfigError::OutOfRange { line: 1, .. }), "{bad}: {err:?}");
+        assert!(err.to_string().contains("expected a whole number from"), "{err}");
+    }
+    let err = NodeConfig::parse(b"eval_depth = 5\neval_depth = 6").unwrap_err();
+    assert_eq!(err, ConfigError::DuplicateKey { line: 2, key: "eval_depth".into() });
+    assert!(NodeConfig::parse(b"tsk_time_ms = 5").unwrap_err().to_string().contains("task_time_ms"));
+}
+
+proptest! {
+    #[test]
+    fn ceilings_render_round_trip(values in proptest::collection::vec(any::<u64>(), CEILING_KEYS.len())) {
+        let mut config = NodeConfig::default();
+        for (ceiling, v) in CEILING_KEYS.iter().zip(values) {
+            (ceiling.set)(&mut config.ceilings, ceiling.min + v % (ceiling.max - ceiling.min + 1));
+        }
+        prop_assert_eq!(NodeConfig::parse(config.render().as_bytes()).unwrap(), config);
+    }
+
+    #[test]
+    fn render_round_trips(mode in 0..7usize, level in 0..5usize, ip in proptest::option::of((any::<[u8; 4]>(), 1u8..=32, proptest::option::of(any::<[u8; 4]>()))), api_idle_s in 1u32..=86_400,
+        cluster_ip in proptest::option::of((any::<[u8; 4]>(), 1u8..=32)), peers in proptest::collection::vec(any::<[u8; 4]>(), 0..4), fault in 0..2usize,
+        fuzz in (any::<u64>(), 1u64.., any::<u64>())) {
+        let cluster_ip = cluster_ip.map(|(address, prefix)| StaticIp { address, prefix, gateway: None });
+        let ip = ip.map(|(address, prefix, gateway)| StaticIp { address, prefix, gateway });
+        let config = NodeConfig { mode: Mode::ALL[mode], log_level: LogLevel::ALL[level], ip, api_idle_s, cluster_ip, peers, fault: Fault::ALL[fault], ceilings: Ceilings::default(), fuzz: Fuzz { seed: fuzz.0, programs: fuzz.1, first: fuzz.2 } };
+        prop_assert_eq!(NodeConfig::parse(config.render().as_bytes()).unwrap(), config);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = NodeConfig::parse(&bytes);
+    }
+}
