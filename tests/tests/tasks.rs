@@ -230,6 +230,8 @@ fn segment_selectors_do_not_carry_over() {
     assert!(first.starts_with("ok "), "{first}");
     assert_eq!(first, second, "a task read the selectors another task set");
     assert_eq!(outcome("segments/set"), format!("ok blob:={} = {}", hex(b"set"), hex(b"set")));
+    // Set once, they stay the task's through its syscalls and the ticks that interrupt it.
+    assert_eq!(outcome("segments/hold"), format!("ok blob:={} = {}", hex(b"held"), hex(b"held")));
 }
 
 #[test]

@@ -173,13 +173,24 @@ impl Client {
         if bytes.len() <= MAX_INLINE {
             self.send(request, Message::Put { handle, bytes: bytes.to_vec() })?;
         } else {
-            self.send(request, Message::PutBegin { handle, len: bytes.len() as u64 })?;
-            for (i, chunk) in bytes.chunks(MAX_CHUNK).enumerate() {
-                self.send(
-                    request,
-                    Message::PutChunk { offset: (i * MAX_CHUNK) as u64, bytes: chunk.to_vec() },
-                )?;
-                progress(((i * MAX_CHUNK) + chunk.len()) as u64);
+            let mut stream = || {
+                self.send(request, Message::PutBegin { handle, len: bytes.len() as u64 })?;
+                for (i, chunk) in bytes.chunks(MAX_CHUNK).enumerate() {
+                    self.send(
+                        request,
+                        Message::PutChunk { offset: (i * MAX_CHUNK) as u64, bytes: chunk.to_vec() },
+                    )?;
+                    progress(((i * MAX_CHUNK) + chunk.len()) as u64);
+                }
+                anyhow::Ok(())
+            };
+            if let Err(sending) = stream() {
+                // A node that refuses an upload (a full store) says why, then closes: its
+                // answer is the error worth showing, not the broken pipe.
+                return Err(match self.receive(request) {
+                    Err(answer) if answer.is::<Refused>() => answer,
+                    _ => sending,
+                });
             }
         }
         match self.receive(request)?.message {

@@ -27,6 +27,9 @@ pub struct Ceilings {
     /// Entries the memo keeps; past that, the least recently used go (their values with them,
     /// once nothing else keeps those).
     pub memo_entries: u64,
+    /// Bytes the memo's remembered errors may take (their messages), MiB; past that, the least
+    /// recently used errors go.
+    pub memo_error_mib: u64,
     /// Client connections served at once, per API.
     pub api_connections: u64,
     /// Connections one client address may hold at once.
@@ -53,11 +56,12 @@ impl Default for Ceilings {
             eval_applications: 100_000,
             eval_depth: 10_000,
             memo_entries: 250_000,
+            memo_error_mib: 16,
             api_connections: 16,
             api_connections_per_client: 12,
             api_queue_mib: 1,
             api_held_mib: 1,
-            api_min_rate: 1024,
+            api_min_rate: 32 << 10,
         }
     }
 }
@@ -96,6 +100,7 @@ pub const CEILING_KEYS: &[CeilingKey] = &[
     key!(eval_applications, 1, 1_000_000_000),
     key!(eval_depth, 1, 1_000_000),
     key!(memo_entries, 1, 100_000_000),
+    key!(memo_error_mib, 1, 4096),
     key!(api_connections, 1, 256),
     key!(api_connections_per_client, 1, 256),
     key!(api_queue_mib, 1, 1024),
@@ -115,6 +120,9 @@ impl Ceilings {
     }
     pub fn eval_time_us(&self) -> u64 {
         self.eval_time_s * 1_000_000
+    }
+    pub fn memo_error_bytes(&self) -> u64 {
+        self.memo_error_mib << 20
     }
     pub fn api_queue_bytes(&self) -> u64 {
         self.api_queue_mib << 20

@@ -134,6 +134,23 @@ pub struct EvalError {
     pub failure: Failure,
 }
 
+impl EvalError {
+    /// Memory this error holds beyond its own size: the text of its failure.
+    pub fn text_bytes(&self) -> usize {
+        match &self.failure {
+            Failure::InvalidThunk(why)
+            | Failure::Trap(why)
+            | Failure::BadSyscall(why)
+            | Failure::TaskError(why)
+            | Failure::MissingCapability(why)
+            | Failure::NodeLimit(why)
+            | Failure::NodeFault(why)
+            | Failure::Io(why) => why.capacity(),
+            _ => 0,
+        }
+    }
+}
+
 impl fmt::Display for EvalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} failed: {}", self.thunk, self.failure)

@@ -86,6 +86,8 @@ pub struct Ceilings {
     pub depth: u64,
     /// Entries the memo keeps; past that, the least recently used go.
     pub memo_entries: u64,
+    /// Bytes the memo's remembered errors may take; past that, the least recently used go.
+    pub memo_error_bytes: u64,
     /// Arguments one thunk may have (its encoding, and the one applied, are built in memory).
     pub tree_entries: u64,
 }
@@ -97,6 +99,7 @@ impl Default for Ceilings {
             applications: 100_000,
             depth: 10_000,
             memo_entries: 250_000,
+            memo_error_bytes: 16 << 20,
             tree_entries: 1 << 18,
         }
     }
@@ -157,7 +160,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         Evaluator {
             store,
             executor,
-            memo: Memo::with_capacity(Ceilings::default().memo_entries as usize),
+            memo: Memo::bounded(&Ceilings::default()),
             stats: Stats::default(),
             ceilings: Ceilings::default(),
             stack: Vec::new(),
@@ -172,6 +175,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
     pub fn with_ceilings(mut self, ceilings: Ceilings) -> Self {
         self.ceilings = ceilings;
         self.memo.set_capacity(usize::try_from(ceilings.memo_entries).unwrap_or(usize::MAX));
+        self.memo.set_error_limit(usize::try_from(ceilings.memo_error_bytes).unwrap_or(usize::MAX));
         self
     }
 

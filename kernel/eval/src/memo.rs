@@ -4,7 +4,9 @@
 //! values hold, entries go least recently used first (the CLOCK way, as the store evicts: a
 //! hit sets an entry's bit, a sweep clears it or evicts the entry). A value the memo refers to
 //! is pinned in the store while it does: the caller is told of every value the memo starts or
-//! stops referring to.
+//! stops referring to. The errors it keeps are bounded in bytes as well as in number: a
+//! client can make every one differ (a 4 KiB message each), and their text lives on the heap,
+//! not in the store.
 
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
@@ -39,6 +41,9 @@ pub type Pins<'a> = &'a mut dyn FnMut(Handle, bool);
 pub struct Memo {
     entries: BTreeMap<Handle, Slot>,
     capacity: usize,
+    /// Bytes of the distinct errors held (entries and `last_error`), and their ceiling.
+    error_bytes: usize,
+    error_limit: usize,
     /// Where the last eviction sweep stopped.
     hand: Option<Handle>,
     evictions: u64,
@@ -51,6 +56,11 @@ impl Default for Memo {
     fn default() -> Memo {
         Memo::with_capacity(usize::MAX)
     }
+}
+
+/// What one kept error costs: itself, its shared header, and its text.
+fn error_cost(e: &EvalError) -> usize {
+    core::mem::size_of::<EvalError>() + 2 * core::mem::size_of::<usize>() + e.text_bytes()
 }
 
 fn outcome_of(entry: &Entry) -> Outcome {
@@ -70,15 +80,46 @@ impl Memo {
         Memo {
             entries: BTreeMap::new(),
             capacity: capacity.max(1),
+            error_bytes: 0,
+            error_limit: usize::MAX,
             hand: None,
             evictions: 0,
             last_error: None,
         }
     }
 
+    /// A memo within the evaluator's ceilings.
+    pub fn bounded(ceilings: &crate::Ceilings) -> Memo {
+        let mut memo = Memo::with_capacity(usize::try_from(ceilings.memo_entries).unwrap_or(usize::MAX));
+        memo.set_error_limit(usize::try_from(ceilings.memo_error_bytes).unwrap_or(usize::MAX));
+        memo
+    }
+
     /// Keeps at most `capacity` entries from the next one recorded on.
     pub fn set_capacity(&mut self, capacity: usize) {
         self.capacity = capacity.max(1);
+    }
+
+    /// Keeps at most `bytes` of distinct errors from the next one recorded on.
+    pub fn set_error_limit(&mut self, bytes: usize) {
+        self.error_limit = bytes;
+    }
+
+    /// Bytes the distinct errors kept take.
+    pub fn error_bytes(&self) -> usize {
+        self.error_bytes
+    }
+
+    /// Lets go of one reference to a kept error; its bytes are free once nothing in the memo
+    /// (an entry, or `last_error`) refers to it.
+    fn release(&mut self, error: Arc<EvalError>) {
+        let last = self.last_error.as_ref().is_some_and(|l| Arc::ptr_eq(l, &error));
+        match Arc::strong_count(&error) {
+            1 => {}
+            2 if last => self.last_error = None,
+            _ => return,
+        }
+        self.error_bytes = self.error_bytes.saturating_sub(error_cost(&error));
     }
 
     pub fn get(&self, thunk: &Handle) -> Option<Outcome> {
@@ -101,9 +142,25 @@ impl Memo {
             Err(e) if e.failure.is_deterministic() => {
                 let shared = match &self.last_error {
                     Some(last) if **last == *e => last.clone(),
-                    _ => Arc::new(e.clone()),
+                    _ => {
+                        let cost = error_cost(e);
+                        if cost > self.error_limit {
+                            return false;
+                        }
+                        // Room for it among the errors kept: the least recently used go.
+                        while self.error_bytes.saturating_add(cost) > self.error_limit {
+                            if self.evict_matching(64, true, pins) == 0 {
+                                return false;
+                            }
+                        }
+                        self.error_bytes += cost;
+                        let fresh = Arc::new(e.clone());
+                        if let Some(old) = self.last_error.replace(fresh.clone()) {
+                            self.release(old);
+                        }
+                        fresh
+                    }
                 };
-                self.last_error = Some(shared.clone());
                 Entry::Error(shared)
             }
             Err(_) => return false,
@@ -113,8 +170,10 @@ impl Memo {
                 pins(*v, true);
             }
             let slot = Slot { entry: entry.clone(), referenced: Cell::new(true) };
-            if let Some(Slot { entry: Entry::Value(old), .. }) = self.entries.insert(*thunk, slot) {
-                pins(old, false);
+            match self.entries.insert(*thunk, slot) {
+                Some(Slot { entry: Entry::Value(old), .. }) => pins(old, false),
+                Some(Slot { entry: Entry::Error(old), .. }) => self.release(old),
+                None => {}
             }
         }
         if self.entries.len() > self.capacity {
@@ -125,6 +184,11 @@ impl Memo {
 
     /// Forgets up to `count` entries, least recently used first; returns how many it forgot.
     pub fn evict(&mut self, count: usize, pins: Pins<'_>) -> usize {
+        self.evict_matching(count, false, pins)
+    }
+
+    /// As [`Memo::evict`], only errors if `errors_only`.
+    fn evict_matching(&mut self, count: usize, errors_only: bool, pins: Pins<'_>) -> usize {
         let mut forgotten = 0;
         // Two whole passes: the first may only clear reference bits.
         let mut budget = self.entries.len().saturating_mul(2);
@@ -142,7 +206,8 @@ impl Memo {
             for (thunk, slot) in sweep {
                 budget = budget.saturating_sub(1);
                 self.hand = Some(*thunk);
-                if !slot.referenced.replace(false) {
+                let candidate = !errors_only || matches!(slot.entry, Entry::Error(_));
+                if candidate && !slot.referenced.replace(false) {
                     victims.push(*thunk);
                 }
                 if victims.len() == victims.capacity() || budget == 0 {
@@ -151,8 +216,9 @@ impl Memo {
             }
             for thunk in victims {
                 if let Some(slot) = self.entries.remove(&thunk) {
-                    if let Entry::Value(v) = slot.entry {
-                        pins(v, false);
+                    match slot.entry {
+                        Entry::Value(v) => pins(v, false),
+                        Entry::Error(e) => self.release(e),
                     }
                     forgotten += 1;
                     self.evictions += 1;
@@ -205,5 +271,64 @@ mod tests {
             .collect();
         assert_eq!(shared.len(), 1000);
         assert!(shared.iter().all(|e| Arc::ptr_eq(e, shared[0])), "copies of one error");
+    }
+
+    fn error(i: u32, len: usize) -> EvalError {
+        EvalError { thunk: Handle::blob(&i.to_le_bytes()), failure: Failure::TaskError("e".repeat(len)) }
+    }
+
+    fn thunk(i: u32) -> Handle {
+        Handle::blob(&[i.to_le_bytes(); 3].concat())
+    }
+
+    #[test]
+    fn distinct_errors_stay_within_their_bytes_least_recently_used_going_first() {
+        let mut memo = Memo::new();
+        memo.set_error_limit(64 << 10);
+        for i in 0..1000u32 {
+            assert!(memo.record(thunk(i), &Err(error(i, 4000)), &mut |_, _| {}));
+            assert!(memo.error_bytes() <= 64 << 10, "{} bytes after {i}", memo.error_bytes());
+        }
+        // About 15 fit; the newest are among them, the oldest are gone.
+        assert!(memo.len() >= 10 && memo.len() <= 16, "{}", memo.len());
+        assert_eq!(memo.get(&thunk(999)), Some(Err(error(999, 4000))));
+        assert_eq!(memo.get(&thunk(0)), None);
+        // Values are not what made the room, and they are not counted.
+        memo.record(thunk(5000), &Ok(Handle::blob(b"v")), &mut |_, _| {});
+        memo.record(thunk(5001), &Err(error(5001, 4000)), &mut |_, _| {});
+        assert_eq!(memo.get(&thunk(5000)), Some(Ok(Handle::blob(b"v"))));
+    }
+
+    #[test]
+    fn a_shared_error_is_counted_once_and_freed_with_its_last_entry() {
+        let mut memo = Memo::new();
+        memo.set_error_limit(1 << 20);
+        let shared = error(1, 4000);
+        let chain: alloc::vec::Vec<Handle> = (0..10_000).map(thunk).collect();
+        memo.record_all(&chain, &Err(shared.clone()), &mut |_, _| {});
+        let one = memo.error_bytes();
+        assert!((4000..5000).contains(&one), "{one}");
+        // Recorded again as the last error, it is still one copy.
+        memo.record(thunk(20_000), &Err(shared), &mut |_, _| {});
+        assert_eq!(memo.error_bytes(), one);
+        // Another error replaces it as the last; forgetting every entry frees both.
+        memo.record(thunk(20_001), &Err(error(2, 100)), &mut |_, _| {});
+        assert!(memo.error_bytes() > one);
+        memo.evict(usize::MAX, &mut |_, _| {});
+        assert!(memo.is_empty());
+        assert_eq!(memo.error_bytes(), 0);
+        // Overwriting an entry lets go of the error it held.
+        memo.record(thunk(1), &Err(error(3, 4000)), &mut |_, _| {});
+        memo.record(thunk(1), &Ok(Handle::blob(b"v")), &mut |_, _| {});
+        memo.record(thunk(2), &Err(error(4, 10)), &mut |_, _| {});
+        assert!(memo.error_bytes() < 1000, "{}", memo.error_bytes());
+    }
+
+    #[test]
+    fn an_error_larger_than_the_whole_limit_is_not_remembered() {
+        let mut memo = Memo::new();
+        memo.set_error_limit(1000);
+        assert!(!memo.record(thunk(1), &Err(error(1, 4000)), &mut |_, _| {}));
+        assert_eq!((memo.len(), memo.error_bytes()), (0, 0));
     }
 }

@@ -57,17 +57,69 @@ pub fn evict(slots: &[SlotView]) -> Option<usize> {
     if slots.iter().any(|s| !s.connected) {
         return None;
     }
+    idlest(slots.iter().copied().enumerate())
+}
+
+/// The quiet connection idle the longest, if it has been idle a while.
+fn idlest(slots: impl Iterator<Item = (usize, SlotView)>) -> Option<usize> {
     slots
-        .iter()
-        .enumerate()
         .filter(|(_, s)| s.quiet && s.idle_us >= EVICT_AFTER_IDLE_US)
         .max_by_key(|(_, s)| s.idle_us)
         .map(|(i, _)| i)
 }
 
-/// Whether a new connection from an address that already holds `held` may stay.
-pub fn admit(held: u64, per_client: u64) -> bool {
-    held < per_client
+/// What becomes of a new connection from an address that already holds some.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Admit,
+    /// Admit it, closing this one of the address's own connections (quiet, idle the longest):
+    /// behind NAT (QEMU's user networking included) every client shares one address, and idle
+    /// connections must not lock the others out.
+    AdmitClosing(usize),
+    Refuse,
+}
+
+/// Admits a new connection from an address whose open connections are `held` (slot index and
+/// view), if it holds fewer than `per_client` or one of them is quiet and idle a while.
+pub fn admit(held: &[(usize, SlotView)], per_client: u64) -> Admission {
+    if (held.len() as u64) < per_client {
+        return Admission::Admit;
+    }
+    match idlest(held.iter().copied()) {
+        Some(index) => Admission::AdmitClosing(index),
+        None => Admission::Refuse,
+    }
+}
+
+/// How long an upload may go before its bytes must keep up with [`UPLOAD_RATE`].
+pub const UPLOAD_GRACE_US: u64 = 10_000_000;
+/// Bytes per second an upload must average (after [`UPLOAD_GRACE_US`]) while the node reads
+/// from it: the room it was promised at its start is not held by a trickle.
+pub const UPLOAD_RATE: u64 = 256 * 1024;
+
+/// An upload's progress: the time the node was reading from it, and the bytes it sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UploadPace {
+    last: Option<u64>,
+    reading_us: u64,
+    bytes: u64,
+}
+
+impl UploadPace {
+    /// Records `bytes` received at `now`; `reading`: the node read from the connection since
+    /// the last call (time it paused the connection does not count). False once the upload
+    /// falls behind [`UPLOAD_RATE`].
+    pub fn observe(&mut self, now: u64, bytes: u64, reading: bool) -> bool {
+        if let Some(last) = self.last
+            && reading
+        {
+            self.reading_us = self.reading_us.saturating_add(now.saturating_sub(last));
+        }
+        self.last = Some(now);
+        self.bytes = self.bytes.saturating_add(bytes);
+        let due = self.reading_us.saturating_sub(UPLOAD_GRACE_US).saturating_mul(UPLOAD_RATE) / 1_000_000;
+        self.bytes >= due
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +161,37 @@ mod tests {
         assert_eq!(evict(&[quiet(5 * S), quiet(9 * S), busy(99 * S)]), Some(1));
         assert_eq!(evict(&[busy(99 * S), quiet(S / 2)]), None, "fresh and busy connections stay");
         assert_eq!(evict(&[]), None);
-        assert!(admit(0, 1) && !admit(1, 1));
+    }
+
+    #[test]
+    fn an_address_at_its_limit_gets_in_by_closing_its_own_idle_connection() {
+        let quiet = |idle_us| SlotView { connected: true, quiet: true, idle_us };
+        let busy = |idle_us| SlotView { connected: true, quiet: false, idle_us };
+        assert_eq!(admit(&[], 1), Admission::Admit);
+        assert_eq!(admit(&[(3, busy(0))], 2), Admission::Admit);
+        // At its limit: the one of its own idle the longest goes; busy or fresh ones stay.
+        assert_eq!(
+            admit(&[(3, quiet(2 * S)), (7, quiet(20 * S)), (9, busy(99 * S))], 3),
+            Admission::AdmitClosing(7)
+        );
+        assert_eq!(admit(&[(3, busy(99 * S)), (4, quiet(S / 2))], 2), Admission::Refuse);
+    }
+
+    #[test]
+    fn an_upload_must_keep_up_once_its_grace_is_over_counting_only_time_the_node_reads() {
+        let mut trickle = UploadPace::default();
+        // 1.3 KB/s, read all the while: fine through the grace, behind soon after.
+        let verdicts: alloc::vec::Vec<bool> = (0..30).map(|i| trickle.observe(i * S, 1300, true)).collect();
+        assert_eq!(verdicts.iter().position(|ok| !ok), Some(11));
+        let mut steady = UploadPace::default();
+        assert!((0..600).all(|i| steady.observe(i * S, 300 << 10, true)));
+        // Paused by the node for a minute: that minute is not the client's.
+        let mut paused = UploadPace::default();
+        assert!((0..60).all(|i| paused.observe(i * S, 0, false)));
+        assert!(paused.observe(61 * S, 0, true));
+        // An upload that sends nothing at all is behind as soon as its grace is over.
+        let mut silent = UploadPace::default();
+        let verdicts: alloc::vec::Vec<bool> = (0..20).map(|i| silent.observe(i * S, 0, true)).collect();
+        assert_eq!(verdicts.iter().position(|ok| !ok), Some(11));
     }
 }

@@ -13,6 +13,7 @@ use x86_64::VirtAddr;
 use x86_64::registers::control::{Cr4, Cr4Flags};
 use x86_64::registers::model_specific::{Efer, EferFlags, LStar, Msr, SFMask, Star};
 use x86_64::registers::rflags::RFlags;
+use x86_64::registers::segmentation::{DS, ES, FS, GS, Segment};
 
 use super::gdt;
 use super::trap::TrapFrame;
@@ -39,6 +40,10 @@ pub struct UserContext {
     pub rip: u64,
     pub rsp: u64,
     pub rflags: u64,
+    /// DS, ES, FS and GS as the task left them (a new task starts with null selectors). Kept
+    /// across every syscall and interrupt: were they reset on the way back, a task could see
+    /// when the timer had interrupted it.
+    pub segments: [u64; 4],
 }
 
 /// Why [`run`] returned.
@@ -67,8 +72,9 @@ static LAST_CR2: AtomicU64 = AtomicU64::new(0);
 const USER_CS: u64 = 0x23;
 const USER_SS: u64 = 0x1b;
 
-// On entry, DS, ES, FS and GS are loaded with the null selector: whatever the last task put in
-// them, the next one starts from the same selectors (their bases stay zero: see `init`).
+// On entry, DS, ES, FS and GS are loaded from the context: null for a new task, whatever the last
+// task put in them, and what this task left in them when it is resumed, whether it made a
+// syscall or was interrupted (their bases stay zero: see `init`; the kernel never uses them).
 global_asm!(
     r#"
     .section .text.cairn_user, "ax"
@@ -82,11 +88,10 @@ cairn_enter_user:
     push r15
     mov [rip + CAIRN_KERNEL_RSP], rsp
     mov [rip + CAIRN_CURRENT_CONTEXT], rdi
-    xor eax, eax
-    mov ds, eax
-    mov es, eax
-    mov fs, eax
-    mov gs, eax
+    mov ds, word ptr [rdi + 144]
+    mov es, word ptr [rdi + 152]
+    mov fs, word ptr [rdi + 160]
+    mov gs, word ptr [rdi + 168]
     push {user_ss}
     push qword ptr [rdi + 128]
     push qword ptr [rdi + 136]
@@ -132,6 +137,18 @@ cairn_syscall_entry:
     mov [rsp + 136], r11
     mov rax, [rip + CAIRN_USER_RSP]
     mov [rsp + 128], rax
+    mov eax, ds
+    movzx eax, ax
+    mov [rsp + 144], rax
+    mov eax, es
+    movzx eax, ax
+    mov [rsp + 152], rax
+    mov eax, fs
+    movzx eax, ax
+    mov [rsp + 160], rax
+    mov eax, gs
+    movzx eax, ax
+    mov [rsp + 168], rax
     xor edi, edi
 
     .global cairn_leave_user
@@ -340,6 +357,13 @@ pub fn trap_from_user(frame: &TrapFrame) -> ! {
     ctx.rip = frame.rip;
     ctx.rsp = frame.rsp;
     ctx.rflags = frame.rflags;
+    // The trap path leaves the data selectors as the task had them.
+    ctx.segments = [
+        u64::from(DS::get_reg().0),
+        u64::from(ES::get_reg().0),
+        u64::from(FS::get_reg().0),
+        u64::from(GS::get_reg().0),
+    ];
     let code = if frame.vector < 32 {
         LAST_VECTOR.store(frame.vector, Ordering::Relaxed);
         LAST_ERROR.store(frame.error_code, Ordering::Relaxed);

@@ -109,6 +109,10 @@ pub fn run(ev: &mut NodeEvaluator, p: &Procedures) {
     println!("task-check segments/set: {}", show(ev, &outcome));
     let second = ev.eval_fresh(read);
     println!("task-check segments/second: {}", show(ev, &second));
+    let hold = blob(ev, b"segments-hold");
+    let hold = apply(ev, p.containment, &[hold], 4 * MIB);
+    let outcome = ev.eval_fresh(hold);
+    println!("task-check segments/hold: {}", show(ev, &outcome));
     for mode in ["residue-kernel-data", "residue-kernel-bss"] {
         let mode_blob = blob(ev, mode.as_bytes());
         let thunk = apply(ev, p.containment, &[mode_blob], 4 * MIB);

@@ -54,6 +54,7 @@ pub fn node_evaluator(store_limit: u64, ceilings: &cairn_bootcfg::Ceilings) -> (
         applications: ceilings.eval_applications,
         depth: ceilings.eval_depth,
         memo_entries: ceilings.memo_entries,
+        memo_error_bytes: ceilings.memo_error_bytes(),
         tree_entries: ceilings.tree_entries,
     };
     let executor = TaskExecutor::new(TaskCeilings::from_config(ceilings));

@@ -13,7 +13,7 @@ use core::cell::Cell;
 
 use cairn_bootcfg::Ceilings;
 use cairn_proto::ErrorCode;
-use cairn_proto::admission::{self, Pace, SlotView};
+use cairn_proto::admission::{self, Admission, Pace, SlotView, UploadPace};
 use cairn_proto::session::{NodeApi, Session, SessionLimits, Work};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
@@ -27,10 +27,6 @@ pub const PORT: u16 = 7070;
 const BUFFER: usize = 256 * 1024;
 /// Queued work a connection may have outstanding at once.
 const WORK_PER_CONNECTION: usize = 8;
-/// An upload of `len` bytes must be whole within this long, plus its bytes at
-/// [`UPLOAD_RATE`] bytes per second: the room it was promised is not held at a dribble for hours.
-const UPLOAD_BASE_US: u64 = 60_000_000;
-const UPLOAD_RATE: u64 = 256 * 1024;
 /// A connection the node closed is reset if the client has not closed its side this long
 /// after: a client that never does must not keep the slot (in FIN-WAIT) forever.
 const CLOSE_GRACE_US: u64 = 200_000;
@@ -46,8 +42,9 @@ pub(super) struct Slot {
     pace: Pace,
     /// When the node closed its side.
     closed_at: Option<u64>,
-    /// When the upload in progress must be whole.
-    upload_deadline: Option<u64>,
+    /// The upload in progress, which must keep up (`admission::UploadPace`): the room it was
+    /// promised is not held at a trickle.
+    upload: Option<UploadPace>,
 }
 
 /// Work a session queued (a job), to be run by the node's loop with the network at hand.
@@ -102,7 +99,7 @@ impl Connections {
                     peer: None,
                     pace: Pace::default(),
                     closed_at: None,
-                    upload_deadline: None,
+                    upload: None,
                 }
             })
             .collect();
@@ -122,7 +119,7 @@ impl Connections {
     }
 
     /// Connections other than `slot` that `peer` holds open (not on their way out).
-    fn held_by(&self, network: &Network, peer: IpAddress, slot: usize) -> u64 {
+    fn held_by(&self, network: &Network, peer: IpAddress, slot: usize, now: u64) -> Vec<(usize, SlotView)> {
         self.slots
             .iter()
             .enumerate()
@@ -132,7 +129,20 @@ impl Connections {
                     && s.closed_at.is_none()
                     && network.sockets.get::<tcp::Socket>(s.socket).state() == tcp::State::Established
             })
-            .count() as u64
+            .map(|(i, s)| (i, Self::view(network, s, now)))
+            .collect()
+    }
+
+    /// What [`admission`] needs to know of a slot.
+    fn view(network: &Network, slot: &Slot, now: u64) -> SlotView {
+        let socket = network.sockets.get::<tcp::Socket>(slot.socket);
+        // A connection on its way out frees its slot soon: no need to close another.
+        let connected = socket.is_active() && !slot.session.as_ref().is_some_and(Session::closing);
+        let quiet = slot
+            .session
+            .as_ref()
+            .is_none_or(|s| !s.mid_request() && !s.owes_answers() && !s.has_output() && !s.closing());
+        SlotView { connected, quiet, idle_us: now.saturating_sub(slot.last_active) }
     }
 
     /// Moves bytes between the sockets and their sessions, which ask `node`; true if anything
@@ -163,9 +173,14 @@ impl Connections {
             }
             if self.slots[index].session.is_none() {
                 let peer = socket.remote_endpoint().map(|e| e.addr);
-                let admitted =
-                    peer.is_none_or(|p| admission::admit(self.held_by(network, p, index), self.per_client));
-                self.start_session(index, peer, admitted, now, served);
+                let admission = match peer {
+                    Some(p) => admission::admit(&self.held_by(network, p, index, now), self.per_client),
+                    None => Admission::Admit,
+                };
+                if let Admission::AdmitClosing(idle) = admission {
+                    self.close_to_make_room(network, idle, now);
+                }
+                self.start_session(index, peer, admission != Admission::Refuse, now, served);
             }
             let socket = network.sockets.get_mut::<tcp::Socket>(self.slots[index].socket);
             let slot = &mut self.slots[index];
@@ -173,6 +188,7 @@ impl Connections {
             // Input held back (behind an EVAL just answered, or while the node was busy).
             session.resume(node);
             let mut received = 0;
+            let reading = session.accepts_input();
             // A session that holds all it may, or whose answers go unread, gets no more bytes:
             // they stay in the socket, and TCP makes the client wait.
             if session.accepts_input() && socket.can_recv() {
@@ -185,11 +201,8 @@ impl Connections {
                 busy = true;
             }
             let owing = session.mid_request() && session.accepts_input();
-            slot.upload_deadline = session.upload_len().map(|len| {
-                let for_bytes = (len as u64).saturating_mul(1_000_000) / UPLOAD_RATE;
-                slot.upload_deadline.unwrap_or(now.saturating_add(UPLOAD_BASE_US).saturating_add(for_bytes))
-            });
-            let late = slot.upload_deadline.is_some_and(|deadline| now > deadline);
+            slot.upload = session.upload_len().map(|_| slot.upload.unwrap_or_default());
+            let late = slot.upload.as_mut().is_some_and(|u| !u.observe(now, received as u64, reading));
             if !slot.pace.observe(now, received as u64, owing, self.min_rate) || late {
                 self.refusals.too_slow += 1;
                 socket.abort();
@@ -244,7 +257,7 @@ impl Connections {
         slot.peer = peer;
         slot.pace = Pace::default();
         slot.closed_at = None;
-        slot.upload_deadline = None;
+        slot.upload = None;
         let mut session = Session::with_limits(self.limits);
         if !admitted {
             self.refusals.per_client += 1;
@@ -277,33 +290,23 @@ impl Connections {
             network.sockets.get_mut::<tcp::Socket>(slot.socket).abort();
             return;
         }
-        let views: Vec<SlotView> = self
-            .slots
-            .iter()
-            .map(|slot| {
-                let socket = network.sockets.get::<tcp::Socket>(slot.socket);
-                // A connection on its way out frees its slot soon: no need to close another.
-                let connected = socket.is_active() && !slot.session.as_ref().is_some_and(Session::closing);
-                let quiet = slot
-                    .session
-                    .as_ref()
-                    .is_none_or(|s| !s.mid_request() && !s.owes_answers() && !s.has_output() && !s.closing());
-                SlotView { connected, quiet, idle_us: now.saturating_sub(slot.last_active) }
-            })
-            .collect();
+        let views: Vec<SlotView> = self.slots.iter().map(|slot| Self::view(network, slot, now)).collect();
         if let Some(index) = admission::evict(&views) {
-            self.refusals.evicted += 1;
-            let slot = &mut self.slots[index];
-            if let Some(session) = slot.session.as_mut() {
-                session.refuse(ErrorCode::Busy, "closed while idle to make room for another client".into());
-            }
-            let socket = network.sockets.get_mut::<tcp::Socket>(slot.socket);
-            if let Some(session) = slot.session.as_mut() {
-                let out = session.output(socket.send_capacity() - socket.send_queue());
-                let _ = socket.send_slice(&out);
-            }
-            slot.closed_at = Some(now);
-            socket.close();
+            self.close_to_make_room(network, index, now);
         }
+    }
+
+    /// Closes the quiet connection on `index`, saying why, so that another client gets in.
+    fn close_to_make_room(&mut self, network: &mut Network, index: usize, now: u64) {
+        self.refusals.evicted += 1;
+        let slot = &mut self.slots[index];
+        let socket = network.sockets.get_mut::<tcp::Socket>(slot.socket);
+        if let Some(session) = slot.session.as_mut() {
+            session.refuse(ErrorCode::Busy, "closed while idle to make room for another client".into());
+            let out = session.output(socket.send_capacity() - socket.send_queue());
+            let _ = socket.send_slice(&out);
+        }
+        slot.closed_at = Some(now);
+        socket.close();
     }
 }

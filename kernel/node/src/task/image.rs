@@ -183,17 +183,19 @@ impl ImageCache {
             if !fits(plan.pages()) {
                 return Err(Failure::OutOfMemory { limit: 0 });
             }
-            let image = Image::load(&elf, plan)?;
-            let needed = image.bytes();
+            // Room first, the new image's pages counted at most: two large images used in turn
+            // must not both be held while one loads.
+            let most = plan.pages().saturating_mul(4096);
             while !self.images.is_empty()
-                && (self.images.len() >= CACHED_IMAGES || self.bytes + needed > CACHE_BYTES)
+                && (self.images.len() >= CACHED_IMAGES || self.bytes.saturating_add(most) > CACHE_BYTES)
             {
                 let oldest = self.images.iter().min_by_key(|(_, (used, _))| *used).map(|(h, _)| *h);
                 if let Some((_, evicted)) = oldest.and_then(|h| self.images.remove(&h)) {
                     self.bytes -= evicted.bytes();
                 }
             }
-            self.bytes += needed;
+            let image = Image::load(&elf, plan)?;
+            self.bytes += image.bytes();
             self.images.insert(*procedure, (self.clock, image));
         }
         let entry = self.images.get_mut(procedure).ok_or(Failure::MissingObject(*procedure))?;

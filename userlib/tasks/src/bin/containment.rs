@@ -152,6 +152,28 @@ fn run(args: &[Handle]) -> TaskResult {
             };
             Ok(create_blob(b"set"))
         }
+        // Selectors set once must stay through syscalls and timer ticks: were they reset on the
+        // way back to the task, it would see when it had been interrupted (a clock).
+        b"segments-hold" => {
+            // SAFETY: 0x1b is the user data selector; loading it is allowed in ring 3.
+            unsafe {
+                asm!("mov ds, {0:x}", "mov es, {0:x}", "mov fs, {0:x}", "mov gs, {0:x}", in(reg) 0x1bu64)
+            };
+            let mut changed = 0u64;
+            for round in 0..20u8 {
+                create_blob(&[round; 1 << 16]);
+                for _ in 0..500_000 {
+                    let (ds, fs, gs): (u64, u64, u64);
+                    // SAFETY: reading segment registers has no effect.
+                    unsafe {
+                        asm!("mov {0:x}, ds", "mov {1:x}, fs", "mov {2:x}, gs",
+                            out(reg) ds, out(reg) fs, out(reg) gs, options(nomem, nostack));
+                    }
+                    changed += u64::from((ds as u16, fs as u16, gs as u16) != (0x1b, 0x1b, 0x1b));
+                }
+            }
+            Ok(create_blob(if changed == 0 { b"held" } else { b"changed" }))
+        }
         b"segments-read" => {
             let (ds, es, fs, gs): (u64, u64, u64, u64);
             // SAFETY: reading segment registers has no effect.
@@ -243,6 +265,8 @@ fn run(args: &[Handle]) -> TaskResult {
             }
         }
         // A failure message that tries to forge console lines and steer a terminal.
+        // A 4 KiB message of its own for each number: errors the memo cannot share.
+        b"fail-distinct" => Err(alloc::format!("{:020}", number(args, 1)?).repeat(200).into()),
         b"fail-forge" => Err("forged\ncairn: ready boot_ms=0 mem_mib=0\r\x1b[2J".into()),
         _ => Err("unknown containment mode".into()),
     }
