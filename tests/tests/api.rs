@@ -2,8 +2,8 @@
 //! objects up and down with their names checked, evaluation, stats, and clients that misbehave
 //! while others are served (docs/PROTOCOL.md).
 
+use cairn_tools::secure::SecureStream;
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use cairn_bootcfg::{LogLevel, Mode, NodeConfig};
@@ -22,7 +22,7 @@ fn serving_node_with(config: NodeConfig) -> (Node, String) {
 }
 
 fn raw_exchange(address: &str, bytes: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect(address).unwrap();
+    let mut stream = SecureStream::connect(address).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     stream.write_all(bytes).unwrap();
     let mut out = Vec::new();
@@ -35,7 +35,7 @@ fn objects_evaluation_stats_and_misbehaving_clients() {
     let (_node, address) = serving_node();
 
     // A client that sends half a frame and goes quiet must not hold up anyone else.
-    let mut loris = TcpStream::connect(&address).unwrap();
+    let mut loris = SecureStream::connect(&address).unwrap();
     loris.write_all(&[0x10, 0, 0]).unwrap();
 
     let mut client = Client::connect(&address).expect("HELLO");
@@ -116,7 +116,7 @@ fn a_static_address_from_the_node_config_replaces_dhcp() {
 
 /// Reads until the node closes the connection; how long that took, or None if it did not
 /// within `limit`.
-fn time_to_close(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+fn time_to_close(stream: &mut SecureStream, limit: Duration) -> Option<Duration> {
     let started = std::time::Instant::now();
     stream.set_read_timeout(Some(limit)).unwrap();
     let mut sink = Vec::new();
@@ -132,7 +132,7 @@ fn idle_and_truncated_connections_are_closed_while_others_are_served() {
 
     // A frame cut short, then the client's side closed: the node closes too, without waiting
     // for the idle timeout.
-    let mut truncated = TcpStream::connect(&address).unwrap();
+    let mut truncated = SecureStream::connect(&address).unwrap();
     let mut frame = Vec::new();
     cairn_proto::encode(
         &cairn_proto::Frame { request: 1, message: Message::Hello { client: "truncated".into() } },
@@ -162,7 +162,7 @@ fn idle_and_truncated_connections_are_closed_while_others_are_served() {
         },
         &mut stream,
     );
-    let mut cut = TcpStream::connect(&address).unwrap();
+    let mut cut = SecureStream::connect(&address).unwrap();
     cut.write_all(&stream[..stream.len() - 1000]).unwrap();
     cut.shutdown(std::net::Shutdown::Write).unwrap();
     time_to_close(&mut cut, Duration::from_secs(30)).expect("the node closes a cut-off upload");
@@ -173,7 +173,7 @@ fn idle_and_truncated_connections_are_closed_while_others_are_served() {
 
     // A client that goes quiet mid-frame is closed after the idle timeout, while a client that
     // keeps talking is served throughout.
-    let mut loris = TcpStream::connect(&address).unwrap();
+    let mut loris = SecureStream::connect(&address).unwrap();
     loris.write_all(&frame[..5]).unwrap();
     let started = std::time::Instant::now();
     let watcher = std::thread::spawn(move || time_to_close(&mut loris, Duration::from_secs(30)));

@@ -265,7 +265,10 @@ fn bench_reports_its_measurements_as_json() {
             "invoke_us",
             "memo_hit_us",
             "blake3_mib_s",
-            "blake3_spans_2cpu_mib_s"
+            "blake3_spans_2cpu_mib_s",
+            "channel_handshake_us",
+            "channel_seal_mib_s",
+            "channel_open_mib_s"
         ]
     );
     for row in &rows {
@@ -411,10 +414,16 @@ fn hostile_node_text_is_escaped_on_the_terminal() {
     // whose text is hostile), GET of that value, and STATS.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
+    // The fake node holds a key, recorded for its address as `cairn node` records a node's.
+    let key = cairn_tools::keys::fresh_secret().unwrap();
+    cairn_tools::keys::remember_node(&address, &key.public()).unwrap();
     thread::spawn(move || {
         let mut evals = 0;
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
+            let Ok(stream) = stream else { return };
+            let Ok((mut stream, _client)) = cairn_tools::secure::SecureStream::accept(stream, &key) else {
+                continue;
+            };
             let mut buffer = Vec::new();
             loop {
                 let frame = match decode(&buffer).unwrap() {

@@ -8,13 +8,13 @@
 
 use std::fmt;
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cairn_object::Handle;
 use cairn_proto::{ErrorCode, Frame, MAX_CHUNK, MAX_INLINE, Message, decode, encode};
 
+use crate::secure::SecureStream;
 use crate::untrusted::escape;
 
 /// At most this much is reserved up front for a chunked download; beyond it the buffer grows
@@ -72,7 +72,7 @@ impl fmt::Display for WrongObject {
 impl std::error::Error for WrongObject {}
 
 pub struct Client {
-    stream: TcpStream,
+    stream: SecureStream,
     buffer: Vec<u8>,
     next_request: u32,
 }
@@ -96,12 +96,14 @@ pub struct Evaluated {
 
 impl Client {
     pub fn connect(address: &str) -> anyhow::Result<Client> {
-        let stream = TcpStream::connect(address)
-            .with_context(|| format!("cannot connect to the node at {address}"))?;
+        Self::over(SecureStream::connect(address)?)
+    }
+
+    /// A client over a secure stream already open (tests: another key, another node key).
+    pub fn over(stream: SecureStream) -> anyhow::Result<Client> {
         // Long enough for a big job or evaluation to finish; a node that dies resets the
         // connection at once rather than timing out.
         stream.set_read_timeout(Some(Duration::from_secs(600)))?;
-        let _ = stream.set_nodelay(true);
         let mut client = Client { stream, buffer: Vec::new(), next_request: 1 };
         match client.call(Message::Hello { client: "cairn".into() })? {
             Message::Welcome { version: 1, .. } => Ok(client),
@@ -418,8 +420,12 @@ mod tests {
     fn fake_node(mut answer: impl FnMut(Frame) -> Vec<Frame> + Send + 'static) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
+        // It holds a key, recorded for its address as `cairn node` records a node's.
+        let key = crate::keys::fresh_secret().unwrap();
+        crate::keys::remember_node(&address, &key.public()).unwrap();
         std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
+            let (stream, _) = listener.accept().unwrap();
+            let (mut stream, _) = SecureStream::accept(stream, &key).unwrap();
             let mut buffer = Vec::new();
             loop {
                 let frame = loop {

@@ -7,6 +7,8 @@ pub mod cluster;
 pub mod hash;
 pub mod host;
 pub mod jobfile;
+pub mod keys;
 pub mod qemu;
 pub mod received;
+pub mod secure;
 pub mod untrusted;

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cairn_boot::Firmware;
-use cairn_bootcfg::NodeConfig;
+use cairn_bootcfg::{Mode, NodeConfig, NodeKeys};
+use cairn_channel::PublicKey;
+
+use crate::keys;
 
 use crate::host;
 
@@ -69,6 +72,11 @@ pub struct NodeOptions {
     pub api_port: Option<u16>,
     /// A second network card on the cluster's virtual L2 (docs/CLUSTER.md).
     pub cluster_link: Option<ClusterLink>,
+    /// A serving node's keys (handed over in fw_cfg, never in the image); None: a fresh node key
+    /// that serves this user's client key, with no peers.
+    pub keys: Option<NodeKeys>,
+    /// Boot a serving node without any keys (tests of a node that must refuse to serve).
+    pub no_keys: bool,
 }
 
 /// A node's card on the cluster network: Ethernet frames go as UDP datagrams between
@@ -91,6 +99,8 @@ impl Default for NodeOptions {
             raw_config: None,
             api_port: None,
             cluster_link: None,
+            keys: None,
+            no_keys: false,
         }
     }
 }
@@ -169,6 +179,7 @@ pub struct Vm {
     stderr: Arc<Mutex<String>>,
     started: Instant,
     exit: Option<NodeExit>,
+    node_key: Option<PublicKey>,
     _dir: tempfile::TempDir,
 }
 
@@ -203,6 +214,21 @@ impl Vm {
             cmd.arg("-drive").arg(pflash(&ovmf.code, true)).arg("-drive").arg(pflash(&vars, false));
         }
         cmd.arg("-drive").arg(format!("format=raw,file={}", image.display()));
+        let node_key = if opts.config.mode == Mode::Serve && !opts.no_keys {
+            let keys = match &opts.keys {
+                Some(keys) => keys.clone(),
+                None => keys::keys_for_node(Vec::new())?,
+            };
+            // In the node's private directory (0700), read by QEMU at start, gone with the VM.
+            let path = dir.path().join("node.keys");
+            keys::write_node_keys(&path, &keys)?;
+            cmd.arg("-fw_cfg").arg(format!("name={},file={}", cairn_bootcfg::FW_CFG_NAME, path.display()));
+            Some(keys.secret.public())
+        } else {
+            None
+        };
+        // The host's entropy for the node's pool, beside the CPU's (docs/SECURITY.md).
+        cmd.args(["-device", "virtio-rng-pci"]);
         // User-mode networking: the node reaches the host at 10.0.2.2 and gets 10.0.2.15 by DHCP.
         let netdev = match opts.api_port {
             Some(port) => format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:7070"),
@@ -262,7 +288,15 @@ impl Vm {
             let _ = err_pipe.read_to_string(&mut text);
             sink.lock().unwrap_or_else(|e| e.into_inner()).push_str(&text);
         });
-        Ok(Vm { child, lines, stderr, started: Instant::now(), exit: None, _dir: dir })
+        if let (Some(port), Some(key)) = (opts.api_port, node_key) {
+            keys::remember_node(&format!("127.0.0.1:{port}"), &key)?;
+        }
+        Ok(Vm { child, lines, stderr, started: Instant::now(), exit: None, node_key, _dir: dir })
+    }
+
+    /// A serving node's public key.
+    pub fn node_key(&self) -> Option<PublicKey> {
+        self.node_key
     }
 
     pub fn pid(&self) -> u32 {

@@ -11,6 +11,9 @@
 extern crate alloc;
 
 mod ceilings;
+pub mod fw_cfg;
+mod keys;
+pub use keys::{FW_CFG_NAME, KeysError, NodeKeys};
 
 pub use ceilings::{CEILING_KEYS, CeilingKey, Ceilings};
 

@@ -142,3 +142,69 @@ proptest! {
         let _ = NodeConfig::parse(&bytes);
     }
 }
+
+mod keys {
+    use alloc::format;
+
+    use cairn_channel::{PublicKey, SecretKey};
+
+    use crate::{KeysError, NodeKeys};
+
+    fn keys() -> NodeKeys {
+        NodeKeys {
+            secret: SecretKey::from_bytes([3; 32]),
+            clients: alloc::vec![SecretKey::from_bytes([4; 32]).public()],
+            peers: alloc::vec![([10, 1, 0, 2], SecretKey::from_bytes([5; 32]).public())],
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_through_their_text() {
+        let text = keys().to_text();
+        let back = NodeKeys::parse(text.as_bytes()).unwrap();
+        assert_eq!(back.secret.public(), keys().secret.public());
+        assert_eq!(back.clients, keys().clients);
+        assert_eq!(back.peers, keys().peers);
+        assert_eq!(back.peer([10, 1, 0, 2]), Some(SecretKey::from_bytes([5; 32]).public()));
+        assert_eq!(back.peer([10, 1, 0, 3]), None);
+        assert_eq!(back.ring().peers.len(), 1);
+    }
+
+    #[test]
+    fn bad_keys_name_the_line_but_never_the_value() {
+        let secret = "ab".repeat(31) + "zz";
+        let text = format!("# keys\nnode_key = {secret}\n");
+        let error = NodeKeys::parse(text.as_bytes()).unwrap_err();
+        assert_eq!(error, KeysError::Line { line: 2, what: "`node_key` is not 64 hex digits" });
+        assert!(!format!("{error}").contains(&secret));
+        assert_eq!(NodeKeys::parse(b"client_keys =\n").unwrap_err(), KeysError::Missing { key: "node_key" });
+        let good = "cd".repeat(32);
+        for (text, what) in [
+            (format!("node_key = {good}\nnode_key = {good}"), "`node_key` given twice"),
+            (format!("node_key = {good}\npeer_keys = 10.1.0.2"), "a peer is not ADDRESS=KEY"),
+            (format!("node_key = {good}\npeer_keys = 10.1.0=x"), "a peer's address is not an IPv4 address"),
+            (format!("node_key = {good}\nclient_keys = {good} 12"), "a client key is not 64 hex digits"),
+            (
+                format!("node_key = {good}\nmode = serve"),
+                "unknown key (expected node_key, client_keys or peer_keys)",
+            ),
+        ] {
+            assert_eq!(
+                NodeKeys::parse(text.as_bytes()).unwrap_err(),
+                KeysError::Line { line: 2, what },
+                "{text}"
+            );
+        }
+        assert_eq!(NodeKeys::parse(&[0xff]).unwrap_err(), KeysError::NotUtf8);
+        let _: PublicKey = keys().secret.public();
+    }
+
+    #[test]
+    fn the_image_configuration_takes_no_key() {
+        let text = format!("node_key = {}\n", "cd".repeat(32));
+        assert!(
+            crate::NodeConfig::parse(text.as_bytes()).is_err(),
+            "a private key must not be baked into an image"
+        );
+    }
+}

@@ -143,7 +143,10 @@ impl Memo {
                 let shared = match &self.last_error {
                     Some(last) if **last == *e => last.clone(),
                     _ => {
-                        let cost = error_cost(e);
+                        // The cost of the copy kept, which is what `release` will give back (the
+                        // caller's may have spare capacity the copy lacks).
+                        let fresh = Arc::new(e.clone());
+                        let cost = error_cost(&fresh);
                         if cost > self.error_limit {
                             return false;
                         }
@@ -154,7 +157,6 @@ impl Memo {
                             }
                         }
                         self.error_bytes += cost;
-                        let fresh = Arc::new(e.clone());
                         if let Some(old) = self.last_error.replace(fresh.clone()) {
                             self.release(old);
                         }
@@ -322,6 +324,26 @@ mod tests {
         memo.record(thunk(1), &Ok(Handle::blob(b"v")), &mut |_, _| {});
         memo.record(thunk(2), &Err(error(4, 10)), &mut |_, _| {});
         assert!(memo.error_bytes() < 1000, "{}", memo.error_bytes());
+    }
+
+    #[test]
+    fn errors_with_spare_capacity_are_counted_as_kept_and_the_count_returns_to_zero() {
+        // Errors built by pushing have spare capacity; the memo's copy has none. Counting the
+        // original and releasing the copy left bytes counted for nothing, until the count sat at
+        // the ceiling with no error kept and none was remembered again.
+        let mut memo = Memo::new();
+        memo.set_error_limit(64 << 10);
+        for i in 0..5000u32 {
+            let mut text = alloc::string::String::with_capacity(8000);
+            text.push_str(&"e".repeat(2049));
+            let spare =
+                EvalError { thunk: Handle::blob(&i.to_le_bytes()), failure: Failure::TaskError(text) };
+            assert!(memo.record(thunk(i), &Err(spare), &mut |_, _| {}), "error {i} not remembered");
+        }
+        memo.evict(usize::MAX, &mut |_, _| {});
+        memo.record(thunk(9999), &Ok(Handle::blob(b"v")), &mut |_, _| {});
+        assert_eq!(memo.error_bytes(), 0, "bytes counted with no error kept");
+        assert!(memo.record(thunk(10_000), &Err(error(7, 4000)), &mut |_, _| {}));
     }
 
     #[test]

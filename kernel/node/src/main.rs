@@ -9,6 +9,7 @@ extern crate alloc;
 mod arch;
 mod boot_config;
 mod drivers;
+mod entropy;
 mod jobs;
 mod memory;
 mod net;
@@ -155,8 +156,53 @@ fn run(config: &NodeConfig, memory: &memory::MemoryReport) -> Status {
     }
 }
 
+/// The node's keys, from QEMU's fw_cfg (never from the image: docs/SECURITY.md).
+fn load_keys() -> Result<cairn_bootcfg::NodeKeys, alloc::string::String> {
+    use drivers::fw_cfg::{FwCfgError, file};
+    let name = cairn_bootcfg::FW_CFG_NAME;
+    let bytes = file(name).map_err(|e| match e {
+        FwCfgError::NoDevice => {
+            alloc::format!("no node keys: this machine has no fw_cfg to give them (file {name})")
+        }
+        FwCfgError::NoFile => alloc::format!("no node keys: fw_cfg has no file {name}"),
+        FwCfgError::TooLarge(size) => {
+            alloc::format!("node keys: fw_cfg file {name} is {size} bytes, too large")
+        }
+    })?;
+    cairn_bootcfg::NodeKeys::parse(&bytes).map_err(|e| alloc::format!("{e} (fw_cfg file {name})"))
+}
+
+/// Says why the node serves no API, and idles.
+fn refuse_api(why: &str) -> ! {
+    println!("cairn: api off: {why}");
+    loop {
+        x86_64::instructions::interrupts::enable_and_hlt();
+    }
+}
+
 /// Brings up the network (DHCP) and serves the node API until the VM is stopped.
 fn serve(config: &NodeConfig) -> Status {
+    // No API without keys and entropy (docs/SECURITY.md): a node that cannot authenticate its
+    // clients or make keys nobody can guess serves nobody, and says why.
+    match entropy::init() {
+        Ok(sources) => println!("cairn: entropy {}", sources.describe()),
+        Err(sources) => refuse_api(&alloc::format!(
+            "no entropy source gave a seed ({}): the node needs RDSEED, RDRAND or a virtio-rng device",
+            sources.describe()
+        )),
+    }
+    match load_keys() {
+        Ok(keys) => {
+            println!(
+                "cairn: keys node={} clients={} peers={}",
+                keys.secret.public(),
+                keys.clients.len(),
+                keys.peers.len()
+            );
+            net::set_keys(keys);
+        }
+        Err(why) => refuse_api(&why),
+    }
     let mut network = match net::Network::start(0, config.ip) {
         Ok(network) => network,
         Err(e) => {

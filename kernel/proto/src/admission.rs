@@ -37,7 +37,18 @@ impl Pace {
         *self = Pace { window_start: Some(now), bytes: 0 };
         kept_up
     }
+
+    /// The node served no one for `gap_us` (a job's IO, say): that time is not the client's.
+    pub fn pause(&mut self, gap_us: u64) {
+        if let Some(start) = self.window_start.as_mut() {
+            *start = start.saturating_add(gap_us);
+        }
+    }
 }
+
+/// The node's loop polls connections far more often than this; a longer gap is time it spent
+/// serving no one, which no client's pace, upload or idleness is charged for.
+pub const POLL_GAP_US: u64 = 100_000;
 
 /// What the node knows of one connection slot, for [`evict`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +59,9 @@ pub struct SlotView {
     pub quiet: bool,
     /// How long since bytes last moved.
     pub idle_us: u64,
+    /// The client proved its key (docs/PROTOCOL.md, "The secure channel"): until then a
+    /// connection is only a handshake, and the first to go when room is needed.
+    pub authenticated: bool,
 }
 
 /// When every slot holds a connection, the one to close so that a new client can get in: the
@@ -60,12 +74,38 @@ pub fn evict(slots: &[SlotView]) -> Option<usize> {
     idlest(slots.iter().copied().enumerate())
 }
 
-/// The quiet connection idle the longest, if it has been idle a while.
+/// A connection that has not authenticated this long is only a handshake that stalled (an
+/// honest one takes milliseconds): it goes first when room is needed. A younger one may be the
+/// very client the room is for.
+pub const EVICT_HANDSHAKE_AFTER_US: u64 = 250_000;
+
+/// The connection to close for room: a stalled handshake (idle the longest), or else the quiet
+/// connection idle the longest, if it has been idle a while.
 fn idlest(slots: impl Iterator<Item = (usize, SlotView)>) -> Option<usize> {
     slots
-        .filter(|(_, s)| s.quiet && s.idle_us >= EVICT_AFTER_IDLE_US)
-        .max_by_key(|(_, s)| s.idle_us)
+        .filter(|(_, s)| {
+            if s.authenticated {
+                s.quiet && s.idle_us >= EVICT_AFTER_IDLE_US
+            } else {
+                s.idle_us >= EVICT_HANDSHAKE_AFTER_US
+            }
+        })
+        .max_by_key(|(_, s)| (!s.authenticated, s.idle_us))
         .map(|(i, _)| i)
+}
+
+/// A connection must finish its handshake (and prove its key with a first record) this soon.
+pub const HANDSHAKE_DEADLINE_US: u64 = 5_000_000;
+/// Handshakes in progress at once: past this, the oldest is closed for a new one.
+pub const MAX_HANDSHAKES: usize = 8;
+
+/// With `handshaking` (slot index and when it connected) unauthenticated connections, the one
+/// to close before another handshake starts, if they are at [`MAX_HANDSHAKES`].
+pub fn handshake_to_close(handshaking: &[(usize, u64)]) -> Option<usize> {
+    if handshaking.len() < MAX_HANDSHAKES {
+        return None;
+    }
+    handshaking.iter().min_by_key(|(_, since)| *since).map(|(i, _)| *i)
 }
 
 /// What becomes of a new connection from an address that already holds some.
@@ -120,6 +160,13 @@ impl UploadPace {
         let due = self.reading_us.saturating_sub(UPLOAD_GRACE_US).saturating_mul(UPLOAD_RATE) / 1_000_000;
         self.bytes >= due
     }
+
+    /// The node served no one for `gap_us`: not time the upload had to send in.
+    pub fn pause(&mut self, gap_us: u64) {
+        if let Some(last) = self.last.as_mut() {
+            *last = last.saturating_add(gap_us);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -154,9 +201,9 @@ mod tests {
 
     #[test]
     fn eviction_makes_room_only_when_every_slot_is_taken() {
-        let quiet = |idle_us| SlotView { connected: true, quiet: true, idle_us };
-        let busy = |idle_us| SlotView { connected: true, quiet: false, idle_us };
-        let free = SlotView { connected: false, quiet: true, idle_us: 0 };
+        let quiet = |idle_us| SlotView { connected: true, quiet: true, idle_us, authenticated: true };
+        let busy = |idle_us| SlotView { connected: true, quiet: false, idle_us, authenticated: true };
+        let free = SlotView { connected: false, quiet: true, idle_us: 0, authenticated: false };
         assert_eq!(evict(&[quiet(5 * S), free]), None);
         assert_eq!(evict(&[quiet(5 * S), quiet(9 * S), busy(99 * S)]), Some(1));
         assert_eq!(evict(&[busy(99 * S), quiet(S / 2)]), None, "fresh and busy connections stay");
@@ -165,8 +212,8 @@ mod tests {
 
     #[test]
     fn an_address_at_its_limit_gets_in_by_closing_its_own_idle_connection() {
-        let quiet = |idle_us| SlotView { connected: true, quiet: true, idle_us };
-        let busy = |idle_us| SlotView { connected: true, quiet: false, idle_us };
+        let quiet = |idle_us| SlotView { connected: true, quiet: true, idle_us, authenticated: true };
+        let busy = |idle_us| SlotView { connected: true, quiet: false, idle_us, authenticated: true };
         assert_eq!(admit(&[], 1), Admission::Admit);
         assert_eq!(admit(&[(3, busy(0))], 2), Admission::Admit);
         // At its limit: the one of its own idle the longest goes; busy or fresh ones stay.
@@ -175,6 +222,45 @@ mod tests {
             Admission::AdmitClosing(7)
         );
         assert_eq!(admit(&[(3, busy(99 * S)), (4, quiet(S / 2))], 2), Admission::Refuse);
+    }
+
+    #[test]
+    fn time_the_node_served_no_one_is_not_charged_to_a_client() {
+        // An upload at 1 MiB/s, then 94 s in which the node polled no connection (a job's IO):
+        // neither pace counts the gap once it is paused.
+        let (mut upload, mut pace) = (UploadPace::default(), Pace::default());
+        for i in 0..20 {
+            assert!(upload.observe(i * S, 1 << 20, true));
+            assert!(pace.observe(i * S, 1 << 20, true, 32 << 10));
+        }
+        upload.pause(94 * S);
+        pace.pause(94 * S);
+        assert!(upload.observe(114 * S, 1 << 20, true), "the upload was charged for the node's gap");
+        assert!(pace.observe(114 * S, 1 << 20, true, 32 << 10));
+        // Unpaused, the same gap would have ended both.
+        let (mut upload, mut pace) = (UploadPace::default(), Pace::default());
+        for i in 0..20 {
+            upload.observe(i * S, 1 << 20, true);
+            pace.observe(i * S, 0, true, 32 << 10);
+        }
+        assert!(!upload.observe(114 * S, 1 << 20, true));
+        assert!(!pace.observe(114 * S, 0, true, 32 << 10));
+    }
+
+    #[test]
+    fn connections_that_never_authenticated_go_first() {
+        let quiet = |idle_us| SlotView { connected: true, quiet: true, idle_us, authenticated: true };
+        let handshake = |idle_us| SlotView { connected: true, quiet: true, idle_us, authenticated: false };
+        // A stalled handshake goes before a client idle for a minute, the older one first; one
+        // that has just begun stays (it may be the client the room is for).
+        assert_eq!(evict(&[quiet(60 * S), handshake(S / 2), handshake(S)]), Some(2));
+        assert_eq!(evict(&[quiet(60 * S), handshake(S / 10)]), Some(0));
+        assert_eq!(evict(&[quiet(S / 2), handshake(S / 10)]), None);
+        assert_eq!(admit(&[(1, quiet(60 * S)), (4, handshake(S))], 2), Admission::AdmitClosing(4));
+        // At most MAX_HANDSHAKES at once: the oldest goes.
+        let many: alloc::vec::Vec<(usize, u64)> = (0..MAX_HANDSHAKES).map(|i| (i, 100 - i as u64)).collect();
+        assert_eq!(handshake_to_close(&many[..MAX_HANDSHAKES - 1]), None);
+        assert_eq!(handshake_to_close(&many), Some(MAX_HANDSHAKES - 1));
     }
 
     #[test]

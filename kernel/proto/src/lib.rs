@@ -213,6 +213,9 @@ pub enum ErrorCode {
     /// The node will not serve this connection now (a ceiling on connections: too many from
     /// one client, or closed while idle to make room); the node closes it after saying so.
     Busy = 7,
+    /// The key this connection authenticated with may not make this request (a peer key asking
+    /// for an IO job, a replay, a journal import or statistics), or is not authorized at all.
+    Forbidden = 8,
 }
 
 impl ErrorCode {
@@ -225,6 +228,7 @@ impl ErrorCode {
             ErrorCode::Unexpected,
             ErrorCode::Internal,
             ErrorCode::Busy,
+            ErrorCode::Forbidden,
         ]
         .into_iter()
         .find(|c| *c as u16 == v)
@@ -292,8 +296,13 @@ impl core::error::Error for ProtoError {}
 
 pub mod admission;
 mod codec;
+pub mod secure;
 pub mod session;
 pub use codec::{decode, encode};
 
+#[cfg(test)]
+mod fake_node;
+#[cfg(test)]
+mod secure_tests;
 #[cfg(test)]
 mod tests;

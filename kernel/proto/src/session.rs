@@ -8,6 +8,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use bytes::Bytes;
+pub use cairn_channel::Role;
 use cairn_object::Handle;
 use cairn_object::store::StoreError;
 
@@ -135,9 +136,25 @@ impl Default for SessionLimits {
     }
 }
 
+/// What a key of this role may not ask for, by name (docs/SECURITY.md, "Keys and roles"): a
+/// peer does cluster work (objects, memo lookups, pure evaluation, fetches and relocation), never
+/// IO jobs, replay, journal import or administration.
+fn forbidden(role: Role, message: &Message) -> Option<&'static str> {
+    match (role, message) {
+        (Role::Client, _) => None,
+        (Role::Peer, Message::Submit { .. }) => Some("SUBMIT (IO jobs)"),
+        (Role::Peer, Message::Replay { .. }) => Some("REPLAY"),
+        (Role::Peer, Message::Journal { .. }) => Some("JOURNAL (journal import)"),
+        (Role::Peer, Message::Stats) => Some("STATS (administration)"),
+        (Role::Peer, _) => None,
+    }
+}
+
 #[derive(Default)]
 pub struct Session {
     limits: SessionLimits,
+    /// What the connection's key may ask for (a client until the channel says otherwise).
+    role: Role,
     input: Vec<u8>,
     /// Encoded frames not yet handed out; `output[sent..]` is what remains.
     output: Vec<u8>,
@@ -166,6 +183,11 @@ impl Session {
 
     pub fn with_limits(limits: SessionLimits) -> Session {
         Session { limits, ..Session::default() }
+    }
+
+    /// Sets what the connection's key may ask for, once the channel has authenticated it.
+    pub fn set_role(&mut self, role: Role) {
+        self.role = role;
     }
 
     /// Bytes of answers not sent yet, the rest of every download included.
@@ -445,6 +467,11 @@ impl Session {
         self.send(request, Message::Error { code, message });
     }
 
+    /// Closes the connection without a word (a client that never authenticated is told nothing).
+    pub fn abandon(&mut self) {
+        self.closing = true;
+    }
+
     /// Says why the node will not serve this connection, then closes it once that is sent.
     pub fn refuse(&mut self, code: ErrorCode, message: String) {
         self.fail(0, code, message)
@@ -463,6 +490,9 @@ impl Session {
                 ErrorCode::Unexpected,
                 "an upload is in progress: only PUT-CHUNK may follow".into(),
             );
+        }
+        if let Some(what) = forbidden(self.role, &frame.message) {
+            return self.error(request, ErrorCode::Forbidden, format!("a peer key may not ask for {what}"));
         }
         match frame.message {
             Message::Hello { .. } => self.send(
@@ -597,59 +627,10 @@ impl Upload {
 mod tests {
     extern crate std;
     use super::*;
+    use crate::fake_node::{FakeNode, node};
     use alloc::vec;
     use cairn_object::Kind;
     use cairn_object::store::{MemStore, Store};
-
-    struct FakeNode {
-        store: MemStore,
-        busy: bool,
-    }
-
-    impl NodeApi for FakeNode {
-        fn node_id(&self) -> [u8; 32] {
-            [7; 32]
-        }
-        fn contains(&self, h: &Handle) -> bool {
-            self.store.contains(h)
-        }
-        fn get(&self, h: &Handle) -> Option<Bytes> {
-            self.store.get(h)
-        }
-        fn put_verified(&mut self, h: &Handle, bytes: Bytes) -> Result<(), StoreError> {
-            self.store.put_verified(h, bytes)
-        }
-        fn room(&self) -> u64 {
-            let s = self.store.stats();
-            s.limit - s.bytes
-        }
-        fn upload_buffer(&mut self, len: usize) -> Option<Box<dyn UploadBuffer>> {
-            Some(Box::new(vec![0u8; len]))
-        }
-        fn put_upload(&mut self, h: &Handle, buffer: Box<dyn UploadBuffer>) -> Result<(), StoreError> {
-            self.store.put_verified(h, buffer.into_bytes())
-        }
-        fn stats(&self) -> String {
-            format!("objects={}", self.store.stats().objects)
-        }
-        fn recall(&self, thunk: &Handle) -> Option<Handle> {
-            (thunk.kind() == Kind::Thunk).then(|| Handle::blob(b"remembered"))
-        }
-        fn adopt_journal(&mut self, journal: &Handle) -> Result<Handle, String> {
-            if self.store.contains(journal) {
-                Ok(*journal)
-            } else {
-                Err(format!("{journal} is not on this node"))
-            }
-        }
-        fn busy(&self) -> bool {
-            self.busy
-        }
-    }
-
-    fn node() -> FakeNode {
-        FakeNode { store: MemStore::new(16 << 20), busy: false }
-    }
 
     fn frames(messages: &[(u32, Message)]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -86,9 +86,8 @@ fn bench_net(boot: &BootArgs, mib: u64) -> anyhow::Result<Vec<Measurement>> {
             ip: None,
             ..NodeConfig::default()
         },
-        raw_config: None,
         api_port: Some(port),
-        cluster_link: None,
+        ..NodeOptions::default()
     };
     eprintln!(
         "cairn: booting a node for the network benchmark ({}, {accel}, {memory_mib} MiB)",

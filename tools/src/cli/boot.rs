@@ -192,9 +192,8 @@ fn boot_and_watch_on(
         memory_mib: args.memory,
         cpus: args.cpus,
         config: NodeConfig { log_level: args.log.into(), ..config },
-        raw_config: None,
         api_port,
-        cluster_link: None,
+        ..NodeOptions::default()
     };
     eprintln!(
         "cairn: booting a node ({}, {}, {} MiB, mode {})",

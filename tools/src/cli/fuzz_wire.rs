@@ -3,6 +3,8 @@
 //! own: the client sends it, closes its side, and reads what the node answers until the node
 //! closes too (it should, after a bad frame or once it has answered everything). After every
 //! batch the node must still answer STATS and round-trip a fresh object on a new connection.
+//! Cases travel inside the secure channel (the protocol behind authentication), or with
+//! `--before-auth` as the raw first bytes of a connection (the handshake's parser).
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
@@ -11,10 +13,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use cairn_channel::{PublicKey, SecretKey};
 use cairn_fuzz::wire::{Case, Mutator};
 use cairn_object::Handle;
 use cairn_proto::{Message, decode};
 use cairn_tools::client::Client;
+use cairn_tools::keys;
+use cairn_tools::secure::SecureStream;
 use clap::Args;
 
 use super::NodeAddress;
@@ -38,6 +43,15 @@ pub struct FuzzWireArgs {
     /// Seconds a connection may stay open after the client closed its side.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub linger: u64,
+    /// Send each case raw, with no handshake: what a node must withstand from anyone.
+    #[arg(long)]
+    pub before_auth: bool,
+}
+
+/// How cases reach the node: sealed, as this user's client, or raw.
+enum Channel {
+    Sealed { me: SecretKey, node: PublicKey },
+    Raw,
 }
 
 /// What happened on the connections so far.
@@ -69,6 +83,11 @@ pub fn fuzz_wire(args: &FuzzWireArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot resolve {}", args.node.node))?
         .next()
         .context("no address")?;
+    let channel = if args.before_auth {
+        Channel::Raw
+    } else {
+        Channel::Sealed { me: keys::client_key()?, node: keys::node_key(&args.node.node)? }
+    };
     let mutator = Mutator::new(args.seed);
     let mut tally = Tally::default();
     let served_before = served(&args.node.node)?;
@@ -79,7 +98,7 @@ pub fn fuzz_wire(args: &FuzzWireArgs) -> anyhow::Result<ExitCode> {
         let case = mutator.case(index);
         let mut ending = "reset";
         for attempt in 0..4 {
-            match send_case(address, &case, args.linger, &mut tally.answers) {
+            match send_case(address, &channel, &case, args.linger, &mut tally.answers) {
                 // Reset before any answer: the node took no session for it (every slot was
                 // busy); the case goes again, a moment later.
                 Ok(("reset", 0)) if attempt < 3 => {
@@ -198,17 +217,24 @@ fn check(address: &str, seed: u64, index: u64) -> anyhow::Result<()> {
 /// how it ended and how many bytes came back. An error only if the node cannot be reached.
 fn send_case(
     address: SocketAddr,
+    channel: &Channel,
     case: &Case,
     linger: u64,
     answers: &mut BTreeMap<String, u64>,
 ) -> anyhow::Result<(&'static str, usize)> {
     let linger = Duration::from_secs(linger.max(1));
-    let mut stream = connect(address)?;
-    stream.set_write_timeout(Some(linger))?;
-    stream.set_read_timeout(Some(linger))?;
-    let _ = stream.set_nodelay(true);
+    let tcp = connect(address)?;
+    tcp.set_write_timeout(Some(linger))?;
+    tcp.set_read_timeout(Some(linger))?;
+    let _ = tcp.set_nodelay(true);
+    let mut stream: Box<dyn ReadWrite> = match channel {
+        Channel::Raw => Box::new(tcp.try_clone()?),
+        Channel::Sealed { me, node } => {
+            Box::new(SecureStream::handshake(tcp.try_clone()?, me, node, &address.to_string())?)
+        }
+    };
     let cut = stream.write_all(&case.bytes).is_err();
-    let _ = stream.shutdown(Shutdown::Write);
+    let _ = tcp.shutdown(Shutdown::Write);
     let mut received = Vec::new();
     let mut chunk = vec![0u8; 256 << 10];
     let ending = loop {
@@ -217,6 +243,7 @@ fn send_case(
             Ok(n) if received.len() < MAX_ANSWER => received.extend_from_slice(&chunk[..n]),
             Ok(_) => {}
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break "left open",
+            Err(e) if e.kind() == ErrorKind::InvalidData => break "record failed",
             Err(_) => break "reset",
         }
     };
@@ -234,6 +261,9 @@ fn send_case(
     }
     Ok((ending, received.len()))
 }
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 /// Connects, waiting out a busy moment (every slot taken) for up to 30 s.
 fn connect(address: SocketAddr) -> anyhow::Result<TcpStream> {

@@ -8,6 +8,7 @@ pub mod eval;
 pub mod fuzz;
 pub mod fuzz_wire;
 pub mod jobs;
+pub mod keys;
 pub mod objects;
 pub mod setup;
 

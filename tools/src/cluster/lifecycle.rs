@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use cairn_bootcfg::{Fault, Mode, NodeConfig, StaticIp};
+use cairn_bootcfg::{Fault, Mode, NodeConfig, NodeKeys, StaticIp};
 use serde::{Deserialize, Serialize};
 
 use crate::qemu::{Accel, ClusterLink, NodeOptions, Vm};
@@ -84,6 +84,10 @@ pub fn serve(opts: &UpOptions, state_path: &Path, log: &mut dyn Write) -> anyhow
     let mut vms = Vec::new();
     let mut nodes = Vec::new();
     let mut links = Vec::new();
+    // Every node's key up front: each node knows its peers' keys, serves them as peers, and
+    // checks them when it connects to them (docs/SECURITY.md, "Keys and roles").
+    let secrets = (0..opts.nodes).map(|_| crate::keys::fresh_secret()).collect::<anyhow::Result<Vec<_>>>()?;
+    let client = crate::keys::client_key()?.public();
     for index in 0..opts.nodes {
         let ip = cluster_ip(index);
         let peers = (0..opts.nodes).filter(|&j| j != index).map(cluster_ip).collect();
@@ -109,6 +113,14 @@ pub fn serve(opts: &UpOptions, state_path: &Path, log: &mut dyn Write) -> anyhow
             config,
             api_port: Some(api_port),
             cluster_link: Some(link),
+            keys: Some(NodeKeys {
+                secret: secrets[index].clone(),
+                clients: vec![client],
+                peers: (0..opts.nodes)
+                    .filter(|&j| j != index)
+                    .map(|j| (cluster_ip(j), secrets[j].public()))
+                    .collect(),
+            }),
             ..NodeOptions::default()
         })
         .with_context(|| format!("cannot boot node {index}"))?;

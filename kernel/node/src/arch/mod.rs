@@ -3,6 +3,7 @@
 pub mod acpi;
 pub mod clock;
 pub mod cpu;
+pub mod entropy;
 pub mod gdt;
 pub mod pic;
 pub mod probe;

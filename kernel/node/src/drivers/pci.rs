@@ -43,12 +43,15 @@ impl ConfigurationAccess for PortCam {
 /// The `nth` virtio network device on bus 0 (where QEMU puts its devices, in the order of its
 /// command line).
 pub fn find_virtio_net(nth: usize) -> Option<(PciRoot<PortCam>, DeviceFunction)> {
+    find_virtio(&[0x1000, 0x1041], nth)
+}
+
+/// The `nth` virtio device on bus 0 with one of these PCI device ids (legacy and modern).
+pub fn find_virtio(device_ids: &[u16], nth: usize) -> Option<(PciRoot<PortCam>, DeviceFunction)> {
     let root = PciRoot::new(PortCam);
     let found = root
         .enumerate_bus(0)
-        .filter(|(_, info)| {
-            info.vendor_id == 0x1af4 && (info.device_id == 0x1000 || info.device_id == 0x1041)
-        })
+        .filter(|(_, info)| info.vendor_id == 0x1af4 && device_ids.contains(&info.device_id))
         .nth(nth)
         .map(|(df, _)| df)?;
     Some((root, found))

@@ -80,7 +80,56 @@ pub fn run() -> Status {
     }
     let cpus = if crate::arch::smp::online() { 2 } else { 1 };
     report(&alloc::format!("blake3_spans_{cpus}cpu_mib_s"), mib / (elapsed as f64 / 1e6), "MiB/s");
+    if let Err(why) = channel(&data) {
+        println!("cairn: bench failed: {why}");
+        return Status::Failure;
+    }
     Status::Success
+}
+
+/// The secure channel's cost in the kernel (docs/PROTOCOL.md): a handshake as the node answers
+/// it, and sealing and opening records, on one CPU. Fixed keys and seeds: only speed is measured.
+fn channel(data: &[u8]) -> Result<(), alloc::string::String> {
+    use cairn_channel::{Initiator, Responder, SecretKey, Transport};
+    const HANDSHAKES: u64 = 20;
+    let (node, client) = (SecretKey::from_bytes([1; 32]), SecretKey::from_bytes([2; 32]));
+    let fail = |e: cairn_channel::ChannelError| alloc::format!("channel: {e}");
+    let mut pair = None;
+    for i in 0..HANDSHAKES {
+        let (initiator, hello) = Initiator::new(&client, &node.public(), [i as u8; 32]).map_err(fail)?;
+        let started = clock::micros_since_boot();
+        let mut responder = Responder::new();
+        responder.take(&hello).map_err(fail)?;
+        let accepted = responder.answer(&node, [i as u8 + 100; 32]).map_err(fail)?;
+        let answered = clock::micros_since_boot() - started;
+        pair = Some((initiator.finish(&accepted.reply).map_err(fail)?, accepted.transport, answered));
+    }
+    let (mut sender, mut receiver, answered) = pair.expect("at least one handshake");
+    // The last of several, so that caches are warm as on a serving node.
+    report("channel_handshake_us", answered as f64, "us");
+    let mut sealed = vec![];
+    let start = clock::micros_since_boot();
+    for chunk in data.chunks(1 << 20) {
+        sender.seal(chunk, &mut sealed);
+    }
+    let seal_us = clock::micros_since_boot() - start;
+    let mut opened = 0;
+    let start = clock::micros_since_boot();
+    let mut rest = &sealed[..];
+    while !rest.is_empty() {
+        let (taken, plain) = receiver.open(rest).map_err(fail)?;
+        opened += plain.map_or(0, <[u8]>::len);
+        rest = &rest[taken..];
+    }
+    let open_us = clock::micros_since_boot() - start;
+    let expected: usize = data.chunks(1 << 20).map(|c| Transport::sealed_len(c.len())).sum();
+    if opened != data.len() || sealed.len() != expected {
+        return Err(alloc::format!("channel: {opened} of {} bytes came through", data.len()));
+    }
+    let mib = data.len() as f64 / (1 << 20) as f64;
+    report("channel_seal_mib_s", mib / (seal_us.max(1) as f64 / 1e6), "MiB/s");
+    report("channel_open_mib_s", mib / (open_us.max(1) as f64 / 1e6), "MiB/s");
+    Ok(())
 }
 
 /// Creates a million distinct 40-byte objects in a store of their own and reports the rate of

@@ -223,7 +223,7 @@ impl NodeApi for Node<'_> {
         let store = self.ev.store.stats();
         let eval = self.ev.stats();
         format!(
-            "cpus={}\nhelper_hashed_bytes={}\nobjects={}\nstore_bytes={}\nstore_used={}\nstore_limit={}\nstore_pinned={}\nstore_evictions={}\nstore_evicted_bytes={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nmemo_error_bytes={}\nmemo_evictions={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\nrelocated={}\n{}connections_served={}\nconnections_refused={}\nconnections_too_slow={}\nconnections_evicted={}\nconnections_idle={}\nuptime_ms={}\nidle_ms={}\n",
+            "cpus={}\nhelper_hashed_bytes={}\nobjects={}\nstore_bytes={}\nstore_used={}\nstore_limit={}\nstore_pinned={}\nstore_evictions={}\nstore_evicted_bytes={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nmemo_error_bytes={}\nmemo_evictions={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\nrelocated={}\n{}connections_served={}\nconnections_refused={}\nconnections_too_slow={}\nconnections_evicted={}\nconnections_idle={}\nconnections_handshake_closed={}\nuptime_ms={}\nidle_ms={}\n",
             if crate::arch::smp::online() { 2 } else { 1 },
             crate::memory::objects::helper_hashed_bytes(),
             store.objects,
@@ -249,6 +249,7 @@ impl NodeApi for Node<'_> {
             self.refusals.too_slow,
             self.refusals.evicted,
             self.refusals.idle,
+            self.refusals.handshake,
             clock::micros_since_boot() / 1000,
             self.idle_us / 1000
         )

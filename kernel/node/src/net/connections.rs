@@ -13,7 +13,8 @@ use core::cell::Cell;
 
 use cairn_bootcfg::Ceilings;
 use cairn_proto::ErrorCode;
-use cairn_proto::admission::{self, Admission, Pace, SlotView, UploadPace};
+use cairn_proto::admission::{self, Admission, HANDSHAKE_DEADLINE_US, Pace, SlotView, UploadPace};
+use cairn_proto::secure::Guard;
 use cairn_proto::session::{NodeApi, Session, SessionLimits, Work};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
@@ -34,6 +35,10 @@ const CLOSE_GRACE_US: u64 = 200_000;
 pub(super) struct Slot {
     socket: SocketHandle,
     pub(super) session: Option<Session>,
+    /// The secure channel in front of the session (docs/PROTOCOL.md).
+    guard: Guard,
+    /// When the connection began: it must authenticate by [`HANDSHAKE_DEADLINE_US`].
+    opened_at: u64,
     pub(super) last_active: u64,
     /// Counts connections on this slot, so an answer for a closed one is not given to the next.
     pub(super) generation: u64,
@@ -66,6 +71,9 @@ pub struct Refusals {
     pub evicted: u64,
     /// Closed for moving no bytes for `api_idle_s` (a client that stopped reading included).
     pub idle: u64,
+    /// Closed before authenticating: the handshake took too long, failed, or made way for a
+    /// newer one (at most `MAX_HANDSHAKES` at once).
+    pub handshake: u64,
 }
 
 /// The API's connections, each a socket and its session.
@@ -78,6 +86,8 @@ pub(super) struct Connections {
     min_rate: u64,
     pub(super) queued: VecDeque<Queued>,
     pub(super) refusals: Refusals,
+    /// When the connections were last polled.
+    last_poll: u64,
 }
 
 impl Connections {
@@ -94,6 +104,8 @@ impl Connections {
                 Slot {
                     socket: network.sockets.add(socket),
                     session: None,
+                    guard: Guard::new(),
+                    opened_at: 0,
                     last_active: 0,
                     generation: 0,
                     peer: None,
@@ -115,6 +127,7 @@ impl Connections {
             min_rate: ceilings.api_min_rate,
             queued: VecDeque::new(),
             refusals: Refusals::default(),
+            last_poll: clock::micros_since_boot(),
         }
     }
 
@@ -142,7 +155,12 @@ impl Connections {
             .session
             .as_ref()
             .is_none_or(|s| !s.mid_request() && !s.owes_answers() && !s.has_output() && !s.closing());
-        SlotView { connected, quiet, idle_us: now.saturating_sub(slot.last_active) }
+        SlotView {
+            connected,
+            quiet,
+            idle_us: now.saturating_sub(slot.last_active),
+            authenticated: slot.guard.authenticated(),
+        }
     }
 
     /// Moves bytes between the sockets and their sessions, which ask `node`; true if anything
@@ -156,6 +174,8 @@ impl Connections {
         timeouts: bool,
     ) -> bool {
         let now = clock::micros_since_boot();
+        let keys = super::keys();
+        self.pause_if_unserved(now);
         let mut busy = false;
         for index in 0..self.slots.len() {
             let socket = network.sockets.get_mut::<tcp::Socket>(self.slots[index].socket);
@@ -180,25 +200,40 @@ impl Connections {
                 if let Admission::AdmitClosing(idle) = admission {
                     self.close_to_make_room(network, idle, now);
                 }
+                self.limit_handshakes(network, index);
                 self.start_session(index, peer, admission != Admission::Refuse, now, served);
             }
             let socket = network.sockets.get_mut::<tcp::Socket>(self.slots[index].socket);
             let slot = &mut self.slots[index];
             let session = slot.session.as_mut().expect("set above");
+            let guard = &mut slot.guard;
             // Input held back (behind an EVAL just answered, or while the node was busy).
             session.resume(node);
             let mut received = 0;
             let reading = session.accepts_input();
             // A session that holds all it may, or whose answers go unread, gets no more bytes:
             // they stay in the socket, and TCP makes the client wait.
-            if session.accepts_input() && socket.can_recv() {
+            if (session.accepts_input() || guard.handshaking()) && socket.can_recv() {
                 let _ = socket.recv(|bytes| {
-                    session.feed(bytes, node);
-                    received = bytes.len();
-                    (bytes.len(), ())
+                    // Record by record, so that a session that fills up stops the reading.
+                    while received < bytes.len() && (session.accepts_input() || guard.handshaking()) {
+                        received += guard.receive(
+                            &bytes[received..],
+                            session,
+                            node,
+                            &keys.guard,
+                            &mut crate::entropy::seed,
+                        );
+                    }
+                    (received, ())
                 });
                 slot.last_active = now;
                 busy = true;
+            }
+            if !guard.authenticated() && now.saturating_sub(slot.opened_at) > HANDSHAKE_DEADLINE_US {
+                self.refusals.handshake += 1;
+                socket.abort();
+                continue;
             }
             let owing = session.mid_request() && session.accepts_input();
             slot.upload = session.upload_len().map(|_| slot.upload.unwrap_or_default());
@@ -211,9 +246,9 @@ impl Connections {
             while let Some((request, work)) = session.take_work() {
                 self.queued.push_back(Queued { slot: index, generation: slot.generation, request, work });
             }
-            while socket.can_send() && session.has_output() {
+            while socket.can_send() && guard.has_output(session) {
                 let room = socket.send_capacity() - socket.send_queue();
-                let out = session.output(room);
+                let out = guard.output(session, room);
                 if out.is_empty() {
                     break;
                 }
@@ -225,7 +260,8 @@ impl Connections {
             // been answered (including queued work and input held back): otherwise the slot
             // would stay half-closed and never listen again.
             let client_done = socket.state() == tcp::State::CloseWait && !session.owes_answers();
-            if (session.closing() || client_done) && !session.has_output() {
+            let ended = (session.closing() && !guard.handshaking()) || client_done;
+            if ended && !guard.has_output(session) {
                 let closed_at = *slot.closed_at.get_or_insert(now);
                 if now.saturating_sub(closed_at) > CLOSE_GRACE_US {
                     socket.abort();
@@ -258,6 +294,8 @@ impl Connections {
         slot.pace = Pace::default();
         slot.closed_at = None;
         slot.upload = None;
+        slot.guard = Guard::new();
+        slot.opened_at = now;
         let mut session = Session::with_limits(self.limits);
         if !admitted {
             self.refusals.per_client += 1;
@@ -268,6 +306,50 @@ impl Connections {
             );
         }
         slot.session = Some(session);
+    }
+
+    /// After a gap in which the node polled no connection (it ran a job's IO, for one), moves
+    /// every connection's clocks on by the gap: its pace, upload and idleness are the client's
+    /// doing only while the node serves.
+    fn pause_if_unserved(&mut self, now: u64) {
+        let gap = now.saturating_sub(self.last_poll);
+        self.last_poll = now;
+        if gap <= admission::POLL_GAP_US {
+            return;
+        }
+        for slot in &mut self.slots {
+            slot.last_active = slot.last_active.saturating_add(gap);
+            slot.pace.pause(gap);
+            if let Some(upload) = slot.upload.as_mut() {
+                upload.pause(gap);
+            }
+            if let Some(closed) = slot.closed_at.as_mut() {
+                *closed = closed.saturating_add(gap);
+            }
+            slot.opened_at = slot.opened_at.saturating_add(gap);
+        }
+    }
+
+    /// Before a handshake starts on `index`, closes the oldest one in progress if there are as
+    /// many as the node allows: unauthenticated connections cost little, and no more than that.
+    fn limit_handshakes(&mut self, network: &mut Network, index: usize) {
+        let handshaking: Vec<(usize, u64)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| {
+                *i != index
+                    && s.session.is_some()
+                    && s.closed_at.is_none()
+                    && !s.guard.authenticated()
+                    && network.sockets.get::<tcp::Socket>(s.socket).is_active()
+            })
+            .map(|(i, s)| (i, s.opened_at))
+            .collect();
+        if let Some(oldest) = admission::handshake_to_close(&handshaking) {
+            self.refusals.handshake += 1;
+            network.sockets.get_mut::<tcp::Socket>(self.slots[oldest].socket).abort();
+        }
     }
 
     /// With every slot taken, closes the quiet connection idle the longest, so that a new
@@ -298,12 +380,20 @@ impl Connections {
 
     /// Closes the quiet connection on `index`, saying why, so that another client gets in.
     fn close_to_make_room(&mut self, network: &mut Network, index: usize, now: u64) {
-        self.refusals.evicted += 1;
         let slot = &mut self.slots[index];
         let socket = network.sockets.get_mut::<tcp::Socket>(slot.socket);
+        if !slot.guard.authenticated() {
+            // Only a handshake: it is owed no word and no graceful close, and its slot is free
+            // at once.
+            self.refusals.handshake += 1;
+            socket.abort();
+            return;
+        }
+        self.refusals.evicted += 1;
         if let Some(session) = slot.session.as_mut() {
             session.refuse(ErrorCode::Busy, "closed while idle to make room for another client".into());
-            let out = session.output(socket.send_capacity() - socket.send_queue());
+            // Sealed, once the channel is open; a handshake is closed without a word.
+            let out = slot.guard.output(session, socket.send_capacity() - socket.send_queue());
             let _ = socket.send_slice(&out);
         }
         slot.closed_at = Some(now);

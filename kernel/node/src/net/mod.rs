@@ -8,6 +8,9 @@ pub mod jobs;
 pub mod peer;
 
 use alloc::vec;
+use alloc::vec::Vec;
+
+use cairn_channel::PublicKey;
 
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::socket::dhcpv4;
@@ -16,6 +19,26 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
 
 use crate::arch::clock;
 use crate::drivers::net::NetDevice;
+
+/// The node's keys (docs/SECURITY.md, "Keys and roles"), set once before the API serves.
+pub struct Keys {
+    /// Its own key and the keys it serves, for every connection's channel.
+    pub guard: cairn_proto::secure::NodeKeys,
+    /// Its peers' cluster addresses and keys, for the connections it opens to them.
+    pub peers: Vec<([u8; 4], PublicKey)>,
+}
+
+static KEYS: spin::Once<Keys> = spin::Once::new();
+
+pub fn set_keys(keys: cairn_bootcfg::NodeKeys) {
+    let guard = cairn_proto::secure::NodeKeys { ring: keys.ring(), secret: keys.secret.clone() };
+    KEYS.call_once(|| Keys { guard, peers: keys.peers });
+}
+
+/// The node's keys. The API starts only after [`set_keys`].
+pub fn keys() -> &'static Keys {
+    KEYS.get().expect("the API serves only once the node has its keys")
+}
 
 pub struct Network {
     pub device: NetDevice,
@@ -38,10 +61,13 @@ impl Network {
     ) -> Result<Network, crate::drivers::net::NoNetwork> {
         let mut device = NetDevice::probe(nth)?;
         let mac = EthernetAddress(device.mac());
-        // The seed only spreads TCP ports and sequence numbers; the MAC is as good as any.
+        // The seed spreads TCP ports and initial sequence numbers: from the entropy pool where
+        // the node has one (serving), else the MAC.
         let mut config = Config::new(HardwareAddress::Ethernet(mac));
-        config.random_seed =
-            u64::from_le_bytes([mac.0[0], mac.0[1], mac.0[2], mac.0[3], mac.0[4], mac.0[5], 0, 0]);
+        config.random_seed = match crate::entropy::seed() {
+            Some(seed) => u64::from_le_bytes(seed[..8].try_into().expect("8 bytes")),
+            None => u64::from_le_bytes([mac.0[0], mac.0[1], mac.0[2], mac.0[3], mac.0[4], mac.0[5], 0, 0]),
+        };
         let iface = Interface::new(config, &mut device, now());
         let mut sockets = SocketSet::new(vec![]);
         let mut network =

@@ -4,12 +4,14 @@
 //! - `relocate`: run a thunk on a peer: ship the thunk and exactly the inputs the peer lacks,
 //!   have it evaluate, and bring the result handle back.
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
 use bytes::Bytes;
+use cairn_channel::{Initiator, LEN_PREFIX, REPLY_LEN, Transport};
 use cairn_object::store::{Store, StoreError};
 use cairn_object::{Handle, Kind, Thunk};
 use cairn_proto::{Frame, MAX_CHUNK, MAX_INLINE, Message, decode, encode};
@@ -48,12 +50,27 @@ fn local_port() -> u16 {
 /// fetching from each other would otherwise wait for each other until both gave up.
 pub type ServeOthers<'a> = dyn FnMut(&mut Network, &NodeStore) + 'a;
 
+enum Channel {
+    Handshake(Box<Initiator>),
+    Open(Transport),
+    /// Only while the handshake is taken out to finish it.
+    Gone,
+}
+
 /// One API connection to a peer, driven by polling the cluster network.
 struct PeerLink<'n> {
     network: &'n mut Network,
     others: &'n mut ServeOthers<'n>,
     socket: SocketHandle,
     peer: String,
+    /// The secure channel (docs/PROTOCOL.md): the handshake until the peer's reply, then records.
+    channel: Channel,
+    /// Bytes to send, sealed (or the hello), and how many have gone.
+    wire_out: Vec<u8>,
+    wire_sent: usize,
+    /// Bytes received and not yet taken by the channel.
+    wire_in: Vec<u8>,
+    /// Frames' bytes, opened.
     input: Vec<u8>,
     connected: bool,
     last_progress: u64,
@@ -74,6 +91,18 @@ impl<'n> PeerLink<'n> {
     ) -> Result<PeerLink<'n>, String> {
         let [a, b, c, d] = to.0;
         let peer = format!("{a}.{b}.{c}.{d}:{}", to.1);
+        // Only configured peers, each checked against its key: a node connects to no address a
+        // client names, and trusts no impostor at a peer's address.
+        let keys = super::keys();
+        let peer_key = keys
+            .peers
+            .iter()
+            .find(|(ip, _)| *ip == to.0)
+            .map(|(_, key)| *key)
+            .ok_or_else(|| format!("{peer} is not a peer of this node (no key for it)"))?;
+        let seed = crate::entropy::seed().ok_or("no entropy for a handshake")?;
+        let (initiator, hello) = Initiator::new(&keys.guard.secret, &peer_key, seed)
+            .map_err(|e| format!("cannot begin a handshake with {peer}: {e}"))?;
         let mut socket = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0; BUFFER]),
             tcp::SocketBuffer::new(vec![0; BUFFER]),
@@ -88,6 +117,10 @@ impl<'n> PeerLink<'n> {
             others,
             socket,
             peer,
+            channel: Channel::Handshake(Box::new(initiator)),
+            wire_out: hello.to_vec(),
+            wire_sent: 0,
+            wire_in: Vec::new(),
             input: Vec::new(),
             connected: false,
             last_progress: clock::micros_since_boot(),
@@ -104,8 +137,8 @@ impl<'n> PeerLink<'n> {
         self.deadline = self.deadline.saturating_add(for_bytes).saturating_add(extra_us);
     }
 
-    /// Moves packets; Ok(true) if bytes moved, an error if the peer refused, closed or stalled.
-    fn step(&mut self, out: &[u8], sent: &mut usize, store: &NodeStore) -> Result<(), String> {
+    /// Moves packets; an error if the peer refused, closed or stalled.
+    fn step(&mut self, store: &NodeStore) -> Result<(), String> {
         self.network.device.rearm();
         self.network.poll();
         let s = self.network.sockets.get_mut::<tcp::Socket>(self.socket);
@@ -114,12 +147,18 @@ impl<'n> PeerLink<'n> {
         if !self.connected && s.state() == tcp::State::Closed {
             return Err(format!("{} refused the connection", self.peer));
         }
-        if s.can_send() && *sent < out.len() {
-            *sent += s.send_slice(&out[*sent..]).map_err(|e| format!("sending to {}: {e:?}", self.peer))?;
+        if s.can_send() && self.wire_sent < self.wire_out.len() {
+            self.wire_sent += s
+                .send_slice(&self.wire_out[self.wire_sent..])
+                .map_err(|e| format!("sending to {}: {e:?}", self.peer))?;
+            if self.wire_sent == self.wire_out.len() {
+                self.wire_out.clear();
+                self.wire_sent = 0;
+            }
             progressed = true;
         }
         while s.can_recv() {
-            let input = &mut self.input;
+            let input = &mut self.wire_in;
             s.recv(|b| {
                 input.extend_from_slice(b);
                 (b.len(), ())
@@ -148,13 +187,46 @@ impl<'n> PeerLink<'n> {
         if !progressed {
             x86_64::instructions::interrupts::enable_and_hlt();
         }
+        self.open_records()
+    }
+
+    /// Finishes the handshake with the peer's reply, and opens the records received since.
+    fn open_records(&mut self) -> Result<(), String> {
+        if let Channel::Handshake(_) = self.channel {
+            let Some(reply) = self.wire_in.get(..LEN_PREFIX + REPLY_LEN) else { return Ok(()) };
+            let reply: [u8; LEN_PREFIX + REPLY_LEN] = reply.try_into().expect("sliced to length");
+            let Channel::Handshake(initiator) = core::mem::replace(&mut self.channel, Channel::Gone) else {
+                unreachable!("matched above")
+            };
+            let transport = initiator
+                .finish(&reply)
+                .map_err(|e| format!("{} is not the peer this node knows: {e}", self.peer))?;
+            self.channel = Channel::Open(transport);
+            self.wire_in.drain(..LEN_PREFIX + REPLY_LEN);
+        }
+        let Channel::Open(transport) = &mut self.channel else { return Ok(()) };
+        let mut at = 0;
+        while at < self.wire_in.len() {
+            let (taken, opened) =
+                transport.open(&self.wire_in[at..]).map_err(|e| format!("from {}: {e}", self.peer))?;
+            if let Some(plain) = opened {
+                self.input.extend_from_slice(plain);
+            }
+            at += taken;
+        }
+        self.wire_in.clear();
         Ok(())
     }
 
+    /// Sends frames' bytes, sealed once the handshake is done (it is waited for).
     fn send(&mut self, frames: &[u8], store: &NodeStore) -> Result<(), String> {
-        let mut sent = 0;
-        while sent < frames.len() {
-            self.step(frames, &mut sent, store)?;
+        while !matches!(self.channel, Channel::Open(_)) {
+            self.step(store)?;
+        }
+        let Channel::Open(transport) = &mut self.channel else { unreachable!("waited for above") };
+        transport.seal(frames, &mut self.wire_out);
+        while !self.wire_out.is_empty() {
+            self.step(store)?;
         }
         Ok(())
     }
@@ -183,7 +255,7 @@ impl<'n> PeerLink<'n> {
                     _ => return Ok(frame),
                 }
             }
-            self.step(&[], &mut 0, store)?;
+            self.step(store)?;
         }
     }
 }
