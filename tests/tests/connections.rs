@@ -447,3 +447,45 @@ fn an_upload_that_trickles_gives_back_the_room_it_was_promised() {
     assert!(stat(&address, "connections_too_slow") >= 1);
     still_serves(&address);
 }
+
+#[test]
+fn a_client_that_reads_a_download_at_a_trickle_does_not_hold_up_other_downloads() {
+    // One download at a time may always run, others within a bound: a client reading a large
+    // object at 32 KiB/s used to hold it for many minutes, and every other large GET waited.
+    let (_node, address) = serving(Ceilings::default(), 120);
+    let mut client = Client::connect(&address).unwrap();
+    // Larger than the quarter of the store that downloads in flight may hold together: while it
+    // is held, no other large download starts.
+    let size = stat(&address, "store_limit") / 4 + (1 << 20);
+    let big: Vec<u8> = (0..size as u32).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+    let other: Vec<u8> = (0..2u32 << 20).map(|i| (i.wrapping_mul(40503) >> 5) as u8).collect();
+    let (hb, ho) = (Handle::blob(&big), Handle::blob(&other));
+    client.put(hb, &big, |_| {}).unwrap();
+    client.put(ho, &other, |_| {}).unwrap();
+    drop(big);
+    let mut slow = SecureStream::connect(&address).unwrap();
+    slow.write_all(&frames(&[(1, Message::Get { handle: hb })])).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // 32 KiB/s. (QEMU's user network may hold megabytes the node sent before it gave up:
+            // this reader would see the close only minutes later, so the node's count tells.)
+            let mut buf = vec![0u8; 8 << 10];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && matches!(slow.read(&mut buf), Ok(n) if n > 0)
+            {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    assert!(client.get(ho, |_, _| {}).unwrap() == other, "the other download");
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(60), "the other download waited {waited:?}");
+    assert!(stat(&address, "connections_too_slow") >= 1, "the trickling reader was not dropped");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
+    still_serves(&address);
+}

@@ -137,6 +137,26 @@ pub const UPLOAD_GRACE_US: u64 = 10_000_000;
 /// from it: the room it was promised at its start is not held by a trickle.
 pub const UPLOAD_RATE: u64 = 256 * 1024;
 
+/// A download's progress: the client must take [`UPLOAD_RATE`] bytes per second, judged over
+/// each window of [`PACE_WINDOW_US`] (not on average: the buffers between the node and the
+/// client swallow megabytes at the start, which an average would count as credit for minutes).
+/// A client that reads a large object at a trickle must not hold it, and the download place
+/// others wait for, for as long as it likes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DownloadPace(Pace);
+
+impl DownloadPace {
+    /// Records `bytes` the node sent at `now`; false once a window fell short.
+    pub fn observe(&mut self, now: u64, bytes: u64) -> bool {
+        self.0.observe(now, bytes, true, UPLOAD_RATE)
+    }
+
+    /// The node served no one for `gap_us`.
+    pub fn pause(&mut self, gap_us: u64) {
+        self.0.pause(gap_us);
+    }
+}
+
 /// An upload's progress: the time the node was reading from it, and the bytes it sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UploadPace {
@@ -245,6 +265,17 @@ mod tests {
         }
         assert!(!upload.observe(114 * S, 1 << 20, true));
         assert!(!pace.observe(114 * S, 0, true, 32 << 10));
+    }
+
+    #[test]
+    fn a_download_read_at_a_trickle_fails_its_second_window_whatever_went_at_first() {
+        // 10 MB swallowed by buffers at once, then 32 KiB/s.
+        let mut trickle = DownloadPace::default();
+        assert!(trickle.observe(0, 10 << 20));
+        let verdicts: alloc::vec::Vec<bool> = (1..30).map(|i| trickle.observe(i * S, 32 << 10)).collect();
+        assert_eq!(verdicts.iter().position(|ok| !ok), Some(19), "judged at 10 s, then at 20 s");
+        let mut steady = DownloadPace::default();
+        assert!((0..600).all(|i| steady.observe(i * S, 300 << 10)));
     }
 
     #[test]

@@ -4,9 +4,12 @@
 //! key that sent them; a key the node does not know gets one sealed refusal and nothing else.
 
 use alloc::format;
+use alloc::string::String;
 use alloc::vec::Vec;
 
-use cairn_channel::{ChannelError, KeyRing, LEN_PREFIX, REPLY_LEN, Responder, SecretKey, Transport};
+use cairn_channel::{
+    ChannelError, KeyRing, LEN_PREFIX, PublicKey, REPLY_LEN, Responder, SecretKey, Transport,
+};
 
 use crate::ErrorCode;
 use crate::session::{NodeApi, Session};
@@ -21,6 +24,8 @@ enum State {
     Handshake(Responder),
     Open {
         transport: Transport,
+        /// The key the client claimed in its hello (proven by its first record).
+        client: PublicKey,
         /// Set once a record from the client opens: until then, the hello may be a recording.
         proven: bool,
         /// A record failed to open: nothing more is read, only the refusal is sent.
@@ -58,9 +63,19 @@ impl Guard {
         matches!(self.state, State::Handshake(_))
     }
 
+    /// The client's key, once it has proven it.
+    pub fn client(&self) -> Option<PublicKey> {
+        match &self.state {
+            State::Open { client, proven: true, .. } => Some(*client),
+            _ => None,
+        }
+    }
+
     /// Takes bytes from the socket; returns how many it used (the rest waits, so that the
     /// session's limits still make TCP hold the client back). `seed` gives the randomness for
-    /// the node's ephemeral key.
+    /// the node's ephemeral key; `admit` is asked once, when the client has proven its key and
+    /// before any of its requests is handled, whether that key may have another connection
+    /// (docs/SECURITY.md: the per-client ceiling counts keys); if not, the client hears why.
     pub fn receive(
         &mut self,
         bytes: &[u8],
@@ -68,6 +83,7 @@ impl Guard {
         node: &mut dyn NodeApi,
         keys: &NodeKeys,
         seed: &mut dyn FnMut() -> Option<[u8; 32]>,
+        admit: &mut dyn FnMut(&PublicKey) -> Result<(), String>,
     ) -> usize {
         match &mut self.state {
             State::Failed => bytes.len(),
@@ -92,8 +108,12 @@ impl Guard {
                 match responder.answer(&keys.secret, seed) {
                     Ok(accepted) => {
                         self.reply = Some(accepted.reply);
-                        self.state =
-                            State::Open { transport: accepted.transport, proven: false, broken: false };
+                        self.state = State::Open {
+                            transport: accepted.transport,
+                            client: accepted.client,
+                            proven: false,
+                            broken: false,
+                        };
                         match keys.ring.role(&accepted.client) {
                             // Refused already (a ceiling on connections): that is what it hears.
                             _ if session.closing() => {}
@@ -114,9 +134,17 @@ impl Guard {
                 taken
             }
             State::Open { broken: true, .. } => bytes.len(),
-            State::Open { transport, proven, .. } => match transport.open(bytes) {
+            State::Open { transport, proven, client, .. } => match transport.open(bytes) {
                 Ok((taken, Some(plain))) => {
-                    *proven = true;
+                    if !*proven {
+                        *proven = true;
+                        if !session.closing()
+                            && let Err(why) = admit(client)
+                        {
+                            session.refuse(ErrorCode::Busy, why);
+                            return taken;
+                        }
+                    }
                     session.feed(plain, node);
                     taken
                 }

@@ -40,11 +40,14 @@ struct Connection {
     seeds: u8,
     /// What the node sent after its handshake reply, not yet read.
     unread: Vec<u8>,
+    /// The per-key ceiling's answer.
+    admit: fn(&cairn_channel::PublicKey) -> Result<(), alloc::string::String>,
 }
 
 impl Connection {
     fn new() -> Connection {
         Connection {
+            admit: |_| Ok(()),
             guard: Guard::new(),
             session: Session::new(),
             node: node(),
@@ -59,12 +62,18 @@ impl Connection {
         for piece in bytes.chunks(61) {
             let mut rest = piece;
             while !rest.is_empty() {
-                let seeds = &mut self.seeds;
-                let taken =
-                    self.guard.receive(rest, &mut self.session, &mut self.node, &self.keys, &mut || {
+                let (seeds, admit) = (&mut self.seeds, self.admit);
+                let taken = self.guard.receive(
+                    rest,
+                    &mut self.session,
+                    &mut self.node,
+                    &self.keys,
+                    &mut || {
                         *seeds += 1;
                         Some([*seeds; 32])
-                    });
+                    },
+                    &mut |key| admit(key),
+                );
                 rest = &rest[taken..];
             }
         }
@@ -230,10 +239,31 @@ fn a_recorded_session_replayed_runs_nothing() {
 }
 
 #[test]
+fn a_key_over_its_connections_hears_why_before_any_request_is_handled() {
+    let mut c = Connection::new();
+    c.admit = |key| Err(alloc::format!("key {key} holds the 2 connections one client may have"));
+    let (initiator, hello) = Initiator::new(&secret(CLIENT), &secret(NODE).public(), [6; 32]).unwrap();
+    c.deliver(&hello);
+    let reply = c.sent();
+    let mut t = initiator.finish(reply[..50].try_into().unwrap()).unwrap();
+    let (handle, bytes) = (Handle::blob(&[3u8; 1000]), [3u8; 1000].to_vec());
+    c.deliver(&request(&mut t, &[(1, Message::Put { handle, bytes })]));
+    assert!(!c.node.store_contains(&handle), "the request was handled");
+    let frames = answers(&mut t, &c.sent());
+    match &frames[..] {
+        [Frame { request: 0, message: Message::Error { code: ErrorCode::Busy, message } }] => {
+            assert!(message.contains("holds the 2 connections"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.guard.client(), Some(secret(CLIENT).public()));
+}
+
+#[test]
 fn no_entropy_no_answer() {
     let mut c = Connection::new();
     let (_, hello) = Initiator::new(&secret(CLIENT), &secret(NODE).public(), [6; 32]).unwrap();
-    let taken = c.guard.receive(&hello, &mut c.session, &mut c.node, &c.keys, &mut || None);
+    let taken = c.guard.receive(&hello, &mut c.session, &mut c.node, &c.keys, &mut || None, &mut |_| Ok(()));
     assert_eq!(taken, hello.len());
     assert!(c.sent().is_empty());
     assert!(c.session.closing());

@@ -450,6 +450,12 @@ impl Session {
         self.send(request, message);
     }
 
+    /// Whether a large object is being sent: the client must read it at a reasonable pace, or
+    /// it holds a download place (and the object) that others wait for.
+    pub fn downloading(&self) -> bool {
+        !self.downloads.is_empty()
+    }
+
     pub fn has_output(&self) -> bool {
         self.sent < self.output.len() || !self.downloads.is_empty()
     }

@@ -12,8 +12,11 @@ use alloc::vec::Vec;
 use core::cell::Cell;
 
 use cairn_bootcfg::Ceilings;
+use cairn_channel::PublicKey;
 use cairn_proto::ErrorCode;
-use cairn_proto::admission::{self, Admission, HANDSHAKE_DEADLINE_US, Pace, SlotView, UploadPace};
+use cairn_proto::admission::{
+    self, Admission, DownloadPace, HANDSHAKE_DEADLINE_US, Pace, SlotView, UploadPace,
+};
 use cairn_proto::secure::Guard;
 use cairn_proto::session::{NodeApi, Session, SessionLimits, Work};
 use smoltcp::iface::SocketHandle;
@@ -50,6 +53,8 @@ pub(super) struct Slot {
     /// The upload in progress, which must keep up (`admission::UploadPace`): the room it was
     /// promised is not held at a trickle.
     upload: Option<UploadPace>,
+    /// The download in progress, which the client must read at the same pace.
+    download: Option<DownloadPace>,
 }
 
 /// Work a session queued (a job), to be run by the node's loop with the network at hand.
@@ -112,6 +117,7 @@ impl Connections {
                     pace: Pace::default(),
                     closed_at: None,
                     upload: None,
+                    download: None,
                 }
             })
             .collect();
@@ -131,7 +137,9 @@ impl Connections {
         }
     }
 
-    /// Connections other than `slot` that `peer` holds open (not on their way out).
+    /// Connections other than `slot` that `peer` holds open and that have not authenticated
+    /// (not on their way out): the per-address ceiling counts handshakes only, so that one
+    /// client behind a shared address (NAT) cannot close another's connections.
     fn held_by(&self, network: &Network, peer: IpAddress, slot: usize, now: u64) -> Vec<(usize, SlotView)> {
         self.slots
             .iter()
@@ -139,10 +147,26 @@ impl Connections {
             .filter(|(i, s)| {
                 *i != slot
                     && s.peer == Some(peer)
+                    && !s.guard.authenticated()
                     && s.closed_at.is_none()
                     && network.sockets.get::<tcp::Socket>(s.socket).state() == tcp::State::Established
             })
             .map(|(i, s)| (i, Self::view(network, s, now)))
+            .collect()
+    }
+
+    /// Authenticated connections other than `slot` (not on their way out), with their keys:
+    /// the per-client ceiling counts a key's connections.
+    fn keyed(&self, network: &Network, slot: usize, now: u64) -> Vec<(usize, SlotView, PublicKey)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| {
+                *i != slot
+                    && s.closed_at.is_none()
+                    && network.sockets.get::<tcp::Socket>(s.socket).state() == tcp::State::Established
+            })
+            .filter_map(|(i, s)| Some((i, Self::view(network, s, now), s.guard.client()?)))
             .collect()
     }
 
@@ -177,6 +201,8 @@ impl Connections {
         let keys = super::keys();
         self.pause_if_unserved(now);
         let mut busy = false;
+        // A key's own connection closed to make room for its next one.
+        let mut closing_for_keys = Vec::new();
         for index in 0..self.slots.len() {
             let socket = network.sockets.get_mut::<tcp::Socket>(self.slots[index].socket);
             if !socket.is_open() {
@@ -203,6 +229,28 @@ impl Connections {
                 self.limit_handshakes(network, index);
                 self.start_session(index, peer, admission != Admission::Refuse, now, served);
             }
+            let keyed = if self.slots[index].guard.authenticated() {
+                Vec::new()
+            } else {
+                self.keyed(network, index, now)
+            };
+            let per_client = self.per_client;
+            let mut key_refused = false;
+            let mut admit_key = |key: &PublicKey| {
+                let held: Vec<(usize, SlotView)> =
+                    keyed.iter().filter(|(_, _, k)| k == key).map(|(i, view, _)| (*i, *view)).collect();
+                match admission::admit(&held, per_client) {
+                    Admission::Admit => Ok(()),
+                    Admission::AdmitClosing(idle) => {
+                        closing_for_keys.push(idle);
+                        Ok(())
+                    }
+                    Admission::Refuse => {
+                        key_refused = true;
+                        Err(format!("key {key} holds the {per_client} connections one client may have"))
+                    }
+                }
+            };
             let socket = network.sockets.get_mut::<tcp::Socket>(self.slots[index].socket);
             let slot = &mut self.slots[index];
             let session = slot.session.as_mut().expect("set above");
@@ -223,12 +271,16 @@ impl Connections {
                             node,
                             &keys.guard,
                             &mut crate::entropy::seed,
+                            &mut admit_key,
                         );
                     }
                     (received, ())
                 });
                 slot.last_active = now;
                 busy = true;
+            }
+            if key_refused {
+                self.refusals.per_client += 1;
             }
             if !guard.authenticated() && now.saturating_sub(slot.opened_at) > HANDSHAKE_DEADLINE_US {
                 self.refusals.handshake += 1;
@@ -246,15 +298,22 @@ impl Connections {
             while let Some((request, work)) = session.take_work() {
                 self.queued.push_back(Queued { slot: index, generation: slot.generation, request, work });
             }
+            let mut sent = 0;
             while socket.can_send() && guard.has_output(session) {
                 let room = socket.send_capacity() - socket.send_queue();
                 let out = guard.output(session, room);
                 if out.is_empty() {
                     break;
                 }
-                let _ = socket.send_slice(&out);
+                sent += socket.send_slice(&out).unwrap_or(0);
                 slot.last_active = now;
                 busy = true;
+            }
+            slot.download = session.downloading().then(|| slot.download.unwrap_or_default());
+            if slot.download.as_mut().is_some_and(|d| !d.observe(now, sent as u64)) {
+                self.refusals.too_slow += 1;
+                socket.abort();
+                continue;
             }
             // Close when the session gives up, or when the client has closed its side and has
             // been answered (including queued work and input held back): otherwise the slot
@@ -272,6 +331,9 @@ impl Connections {
                 self.refusals.idle += 1;
                 socket.abort();
             }
+        }
+        for index in closing_for_keys {
+            self.close_to_make_room(network, index, now);
         }
         self.make_room(network, now);
         busy
@@ -294,6 +356,7 @@ impl Connections {
         slot.pace = Pace::default();
         slot.closed_at = None;
         slot.upload = None;
+        slot.download = None;
         slot.guard = Guard::new();
         slot.opened_at = now;
         let mut session = Session::with_limits(self.limits);
@@ -302,7 +365,10 @@ impl Connections {
             let who = peer.map(|p| format!("{p}")).unwrap_or_default();
             session.refuse(
                 ErrorCode::Busy,
-                format!("{who} holds the {} connections one client may have", self.per_client),
+                format!(
+                    "{who} has the {} connections not yet authenticated that one address may have",
+                    self.per_client
+                ),
             );
         }
         slot.session = Some(session);
@@ -322,6 +388,9 @@ impl Connections {
             slot.pace.pause(gap);
             if let Some(upload) = slot.upload.as_mut() {
                 upload.pause(gap);
+            }
+            if let Some(download) = slot.download.as_mut() {
+                download.pause(gap);
             }
             if let Some(closed) = slot.closed_at.as_mut() {
                 *closed = closed.saturating_add(gap);
