@@ -382,6 +382,34 @@ fn one_client_cannot_close_anothers_connections_behind_a_shared_address() {
 }
 
 #[test]
+fn half_closed_connections_still_count_against_their_keys_ceiling() {
+    // A client that asks for much, shuts its side down and reads slowly still holds its slots:
+    // only established connections used to be counted, and one key took every slot.
+    let ceilings = cairn_bootcfg::Ceilings { api_connections_per_client: 2, ..Default::default() };
+    let (_node, address) =
+        serving_node(NodeConfig { log_level: LogLevel::Info, ceilings, ..NodeConfig::default() });
+    let big: Vec<u8> = (0..(8u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    let handle = Handle::blob(&big);
+    Client::connect(&address).unwrap().put(handle, &big, |_| {}).unwrap();
+    let held: Vec<SecureStream> = (0..2)
+        .map(|_| {
+            let mut c = SecureStream::connect(&address).unwrap();
+            let mut gets = frame(1, cairn_proto::Message::Get { handle });
+            gets.extend(frame(2, cairn_proto::Message::Get { handle }));
+            c.write_all(&gets).unwrap();
+            c.shutdown(Shutdown::Write).unwrap();
+            c
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(1));
+    let err =
+        Client::connect(&address).and_then(|mut c| c.stats()).expect_err("a third connection of the key");
+    assert_eq!(refused_code(&err), Some(ErrorCode::Busy), "{err:#}");
+    assert!(format!("{err:#}").contains("holds the 2 connections one client may have"), "{err:#}");
+    drop(held);
+}
+
+#[test]
 fn a_node_without_keys_serves_no_api_and_says_why() {
     let mut node = Node::boot_with(NodeOptions {
         config: NodeConfig { mode: Mode::Serve, log_level: LogLevel::Info, ..NodeConfig::default() },

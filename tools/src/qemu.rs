@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::str::FromStr;
@@ -163,7 +164,18 @@ pub fn install_signal_handler() {
     }
 }
 
+/// Node key files on disk (until QEMU has read them).
+static KEY_FILES: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
+
+fn forget_key_file(path: &std::path::Path) {
+    let _ = std::fs::remove_file(path);
+    KEY_FILES.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| p != path);
+}
+
 fn kill_all_children() {
+    for path in KEY_FILES.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        let _ = std::fs::remove_file(path);
+    }
     let pids = CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for pid in pids {
         // SAFETY: kill(2) with a pid we spawned and have not reaped yet (we unregister before
@@ -214,15 +226,20 @@ impl Vm {
             cmd.arg("-drive").arg(pflash(&ovmf.code, true)).arg("-drive").arg(pflash(&vars, false));
         }
         cmd.arg("-drive").arg(format!("format=raw,file={}", image.display()));
+        let mut keys_file = None;
         let node_key = if opts.config.mode == Mode::Serve && !opts.no_keys {
             let keys = match &opts.keys {
                 Some(keys) => keys.clone(),
                 None => keys::keys_for_node(Vec::new())?,
             };
-            // In the node's private directory (0700), read by QEMU at start, gone with the VM.
+            // In the node's private directory, read by QEMU as it starts: deleted as soon as the
+            // node prints its first line, on Ctrl-C or SIGTERM, and with the directory.
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
             let path = dir.path().join("node.keys");
+            KEY_FILES.lock().unwrap_or_else(|e| e.into_inner()).push(path.clone());
             keys::write_node_keys(&path, &keys)?;
             cmd.arg("-fw_cfg").arg(format!("name={},file={}", cairn_bootcfg::FW_CFG_NAME, path.display()));
+            keys_file = Some(path);
             Some(keys.secret.public())
         } else {
             None
@@ -272,6 +289,10 @@ impl Vm {
                 match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
+                        // The guest runs, so QEMU has read the keys: they leave the disk.
+                        if let Some(path) = keys_file.take() {
+                            forget_key_file(&path);
+                        }
                         let line = console_text(&buf);
                         if tx.send(line).is_err() {
                             break;

@@ -13,6 +13,21 @@ use cairn_channel::{
 
 use crate::keys;
 
+/// Handshakes cut short that [`SecureStream::connect_as`] tries again (about 3 s in all).
+const HANDSHAKE_RETRIES: usize = 5;
+
+/// The node ended a handshake before its reply.
+#[derive(Debug)]
+struct CutShort(String);
+
+impl std::fmt::Display for CutShort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CutShort {}
+
 pub struct SecureStream {
     tcp: TcpStream,
     transport: Transport,
@@ -29,13 +44,23 @@ impl SecureStream {
     pub fn connect(address: &str) -> anyhow::Result<SecureStream> {
         let node = keys::node_key(address)?;
         let me = keys::client_key()?;
-        let tcp = TcpStream::connect(address)
-            .with_context(|| format!("cannot connect to the node at {address}"))?;
-        Self::handshake(tcp, &me, &node, address)
+        Self::connect_as(address, &me, &node)
     }
 
-    /// Connects as `me`, expecting the node's key to be `node`.
+    /// Connects as `me`, expecting the node's key to be `node`. A handshake the node cut short
+    /// (it makes room among handshakes under a flood, docs/SECURITY.md) is tried again a few
+    /// times; one that does not verify is not.
     pub fn connect_as(address: &str, me: &SecretKey, node: &PublicKey) -> anyhow::Result<SecureStream> {
+        let mut pause = Duration::from_millis(100);
+        for _ in 0..HANDSHAKE_RETRIES {
+            let tcp = TcpStream::connect(address)
+                .with_context(|| format!("cannot connect to the node at {address}"))?;
+            match Self::handshake(tcp, me, node, address) {
+                Err(e) if e.is::<CutShort>() => std::thread::sleep(pause),
+                outcome => return outcome,
+            }
+            pause *= 2;
+        }
         let tcp = TcpStream::connect(address)
             .with_context(|| format!("cannot connect to the node at {address}"))?;
         Self::handshake(tcp, me, node, address)
@@ -64,9 +89,9 @@ impl SecureStream {
             .with_context(|| format!("the node at {address} closed the connection before the handshake"))?;
         let mut reply = [0u8; LEN_PREFIX + REPLY_LEN];
         tcp.read_exact(&mut reply).map_err(|e| {
-            anyhow::anyhow!(
+            CutShort(format!(
                 "the node at {address} ended the handshake ({e}): it does not hold the key {node} expected for it, or it is busy with other handshakes"
-            )
+            ))
         })?;
         let transport = initiator
             .finish(&reply)

@@ -99,13 +99,26 @@ pub const HANDSHAKE_DEADLINE_US: u64 = 5_000_000;
 /// Handshakes in progress at once: past this, the oldest is closed for a new one.
 pub const MAX_HANDSHAKES: usize = 8;
 
-/// With `handshaking` (slot index and when it connected) unauthenticated connections, the one
-/// to close before another handshake starts, if they are at [`MAX_HANDSHAKES`].
-pub fn handshake_to_close(handshaking: &[(usize, u64)]) -> Option<usize> {
+/// A handshake in progress, for [`handshake_to_close`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    pub slot: usize,
+    /// When the connection began.
+    pub since: u64,
+    /// Its hello named a key the node serves: it is one record from done, and whoever sent it
+    /// holds that key (or replays a recording of it).
+    pub known_key: bool,
+}
+
+/// With `handshaking` unauthenticated connections, the one to close before another handshake
+/// starts, if they are at [`MAX_HANDSHAKES`]: the oldest of those that have not sent a hello
+/// naming a key the node serves (a flood of empty or made-up handshakes then displaces only
+/// itself), else the oldest.
+pub fn handshake_to_close(handshaking: &[Handshake]) -> Option<usize> {
     if handshaking.len() < MAX_HANDSHAKES {
         return None;
     }
-    handshaking.iter().min_by_key(|(_, since)| *since).map(|(i, _)| *i)
+    handshaking.iter().min_by_key(|h| (h.known_key, h.since)).map(|h| h.slot)
 }
 
 /// What becomes of a new connection from an address that already holds some.
@@ -288,10 +301,18 @@ mod tests {
         assert_eq!(evict(&[quiet(60 * S), handshake(S / 10)]), Some(0));
         assert_eq!(evict(&[quiet(S / 2), handshake(S / 10)]), None);
         assert_eq!(admit(&[(1, quiet(60 * S)), (4, handshake(S))], 2), Admission::AdmitClosing(4));
-        // At most MAX_HANDSHAKES at once: the oldest goes.
-        let many: alloc::vec::Vec<(usize, u64)> = (0..MAX_HANDSHAKES).map(|i| (i, 100 - i as u64)).collect();
+        // At most MAX_HANDSHAKES at once: the oldest goes, but a hello from a key the node
+        // serves outlives any number of newer empty or made-up ones.
+        let shake = |slot: usize, since: u64, known_key: bool| Handshake { slot, since, known_key };
+        let mut many: alloc::vec::Vec<Handshake> =
+            (0..MAX_HANDSHAKES).map(|i| shake(i, 100 - i as u64, false)).collect();
         assert_eq!(handshake_to_close(&many[..MAX_HANDSHAKES - 1]), None);
         assert_eq!(handshake_to_close(&many), Some(MAX_HANDSHAKES - 1));
+        many[MAX_HANDSHAKES - 1].known_key = true;
+        assert_eq!(handshake_to_close(&many), Some(MAX_HANDSHAKES - 2));
+        let all_known: alloc::vec::Vec<Handshake> =
+            many.iter().map(|h| shake(h.slot, h.since, true)).collect();
+        assert_eq!(handshake_to_close(&all_known), Some(MAX_HANDSHAKES - 1));
     }
 
     #[test]

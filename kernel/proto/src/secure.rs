@@ -26,6 +26,9 @@ enum State {
         transport: Transport,
         /// The key the client claimed in its hello (proven by its first record).
         client: PublicKey,
+        /// The node serves that key: making such a hello takes the key's private half (or a
+        /// recording of one), so it outranks other handshakes while it completes.
+        known: bool,
         /// Set once a record from the client opens: until then, the hello may be a recording.
         proven: bool,
         /// A record failed to open: nothing more is read, only the refusal is sent.
@@ -61,6 +64,11 @@ impl Guard {
     /// still completes its handshake, so that the client can read why, sealed.
     pub fn handshaking(&self) -> bool {
         matches!(self.state, State::Handshake(_))
+    }
+
+    /// Whether the hello named a key the node serves (not yet proven).
+    pub fn hello_from_known_key(&self) -> bool {
+        matches!(self.state, State::Open { known: true, .. })
     }
 
     /// The client's key, once it has proven it.
@@ -111,6 +119,7 @@ impl Guard {
                         self.state = State::Open {
                             transport: accepted.transport,
                             client: accepted.client,
+                            known: keys.ring.role(&accepted.client).is_some(),
                             proven: false,
                             broken: false,
                         };

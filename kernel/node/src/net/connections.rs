@@ -15,7 +15,7 @@ use cairn_bootcfg::Ceilings;
 use cairn_channel::PublicKey;
 use cairn_proto::ErrorCode;
 use cairn_proto::admission::{
-    self, Admission, DownloadPace, HANDSHAKE_DEADLINE_US, Pace, SlotView, UploadPace,
+    self, Admission, DownloadPace, HANDSHAKE_DEADLINE_US, Handshake, Pace, SlotView, UploadPace,
 };
 use cairn_proto::secure::Guard;
 use cairn_proto::session::{NodeApi, Session, SessionLimits, Work};
@@ -50,6 +50,8 @@ pub(super) struct Slot {
     pace: Pace,
     /// When the node closed its side.
     closed_at: Option<u64>,
+    /// Reset by the node for another connection's sake during this round of polling.
+    aborted: bool,
     /// The upload in progress, which must keep up (`admission::UploadPace`): the room it was
     /// promised is not held at a trickle.
     upload: Option<UploadPace>,
@@ -116,6 +118,7 @@ impl Connections {
                     peer: None,
                     pace: Pace::default(),
                     closed_at: None,
+                    aborted: false,
                     upload: None,
                     download: None,
                 }
@@ -149,7 +152,7 @@ impl Connections {
                     && s.peer == Some(peer)
                     && !s.guard.authenticated()
                     && s.closed_at.is_none()
-                    && network.sockets.get::<tcp::Socket>(s.socket).state() == tcp::State::Established
+                    && network.sockets.get::<tcp::Socket>(s.socket).is_active()
             })
             .map(|(i, s)| (i, Self::view(network, s, now)))
             .collect()
@@ -164,7 +167,9 @@ impl Connections {
             .filter(|(i, s)| {
                 *i != slot
                     && s.closed_at.is_none()
-                    && network.sockets.get::<tcp::Socket>(s.socket).state() == tcp::State::Established
+                    // Half-closed ones too: a client that shut its side down while it is owed
+                    // answers still holds its slot.
+                    && network.sockets.get::<tcp::Socket>(s.socket).is_active()
             })
             .filter_map(|(i, s)| Some((i, Self::view(network, s, now), s.guard.client()?)))
             .collect()
@@ -207,6 +212,11 @@ impl Connections {
             let socket = network.sockets.get_mut::<tcp::Socket>(self.slots[index].socket);
             if !socket.is_open() {
                 let slot = &mut self.slots[index];
+                if core::mem::take(&mut slot.aborted) {
+                    // Closed by the node during this round: its reset goes out with the next
+                    // network poll, and listening now would forget whom to send it to.
+                    continue;
+                }
                 slot.session = None;
                 slot.peer = None;
                 slot.closed_at = None;
@@ -402,7 +412,7 @@ impl Connections {
     /// Before a handshake starts on `index`, closes the oldest one in progress if there are as
     /// many as the node allows: unauthenticated connections cost little, and no more than that.
     fn limit_handshakes(&mut self, network: &mut Network, index: usize) {
-        let handshaking: Vec<(usize, u64)> = self
+        let handshaking: Vec<Handshake> = self
             .slots
             .iter()
             .enumerate()
@@ -413,11 +423,16 @@ impl Connections {
                     && !s.guard.authenticated()
                     && network.sockets.get::<tcp::Socket>(s.socket).is_active()
             })
-            .map(|(i, s)| (i, s.opened_at))
+            .map(|(i, s)| Handshake {
+                slot: i,
+                since: s.opened_at,
+                known_key: s.guard.hello_from_known_key(),
+            })
             .collect();
-        if let Some(oldest) = admission::handshake_to_close(&handshaking) {
+        if let Some(closing) = admission::handshake_to_close(&handshaking) {
             self.refusals.handshake += 1;
-            network.sockets.get_mut::<tcp::Socket>(self.slots[oldest].socket).abort();
+            self.slots[closing].aborted = true;
+            network.sockets.get_mut::<tcp::Socket>(self.slots[closing].socket).abort();
         }
     }
 
@@ -455,6 +470,7 @@ impl Connections {
             // Only a handshake: it is owed no word and no graceful close, and its slot is free
             // at once.
             self.refusals.handshake += 1;
+            slot.aborted = true;
             socket.abort();
             return;
         }
