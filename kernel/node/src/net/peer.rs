@@ -27,7 +27,8 @@ use crate::memory::objects::NodeStore;
 /// A peer that makes no progress for this long has failed.
 const STALL_US: u64 = 10_000_000;
 /// However a peer paces itself, one exchange with it ends by a deadline: this long, plus the
-/// time its bytes take at [`DEADLINE_RATE`] bytes per second.
+/// time the bytes actually exchanged take at [`DEADLINE_RATE`] bytes per second (not the sizes
+/// handles claim: a peer that delivers nothing earns no time).
 const DEADLINE_BASE_US: u64 = 30_000_000;
 const DEADLINE_RATE: u64 = 256 * 1024;
 /// While a link is busy, the node still answers others at least this often.
@@ -156,6 +157,9 @@ impl<'n> PeerLink<'n> {
                 self.wire_sent = 0;
             }
             progressed = true;
+            // Bytes taken by the peer are progress; bytes received are only once they open
+            // into the protocol's bytes (an empty record now and then is not).
+            self.last_progress = clock::micros_since_boot();
         }
         while s.can_recv() {
             let input = &mut self.wire_in;
@@ -169,13 +173,12 @@ impl<'n> PeerLink<'n> {
         if self.connected && !s.may_recv() && !progressed {
             return Err(format!("{} closed the connection", self.peer));
         }
+        self.open_records()?;
         let now = clock::micros_since_boot();
         if now > self.deadline {
             return Err(format!("{} did not finish in time", self.peer));
         }
-        if progressed {
-            self.last_progress = now;
-        } else if now.saturating_sub(self.last_progress) > self.stall_us {
+        if now.saturating_sub(self.last_progress) > self.stall_us {
             return Err(format!("{} made no progress for {} s", self.peer, self.stall_us / 1_000_000));
         }
         // Others are served while the peer streams, too, not only while it is quiet.
@@ -187,7 +190,7 @@ impl<'n> PeerLink<'n> {
         if !progressed {
             x86_64::instructions::interrupts::enable_and_hlt();
         }
-        self.open_records()
+        Ok(())
     }
 
     /// Finishes the handshake with the peer's reply, and opens the records received since.
@@ -203,18 +206,25 @@ impl<'n> PeerLink<'n> {
                 .map_err(|e| format!("{} is not the peer this node knows: {e}", self.peer))?;
             self.channel = Channel::Open(transport);
             self.wire_in.drain(..LEN_PREFIX + REPLY_LEN);
+            self.last_progress = clock::micros_since_boot();
         }
         let Channel::Open(transport) = &mut self.channel else { return Ok(()) };
-        let mut at = 0;
+        let (mut at, mut opened_bytes) = (0, 0u64);
         while at < self.wire_in.len() {
             let (taken, opened) =
                 transport.open(&self.wire_in[at..]).map_err(|e| format!("from {}: {e}", self.peer))?;
             if let Some(plain) = opened {
                 self.input.extend_from_slice(plain);
+                opened_bytes += plain.len() as u64;
             }
             at += taken;
         }
         self.wire_in.clear();
+        if opened_bytes > 0 {
+            // The exchange's time grows with what the peer delivers, not with what it claims.
+            self.extend_deadline(opened_bytes, 0);
+            self.last_progress = clock::micros_since_boot();
+        }
         Ok(())
     }
 
@@ -225,6 +235,7 @@ impl<'n> PeerLink<'n> {
         }
         let Channel::Open(transport) = &mut self.channel else { unreachable!("waited for above") };
         transport.seal(frames, &mut self.wire_out);
+        self.extend_deadline(frames.len() as u64, 0);
         while !self.wire_out.is_empty() {
             self.step(store)?;
         }
@@ -288,7 +299,6 @@ pub fn fetch(
         return Err(format!("{total} bytes do not fit in the store"));
     }
     let mut link = PeerLink::open(network, others, from)?;
-    link.extend_deadline(total, 0);
     let mut request = Vec::new();
     encode(&Frame { request: 0, message: Message::Hello { client: "cairn-node".into() } }, &mut request);
     for (i, h) in wanted.iter().enumerate() {
@@ -401,7 +411,6 @@ pub fn relocate(
     inputs.sort();
     inputs.dedup();
     let mut link = PeerLink::open(network, others, to)?;
-    link.extend_deadline(inputs.iter().map(|h| h.size()).fold(0u64, u64::saturating_add), 0);
     link.send_message(0, Message::Hello { client: "cairn-node".into() }, &ev.store)?;
     // HAVE in batches that each fit a frame, however many inputs the thunk has.
     let mut missing = Vec::new();
