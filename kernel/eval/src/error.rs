@@ -56,6 +56,21 @@ impl Failure {
         )
     }
 
+    /// The failure's own words, for the failures that carry some.
+    fn text(&self) -> Option<&String> {
+        match self {
+            Failure::InvalidThunk(why)
+            | Failure::Trap(why)
+            | Failure::BadSyscall(why)
+            | Failure::TaskError(why)
+            | Failure::MissingCapability(why)
+            | Failure::NodeLimit(why)
+            | Failure::NodeFault(why)
+            | Failure::Io(why) => Some(why),
+            _ => None,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Failure::InvalidThunk(_) => "invalid thunk",
@@ -79,19 +94,15 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())?;
+        if let Some(why) = self.text() {
+            return write!(f, ": {why}");
+        }
         match self {
-            Failure::InvalidThunk(why)
-            | Failure::Trap(why)
-            | Failure::BadSyscall(why)
-            | Failure::TaskError(why)
-            | Failure::MissingCapability(why)
-            | Failure::NodeLimit(why)
-            | Failure::NodeFault(why)
-            | Failure::Io(why) => write!(f, ": {why}"),
             Failure::ForgedHandle(h) | Failure::MissingObject(h) => write!(f, ": {h}"),
             Failure::OutOfMemory { limit } => write!(f, ": limit is {limit} bytes"),
             Failure::StepLimit { limit } => write!(f, ": more than {limit} applications"),
-            Failure::Timeout | Failure::NodeOutOfMemory => Ok(()),
+            // The rest carry text, written above.
+            _ => Ok(()),
         }
     }
 }
@@ -137,17 +148,7 @@ pub struct EvalError {
 impl EvalError {
     /// Memory this error holds beyond its own size: the text of its failure.
     pub fn text_bytes(&self) -> usize {
-        match &self.failure {
-            Failure::InvalidThunk(why)
-            | Failure::Trap(why)
-            | Failure::BadSyscall(why)
-            | Failure::TaskError(why)
-            | Failure::MissingCapability(why)
-            | Failure::NodeLimit(why)
-            | Failure::NodeFault(why)
-            | Failure::Io(why) => why.capacity(),
-            _ => 0,
-        }
+        self.failure.text().map_or(0, String::capacity)
     }
 }
 

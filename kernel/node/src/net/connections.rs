@@ -239,11 +239,11 @@ impl Connections {
                 self.limit_handshakes(network, index);
                 self.start_session(index, peer, admission != Admission::Refuse, now, served);
             }
-            let keyed = if self.slots[index].guard.authenticated() {
-                Vec::new()
-            } else {
-                self.keyed(network, index, now)
-            };
+            // Only a connection that may prove its key in this round (bytes waiting, no proof
+            // yet) needs the others' keys, so that the loop does not list them for every one.
+            let may_prove = !self.slots[index].guard.authenticated()
+                && network.sockets.get::<tcp::Socket>(self.slots[index].socket).can_recv();
+            let keyed = if may_prove { self.keyed(network, index, now) } else { Vec::new() };
             let per_client = self.per_client;
             let mut key_refused = false;
             let mut admit_key = |key: &PublicKey| {
