@@ -196,8 +196,9 @@ fn stat(stats: &str, key: &str) -> u64 {
 }
 
 /// Uploads are hashed span by span while they arrive, on the helper CPU when there is one
-/// (arch::smp): the names it computes are checked like any other, and a node with one CPU
-/// hashes them itself.
+/// (arch::smp), and the channel's keystreams are computed ahead there: the names it computes
+/// are checked like any other, the bytes come back as they went, and a node with one CPU does
+/// all of it itself.
 #[test]
 fn uploads_are_named_on_the_helper_cpu_and_without_one() {
     let big: Vec<u8> = (0..(4u32 << 20) + 777).map(|i| (i.wrapping_mul(2654435761) >> 9) as u8).collect();
@@ -220,11 +221,16 @@ fn uploads_are_named_on_the_helper_cpu_and_without_one() {
         let stats = client.stats().unwrap();
         assert_eq!(stat(&stats, "cpus"), cpus as u64, "{stats}");
         let helped = stat(&stats, "helper_hashed_bytes");
+        // Records streamed both ways (about 65 each way per copy): their keystreams were ordered
+        // ahead (net::ahead), computed by the helper or taken back by the boot CPU.
+        let keystreams = stat(&stats, "helper_keystreams") + stat(&stats, "keystreams_taken_back");
         if cpus == 1 {
             assert_eq!(helped, 0, "{stats}");
+            assert_eq!(keystreams, 0, "{stats}");
         } else {
             // Both uploads were offered to the helper; the boot CPU takes what is left at the end.
             assert!(helped > 0 && helped <= 2 * big.len() as u64, "{stats}");
+            assert!(keystreams >= 100, "{stats}");
         }
     }
 }

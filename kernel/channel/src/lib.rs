@@ -10,11 +10,13 @@
 
 extern crate alloc;
 
+mod aead;
 mod keys;
 mod record;
 
+pub use aead::{KEYSTREAM_LEN, Keystream};
 pub use keys::{KeyRing, PublicKey, Role, SecretKey};
-pub use record::Transport;
+pub use record::{AHEAD, Direction, KeystreamOrder, Prepared, Transport};
 
 use alloc::boxed::Box;
 use core::fmt;
@@ -144,8 +146,8 @@ impl Responder {
         let len = noise.write_message(&[], &mut reply[LEN_PREFIX..]).map_err(|_| ChannelError::Handshake)?;
         debug_assert_eq!(len, REPLY_LEN);
         reply[..LEN_PREFIX].copy_from_slice(&(REPLY_LEN as u16).to_be_bytes());
-        let transport = Transport::new(noise.into_transport_mode().map_err(|_| ChannelError::Handshake)?);
-        Ok(Accepted { transport, client, reply })
+        let (to_node, to_client) = split(&mut noise)?;
+        Ok(Accepted { transport: Transport::new(to_client, to_node), client, reply })
     }
 }
 
@@ -179,8 +181,19 @@ impl Initiator {
         expect_len(reply, REPLY_LEN)?;
         let mut payload = [0u8; REPLY_LEN];
         self.noise.read_message(&reply[LEN_PREFIX..], &mut payload).map_err(|_| ChannelError::Handshake)?;
-        Ok(Transport::new(self.noise.into_transport_mode().map_err(|_| ChannelError::Handshake)?))
+        let (to_node, to_client) = split(&mut self.noise)?;
+        Ok(Transport::new(to_node, to_client))
     }
+}
+
+/// The session's two keys, initiator to responder first (Noise's Split()), once the handshake
+/// is over. The records under them are Noise transport messages (`aead`), sealed here rather
+/// than by snow so that their keystreams can be computed ahead.
+fn split(noise: &mut snow::HandshakeState) -> Result<([u8; KEY_LEN], [u8; KEY_LEN]), ChannelError> {
+    if !noise.is_handshake_finished() {
+        return Err(ChannelError::Handshake);
+    }
+    Ok(noise.dangerously_get_raw_split())
 }
 
 fn expect_len(message: &[u8], expected: usize) -> Result<(), ChannelError> {

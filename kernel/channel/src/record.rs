@@ -1,24 +1,112 @@
 //! Sealed records: after the handshake, the protocol's bytes travel in records of at most
 //! [`MAX_RECORD`] bytes, each a 2-byte length and a ChaCha20-Poly1305 ciphertext under the
-//! session's key with a counter nonce. A record altered, dropped, repeated or moved fails to
-//! open, and the connection ends.
+//! session's key with a counter nonce (Noise's transport messages). A record altered, dropped,
+//! repeated or moved fails to open, and the connection ends.
+//!
+//! A record's keystream may be computed ahead, elsewhere (another CPU): a side streaming full
+//! records [`order`](Transport::order)s the keystreams of its next records and hands back a
+//! [`Prepared`] for each, which the record takes when its turn comes.
 
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use crate::{ChannelError, LEN_PREFIX, MAX_PLAIN, MAX_RECORD, TAG_LEN};
+use crate::aead::{self, CipherKey, KEYSTREAM_LEN, Keystream, Pad};
+use crate::{ChannelError, KEY_LEN, LEN_PREFIX, MAX_PLAIN, MAX_RECORD, TAG_LEN};
 
-/// One direction's keys each way, and the record being received.
+/// Which way records go, seen from this side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Send,
+    Receive,
+}
+
+/// Records of one direction whose keystreams may be ordered ahead, at most.
+pub const AHEAD: u64 = 6;
+
+/// A keystream to compute for a coming record: the work another CPU can take on. It holds the
+/// memory the keystream will fill, so computing it allocates nothing.
+pub struct KeystreamOrder {
+    key: CipherKey,
+    counter: u64,
+    buffer: Vec<u8>,
+}
+
+impl KeystreamOrder {
+    /// The record it is for.
+    pub fn counter(&self) -> u64 {
+        self.counter
+    }
+
+    pub fn compute(self) -> Keystream {
+        Keystream::compute_into(&self.key, self.counter, self.buffer)
+    }
+}
+
+/// A keystream ordered for a record, wherever it is being computed. `take` is called when the
+/// record is sealed or opened: it gives the keystream (computing it there and then if nobody has
+/// begun, waiting if someone is computing it), or None to have the record compute its own.
+pub trait Prepared: Send {
+    fn counter(&self) -> u64;
+    fn take(&mut self) -> Option<Keystream>;
+}
+
+/// One direction: its key, the next record's counter, and the keystreams ordered for the next
+/// records.
+pub(crate) struct Way {
+    key: CipherKey,
+    counter: u64,
+    /// Counter of the next keystream to order.
+    ordered: u64,
+    /// Whether the last record this way was a large one: only a stream of them is worth
+    /// ordering keystreams for.
+    streaming: bool,
+    prepared: VecDeque<Box<dyn Prepared>>,
+}
+
+impl Way {
+    #[cfg(test)]
+    pub(crate) fn key_for_tests(&self) -> [u8; KEY_LEN] {
+        self.key.bytes_for_tests()
+    }
+
+    fn new(key: [u8; KEY_LEN]) -> Way {
+        Way { key: CipherKey::new(key), counter: 0, ordered: 0, streaming: false, prepared: VecDeque::new() }
+    }
+
+    /// The keystream for the next record, if one was prepared and is to be had; and moves on to
+    /// the record after it.
+    fn next(&mut self, len: usize) -> (u64, Option<Keystream>) {
+        let counter = self.counter;
+        // Noise reserves the last nonce; 2^64 - 1 records cannot be sent in practice.
+        self.counter = counter.checked_add(1).filter(|c| *c < u64::MAX).expect("fewer than 2^64 - 1 records");
+        // Half a record or more: the last record of a long message, or of what a socket had room
+        // for, is seldom full.
+        self.streaming = len * 2 >= MAX_PLAIN;
+        while self.prepared.front().is_some_and(|p| p.counter() < counter) {
+            self.prepared.pop_front();
+        }
+        let ready = match self.prepared.front() {
+            Some(p) if p.counter() == counter => self.prepared.pop_front().and_then(|mut p| p.take()),
+            _ => None,
+        };
+        (counter, ready.filter(|stream| stream.is_for(&self.key, counter)))
+    }
+}
+
+/// Both directions' keys and counters, and the record being received.
 pub struct Transport {
-    noise: snow::TransportState,
-    /// The record being received: its length field, then its bytes.
+    pub(crate) send: Way,
+    receive: Way,
+    /// The record being received: its length field, then its bytes (opened in place).
     incoming: Vec<u8>,
-    /// The last record opened.
-    plain: Vec<u8>,
+    /// `incoming` holds a record opened and handed out: the next call starts a new one.
+    finished: bool,
 }
 
 impl Transport {
-    pub(crate) fn new(noise: snow::TransportState) -> Transport {
-        Transport { noise, incoming: Vec::new(), plain: Vec::new() }
+    pub(crate) fn new(send: [u8; KEY_LEN], receive: [u8; KEY_LEN]) -> Transport {
+        Transport { send: Way::new(send), receive: Way::new(receive), incoming: Vec::new(), finished: false }
     }
 
     /// Bytes on the wire for `plain` bytes sealed.
@@ -38,17 +126,19 @@ impl Transport {
     pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) {
         out.reserve(Self::sealed_len(plain.len()));
         for chunk in plain.chunks(MAX_PLAIN) {
+            out.extend_from_slice(&((chunk.len() + TAG_LEN) as u16).to_be_bytes());
             let start = out.len();
-            let len = chunk.len() + TAG_LEN;
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-            out.resize(start + LEN_PREFIX + len, 0);
-            // Fails only when the nonce is exhausted (2^64 records) or the buffer is short,
-            // neither of which can happen here.
-            let written = self
-                .noise
-                .write_message(chunk, &mut out[start + LEN_PREFIX..])
-                .expect("a record of at most MAX_PLAIN bytes seals into its room");
-            debug_assert_eq!(written, len);
+            out.extend_from_slice(chunk);
+            let (counter, ready) = self.send.next(chunk.len());
+            let pad = match &ready {
+                Some(stream) => Pad::Ready(stream),
+                None => Pad::Now(&self.send.key, counter),
+            };
+            let tag = aead::seal(pad, &mut out[start..]);
+            out.extend_from_slice(&tag);
+        }
+        if plain.len() >= MAX_PLAIN {
+            self.send.streaming = true;
         }
     }
 
@@ -56,6 +146,10 @@ impl Transport {
     /// and, when a record was completed, its plaintext. Bytes after a record stay with the
     /// caller, so that it can stop reading when whoever takes the plaintext is full.
     pub fn open(&mut self, bytes: &[u8]) -> Result<(usize, Option<&[u8]>), ChannelError> {
+        if self.finished {
+            self.incoming.clear();
+            self.finished = false;
+        }
         let mut taken = 0;
         if self.incoming.len() < LEN_PREFIX {
             let n = (LEN_PREFIX - self.incoming.len()).min(bytes.len());
@@ -76,18 +170,54 @@ impl Transport {
         if self.incoming.len() < LEN_PREFIX + len {
             return Ok((taken, None));
         }
-        self.plain.resize(len, 0);
-        let opened = self
-            .noise
-            .read_message(&self.incoming[LEN_PREFIX..], &mut self.plain)
-            .map_err(|_| ChannelError::Record)?;
-        self.incoming.clear();
-        Ok((taken, Some(&self.plain[..opened])))
+        let (body, tag) = self.incoming[LEN_PREFIX..].split_at_mut(len - TAG_LEN);
+        let tag: &[u8; TAG_LEN] = (&*tag).try_into().expect("the tag's length");
+        let (counter, ready) = self.receive.next(body.len());
+        let pad = match &ready {
+            Some(stream) => Pad::Ready(stream),
+            None => Pad::Now(&self.receive.key, counter),
+        };
+        aead::open(pad, body, tag).map_err(|()| ChannelError::Record)?;
+        // The plaintext stays in `incoming` until the next call, which starts a new record.
+        self.finished = true;
+        Ok((taken, Some(&self.incoming[LEN_PREFIX..len - TAG_LEN + LEN_PREFIX])))
     }
 
     /// Bytes of a record begun and not finished.
     pub fn partial(&self) -> usize {
-        self.incoming.len()
+        if self.finished { 0 } else { self.incoming.len() }
+    }
+
+    /// If this direction streams full records and fewer than [`AHEAD`] of its next keystreams
+    /// are ordered, an order for the next one: compute it (anywhere) and give this transport a
+    /// [`Prepared`] for it with [`expect`](Transport::expect). None also when the memory for it
+    /// cannot be had.
+    pub fn order(&mut self, direction: Direction) -> Option<KeystreamOrder> {
+        let way = self.way(direction);
+        way.ordered = way.ordered.max(way.counter);
+        if !way.streaming || way.ordered >= way.counter + AHEAD {
+            return None;
+        }
+        let mut buffer = Vec::new();
+        buffer.try_reserve_exact(KEYSTREAM_LEN).ok()?;
+        let order = KeystreamOrder { key: way.key.clone(), counter: way.ordered, buffer };
+        way.ordered += 1;
+        Some(order)
+    }
+
+    /// The keystream ordered for one of this direction's next records.
+    pub fn expect(&mut self, direction: Direction, prepared: Box<dyn Prepared>) {
+        let way = self.way(direction);
+        let at =
+            way.prepared.iter().position(|p| p.counter() > prepared.counter()).unwrap_or(way.prepared.len());
+        way.prepared.insert(at, prepared);
+    }
+
+    fn way(&mut self, direction: Direction) -> &mut Way {
+        match direction {
+            Direction::Send => &mut self.send,
+            Direction::Receive => &mut self.receive,
+        }
     }
 }
 

@@ -239,3 +239,167 @@ proptest! {
         let _ = open_all(&mut node, &bytes, 7);
     }
 }
+
+/// The same handshake as [`pair`] (same keys and seeds) made by snow alone: its transports are
+/// the reference the records must match byte for byte.
+fn snow_pair() -> (snow::TransportState, snow::TransportState) {
+    let (node, client) = (key(1), key(2));
+    let node_public = node.public();
+    let mut initiator = builder([7; 32])
+        .local_private_key(client.expose())
+        .and_then(|b| b.remote_public_key(&node_public.0))
+        .and_then(|b| b.build_initiator())
+        .unwrap();
+    let mut responder =
+        builder([9; 32]).local_private_key(node.expose()).and_then(|b| b.build_responder()).unwrap();
+    let (mut hello, mut reply, mut scratch) = ([0u8; 200], [0u8; 200], [0u8; 200]);
+    let n = initiator.write_message(&[], &mut hello).unwrap();
+    responder.read_message(&hello[..n], &mut scratch).unwrap();
+    let n = responder.write_message(&[], &mut reply).unwrap();
+    initiator.read_message(&reply[..n], &mut scratch).unwrap();
+    (initiator.into_transport_mode().unwrap(), responder.into_transport_mode().unwrap())
+}
+
+/// A keystream computed ahead, as the node's helper CPU hands it back.
+struct Computed(Option<Keystream>, u64);
+
+impl Prepared for Computed {
+    fn counter(&self) -> u64 {
+        self.1
+    }
+    fn take(&mut self) -> Option<Keystream> {
+        self.0.take()
+    }
+}
+
+/// Orders and computes every keystream `transport` wants for `direction`.
+fn prepare(transport: &mut Transport, direction: Direction) -> usize {
+    let mut ordered = 0;
+    while let Some(order) = transport.order(direction) {
+        let counter = order.counter();
+        transport.expect(direction, Box::new(Computed(Some(order.compute()), counter)));
+        ordered += 1;
+    }
+    ordered
+}
+
+#[test]
+fn records_are_noise_transport_messages() {
+    let (mut client, _, _) = pair();
+    let (mut snow_client, mut snow_node) = snow_pair();
+    for len in [0, 1, 63, 64, 65, 1000, MAX_PLAIN] {
+        let message: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
+        // Ours sealed, snow's opened; and snow's sealed is the very same bytes.
+        let mut wire = Vec::new();
+        client.seal(&message, &mut wire);
+        if len == 0 {
+            assert!(wire.is_empty(), "nothing to send makes no record");
+            continue;
+        }
+        let mut expected = alloc::vec![0u8; len + TAG_LEN];
+        let n = snow_client.write_message(&message, &mut expected).unwrap();
+        assert_eq!(&wire[LEN_PREFIX..], &expected[..n], "{len} bytes sealed");
+        let mut opened = alloc::vec![0u8; len];
+        assert_eq!(snow_node.read_message(&wire[LEN_PREFIX..], &mut opened).unwrap(), len);
+        assert_eq!(opened, message);
+        // And back: snow's node seals, our client opens.
+        let mut back = alloc::vec![0u8; len + TAG_LEN];
+        let n = snow_node.write_message(&message, &mut back).unwrap();
+        let mut framed = ((n as u16).to_be_bytes()).to_vec();
+        framed.extend_from_slice(&back[..n]);
+        assert_eq!(open_all(&mut client, &framed, 4096).unwrap(), message, "{len} bytes opened");
+    }
+}
+
+#[test]
+fn records_are_rfc_8439_chacha20_poly1305() {
+    use chacha20poly1305::aead::{Aead, KeyInit};
+    let (mut client, _, _) = pair();
+    let key = client.send.key_for_tests();
+    let cipher = chacha20poly1305::ChaCha20Poly1305::new(&key.into());
+    for counter in 0u64..3 {
+        let message = alloc::vec![counter as u8; 100];
+        let mut wire = Vec::new();
+        client.seal(&message, &mut wire);
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&counter.to_le_bytes());
+        assert_eq!(wire[LEN_PREFIX..], cipher.encrypt(&nonce.into(), &message[..]).unwrap()[..]);
+    }
+}
+
+#[test]
+fn only_a_stream_of_full_records_orders_keystreams_and_never_more_than_ahead() {
+    let (mut client, _, _) = pair();
+    let mut wire = Vec::new();
+    client.seal(b"small", &mut wire);
+    assert!(client.order(Direction::Send).is_none(), "a small record is no stream");
+    client.seal(&alloc::vec![1u8; MAX_PLAIN], &mut wire);
+    assert_eq!(prepare(&mut client, Direction::Send), AHEAD as usize);
+    assert!(client.order(Direction::Send).is_none());
+    assert!(client.order(Direction::Receive).is_none(), "the other way streams nothing yet");
+}
+
+#[test]
+fn a_keystream_for_another_key_or_record_is_never_used() {
+    let (mut client, mut node, _) = pair();
+    let (mut other, _, _) = {
+        let (node, client) = (key(3), key(4));
+        let (initiator, hello) = Initiator::new(&client, &node.public(), [1; 32]).unwrap();
+        let mut responder = Responder::new();
+        responder.take(&hello).unwrap();
+        let accepted = responder.answer(&node, [2; 32]).unwrap();
+        (initiator.finish(&accepted.reply).unwrap(), accepted.transport, ())
+    };
+    let big = alloc::vec![7u8; MAX_PLAIN];
+    let (mut wire, mut scratch) = (Vec::new(), Vec::new());
+    client.seal(&big, &mut wire);
+    other.seal(&big, &mut scratch);
+    // Another session's keystream for record 1, and this session's for a later record, offered
+    // for record 1: neither is used, and the record is still right.
+    let foreign = other.order(Direction::Send).unwrap();
+    assert_eq!(foreign.counter(), 1);
+    client.expect(Direction::Send, Box::new(Computed(Some(foreign.compute()), 1)));
+    let orders: Vec<KeystreamOrder> = core::iter::from_fn(|| client.order(Direction::Send)).collect();
+    let last = orders.into_iter().last().unwrap();
+    assert_eq!(last.counter(), AHEAD);
+    client.expect(Direction::Send, Box::new(Computed(Some(last.compute()), 1)));
+    client.seal(&big, &mut wire);
+    assert_eq!(open_all(&mut node, &wire, 10_000).unwrap().len(), 2 * MAX_PLAIN);
+}
+
+proptest! {
+    #[test]
+    fn keystreams_computed_ahead_give_the_same_records(
+        lens in prop::collection::vec(prop_oneof![Just(MAX_PLAIN), 0usize..200, Just(MAX_PLAIN + 1)], 1..12),
+        supplied in prop::collection::vec(any::<bool>(), 12),
+    ) {
+        let (mut ahead_client, mut ahead_node, _) = pair();
+        let (mut plain_client, mut plain_node, _) = pair();
+        let (mut ahead_wire, mut plain_wire, mut all) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, len) in lens.iter().enumerate() {
+            let message: Vec<u8> = (0..*len).map(|j| (i * 7 + j) as u8).collect();
+            // Some orders are computed, some are lost (take gives nothing): the records are
+            // the same either way.
+            while let Some(order) = ahead_client.order(Direction::Send) {
+                let counter = order.counter();
+                let stream = supplied[i].then(|| order.compute());
+                ahead_client.expect(Direction::Send, Box::new(Computed(stream, counter)));
+            }
+            prepare(&mut ahead_node, Direction::Receive);
+            ahead_client.seal(&message, &mut ahead_wire);
+            plain_client.seal(&message, &mut plain_wire);
+            all.extend_from_slice(&message);
+        }
+        prop_assert_eq!(&ahead_wire, &plain_wire);
+        let mut opened = Vec::new();
+        let mut rest = &ahead_wire[..];
+        while !rest.is_empty() {
+            prepare(&mut ahead_node, Direction::Receive);
+            let (taken, plain) = ahead_node.open(rest).unwrap();
+            opened.extend_from_slice(plain.unwrap_or(&[]));
+            rest = &rest[taken..];
+        }
+        prop_assert_eq!(&opened, &all);
+        prop_assert_eq!(open_all(&mut plain_node, &plain_wire, 9000).unwrap(), all);
+    }
+}

@@ -285,7 +285,7 @@ fn serve(config: &NodeConfig) -> Status {
             if let Some(cluster) = s.cluster.as_mut() {
                 cluster.poll();
             }
-        } else {
+        } else if !arch::smp::help() {
             // The timer (100 Hz) or a device interrupt wakes us to poll again.
             let halted = arch::clock::micros_since_boot();
             x86_64::instructions::interrupts::enable_and_hlt();

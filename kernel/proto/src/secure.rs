@@ -175,6 +175,15 @@ impl Guard {
         }
     }
 
+    /// The session's records once the handshake is done (for keystreams computed ahead), while
+    /// they still flow.
+    pub fn transport(&mut self) -> Option<&mut Transport> {
+        match &mut self.state {
+            State::Open { transport, broken: false, .. } => Some(transport),
+            _ => None,
+        }
+    }
+
     /// Whether anything waits to be sent.
     pub fn has_output(&self, session: &Session) -> bool {
         self.reply.is_some() || (matches!(self.state, State::Open { .. }) && session.has_output())

@@ -116,7 +116,7 @@ fn bench_net(boot: &BootArgs, mib: u64) -> anyhow::Result<Vec<Measurement>> {
         word.copy_from_slice(&state.to_le_bytes());
     }
     let handle = cairn_object::Handle::blob(&bytes);
-    let outcome = (|| -> anyhow::Result<(f64, f64)> {
+    let outcome = (|| -> anyhow::Result<(f64, f64, String)> {
         let mut client = Client::connect(&format!("127.0.0.1:{port}"))?;
         let started = Instant::now();
         client.put(handle, &bytes, |_| {})?;
@@ -125,15 +125,29 @@ fn bench_net(boot: &BootArgs, mib: u64) -> anyhow::Result<Vec<Measurement>> {
         let back = client.get(handle, |_, _| {})?;
         let get_s = started.elapsed().as_secs_f64();
         anyhow::ensure!(back == bytes, "the blob came back different");
-        Ok((put_s, get_s))
+        Ok((put_s, get_s, client.stats()?))
     })();
     vm.kill();
-    let (put_s, get_s) = outcome?;
+    let (put_s, get_s, stats) = outcome?;
     let mib = mib as f64;
-    Ok(vec![
+    let mut results = vec![
         ("put_mib_s".into(), mib / put_s, "MiB/s".into()),
         ("get_mib_s".into(), mib / get_s, "MiB/s".into()),
-    ])
+    ];
+    // How the node shared the work between its CPUs (docs/ARCHITECTURE.md, "CPUs").
+    for (key, unit) in [
+        ("helper_busy_ms", "ms"),
+        ("helper_hashed_bytes", "bytes"),
+        ("helper_keystreams", "records"),
+        ("keystreams_taken_back", "records"),
+        ("idle_ms", "ms"),
+    ] {
+        let value = stats.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse::<f64>().ok());
+        if let Some(value) = value {
+            results.push((key.into(), value, unit.into()));
+        }
+    }
+    Ok(results)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! A second CPU, the helper: started at boot, it runs in ring 0 with the kernel's page tables
-//! and does one kind of work, which the boot CPU hands it through [`offer`]: today, hashing
-//! uploads while they arrive (memory::objects). It never runs tasks, takes no device interrupts
+//! and does the work the boot CPU hands it through [`offer`]: hashing uploads while they arrive
+//! (memory::objects), and computing the secure channel's keystreams ahead of the records that
+//! will use them (net::ahead). It never runs tasks, takes no device interrupts
 //! and holds no locks the boot CPU's interrupt handlers take; between pieces of work it halts
 //! until the boot CPU wakes it with an IPI.
 //!
@@ -24,12 +25,17 @@ use x86_64::structures::paging::PhysFrame;
 use super::{clock, cpu, gdt, trap};
 use crate::memory::{self, FRAME_SIZE, phys_to_virt};
 
-/// Work the helper CPU can do. `run` does what there is and returns; the helper calls it again
-/// after each wake-up, for as long as the work is offered.
+/// Work the helper CPU can do. `run` does one piece of it (a span, a keystream) and returns:
+/// the helper goes round the work it holds piece by piece, so that none waits behind another,
+/// for as long as the work is offered.
 pub trait HelperWork: Send + Sync {
     fn run(&self);
     /// Whether `run` would find something to do now (checked before the helper halts).
     fn has_work(&self) -> bool;
+    /// Whether the boot CPU may take pieces of it when it would otherwise halt ([`help`]).
+    fn shared_with_boot_cpu(&self) -> bool {
+        false
+    }
 }
 
 const WAKE_VECTOR: u8 = 0xf0;
@@ -56,7 +62,10 @@ static HELPER_APIC_ID: AtomicU64 = AtomicU64::new(0);
 static ONLINE: AtomicBool = AtomicBool::new(false);
 /// Set by the helper just before it halts; the boot CPU sends a wake-up only then.
 static SLEEPING: AtomicBool = AtomicBool::new(false);
-static WORK: Mutex<Option<Arc<dyn HelperWork>>> = Mutex::new(None);
+static BUSY_US: AtomicU64 = AtomicU64::new(0);
+/// Kinds of work held at once: the keystreams, and one upload.
+const SLOTS: usize = 2;
+static WORK: Mutex<[Option<Arc<dyn HelperWork>>; SLOTS]> = Mutex::new([None, None]);
 
 // The trampoline, copied to a page below 1 MiB and entered there in real mode with CS = the
 // page's segment and IP = 0. Bytes 8..56 are parameters written before the copy is started
@@ -321,18 +330,38 @@ extern "C" fn helper_main() -> ! {
         // below, and one made after it sees SLEEPING and sends the wake-up, which stays pending
         // until the STI of enable_and_hlt and then ends the HLT.
         SLEEPING.store(true, Ordering::SeqCst);
-        let work = WORK.lock().clone();
-        match work.filter(|w| w.has_work()) {
-            Some(work) => {
-                SLEEPING.store(false, Ordering::SeqCst);
-                work.run();
-            }
-            None => {
-                x86_64::instructions::interrupts::enable_and_hlt();
-                SLEEPING.store(false, Ordering::SeqCst);
-            }
+        let works = WORK.lock().clone();
+        let mut worked = false;
+        for work in works.iter().flatten().filter(|w| w.has_work()) {
+            SLEEPING.store(false, Ordering::SeqCst);
+            let started = clock::micros_since_boot();
+            work.run();
+            BUSY_US.fetch_add(clock::micros_since_boot() - started, Ordering::Relaxed);
+            worked = true;
+        }
+        // Let go of the work before halting: whoever offered it may be waiting to own it again.
+        drop(works);
+        if !worked {
+            x86_64::instructions::interrupts::enable_and_hlt();
+            SLEEPING.store(false, Ordering::SeqCst);
         }
     }
+}
+
+/// Does one piece of the helper's work on this CPU, if there is some: the boot CPU calls it when
+/// it would otherwise halt, so that when the helper is the bottleneck (hashing an upload and
+/// computing its keystreams) the boot CPU's idle moments go to the same work. Called with no
+/// task live (the work may use SIMD registers); returns whether it did anything.
+pub fn help() -> bool {
+    if !online() {
+        return false;
+    }
+    let works = WORK.lock().clone();
+    let Some(work) = works.iter().flatten().find(|w| w.shared_with_boot_cpu() && w.has_work()) else {
+        return false;
+    };
+    work.run();
+    true
 }
 
 /// Wakes the helper if it is halted.
@@ -342,16 +371,14 @@ pub fn poke() {
     }
 }
 
-/// Hands `work` to the helper if it is running and has none; returns whether it took it.
+/// Hands `work` to the helper if it is running and has room for it; returns whether it took it.
 pub fn offer(work: Arc<dyn HelperWork>) -> bool {
     if !online() {
         return false;
     }
     {
-        let mut slot = WORK.lock();
-        if slot.is_some() {
-            return false;
-        }
+        let mut slots = WORK.lock();
+        let Some(slot) = slots.iter_mut().find(|s| s.is_none()) else { return false };
         *slot = Some(work);
     }
     poke();
@@ -361,8 +388,15 @@ pub fn offer(work: Arc<dyn HelperWork>) -> bool {
 /// Takes back `work` if the helper holds it. The helper may still be inside a `run` of it;
 /// the work must stay safe for that (hold what it touches through its `Arc`).
 pub fn withdraw(work: &Arc<dyn HelperWork>) {
-    let mut slot = WORK.lock();
-    if slot.as_ref().is_some_and(|w| Arc::ptr_eq(w, work)) {
-        *slot = None;
+    let mut slots = WORK.lock();
+    for slot in slots.iter_mut() {
+        if slot.as_ref().is_some_and(|w| Arc::ptr_eq(w, work)) {
+            *slot = None;
+        }
     }
+}
+
+/// Microseconds the helper has spent on work since boot (STATS `helper_busy_ms`).
+pub fn busy_us() -> u64 {
+    BUSY_US.load(Ordering::Relaxed)
 }

@@ -148,7 +148,7 @@ impl SpanHashing {
 
 impl HelperWork for SpanHashing {
     fn run(&self) {
-        while self.hash_next() {
+        if self.hash_next() {
             HELPER_SPANS.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -29,6 +29,8 @@ use crate::arch::clock;
 pub const PORT: u16 = 7070;
 /// Each socket's receive and send buffers.
 const BUFFER: usize = 256 * 1024;
+/// A whole record of the secure channel on the wire.
+const FULL_RECORD: usize = cairn_channel::LEN_PREFIX + cairn_channel::MAX_RECORD;
 /// Queued work a connection may have outstanding at once.
 const WORK_PER_CONNECTION: usize = 8;
 /// A connection the node closed is reset if the client has not closed its side this long
@@ -275,6 +277,9 @@ impl Connections {
                 let _ = socket.recv(|bytes| {
                     // Record by record, so that a session that fills up stops the reading.
                     while received < bytes.len() && (session.accepts_input() || guard.handshaking()) {
+                        if let Some(transport) = guard.transport() {
+                            super::ahead::order_keystreams(transport);
+                        }
                         received += guard.receive(
                             &bytes[received..],
                             session,
@@ -310,7 +315,15 @@ impl Connections {
             }
             let mut sent = 0;
             while socket.can_send() && guard.has_output(session) {
+                if let Some(transport) = guard.transport() {
+                    super::ahead::order_keystreams(transport);
+                }
                 let room = socket.send_capacity() - socket.send_queue();
+                // While a full record is still on its way, wait for room for another whole one:
+                // full records cost the least each, and their keystreams are computed ahead.
+                if room < FULL_RECORD && socket.send_queue() >= FULL_RECORD {
+                    break;
+                }
                 let out = guard.output(session, room);
                 if out.is_empty() {
                     break;

@@ -1,5 +1,6 @@
 //! The node's network: smoltcp over the virtio card, addressed by DHCP, serving the node API.
 
+pub mod ahead;
 pub mod api;
 pub mod busy;
 pub mod client;

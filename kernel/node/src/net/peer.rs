@@ -211,6 +211,7 @@ impl<'n> PeerLink<'n> {
         let Channel::Open(transport) = &mut self.channel else { return Ok(()) };
         let (mut at, mut opened_bytes) = (0, 0u64);
         while at < self.wire_in.len() {
+            super::ahead::order_keystreams(transport);
             let (taken, opened) =
                 transport.open(&self.wire_in[at..]).map_err(|e| format!("from {}: {e}", self.peer))?;
             if let Some(plain) = opened {
