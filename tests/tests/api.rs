@@ -223,7 +223,7 @@ fn uploads_are_named_on_the_helper_cpu_and_without_one() {
         let helped = stat(&stats, "helper_hashed_bytes");
         // Records streamed both ways (about 65 each way per copy): their keystreams were ordered
         // ahead (net::ahead), computed by the helper or taken back by the boot CPU.
-        let keystreams = stat(&stats, "helper_keystreams") + stat(&stats, "keystreams_taken_back");
+        let keystreams = stat(&stats, "keystreams_ahead") + stat(&stats, "keystreams_taken_back");
         if cpus == 1 {
             assert_eq!(helped, 0, "{stats}");
             assert_eq!(keystreams, 0, "{stats}");
@@ -233,6 +233,44 @@ fn uploads_are_named_on_the_helper_cpu_and_without_one() {
             assert!(keystreams >= 100, "{stats}");
         }
     }
+}
+
+/// Keystreams ordered for a connection go with it when it closes (net::ahead): after clients
+/// that streamed large downloads at the same time are gone, none is left ordered, and the next
+/// client's records get theirs computed ahead again.
+#[test]
+fn a_closed_connections_keystreams_go_with_it() {
+    let (_node, address) = serving_node();
+    let big: Vec<u8> = (0..(3u32 << 20)).map(|i| (i.wrapping_mul(2246822519) >> 11) as u8).collect();
+    let handle = Handle::blob(&big);
+    Client::connect(&address).unwrap().put(handle, &big, |_| {}).unwrap();
+    // Several connections stream at once, so that they hold different slots.
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let address = address.clone();
+            std::thread::spawn(move || {
+                Client::connect(&address).unwrap().get(handle, |_, _| {}).unwrap().len()
+            })
+        })
+        .collect();
+    for reader in readers {
+        assert_eq!(reader.join().unwrap(), big.len());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut stats = String::new();
+    while std::time::Instant::now() < deadline {
+        stats = Client::connect(&address).unwrap().stats().unwrap();
+        if stat(&stats, "keystreams_live") == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(stat(&stats, "keystreams_live"), 0, "closed connections keep keystreams: {stats}");
+    let before = stat(&stats, "keystreams_ahead");
+    let mut client = Client::connect(&address).unwrap();
+    assert!(client.get(handle, |_, _| {}).unwrap() == big);
+    let after = client.stats().unwrap();
+    assert!(stat(&after, "keystreams_ahead") >= before + 30, "{after}");
 }
 
 /// A long evaluation does not hold up other clients' reads (kernel/node/src/net/busy.rs):

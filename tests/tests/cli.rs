@@ -303,7 +303,7 @@ fn bench_net_puts_and_gets_64_mib() {
             "get_mib_s",
             "helper_busy_ms",
             "helper_hashed_bytes",
-            "helper_keystreams",
+            "keystreams_ahead",
             "keystreams_taken_back",
             "idle_ms"
         ]
@@ -313,7 +313,7 @@ fn bench_net_puts_and_gets_64_mib() {
         assert!(value.is_finite() && value >= 0.0, "{row}");
     }
     // The node's two CPUs shared the work: the helper hashed the upload and computed keystreams.
-    for name in ["put_mib_s", "get_mib_s", "helper_busy_ms", "helper_hashed_bytes", "helper_keystreams"] {
+    for name in ["put_mib_s", "get_mib_s", "helper_busy_ms", "helper_hashed_bytes", "keystreams_ahead"] {
         let row = rows.iter().find(|r| r["name"] == name).unwrap();
         assert!(row["value"].as_f64().unwrap() > 0.0, "{row}");
     }

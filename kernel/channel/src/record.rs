@@ -70,6 +70,13 @@ impl Way {
         self.key.bytes_for_tests()
     }
 
+    /// Moves this direction on to record `counter`, as if all before it had been sent.
+    #[cfg(test)]
+    pub(crate) fn skip_to_for_tests(&mut self, counter: u64) {
+        self.counter = counter;
+        self.ordered = counter;
+    }
+
     fn new(key: [u8; KEY_LEN]) -> Way {
         Way { key: CipherKey::new(key), counter: 0, ordered: 0, streaming: false, prepared: VecDeque::new() }
     }
@@ -78,8 +85,9 @@ impl Way {
     /// the record after it.
     fn next(&mut self, len: usize) -> (u64, Option<Keystream>) {
         let counter = self.counter;
-        // Noise reserves the last nonce; 2^64 - 1 records cannot be sent in practice.
-        self.counter = counter.checked_add(1).filter(|c| *c < u64::MAX).expect("fewer than 2^64 - 1 records");
+        // Noise reserves the nonce 2^64 - 1; that many records cannot be sent in practice.
+        assert!(counter < u64::MAX, "a session's nonces are exhausted");
+        self.counter = counter + 1;
         // Half a record or more: the last record of a long message, or of what a socket had room
         // for, is seldom full.
         self.streaming = len * 2 >= MAX_PLAIN;
@@ -97,7 +105,7 @@ impl Way {
 /// Both directions' keys and counters, and the record being received.
 pub struct Transport {
     pub(crate) send: Way,
-    receive: Way,
+    pub(crate) receive: Way,
     /// The record being received: its length field, then its bytes (opened in place).
     incoming: Vec<u8>,
     /// `incoming` holds a record opened and handed out: the next call starts a new one.

@@ -403,3 +403,121 @@ proptest! {
         prop_assert_eq!(open_all(&mut plain_node, &plain_wire, 9000).unwrap(), all);
     }
 }
+
+/// Lengths around every boundary of the construction: Poly1305's 16-byte blocks, ChaCha20's
+/// 64-byte blocks, and the largest record.
+const EDGE_LENGTHS: [usize; 24] = [
+    1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 257, 4095, 4096, 4097, 32760, 65503,
+    65504, 65518, MAX_PLAIN,
+];
+
+/// A keystream computed ahead that counts how many records took it.
+struct Counted(Option<Keystream>, u64, alloc::sync::Arc<core::sync::atomic::AtomicUsize>);
+
+impl Prepared for Counted {
+    fn counter(&self) -> u64 {
+        self.1
+    }
+    fn take(&mut self) -> Option<Keystream> {
+        self.2.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        self.0.take()
+    }
+}
+
+fn prepare_counted(
+    transport: &mut Transport,
+    direction: Direction,
+    used: &alloc::sync::Arc<core::sync::atomic::AtomicUsize>,
+) {
+    while let Some(order) = transport.order(direction) {
+        let counter = order.counter();
+        transport.expect(direction, Box::new(Counted(Some(order.compute()), counter, used.clone())));
+    }
+}
+
+#[test]
+fn records_sealed_and_opened_with_keystreams_computed_ahead_match_snow() {
+    use core::sync::atomic::Ordering;
+    let (mut client, _, _) = pair();
+    let (mut snow_client, mut snow_node) = snow_pair();
+    let (sealed_ahead, opened_ahead) = (alloc::sync::Arc::default(), alloc::sync::Arc::default());
+    // A full record before each edge length keeps both directions streaming, so that every record
+    // after the first takes a keystream computed ahead.
+    let lengths: Vec<usize> = EDGE_LENGTHS.iter().flat_map(|&len| [MAX_PLAIN, len]).collect();
+    for (i, &len) in lengths.iter().enumerate() {
+        let message: Vec<u8> = (0..len).map(|j| (i * 7 + j * 13) as u8).collect();
+        prepare_counted(&mut client, Direction::Send, &sealed_ahead);
+        let mut wire = Vec::new();
+        client.seal(&message, &mut wire);
+        let mut expected = alloc::vec![0u8; len + TAG_LEN];
+        let n = snow_client.write_message(&message, &mut expected).unwrap();
+        assert_eq!(&wire[LEN_PREFIX..], &expected[..n], "{len} bytes sealed");
+        // Snow's node seals; our client opens.
+        let mut back = alloc::vec![0u8; len + TAG_LEN];
+        let n = snow_node.write_message(&message, &mut back).unwrap();
+        let mut framed = (n as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&back[..n]);
+        let mut rest = &framed[..];
+        let mut opened = Vec::new();
+        while !rest.is_empty() {
+            prepare_counted(&mut client, Direction::Receive, &opened_ahead);
+            let (taken, plain) = client.open(rest).unwrap();
+            opened.extend_from_slice(plain.unwrap_or(&[]));
+            rest = &rest[taken..];
+        }
+        assert_eq!(opened, message, "{len} bytes opened");
+    }
+    assert_eq!(sealed_ahead.load(Ordering::Relaxed), lengths.len() - 1);
+    assert_eq!(opened_ahead.load(Ordering::Relaxed), lengths.len() - 1);
+}
+
+#[test]
+fn a_tampered_record_fails_with_its_keystream_computed_ahead() {
+    for at in [0, 1, LEN_PREFIX, LEN_PREFIX + 100, LEN_PREFIX + MAX_PLAIN - 1, LEN_PREFIX + MAX_PLAIN + 3] {
+        let (mut client, mut node, _) = pair();
+        let big = alloc::vec![9u8; MAX_PLAIN];
+        let mut wire = Vec::new();
+        client.seal(&big, &mut wire);
+        client.seal(&big, &mut wire);
+        // The first record makes the node stream; the second opens with a keystream ahead.
+        let first = LEN_PREFIX + MAX_RECORD;
+        let (taken, plain) = node.open(&wire[..first]).unwrap();
+        assert_eq!((taken, plain.map(<[u8]>::len)), (first, Some(MAX_PLAIN)));
+        assert_eq!(prepare(&mut node, Direction::Receive), AHEAD as usize);
+        wire[first + at] ^= 0x20;
+        assert!(
+            open_all(&mut node, &wire[first..], 70_000).is_err(),
+            "byte {at} of the second record flipped"
+        );
+    }
+}
+
+#[test]
+fn records_far_into_a_session_are_still_rfc_8439() {
+    use chacha20poly1305::aead::{Aead, KeyInit};
+    for counter in [1u64 << 32, (1 << 32) + 7, 1 << 56, u64::MAX - 3, u64::MAX - 1] {
+        let (mut client, mut node, _) = pair();
+        let cipher = chacha20poly1305::ChaCha20Poly1305::new(&client.send.key_for_tests().into());
+        client.send.skip_to_for_tests(counter);
+        node.receive.skip_to_for_tests(counter);
+        let message = alloc::vec![counter as u8; 1000];
+        let mut wire = Vec::new();
+        client.seal(&message, &mut wire);
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&counter.to_le_bytes());
+        assert_eq!(
+            wire[LEN_PREFIX..],
+            cipher.encrypt(&nonce.into(), &message[..]).unwrap()[..],
+            "record {counter}"
+        );
+        assert_eq!(open_all(&mut node, &wire, 300).unwrap(), message, "record {counter}");
+    }
+}
+
+#[test]
+#[should_panic(expected = "nonces are exhausted")]
+fn the_reserved_last_nonce_is_never_used() {
+    let (mut client, _, _) = pair();
+    client.send.skip_to_for_tests(u64::MAX);
+    client.seal(b"one record too many", &mut Vec::new());
+}

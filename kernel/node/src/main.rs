@@ -84,7 +84,12 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     );
     choose_blake3();
     match arch::smp::start(boot_info) {
-        Ok(apic_id) => log::info!("smp: helper CPU (APIC id {apic_id}) online; it hashes uploads"),
+        Ok(apic_id) => {
+            net::ahead::start();
+            log::info!(
+                "smp: helper CPU (APIC id {apic_id}) online; it hashes uploads and computes keystreams"
+            )
+        }
         Err(why) => log::info!("smp: no helper CPU: {why}"),
     }
     log::info!("mode: {}", config.mode.name());

@@ -1,7 +1,7 @@
 //! Keystreams computed ahead on the helper CPU (arch::smp). A connection streaming full records
 //! orders the keystreams of its next records (`cairn_channel::Transport::order`); the helper
 //! computes them while the boot CPU moves bytes, so the boot CPU's share of a record is only the
-//! MAC and an XOR (docs/ARCHITECTURE.md, "CPUs").
+//! MAC and an XOR (docs/ARCHITECTURE.md, "The helper CPU").
 //!
 //! A keystream is computed by whichever CPU claims it first: when a record's turn comes and the
 //! helper has not begun its keystream, the boot CPU takes it back and computes just the bytes the
@@ -26,8 +26,9 @@ const CLAIMED: u8 = 1;
 const COMPUTED: u8 = 2;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
-/// Keystreams the helper computed, and those the boot CPU took back, for STATS.
-static BY_HELPER: AtomicU64 = AtomicU64::new(0);
+/// Keystreams computed ahead (by the helper, or by the boot CPU instead of halting), and those
+/// the boot CPU took back, for STATS.
+static AHEAD: AtomicU64 = AtomicU64::new(0);
 static TAKEN_BACK: AtomicU64 = AtomicU64::new(0);
 
 struct Job {
@@ -84,7 +85,7 @@ impl HelperWork for Queue {
         let order = job.order.lock().take();
         if let Some(order) = order {
             *job.stream.lock() = Some(order.compute());
-            BY_HELPER.fetch_add(1, Ordering::Relaxed);
+            AHEAD.fetch_add(1, Ordering::Relaxed);
         }
         job.state.store(COMPUTED, Ordering::Release);
     }
@@ -98,24 +99,19 @@ impl HelperWork for Queue {
     }
 }
 
-static QUEUE: spin::Once<Option<Arc<Queue>>> = spin::Once::new();
+static QUEUE: spin::Once<Arc<Queue>> = spin::Once::new();
 
-/// The queue, offered to the helper the first time it is asked for; None without a helper.
-fn queue() -> Option<&'static Arc<Queue>> {
-    QUEUE
-        .call_once(|| {
-            let queue = Arc::new(Queue(Mutex::new(VecDeque::with_capacity(IN_FLIGHT))));
-            smp::offer(queue.clone()).then_some(queue)
-        })
-        .as_ref()
+/// Hands the queue to the helper CPU, once it is online (at boot, before any connection).
+pub fn start() {
+    let queue = QUEUE.call_once(|| Arc::new(Queue(Mutex::new(VecDeque::with_capacity(IN_FLIGHT)))));
+    if !smp::offer(queue.clone()) {
+        log::warn!("smp: the helper took no keystream work; records compute their own");
+    }
 }
 
 /// Orders what `transport` wants computed ahead, both ways, while the node-wide ceiling allows.
 pub fn order_keystreams(transport: &mut Transport) {
-    if !smp::online() {
-        return;
-    }
-    let Some(queue) = queue() else { return };
+    let Some(queue) = QUEUE.get().filter(|_| smp::online()) else { return };
     let mut ordered = false;
     for direction in [Direction::Receive, Direction::Send] {
         while LIVE.load(Ordering::Relaxed) < IN_FLIGHT {
@@ -137,8 +133,8 @@ pub fn order_keystreams(transport: &mut Transport) {
     }
 }
 
-/// Keystreams the helper computed, and those the boot CPU computed itself because the helper had
-/// not begun them.
-pub fn stats() -> (u64, u64) {
-    (BY_HELPER.load(Ordering::Relaxed), TAKEN_BACK.load(Ordering::Relaxed))
+/// Keystreams computed ahead, those the boot CPU computed with their records because nobody had
+/// begun them, and those ordered and not yet used or dropped.
+pub fn stats() -> (u64, u64, usize) {
+    (AHEAD.load(Ordering::Relaxed), TAKEN_BACK.load(Ordering::Relaxed), LIVE.load(Ordering::Relaxed))
 }

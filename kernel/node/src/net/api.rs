@@ -224,12 +224,13 @@ impl NodeApi for Node<'_> {
         let eval = self.ev.stats();
         let keystreams = super::ahead::stats();
         format!(
-            "cpus={}\nhelper_busy_ms={}\nhelper_hashed_bytes={}\nhelper_keystreams={}\nkeystreams_taken_back={}\nobjects={}\nstore_bytes={}\nstore_used={}\nstore_limit={}\nstore_pinned={}\nstore_evictions={}\nstore_evicted_bytes={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nmemo_error_bytes={}\nmemo_evictions={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\nrelocated={}\n{}connections_served={}\nconnections_refused={}\nconnections_too_slow={}\nconnections_evicted={}\nconnections_idle={}\nconnections_handshake_closed={}\nuptime_ms={}\nidle_ms={}\n",
+            "cpus={}\nhelper_busy_ms={}\nhelper_hashed_bytes={}\nkeystreams_ahead={}\nkeystreams_taken_back={}\nkeystreams_live={}\nobjects={}\nstore_bytes={}\nstore_used={}\nstore_limit={}\nstore_pinned={}\nstore_evictions={}\nstore_evicted_bytes={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nmemo_error_bytes={}\nmemo_evictions={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\nrelocated={}\n{}connections_served={}\nconnections_refused={}\nconnections_too_slow={}\nconnections_evicted={}\nconnections_idle={}\nconnections_handshake_closed={}\nuptime_ms={}\nidle_ms={}\n",
             if crate::arch::smp::online() { 2 } else { 1 },
             crate::arch::smp::busy_us() / 1000,
             crate::memory::objects::helper_hashed_bytes(),
             keystreams.0,
             keystreams.1,
+            keystreams.2,
             store.objects,
             store.bytes,
             store.used,

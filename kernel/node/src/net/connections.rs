@@ -220,6 +220,8 @@ impl Connections {
                     continue;
                 }
                 slot.session = None;
+                // The channel's keys, and the keystreams it ordered, go with the connection.
+                slot.guard = Guard::new();
                 slot.peer = None;
                 slot.closed_at = None;
                 // Listening can only fail if the socket is not closed, which it is here.
@@ -277,9 +279,7 @@ impl Connections {
                 let _ = socket.recv(|bytes| {
                     // Record by record, so that a session that fills up stops the reading.
                     while received < bytes.len() && (session.accepts_input() || guard.handshaking()) {
-                        if let Some(transport) = guard.transport() {
-                            super::ahead::order_keystreams(transport);
-                        }
+                        order_keystreams(guard, session);
                         received += guard.receive(
                             &bytes[received..],
                             session,
@@ -315,9 +315,7 @@ impl Connections {
             }
             let mut sent = 0;
             while socket.can_send() && guard.has_output(session) {
-                if let Some(transport) = guard.transport() {
-                    super::ahead::order_keystreams(transport);
-                }
+                order_keystreams(guard, session);
                 let room = socket.send_capacity() - socket.send_queue();
                 // While a full record is still on its way, wait for room for another whole one:
                 // full records cost the least each, and their keystreams are computed ahead.
@@ -496,5 +494,16 @@ impl Connections {
         }
         slot.closed_at = Some(now);
         socket.close();
+    }
+}
+
+/// Keystreams computed ahead (net::ahead) only for a client that has proven its key and is
+/// being served, not for one being refused.
+fn order_keystreams(guard: &mut Guard, session: &Session) {
+    if !guard.authenticated() || session.closing() {
+        return;
+    }
+    if let Some(transport) = guard.transport() {
+        super::ahead::order_keystreams(transport);
     }
 }
