@@ -1,0 +1,102 @@
+//! What the store knows, in memory: where each object's record is, and the notes (memo entries,
+//! pins, jobs: 40-byte keys to 40-byte values, by namespace). A checkpoint record holds all of
+//! it (docs/STORE.md, "Checkpoints").
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use cairn_object::{Handle, Kind};
+
+pub const KEY_LEN: usize = 40;
+pub type NoteKey = [u8; KEY_LEN];
+pub type NoteValue = [u8; KEY_LEN];
+
+const MAGIC: [u8; 4] = *b"CKP1";
+const OBJECT_ENTRY: usize = Handle::LEN + 8 + 4;
+const NOTE_ENTRY: usize = 1 + 2 * KEY_LEN;
+
+/// Where an object's record is: its position in the log and its bytes' length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub position: u64,
+    pub len: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Index {
+    pub objects: BTreeMap<Handle, Location>,
+    pub notes: BTreeMap<(u8, NoteKey), NoteValue>,
+    /// Bytes of the objects held.
+    pub object_bytes: u64,
+}
+
+impl Index {
+    pub fn insert_object(&mut self, handle: Handle, location: Location) {
+        if self.objects.insert(handle, location).is_none() {
+            self.object_bytes += u64::from(location.len);
+        }
+    }
+
+    pub fn set_note(&mut self, space: u8, key: NoteKey, value: Option<NoteValue>) {
+        match value {
+            Some(value) => self.notes.insert((space, key), value),
+            None => self.notes.remove(&(space, key)),
+        };
+    }
+
+    pub fn encoded_len(&self) -> usize {
+        MAGIC.len() + 16 + self.objects.len() * OBJECT_ENTRY + self.notes.len() * NOTE_ENTRY
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&(self.objects.len() as u64).to_le_bytes());
+        for (handle, at) in &self.objects {
+            out.extend_from_slice(handle.as_bytes());
+            out.extend_from_slice(&at.position.to_le_bytes());
+            out.extend_from_slice(&at.len.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.notes.len() as u64).to_le_bytes());
+        for ((space, key), value) in &self.notes {
+            out.push(*space);
+            out.extend_from_slice(key);
+            out.extend_from_slice(value);
+        }
+        out
+    }
+
+    /// The index a checkpoint holds; None if it is not one (its checksum has already been
+    /// checked, so this only fails for a store written by something else).
+    pub fn decode(bytes: &[u8], log_end: u64) -> Option<Index> {
+        let mut rest = bytes.strip_prefix(&MAGIC)?;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let (head, tail) = rest.split_at_checked(n)?;
+            rest = tail;
+            Some(head)
+        };
+        let mut index = Index::default();
+        let objects = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        for _ in 0..objects {
+            let entry = take(OBJECT_ENTRY)?;
+            let handle = Handle::from_bytes(&entry[..Handle::LEN]).ok()?;
+            let position = u64::from_le_bytes(entry[Handle::LEN..Handle::LEN + 8].try_into().ok()?);
+            let len = u32::from_le_bytes(entry[Handle::LEN + 8..].try_into().ok()?);
+            if handle.is_literal()
+                || position >= log_end
+                || handle.kind() == Kind::Blob && handle.size() != u64::from(len)
+            {
+                return None;
+            }
+            index.insert_object(handle, Location { position, len });
+        }
+        let notes = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        for _ in 0..notes {
+            let entry = take(NOTE_ENTRY)?;
+            let key: NoteKey = entry[1..1 + KEY_LEN].try_into().ok()?;
+            let value: NoteValue = entry[1 + KEY_LEN..].try_into().ok()?;
+            index.notes.insert((entry[0], key), value);
+        }
+        rest.is_empty().then_some(index)
+    }
+}

@@ -1,0 +1,462 @@
+//! The node's object store on a disk (docs/STORE.md): an append-only log of checksummed
+//! records after two superblock copies, and an index in memory rebuilt at start from the last
+//! checkpoint and the records after it. Pure and sans-IO: the node hands it a [`Device`] (its
+//! virtio-blk driver); the tests hand it a simulated disk that loses unflushed writes.
+//!
+//! The durability contract: what [`DiskStore::commit`] returned for is on the disk, and comes
+//! back after any crash; anything read is checked against its handle first, and a wrong byte
+//! is an error, never an answer.
+
+#![no_std]
+
+extern crate alloc;
+
+pub mod device;
+mod index;
+pub mod record;
+pub mod superblock;
+
+#[cfg(test)]
+mod tests;
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+
+use cairn_object::store::name;
+use cairn_object::{Handle, Kind};
+
+pub use device::{Device, DeviceError, SECTOR};
+pub use index::{Index, Location, NoteKey, NoteValue};
+use record::{HEADER_LEN, Header, MAX_PAYLOAD, RecordKind, payload_digest, record_key, record_len};
+use superblock::{Checkpoint, LOG_START, Superblock};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// The disk holds no store (all zeros where the superblocks go).
+    NotFormatted,
+    /// The disk holds something else.
+    Foreign,
+    /// Both superblock copies fail their checksums.
+    SuperblockDamaged,
+    Unsupported {
+        version: u32,
+    },
+    /// The disk is smaller than the store written on it.
+    DeviceShrunk {
+        store: u64,
+        device: u64,
+    },
+    DeviceTooSmall {
+        len: u64,
+    },
+    Device(DeviceError),
+    /// No room in the log for a record of `needed` bytes.
+    Full {
+        needed: u64,
+        free: u64,
+    },
+    TooLarge {
+        len: u64,
+    },
+    /// An object's bytes on the disk are not what its handle names.
+    Corrupt {
+        handle: Handle,
+    },
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::NotFormatted => write!(f, "the disk holds no store"),
+            StoreError::Foreign => write!(f, "the disk holds something other than a Cairn store"),
+            StoreError::SuperblockDamaged => write!(f, "both copies of the store's superblock are damaged"),
+            StoreError::Unsupported { version } => {
+                write!(f, "store format version {version} is not supported")
+            }
+            StoreError::DeviceShrunk { store, device } => {
+                write!(f, "the store was written on {store} bytes; the disk has {device}")
+            }
+            StoreError::DeviceTooSmall { len } => write!(f, "a disk of {len} bytes is too small for a store"),
+            StoreError::Device(e) => write!(f, "{e}"),
+            StoreError::Full { needed, free } => {
+                write!(f, "store full: a record of {needed} bytes, {free} bytes free")
+            }
+            StoreError::TooLarge { len } => write!(f, "an object of {len} bytes is larger than a record"),
+            StoreError::Corrupt { handle } => write!(f, "the disk's copy of {handle} is damaged"),
+        }
+    }
+}
+
+impl core::error::Error for StoreError {}
+
+impl From<DeviceError> for StoreError {
+    fn from(e: DeviceError) -> Self {
+        StoreError::Device(e)
+    }
+}
+
+/// The smallest disk a store is made on.
+pub const MIN_DEVICE: u64 = 1 << 20;
+
+/// What opening a store found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Whether it started from a checkpoint (else from the log's first record).
+    pub from_checkpoint: bool,
+    /// Records read after the starting point.
+    pub records_scanned: u64,
+    /// Bytes of the log read after the starting point.
+    pub bytes_scanned: u64,
+    /// Object records whose bytes were not what their handles name: not held.
+    pub damaged_objects: u64,
+}
+
+pub struct DiskStore<D: Device> {
+    device: D,
+    superblock: Superblock,
+    key: [u8; 32],
+    /// Where the next record goes.
+    tail: u64,
+    next_seq: u64,
+    /// The checksum of the last record appended, which the next one chains from.
+    prev: [u8; 32],
+    /// Where the records not yet written begin (a sector boundary, except after recovery).
+    written: u64,
+    /// Records appended since the last commit, to be written at `written`.
+    pending: Vec<u8>,
+    index: Index,
+}
+
+impl<D: Device> DiskStore<D> {
+    /// Makes a new, empty store on `device`, whatever it held; `store_id` should be random.
+    pub fn format(mut device: D, store_id: [u8; 16]) -> Result<DiskStore<D>, StoreError> {
+        let len = device.len() - device.len() % SECTOR;
+        if len < MIN_DEVICE {
+            return Err(StoreError::DeviceTooSmall { len });
+        }
+        // Both copies, so that a stale copy of an earlier store never outranks this one.
+        for sequence in 0..2 {
+            let superblock = Superblock { store_id, sequence, device_len: len, checkpoint: None };
+            device.write(superblock.offset(), &superblock.encode())?;
+        }
+        device.flush()?;
+        let superblock = Superblock { store_id, sequence: 1, device_len: len, checkpoint: None };
+        Ok(DiskStore::empty(device, superblock))
+    }
+
+    fn empty(device: D, superblock: Superblock) -> DiskStore<D> {
+        DiskStore {
+            device,
+            key: record_key(&superblock.store_id),
+            superblock,
+            tail: LOG_START,
+            next_seq: 0,
+            prev: [0; 32],
+            written: LOG_START,
+            pending: Vec::new(),
+            index: Index::default(),
+        }
+    }
+
+    /// Opens the store on `device`: the newer valid superblock, its checkpoint, and every
+    /// record after it that checks, up to the first that does not.
+    pub fn open(mut device: D) -> Result<(DiskStore<D>, Recovery), StoreError> {
+        let mut copies = [[0u8; superblock::COPY_LEN as usize]; 2];
+        for (i, copy) in copies.iter_mut().enumerate() {
+            device.read(i as u64 * superblock::COPY_LEN, copy)?;
+        }
+        let superblock = Superblock::choose(Superblock::decode(&copies[0]), Superblock::decode(&copies[1]))?;
+        if device.len() < superblock.device_len {
+            return Err(StoreError::DeviceShrunk { store: superblock.device_len, device: device.len() });
+        }
+        let mut store = DiskStore::empty(device, superblock);
+        let mut recovery = Recovery::default();
+        if let Some(checkpoint) = superblock.checkpoint {
+            // A checkpoint that does not check (it should, since it was flushed before the
+            // superblock named it) is passed over: the log from its start holds it all too.
+            recovery.from_checkpoint = store.load_checkpoint(checkpoint)?;
+        }
+        store.scan(&mut recovery)?;
+        store.written = store.tail;
+        Ok((store, recovery))
+    }
+
+    fn load_checkpoint(&mut self, checkpoint: Checkpoint) -> Result<bool, StoreError> {
+        let Some((header, payload)) =
+            self.read_record(checkpoint.position, checkpoint.seq, &checkpoint.prev)?
+        else {
+            return Ok(false);
+        };
+        if header.kind != RecordKind::Checkpoint {
+            return Ok(false);
+        }
+        // Positions the index names lie before the checkpoint itself.
+        let Some(index) = Index::decode(&payload, checkpoint.position) else { return Ok(false) };
+        self.index = index;
+        self.tail = checkpoint.position + header.record_len();
+        self.next_seq = checkpoint.seq + 1;
+        self.prev = header.checksum;
+        Ok(true)
+    }
+
+    /// The record at `position` if it is the one expected there: sequence `seq`, chained from
+    /// `prev`. An object record's bytes are checked by the caller.
+    fn read_record(
+        &mut self,
+        position: u64,
+        seq: u64,
+        prev: &[u8; 32],
+    ) -> Result<Option<(Header, Vec<u8>)>, StoreError> {
+        let end = self.superblock.device_len;
+        if position.checked_add(HEADER_LEN).is_none_or(|e| e > end) {
+            return Ok(None);
+        }
+        let mut bytes = [0u8; HEADER_LEN as usize];
+        self.device.read(position, &mut bytes)?;
+        let Some(header) = Header::decode(&bytes) else { return Ok(None) };
+        if header.seq != seq || position + header.record_len() > end {
+            return Ok(None);
+        }
+        let mut payload = Vec::new();
+        if payload.try_reserve_exact(header.payload_len as usize).is_err() {
+            return Ok(None);
+        }
+        payload.resize(header.payload_len as usize, 0);
+        self.device.read(position + HEADER_LEN, &mut payload)?;
+        let digest = payload_digest(header.kind, &payload);
+        if header.expected_checksum(&self.key, prev, digest.as_bytes()) != header.checksum {
+            return Ok(None);
+        }
+        Ok(Some((header, payload)))
+    }
+
+    fn scan(&mut self, recovery: &mut Recovery) -> Result<(), StoreError> {
+        let prev = self.prev;
+        let mut prev = prev;
+        while let Some((header, payload)) = self.read_record(self.tail, self.next_seq, &prev)? {
+            match header.kind {
+                // The header checks, so the record was written whole once: bytes that are not
+                // what the handle names were damaged since (or torn, at the very end). The
+                // object is not held; the records after it still count.
+                RecordKind::Object(kind) => match object_in(kind, &payload) {
+                    Some(handle) => {
+                        let len = (payload.len() - Handle::LEN) as u32;
+                        self.index.insert_object(handle, Location { position: self.tail, len });
+                    }
+                    None => recovery.damaged_objects += 1,
+                },
+                RecordKind::Note(space) => {
+                    let (key, value) = note_in(&payload);
+                    self.index.set_note(space, key, value);
+                }
+                // The scan already knows everything a checkpoint it passes holds.
+                RecordKind::Checkpoint | RecordKind::Pad => {}
+            }
+            recovery.records_scanned += 1;
+            recovery.bytes_scanned += header.record_len();
+            self.tail += header.record_len();
+            self.next_seq += 1;
+            prev = header.checksum;
+        }
+        self.prev = prev;
+        Ok(())
+    }
+
+    /// Appends a record (not yet durable: see [`DiskStore::commit`]).
+    fn append(&mut self, kind: RecordKind, parts: &[&[u8]]) -> Result<u64, StoreError> {
+        let payload_len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        if payload_len > MAX_PAYLOAD {
+            return Err(StoreError::TooLarge { len: payload_len });
+        }
+        let len = record_len(payload_len);
+        // Room for this record and the padding of the commit that ends with it.
+        let needed = len.next_multiple_of(SECTOR);
+        let free = self.superblock.device_len.saturating_sub(self.tail);
+        if needed > free {
+            return Err(StoreError::Full { needed, free });
+        }
+        self.pending.try_reserve(len as usize).map_err(|_| StoreError::Full { needed, free })?;
+        let mut header =
+            Header { kind, payload_len: payload_len as u32, seq: self.next_seq, checksum: [0; 32] };
+        let digest = match kind {
+            RecordKind::Object(_) => payload_digest(kind, parts[0]),
+            _ => payload_digest(kind, &parts.concat()),
+        };
+        header.checksum = header.expected_checksum(&self.key, &self.prev, digest.as_bytes());
+        let position = self.tail;
+        let start = self.pending.len();
+        self.pending.extend_from_slice(&header.encode());
+        for part in parts {
+            self.pending.extend_from_slice(part);
+        }
+        self.pending.resize(start + len as usize, 0);
+        self.tail += len;
+        self.next_seq += 1;
+        self.prev = header.checksum;
+        Ok(position)
+    }
+
+    /// Adds an object (its bytes are checked against its handle by the caller, who named them);
+    /// false if the store already holds it. Durable once [`DiskStore::commit`] returns.
+    pub fn put(&mut self, handle: &Handle, bytes: &[u8]) -> Result<bool, StoreError> {
+        if handle.is_literal() || self.index.objects.contains_key(handle) {
+            return Ok(false);
+        }
+        let position = self.append(RecordKind::Object(handle.kind()), &[handle.as_bytes(), bytes])?;
+        self.index.insert_object(*handle, Location { position, len: bytes.len() as u32 });
+        Ok(true)
+    }
+
+    /// Sets (or with None, removes) a note. Durable once [`DiskStore::commit`] returns.
+    pub fn set_note(
+        &mut self,
+        space: u8,
+        key: &NoteKey,
+        value: Option<&NoteValue>,
+    ) -> Result<(), StoreError> {
+        let value_bytes: &[u8] = value.map_or(&[], |v| &v[..]);
+        self.append(RecordKind::Note(space), &[key, value_bytes])?;
+        self.index.set_note(space, *key, value.copied());
+        Ok(())
+    }
+
+    pub fn note(&self, space: u8, key: &NoteKey) -> Option<&NoteValue> {
+        self.index.notes.get(&(space, *key))
+    }
+
+    /// Every note of a namespace.
+    pub fn notes(&self, space: u8) -> impl Iterator<Item = (&NoteKey, &NoteValue)> {
+        self.index
+            .notes
+            .range((space, [0; index::KEY_LEN])..=(space, [0xff; index::KEY_LEN]))
+            .map(|((_, k), v)| (k, v))
+    }
+
+    /// Writes what was appended since the last commit and flushes: every record appended so far
+    /// is then durable. One write and one flush however many records (group commit).
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let gap = self.tail.next_multiple_of(SECTOR) - self.tail;
+        if gap > 0 {
+            // Records are 64-byte aligned, so the gap holds at least a header.
+            self.append(RecordKind::Pad, &[&vec![0u8; (gap - HEADER_LEN) as usize]])?;
+        }
+        // A store opened after a crash may end inside a sector: that sector is written again
+        // whole, with the bytes it already holds (docs/STORE.md: sectors are written atomically).
+        let sector_start = self.written - self.written % SECTOR;
+        let mut head = vec![0u8; (self.written - sector_start) as usize];
+        if !head.is_empty() {
+            self.device.read(sector_start, &mut head)?;
+        }
+        head.extend_from_slice(&self.pending);
+        self.device.write(sector_start, &head)?;
+        self.device.flush()?;
+        self.pending.clear();
+        self.written = self.tail;
+        Ok(())
+    }
+
+    /// An object's bytes, checked against its handle (a literal's are in it). None if the store
+    /// does not hold it.
+    pub fn get(&mut self, handle: &Handle) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(literal) = handle.literal() {
+            return Ok(Some(literal.to_vec()));
+        }
+        let Some(at) = self.index.objects.get(handle).copied() else { return Ok(None) };
+        let start = at.position + HEADER_LEN + Handle::LEN as u64;
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(at.len as usize)
+            .map_err(|_| StoreError::TooLarge { len: u64::from(at.len) })?;
+        if at.position >= self.written {
+            let from = (start - self.written) as usize;
+            bytes.extend_from_slice(&self.pending[from..from + at.len as usize]);
+        } else {
+            bytes.resize(at.len as usize, 0);
+            self.device.read(start, &mut bytes)?;
+        }
+        match name(handle.kind(), &bytes) {
+            Ok(actual) if actual == *handle => Ok(Some(bytes)),
+            _ => Err(StoreError::Corrupt { handle: *handle }),
+        }
+    }
+
+    pub fn contains(&self, handle: &Handle) -> bool {
+        handle.is_literal() || self.index.objects.contains_key(handle)
+    }
+
+    /// Writes the whole index as a checkpoint record and points the superblock at it, so that
+    /// the next start reads from here rather than the whole log.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.commit()?;
+        let prev = self.prev;
+        let encoded = self.index.encode();
+        let position = self.append(RecordKind::Checkpoint, &[&encoded])?;
+        let seq = self.next_seq - 1;
+        self.commit()?;
+        let superblock = Superblock {
+            sequence: self.superblock.sequence + 1,
+            checkpoint: Some(Checkpoint { position, seq, prev }),
+            ..self.superblock
+        };
+        self.device.write(superblock.offset(), &superblock.encode())?;
+        self.device.flush()?;
+        self.superblock = superblock;
+        Ok(())
+    }
+
+    /// Reads every object back and checks it against its handle; the damaged ones.
+    pub fn scrub(&mut self) -> Result<Vec<Handle>, StoreError> {
+        let handles: Vec<Handle> = self.index.objects.keys().copied().collect();
+        let mut damaged = Vec::new();
+        for handle in handles {
+            match self.get(&handle) {
+                Ok(_) => {}
+                Err(StoreError::Corrupt { handle }) => damaged.push(handle),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(damaged)
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            objects: self.index.objects.len() as u64,
+            object_bytes: self.index.object_bytes,
+            log_bytes: self.tail - LOG_START,
+            device_bytes: self.superblock.device_len,
+        }
+    }
+
+    /// The device, for the caller to reclaim (tests simulate crashes through it).
+    pub fn into_device(self) -> D {
+        self.device
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    pub objects: u64,
+    pub object_bytes: u64,
+    pub log_bytes: u64,
+    pub device_bytes: u64,
+}
+
+/// The handle and bytes of an object record's payload, if they agree.
+fn object_in(kind: Kind, payload: &[u8]) -> Option<Handle> {
+    let handle = Handle::from_bytes(payload.get(..Handle::LEN)?).ok()?;
+    let bytes = &payload[Handle::LEN..];
+    (handle.kind() == kind && !handle.is_literal() && name(kind, bytes).ok()? == handle).then_some(handle)
+}
+
+/// A note record's key and value (none: removed).
+fn note_in(payload: &[u8]) -> (NoteKey, Option<NoteValue>) {
+    let mut key = [0u8; index::KEY_LEN];
+    let n = payload.len().min(index::KEY_LEN);
+    key[..n].copy_from_slice(&payload[..n]);
+    let value = payload.get(index::KEY_LEN..).and_then(|v| v.try_into().ok());
+    (key, value)
+}
