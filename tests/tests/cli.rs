@@ -247,9 +247,18 @@ fn hash_prints_handle_first_with_the_b3sum_digest_for_files() {
     );
 }
 
+/// With a disk (made fresh by `--disk`, as big as `--disk-size` says) the benchmark also measures
+/// the store on it (docs/STORE.md), which it formats.
 #[test]
 fn bench_reports_its_measurements_as_json() {
-    let output = cairn().args(["bench", "--json"]).stdin(Stdio::null()).output().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("bench.raw");
+    let output = cairn()
+        .args(["bench", "--json", "--disk-size", "200M", "--disk"])
+        .arg(&disk)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -268,13 +277,29 @@ fn bench_reports_its_measurements_as_json() {
             "blake3_spans_2cpu_mib_s",
             "channel_handshake_us",
             "channel_seal_mib_s",
-            "channel_open_mib_s"
+            "channel_open_mib_s",
+            "store_write_mib_s",
+            "store_open_ms",
+            "store_open_mib_s",
+            "store_read_mib_s",
+            "store_open_checkpoint_ms"
         ]
     );
     for row in &rows {
         let value = row["value"].as_f64().unwrap();
         assert!(value.is_finite() && value > 0.0, "{row}");
     }
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 200 << 20, "made at the size asked");
+    let superblocks = std::fs::read(&disk).unwrap();
+    assert!(superblocks.starts_with(b"CAIRNSB1") && superblocks[4096..].starts_with(b"CAIRNSB1"));
+    // A disk that holds something is never formatted by the benchmark.
+    let output = cairn().args(["bench", "--disk"]).arg(&disk).stdin(Stdio::null()).output().unwrap();
+    assert_ne!(output.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("the disk is not blank"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let value = |name: &str| rows.iter().find(|r| r["name"] == name).unwrap()["value"].as_f64().unwrap();
     // A memo hit does no work a task invocation does: it must be the cheaper of the two.
     assert!(value("memo_hit_us") < value("invoke_us"), "{stdout}");

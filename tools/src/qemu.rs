@@ -78,6 +78,60 @@ pub struct NodeOptions {
     pub keys: Option<NodeKeys>,
     /// Boot a serving node without any keys (tests of a node that must refuse to serve).
     pub no_keys: bool,
+    /// A disk for the node's store (docs/STORE.md), raw or qcow2 by its name; made if missing.
+    pub disk: Option<StoreDisk>,
+}
+
+/// A node's store disk: the file, and the size it is made with when it does not exist yet.
+#[derive(Clone, Debug)]
+pub struct StoreDisk {
+    pub path: std::path::PathBuf,
+    pub size: u64,
+}
+
+impl StoreDisk {
+    /// Default size of a new store disk.
+    pub const DEFAULT_SIZE: u64 = 1 << 30;
+
+    fn qcow2(&self) -> bool {
+        self.path.extension().is_some_and(|e| e == "qcow2")
+    }
+
+    /// Makes the file if it does not exist: sparse raw, or qcow2 through qemu-img.
+    pub fn create_if_missing(&self) -> anyhow::Result<()> {
+        if self.path.exists() {
+            return Ok(());
+        }
+        if self.qcow2() {
+            let qemu_img = host::qemu_img()?;
+            let output = Command::new(&qemu_img)
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(&self.path)
+                .arg(self.size.to_string())
+                .output()
+                .with_context(|| format!("cannot run {}", qemu_img.display()))?;
+            if !output.status.success() {
+                bail!(
+                    "qemu-img could not create {}: {}",
+                    self.path.display(),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+            }
+            return Ok(());
+        }
+        let file = std::fs::File::create_new(&self.path)
+            .with_context(|| format!("cannot create the disk {}", self.path.display()))?;
+        file.set_len(self.size).with_context(|| format!("cannot size the disk {}", self.path.display()))?;
+        Ok(())
+    }
+
+    /// QEMU's drive: the guest's writes reach the file's page cache at once, and its flushes
+    /// reach the disk (writeback caching with FLUSH offered to the guest).
+    fn drive(&self) -> String {
+        let format = if self.qcow2() { "qcow2" } else { "raw" };
+        let path = self.path.display().to_string().replace(',', ",,");
+        format!("if=none,id=store,format={format},cache=writeback,file={path}")
+    }
 }
 
 /// A node's card on the cluster network: Ethernet frames go as UDP datagrams between
@@ -101,6 +155,7 @@ impl Default for NodeOptions {
             api_port: None,
             cluster_link: None,
             keys: None,
+            disk: None,
             no_keys: false,
         }
     }
@@ -246,6 +301,10 @@ impl Vm {
         };
         // The host's entropy for the node's pool, beside the CPU's (docs/SECURITY.md).
         cmd.args(["-device", "virtio-rng-pci"]);
+        if let Some(disk) = &opts.disk {
+            disk.create_if_missing()?;
+            cmd.arg("-drive").arg(disk.drive()).args(["-device", "virtio-blk-pci,drive=store"]);
+        }
         // User-mode networking: the node reaches the host at 10.0.2.2 and gets 10.0.2.15 by DHCP.
         let netdev = match opts.api_port {
             Some(port) => format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:7070"),

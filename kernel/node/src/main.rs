@@ -225,6 +225,16 @@ fn serve(config: &NodeConfig) -> Status {
             None
         }
     });
+    // The store on a disk is built (docs/STORE.md) but a serving node does not use it yet: say
+    // so rather than let anyone believe their objects are kept.
+    match drivers::blk::find() {
+        Some(drivers::blk::Found::Usable(disk)) => println!(
+            "cairn: disk {} MiB found; not used: the node keeps its store in memory for now (docs/STORE.md)",
+            cairn_store::Device::len(&*disk) >> 20
+        ),
+        Some(drivers::blk::Found::Unusable(why)) => println!("cairn: disk found but not usable: {why}"),
+        None => {}
+    }
     match arch::clock::read_wall_clock() {
         Some(ms) => log::info!("clock: RTC says {} s since the Unix epoch", ms / 1000),
         None => log::warn!("clock: the RTC gave no valid time; journals record uptime instead"),

@@ -82,10 +82,14 @@ impl Index {
             let handle = Handle::from_bytes(&entry[..Handle::LEN]).ok()?;
             let position = u64::from_le_bytes(entry[Handle::LEN..Handle::LEN + 8].try_into().ok()?);
             let len = u32::from_le_bytes(entry[Handle::LEN + 8..].try_into().ok()?);
-            if handle.is_literal()
-                || position >= log_end
-                || handle.kind() == Kind::Blob && handle.size() != u64::from(len)
-            {
+            // Each record lies whole in the log before the checkpoint, on a record boundary.
+            let record_end = position
+                .checked_add(crate::record::HEADER_LEN + Handle::LEN as u64 + u64::from(len))
+                .filter(|end| *end <= log_end);
+            let placed =
+                position >= crate::superblock::LOG_START && position.is_multiple_of(crate::record::ALIGN);
+            let sized = handle.kind() != Kind::Blob || handle.size() == u64::from(len);
+            if handle.is_literal() || !placed || !sized || record_end.is_none() {
                 return None;
             }
             index.insert_object(handle, Location { position, len });

@@ -17,6 +17,8 @@ pub mod record;
 pub mod superblock;
 
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod tests;
 
 use alloc::vec;
@@ -63,6 +65,14 @@ pub enum StoreError {
     Corrupt {
         handle: Handle,
     },
+    /// No memory for a record's bytes.
+    NoMemory {
+        len: u64,
+    },
+    /// The checkpoint the superblock names does not check, and the log cannot be read past it.
+    CheckpointDamaged {
+        position: u64,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -84,6 +94,11 @@ impl fmt::Display for StoreError {
             }
             StoreError::TooLarge { len } => write!(f, "an object of {len} bytes is larger than a record"),
             StoreError::Corrupt { handle } => write!(f, "the disk's copy of {handle} is damaged"),
+            StoreError::NoMemory { len } => write!(f, "no memory for a record of {len} bytes"),
+            StoreError::CheckpointDamaged { position } => write!(
+                f,
+                "the checkpoint at {position} is damaged and the log cannot be read past it: what came after it would be lost, so the store is not opened"
+            ),
         }
     }
 }
@@ -98,6 +113,9 @@ impl From<DeviceError> for StoreError {
 
 /// The smallest disk a store is made on.
 pub const MIN_DEVICE: u64 = 1 << 20;
+/// Records waiting for a commit beyond this many bytes are written out (not flushed) at once,
+/// so that a large commit holds little memory.
+pub const WRITE_BEHIND: usize = 4 << 20;
 
 /// What opening a store found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -110,6 +128,9 @@ pub struct Recovery {
     pub bytes_scanned: u64,
     /// Object records whose bytes were not what their handles name: not held.
     pub damaged_objects: u64,
+    /// Records of a last commit found cut short (or with a damaged object), which do not count:
+    /// the log ends where that commit began.
+    pub dropped_records: u64,
 }
 
 pub struct DiskStore<D: Device> {
@@ -123,12 +144,24 @@ pub struct DiskStore<D: Device> {
     prev: [u8; 32],
     /// Where the records not yet written begin (a sector boundary, except after recovery).
     written: u64,
-    /// Records appended since the last commit, to be written at `written`.
+    /// Records appended and not yet written, to be written at `written`. Past [`WRITE_BEHIND`]
+    /// bytes their whole sectors are written (not yet flushed) as they come.
     pending: Vec<u8>,
+    /// Where the durable records end: the last commit's tail.
+    durable: u64,
+    /// `pending` is written out past this many bytes ([`WRITE_BEHIND`]; less in tests).
+    write_behind: usize,
     index: Index,
 }
 
 impl<D: Device> DiskStore<D> {
+    /// Whether `device` has never held a store (zeros where the superblocks go).
+    pub fn is_blank(device: &mut D) -> Result<bool, StoreError> {
+        let mut copies = [0u8; 2 * superblock::COPY_LEN as usize];
+        device.read(0, &mut copies)?;
+        Ok(copies.iter().all(|b| *b == 0))
+    }
+
     /// Makes a new, empty store on `device`, whatever it held; `store_id` should be random.
     pub fn format(mut device: D, store_id: [u8; 16]) -> Result<DiskStore<D>, StoreError> {
         let len = device.len() - device.len() % SECTOR;
@@ -155,6 +188,8 @@ impl<D: Device> DiskStore<D> {
             prev: [0; 32],
             written: LOG_START,
             pending: Vec::new(),
+            durable: LOG_START,
+            write_behind: WRITE_BEHIND,
             index: Index::default(),
         }
     }
@@ -170,15 +205,32 @@ impl<D: Device> DiskStore<D> {
         if device.len() < superblock.device_len {
             return Err(StoreError::DeviceShrunk { store: superblock.device_len, device: device.len() });
         }
+        let device_len = superblock.device_len;
+        if !device_len.is_multiple_of(SECTOR) || device_len < MIN_DEVICE {
+            return Err(StoreError::SuperblockDamaged);
+        }
         let mut store = DiskStore::empty(device, superblock);
         let mut recovery = Recovery::default();
         if let Some(checkpoint) = superblock.checkpoint {
-            // A checkpoint that does not check (it should, since it was flushed before the
-            // superblock named it) is passed over: the log from its start holds it all too.
+            let aligned =
+                checkpoint.position >= LOG_START && checkpoint.position.is_multiple_of(record::ALIGN);
+            if !aligned || checkpoint.position >= device_len || checkpoint.seq == u64::MAX {
+                return Err(StoreError::SuperblockDamaged);
+            }
+            // A checkpoint that does not check (it was flushed before the superblock named it)
+            // is damaged; the log from its start holds it all too, so the scan starts there,
+            // but it must get past the checkpoint, or what came after it would be lost.
             recovery.from_checkpoint = store.load_checkpoint(checkpoint)?;
+            if !recovery.from_checkpoint {
+                store.scan(&mut recovery)?;
+                if store.tail <= checkpoint.position {
+                    return Err(StoreError::CheckpointDamaged { position: checkpoint.position });
+                }
+            }
         }
         store.scan(&mut recovery)?;
         store.written = store.tail;
+        store.durable = store.tail;
         Ok((store, recovery))
     }
 
@@ -220,7 +272,8 @@ impl<D: Device> DiskStore<D> {
         }
         let mut payload = Vec::new();
         if payload.try_reserve_exact(header.payload_len as usize).is_err() {
-            return Ok(None);
+            // Not the end of the log: the node has too little memory to read it.
+            return Err(StoreError::NoMemory { len: u64::from(header.payload_len) });
         }
         payload.resize(header.payload_len as usize, 0);
         self.device.read(position + HEADER_LEN, &mut payload)?;
@@ -231,36 +284,69 @@ impl<D: Device> DiskStore<D> {
         Ok(Some((header, payload)))
     }
 
+    /// Reads the log forward from `tail`, a commit at a time: a commit's records count once its
+    /// closing padding record is read. The last commit found counts only if it is whole and all
+    /// its objects' bytes are what their handles name: otherwise it was cut short by a crash
+    /// (it was never acknowledged) and the log ends where it began. An object damaged in an
+    /// earlier commit is not held, and the rest of that commit still counts.
     fn scan(&mut self, recovery: &mut Recovery) -> Result<(), StoreError> {
-        let prev = self.prev;
-        let mut prev = prev;
-        while let Some((header, payload)) = self.read_record(self.tail, self.next_seq, &prev)? {
+        let mut commit = Commit::starting(self.tail, self.next_seq, self.prev);
+        // A closed commit with a damaged object, applied only if another commit follows it.
+        let mut suspect: Option<Commit> = None;
+        let (mut at, mut seq, mut prev) = (self.tail, self.next_seq, self.prev);
+        while let Some((header, payload)) = self.read_record(at, seq, &prev)? {
             match header.kind {
-                // The header checks, so the record was written whole once: bytes that are not
-                // what the handle names were damaged since (or torn, at the very end). The
-                // object is not held; the records after it still count.
                 RecordKind::Object(kind) => match object_in(kind, &payload) {
                     Some(handle) => {
                         let len = (payload.len() - Handle::LEN) as u32;
-                        self.index.insert_object(handle, Location { position: self.tail, len });
+                        commit.objects.push((handle, Location { position: at, len }));
                     }
-                    None => recovery.damaged_objects += 1,
+                    None => commit.damaged += 1,
                 },
                 RecordKind::Note(space) => {
-                    let (key, value) = note_in(&payload);
-                    self.index.set_note(space, key, value);
+                    let Some((key, value)) = note_in(&payload) else { break };
+                    commit.notes.push((space, key, value));
                 }
                 // The scan already knows everything a checkpoint it passes holds.
-                RecordKind::Checkpoint | RecordKind::Pad => {}
+                RecordKind::Checkpoint => {}
+                RecordKind::Pad => commit.closed = true,
             }
             recovery.records_scanned += 1;
             recovery.bytes_scanned += header.record_len();
-            self.tail += header.record_len();
-            self.next_seq += 1;
+            at += header.record_len();
+            seq += 1;
             prev = header.checksum;
+            if commit.closed {
+                commit.end = at;
+                if let Some(earlier) = suspect.take() {
+                    self.apply(earlier, recovery);
+                }
+                let next = Commit::starting(at, seq, prev);
+                let done = core::mem::replace(&mut commit, next);
+                if done.damaged > 0 {
+                    suspect = Some(done);
+                } else {
+                    self.apply(done, recovery);
+                }
+            }
         }
-        self.prev = prev;
+        // The log ends before `commit` (not closed) and before `suspect`, if any.
+        let end = suspect.as_ref().unwrap_or(&commit);
+        recovery.dropped_records = seq - end.seq;
+        self.tail = end.start;
+        self.next_seq = end.seq;
+        self.prev = end.prev;
         Ok(())
+    }
+
+    fn apply(&mut self, commit: Commit, recovery: &mut Recovery) {
+        recovery.damaged_objects += commit.damaged;
+        for (handle, location) in commit.objects {
+            self.index.insert_object(handle, location);
+        }
+        for (space, key, value) in commit.notes {
+            self.index.set_note(space, key, value);
+        }
     }
 
     /// Appends a record (not yet durable: see [`DiskStore::commit`]).
@@ -270,13 +356,13 @@ impl<D: Device> DiskStore<D> {
             return Err(StoreError::TooLarge { len: payload_len });
         }
         let len = record_len(payload_len);
-        // Room for this record and the padding of the commit that ends with it.
-        let needed = len.next_multiple_of(SECTOR);
+        // Room for this record and the padding that takes its commit to a sector boundary.
+        let needed = (self.tail + len).next_multiple_of(SECTOR) - self.tail;
         let free = self.superblock.device_len.saturating_sub(self.tail);
         if needed > free {
             return Err(StoreError::Full { needed, free });
         }
-        self.pending.try_reserve(len as usize).map_err(|_| StoreError::Full { needed, free })?;
+        self.pending.try_reserve(len as usize).map_err(|_| StoreError::NoMemory { len })?;
         let mut header =
             Header { kind, payload_len: payload_len as u32, seq: self.next_seq, checksum: [0; 32] };
         let digest = match kind {
@@ -294,7 +380,44 @@ impl<D: Device> DiskStore<D> {
         self.tail += len;
         self.next_seq += 1;
         self.prev = header.checksum;
+        if self.pending.len() >= self.write_behind {
+            self.write_pending(false)?;
+        }
         Ok(position)
+    }
+
+    /// Writes the records not yet written: all of them (`all`, the tail on a sector boundary),
+    /// or their whole sectors.
+    fn write_pending(&mut self, all: bool) -> Result<(), StoreError> {
+        let end = if all { self.tail } else { self.tail - self.tail % SECTOR };
+        if end <= self.written {
+            return Ok(());
+        }
+        // A store opened after a crash may end inside a sector: that sector is written again
+        // whole, with the bytes it already holds (docs/STORE.md: sectors are written atomically).
+        let sector_start = self.written - self.written % SECTOR;
+        let head_len = (self.written - sector_start) as usize;
+        if head_len > 0 && end < sector_start + SECTOR {
+            return Ok(());
+        }
+        let n = (end - self.written) as usize;
+        let mut rest = &self.pending[..n];
+        let mut at = self.written;
+        if head_len > 0 {
+            let mut first = vec![0u8; SECTOR as usize];
+            self.device.read(sector_start, &mut first[..head_len])?;
+            let (into_first, after) = rest.split_at(SECTOR as usize - head_len);
+            first[head_len..].copy_from_slice(into_first);
+            self.device.write(sector_start, &first)?;
+            rest = after;
+            at = sector_start + SECTOR;
+        }
+        if !rest.is_empty() {
+            self.device.write(at, rest)?;
+        }
+        self.pending.drain(..n);
+        self.written = end;
+        Ok(())
     }
 
     /// Adds an object (its bytes are checked against its handle by the caller, who named them);
@@ -336,26 +459,21 @@ impl<D: Device> DiskStore<D> {
     /// Writes what was appended since the last commit and flushes: every record appended so far
     /// is then durable. One write and one flush however many records (group commit).
     pub fn commit(&mut self) -> Result<(), StoreError> {
-        if self.pending.is_empty() {
+        // Records written out ahead of the commit (write-behind) are not durable either.
+        if self.tail == self.durable {
             return Ok(());
         }
-        let gap = self.tail.next_multiple_of(SECTOR) - self.tail;
-        if gap > 0 {
-            // Records are 64-byte aligned, so the gap holds at least a header.
-            self.append(RecordKind::Pad, &[&vec![0u8; (gap - HEADER_LEN) as usize]])?;
-        }
-        // A store opened after a crash may end inside a sector: that sector is written again
-        // whole, with the bytes it already holds (docs/STORE.md: sectors are written atomically).
-        let sector_start = self.written - self.written % SECTOR;
-        let mut head = vec![0u8; (self.written - sector_start) as usize];
-        if !head.is_empty() {
-            self.device.read(sector_start, &mut head)?;
-        }
-        head.extend_from_slice(&self.pending);
-        self.device.write(sector_start, &head)?;
+        // Every commit ends with a padding record, which also takes it to a sector boundary:
+        // recovery counts a commit only once it has read its padding (records are 64-byte
+        // aligned, so a gap holds at least a header; none left, a whole sector).
+        let gap = match self.tail.next_multiple_of(SECTOR) - self.tail {
+            0 => SECTOR,
+            gap => gap,
+        };
+        self.append(RecordKind::Pad, &[&vec![0u8; (gap - HEADER_LEN) as usize]])?;
+        self.write_pending(true)?;
         self.device.flush()?;
-        self.pending.clear();
-        self.written = self.tail;
+        self.durable = self.tail;
         Ok(())
     }
 
@@ -370,13 +488,17 @@ impl<D: Device> DiskStore<D> {
         let mut bytes = Vec::new();
         bytes
             .try_reserve_exact(at.len as usize)
-            .map_err(|_| StoreError::TooLarge { len: u64::from(at.len) })?;
-        if at.position >= self.written {
-            let from = (start - self.written) as usize;
-            bytes.extend_from_slice(&self.pending[from..from + at.len as usize]);
-        } else {
-            bytes.resize(at.len as usize, 0);
+            .map_err(|_| StoreError::NoMemory { len: u64::from(at.len) })?;
+        // Written to the disk up to `written`, the rest still in `pending`.
+        let end = start + u64::from(at.len);
+        let on_disk = end.min(self.written).saturating_sub(start);
+        bytes.resize(on_disk as usize, 0);
+        if on_disk > 0 {
             self.device.read(start, &mut bytes)?;
+        }
+        if end > self.written {
+            let from = (start.max(self.written) - self.written) as usize;
+            bytes.extend_from_slice(&self.pending[from..from + (end - start - on_disk) as usize]);
         }
         match name(handle.kind(), &bytes) {
             Ok(actual) if actual == *handle => Ok(Some(bytes)),
@@ -398,7 +520,7 @@ impl<D: Device> DiskStore<D> {
         let seq = self.next_seq - 1;
         self.commit()?;
         let superblock = Superblock {
-            sequence: self.superblock.sequence + 1,
+            sequence: self.superblock.sequence.checked_add(1).ok_or(StoreError::SuperblockDamaged)?,
             checkpoint: Some(Checkpoint { position, seq, prev }),
             ..self.superblock
         };
@@ -452,11 +574,41 @@ fn object_in(kind: Kind, payload: &[u8]) -> Option<Handle> {
     (handle.kind() == kind && !handle.is_literal() && name(kind, bytes).ok()? == handle).then_some(handle)
 }
 
-/// A note record's key and value (none: removed).
-fn note_in(payload: &[u8]) -> (NoteKey, Option<NoteValue>) {
-    let mut key = [0u8; index::KEY_LEN];
-    let n = payload.len().min(index::KEY_LEN);
-    key[..n].copy_from_slice(&payload[..n]);
-    let value = payload.get(index::KEY_LEN..).and_then(|v| v.try_into().ok());
-    (key, value)
+/// A note record's key and value (none: removed); None if it is not a note's payload.
+fn note_in(payload: &[u8]) -> Option<(NoteKey, Option<NoteValue>)> {
+    let key: NoteKey = payload.get(..index::KEY_LEN)?.try_into().ok()?;
+    match payload.len() {
+        index::KEY_LEN => Some((key, None)),
+        len if len == 2 * index::KEY_LEN => Some((key, Some(payload[index::KEY_LEN..].try_into().ok()?))),
+        _ => None,
+    }
+}
+
+/// The records of one commit met in a scan, applied to the index once it is known whole.
+struct Commit {
+    /// Where it begins, and the sequence number and chain there.
+    start: u64,
+    seq: u64,
+    prev: [u8; 32],
+    /// Where it ends (after its closing padding record), once closed.
+    end: u64,
+    closed: bool,
+    objects: Vec<(Handle, Location)>,
+    notes: Vec<(u8, NoteKey, Option<NoteValue>)>,
+    damaged: u64,
+}
+
+impl Commit {
+    fn starting(start: u64, seq: u64, prev: [u8; 32]) -> Commit {
+        Commit {
+            start,
+            seq,
+            prev,
+            end: start,
+            closed: false,
+            objects: Vec::new(),
+            notes: Vec::new(),
+            damaged: 0,
+        }
+    }
 }

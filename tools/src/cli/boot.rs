@@ -72,6 +72,43 @@ pub struct BootArgs {
     /// Where objects the node sends (the default job's image) are saved.
     #[arg(long, value_name = "DIR", default_value = ".", global = true)]
     pub out_dir: PathBuf,
+    /// A disk for the node's store (docs/STORE.md): a raw file, or qcow2 if its name ends in
+    /// .qcow2; made when missing. `cairn bench` formats a blank one and measures the store on
+    /// it; a serving node does not keep its store on it yet.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub disk: Option<PathBuf>,
+    /// The size of a disk made by --disk, in bytes, or with K, M or G.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G", global = true)]
+    pub disk_size: u64,
+}
+
+impl BootArgs {
+    pub fn store_disk(&self) -> Option<cairn_tools::qemu::StoreDisk> {
+        self.disk.clone().map(|path| cairn_tools::qemu::StoreDisk { path, size: self.disk_size })
+    }
+}
+
+/// `4096`, `64K`, `512M`, `2G`: at least 1 MiB, whole sectors.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
+        _ => (text, 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        'T' => 40,
+        _ => return Err(format!("{text}: the unit is K, M, G or T")),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{text}: not a size"))?;
+    let bytes =
+        n.checked_shl(shift).filter(|b| b >> shift == n).ok_or_else(|| format!("{text}: too large"))?;
+    if bytes < (1 << 20) || bytes % 512 != 0 {
+        return Err(format!("{text}: a disk is at least 1M and a multiple of 512 bytes"));
+    }
+    Ok(bytes)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -194,6 +231,7 @@ fn boot_and_watch_on(
         cpus: args.cpus,
         config: NodeConfig { log_level: args.log.into(), ..config },
         api_port,
+        disk: args.store_disk(),
         ..NodeOptions::default()
     };
     eprintln!(
@@ -255,5 +293,22 @@ fn boot_and_watch_on(
             Ok(ExitCode::FAILURE)
         }
         other => anyhow::bail!("{other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_units_and_refuse_what_no_disk_can_be() {
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("200m"), Ok(200 << 20));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert!(parse_size("1000").unwrap_err().contains("at least 1M"));
+        assert!(parse_size("1048577").unwrap_err().contains("multiple of 512"));
+        assert!(parse_size("3X").unwrap_err().contains("unit"));
+        assert!(parse_size("99999999999T").unwrap_err().contains("too large"));
+        assert!(parse_size("G").is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! Device drivers. Each one owns its device's registers; the rest of the kernel sees safe APIs.
 
+pub mod blk;
 pub mod fw_cfg;
 pub mod net;
 pub mod pci;

@@ -84,7 +84,85 @@ pub fn run() -> Status {
         println!("cairn: bench failed: {why}");
         return Status::Failure;
     }
+    drop(data);
+    match crate::drivers::blk::find() {
+        None => {}
+        Some(crate::drivers::blk::Found::Unusable(why)) => {
+            println!("cairn: bench failed: the disk: {why}");
+            return Status::Failure;
+        }
+        Some(crate::drivers::blk::Found::Usable(disk)) => {
+            if let Err(why) = store(*disk) {
+                println!("cairn: bench failed: store: {why}");
+                return Status::Failure;
+            }
+        }
+    }
     Status::Success
+}
+
+/// Objects of 1 MiB written to the store on the disk (docs/STORE.md) with one commit at the end,
+/// as `dd bs=1M conv=fsync` writes a file; then the store opened again (recovery with no
+/// checkpoint: every record read and checked) and every object read back, checked against its
+/// handle. Only on a blank disk: the benchmark formats it.
+fn store(disk: crate::drivers::blk::Disk) -> Result<(), alloc::string::String> {
+    use cairn_store::{DiskStore, StoreError};
+    const OBJECTS: u32 = 64;
+    const LEN: usize = 1 << 20;
+    let fail = |e: StoreError| alloc::format!("{e}");
+    let mut disk = disk;
+    if !DiskStore::is_blank(&mut disk).map_err(fail)? {
+        return Err("the disk is not blank: the benchmark formats only blank disks".into());
+    }
+    let mut store = DiskStore::format(disk, [0x42; 16]).map_err(fail)?;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let objects: alloc::vec::Vec<(cairn_object::Handle, alloc::vec::Vec<u8>)> = (0..OBJECTS)
+        .map(|_| {
+            let bytes: alloc::vec::Vec<u8> = (0..LEN / 8)
+                .flat_map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state.to_le_bytes()
+                })
+                .collect();
+            (cairn_object::Handle::blob(&bytes), bytes)
+        })
+        .collect();
+    let mib = (OBJECTS as usize * LEN) as f64 / (1 << 20) as f64;
+    let start = clock::micros_since_boot();
+    for (handle, bytes) in &objects {
+        store.put(handle, bytes).map_err(fail)?;
+    }
+    store.commit().map_err(fail)?;
+    let write_us = clock::micros_since_boot() - start;
+    report("store_write_mib_s", mib / (write_us.max(1) as f64 / 1e6), "MiB/s");
+    let start = clock::micros_since_boot();
+    let (mut store, recovery) = DiskStore::open(store.into_device()).map_err(fail)?;
+    let open_us = clock::micros_since_boot() - start;
+    report("store_open_ms", open_us as f64 / 1000.0, "ms");
+    report(
+        "store_open_mib_s",
+        recovery.bytes_scanned as f64 / (1 << 20) as f64 / (open_us.max(1) as f64 / 1e6),
+        "MiB/s",
+    );
+    let start = clock::micros_since_boot();
+    for (handle, bytes) in &objects {
+        if store.get(handle).map_err(fail)?.as_ref() != Some(bytes) {
+            return Err(alloc::format!("{handle} came back different"));
+        }
+    }
+    let read_us = clock::micros_since_boot() - start;
+    report("store_read_mib_s", mib / (read_us.max(1) as f64 / 1e6), "MiB/s");
+    store.checkpoint().map_err(fail)?;
+    let start = clock::micros_since_boot();
+    let (_, recovery) = DiskStore::open(store.into_device()).map_err(fail)?;
+    let open_us = clock::micros_since_boot() - start;
+    if !recovery.from_checkpoint {
+        return Err("the checkpoint was not used".into());
+    }
+    report("store_open_checkpoint_ms", open_us as f64 / 1000.0, "ms");
+    Ok(())
 }
 
 /// The secure channel's cost in the kernel (docs/PROTOCOL.md): a handshake as the node answers

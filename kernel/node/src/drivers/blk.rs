@@ -1,0 +1,110 @@
+//! virtio-blk, for the node's store (docs/STORE.md): the first virtio block device, as a
+//! `cairn_store::Device`. Requests are synchronous (the driver waits for each); writes and reads
+//! go in pieces of at most [`PIECE`] bytes.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+
+use cairn_store::{Device, DeviceError, SECTOR};
+use virtio_drivers::device::blk::VirtIOBlk;
+use virtio_drivers::transport::Transport;
+use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::transport::pci::bus::Command;
+
+use super::virtio::KernelHal;
+
+/// The VIRTIO_BLK_F_FLUSH feature bit.
+const FEATURE_FLUSH: u64 = 1 << 9;
+/// The VIRTIO_BLK_F_RO feature bit.
+const FEATURE_READ_ONLY: u64 = 1 << 5;
+/// The most one request moves.
+const PIECE: usize = 1 << 20;
+
+pub struct Disk {
+    device: VirtIOBlk<KernelHal, PciTransport>,
+    len: u64,
+}
+
+/// What was found on the PCI bus.
+pub enum Found {
+    Usable(alloc::boxed::Box<Disk>),
+    /// A disk that cannot be used, and why.
+    Unusable(String),
+}
+
+/// The first virtio block device; None without one.
+pub fn find() -> Option<Found> {
+    let (mut root, df) = super::pci::find_virtio(&[0x1001, 0x1042], 0)?;
+    root.set_command(df, Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER);
+    let mut transport = match PciTransport::new::<KernelHal, _>(&mut root, df) {
+        Ok(t) => t,
+        Err(e) => return Some(Found::Unusable(format!("its PCI transport: {e:?}"))),
+    };
+    let features = transport.read_device_features();
+    if features & FEATURE_FLUSH == 0 {
+        // Its writes could be lost after the node says they are durable.
+        return Some(Found::Unusable(
+            "the device cannot flush its writes, so nothing written to it would be durable".into(),
+        ));
+    }
+    if features & FEATURE_READ_ONLY != 0 {
+        return Some(Found::Unusable("the device is read-only".into()));
+    }
+    match VirtIOBlk::<KernelHal, _>::new(transport) {
+        Ok(device) => {
+            let len = device.capacity().saturating_mul(SECTOR);
+            Some(Found::Usable(alloc::boxed::Box::new(Disk { device, len })))
+        }
+        Err(e) => Some(Found::Unusable(format!("the driver could not start it: {e:?}"))),
+    }
+}
+
+fn failed(what: &'static str) -> impl Fn(virtio_drivers::Error) -> DeviceError {
+    move |_| DeviceError(what)
+}
+
+impl Device for Disk {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|e| *e <= self.len)
+            .ok_or(DeviceError("read past the end"))?;
+        let (first, last) = (offset / SECTOR, end.div_ceil(SECTOR));
+        if offset.is_multiple_of(SECTOR) && end.is_multiple_of(SECTOR) {
+            for (i, piece) in buf.chunks_mut(PIECE).enumerate() {
+                let sector = first as usize + i * PIECE / SECTOR as usize;
+                self.device.read_blocks(sector, piece).map_err(failed("a read failed"))?;
+            }
+            return Ok(());
+        }
+        // Not on sector boundaries: through a buffer of whole sectors.
+        let mut whole = vec![0u8; ((last - first) * SECTOR) as usize];
+        self.read(first * SECTOR, &mut whole)?;
+        let skip = (offset - first * SECTOR) as usize;
+        buf.copy_from_slice(&whole[skip..skip + buf.len()]);
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u64, bytes: &[u8]) -> Result<(), DeviceError> {
+        if !offset.is_multiple_of(SECTOR) || !(bytes.len() as u64).is_multiple_of(SECTOR) {
+            return Err(DeviceError("a write not of whole sectors"));
+        }
+        if offset.checked_add(bytes.len() as u64).is_none_or(|e| e > self.len) {
+            return Err(DeviceError("write past the end"));
+        }
+        for (i, piece) in bytes.chunks(PIECE).enumerate() {
+            let sector = (offset / SECTOR) as usize + i * PIECE / SECTOR as usize;
+            self.device.write_blocks(sector, piece).map_err(failed("a write failed"))?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), DeviceError> {
+        self.device.flush().map_err(failed("a flush failed"))
+    }
+}
