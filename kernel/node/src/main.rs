@@ -177,6 +177,39 @@ fn load_keys() -> Result<cairn_bootcfg::NodeKeys, alloc::string::String> {
     cairn_bootcfg::NodeKeys::parse(&bytes).map_err(|e| alloc::format!("{e} (fw_cfg file {name})"))
 }
 
+/// The store on `disk`: opened (recovered), or made on a blank disk.
+fn open_store(mut disk: drivers::blk::Disk) -> Result<memory::objects::DiskObjects, alloc::string::String> {
+    use cairn_store::DiskStore;
+    let len_mib = cairn_store::Device::len(&disk) >> 20;
+    let started = arch::clock::micros_since_boot();
+    if DiskStore::is_blank(&mut disk).map_err(|e| alloc::format!("{e}"))? {
+        let seed = entropy::seed().ok_or("no randomness for the store's id")?;
+        let store = DiskStore::format(disk, seed[..16].try_into().expect("16 bytes"))
+            .map_err(|e| alloc::format!("{e}"))?;
+        println!("cairn: store disk {len_mib} MiB, new");
+        return Ok(store);
+    }
+    let (store, recovery) = DiskStore::open(disk).map_err(|e| alloc::format!("{e}"))?;
+    let stats = store.stats();
+    println!(
+        "cairn: store disk {len_mib} MiB, {} objects ({} bytes), recovered in {} ms{}: {} records read{}{}",
+        stats.objects,
+        stats.object_bytes,
+        (arch::clock::micros_since_boot() - started) / 1000,
+        if recovery.from_checkpoint { " from a checkpoint" } else { "" },
+        recovery.records_scanned,
+        match recovery.damaged_objects {
+            0 => alloc::string::String::new(),
+            n => alloc::format!(", {n} damaged objects not held"),
+        },
+        match recovery.dropped_records {
+            0 => alloc::string::String::new(),
+            n => alloc::format!(", {n} records of a commit cut short left out"),
+        },
+    );
+    Ok(store)
+}
+
 /// Says why the node serves no API, and idles.
 fn refuse_api(why: &str) -> ! {
     println!("cairn: api off: {why}");
@@ -225,21 +258,24 @@ fn serve(config: &NodeConfig) -> Status {
             None
         }
     });
-    // The store on a disk is built (docs/STORE.md) but a serving node does not use it yet: say
-    // so rather than let anyone believe their objects are kept.
-    match drivers::blk::find() {
-        Some(drivers::blk::Found::Usable(disk)) => println!(
-            "cairn: disk {} MiB found; not used: the node keeps its store in memory for now (docs/STORE.md)",
-            cairn_store::Device::len(&*disk) >> 20
-        ),
-        Some(drivers::blk::Found::Unusable(why)) => println!("cairn: disk found but not usable: {why}"),
-        None => {}
-    }
+    // The store's disk (docs/STORE.md): one that cannot be used stops the API, rather than let
+    // the node serve from memory while its operator believes objects are kept.
+    let disk = match drivers::blk::find() {
+        Some(drivers::blk::Found::Usable(disk)) => match open_store(*disk) {
+            Ok(store) => Some(store),
+            Err(why) => refuse_api(&alloc::format!("the store's disk: {why}")),
+        },
+        Some(drivers::blk::Found::Unusable(why)) => refuse_api(&alloc::format!("the store's disk: {why}")),
+        None => None,
+    };
     match arch::clock::read_wall_clock() {
         Some(ms) => log::info!("clock: RTC says {} s since the Unix epoch", ms / 1000),
         None => log::warn!("clock: the RTC gave no valid time; journals record uptime instead"),
     }
     let (mut ev, _procedures) = jobs::node_evaluator(memory::heap::usage().1 as u64 / 2, &config.ceilings);
+    if let Some(disk) = disk {
+        ev.store.attach_disk(disk);
+    }
     let mut id_source = alloc::vec::Vec::from(network.device.mac());
     if let Some(cluster) = &cluster {
         id_source.extend_from_slice(&cluster.device.mac());
@@ -292,6 +328,11 @@ fn serve(config: &NodeConfig) -> Status {
         }
         drop(guard);
         busy |= run_queued(&mut jobs, &mut ev);
+        // What tasks and evaluations stored this round reaches the disk durably (what clients
+        // stored already has: they hear STORED only after).
+        if let Err(e) = ev.store.sync() {
+            log::warn!("store: {e}");
+        }
         let mut guard = SERVING.lock();
         let s = guard.as_mut().expect("set above");
         if busy {

@@ -608,6 +608,7 @@ impl Session {
         match outcome {
             Ok(()) => self.send(request, Message::Stored { handle }),
             Err(e @ StoreError::Full { .. }) => self.error(request, ErrorCode::StoreFull, e.to_string()),
+            Err(e @ StoreError::Disk(_)) => self.error(request, ErrorCode::Internal, e.to_string()),
             Err(e) => self.error(request, ErrorCode::WrongHash, e.to_string()),
         }
     }

@@ -87,6 +87,8 @@ fn bench_net(boot: &BootArgs, mib: u64) -> anyhow::Result<Vec<Measurement>> {
             ..NodeConfig::default()
         },
         api_port: Some(port),
+        // With --disk, the node keeps what it is sent there (docs/STORE.md).
+        disk: boot.store_disk(),
         ..NodeOptions::default()
     };
     eprintln!(

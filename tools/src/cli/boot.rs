@@ -73,8 +73,8 @@ pub struct BootArgs {
     #[arg(long, value_name = "DIR", default_value = ".", global = true)]
     pub out_dir: PathBuf,
     /// A disk for the node's store (docs/STORE.md): a raw file, or qcow2 if its name ends in
-    /// .qcow2; made when missing. `cairn bench` formats a blank one and measures the store on
-    /// it; a serving node does not keep its store on it yet.
+    /// .qcow2; made when missing. A serving node keeps its objects on it; `cairn bench`
+    /// formats a blank one and measures the store on it.
     #[arg(long, value_name = "PATH", global = true)]
     pub disk: Option<PathBuf>,
     /// The size of a disk made by --disk, in bytes, or with K, M or G.

@@ -261,13 +261,85 @@ impl NewObject {
     }
 }
 
+/// The store on the node's disk (docs/STORE.md).
+pub type DiskObjects = cairn_store::DiskStore<crate::drivers::blk::Disk>;
+
+/// The node's objects: in memory, and on its disk when it has one. With a disk, memory is a
+/// cache: every object is written to the disk as it is stored (and made durable before a client
+/// is told), objects evicted from memory stay on the disk, and one needed again is read back
+/// (checked against its handle) when it is pinned.
 pub struct NodeStore {
     inner: MemStore,
+    disk: Option<spin::Mutex<DiskObjects>>,
+}
+
+/// What a disk error is to the store's users: a full disk is a full store.
+fn disk_error(e: cairn_store::StoreError) -> StoreError {
+    match e {
+        cairn_store::StoreError::Full { needed, free } => StoreError::Full { needed, used: 0, limit: free },
+        e => StoreError::Disk(alloc::format!("{e}")),
+    }
 }
 
 impl NodeStore {
     pub fn new(limit_bytes: u64) -> NodeStore {
-        NodeStore { inner: MemStore::new(limit_bytes) }
+        NodeStore { inner: MemStore::new(limit_bytes), disk: None }
+    }
+
+    /// Keeps the store on `disk` from now on.
+    pub fn attach_disk(&mut self, disk: DiskObjects) {
+        self.disk = Some(spin::Mutex::new(disk));
+    }
+
+    pub fn disk_stats(&self) -> Option<cairn_store::Stats> {
+        self.disk.as_ref().map(|d| d.lock().stats())
+    }
+
+    /// Writes an object to the disk (if the node has one and it lacks it); with `durable`, also
+    /// commits, so that it survives a crash before this returns.
+    fn persist(&self, handle: &Handle, bytes: &[u8], durable: bool) -> Result<(), StoreError> {
+        let Some(disk) = &self.disk else { return Ok(()) };
+        let mut disk = disk.lock();
+        disk.put(handle, bytes).map_err(disk_error)?;
+        if durable {
+            disk.commit().map_err(disk_error)?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything written to the disk so far durable (the node's loop calls it each
+    /// round, so that objects its tasks made are not left unflushed for long).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        match &self.disk {
+            Some(disk) => disk.lock().commit().map_err(disk_error),
+            None => Ok(()),
+        }
+    }
+
+    /// An object only the disk holds, read and checked; None if it is not there or its copy is
+    /// damaged (which the log says).
+    fn read_from_disk(&self, handle: &Handle) -> Option<Bytes> {
+        let disk = self.disk.as_ref()?;
+        match disk.lock().get(handle) {
+            Ok(bytes) => bytes.map(Bytes::from),
+            Err(e) => {
+                log::warn!("store: {e}");
+                None
+            }
+        }
+    }
+
+    /// Brings an object the disk holds back into memory; true if memory holds it now.
+    fn load(&mut self, handle: &Handle) -> bool {
+        if self.inner.contains(handle) {
+            return true;
+        }
+        let Some(bytes) = self.read_from_disk(handle) else { return false };
+        self.make_room(bytes.len() as u64);
+        let room = self.room().saturating_sub(OBJECT_OVERHEAD);
+        self.inner
+            .put_checked_placed(handle, bytes, |b| if b.len() as u64 > room { None } else { Self::placed(b) })
+            .is_ok()
     }
 
     /// Bytes the store could still take without evicting anything, less what uploads in
@@ -321,6 +393,17 @@ impl NodeStore {
     /// already hashed.
     pub fn put_upload(&mut self, claimed: &Handle, bytes: Bytes, digest: [u8; 32]) -> Result<(), StoreError> {
         debug_assert!(bytes.is_empty() || (bytes.as_ptr() as u64).is_multiple_of(FRAME_SIZE));
+        if self.disk.is_some() {
+            // On the disk, durably, before the client hears STORED; memory is only a cache.
+            let named = cairn_object::store::name_blob_with_digest(claimed.kind(), &bytes, digest)
+                .map_err(|error| StoreError::Invalid { kind: claimed.kind(), error })?;
+            if named != *claimed {
+                return Err(StoreError::Mismatch { claimed: *claimed, actual: named });
+            }
+            self.persist(claimed, &bytes, true)?;
+            let _ = self.inner.put_checked_placed(claimed, bytes, Some);
+            return Ok(());
+        }
         self.inner.put_verified_digest_placed(claimed, bytes, digest, Some)
     }
 
@@ -352,11 +435,17 @@ impl NodeStore {
         // since, so look again, as `put` does.
         self.make_room(bytes.len() as u64);
         let room = self.room().saturating_sub(OBJECT_OVERHEAD);
-        match (kind, blob_digest) {
+        // Cloning a `Bytes` made from a Vec allocates: only when there is a disk to write to.
+        let kept = self.disk.is_some().then(|| bytes.clone());
+        let handle = match (kind, blob_digest) {
             (Kind::Blob, Some(digest)) => self.inner.put_hashed_blob(bytes, digest, room),
             // Already where it should live: small, or in pages of its own.
             _ => self.inner.put_placed(kind, bytes, |b| (b.len() as u64 <= room).then_some(b)),
+        }?;
+        if let Some(kept) = kept {
+            self.persist(&handle, &kept, false)?;
         }
+        Ok(handle)
     }
 
     /// Large objects move into pages of their own; `None` if the heap has no room.
@@ -386,10 +475,35 @@ impl Store for NodeStore {
     fn put(&mut self, kind: Kind, bytes: Bytes) -> Result<Handle, StoreError> {
         self.make_room(bytes.len() as u64);
         let room = self.room().saturating_sub(OBJECT_OVERHEAD);
-        self.inner.put_placed(kind, bytes, |b| if b.len() as u64 > room { None } else { Self::placed(b) })
+        let kept = self.disk.is_some().then(|| bytes.clone());
+        let handle = self
+            .inner
+            .put_placed(kind, bytes, |b| if b.len() as u64 > room { None } else { Self::placed(b) })?;
+        if let Some(kept) = kept {
+            self.persist(&handle, &kept, false)?;
+        }
+        Ok(handle)
     }
 
+    /// From a client (or a peer): with a disk, it is durable there before this returns, even
+    /// if memory holds it already (memory may hold what a task made and the disk not yet).
     fn put_verified(&mut self, claimed: &Handle, bytes: Bytes) -> Result<(), StoreError> {
+        if self.disk.is_some() {
+            let named = cairn_object::store::name(claimed.kind(), &bytes)
+                .map_err(|error| StoreError::Invalid { kind: claimed.kind(), error })?;
+            if named != *claimed {
+                return Err(StoreError::Mismatch { claimed: *claimed, actual: named });
+            }
+            self.persist(claimed, &bytes, true)?;
+            if !self.inner.contains(claimed) {
+                self.make_room(bytes.len() as u64);
+                let room = self.room().saturating_sub(OBJECT_OVERHEAD);
+                let _ = self.inner.put_checked_placed(claimed, bytes, |b| {
+                    if b.len() as u64 > room { None } else { Self::placed(b) }
+                });
+            }
+            return Ok(());
+        }
         if !self.inner.contains(claimed) {
             self.make_room(bytes.len() as u64);
         }
@@ -400,19 +514,20 @@ impl Store for NodeStore {
     }
 
     fn get(&self, handle: &Handle) -> Option<Bytes> {
-        self.inner.get(handle)
+        self.inner.get(handle).or_else(|| self.read_from_disk(handle))
     }
 
     fn contains(&self, handle: &Handle) -> bool {
-        self.inner.contains(handle)
+        self.inner.contains(handle) || self.disk.as_ref().is_some_and(|d| d.lock().contains(handle))
     }
 
     fn stats(&self) -> StoreStats {
         self.inner.stats()
     }
 
+    /// An object only the disk holds comes back into memory to be pinned (tasks map it).
     fn pin(&mut self, handle: &Handle) -> bool {
-        self.inner.pin(handle)
+        self.load(handle) && self.inner.pin(handle)
     }
 
     fn unpin(&mut self, handle: &Handle) {

@@ -223,8 +223,15 @@ impl NodeApi for Node<'_> {
         let store = self.ev.store.stats();
         let eval = self.ev.stats();
         let keystreams = super::ahead::stats();
+        // With a disk: what it holds (docs/STORE.md).
+        let disk = self.ev.store.disk_stats().map_or(String::new(), |d| {
+            format!(
+                "disk_objects={}\ndisk_object_bytes={}\ndisk_log_bytes={}\ndisk_bytes={}\n",
+                d.objects, d.object_bytes, d.log_bytes, d.device_bytes
+            )
+        });
         format!(
-            "cpus={}\nhelper_busy_ms={}\nhelper_hashed_bytes={}\nkeystreams_ahead={}\nkeystreams_taken_back={}\nkeystreams_live={}\nobjects={}\nstore_bytes={}\nstore_used={}\nstore_limit={}\nstore_pinned={}\nstore_evictions={}\nstore_evicted_bytes={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nmemo_error_bytes={}\nmemo_evictions={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\nrelocated={}\n{}connections_served={}\nconnections_refused={}\nconnections_too_slow={}\nconnections_evicted={}\nconnections_idle={}\nconnections_handshake_closed={}\nuptime_ms={}\nidle_ms={}\n",
+            "{disk}cpus={}\nhelper_busy_ms={}\nhelper_hashed_bytes={}\nkeystreams_ahead={}\nkeystreams_taken_back={}\nkeystreams_live={}\nobjects={}\nstore_bytes={}\nstore_used={}\nstore_limit={}\nstore_pinned={}\nstore_evictions={}\nstore_evicted_bytes={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nmemo_error_bytes={}\nmemo_evictions={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\nrelocated={}\n{}connections_served={}\nconnections_refused={}\nconnections_too_slow={}\nconnections_evicted={}\nconnections_idle={}\nconnections_handshake_closed={}\nuptime_ms={}\nidle_ms={}\n",
             if crate::arch::smp::online() { 2 } else { 1 },
             crate::arch::smp::busy_us() / 1000,
             crate::memory::objects::helper_hashed_bytes(),

@@ -152,6 +152,7 @@ fn create(
     let handle = store.put_new(kind, object, digest).map_err(|e| match e {
         StoreError::Invalid { .. } | StoreError::Mismatch { .. } => bad(format!("{e}")),
         StoreError::Full { .. } => Failure::NodeOutOfMemory,
+        StoreError::Disk(why) => Failure::NodeFault(format!("the store's disk: {why}")),
     })?;
     task.created.try_reserve(1).map_err(|_| Failure::NodeOutOfMemory)?;
     if store.pin(&handle) {

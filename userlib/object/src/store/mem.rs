@@ -225,6 +225,17 @@ impl MemStore {
         self.insert(actual, placed)
     }
 
+    /// Stores `bytes` as the object `handle` without naming them again: the caller has checked
+    /// them against the handle (the disk store checks every object it reads).
+    pub fn put_checked_placed(
+        &mut self,
+        handle: &Handle,
+        bytes: Bytes,
+        place: impl FnOnce(Bytes) -> Option<Bytes>,
+    ) -> Result<(), StoreError> {
+        self.put_named_placed(handle, *handle, bytes, place)
+    }
+
     fn full(&self, needed: u64) -> StoreError {
         StoreError::Full { needed, used: self.used(), limit: self.limit }
     }

@@ -16,6 +16,14 @@ use crate::tree::Tree;
 pub use mem::{MemStore, OBJECT_OVERHEAD};
 
 /// Names an object's bytes as `kind`, checking a tree's or thunk's encoding first.
+/// [`name`], for a blob whose BLAKE3 digest the caller computed from these very bytes.
+pub fn name_blob_with_digest(kind: Kind, bytes: &[u8], blob_digest: [u8; 32]) -> Result<Handle, DecodeError> {
+    if kind != Kind::Blob || bytes.len() <= crate::LITERAL_MAX {
+        return name(kind, bytes);
+    }
+    Ok(Handle::named(Kind::Blob, bytes.len() as u64, crate::Digest(blob_digest)))
+}
+
 pub fn name(kind: Kind, bytes: &[u8]) -> Result<Handle, DecodeError> {
     Ok(match kind {
         Kind::Blob => Handle::blob(bytes),
@@ -50,6 +58,8 @@ pub enum StoreError {
     Mismatch { claimed: Handle, actual: Handle },
     /// Storing `needed` more bytes would pass the limit.
     Full { needed: u64, used: u64, limit: u64 },
+    /// The disk that keeps the store failed, or is full (docs/STORE.md).
+    Disk(alloc::string::String),
 }
 
 impl fmt::Display for StoreError {
@@ -63,6 +73,7 @@ impl fmt::Display for StoreError {
                 f,
                 "store is full: {needed} more bytes would exceed the limit ({used} of {limit} bytes used)"
             ),
+            StoreError::Disk(why) => write!(f, "the store's disk: {why}"),
         }
     }
 }

@@ -1,0 +1,94 @@
+//! The store on a disk (docs/STORE.md), on real nodes: what a client stored comes back after the
+//! node is killed and booted again on the same disk; a disk that holds something else stops the
+//! API; a full disk is a full store.
+
+use std::path::Path;
+
+use cairn_object::Handle;
+use cairn_proto::ErrorCode;
+use cairn_tests::{BOOT_TIMEOUT, Node, serving_node_with};
+use cairn_tools::client::{Client, Refused};
+use cairn_tools::qemu::{NodeOptions, StoreDisk};
+
+fn with_disk(path: &Path, size: u64) -> NodeOptions {
+    NodeOptions { disk: Some(StoreDisk { path: path.to_path_buf(), size }), ..NodeOptions::default() }
+}
+
+fn stat(stats: &str, key: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {stats}"))
+}
+
+fn blob(seed: u32, len: usize) -> (Handle, Vec<u8>) {
+    let bytes: Vec<u8> =
+        (0..len as u32).map(|i| (i.wrapping_mul(2654435761) ^ seed) as u8 ^ (i >> 13) as u8).collect();
+    (Handle::blob(&bytes), bytes)
+}
+
+#[test]
+fn what_a_client_stored_comes_back_after_the_node_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("store.qcow2");
+    let objects = [blob(1, 3 << 20), blob(2, 5000), blob(3, 100)];
+    {
+        let (node, address) = serving_node_with(with_disk(&disk, 64 << 20));
+        assert!(
+            node.transcript().iter().any(|l| l.contains("cairn: store disk 64 MiB, new")),
+            "{:?}",
+            node.transcript()
+        );
+        let mut client = Client::connect(&address).unwrap();
+        for (handle, bytes) in &objects {
+            client.put(*handle, bytes, |_| {}).unwrap();
+        }
+        let stats = client.stats().unwrap();
+        assert_eq!(stat(&stats, "disk_objects"), 3, "{stats}");
+        // Killed (SIGKILL) as it stands: only what the disk was told to flush counts.
+    }
+    let (node, address) = serving_node_with(with_disk(&disk, 64 << 20));
+    let line =
+        node.transcript().iter().find(|l| l.contains("cairn: store disk")).cloned().unwrap_or_default();
+    assert!(line.contains("3 objects"), "{line}");
+    let mut client = Client::connect(&address).unwrap();
+    assert_eq!(client.missing(&objects.iter().map(|o| o.0).collect::<Vec<_>>()).unwrap(), []);
+    for (handle, bytes) in &objects {
+        assert!(client.get(*handle, |_, _| {}).unwrap() == *bytes, "{handle} came back different");
+    }
+    let stats = client.stats().unwrap();
+    assert_eq!(stat(&stats, "disk_objects"), 3, "{stats}");
+}
+
+#[test]
+fn a_disk_holding_something_else_stops_the_api_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("other.raw");
+    std::fs::write(&disk, vec![0x5a; 4 << 20]).unwrap();
+    let mut node = Node::boot_with(NodeOptions {
+        config: cairn_bootcfg::NodeConfig { mode: cairn_bootcfg::Mode::Serve, ..Default::default() },
+        ..with_disk(&disk, 4 << 20)
+    });
+    node.expect(
+        r"^cairn: api off: the store's disk: the disk holds something other than a Cairn store",
+        BOOT_TIMEOUT,
+    );
+    // Nothing was written to it.
+    assert!(std::fs::read(&disk).unwrap().iter().all(|b| *b == 0x5a));
+}
+
+#[test]
+fn a_full_disk_is_a_full_store_and_the_node_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("small.raw");
+    let (_node, address) = serving_node_with(with_disk(&disk, 2 << 20));
+    let mut client = Client::connect(&address).unwrap();
+    let (big, big_bytes) = blob(9, 3 << 20);
+    let err = client.put(big, &big_bytes, |_| {}).unwrap_err();
+    let refused = err.downcast_ref::<Refused>().unwrap_or_else(|| panic!("{err:#}"));
+    assert_eq!(refused.code, ErrorCode::StoreFull, "{err:#}");
+    assert!(refused.message.contains("full"), "{}", refused.message);
+    let (small, small_bytes) = blob(10, 20_000);
+    client.put(small, &small_bytes, |_| {}).unwrap();
+    assert!(client.get(small, |_, _| {}).unwrap() == small_bytes);
+}
