@@ -92,3 +92,23 @@ fn a_full_disk_is_a_full_store_and_the_node_goes_on() {
     client.put(small, &small_bytes, |_| {}).unwrap();
     assert!(client.get(small, |_, _| {}).unwrap() == small_bytes);
 }
+
+/// Memory is a cache in front of the disk: objects pushed out of a small node's memory are
+/// still held, served from the disk (checked against their handles on the way).
+#[test]
+fn objects_evicted_from_memory_are_served_from_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("cache.raw");
+    let (_node, address) = serving_node_with(NodeOptions { memory_mib: 192, ..with_disk(&disk, 128 << 20) });
+    let mut client = Client::connect(&address).unwrap();
+    let objects: Vec<_> = (0..4).map(|i| blob(20 + i, 15 << 20)).collect();
+    for (handle, bytes) in &objects {
+        client.put(*handle, bytes, |_| {}).unwrap();
+    }
+    let stats = client.stats().unwrap();
+    assert!(stat(&stats, "store_evictions") > 0, "memory had to let some go: {stats}");
+    assert_eq!(stat(&stats, "disk_objects"), 4, "{stats}");
+    for (handle, bytes) in &objects {
+        assert!(client.get(*handle, |_, _| {}).unwrap() == *bytes, "{handle}");
+    }
+}

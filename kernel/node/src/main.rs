@@ -389,6 +389,10 @@ fn run_queued(jobs: &mut net::jobs::Jobs, ev: &mut jobs::NodeEvaluator) -> bool 
             }
             work => jobs.run(work, &mut s.network, ev),
         };
+        // What the work made is durable before its answer names it.
+        if let Err(e) = ev.store.sync() {
+            log::warn!("store: {e}");
+        }
         let s = guard.as_mut().expect("set by serve");
         let api = if on_cluster { s.cluster_api.as_mut().expect("work came from it") } else { &mut s.api };
         api.deliver(queued, answer);

@@ -173,3 +173,36 @@ fn a_torn_last_commit_counts_not_at_all() {
     assert!(!store.contains(&x));
     assert_eq!(store.note(1, &key(1)), None);
 }
+
+/// An object whose record ends exactly on a sector boundary still leaves room for the padding
+/// that closes its commit; an object that does not fit is refused before it is taken.
+#[test]
+fn an_object_ending_at_the_end_of_the_disk_is_refused_before_it_is_taken() {
+    let mut store = DiskStore::format(SimDisk::new(1 << 20), [7; 16]).unwrap();
+    let n = (1usize << 20) - LOG_START as usize - 104;
+    let (h, b) = blob(1, n);
+    assert!(matches!(store.put(&h, &b), Err(StoreError::Full { .. })));
+    assert!(!store.contains(&h));
+    let (h, b) = blob(2, n - 512);
+    store.put(&h, &b).unwrap();
+    store.commit().unwrap();
+    assert!(store.contains(&h));
+}
+
+/// A commit that fails leaves nothing counted as stored, and the store takes nothing more (it
+/// cannot know what reached the disk) instead of growing its buffer round after round.
+#[test]
+fn after_a_failed_commit_nothing_is_claimed_and_nothing_more_taken() {
+    let mut store = new_store();
+    let (x, xb) = blob(1, 5000);
+    store.put(&x, &xb).unwrap();
+    assert!(!store.contains(&x), "not durable before its commit");
+    store.device.ops_left = Some(0);
+    assert!(store.commit().is_err());
+    assert!(!store.contains(&x));
+    for _ in 0..100 {
+        assert_eq!(store.commit(), Err(StoreError::Failed));
+    }
+    assert_eq!(store.set_note(1, &key(1), None), Err(StoreError::Failed));
+    assert!(store.pending.len() < 8192, "{} bytes held", store.pending.len());
+}

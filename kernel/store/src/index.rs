@@ -37,6 +37,12 @@ impl Index {
         }
     }
 
+    pub fn remove_object(&mut self, handle: &Handle) {
+        if let Some(at) = self.objects.remove(handle) {
+            self.object_bytes -= u64::from(at.len);
+        }
+    }
+
     pub fn set_note(&mut self, space: u8, key: NoteKey, value: Option<NoteValue>) {
         match value {
             Some(value) => self.notes.insert((space, key), value),

@@ -73,6 +73,9 @@ pub enum StoreError {
     CheckpointDamaged {
         position: u64,
     },
+    /// A write or flush failed earlier: what was appended since the last commit may or may not
+    /// be on the disk, so nothing more is stored until the store is opened again.
+    Failed,
 }
 
 impl fmt::Display for StoreError {
@@ -95,6 +98,10 @@ impl fmt::Display for StoreError {
             StoreError::TooLarge { len } => write!(f, "an object of {len} bytes is larger than a record"),
             StoreError::Corrupt { handle } => write!(f, "the disk's copy of {handle} is damaged"),
             StoreError::NoMemory { len } => write!(f, "no memory for a record of {len} bytes"),
+            StoreError::Failed => write!(
+                f,
+                "an earlier write to the disk failed; nothing more is stored until the node restarts"
+            ),
             StoreError::CheckpointDamaged { position } => write!(
                 f,
                 "the checkpoint at {position} is damaged and the log cannot be read past it: what came after it would be lost, so the store is not opened"
@@ -151,6 +158,8 @@ pub struct DiskStore<D: Device> {
     durable: u64,
     /// `pending` is written out past this many bytes ([`WRITE_BEHIND`]; less in tests).
     write_behind: usize,
+    /// A write or flush failed: the store takes nothing more (see [`StoreError::Failed`]).
+    failed: bool,
     index: Index,
 }
 
@@ -190,6 +199,7 @@ impl<D: Device> DiskStore<D> {
             pending: Vec::new(),
             durable: LOG_START,
             write_behind: WRITE_BEHIND,
+            failed: false,
             index: Index::default(),
         }
     }
@@ -355,9 +365,17 @@ impl<D: Device> DiskStore<D> {
         if payload_len > MAX_PAYLOAD {
             return Err(StoreError::TooLarge { len: payload_len });
         }
+        if self.failed {
+            return Err(StoreError::Failed);
+        }
         let len = record_len(payload_len);
-        // Room for this record and the padding that takes its commit to a sector boundary.
-        let needed = (self.tail + len).next_multiple_of(SECTOR) - self.tail;
+        // Room for this record and the padding that closes its commit (at least a header, up to
+        // a sector boundary; a whole sector if the record ends on one). The padding itself
+        // needs exactly its own length.
+        let needed = match kind {
+            RecordKind::Pad => len,
+            _ => (self.tail + len + 1).next_multiple_of(SECTOR) - self.tail,
+        };
         let free = self.superblock.device_len.saturating_sub(self.tail);
         if needed > free {
             return Err(StoreError::Full { needed, free });
@@ -381,7 +399,7 @@ impl<D: Device> DiskStore<D> {
         self.next_seq += 1;
         self.prev = header.checksum;
         if self.pending.len() >= self.write_behind {
-            self.write_pending(false)?;
+            self.write_pending(false).inspect_err(|_| self.failed = true)?;
         }
         Ok(position)
     }
@@ -459,6 +477,9 @@ impl<D: Device> DiskStore<D> {
     /// Writes what was appended since the last commit and flushes: every record appended so far
     /// is then durable. One write and one flush however many records (group commit).
     pub fn commit(&mut self) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(StoreError::Failed);
+        }
         // Records written out ahead of the commit (write-behind) are not durable either.
         if self.tail == self.durable {
             return Ok(());
@@ -471,8 +492,13 @@ impl<D: Device> DiskStore<D> {
             gap => gap,
         };
         self.append(RecordKind::Pad, &[&vec![0u8; (gap - HEADER_LEN) as usize]])?;
-        self.write_pending(true)?;
-        self.device.flush()?;
+        // Whatever fails from here leaves the disk unknown: nothing more is taken, so that no
+        // one is told something is stored that may not be.
+        let written = self.write_pending(true).and_then(|()| self.device.flush().map_err(StoreError::from));
+        if let Err(e) = written {
+            self.failed = true;
+            return Err(e);
+        }
         self.durable = self.tail;
         Ok(())
     }
@@ -502,12 +528,28 @@ impl<D: Device> DiskStore<D> {
         }
         match name(handle.kind(), &bytes) {
             Ok(actual) if actual == *handle => Ok(Some(bytes)),
-            _ => Err(StoreError::Corrupt { handle: *handle }),
+            _ => {
+                // Not held any more: a later put writes it again.
+                self.index.remove_object(handle);
+                Err(StoreError::Corrupt { handle: *handle })
+            }
         }
     }
 
+    /// Whether the store holds the object durably (a literal always): appended objects count
+    /// once their commit returns.
     pub fn contains(&self, handle: &Handle) -> bool {
-        handle.is_literal() || self.index.objects.contains_key(handle)
+        handle.is_literal() || self.index.objects.get(handle).is_some_and(|at| at.position < self.durable)
+    }
+
+    /// Whether a write or flush has failed (see [`StoreError::Failed`]).
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// The length of an object the store holds (durably or not).
+    pub fn len_of(&self, handle: &Handle) -> Option<u32> {
+        self.index.objects.get(handle).map(|at| at.len)
     }
 
     /// Writes the whole index as a checkpoint record and points the superblock at it, so that

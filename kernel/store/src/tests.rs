@@ -249,8 +249,16 @@ fn damaged_bytes_are_never_served_and_scrub_finds_them() {
     let victim = store.index.objects[&objects[4].0];
     let at = (victim.position + 1024) as usize;
     store.device.current[at] ^= 1;
+    let victim = store.index.objects[&objects[3].0];
+    store.device.current[(victim.position + 2048) as usize] ^= 1;
     assert_eq!(store.get(&objects[4].0), Err(StoreError::Corrupt { handle: objects[4].0 }));
-    assert_eq!(store.scrub().unwrap(), [objects[4].0]);
+    // No longer held, so that a client's put writes it again.
+    assert!(!store.contains(&objects[4].0));
+    assert_eq!(store.get(&objects[4].0), Ok(None));
+    assert!(store.put(&objects[4].0, &objects[4].1).unwrap());
+    store.commit().unwrap();
+    assert_eq!(store.get(&objects[4].0).unwrap().as_ref(), Some(&objects[4].1));
+    assert_eq!(store.scrub().unwrap(), [objects[3].0]);
 }
 
 /// The last commit cannot tell media damage from a crash that cut it short (never

@@ -4,7 +4,6 @@
 
 use alloc::format;
 use alloc::string::String;
-use alloc::vec;
 
 use cairn_store::{Device, DeviceError, SECTOR};
 use virtio_drivers::device::blk::VirtIOBlk;
@@ -24,6 +23,8 @@ const PIECE: usize = 1 << 20;
 pub struct Disk {
     device: VirtIOBlk<KernelHal, PciTransport>,
     len: u64,
+    /// One sector in the heap (the linear map: the device reads into it without a bounce).
+    sector: alloc::boxed::Box<[u8; SECTOR as usize]>,
 }
 
 /// What was found on the PCI bus.
@@ -54,7 +55,8 @@ pub fn find() -> Option<Found> {
     match VirtIOBlk::<KernelHal, _>::new(transport) {
         Ok(device) => {
             let len = device.capacity().saturating_mul(SECTOR);
-            Some(Found::Usable(alloc::boxed::Box::new(Disk { device, len })))
+            let sector = alloc::boxed::Box::new([0u8; SECTOR as usize]);
+            Some(Found::Usable(alloc::boxed::Box::new(Disk { device, len, sector })))
         }
         Err(e) => Some(Found::Unusable(format!("the driver could not start it: {e:?}"))),
     }
@@ -74,19 +76,30 @@ impl Device for Disk {
             .checked_add(buf.len() as u64)
             .filter(|e| *e <= self.len)
             .ok_or(DeviceError("read past the end"))?;
-        let (first, last) = (offset / SECTOR, end.div_ceil(SECTOR));
-        if offset.is_multiple_of(SECTOR) && end.is_multiple_of(SECTOR) {
-            for (i, piece) in buf.chunks_mut(PIECE).enumerate() {
-                let sector = first as usize + i * PIECE / SECTOR as usize;
-                self.device.read_blocks(sector, piece).map_err(failed("a read failed"))?;
+        // A partial first and last sector through a buffer of one sector; whole sectors in
+        // between straight into `buf` (no allocation sized by the read).
+        let mut at = offset;
+        let mut filled = 0;
+        while at < end {
+            let sector = at / SECTOR;
+            let within = (at % SECTOR) as usize;
+            if within == 0 && end - at >= SECTOR {
+                let whole = (((end - at) / SECTOR) * SECTOR).min(PIECE as u64) as usize;
+                self.device
+                    .read_blocks(sector as usize, &mut buf[filled..filled + whole])
+                    .map_err(failed("a read failed"))?;
+                at += whole as u64;
+                filled += whole;
+                continue;
             }
-            return Ok(());
+            self.device
+                .read_blocks(sector as usize, &mut self.sector[..])
+                .map_err(failed("a read failed"))?;
+            let n = (SECTOR as usize - within).min((end - at) as usize);
+            buf[filled..filled + n].copy_from_slice(&self.sector[within..within + n]);
+            at += n as u64;
+            filled += n;
         }
-        // Not on sector boundaries: through a buffer of whole sectors.
-        let mut whole = vec![0u8; ((last - first) * SECTOR) as usize];
-        self.read(first * SECTOR, &mut whole)?;
-        let skip = (offset - first * SECTOR) as usize;
-        buf.copy_from_slice(&whole[skip..skip + buf.len()]);
         Ok(())
     }
 

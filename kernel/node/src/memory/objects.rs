@@ -274,9 +274,12 @@ pub struct NodeStore {
 }
 
 /// What a disk error is to the store's users: a full disk is a full store.
-fn disk_error(e: cairn_store::StoreError) -> StoreError {
+fn disk_error(disk: &DiskObjects, e: cairn_store::StoreError) -> StoreError {
     match e {
-        cairn_store::StoreError::Full { needed, free } => StoreError::Full { needed, used: 0, limit: free },
+        cairn_store::StoreError::Full { needed, free } => {
+            let limit = disk.stats().device_bytes.saturating_sub(cairn_store::superblock::LOG_START);
+            StoreError::Full { needed, used: limit.saturating_sub(free), limit }
+        }
         e => StoreError::Disk(alloc::format!("{e}")),
     }
 }
@@ -300,20 +303,39 @@ impl NodeStore {
     fn persist(&self, handle: &Handle, bytes: &[u8], durable: bool) -> Result<(), StoreError> {
         let Some(disk) = &self.disk else { return Ok(()) };
         let mut disk = disk.lock();
-        disk.put(handle, bytes).map_err(disk_error)?;
+        let put = disk.put(handle, bytes);
+        put.map_err(|e| disk_error(&disk, e))?;
         if durable {
-            disk.commit().map_err(disk_error)?;
+            let committed = disk.commit();
+            committed.map_err(|e| disk_error(&disk, e))?;
         }
         Ok(())
     }
 
     /// Makes everything written to the disk so far durable (the node's loop calls it each
-    /// round, so that objects its tasks made are not left unflushed for long).
+    /// round, so that objects its tasks made are not left unflushed for long). A disk that
+    /// failed is reported once (then STATS says `disk_failed=1`, and every store is refused).
     pub fn sync(&self) -> Result<(), StoreError> {
-        match &self.disk {
-            Some(disk) => disk.lock().commit().map_err(disk_error),
-            None => Ok(()),
+        let Some(disk) = &self.disk else { return Ok(()) };
+        let mut disk = disk.lock();
+        if disk.failed() {
+            return Ok(());
         }
+        let committed = disk.commit();
+        committed.map_err(|e| disk_error(&disk, e))
+    }
+
+    /// What the node tells clients and peers it holds (HAVE): with a disk, only what is durable
+    /// there (what a task made this round is not, yet); without one, what memory holds.
+    pub fn holds_durably(&self, handle: &Handle) -> bool {
+        match &self.disk {
+            Some(disk) => disk.lock().contains(handle),
+            None => self.inner.contains(handle),
+        }
+    }
+
+    pub fn disk_failed(&self) -> bool {
+        self.disk.as_ref().is_some_and(|d| d.lock().failed())
     }
 
     /// An object only the disk holds, read and checked; None if it is not there or its copy is
@@ -334,8 +356,10 @@ impl NodeStore {
         if self.inner.contains(handle) {
             return true;
         }
+        // Room first, so that the object read is not one copy too many.
+        let Some(len) = self.disk.as_ref().and_then(|d| d.lock().len_of(handle)) else { return false };
+        self.make_room(u64::from(len));
         let Some(bytes) = self.read_from_disk(handle) else { return false };
-        self.make_room(bytes.len() as u64);
         let room = self.room().saturating_sub(OBJECT_OVERHEAD);
         self.inner
             .put_checked_placed(handle, bytes, |b| if b.len() as u64 > room { None } else { Self::placed(b) })
@@ -435,17 +459,23 @@ impl NodeStore {
         // since, so look again, as `put` does.
         self.make_room(bytes.len() as u64);
         let room = self.room().saturating_sub(OBJECT_OVERHEAD);
-        // Cloning a `Bytes` made from a Vec allocates: only when there is a disk to write to.
-        let kept = self.disk.is_some().then(|| bytes.clone());
-        let handle = match (kind, blob_digest) {
+        if self.disk.is_some() {
+            // Named here, on the disk first, then in memory: memory never holds what the disk
+            // was refused.
+            let named = match blob_digest {
+                Some(digest) => cairn_object::store::name_blob_with_digest(kind, &bytes, digest),
+                None => cairn_object::store::name(kind, &bytes),
+            }
+            .map_err(|error| StoreError::Invalid { kind, error })?;
+            self.persist(&named, &bytes, false)?;
+            self.inner.put_checked_placed(&named, bytes, |b| (b.len() as u64 <= room).then_some(b))?;
+            return Ok(named);
+        }
+        match (kind, blob_digest) {
             (Kind::Blob, Some(digest)) => self.inner.put_hashed_blob(bytes, digest, room),
             // Already where it should live: small, or in pages of its own.
             _ => self.inner.put_placed(kind, bytes, |b| (b.len() as u64 <= room).then_some(b)),
-        }?;
-        if let Some(kept) = kept {
-            self.persist(&handle, &kept, false)?;
         }
-        Ok(handle)
     }
 
     /// Large objects move into pages of their own; `None` if the heap has no room.
@@ -475,14 +505,17 @@ impl Store for NodeStore {
     fn put(&mut self, kind: Kind, bytes: Bytes) -> Result<Handle, StoreError> {
         self.make_room(bytes.len() as u64);
         let room = self.room().saturating_sub(OBJECT_OVERHEAD);
-        let kept = self.disk.is_some().then(|| bytes.clone());
-        let handle = self
-            .inner
-            .put_placed(kind, bytes, |b| if b.len() as u64 > room { None } else { Self::placed(b) })?;
-        if let Some(kept) = kept {
-            self.persist(&handle, &kept, false)?;
+        if self.disk.is_some() {
+            // On the disk first, then in memory (see `put_new`).
+            let named = cairn_object::store::name(kind, &bytes)
+                .map_err(|error| StoreError::Invalid { kind, error })?;
+            self.persist(&named, &bytes, false)?;
+            self.inner.put_checked_placed(&named, bytes, |b| {
+                if b.len() as u64 > room { None } else { Self::placed(b) }
+            })?;
+            return Ok(named);
         }
-        Ok(handle)
+        self.inner.put_placed(kind, bytes, |b| if b.len() as u64 > room { None } else { Self::placed(b) })
     }
 
     /// From a client (or a peer): with a disk, it is durable there before this returns, even

@@ -97,7 +97,7 @@ impl NodeApi for BusyNode<'_> {
         self.node_id
     }
     fn contains(&self, handle: &Handle) -> bool {
-        self.store.contains(handle)
+        self.store.holds_durably(handle)
     }
     fn get(&self, handle: &Handle) -> Option<Bytes> {
         served_object(self.store, handle, self.fault)
@@ -179,7 +179,7 @@ impl NodeApi for Node<'_> {
         self.node_id
     }
     fn contains(&self, handle: &Handle) -> bool {
-        self.ev.store.contains(handle)
+        self.ev.store.holds_durably(handle)
     }
     fn get(&self, handle: &Handle) -> Option<Bytes> {
         served_object(&self.ev.store, handle, self.fault)
@@ -226,8 +226,12 @@ impl NodeApi for Node<'_> {
         // With a disk: what it holds (docs/STORE.md).
         let disk = self.ev.store.disk_stats().map_or(String::new(), |d| {
             format!(
-                "disk_objects={}\ndisk_object_bytes={}\ndisk_log_bytes={}\ndisk_bytes={}\n",
-                d.objects, d.object_bytes, d.log_bytes, d.device_bytes
+                "disk_objects={}\ndisk_object_bytes={}\ndisk_log_bytes={}\ndisk_bytes={}\ndisk_failed={}\n",
+                d.objects,
+                d.object_bytes,
+                d.log_bytes,
+                d.device_bytes,
+                u8::from(self.ev.store.disk_failed())
             )
         });
         format!(

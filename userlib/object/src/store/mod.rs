@@ -15,7 +15,6 @@ use crate::tree::Tree;
 
 pub use mem::{MemStore, OBJECT_OVERHEAD};
 
-/// Names an object's bytes as `kind`, checking a tree's or thunk's encoding first.
 /// [`name`], for a blob whose BLAKE3 digest the caller computed from these very bytes.
 pub fn name_blob_with_digest(kind: Kind, bytes: &[u8], blob_digest: [u8; 32]) -> Result<Handle, DecodeError> {
     if kind != Kind::Blob || bytes.len() <= crate::LITERAL_MAX {
@@ -24,6 +23,7 @@ pub fn name_blob_with_digest(kind: Kind, bytes: &[u8], blob_digest: [u8; 32]) ->
     Ok(Handle::named(Kind::Blob, bytes.len() as u64, crate::Digest(blob_digest)))
 }
 
+/// Names an object's bytes as `kind`, checking a tree's or thunk's encoding first.
 pub fn name(kind: Kind, bytes: &[u8]) -> Result<Handle, DecodeError> {
     Ok(match kind {
         Kind::Blob => Handle::blob(bytes),
