@@ -40,15 +40,20 @@ pub fn fresh_secret() -> anyhow::Result<SecretKey> {
 
 /// This user's client key: read from the config directory, or made there on first use.
 pub fn client_key() -> anyhow::Result<SecretKey> {
-    let path = client_key_path()?;
-    match read_secret(&path) {
+    client_key_at(&client_key_path()?)
+}
+
+/// The key at `path`, made there if there is none. Several cairn processes starting at once
+/// (tests, a cluster) all end up with the one key that got there first, never a file half
+/// written: a key is written whole elsewhere and linked into place.
+fn client_key_at(path: &Path) -> anyhow::Result<SecretKey> {
+    if path.exists() {
+        return read_secret(path);
+    }
+    match write_secret(path, &fresh_secret()?, false) {
         Ok(key) => Ok(key),
-        Err(_) if !path.exists() => match write_secret(&path, &fresh_secret()?, false) {
-            Ok(key) => Ok(key),
-            // Another cairn made it meanwhile: use theirs.
-            Err(_) if path.exists() => read_secret(&path),
-            Err(e) => Err(e),
-        },
+        // Another cairn made it meanwhile: use theirs.
+        Err(_) if path.exists() => read_secret(path),
         Err(e) => Err(e),
     }
 }
@@ -85,18 +90,31 @@ fn read_secret(path: &Path) -> anyhow::Result<SecretKey> {
 fn write_secret(path: &Path, key: &SecretKey, replace: bool) -> anyhow::Result<SecretKey> {
     let dir = path.parent().expect("a key file is in a directory");
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let target = if replace { dir.join(".client.key.new") } else { path.to_path_buf() };
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&target)
-        .with_context(|| format!("cannot create {}", target.display()))?;
-    writeln!(file, "{}", key.to_hex())?;
-    file.sync_all()?;
-    if replace {
-        fs::rename(&target, path)?;
-    }
+    // Written whole under a name of this process's own, then put in place at once: renamed over
+    // the old key (replace), or linked (which fails if another process's key got there first).
+    let target = dir.join(format!(
+        ".client.key.{}.{:x}",
+        std::process::id(),
+        u64::from_le_bytes(random_bytes()?[..8].try_into()?)
+    ));
+    let written = (|| -> anyhow::Result<()> {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&target)
+            .with_context(|| format!("cannot create {}", target.display()))?;
+        writeln!(file, "{}", key.to_hex())?;
+        file.sync_all()?;
+        if replace {
+            fs::rename(&target, path)?;
+        } else {
+            fs::hard_link(&target, path).with_context(|| format!("cannot create {}", path.display()))?;
+        }
+        Ok(())
+    })();
+    let _ = fs::remove_file(&target);
+    written?;
     Ok(key.clone())
 }
 
@@ -149,4 +167,27 @@ pub fn write_node_keys(path: &Path, keys: &NodeKeys) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", path.display()))?;
     file.write_all(keys.to_text().as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many processes (here threads) asking for the key at once on a fresh machine all get the
+    /// same one, and none reads a file half written.
+    #[test]
+    fn a_key_made_by_many_at_once_is_one_key_whole() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("client.key");
+            let keys: Vec<PublicKey> = std::thread::scope(|s| {
+                let handles: Vec<_> =
+                    (0..8).map(|_| s.spawn(|| client_key_at(&path).map(|k| k.public()))).collect();
+                handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+            });
+            assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+            let left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(left, ["client.key"], "no temporary file left behind");
+        }
+    }
 }
