@@ -19,7 +19,7 @@ use crate::arch::smp::{self, HelperWork};
 use super::{FRAME_SIZE, phys_to_virt};
 
 /// Objects at least this large get pages of their own; smaller ones are copied when mapped.
-const PAGE_ALIGNED_MIN: usize = 2048;
+pub const PAGE_ALIGNED_MIN: usize = 2048;
 
 /// A page-aligned, page-rounded heap buffer: its pages hold nothing but its bytes (and zeros),
 /// so they can be mapped into a task without leaking anything else.

@@ -398,7 +398,12 @@ impl Task {
                 self.lent.push(bytes);
             }
             None => {
-                self.charge(pages * FRAME_SIZE)?;
+                // Small objects are always copied, and the copy is the task's. A large one is
+                // copied only when it came from the disk and memory had no room for it: what
+                // the task is charged must not depend on what the cache held.
+                if len < crate::memory::objects::PAGE_ALIGNED_MIN as u64 {
+                    self.charge(pages * FRAME_SIZE)?;
+                }
                 for (i, chunk) in bytes.chunks(FRAME_SIZE as usize).enumerate() {
                     let virt = base + i as u64 * FRAME_SIZE;
                     self.space
