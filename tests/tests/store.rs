@@ -112,3 +112,27 @@ fn objects_evicted_from_memory_are_served_from_the_disk() {
         assert!(client.get(*handle, |_, _| {}).unwrap() == *bytes, "{handle}");
     }
 }
+
+/// A node takes a checkpoint once 64 MiB of log follow the last one, so that a restart reads
+/// only the log after it (docs/STORE.md, "Recovery").
+#[test]
+fn a_node_checkpoints_so_that_a_restart_reads_little() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("checkpoint.raw");
+    let objects: Vec<_> = (0..3).map(|i| blob(40 + i, 24 << 20)).collect();
+    {
+        let (_node, address) = serving_node_with(with_disk(&disk, 256 << 20));
+        let mut client = Client::connect(&address).unwrap();
+        for (handle, bytes) in &objects {
+            client.put(*handle, bytes, |_| {}).unwrap();
+        }
+        // One more round of the node's loop, which checkpoints.
+        client.stats().unwrap();
+    }
+    let (node, address) = serving_node_with(with_disk(&disk, 256 << 20));
+    let line =
+        node.transcript().iter().find(|l| l.contains("cairn: store disk")).cloned().unwrap_or_default();
+    assert!(line.contains("3 objects") && line.contains("from a checkpoint"), "{line}");
+    let mut client = Client::connect(&address).unwrap();
+    assert!(client.get(objects[1].0, |_, _| {}).unwrap() == objects[1].1);
+}

@@ -54,8 +54,20 @@ impl Index {
         MAGIC.len() + 16 + self.objects.len() * OBJECT_ENTRY + self.notes.len() * NOTE_ENTRY
     }
 
+    /// The checkpoint's payload; None if there is no memory for it.
+    pub fn try_encode(&self) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        out.try_reserve_exact(self.encoded_len()).ok()?;
+        self.encode_into(&mut out);
+        Some(out)
+    }
+
+    #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.encoded_len());
+        self.try_encode().expect("memory for a test's index")
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&(self.objects.len() as u64).to_le_bytes());
         for (handle, at) in &self.objects {
@@ -69,7 +81,6 @@ impl Index {
             out.extend_from_slice(key);
             out.extend_from_slice(value);
         }
-        out
     }
 
     /// The index a checkpoint holds; None if it is not one (its checksum has already been

@@ -557,7 +557,8 @@ impl<D: Device> DiskStore<D> {
     pub fn checkpoint(&mut self) -> Result<(), StoreError> {
         self.commit()?;
         let prev = self.prev;
-        let encoded = self.index.encode();
+        let encoded =
+            self.index.try_encode().ok_or(StoreError::NoMemory { len: self.index.encoded_len() as u64 })?;
         let position = self.append(RecordKind::Checkpoint, &[&encoded])?;
         let seq = self.next_seq - 1;
         self.commit()?;
@@ -566,10 +567,19 @@ impl<D: Device> DiskStore<D> {
             checkpoint: Some(Checkpoint { position, seq, prev }),
             ..self.superblock
         };
-        self.device.write(superblock.offset(), &superblock.encode())?;
-        self.device.flush()?;
+        let written =
+            self.device.write(superblock.offset(), &superblock.encode()).and_then(|()| self.device.flush());
+        if let Err(e) = written {
+            self.failed = true;
+            return Err(e.into());
+        }
         self.superblock = superblock;
         Ok(())
+    }
+
+    /// Bytes of log after the last checkpoint: what the next start reads and checks.
+    pub fn since_checkpoint(&self) -> u64 {
+        self.tail - self.superblock.checkpoint.map_or(LOG_START, |c| c.position)
     }
 
     /// Reads every object back and checks it against its handle; the damaged ones.
