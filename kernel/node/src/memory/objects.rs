@@ -277,6 +277,25 @@ pub struct NodeStore {
     disk: Option<spin::Mutex<DiskObjects>>,
 }
 
+/// The handle of `bytes` as an object of `kind`; a blob by the digest already computed from
+/// them, if there is one.
+fn name_of(kind: Kind, bytes: &[u8], blob_digest: Option<[u8; 32]>) -> Result<Handle, StoreError> {
+    match blob_digest {
+        Some(digest) => cairn_object::store::name_blob_with_digest(kind, bytes, digest),
+        None => cairn_object::store::name(kind, bytes),
+    }
+    .map_err(|error| StoreError::Invalid { kind, error })
+}
+
+/// Bytes from a client or a peer are the object they claim, or the claim is refused.
+fn check_claim(claimed: &Handle, bytes: &[u8], blob_digest: Option<[u8; 32]>) -> Result<(), StoreError> {
+    let named = name_of(claimed.kind(), bytes, blob_digest)?;
+    if named != *claimed {
+        return Err(StoreError::Mismatch { claimed: *claimed, actual: named });
+    }
+    Ok(())
+}
+
 /// What a disk error is to the store's users: a full disk is a full store.
 fn disk_error(disk: &DiskObjects, e: cairn_store::StoreError) -> StoreError {
     match e {
@@ -429,11 +448,7 @@ impl NodeStore {
         debug_assert!(bytes.is_empty() || (bytes.as_ptr() as u64).is_multiple_of(FRAME_SIZE));
         if self.disk.is_some() {
             // On the disk, durably, before the client hears STORED; memory is only a cache.
-            let named = cairn_object::store::name_blob_with_digest(claimed.kind(), &bytes, digest)
-                .map_err(|error| StoreError::Invalid { kind: claimed.kind(), error })?;
-            if named != *claimed {
-                return Err(StoreError::Mismatch { claimed: *claimed, actual: named });
-            }
+            check_claim(claimed, &bytes, Some(digest))?;
             self.persist(claimed, &bytes, true)?;
             let _ = self.inner.put_checked_placed(claimed, bytes, Some);
             return Ok(());
@@ -472,11 +487,7 @@ impl NodeStore {
         if self.disk.is_some() {
             // Named here, on the disk first, then in memory: memory never holds what the disk
             // was refused.
-            let named = match blob_digest {
-                Some(digest) => cairn_object::store::name_blob_with_digest(kind, &bytes, digest),
-                None => cairn_object::store::name(kind, &bytes),
-            }
-            .map_err(|error| StoreError::Invalid { kind, error })?;
+            let named = name_of(kind, &bytes, blob_digest)?;
             self.persist(&named, &bytes, false)?;
             self.inner.put_checked_placed(&named, bytes, |b| (b.len() as u64 <= room).then_some(b))?;
             return Ok(named);
@@ -517,8 +528,7 @@ impl Store for NodeStore {
         let room = self.room().saturating_sub(OBJECT_OVERHEAD);
         if self.disk.is_some() {
             // On the disk first, then in memory (see `put_new`).
-            let named = cairn_object::store::name(kind, &bytes)
-                .map_err(|error| StoreError::Invalid { kind, error })?;
+            let named = name_of(kind, &bytes, None)?;
             self.persist(&named, &bytes, false)?;
             self.inner.put_checked_placed(&named, bytes, |b| {
                 if b.len() as u64 > room { None } else { Self::placed(b) }
@@ -532,11 +542,7 @@ impl Store for NodeStore {
     /// if memory holds it already (memory may hold what a task made and the disk not yet).
     fn put_verified(&mut self, claimed: &Handle, bytes: Bytes) -> Result<(), StoreError> {
         if self.disk.is_some() {
-            let named = cairn_object::store::name(claimed.kind(), &bytes)
-                .map_err(|error| StoreError::Invalid { kind: claimed.kind(), error })?;
-            if named != *claimed {
-                return Err(StoreError::Mismatch { claimed: *claimed, actual: named });
-            }
+            check_claim(claimed, &bytes, None)?;
             self.persist(claimed, &bytes, true)?;
             if !self.inner.contains(claimed) {
                 self.make_room(bytes.len() as u64);
