@@ -136,3 +136,48 @@ fn a_node_checkpoints_so_that_a_restart_reads_little() {
     let mut client = Client::connect(&address).unwrap();
     assert!(client.get(objects[1].0, |_, _| {}).unwrap() == objects[1].1);
 }
+
+/// What a node learned lives on its disk too: after a restart, a thunk it evaluated is a memo
+/// hit, and a job it ran replays from the journal the disk kept (docs/STORE.md, "What the disk
+/// keeps").
+#[test]
+fn memo_entries_and_journals_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("memo.raw");
+    let wordcount = env!("CARGO_BIN_FILE_CAIRN_TASKS_wordcount");
+    let job_file = dir.path().join("job.toml");
+    let text = "a cairn a marker of stones";
+    std::fs::write(
+        &job_file,
+        format!("[root]\ntask = \"{wordcount}\"\nargs = [{{ text = \"map\" }}, {{ text = \"{text}\" }}]\n"),
+    )
+    .unwrap();
+    let job = cairn_tools::jobfile::JobFile::read(&job_file).unwrap();
+    let (done, evaluated) = {
+        let (_node, address) = serving_node_with(with_disk(&disk, 64 << 20));
+        let mut client = Client::connect(&address).unwrap();
+        for (handle, bytes) in &job.objects {
+            client.put(*handle, bytes, |_| {}).unwrap();
+        }
+        let done = client.submit(job.job).unwrap();
+        let evaluated = client.eval(job.root).unwrap();
+        assert_eq!((evaluated.tasks_run, evaluated.memo_hits), (0, 1), "the job's run filled the memo");
+        let stats = client.stats().unwrap();
+        assert_eq!(stat(&stats, "disk_memo_entries"), 1, "{stats}");
+        (done, evaluated)
+    };
+    let result = done.result.clone().unwrap();
+    assert_eq!(evaluated.result, result);
+
+    let (_node, address) = serving_node_with(with_disk(&disk, 64 << 20));
+    let mut client = Client::connect(&address).unwrap();
+    let again = client.eval(job.root).unwrap();
+    assert_eq!((again.result, again.tasks_run, again.memo_hits), (result, 0, 1));
+    assert!(client.get(result, |_, _| {}).is_ok(), "the value is there too");
+    // The job's latest journal, kept on the disk: its replay is identical.
+    let replayed = client.replay(job.job).unwrap();
+    assert_eq!(replayed.journal, done.journal);
+    assert_eq!((replayed.result.unwrap(), replayed.recorded), (result, Some(result)));
+    let stats = client.stats().unwrap();
+    assert_eq!((stat(&stats, "tasks_run"), stat(&stats, "jobs_replayed")), (0, 1), "{stats}");
+}

@@ -207,8 +207,18 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         self.run(handle, false, &mut NoIo)
     }
 
+    /// The outcome remembered for `thunk`: in the memo, or else in the store's own memo (a
+    /// node's disk keeps values across restarts), if the value is still there.
+    fn recorded(&self, thunk: &Handle) -> Option<Outcome> {
+        if let Some(outcome) = self.memo.get(thunk) {
+            return Some(outcome);
+        }
+        let value = self.store.recall_memo(thunk)?;
+        self.store.contains(&value).then_some(Ok(value))
+    }
+
     pub fn replay(&mut self, thunk: Handle) -> Replay {
-        let Some(recorded) = self.memo.get(&thunk) else {
+        let Some(recorded) = self.recorded(&thunk) else {
             return Replay::NotRecorded;
         };
         match self.run(thunk, false, &mut NoIo) {
@@ -347,7 +357,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         if handle.kind() != Kind::Thunk {
             return Start::Done(Ok(handle));
         }
-        if use_memo && let Some(outcome) = self.memo.get(&handle) {
+        if use_memo && let Some(outcome) = self.recorded(&handle) {
             self.stats.memo_hits += 1;
             return Start::Done(outcome);
         }
@@ -479,6 +489,11 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
             let store = &mut self.store;
             let chain = &frame.chain[frame.clean_from.min(frame.chain.len())..];
             self.memo.record_all(chain, outcome, &mut |value, pin| pin_in(store, value, pin));
+            if let Ok(value) = outcome {
+                for thunk in chain {
+                    self.store.keep_memo(thunk, value);
+                }
+            }
         }
     }
 

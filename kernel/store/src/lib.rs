@@ -33,6 +33,16 @@ pub use index::{Index, Location, NoteKey, NoteValue};
 use record::{HEADER_LEN, Header, MAX_PAYLOAD, RecordKind, payload_digest, record_key, record_len};
 use superblock::{Checkpoint, LOG_START, Superblock};
 
+/// The namespaces of notes a node keeps (docs/STORE.md, "What the disk keeps").
+pub mod space {
+    /// A memo entry: a thunk's handle → the value it evaluated to.
+    pub const MEMO: u8 = 1;
+    /// A job's handle → the handle of its latest journal.
+    pub const JOBS: u8 = 2;
+    /// An object an operator pinned → the same handle.
+    pub const PINS: u8 = 3;
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreError {
     /// The disk holds no store (all zeros where the superblocks go).

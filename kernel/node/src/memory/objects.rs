@@ -275,6 +275,22 @@ pub type DiskObjects = cairn_store::DiskStore<crate::drivers::blk::Disk>;
 pub struct NodeStore {
     inner: MemStore,
     disk: Option<spin::Mutex<DiskObjects>>,
+    /// Memo entries the disk holds: at most [`KEPT_MEMO_ENTRIES`], since the index of the
+    /// disk's notes lives in memory.
+    memo_on_disk: usize,
+}
+
+/// Memo entries a node keeps on its disk (about 16 MiB of index); past that, new entries are
+/// remembered in memory only, until GC makes room.
+const KEPT_MEMO_ENTRIES: usize = 131_072;
+
+/// A handle as a note's key or value.
+fn note_of(handle: &Handle) -> cairn_store::NoteKey {
+    *handle.as_bytes()
+}
+
+fn handle_of(note: &cairn_store::NoteValue) -> Option<Handle> {
+    Handle::from_bytes(note).ok()
 }
 
 /// The handle of `bytes` as an object of `kind`; a blob by the digest already computed from
@@ -309,12 +325,33 @@ fn disk_error(disk: &DiskObjects, e: cairn_store::StoreError) -> StoreError {
 
 impl NodeStore {
     pub fn new(limit_bytes: u64) -> NodeStore {
-        NodeStore { inner: MemStore::new(limit_bytes), disk: None }
+        NodeStore { inner: MemStore::new(limit_bytes), disk: None, memo_on_disk: 0 }
     }
 
     /// Keeps the store on `disk` from now on.
     pub fn attach_disk(&mut self, disk: DiskObjects) {
+        self.memo_on_disk = disk.notes(cairn_store::space::MEMO).count();
         self.disk = Some(spin::Mutex::new(disk));
+    }
+
+    /// Memo entries the disk keeps.
+    pub fn memo_on_disk(&self) -> usize {
+        self.memo_on_disk
+    }
+
+    /// The latest journal the disk keeps for `job`.
+    pub fn journal_of(&self, job: &Handle) -> Option<Handle> {
+        let disk = self.disk.as_ref()?.lock();
+        handle_of(disk.note(cairn_store::space::JOBS, &note_of(job))?)
+    }
+
+    /// Keeps `journal` as the latest of `job` on the disk (durable with the next commit, which
+    /// comes before the answer that names it).
+    pub fn keep_journal(&self, job: &Handle, journal: &Handle) -> Result<(), StoreError> {
+        let Some(disk) = &self.disk else { return Ok(()) };
+        let mut disk = disk.lock();
+        let kept = disk.set_note(cairn_store::space::JOBS, &note_of(job), Some(&note_of(journal)));
+        kept.map_err(|e| disk_error(&disk, e))
     }
 
     pub fn disk_stats(&self) -> Option<cairn_store::Stats> {
@@ -585,5 +622,31 @@ impl Store for NodeStore {
 
     fn reclaim(&mut self, bytes: u64, second_chance: bool) -> bool {
         self.inner.reclaim(bytes.saturating_add(UPLOADS_IN_FLIGHT.load(Ordering::Relaxed)), second_chance)
+    }
+
+    /// Memo entries on the disk outlive restarts; the evaluator asks here when its own memo
+    /// (in memory) has no entry.
+    fn recall_memo(&self, thunk: &Handle) -> Option<Handle> {
+        let disk = self.disk.as_ref()?.lock();
+        handle_of(disk.note(cairn_store::space::MEMO, &note_of(thunk))?)
+    }
+
+    /// Written with the objects the evaluation made, and durable with them before the answer
+    /// that could tell a client about it (the node commits before it answers). A memo is a
+    /// cache: an entry the disk has no room for is only not kept.
+    fn keep_memo(&mut self, thunk: &Handle, value: &Handle) {
+        let Some(disk) = &self.disk else { return };
+        let mut disk = disk.lock();
+        let key = note_of(thunk);
+        let known = disk.note(cairn_store::space::MEMO, &key).copied();
+        if known == Some(note_of(value)) || disk.failed() {
+            return;
+        }
+        if known.is_none() && self.memo_on_disk >= KEPT_MEMO_ENTRIES {
+            return;
+        }
+        if disk.set_note(cairn_store::space::MEMO, &key, Some(&note_of(value))).is_ok() && known.is_none() {
+            self.memo_on_disk += 1;
+        }
     }
 }

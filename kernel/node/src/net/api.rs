@@ -226,11 +226,12 @@ impl NodeApi for Node<'_> {
         // With a disk: what it holds (docs/STORE.md).
         let disk = self.ev.store.disk_stats().map_or(String::new(), |d| {
             format!(
-                "disk_objects={}\ndisk_object_bytes={}\ndisk_log_bytes={}\ndisk_bytes={}\ndisk_failed={}\n",
+                "disk_objects={}\ndisk_object_bytes={}\ndisk_log_bytes={}\ndisk_bytes={}\ndisk_memo_entries={}\ndisk_failed={}\n",
                 d.objects,
                 d.object_bytes,
                 d.log_bytes,
                 d.device_bytes,
+                self.ev.store.memo_on_disk(),
                 u8::from(self.ev.store.disk_failed())
             )
         });

@@ -145,17 +145,20 @@ impl Jobs {
 
     fn replay(&mut self, handle: Handle, ev: &mut NodeEvaluator) -> Message {
         let journal_handle = match handle.kind() {
-            Kind::Tree => match self.latest.get(&handle).map(|k| &k.journal) {
-                Some(j) => *j,
-                None => {
-                    return error(
-                        ErrorCode::NotFound,
-                        format!(
-                            "no journal of job {handle} on this node (import one with `cairn journal import`)"
-                        ),
-                    );
+            // The latest in memory, or else the one the disk kept (from before a restart).
+            Kind::Tree => {
+                match self.latest.get(&handle).map(|k| k.journal).or_else(|| ev.store.journal_of(&handle)) {
+                    Some(j) => j,
+                    None => {
+                        return error(
+                            ErrorCode::NotFound,
+                            format!(
+                                "no journal of job {handle} on this node (import one with `cairn journal import`)"
+                            ),
+                        );
+                    }
                 }
-            },
+            }
             _ => handle,
         };
         let journal = match load_journal(&journal_handle, ev) {
@@ -194,6 +197,11 @@ impl Jobs {
     /// journal, the job with its manifest and root, every response, the result) and letting go
     /// of what the journal it replaces pinned: the store never evicts a replay's inputs.
     fn set_latest(&mut self, handle: Handle, journal: &Journal, ev: &mut NodeEvaluator) {
+        // On the disk too, so that `cairn replay JOB` works after a restart. A disk that cannot
+        // take the note has failed or is full, which its own answers say; the job still ran.
+        if let Err(e) = ev.store.keep_journal(&journal.job, &handle) {
+            log::warn!("store: the journal of job {}: {e}", journal.job);
+        }
         self.clock += 1;
         let pinned = keep(journal, handle, ev);
         let kept = Kept { journal: handle, pinned, used: self.clock };

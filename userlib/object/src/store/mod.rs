@@ -102,6 +102,16 @@ pub trait Store {
     /// true if they do. With `second_chance`, an object read (or stored) since the last sweep
     /// passed it is spared this time: only one pass is made.
     fn reclaim(&mut self, bytes: u64, second_chance: bool) -> bool;
+
+    /// The value `thunk` was found to have, from a memo the store keeps beyond the evaluator's
+    /// (a node's disk, across restarts); None if the store keeps no such memo or lacks it.
+    fn recall_memo(&self, _thunk: &Handle) -> Option<Handle> {
+        None
+    }
+
+    /// Keeps the memo entry `thunk` → `value` beyond the evaluator's memory, if the store can
+    /// (the evaluator calls it for deterministic values only).
+    fn keep_memo(&mut self, _thunk: &Handle, _value: &Handle) {}
 }
 
 impl core::error::Error for StoreError {}
