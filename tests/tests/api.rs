@@ -71,6 +71,9 @@ fn objects_evaluation_stats_and_misbehaving_clients() {
 
     let stats = client.stats().unwrap();
     assert!(stats.lines().any(|l| l == "tasks_run=1"), "{stats}");
+    // Without a disk there is nothing to scrub, and the node says so.
+    let err = client.scrub().unwrap_err();
+    assert!(format!("{err:#}").contains("this node has no disk"), "{err:#}");
     assert!(stats.lines().any(|l| l == "memo_hits=1"), "{stats}");
 
     // Garbage and an oversized frame each get an error and a close.

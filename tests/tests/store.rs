@@ -181,3 +181,67 @@ fn memo_entries_and_journals_survive_a_restart() {
     let stats = client.stats().unwrap();
     assert_eq!((stat(&stats, "tasks_run"), stat(&stats, "jobs_replayed")), (0, 1), "{stats}");
 }
+
+/// A sector of an object's record overwritten with garbage on the disk: a read finds it (the
+/// object is not served), and `cairn scrub` reports it and drops it (docs/STORE.md, "Scrub").
+#[test]
+fn a_damaged_sector_is_never_served_and_scrub_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("damaged.raw");
+    let (_node, address) = serving_node_with(NodeOptions { memory_mib: 192, ..with_disk(&disk, 128 << 20) });
+    let mut client = Client::connect(&address).unwrap();
+    let objects: Vec<_> = (0..4).map(|i| blob(60 + i, 15 << 20)).collect();
+    for (handle, bytes) in &objects {
+        client.put(*handle, bytes, |_| {}).unwrap();
+    }
+    let stats = client.stats().unwrap();
+    assert!(stat(&stats, "store_evictions") > 0, "some are on the disk only: {stats}");
+    let clean = client.scrub().unwrap();
+    assert_eq!((clean.checked, clean.bytes, clean.damaged_total), (4, 4 * (15 << 20), 0));
+
+    // One sector in the middle of each object's bytes, where its record lies on the disk.
+    let mut image = std::fs::read(&disk).unwrap();
+    for (handle, _) in &objects {
+        // A record's payload starts with the object's handle, then its bytes.
+        let key = handle.as_bytes();
+        let at = image.windows(key.len()).position(|w| w == key).expect("the object is on the disk");
+        let sector = (at + (7 << 20)) / 512 * 512;
+        image[sector..sector + 512].fill(0xa5);
+    }
+    std::fs::write(&disk, &image).unwrap();
+
+    // Read: right bytes (from memory) or an error; never wrong ones (the client checks too).
+    let mut unreadable = Vec::new();
+    for (handle, bytes) in &objects {
+        match client.get(*handle, |_, _| {}) {
+            Ok(got) => assert!(got == *bytes, "{handle}"),
+            Err(e) => {
+                assert!(format!("{e:#}").contains("not on this node"), "{e:#}");
+                unreadable.push(*handle);
+            }
+        }
+    }
+    assert!(!unreadable.is_empty(), "an object only the disk held was read");
+
+    let output = std::process::Command::new(env!("CARGO_BIN_FILE_CAIRN_TOOLS_cairn"))
+        .args(["scrub", "--node", &address])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let damaged: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix("damaged ")).collect();
+    assert_eq!(damaged.len(), 4 - unreadable.len(), "the ones a read had not found yet: {stdout}");
+    // What memory held may have gone back to the disk (if the heap had room to write it);
+    // the rest is missing, to be put again.
+    let handles: Vec<Handle> = objects.iter().map(|o| o.0).collect();
+    let missing = client.missing(&handles).unwrap();
+    assert!(unreadable.iter().all(|h| missing.contains(h)), "{missing:?}");
+    for (handle, bytes) in objects.iter().filter(|o| missing.contains(&o.0)) {
+        client.put(*handle, bytes, |_| {}).unwrap();
+    }
+    let again = client.scrub().unwrap();
+    assert_eq!((again.checked, again.damaged_total), (4, 0), "{again:?}");
+    for (handle, bytes) in &objects {
+        assert!(client.get(*handle, |_, _| {}).unwrap() == *bytes, "{handle}");
+    }
+}

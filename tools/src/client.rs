@@ -86,6 +86,17 @@ pub struct JobOutcome {
     pub recorded: Option<Handle>,
 }
 
+/// What a node's scrub found (docs/STORE.md, "Scrub").
+#[derive(Debug)]
+pub struct Scrubbed {
+    pub checked: u64,
+    pub bytes: u64,
+    pub damaged_total: u64,
+    /// The first of the damaged objects (the node names at most 1024).
+    pub damaged: Vec<Handle>,
+    pub unchecked: u64,
+}
+
 #[derive(Debug)]
 pub struct Evaluated {
     pub result: Handle,
@@ -358,6 +369,16 @@ impl Client {
         }
     }
 
+    /// Has the node read every object on its disk and check it against its handle.
+    pub fn scrub(&mut self) -> anyhow::Result<Scrubbed> {
+        match self.call(Message::Scrub)? {
+            Message::Scrubbed { checked, bytes, damaged_total, damaged, unchecked } => {
+                Ok(Scrubbed { checked, bytes, damaged_total, damaged, unchecked })
+            }
+            other => bail!("the node answered SCRUB with {}", name(&other)),
+        }
+    }
+
     pub fn stats(&mut self) -> anyhow::Result<String> {
         match self.call(Message::Stats)? {
             Message::StatsReply { text } => Ok(text),
@@ -404,6 +425,8 @@ fn name(message: &Message) -> &'static str {
         Message::Fetched { .. } => "FETCHED",
         Message::Recall { .. } => "RECALL",
         Message::Recalled { .. } => "RECALLED",
+        Message::Scrub => "SCRUB",
+        Message::Scrubbed { .. } => "SCRUBBED",
     }
 }
 

@@ -49,6 +49,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Show a running node's counters.
     Stats(NodeAddress),
+    /// Have a node read every object on its disk and check it; damaged ones are listed (exit
+    /// status 1) and dropped, never served.
+    Scrub(NodeAddress),
     /// Run a job file (TOML: a root and the IO it may perform) on a running node.
     Submit(jobs::SubmitArgs),
     /// Evaluate a job again from its journal alone, with no IO, and compare the result.
@@ -92,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Get(args)) => objects::get(&args),
         Some(Command::Eval(args)) => eval::eval(&args),
         Some(Command::Stats(args)) => objects::stats(&args),
+        Some(Command::Scrub(args)) => objects::scrub(&args),
         Some(Command::Submit(args)) => jobs::submit(&args),
         Some(Command::Replay(args)) => jobs::replay(&args),
         Some(Command::Journal(command)) => jobs::journal(&command),

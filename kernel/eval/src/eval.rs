@@ -209,7 +209,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
 
     /// The outcome remembered for `thunk`: in the memo, or else in the store's own memo (a
     /// node's disk keeps values across restarts), if the value is still there.
-    fn recorded(&self, thunk: &Handle) -> Option<Outcome> {
+    pub fn recorded(&self, thunk: &Handle) -> Option<Outcome> {
         if let Some(outcome) = self.memo.get(thunk) {
             return Some(outcome);
         }

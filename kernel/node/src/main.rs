@@ -374,6 +374,13 @@ fn run_queued(jobs: &mut net::jobs::Jobs, ev: &mut jobs::NodeEvaluator) -> bool 
                 guard = SERVING.lock();
                 answer
             }
+            Work::Scrub => {
+                // Reads serve the others between objects, as during an EVAL.
+                drop(guard);
+                let answer = scrub(&ev.store);
+                guard = SERVING.lock();
+                answer
+            }
             work @ (Work::Fetch { .. } | Work::Relocate { .. }) => {
                 let Serving { network, cluster, api, cluster_api } = s;
                 let mut others = |cluster: &mut net::Network, store: &memory::objects::NodeStore| {
@@ -396,6 +403,35 @@ fn run_queued(jobs: &mut net::jobs::Jobs, ev: &mut jobs::NodeEvaluator) -> bool 
         let s = guard.as_mut().expect("set by serve");
         let api = if on_cluster { s.cluster_api.as_mut().expect("work came from it") } else { &mut s.api };
         api.deliver(queued, answer);
+    }
+}
+
+/// SCRUB: every object on the disk read and checked (docs/STORE.md, "Scrub").
+fn scrub(store: &memory::objects::NodeStore) -> cairn_proto::Message {
+    use cairn_proto::{ErrorCode, Message};
+    if store.disk_stats().is_none() {
+        let message = "this node has no disk (its objects are in memory only): nothing to scrub".into();
+        return Message::Error { code: ErrorCode::Unexpected, message };
+    }
+    match store.scrub(|| net::busy::serve(store)) {
+        Ok(report) => {
+            log::info!(
+                "store: scrub: {} objects ({} bytes) checked, {} damaged ({} written again from memory), {} not read for want of memory",
+                report.checked,
+                report.bytes,
+                report.damaged_total,
+                report.rewritten,
+                report.unchecked
+            );
+            Message::Scrubbed {
+                checked: report.checked,
+                bytes: report.bytes,
+                damaged_total: report.damaged_total,
+                damaged: report.damaged,
+                unchecked: report.unchecked,
+            }
+        }
+        Err(e) => Message::Error { code: ErrorCode::Internal, message: alloc::format!("scrub: {e}") },
     }
 }
 

@@ -23,6 +23,7 @@ mod kind {
     pub const RECALL: u8 = 0x0d;
     pub const EVAL_FRESH: u8 = 0x0e;
     pub const RELOCATE: u8 = 0x0f;
+    pub const SCRUB: u8 = 0x10;
     pub const WELCOME: u8 = 0x81;
     pub const MISSING: u8 = 0x82;
     pub const STORED: u8 = 0x83;
@@ -37,6 +38,7 @@ mod kind {
     pub const REPLAYED: u8 = 0x8e;
     pub const FETCHED: u8 = 0x8f;
     pub const RECALLED: u8 = 0x90;
+    pub const SCRUBBED: u8 = 0x91;
     pub const ERROR: u8 = 0xff;
 }
 
@@ -72,6 +74,8 @@ fn kind_of(message: &Message) -> u8 {
         Message::Fetched { .. } => kind::FETCHED,
         Message::Recall { .. } => kind::RECALL,
         Message::Recalled { .. } => kind::RECALLED,
+        Message::Scrub => kind::SCRUB,
+        Message::Scrubbed { .. } => kind::SCRUBBED,
     }
 }
 
@@ -188,7 +192,15 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             out.extend_from_slice(thunk.as_bytes());
             put_text(out, failure);
         }
-        Message::Stats => {}
+        Message::Scrubbed { checked, bytes, damaged_total, damaged, unchecked } => {
+            for v in [checked, bytes, damaged_total, unchecked] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            for h in damaged {
+                out.extend_from_slice(h.as_bytes());
+            }
+        }
+        Message::Stats | Message::Scrub => {}
         Message::Error { code, message } => {
             out.extend_from_slice(&(*code as u16).to_le_bytes());
             put_text(out, message);
@@ -488,9 +500,26 @@ impl Payload<'_> {
             kind::EVAL_FAILED => {
                 Message::EvalFailed { thunk: self.handle(0)?, failure: self.text(Handle::LEN, MAX_TEXT)? }
             }
-            kind::STATS => {
+            kind::STATS | kind::SCRUB => {
                 self.exact(0)?;
-                Message::Stats
+                if self.kind == kind::STATS { Message::Stats } else { Message::Scrub }
+            }
+            kind::SCRUBBED => {
+                let counts = self.bytes.get(..32).ok_or_else(|| self.malformed(0, "expected four counts"))?;
+                let count =
+                    |i: usize| u64::from_le_bytes(counts[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+                let rest = Payload { kind: self.kind, bytes: &self.bytes[32..] };
+                let damaged = rest.handles().map_err(|e| shift(e, 32))?;
+                if damaged.len() as u64 > count(2) {
+                    return Err(self.malformed(32, "more damaged objects listed than counted"));
+                }
+                Message::Scrubbed {
+                    checked: count(0),
+                    bytes: count(1),
+                    damaged_total: count(2),
+                    damaged,
+                    unchecked: count(3),
+                }
             }
             kind::STATS_REPLY => Message::StatsReply { text: self.text(0, MAX_FRAME)? },
             kind::ERROR => {

@@ -191,6 +191,19 @@ pub enum Message {
     Recalled {
         entries: Vec<(Handle, Handle)>,
     },
+    /// Client → node: read every object the node's disk holds and check it against its handle
+    /// (administration; docs/STORE.md, "Scrub").
+    Scrub,
+    /// Node → client: what a scrub checked: objects and their bytes; how many were damaged
+    /// (each is dropped from the store: never served) and the first of them; and how many it
+    /// could not read for want of memory.
+    Scrubbed {
+        checked: u64,
+        bytes: u64,
+        damaged_total: u64,
+        damaged: Vec<Handle>,
+        unchecked: u64,
+    },
     /// Either way: the request (or the connection, for request id 0) failed.
     Error {
         code: ErrorCode,

@@ -174,13 +174,14 @@ fn a_peer_key_does_cluster_work_but_no_jobs_replays_journals_or_stats() {
             (3, Message::Replay { handle: job }),
             (4, Message::Journal { journal: handle }),
             (5, Message::Stats),
-            (6, Message::Get { handle }),
+            (6, Message::Scrub),
+            (7, Message::Get { handle }),
         ],
     ));
     let out = c.sent();
     let frames = answers(&mut t, &out);
     assert_eq!(frames[0].message, Message::Stored { handle });
-    for (frame, what) in frames[1..5].iter().zip(["SUBMIT", "REPLAY", "JOURNAL", "STATS"]) {
+    for (frame, what) in frames[1..6].iter().zip(["SUBMIT", "REPLAY", "JOURNAL", "STATS", "SCRUB"]) {
         match &frame.message {
             Message::Error { code: ErrorCode::Forbidden, message } => {
                 assert!(message.contains(what), "{message}")
@@ -188,7 +189,7 @@ fn a_peer_key_does_cluster_work_but_no_jobs_replays_journals_or_stats() {
             other => panic!("{what}: {other:?}"),
         }
     }
-    assert!(matches!(frames[5].message, Message::Object { .. }));
+    assert!(matches!(frames[6].message, Message::Object { .. }));
     assert!(c.session.take_work().is_none(), "no job was queued for a peer");
 }
 

@@ -94,6 +94,8 @@ pub enum Work {
         to: ([u8; 4], u16),
         thunk: Handle,
     },
+    /// Check every object on the node's disk (it reads them all: seconds per GiB).
+    Scrub,
 }
 
 /// An upload in progress.
@@ -146,6 +148,7 @@ fn forbidden(role: Role, message: &Message) -> Option<&'static str> {
         (Role::Peer, Message::Replay { .. }) => Some("REPLAY"),
         (Role::Peer, Message::Journal { .. }) => Some("JOURNAL (journal import)"),
         (Role::Peer, Message::Stats) => Some("STATS (administration)"),
+        (Role::Peer, Message::Scrub) => Some("SCRUB (administration)"),
         (Role::Peer, _) => None,
     }
 }
@@ -570,6 +573,7 @@ impl Session {
             Message::Replay { handle } => self.queue(request, Work::Replay { handle }),
             Message::Fetch { from, handles } => self.queue(request, Work::Fetch { from, handles }),
             Message::Relocate { to, thunk } => self.queue(request, Work::Relocate { to, thunk }),
+            Message::Scrub => self.queue(request, Work::Scrub),
             Message::Recall { thunks } => {
                 // At most what one RECALLED frame holds (80 bytes a pair), each thunk once: a
                 // RECALL of one thunk repeated must not make an answer larger than a frame.

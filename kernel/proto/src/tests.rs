@@ -73,6 +73,21 @@ fn message() -> impl Strategy<Value = Message> {
         proptest::collection::vec(handle(), 0..10).prop_map(|thunks| Message::Recall { thunks }),
         proptest::collection::vec((handle(), handle()), 0..10)
             .prop_map(|entries| Message::Recalled { entries }),
+        Just(Message::Scrub),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            0..u64::MAX - 10,
+            any::<u64>(),
+            proptest::collection::vec(handle(), 0..10)
+        )
+            .prop_map(|(checked, bytes, unlisted, unchecked, damaged)| Message::Scrubbed {
+                checked,
+                bytes,
+                damaged_total: unlisted + damaged.len() as u64,
+                damaged,
+                unchecked
+            }),
         (0usize..6, text(60)).prop_map(|(c, message)| Message::Error {
             code: [
                 ErrorCode::BadFrame,

@@ -592,9 +592,20 @@ impl<D: Device> DiskStore<D> {
         self.tail - self.superblock.checkpoint.map_or(LOG_START, |c| c.position)
     }
 
+    /// The handles of every object the store holds (durably or not), in a fresh list.
+    pub fn object_handles(&self) -> Result<Vec<Handle>, StoreError> {
+        let mut handles = Vec::new();
+        let count = self.index.objects.len();
+        handles
+            .try_reserve_exact(count)
+            .map_err(|_| StoreError::NoMemory { len: (count * Handle::LEN) as u64 })?;
+        handles.extend(self.index.objects.keys().copied());
+        Ok(handles)
+    }
+
     /// Reads every object back and checks it against its handle; the damaged ones.
     pub fn scrub(&mut self) -> Result<Vec<Handle>, StoreError> {
-        let handles: Vec<Handle> = self.index.objects.keys().copied().collect();
+        let handles = self.object_handles()?;
         let mut damaged = Vec::new();
         for handle in handles {
             match self.get(&handle) {

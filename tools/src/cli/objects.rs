@@ -93,6 +93,28 @@ pub fn stats(args: &NodeAddress) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn scrub(args: &NodeAddress) -> anyhow::Result<ExitCode> {
+    let report = Client::connect(&args.node)?.scrub()?;
+    println!("checked {} objects ({} bytes)", report.checked, report.bytes);
+    for handle in &report.damaged {
+        println!("damaged {handle}");
+    }
+    if report.damaged_total > report.damaged.len() as u64 {
+        println!("damaged ... and {} more", report.damaged_total - report.damaged.len() as u64);
+    }
+    if report.unchecked > 0 {
+        println!("unchecked {} objects (the node had no memory to read them)", report.unchecked);
+    }
+    if report.damaged_total > 0 {
+        eprintln!(
+            "cairn: {} damaged objects, dropped from the node's store: put them again",
+            report.damaged_total
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn hash(args: &HashArgs) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     for path in &args.paths {

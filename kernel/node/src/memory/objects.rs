@@ -284,6 +284,23 @@ pub struct NodeStore {
 /// remembered in memory only, until GC makes room.
 const KEPT_MEMO_ENTRIES: usize = 131_072;
 
+/// What a scrub found.
+#[derive(Default)]
+pub struct ScrubReport {
+    pub checked: u64,
+    pub bytes: u64,
+    pub damaged_total: u64,
+    /// The first [`SCRUB_LISTED`] of them.
+    pub damaged: Vec<Handle>,
+    /// Damaged on the disk, and written again from a good copy in memory.
+    pub rewritten: u64,
+    /// Not read for want of memory.
+    pub unchecked: u64,
+}
+
+/// Damaged objects a scrub's answer names (40 KiB of handles); it counts them all.
+const SCRUB_LISTED: usize = 1024;
+
 /// A handle as a note's key or value.
 fn note_of(handle: &Handle) -> cairn_store::NoteKey {
     *handle.as_bytes()
@@ -332,6 +349,47 @@ impl NodeStore {
     pub fn attach_disk(&mut self, disk: DiskObjects) {
         self.memo_on_disk = disk.notes(cairn_store::space::MEMO).count();
         self.disk = Some(spin::Mutex::new(disk));
+    }
+
+    /// Reads every object on the disk and checks it against its handle (docs/STORE.md,
+    /// "Scrub"), calling `between` after each (the node serves reads meanwhile). A damaged
+    /// object is dropped from the disk's index, never served; if memory holds a good copy (it
+    /// was checked when stored), that copy is written to the disk again.
+    pub fn scrub(&self, mut between: impl FnMut()) -> Result<ScrubReport, StoreError> {
+        let Some(disk) = &self.disk else { return Ok(ScrubReport::default()) };
+        let handles = {
+            let disk = disk.lock();
+            disk.object_handles().map_err(|e| disk_error(&disk, e))?
+        };
+        let mut report = ScrubReport::default();
+        for handle in handles {
+            let read = disk.lock().get(&handle);
+            match read {
+                Ok(Some(bytes)) => {
+                    report.checked += 1;
+                    report.bytes += bytes.len() as u64;
+                }
+                Ok(None) => {}
+                Err(cairn_store::StoreError::Corrupt { handle }) => {
+                    log::warn!("store: scrub: {handle} is damaged on the disk; dropped");
+                    report.damaged_total += 1;
+                    if report.damaged.len() < SCRUB_LISTED && report.damaged.try_reserve(1).is_ok() {
+                        report.damaged.push(handle);
+                    }
+                    // Best effort (the heap may lack room for the record): without it, the
+                    // object is missing from the disk, and HAVE says so.
+                    if let Some(good) = self.inner.get(&handle)
+                        && self.persist(&handle, &good, false).is_ok()
+                    {
+                        report.rewritten += 1;
+                    }
+                }
+                Err(cairn_store::StoreError::NoMemory { .. }) => report.unchecked += 1,
+                Err(e) => return Err(disk_error(&disk.lock(), e)),
+            }
+            between();
+        }
+        Ok(report)
     }
 
     /// Memo entries the disk keeps.

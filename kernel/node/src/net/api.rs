@@ -214,7 +214,8 @@ impl NodeApi for Node<'_> {
         self.jobs.adopt(journal, self.ev)
     }
     fn recall(&self, thunk: &Handle) -> Option<Handle> {
-        match self.ev.memo().get(thunk) {
+        // The memo in memory, or the disk's (from before a restart).
+        match self.ev.recorded(thunk) {
             Some(Ok(value)) => Some(value),
             _ => None,
         }

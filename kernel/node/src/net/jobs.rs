@@ -57,8 +57,8 @@ impl Jobs {
             Work::Eval { handle, fresh } => super::api::evaluate(ev, handle, fresh),
             Work::Submit { job } => self.submit(job, network, ev),
             Work::Replay { handle } => self.replay(handle, ev),
-            Work::Fetch { .. } | Work::Relocate { .. } => {
-                error(ErrorCode::Internal, "work for a peer without the cluster network".into())
+            Work::Fetch { .. } | Work::Relocate { .. } | Work::Scrub => {
+                error(ErrorCode::Internal, "work the node's loop runs itself".into())
             }
         }
     }
@@ -96,7 +96,7 @@ impl Jobs {
                     Err(why) => error(ErrorCode::Internal, why),
                 }
             }
-            Work::Eval { .. } | Work::Submit { .. } | Work::Replay { .. } => {
+            Work::Eval { .. } | Work::Submit { .. } | Work::Replay { .. } | Work::Scrub => {
                 error(ErrorCode::Internal, "not work for a peer".into())
             }
         }
