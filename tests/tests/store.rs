@@ -99,7 +99,7 @@ fn a_full_disk_is_a_full_store_and_the_node_goes_on() {
 fn objects_evicted_from_memory_are_served_from_the_disk() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("cache.raw");
-    let (_node, address) = serving_node_with(NodeOptions { memory_mib: 192, ..with_disk(&disk, 128 << 20) });
+    let (_node, address) = serving_node_with(NodeOptions { memory_mib: 192, ..with_disk(&disk, 256 << 20) });
     let mut client = Client::connect(&address).unwrap();
     let objects: Vec<_> = (0..4).map(|i| blob(20 + i, 15 << 20)).collect();
     for (handle, bytes) in &objects {
@@ -121,7 +121,7 @@ fn a_node_checkpoints_so_that_a_restart_reads_little() {
     let disk = dir.path().join("checkpoint.raw");
     let objects: Vec<_> = (0..3).map(|i| blob(40 + i, 24 << 20)).collect();
     {
-        let (_node, address) = serving_node_with(with_disk(&disk, 256 << 20));
+        let (_node, address) = serving_node_with(with_disk(&disk, 512 << 20));
         let mut client = Client::connect(&address).unwrap();
         for (handle, bytes) in &objects {
             client.put(*handle, bytes, |_| {}).unwrap();
@@ -129,7 +129,7 @@ fn a_node_checkpoints_so_that_a_restart_reads_little() {
         // One more round of the node's loop, which checkpoints.
         client.stats().unwrap();
     }
-    let (node, address) = serving_node_with(with_disk(&disk, 256 << 20));
+    let (node, address) = serving_node_with(with_disk(&disk, 512 << 20));
     let line =
         node.transcript().iter().find(|l| l.contains("cairn: store disk")).cloned().unwrap_or_default();
     assert!(line.contains("3 objects") && line.contains("from a checkpoint"), "{line}");
@@ -188,7 +188,7 @@ fn memo_entries_and_journals_survive_a_restart() {
 fn a_damaged_sector_is_never_served_and_scrub_reports_it() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("damaged.raw");
-    let (_node, address) = serving_node_with(NodeOptions { memory_mib: 192, ..with_disk(&disk, 128 << 20) });
+    let (_node, address) = serving_node_with(NodeOptions { memory_mib: 192, ..with_disk(&disk, 256 << 20) });
     let mut client = Client::connect(&address).unwrap();
     let objects: Vec<_> = (0..4).map(|i| blob(60 + i, 15 << 20)).collect();
     for (handle, bytes) in &objects {
@@ -244,4 +244,83 @@ fn a_damaged_sector_is_never_served_and_scrub_reports_it() {
     for (handle, bytes) in &objects {
         assert!(client.get(*handle, |_, _| {}).unwrap() == *bytes, "{handle}");
     }
+}
+
+/// Space (docs/STORE.md, "Space"): a full disk says so; `cairn gc` forgets what nothing keeps
+/// (not what is pinned, nor memo values or a job's journal and what it names) and compacts the
+/// log, after which the disk takes more; after a restart, what was kept is there and what was
+/// collected is not.
+#[test]
+fn gc_frees_what_nothing_keeps_and_pins_memo_and_journals_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("gc.raw");
+    let wordcount = env!("CARGO_BIN_FILE_CAIRN_TASKS_wordcount");
+    let job_file = dir.path().join("job.toml");
+    std::fs::write(
+        &job_file,
+        format!(
+            "[root]\ntask = \"{wordcount}\"\nargs = [{{ text = \"map\" }}, {{ text = \"one two two\" }}]\n"
+        ),
+    )
+    .unwrap();
+    let job = cairn_tools::jobfile::JobFile::read(&job_file).unwrap();
+    let mut garbage = Vec::new();
+    let (pinned, pinned_bytes) = blob(90, 1 << 20);
+    let (late, late_bytes) = blob(91, 1 << 20);
+    let result = {
+        let (_node, address) = serving_node_with(with_disk(&disk, 24 << 20));
+        let mut client = Client::connect(&address).unwrap();
+        for (handle, bytes) in &job.objects {
+            client.put(*handle, bytes, |_| {}).unwrap();
+        }
+        let done = client.submit(job.job).unwrap();
+        client.put(pinned, &pinned_bytes, |_| {}).unwrap();
+        client.pin(pinned, true).unwrap();
+        // Objects nothing keeps, until the disk is full: the next one is refused, by name.
+        for i in 0.. {
+            let (handle, bytes) = blob(200 + i, 1 << 20);
+            match client.put(handle, &bytes, |_| {}) {
+                Ok(()) => garbage.push((handle, bytes)),
+                Err(err) => {
+                    let refused = err.downcast_ref::<Refused>().unwrap_or_else(|| panic!("{err:#}"));
+                    assert_eq!(refused.code, ErrorCode::StoreFull, "{err:#}");
+                    break;
+                }
+            }
+        }
+        assert!(garbage.len() >= 2, "{}", garbage.len());
+        assert!(client.put(late, &late_bytes, |_| {}).is_err(), "full");
+        // A pin of something the disk lacks is refused too.
+        let err = client.pin(late, true).unwrap_err();
+        assert!(format!("{err:#}").contains("is not on this node's disk"), "{err:#}");
+
+        let output = std::process::Command::new(env!("CARGO_BIN_FILE_CAIRN_TOOLS_cairn"))
+            .args(["gc", "--node", &address])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        let expected = format!("collected {} objects ({} bytes)", garbage.len(), garbage.len() << 20);
+        assert!(stdout.contains(&expected), "{stdout}");
+        client.put(late, &late_bytes, |_| {}).unwrap_or_else(|e| panic!("{e:#}\n{stdout}"));
+        // The job's objects stayed (its journal names the job, and through it them all).
+        let job_handles: Vec<Handle> = job.objects.iter().map(|o| o.0).collect();
+        assert_eq!(client.missing(&job_handles).unwrap(), []);
+        done.result.unwrap()
+    };
+    let (_node, address) = serving_node_with(with_disk(&disk, 24 << 20));
+    let mut client = Client::connect(&address).unwrap();
+    let garbage_handles: Vec<Handle> = garbage.iter().map(|g| g.0).collect();
+    assert_eq!(client.missing(&garbage_handles).unwrap(), garbage_handles, "collected for good");
+    assert!(client.get(pinned, |_, _| {}).unwrap() == pinned_bytes);
+    assert!(client.get(late, |_, _| {}).unwrap() == late_bytes);
+    let again = client.eval(job.root).unwrap();
+    assert_eq!((again.result, again.tasks_run), (result, 0), "the memo entry and its value stayed");
+    let replayed = client.replay(job.job).unwrap();
+    assert_eq!(replayed.recorded, Some(result), "the journal stayed");
+    // Unpinned, it goes at the next collection (and so does `late`, which nothing keeps).
+    client.pin(pinned, false).unwrap();
+    let collected = client.gc(0).unwrap();
+    assert_eq!((collected.objects, collected.bytes), (2, 2 << 20), "{collected:?}");
+    assert_eq!(client.missing(&[pinned, late]).unwrap(), [pinned, late]);
 }

@@ -86,6 +86,17 @@ pub struct JobOutcome {
     pub recorded: Option<Handle>,
 }
 
+/// What a node's collection did (docs/STORE.md, "Space").
+#[derive(Debug, Clone, Copy)]
+pub struct Collected {
+    pub objects: u64,
+    pub bytes: u64,
+    pub kept: u64,
+    pub copied_bytes: u64,
+    pub reclaimed: u64,
+    pub free: u64,
+}
+
 /// What a node's scrub found (docs/STORE.md, "Scrub").
 #[derive(Debug)]
 pub struct Scrubbed {
@@ -379,6 +390,28 @@ impl Client {
         }
     }
 
+    /// Pins (or unpins) an object on the node's disk, durably.
+    pub fn pin(&mut self, handle: Handle, pinned: bool) -> anyhow::Result<()> {
+        let request = if pinned { Message::Pin { handle } } else { Message::Unpin { handle } };
+        match self.call(request)? {
+            Message::Pinned { handle: h, pinned: p } if h == handle && p == pinned => Ok(()),
+            other => {
+                bail!("the node answered {} with {}", if pinned { "PIN" } else { "UNPIN" }, name(&other))
+            }
+        }
+    }
+
+    /// Has the node forget what nothing keeps on its disk (with a goal in bytes, the least
+    /// recently used first; 0: everything unkept) and compact its log.
+    pub fn gc(&mut self, goal: u64) -> anyhow::Result<Collected> {
+        match self.call(Message::Gc { goal })? {
+            Message::Collected { objects, bytes, kept, copied_bytes, reclaimed, free } => {
+                Ok(Collected { objects, bytes, kept, copied_bytes, reclaimed, free })
+            }
+            other => bail!("the node answered GC with {}", name(&other)),
+        }
+    }
+
     pub fn stats(&mut self) -> anyhow::Result<String> {
         match self.call(Message::Stats)? {
             Message::StatsReply { text } => Ok(text),
@@ -427,6 +460,11 @@ fn name(message: &Message) -> &'static str {
         Message::Recalled { .. } => "RECALLED",
         Message::Scrub => "SCRUB",
         Message::Scrubbed { .. } => "SCRUBBED",
+        Message::Pin { .. } => "PIN",
+        Message::Unpin { .. } => "UNPIN",
+        Message::Pinned { .. } => "PINNED",
+        Message::Gc { .. } => "GC",
+        Message::Collected { .. } => "COLLECTED",
     }
 }
 

@@ -52,6 +52,13 @@ enum Command {
     /// Have a node read every object on its disk and check it; damaged ones are listed (exit
     /// status 1) and dropped, never served.
     Scrub(NodeAddress),
+    /// Keep an object (and everything it reaches) on a node's disk through every `cairn gc`.
+    Pin(objects::PinArgs),
+    /// Let a pinned object go at the next `cairn gc`, if nothing else keeps it.
+    Unpin(objects::PinArgs),
+    /// Forget what nothing keeps on a node's disk (not pinned, not reached from its memo or
+    /// its jobs' journals) and compact its log; say what was freed.
+    Gc(objects::GcArgs),
     /// Run a job file (TOML: a root and the IO it may perform) on a running node.
     Submit(jobs::SubmitArgs),
     /// Evaluate a job again from its journal alone, with no IO, and compare the result.
@@ -96,6 +103,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Eval(args)) => eval::eval(&args),
         Some(Command::Stats(args)) => objects::stats(&args),
         Some(Command::Scrub(args)) => objects::scrub(&args),
+        Some(Command::Pin(args)) => objects::pin(&args, true),
+        Some(Command::Unpin(args)) => objects::pin(&args, false),
+        Some(Command::Gc(args)) => objects::gc(&args),
         Some(Command::Submit(args)) => jobs::submit(&args),
         Some(Command::Replay(args)) => jobs::replay(&args),
         Some(Command::Journal(command)) => jobs::journal(&command),

@@ -91,7 +91,7 @@ pub struct StoreDisk {
 
 impl StoreDisk {
     /// Default size of a new store disk.
-    pub const DEFAULT_SIZE: u64 = 1 << 30;
+    pub const DEFAULT_SIZE: u64 = 4 << 30;
 
     fn qcow2(&self) -> bool {
         self.path.extension().is_some_and(|e| e == "qcow2")

@@ -381,6 +381,18 @@ fn run_queued(jobs: &mut net::jobs::Jobs, ev: &mut jobs::NodeEvaluator) -> bool 
                 guard = SERVING.lock();
                 answer
             }
+            Work::Pin { handle, pinned } => match ev.store.set_pin(&handle, pinned) {
+                Ok(()) => cairn_proto::Message::Pinned { handle, pinned },
+                Err(message) => {
+                    let code = if ev.store.disk_stats().is_some() {
+                        cairn_proto::ErrorCode::NotFound
+                    } else {
+                        cairn_proto::ErrorCode::Unexpected
+                    };
+                    cairn_proto::Message::Error { code, message }
+                }
+            },
+            Work::Gc { goal } => collect(ev, goal),
             work @ (Work::Fetch { .. } | Work::Relocate { .. }) => {
                 let Serving { network, cluster, api, cluster_api } = s;
                 let mut others = |cluster: &mut net::Network, store: &memory::objects::NodeStore| {
@@ -403,6 +415,39 @@ fn run_queued(jobs: &mut net::jobs::Jobs, ev: &mut jobs::NodeEvaluator) -> bool 
         let s = guard.as_mut().expect("set by serve");
         let api = if on_cluster { s.cluster_api.as_mut().expect("work came from it") } else { &mut s.api };
         api.deliver(queued, answer);
+    }
+}
+
+/// GC: what nothing keeps forgotten, then the log compacted (docs/STORE.md, "Space").
+fn collect(ev: &mut jobs::NodeEvaluator, goal: u64) -> cairn_proto::Message {
+    use cairn_proto::{ErrorCode, Message};
+    if ev.store.disk_stats().is_none() {
+        let message = "this node has no disk (its objects are in memory only): nothing to collect".into();
+        return Message::Error { code: ErrorCode::Unexpected, message };
+    }
+    let roots = net::jobs::gc_roots(ev);
+    match ev.store.collect(&roots, (goal > 0).then_some(goal)) {
+        Ok((collected, compacted)) => {
+            let free = ev.store.disk_stats().map_or(0, |d| d.free_bytes);
+            log::info!(
+                "store: gc: {} objects ({} bytes) forgotten, {} kept; compaction copied {} bytes and gave back {} bytes of log; {} bytes free",
+                collected.objects,
+                collected.bytes,
+                collected.kept,
+                compacted.copied_bytes,
+                compacted.reclaimed,
+                free
+            );
+            Message::Collected {
+                objects: collected.objects,
+                bytes: collected.bytes,
+                kept: collected.kept,
+                copied_bytes: compacted.copied_bytes,
+                reclaimed: compacted.reclaimed,
+                free,
+            }
+        }
+        Err(e) => Message::Error { code: ErrorCode::Internal, message: alloc::format!("gc: {e}") },
     }
 }
 

@@ -24,6 +24,9 @@ mod kind {
     pub const EVAL_FRESH: u8 = 0x0e;
     pub const RELOCATE: u8 = 0x0f;
     pub const SCRUB: u8 = 0x10;
+    pub const PIN: u8 = 0x11;
+    pub const UNPIN: u8 = 0x12;
+    pub const GC: u8 = 0x13;
     pub const WELCOME: u8 = 0x81;
     pub const MISSING: u8 = 0x82;
     pub const STORED: u8 = 0x83;
@@ -39,6 +42,8 @@ mod kind {
     pub const FETCHED: u8 = 0x8f;
     pub const RECALLED: u8 = 0x90;
     pub const SCRUBBED: u8 = 0x91;
+    pub const PINNED: u8 = 0x92;
+    pub const COLLECTED: u8 = 0x93;
     pub const ERROR: u8 = 0xff;
 }
 
@@ -76,6 +81,11 @@ fn kind_of(message: &Message) -> u8 {
         Message::Recalled { .. } => kind::RECALLED,
         Message::Scrub => kind::SCRUB,
         Message::Scrubbed { .. } => kind::SCRUBBED,
+        Message::Pin { .. } => kind::PIN,
+        Message::Unpin { .. } => kind::UNPIN,
+        Message::Pinned { .. } => kind::PINNED,
+        Message::Gc { .. } => kind::GC,
+        Message::Collected { .. } => kind::COLLECTED,
     }
 }
 
@@ -162,7 +172,19 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         | Message::EvalFresh { handle }
         | Message::Submit { job: handle }
         | Message::Replay { handle }
-        | Message::Journal { journal: handle } => out.extend_from_slice(handle.as_bytes()),
+        | Message::Journal { journal: handle }
+        | Message::Pin { handle }
+        | Message::Unpin { handle } => out.extend_from_slice(handle.as_bytes()),
+        Message::Pinned { handle, pinned } => {
+            out.extend_from_slice(handle.as_bytes());
+            out.push(u8::from(*pinned));
+        }
+        Message::Gc { goal } => out.extend_from_slice(&goal.to_le_bytes()),
+        Message::Collected { objects, bytes, kept, copied_bytes, reclaimed, free } => {
+            for v in [objects, bytes, kept, copied_bytes, reclaimed, free] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
         Message::JobDone { job, journal, result } => {
             for h in [job, journal, result] {
                 out.extend_from_slice(h.as_bytes());
@@ -452,10 +474,14 @@ impl Payload<'_> {
             | kind::EVAL_FRESH
             | kind::SUBMIT
             | kind::REPLAY
-            | kind::JOURNAL => {
+            | kind::JOURNAL
+            | kind::PIN
+            | kind::UNPIN => {
                 self.exact(Handle::LEN)?;
                 let handle = self.handle(0)?;
                 match self.kind {
+                    kind::PIN => Message::Pin { handle },
+                    kind::UNPIN => Message::Unpin { handle },
                     kind::STORED => Message::Stored { handle },
                     kind::GET => Message::Get { handle },
                     kind::SUBMIT => Message::Submit { job: handle },
@@ -503,6 +529,30 @@ impl Payload<'_> {
             kind::STATS | kind::SCRUB => {
                 self.exact(0)?;
                 if self.kind == kind::STATS { Message::Stats } else { Message::Scrub }
+            }
+            kind::PINNED => {
+                self.exact(Handle::LEN + 1)?;
+                let pinned = match self.bytes[Handle::LEN] {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(self.malformed(Handle::LEN, "expected 0 or 1")),
+                };
+                Message::Pinned { handle: self.handle(0)?, pinned }
+            }
+            kind::GC => {
+                self.exact(8)?;
+                Message::Gc { goal: self.u64_at(0)? }
+            }
+            kind::COLLECTED => {
+                self.exact(48)?;
+                Message::Collected {
+                    objects: self.u64_at(0)?,
+                    bytes: self.u64_at(8)?,
+                    kept: self.u64_at(16)?,
+                    copied_bytes: self.u64_at(24)?,
+                    reclaimed: self.u64_at(32)?,
+                    free: self.u64_at(40)?,
+                }
             }
             kind::SCRUBBED => {
                 let counts = self.bytes.get(..32).ok_or_else(|| self.malformed(0, "expected four counts"))?;

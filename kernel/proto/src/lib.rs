@@ -204,6 +204,39 @@ pub enum Message {
         damaged: Vec<Handle>,
         unchecked: u64,
     },
+    /// Client → node: keep this object on the node's disk through every collection, with
+    /// everything it reaches (administration; docs/STORE.md, "Space").
+    Pin {
+        handle: Handle,
+    },
+    /// Client → node: let a pinned object go at the next collection (if nothing else keeps it).
+    Unpin {
+        handle: Handle,
+    },
+    /// Node → client: the object is now pinned (or not), durably.
+    Pinned {
+        handle: Handle,
+        pinned: bool,
+    },
+    /// Client → node: forget the objects on the disk that nothing keeps (with a goal in bytes,
+    /// the least recently used first until that much is forgotten; 0: all of them), then
+    /// compact the log (administration).
+    Gc {
+        goal: u64,
+    },
+    /// Node → client: what a collection forgot and what its compaction gave back.
+    Collected {
+        objects: u64,
+        bytes: u64,
+        /// Objects the disk still holds.
+        kept: u64,
+        /// Bytes of live objects the compaction copied.
+        copied_bytes: u64,
+        /// Bytes of log given back to the ring.
+        reclaimed: u64,
+        /// Bytes the disk can take now.
+        free: u64,
+    },
     /// Either way: the request (or the connection, for request id 0) failed.
     Error {
         code: ErrorCode,

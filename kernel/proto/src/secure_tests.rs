@@ -175,13 +175,16 @@ fn a_peer_key_does_cluster_work_but_no_jobs_replays_journals_or_stats() {
             (4, Message::Journal { journal: handle }),
             (5, Message::Stats),
             (6, Message::Scrub),
-            (7, Message::Get { handle }),
+            (7, Message::Pin { handle }),
+            (8, Message::Gc { goal: 0 }),
+            (9, Message::Get { handle }),
         ],
     ));
     let out = c.sent();
     let frames = answers(&mut t, &out);
     assert_eq!(frames[0].message, Message::Stored { handle });
-    for (frame, what) in frames[1..6].iter().zip(["SUBMIT", "REPLAY", "JOURNAL", "STATS", "SCRUB"]) {
+    let forbidden = ["SUBMIT", "REPLAY", "JOURNAL", "STATS", "SCRUB", "PIN", "GC"];
+    for (frame, what) in frames[1..8].iter().zip(forbidden) {
         match &frame.message {
             Message::Error { code: ErrorCode::Forbidden, message } => {
                 assert!(message.contains(what), "{message}")
@@ -189,7 +192,7 @@ fn a_peer_key_does_cluster_work_but_no_jobs_replays_journals_or_stats() {
             other => panic!("{what}: {other:?}"),
         }
     }
-    assert!(matches!(frames[6].message, Message::Object { .. }));
+    assert!(matches!(frames[8].message, Message::Object { .. }));
     assert!(c.session.take_work().is_none(), "no job was queued for a peer");
 }
 

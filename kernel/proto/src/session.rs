@@ -96,6 +96,15 @@ pub enum Work {
     },
     /// Check every object on the node's disk (it reads them all: seconds per GiB).
     Scrub,
+    /// Pin (or unpin) an object on the node's disk.
+    Pin {
+        handle: Handle,
+        pinned: bool,
+    },
+    /// Collect and compact the node's disk.
+    Gc {
+        goal: u64,
+    },
 }
 
 /// An upload in progress.
@@ -149,6 +158,8 @@ fn forbidden(role: Role, message: &Message) -> Option<&'static str> {
         (Role::Peer, Message::Journal { .. }) => Some("JOURNAL (journal import)"),
         (Role::Peer, Message::Stats) => Some("STATS (administration)"),
         (Role::Peer, Message::Scrub) => Some("SCRUB (administration)"),
+        (Role::Peer, Message::Pin { .. } | Message::Unpin { .. }) => Some("PIN and UNPIN (administration)"),
+        (Role::Peer, Message::Gc { .. }) => Some("GC (administration)"),
         (Role::Peer, _) => None,
     }
 }
@@ -165,6 +176,10 @@ pub struct Session {
     upload: Option<Upload>,
     /// Bytes of the current PUT-CHUNK still to come; they go straight into the upload.
     chunk_left: usize,
+    /// A refused PUT-BEGIN's request and the bytes it announced: the chunks the client sent
+    /// behind it (before it could read the refusal) are dropped without a word, so that the
+    /// connection goes on.
+    refused_upload: Option<(u32, u64)>,
     downloads: VecDeque<Download>,
     work: VecDeque<(u32, Work)>,
     closing: bool,
@@ -493,6 +508,15 @@ impl Session {
 
     fn handle(&mut self, frame: Frame, node: &mut dyn NodeApi) {
         let request = frame.request;
+        if let Some((refused, left)) = self.refused_upload.take()
+            && let Message::PutChunk { bytes, .. } = &frame.message
+            && request == refused
+            && bytes.len() as u64 <= left
+        {
+            let left = left - bytes.len() as u64;
+            self.refused_upload = (left > 0).then_some((refused, left));
+            return;
+        }
         if self.upload.is_some() && !matches!(frame.message, Message::PutChunk { .. }) {
             return self.fail(
                 request,
@@ -526,15 +550,17 @@ impl Session {
             Message::Put { handle, bytes } => self.store(request, handle, bytes, node),
             Message::PutBegin { handle, len } => {
                 if len > node.room() {
+                    self.refused_upload = Some((request, len));
                     return self.error(
                         request,
                         ErrorCode::StoreFull,
-                        format!("{len} bytes do not fit in the store"),
+                        format!("store full: {len} bytes do not fit in the store"),
                     );
                 }
                 // The decoder checked that `len` can be the object's (`length_fits`), so a liar
                 // only gets a mismatch at the end; the buffer is bounded by the store's room.
                 let Some(buffer) = usize::try_from(len).ok().and_then(|len| node.upload_buffer(len)) else {
+                    self.refused_upload = Some((request, len));
                     return self.error(
                         request,
                         ErrorCode::StoreFull,
@@ -574,6 +600,9 @@ impl Session {
             Message::Fetch { from, handles } => self.queue(request, Work::Fetch { from, handles }),
             Message::Relocate { to, thunk } => self.queue(request, Work::Relocate { to, thunk }),
             Message::Scrub => self.queue(request, Work::Scrub),
+            Message::Pin { handle } => self.queue(request, Work::Pin { handle, pinned: true }),
+            Message::Unpin { handle } => self.queue(request, Work::Pin { handle, pinned: false }),
+            Message::Gc { goal } => self.queue(request, Work::Gc { goal }),
             Message::Recall { thunks } => {
                 // At most what one RECALLED frame holds (80 bytes a pair), each thunk once: a
                 // RECALL of one thunk repeated must not make an answer larger than a frame.
@@ -649,6 +678,37 @@ mod tests {
             encode(&Frame { request: *request, message: message.clone() }, &mut out);
         }
         out
+    }
+
+    /// A client streams an upload's chunks behind its PUT-BEGIN without waiting; when the
+    /// node refuses the upload (no room), it drops those chunks and answers what follows.
+    #[test]
+    fn the_chunks_behind_a_refused_upload_are_dropped_and_the_connection_goes_on() {
+        let mut s = Session::new();
+        let mut n = FakeNode { store: MemStore::new(1000), busy: false };
+        let big = vec![5u8; 3000];
+        let handle = Handle::blob(&big);
+        let mut requests = vec![(1, Message::PutBegin { handle, len: 3000 })];
+        for (i, chunk) in big.chunks(1000).enumerate() {
+            requests.push((1, Message::PutChunk { offset: i as u64 * 1000, bytes: chunk.to_vec() }));
+        }
+        requests.push((2, Message::Stats));
+        // A chunk of a request never begun is still an error.
+        requests.push((3, Message::PutChunk { offset: 0, bytes: vec![1] }));
+        let replies = exchange(&mut s, &mut n, &frames(&requests));
+        assert_eq!(replies.len(), 3, "{replies:?}");
+        assert!(
+            matches!(&replies[0].message, Message::Error { code: ErrorCode::StoreFull, .. }),
+            "{replies:?}"
+        );
+        assert_eq!(
+            (replies[1].request, &replies[1].message),
+            (2, &Message::StatsReply { text: "objects=0".into() })
+        );
+        assert!(
+            matches!(&replies[2].message, Message::Error { code: ErrorCode::Unexpected, .. }),
+            "{replies:?}"
+        );
     }
 
     /// Feeds bytes (in small pieces, as TCP may deliver them) and decodes every reply.

@@ -74,6 +74,13 @@ fn message() -> impl Strategy<Value = Message> {
         proptest::collection::vec((handle(), handle()), 0..10)
             .prop_map(|entries| Message::Recalled { entries }),
         Just(Message::Scrub),
+        handle().prop_map(|handle| Message::Pin { handle }),
+        handle().prop_map(|handle| Message::Unpin { handle }),
+        (handle(), any::<bool>()).prop_map(|(handle, pinned)| Message::Pinned { handle, pinned }),
+        any::<u64>().prop_map(|goal| Message::Gc { goal }),
+        any::<[u64; 6]>().prop_map(|[objects, bytes, kept, copied_bytes, reclaimed, free]| {
+            Message::Collected { objects, bytes, kept, copied_bytes, reclaimed, free }
+        }),
         (
             any::<u64>(),
             any::<u64>(),

@@ -67,20 +67,39 @@ fn crafted(position: u64, seq: u64, superblock_seq: u64) -> SimDisk {
         sequence: superblock_seq,
         device_len: DISK as u64,
         checkpoint: Some(Checkpoint { position, seq, prev: [0; 32] }),
+        head: LOG_START,
     };
     both(&mut disk, superblock.offset(), &superblock.encode());
     disk
 }
 
+/// A store filled with the largest objects it takes, up to where one more would not fit before
+/// `end` with `spare` bytes to spare; the commit's tail.
+fn fill_up_to(store: &mut DiskStore<SimDisk>, end: u64, spare: u64) -> u64 {
+    let max = store.max_object();
+    for seed in 100.. {
+        let room = end - store.tail - spare - 104;
+        if room <= max {
+            break;
+        }
+        let (h, b) = blob(seed, if room > max + 8192 { max as usize } else { 4096 });
+        store.put(&h, &b).unwrap();
+        store.commit().unwrap();
+    }
+    store.tail
+}
+
 #[test]
-fn a_commit_into_the_last_sector_of_the_disk_succeeds() {
+fn a_commit_into_the_last_sector_before_the_reserve_succeeds() {
     let mut store = DiskStore::format(SimDisk::new(1 << 20), [7; 16]).unwrap();
-    // An object (and its one-sector padding) ending one sector before the end of the disk.
-    let n = (1usize << 20) - 2 * 512 - LOG_START as usize - 104;
+    // An object (and its one-sector padding) ending one sector before the reserve.
+    let end = LOG_START + store.log_len() - store.reserve();
+    let tail = fill_up_to(&mut store, end, 1024);
+    let n = (end - 1024 - tail - 104) as usize;
     let (h, b) = blob(1, n);
     store.put(&h, &b).unwrap();
     store.commit().unwrap();
-    assert_eq!(store.tail, (1 << 20) - 512);
+    assert_eq!(store.tail, end - 512);
     store.set_note(1, &key(1), Some(&key(2))).unwrap();
     store.commit().unwrap();
     let (mut store, _) = reopen(store);
@@ -177,9 +196,11 @@ fn a_torn_last_commit_counts_not_at_all() {
 /// An object whose record ends exactly on a sector boundary still leaves room for the padding
 /// that closes its commit; an object that does not fit is refused before it is taken.
 #[test]
-fn an_object_ending_at_the_end_of_the_disk_is_refused_before_it_is_taken() {
+fn an_object_reaching_into_the_reserve_is_refused_before_it_is_taken() {
     let mut store = DiskStore::format(SimDisk::new(1 << 20), [7; 16]).unwrap();
-    let n = (1usize << 20) - LOG_START as usize - 104;
+    let end = LOG_START + store.log_len() - store.reserve();
+    let tail = fill_up_to(&mut store, end, 0);
+    let n = (end - tail - 104) as usize;
     let (h, b) = blob(1, n);
     assert!(matches!(store.put(&h, &b), Err(StoreError::Full { .. })));
     assert!(!store.contains(&h));

@@ -15,12 +15,22 @@ const MAGIC: [u8; 4] = *b"CKP1";
 const OBJECT_ENTRY: usize = Handle::LEN + 8 + 4;
 const NOTE_ENTRY: usize = 1 + 2 * KEY_LEN;
 
-/// Where an object's record is: its position in the log and its bytes' length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where an object's record is: its position in the log and its bytes' length; and, in memory
+/// only, when it was last used (for collecting the least recently used first).
+#[derive(Clone, Copy, Debug)]
 pub struct Location {
     pub position: u64,
     pub len: u32,
+    pub used: u64,
 }
+
+impl PartialEq for Location {
+    fn eq(&self, other: &Location) -> bool {
+        (self.position, self.len) == (other.position, other.len)
+    }
+}
+
+impl Eq for Location {}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Index {
@@ -85,7 +95,7 @@ impl Index {
 
     /// The index a checkpoint holds; None if it is not one (its checksum has already been
     /// checked, so this only fails for a store written by something else).
-    pub fn decode(bytes: &[u8], log_end: u64) -> Option<Index> {
+    pub fn decode(bytes: &[u8], head: u64, log_end: u64) -> Option<Index> {
         let mut rest = bytes.strip_prefix(&MAGIC)?;
         let mut take = |n: usize| -> Option<&[u8]> {
             let (head, tail) = rest.split_at_checked(n)?;
@@ -103,13 +113,12 @@ impl Index {
             let record_end = position
                 .checked_add(crate::record::HEADER_LEN + Handle::LEN as u64 + u64::from(len))
                 .filter(|end| *end <= log_end);
-            let placed =
-                position >= crate::superblock::LOG_START && position.is_multiple_of(crate::record::ALIGN);
+            let placed = position >= head && position.is_multiple_of(crate::record::ALIGN);
             let sized = handle.kind() != Kind::Blob || handle.size() == u64::from(len);
             if handle.is_literal() || !placed || !sized || record_end.is_none() {
                 return None;
             }
-            index.insert_object(handle, Location { position, len });
+            index.insert_object(handle, Location { position, len, used: 0 });
         }
         let notes = u64::from_le_bytes(take(8)?.try_into().ok()?);
         for _ in 0..notes {

@@ -12,10 +12,15 @@
 extern crate alloc;
 
 pub mod device;
+mod gc;
 mod index;
 pub mod record;
+mod recovery;
+mod ring;
 pub mod superblock;
 
+#[cfg(test)]
+mod gc_tests;
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
@@ -25,10 +30,11 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
+use cairn_object::Handle;
 use cairn_object::store::name;
-use cairn_object::{Handle, Kind};
 
 pub use device::{Device, DeviceError, SECTOR};
+pub use gc::{Collected, Compacted};
 pub use index::{Index, Location, NoteKey, NoteValue};
 use record::{HEADER_LEN, Header, MAX_PAYLOAD, RecordKind, payload_digest, record_key, record_len};
 use superblock::{Checkpoint, LOG_START, Superblock};
@@ -83,6 +89,15 @@ pub enum StoreError {
     CheckpointDamaged {
         position: u64,
     },
+    /// An object larger than this disk takes ([`DiskStore::max_object`]).
+    TooLargeForDisk {
+        len: u64,
+        limit: u64,
+    },
+    /// Compaction found no record where the log must hold one.
+    CompactionLost {
+        position: u64,
+    },
     /// A write or flush failed earlier: what was appended since the last commit may or may not
     /// be on the disk, so nothing more is stored until the store is opened again.
     Failed,
@@ -112,6 +127,16 @@ impl fmt::Display for StoreError {
                 f,
                 "an earlier write to the disk failed; nothing more is stored until the node restarts"
             ),
+            StoreError::TooLargeForDisk { len, limit } => write!(
+                f,
+                "an object of {len} bytes is larger than this disk takes (a sixteenth of it: {limit} bytes)"
+            ),
+            StoreError::CompactionLost { position } => {
+                write!(
+                    f,
+                    "compaction found no record at log offset {position}, between the head and the tail"
+                )
+            }
             StoreError::CheckpointDamaged { position } => write!(
                 f,
                 "the checkpoint at {position} is damaged and the log cannot be read past it: what came after it would be lost, so the store is not opened"
@@ -171,6 +196,10 @@ pub struct DiskStore<D: Device> {
     /// A write or flush failed: the store takes nothing more (see [`StoreError::Failed`]).
     failed: bool,
     index: Index,
+    /// Counts puts and gets, to tell which objects were used least recently.
+    clock: u64,
+    /// Compaction's copies and checkpoints may use the ring's reserve ([`DiskStore::reserve`]).
+    use_reserve: bool,
 }
 
 impl<D: Device> DiskStore<D> {
@@ -189,11 +218,13 @@ impl<D: Device> DiskStore<D> {
         }
         // Both copies, so that a stale copy of an earlier store never outranks this one.
         for sequence in 0..2 {
-            let superblock = Superblock { store_id, sequence, device_len: len, checkpoint: None };
+            let superblock =
+                Superblock { store_id, sequence, device_len: len, checkpoint: None, head: LOG_START };
             device.write(superblock.offset(), &superblock.encode())?;
         }
         device.flush()?;
-        let superblock = Superblock { store_id, sequence: 1, device_len: len, checkpoint: None };
+        let superblock =
+            Superblock { store_id, sequence: 1, device_len: len, checkpoint: None, head: LOG_START };
         Ok(DiskStore::empty(device, superblock))
     }
 
@@ -211,161 +242,8 @@ impl<D: Device> DiskStore<D> {
             write_behind: WRITE_BEHIND,
             failed: false,
             index: Index::default(),
-        }
-    }
-
-    /// Opens the store on `device`: the newer valid superblock, its checkpoint, and every
-    /// record after it that checks, up to the first that does not.
-    pub fn open(mut device: D) -> Result<(DiskStore<D>, Recovery), StoreError> {
-        let mut copies = [[0u8; superblock::COPY_LEN as usize]; 2];
-        for (i, copy) in copies.iter_mut().enumerate() {
-            device.read(i as u64 * superblock::COPY_LEN, copy)?;
-        }
-        let superblock = Superblock::choose(Superblock::decode(&copies[0]), Superblock::decode(&copies[1]))?;
-        if device.len() < superblock.device_len {
-            return Err(StoreError::DeviceShrunk { store: superblock.device_len, device: device.len() });
-        }
-        let device_len = superblock.device_len;
-        if !device_len.is_multiple_of(SECTOR) || device_len < MIN_DEVICE {
-            return Err(StoreError::SuperblockDamaged);
-        }
-        let mut store = DiskStore::empty(device, superblock);
-        let mut recovery = Recovery::default();
-        if let Some(checkpoint) = superblock.checkpoint {
-            let aligned =
-                checkpoint.position >= LOG_START && checkpoint.position.is_multiple_of(record::ALIGN);
-            if !aligned || checkpoint.position >= device_len || checkpoint.seq == u64::MAX {
-                return Err(StoreError::SuperblockDamaged);
-            }
-            // A checkpoint that does not check (it was flushed before the superblock named it)
-            // is damaged; the log from its start holds it all too, so the scan starts there,
-            // but it must get past the checkpoint, or what came after it would be lost.
-            recovery.from_checkpoint = store.load_checkpoint(checkpoint)?;
-            if !recovery.from_checkpoint {
-                store.scan(&mut recovery)?;
-                if store.tail <= checkpoint.position {
-                    return Err(StoreError::CheckpointDamaged { position: checkpoint.position });
-                }
-            }
-        }
-        store.scan(&mut recovery)?;
-        store.written = store.tail;
-        store.durable = store.tail;
-        Ok((store, recovery))
-    }
-
-    fn load_checkpoint(&mut self, checkpoint: Checkpoint) -> Result<bool, StoreError> {
-        let Some((header, payload)) =
-            self.read_record(checkpoint.position, checkpoint.seq, &checkpoint.prev)?
-        else {
-            return Ok(false);
-        };
-        if header.kind != RecordKind::Checkpoint {
-            return Ok(false);
-        }
-        // Positions the index names lie before the checkpoint itself.
-        let Some(index) = Index::decode(&payload, checkpoint.position) else { return Ok(false) };
-        self.index = index;
-        self.tail = checkpoint.position + header.record_len();
-        self.next_seq = checkpoint.seq + 1;
-        self.prev = header.checksum;
-        Ok(true)
-    }
-
-    /// The record at `position` if it is the one expected there: sequence `seq`, chained from
-    /// `prev`. An object record's bytes are checked by the caller.
-    fn read_record(
-        &mut self,
-        position: u64,
-        seq: u64,
-        prev: &[u8; 32],
-    ) -> Result<Option<(Header, Vec<u8>)>, StoreError> {
-        let end = self.superblock.device_len;
-        if position.checked_add(HEADER_LEN).is_none_or(|e| e > end) {
-            return Ok(None);
-        }
-        let mut bytes = [0u8; HEADER_LEN as usize];
-        self.device.read(position, &mut bytes)?;
-        let Some(header) = Header::decode(&bytes) else { return Ok(None) };
-        if header.seq != seq || position + header.record_len() > end {
-            return Ok(None);
-        }
-        let mut payload = Vec::new();
-        if payload.try_reserve_exact(header.payload_len as usize).is_err() {
-            // Not the end of the log: the node has too little memory to read it.
-            return Err(StoreError::NoMemory { len: u64::from(header.payload_len) });
-        }
-        payload.resize(header.payload_len as usize, 0);
-        self.device.read(position + HEADER_LEN, &mut payload)?;
-        let digest = payload_digest(header.kind, &payload);
-        if header.expected_checksum(&self.key, prev, digest.as_bytes()) != header.checksum {
-            return Ok(None);
-        }
-        Ok(Some((header, payload)))
-    }
-
-    /// Reads the log forward from `tail`, a commit at a time: a commit's records count once its
-    /// closing padding record is read. The last commit found counts only if it is whole and all
-    /// its objects' bytes are what their handles name: otherwise it was cut short by a crash
-    /// (it was never acknowledged) and the log ends where it began. An object damaged in an
-    /// earlier commit is not held, and the rest of that commit still counts.
-    fn scan(&mut self, recovery: &mut Recovery) -> Result<(), StoreError> {
-        let mut commit = Commit::starting(self.tail, self.next_seq, self.prev);
-        // A closed commit with a damaged object, applied only if another commit follows it.
-        let mut suspect: Option<Commit> = None;
-        let (mut at, mut seq, mut prev) = (self.tail, self.next_seq, self.prev);
-        while let Some((header, payload)) = self.read_record(at, seq, &prev)? {
-            match header.kind {
-                RecordKind::Object(kind) => match object_in(kind, &payload) {
-                    Some(handle) => {
-                        let len = (payload.len() - Handle::LEN) as u32;
-                        commit.objects.push((handle, Location { position: at, len }));
-                    }
-                    None => commit.damaged += 1,
-                },
-                RecordKind::Note(space) => {
-                    let Some((key, value)) = note_in(&payload) else { break };
-                    commit.notes.push((space, key, value));
-                }
-                // The scan already knows everything a checkpoint it passes holds.
-                RecordKind::Checkpoint => {}
-                RecordKind::Pad => commit.closed = true,
-            }
-            recovery.records_scanned += 1;
-            recovery.bytes_scanned += header.record_len();
-            at += header.record_len();
-            seq += 1;
-            prev = header.checksum;
-            if commit.closed {
-                commit.end = at;
-                if let Some(earlier) = suspect.take() {
-                    self.apply(earlier, recovery);
-                }
-                let next = Commit::starting(at, seq, prev);
-                let done = core::mem::replace(&mut commit, next);
-                if done.damaged > 0 {
-                    suspect = Some(done);
-                } else {
-                    self.apply(done, recovery);
-                }
-            }
-        }
-        // The log ends before `commit` (not closed) and before `suspect`, if any.
-        let end = suspect.as_ref().unwrap_or(&commit);
-        recovery.dropped_records = seq - end.seq;
-        self.tail = end.start;
-        self.next_seq = end.seq;
-        self.prev = end.prev;
-        Ok(())
-    }
-
-    fn apply(&mut self, commit: Commit, recovery: &mut Recovery) {
-        recovery.damaged_objects += commit.damaged;
-        for (handle, location) in commit.objects {
-            self.index.insert_object(handle, location);
-        }
-        for (space, key, value) in commit.notes {
-            self.index.set_note(space, key, value);
+            clock: 0,
+            use_reserve: false,
         }
     }
 
@@ -381,12 +259,11 @@ impl<D: Device> DiskStore<D> {
         let len = record_len(payload_len);
         // Room for this record and the padding that closes its commit (at least a header, up to
         // a sector boundary; a whole sector if the record ends on one). The padding itself
-        // needs exactly its own length.
-        let needed = match kind {
-            RecordKind::Pad => len,
-            _ => (self.tail + len + 1).next_multiple_of(SECTOR) - self.tail,
+        // needs exactly its own length, and may use what the record could.
+        let (needed, free) = match kind {
+            RecordKind::Pad => (len, self.free()),
+            _ => ((self.tail + len + 1).next_multiple_of(SECTOR) - self.tail, self.room()),
         };
-        let free = self.superblock.device_len.saturating_sub(self.tail);
         if needed > free {
             return Err(StoreError::Full { needed, free });
         }
@@ -417,7 +294,8 @@ impl<D: Device> DiskStore<D> {
     /// Writes the records not yet written: all of them (`all`, the tail on a sector boundary),
     /// or their whole sectors.
     fn write_pending(&mut self, all: bool) -> Result<(), StoreError> {
-        let end = if all { self.tail } else { self.tail - self.tail % SECTOR };
+        let pending_end = self.written + self.pending.len() as u64;
+        let end = if all { pending_end } else { pending_end - pending_end % SECTOR };
         if end <= self.written {
             return Ok(());
         }
@@ -433,15 +311,15 @@ impl<D: Device> DiskStore<D> {
         let mut at = self.written;
         if head_len > 0 {
             let mut first = vec![0u8; SECTOR as usize];
-            self.device.read(sector_start, &mut first[..head_len])?;
+            ring::read_at(&mut self.device, &self.superblock, sector_start, &mut first[..head_len])?;
             let (into_first, after) = rest.split_at(SECTOR as usize - head_len);
             first[head_len..].copy_from_slice(into_first);
-            self.device.write(sector_start, &first)?;
+            ring::write_at(&mut self.device, &self.superblock, sector_start, &first)?;
             rest = after;
             at = sector_start + SECTOR;
         }
         if !rest.is_empty() {
-            self.device.write(at, rest)?;
+            ring::write_at(&mut self.device, &self.superblock, at, rest)?;
         }
         self.pending.drain(..n);
         self.written = end;
@@ -454,8 +332,12 @@ impl<D: Device> DiskStore<D> {
         if handle.is_literal() || self.index.objects.contains_key(handle) {
             return Ok(false);
         }
+        if bytes.len() as u64 > self.max_object() {
+            return Err(StoreError::TooLargeForDisk { len: bytes.len() as u64, limit: self.max_object() });
+        }
         let position = self.append(RecordKind::Object(handle.kind()), &[handle.as_bytes(), bytes])?;
-        self.index.insert_object(*handle, Location { position, len: bytes.len() as u32 });
+        self.clock += 1;
+        self.index.insert_object(*handle, Location { position, len: bytes.len() as u32, used: self.clock });
         Ok(true)
     }
 
@@ -519,7 +401,14 @@ impl<D: Device> DiskStore<D> {
         if let Some(literal) = handle.literal() {
             return Ok(Some(literal.to_vec()));
         }
-        let Some(at) = self.index.objects.get(handle).copied() else { return Ok(None) };
+        self.clock += 1;
+        let clock = self.clock;
+        let Some(at) = self.index.objects.get_mut(handle).map(|at| {
+            at.used = clock;
+            *at
+        }) else {
+            return Ok(None);
+        };
         let start = at.position + HEADER_LEN + Handle::LEN as u64;
         let mut bytes = Vec::new();
         bytes
@@ -530,7 +419,7 @@ impl<D: Device> DiskStore<D> {
         let on_disk = end.min(self.written).saturating_sub(start);
         bytes.resize(on_disk as usize, 0);
         if on_disk > 0 {
-            self.device.read(start, &mut bytes)?;
+            self.read_at(start, &mut bytes)?;
         }
         if end > self.written {
             let from = (start.max(self.written) - self.written) as usize;
@@ -565,6 +454,19 @@ impl<D: Device> DiskStore<D> {
     /// Writes the whole index as a checkpoint record and points the superblock at it, so that
     /// the next start reads from here rather than the whole log.
     pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.checkpoint_from(self.superblock.head)
+    }
+
+    /// A checkpoint after which the log begins at `head` (everything before it is reclaimed):
+    /// every record the index names lies at or after it.
+    fn checkpoint_from(&mut self, head: u64) -> Result<(), StoreError> {
+        let reserve = core::mem::replace(&mut self.use_reserve, true);
+        let done = self.checkpoint_from_using_reserve(head);
+        self.use_reserve = reserve;
+        done
+    }
+
+    fn checkpoint_from_using_reserve(&mut self, head: u64) -> Result<(), StoreError> {
         self.commit()?;
         let prev = self.prev;
         let encoded =
@@ -575,6 +477,7 @@ impl<D: Device> DiskStore<D> {
         let superblock = Superblock {
             sequence: self.superblock.sequence.checked_add(1).ok_or(StoreError::SuperblockDamaged)?,
             checkpoint: Some(Checkpoint { position, seq, prev }),
+            head,
             ..self.superblock
         };
         let written =
@@ -589,7 +492,7 @@ impl<D: Device> DiskStore<D> {
 
     /// Bytes of log after the last checkpoint: what the next start reads and checks.
     pub fn since_checkpoint(&self) -> u64 {
-        self.tail - self.superblock.checkpoint.map_or(LOG_START, |c| c.position)
+        self.tail - self.superblock.checkpoint.map_or(self.superblock.head, |c| c.position)
     }
 
     /// The handles of every object the store holds (durably or not), in a fresh list.
@@ -621,7 +524,8 @@ impl<D: Device> DiskStore<D> {
         Stats {
             objects: self.index.objects.len() as u64,
             object_bytes: self.index.object_bytes,
-            log_bytes: self.tail - LOG_START,
+            log_bytes: self.tail - self.superblock.head,
+            free_bytes: self.free().saturating_sub(self.reserve()),
             device_bytes: self.superblock.device_len,
         }
     }
@@ -636,52 +540,10 @@ impl<D: Device> DiskStore<D> {
 pub struct Stats {
     pub objects: u64,
     pub object_bytes: u64,
+    /// Bytes of log between the head and the tail: what holds records that may be needed.
     pub log_bytes: u64,
+    /// Bytes objects and notes may still take (the ring up to the head, less the reserve kept
+    /// for compaction and checkpoints).
+    pub free_bytes: u64,
     pub device_bytes: u64,
-}
-
-/// The handle and bytes of an object record's payload, if they agree.
-fn object_in(kind: Kind, payload: &[u8]) -> Option<Handle> {
-    let handle = Handle::from_bytes(payload.get(..Handle::LEN)?).ok()?;
-    let bytes = &payload[Handle::LEN..];
-    (handle.kind() == kind && !handle.is_literal() && name(kind, bytes).ok()? == handle).then_some(handle)
-}
-
-/// A note record's key and value (none: removed); None if it is not a note's payload.
-fn note_in(payload: &[u8]) -> Option<(NoteKey, Option<NoteValue>)> {
-    let key: NoteKey = payload.get(..index::KEY_LEN)?.try_into().ok()?;
-    match payload.len() {
-        index::KEY_LEN => Some((key, None)),
-        len if len == 2 * index::KEY_LEN => Some((key, Some(payload[index::KEY_LEN..].try_into().ok()?))),
-        _ => None,
-    }
-}
-
-/// The records of one commit met in a scan, applied to the index once it is known whole.
-struct Commit {
-    /// Where it begins, and the sequence number and chain there.
-    start: u64,
-    seq: u64,
-    prev: [u8; 32],
-    /// Where it ends (after its closing padding record), once closed.
-    end: u64,
-    closed: bool,
-    objects: Vec<(Handle, Location)>,
-    notes: Vec<(u8, NoteKey, Option<NoteValue>)>,
-    damaged: u64,
-}
-
-impl Commit {
-    fn starting(start: u64, seq: u64, prev: [u8; 32]) -> Commit {
-        Commit {
-            start,
-            seq,
-            prev,
-            end: start,
-            closed: false,
-            objects: Vec::new(),
-            notes: Vec::new(),
-            damaged: 0,
-        }
-    }
 }

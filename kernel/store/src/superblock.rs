@@ -6,14 +6,14 @@
 use crate::StoreError;
 
 pub const MAGIC: [u8; 8] = *b"CAIRNSB1";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Bytes each copy takes on the disk.
 pub const COPY_LEN: u64 = 4096;
 /// Where the log begins: after both copies.
 pub const LOG_START: u64 = 2 * COPY_LEN;
 /// No checkpoint yet.
 pub const NO_CHECKPOINT: u64 = u64::MAX;
-const FIELDS_LEN: usize = 128;
+const FIELDS_LEN: usize = 136;
 const CHECKSUM_AT: usize = FIELDS_LEN - 32;
 
 /// Where recovery starts: a checkpoint record, which holds the whole index as it was there.
@@ -33,6 +33,9 @@ pub struct Superblock {
     pub sequence: u64,
     pub device_len: u64,
     pub checkpoint: Option<Checkpoint>,
+    /// Where the oldest record still needed begins (a log offset, docs/STORE.md, "The log is
+    /// a ring"): the log may be written up to one lap past it, never further.
+    pub head: u64,
 }
 
 impl Superblock {
@@ -56,6 +59,7 @@ impl Superblock {
         block[48..56].copy_from_slice(&position.to_le_bytes());
         block[56..64].copy_from_slice(&seq.to_le_bytes());
         block[64..96].copy_from_slice(&prev);
+        block[96..104].copy_from_slice(&self.head.to_le_bytes());
         let checksum = *blake3::hash(&block[..CHECKSUM_AT]).as_bytes();
         block[CHECKSUM_AT..FIELDS_LEN].copy_from_slice(&checksum);
         block
@@ -88,6 +92,7 @@ impl Superblock {
             sequence: u64_at(32),
             device_len: u64_at(40),
             checkpoint,
+            head: u64_at(96),
         })
     }
 

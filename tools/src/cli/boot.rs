@@ -78,7 +78,7 @@ pub struct BootArgs {
     #[arg(long, value_name = "PATH", global = true)]
     pub disk: Option<PathBuf>,
     /// The size of a disk made by --disk, in bytes, or with K, M or G.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G", global = true)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "4G", global = true)]
     pub disk_size: u64,
 }
 

@@ -32,6 +32,23 @@ pub struct GetArgs {
 }
 
 #[derive(Args)]
+pub struct PinArgs {
+    #[command(flatten)]
+    pub node: NodeAddress,
+    pub handle: String,
+}
+
+#[derive(Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub node: NodeAddress,
+    /// Forget only this many MiB (at least), the least recently used first; without it,
+    /// everything nothing keeps.
+    #[arg(long, value_name = "MIB")]
+    pub mib: Option<u64>,
+}
+
+#[derive(Args)]
 pub struct HashArgs {
     /// One JSON object per line instead of text.
     #[arg(long)]
@@ -112,6 +129,34 @@ pub fn scrub(args: &NodeAddress) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::FAILURE);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn pin(args: &PinArgs, pinned: bool) -> anyhow::Result<ExitCode> {
+    let handle = super::parse_handle(&args.handle)?;
+    Client::connect(&args.node.node)?.pin(handle, pinned)?;
+    if pinned {
+        println!("pinned {handle}");
+    } else {
+        println!("unpinned {handle} (the next `cairn gc` collects it if nothing else keeps it)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn gc(args: &GcArgs) -> anyhow::Result<ExitCode> {
+    let goal = match args.mib {
+        Some(0) => {
+            anyhow::bail!("--mib must be at least 1 (leave it out to collect everything nothing keeps)")
+        }
+        Some(mib) => mib.checked_mul(1 << 20).context("--mib is too large")?,
+        None => 0,
+    };
+    let done = Client::connect(&args.node.node)?.gc(goal)?;
+    println!("collected {} objects ({} bytes); {} objects kept", done.objects, done.bytes, done.kept);
+    println!(
+        "compacted: {} bytes of live objects copied, {} bytes of log given back; {} bytes free",
+        done.copied_bytes, done.reclaimed, done.free
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -261,6 +261,8 @@ impl NewObject {
     }
 }
 
+mod disk;
+
 /// Log a node writes between checkpoints (docs/STORE.md): at about 100 MiB/s of checking under
 /// TCG, a restart reads at most about a second of it.
 const CHECKPOINT_EVERY: u64 = 64 << 20;
@@ -278,36 +280,6 @@ pub struct NodeStore {
     /// Memo entries the disk holds: at most [`KEPT_MEMO_ENTRIES`], since the index of the
     /// disk's notes lives in memory.
     memo_on_disk: usize,
-}
-
-/// Memo entries a node keeps on its disk (about 16 MiB of index); past that, new entries are
-/// remembered in memory only, until GC makes room.
-const KEPT_MEMO_ENTRIES: usize = 131_072;
-
-/// What a scrub found.
-#[derive(Default)]
-pub struct ScrubReport {
-    pub checked: u64,
-    pub bytes: u64,
-    pub damaged_total: u64,
-    /// The first [`SCRUB_LISTED`] of them.
-    pub damaged: Vec<Handle>,
-    /// Damaged on the disk, and written again from a good copy in memory.
-    pub rewritten: u64,
-    /// Not read for want of memory.
-    pub unchecked: u64,
-}
-
-/// Damaged objects a scrub's answer names (40 KiB of handles); it counts them all.
-const SCRUB_LISTED: usize = 1024;
-
-/// A handle as a note's key or value.
-fn note_of(handle: &Handle) -> cairn_store::NoteKey {
-    *handle.as_bytes()
-}
-
-fn handle_of(note: &cairn_store::NoteValue) -> Option<Handle> {
-    Handle::from_bytes(note).ok()
 }
 
 /// The handle of `bytes` as an object of `kind`; a blob by the digest already computed from
@@ -349,67 +321,6 @@ impl NodeStore {
     pub fn attach_disk(&mut self, disk: DiskObjects) {
         self.memo_on_disk = disk.notes(cairn_store::space::MEMO).count();
         self.disk = Some(spin::Mutex::new(disk));
-    }
-
-    /// Reads every object on the disk and checks it against its handle (docs/STORE.md,
-    /// "Scrub"), calling `between` after each (the node serves reads meanwhile). A damaged
-    /// object is dropped from the disk's index, never served; if memory holds a good copy (it
-    /// was checked when stored), that copy is written to the disk again.
-    pub fn scrub(&self, mut between: impl FnMut()) -> Result<ScrubReport, StoreError> {
-        let Some(disk) = &self.disk else { return Ok(ScrubReport::default()) };
-        let handles = {
-            let disk = disk.lock();
-            disk.object_handles().map_err(|e| disk_error(&disk, e))?
-        };
-        let mut report = ScrubReport::default();
-        for handle in handles {
-            let read = disk.lock().get(&handle);
-            match read {
-                Ok(Some(bytes)) => {
-                    report.checked += 1;
-                    report.bytes += bytes.len() as u64;
-                }
-                Ok(None) => {}
-                Err(cairn_store::StoreError::Corrupt { handle }) => {
-                    log::warn!("store: scrub: {handle} is damaged on the disk; dropped");
-                    report.damaged_total += 1;
-                    if report.damaged.len() < SCRUB_LISTED && report.damaged.try_reserve(1).is_ok() {
-                        report.damaged.push(handle);
-                    }
-                    // Best effort (the heap may lack room for the record): without it, the
-                    // object is missing from the disk, and HAVE says so.
-                    if let Some(good) = self.inner.get(&handle)
-                        && self.persist(&handle, &good, false).is_ok()
-                    {
-                        report.rewritten += 1;
-                    }
-                }
-                Err(cairn_store::StoreError::NoMemory { .. }) => report.unchecked += 1,
-                Err(e) => return Err(disk_error(&disk.lock(), e)),
-            }
-            between();
-        }
-        Ok(report)
-    }
-
-    /// Memo entries the disk keeps.
-    pub fn memo_on_disk(&self) -> usize {
-        self.memo_on_disk
-    }
-
-    /// The latest journal the disk keeps for `job`.
-    pub fn journal_of(&self, job: &Handle) -> Option<Handle> {
-        let disk = self.disk.as_ref()?.lock();
-        handle_of(disk.note(cairn_store::space::JOBS, &note_of(job))?)
-    }
-
-    /// Keeps `journal` as the latest of `job` on the disk (durable with the next commit, which
-    /// comes before the answer that names it).
-    pub fn keep_journal(&self, job: &Handle, journal: &Handle) -> Result<(), StoreError> {
-        let Some(disk) = &self.disk else { return Ok(()) };
-        let mut disk = disk.lock();
-        let kept = disk.set_note(cairn_store::space::JOBS, &note_of(job), Some(&note_of(journal)));
-        kept.map_err(|e| disk_error(&disk, e))
     }
 
     pub fn disk_stats(&self) -> Option<cairn_store::Stats> {
@@ -685,26 +596,10 @@ impl Store for NodeStore {
     /// Memo entries on the disk outlive restarts; the evaluator asks here when its own memo
     /// (in memory) has no entry.
     fn recall_memo(&self, thunk: &Handle) -> Option<Handle> {
-        let disk = self.disk.as_ref()?.lock();
-        handle_of(disk.note(cairn_store::space::MEMO, &note_of(thunk))?)
+        self.memo_value_on_disk(thunk)
     }
 
-    /// Written with the objects the evaluation made, and durable with them before the answer
-    /// that could tell a client about it (the node commits before it answers). A memo is a
-    /// cache: an entry the disk has no room for is only not kept.
     fn keep_memo(&mut self, thunk: &Handle, value: &Handle) {
-        let Some(disk) = &self.disk else { return };
-        let mut disk = disk.lock();
-        let key = note_of(thunk);
-        let known = disk.note(cairn_store::space::MEMO, &key).copied();
-        if known == Some(note_of(value)) || disk.failed() {
-            return;
-        }
-        if known.is_none() && self.memo_on_disk >= KEPT_MEMO_ENTRIES {
-            return;
-        }
-        if disk.set_note(cairn_store::space::MEMO, &key, Some(&note_of(value))).is_ok() && known.is_none() {
-            self.memo_on_disk += 1;
-        }
+        self.keep_memo_on_disk(thunk, value)
     }
 }

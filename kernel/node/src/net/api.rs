@@ -106,7 +106,7 @@ impl NodeApi for BusyNode<'_> {
         Err(StoreError::Full { needed: handle.size(), used: 0, limit: 0 })
     }
     fn room(&self) -> u64 {
-        self.store.room()
+        self.store.room().min(self.store.disk_room())
     }
     fn may_download(&self, len: u64) -> bool {
         may_download(self.store, len)
@@ -194,7 +194,7 @@ impl NodeApi for Node<'_> {
     fn room(&self) -> u64 {
         // What could be made free: anything may go but what is pinned and what uploads in
         // progress were promised; `upload_buffer` then makes the room, or says it cannot.
-        self.ev.store.room_at_most()
+        self.ev.store.room_at_most().min(self.ev.store.disk_room())
     }
     fn may_download(&self, len: u64) -> bool {
         may_download(&self.ev.store, len)
@@ -227,10 +227,11 @@ impl NodeApi for Node<'_> {
         // With a disk: what it holds (docs/STORE.md).
         let disk = self.ev.store.disk_stats().map_or(String::new(), |d| {
             format!(
-                "disk_objects={}\ndisk_object_bytes={}\ndisk_log_bytes={}\ndisk_bytes={}\ndisk_memo_entries={}\ndisk_failed={}\n",
+                "disk_objects={}\ndisk_object_bytes={}\ndisk_log_bytes={}\ndisk_free_bytes={}\ndisk_bytes={}\ndisk_memo_entries={}\ndisk_failed={}\n",
                 d.objects,
                 d.object_bytes,
                 d.log_bytes,
+                d.free_bytes,
                 d.device_bytes,
                 self.ev.store.memo_on_disk(),
                 u8::from(self.ev.store.disk_failed())

@@ -57,7 +57,7 @@ impl Jobs {
             Work::Eval { handle, fresh } => super::api::evaluate(ev, handle, fresh),
             Work::Submit { job } => self.submit(job, network, ev),
             Work::Replay { handle } => self.replay(handle, ev),
-            Work::Fetch { .. } | Work::Relocate { .. } | Work::Scrub => {
+            Work::Fetch { .. } | Work::Relocate { .. } | Work::Scrub | Work::Pin { .. } | Work::Gc { .. } => {
                 error(ErrorCode::Internal, "work the node's loop runs itself".into())
             }
         }
@@ -96,9 +96,12 @@ impl Jobs {
                     Err(why) => error(ErrorCode::Internal, why),
                 }
             }
-            Work::Eval { .. } | Work::Submit { .. } | Work::Replay { .. } | Work::Scrub => {
-                error(ErrorCode::Internal, "not work for a peer".into())
-            }
+            Work::Eval { .. }
+            | Work::Submit { .. }
+            | Work::Replay { .. }
+            | Work::Scrub
+            | Work::Pin { .. }
+            | Work::Gc { .. } => error(ErrorCode::Internal, "not work for a peer".into()),
         }
     }
 
@@ -231,6 +234,24 @@ impl Jobs {
         self.set_latest(*journal_handle, &journal, ev);
         Ok(journal.job)
     }
+}
+
+/// What a collection of the disk must keep beyond what the store finds itself (docs/STORE.md,
+/// "Space"): the responses and result of every journal the disk keeps for a job (the job and
+/// the journal it keeps itself, and through the job's tree its manifest and root).
+pub fn gc_roots(ev: &NodeEvaluator) -> alloc::vec::Vec<Handle> {
+    let mut roots = alloc::vec::Vec::new();
+    for (_, journal) in ev.store.journals_on_disk() {
+        if let Ok(journal) = load_journal(&journal, ev) {
+            let wanted = journal.responses().chain(journal.result);
+            for h in wanted {
+                if roots.try_reserve(1).is_ok() {
+                    roots.push(h);
+                }
+            }
+        }
+    }
+    roots
 }
 
 /// Pins what a replay of `journal` needs; returns exactly what it pinned.

@@ -67,6 +67,11 @@ impl MemStore {
         }
     }
 
+    /// The objects something has pinned (a collection elsewhere must keep them).
+    pub fn pinned_handles(&self) -> impl Iterator<Item = &Handle> {
+        self.objects.iter().filter(|(_, e)| e.pins > 0).map(|(h, _)| h)
+    }
+
     fn used(&self) -> u64 {
         self.bytes + self.objects.len() as u64 * OBJECT_OVERHEAD
     }
