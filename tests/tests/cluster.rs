@@ -1,6 +1,7 @@
 //! Three-node clusters on one virtual L2 (docs/CLUSTER.md): the same results as one node,
 //! placement by locality, a node killed mid-job, verification on two nodes, tasks that time
-//! out, nodes fetching from each other, and a peer that sends corrupted objects.
+//! out, nodes fetching from each other, and a peer that sends corrupted objects; and each
+//! node's disk kept from one `cluster up` to the next.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use cairn_bootcfg::NodeConfig;
 use cairn_object::Handle;
 use cairn_tools::client::Client;
-use cairn_tools::cluster::lifecycle::State;
+use cairn_tools::cluster::lifecycle::{State, in_use_by_qemu, node_disk};
 
 fn cairn() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_FILE_CAIRN_TOOLS_cairn"));
@@ -30,20 +31,28 @@ fn show(output: &Output) -> String {
 struct Cluster {
     state_path: PathBuf,
     state: State,
+    /// What `cluster up` printed.
+    up: String,
+    stopped: bool,
 }
 
 impl Cluster {
     fn up(dir: &Path, extra: &[&str]) -> Cluster {
+        Cluster::up_nodes(dir, 3, extra)
+    }
+
+    fn up_nodes(dir: &Path, nodes: usize, extra: &[&str]) -> Cluster {
         let state_path = dir.join("cluster.json");
         let out = cairn()
-            .args(["cluster", "up", "--nodes", "3", "--state", state_path.to_str().unwrap()])
+            .args(["cluster", "up", "--nodes", &nodes.to_string(), "--state", state_path.to_str().unwrap()])
             .args(extra)
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-        assert!(String::from_utf8_lossy(&out.stdout).contains("cluster up: 3 nodes"), "{}", show(&out));
+        let up = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(up.contains(&format!("cluster up: {nodes} nodes")), "{}", show(&out));
         let state = State::read(&state_path).unwrap();
-        Cluster { state_path, state }
+        Cluster { state_path, state, up, stopped: false }
     }
 
     fn eval(&self, job: &Path, extra: &[&str]) -> Output {
@@ -53,14 +62,22 @@ impl Cluster {
             .output()
             .unwrap()
     }
-}
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
+    fn client(&self, node: usize) -> Client {
+        Client::connect(&self.state.nodes[node].api).unwrap()
+    }
+
+    /// `cluster down`; what it printed.
+    fn down(mut self) -> String {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> String {
+        self.stopped = true;
         let out =
             cairn().args(["cluster", "down", "--state", self.state_path.to_str().unwrap()]).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // `down` waits for the nodes' QEMUs.
         for node in &self.state.nodes {
             assert!(
                 !Path::new(&format!("/proc/{}", node.qemu_pid)).exists()
@@ -70,6 +87,15 @@ impl Drop for Cluster {
                 "node {} still runs after `cluster down`",
                 node.index
             );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.stop();
         }
     }
 }
@@ -365,4 +391,51 @@ fn a_peer_that_sends_corrupted_objects_is_caught() {
     let reference =
         cairn().args(["eval", "--node", &single, "--job", job.to_str().unwrap()]).output().unwrap();
     assert_eq!(result_of(&out), result_of(&reference));
+}
+
+#[test]
+fn each_node_keeps_its_own_disk_from_one_up_to_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up_nodes(dir.path(), 2, &["--disk-size", "64M"]);
+    let state_path = cluster.state_path.clone();
+    let disks = [0, 1].map(|i| node_disk(&state_path, i));
+    for (i, disk) in disks.iter().enumerate() {
+        assert_eq!(cluster.state.nodes[i].disk.as_deref(), Some(disk.as_path()));
+        assert!(cluster.up.contains(&format!("disk {} (new)", disk.display())), "{}", cluster.up);
+        // QEMU holds it: another `up` (or `cairn node --disk`) on it would be refused.
+        assert!(in_use_by_qemu(disk), "{}", disk.display());
+    }
+    let blob: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2246822519) >> 11) as u8).collect();
+    let handle = Handle::blob(&blob);
+    cluster.client(0).put(handle, &blob, |_| {}).unwrap();
+    let down = cluster.down();
+    let pattern = dir.path().join("cluster.node-{0..1}.qcow2");
+    assert!(down.contains(&format!("disks kept: {}", pattern.display())), "{down}");
+
+    // Up again: node 0 has the object from its disk, node 1 (its own disk) does not.
+    let cluster = Cluster::up_nodes(dir.path(), 2, &[]);
+    assert!(cluster.up.contains(&format!("disk {} (kept)", disks[0].display())), "{}", cluster.up);
+    let mut n0 = cluster.client(0);
+    assert!(n0.missing(&[handle]).unwrap().is_empty());
+    assert!(n0.get(handle, |_, _| {}).unwrap() == blob, "the same bytes");
+    assert_eq!(cluster.client(1).missing(&[handle]).unwrap(), [handle]);
+    let status =
+        cairn().args(["cluster", "status", "--state", state_path.to_str().unwrap()]).output().unwrap();
+    let status_text = String::from_utf8_lossy(&status.stdout);
+    assert!(status_text.contains(&format!("disk {} (1 objects)", disks[0].display())), "{}", show(&status));
+    drop(n0);
+    cluster.down();
+
+    // Fresh disks, and one node fewer: node 0 starts empty, node 1's disk is left alone.
+    let cluster = Cluster::up_nodes(dir.path(), 1, &["--fresh-disks"]);
+    assert!(cluster.up.contains(&format!("disk {} (new)", disks[0].display())), "{}", cluster.up);
+    assert!(
+        cluster
+            .up
+            .contains(&format!("disks this cluster does not use, left as they are: {}", disks[1].display())),
+        "{}",
+        cluster.up
+    );
+    assert_eq!(cluster.client(0).missing(&[handle]).unwrap(), [handle]);
+    assert!(disks[1].exists());
 }

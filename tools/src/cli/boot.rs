@@ -89,7 +89,7 @@ impl BootArgs {
 }
 
 /// `4096`, `64K`, `512M`, `2G`: at least 1 MiB, whole sectors.
-fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let (digits, unit) = match text.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
         _ => (text, 'B'),

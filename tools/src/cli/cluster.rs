@@ -9,6 +9,8 @@ use cairn_tools::cluster::lifecycle;
 use cairn_tools::untrusted::escape;
 use clap::{Args, Subcommand};
 
+use super::boot;
+
 pub const DEFAULT_CLUSTER_STATE: &str = "cairn-cluster.json";
 
 #[derive(Subcommand)]
@@ -46,18 +48,38 @@ pub struct ClusterUpArgs {
     /// Give node INDEX a deliberate fault (tests): INDEX=corrupt-objects.
     #[arg(long, value_name = "INDEX=FAULT")]
     pub fault: Vec<String>,
+    /// The size of each node's disk (STATE.node-I.qcow2 beside the state file) when it is made,
+    /// in bytes or with K, M, G or T; a disk kept from before keeps its size.
+    #[arg(long, value_name = "SIZE", value_parser = boot::parse_size, default_value = "4G")]
+    pub disk_size: u64,
+    /// Delete the nodes' disks first: every node starts with no objects, memo or journals.
+    #[arg(long)]
+    pub fresh_disks: bool,
+    /// No disks: the nodes keep their objects in memory only, and lose them at `down`.
+    #[arg(long, conflicts_with_all = ["fresh_disks", "disk_size"])]
+    pub no_disk: bool,
+    /// `cairn node`'s --disk (a global option), refused here rather than ignored.
+    #[arg(long, hide = true)]
+    pub disk: Option<PathBuf>,
     #[command(flatten)]
     pub state: ClusterStateArg,
 }
 
 impl ClusterUpArgs {
     fn options(&self) -> anyhow::Result<lifecycle::UpOptions> {
+        if self.disk.is_some() {
+            anyhow::bail!(
+                "a cluster names each node's disk itself, beside its state file: choose where with --state"
+            );
+        }
         Ok(lifecycle::UpOptions {
             nodes: self.nodes,
             memory_mib: self.memory,
             cpus: self.cpus,
             accel: self.accel.parse().map_err(anyhow::Error::msg)?,
             faults: self.fault.iter().map(|f| lifecycle::parse_fault(f)).collect::<anyhow::Result<_>>()?,
+            disks: (!self.no_disk)
+                .then_some(lifecycle::DiskOptions { size: self.disk_size, fresh: self.fresh_disks }),
         })
     }
 }
@@ -65,12 +87,16 @@ impl ClusterUpArgs {
 pub fn cluster(command: &ClusterCommand) -> anyhow::Result<ExitCode> {
     match command {
         ClusterCommand::Up(args) => {
-            let state = lifecycle::up(&args.options()?, &args.state.state)?;
+            let lifecycle::Started { state, disks } = lifecycle::up(&args.options()?, &args.state.state)?;
             for node in &state.nodes {
                 let [a, b, c, d] = node.cluster_ip;
+                let made = disks.nodes.get(node.index).is_some_and(|(_, made)| *made);
                 println!(
-                    "node {}  api {}  cluster {a}.{b}.{c}.{d}  qemu pid {}",
-                    node.index, node.api, node.qemu_pid
+                    "node {}  api {}  cluster {a}.{b}.{c}.{d}  qemu pid {}{}",
+                    node.index,
+                    node.api,
+                    node.qemu_pid,
+                    disk_text(node.disk.as_deref(), if made { " (new)" } else { " (kept)" })
                 );
             }
             println!(
@@ -79,11 +105,15 @@ pub fn cluster(command: &ClusterCommand) -> anyhow::Result<ExitCode> {
                 args.state.state.display(),
                 state.log.display()
             );
+            if !disks.unused.is_empty() {
+                let names: Vec<String> = disks.unused.iter().map(|p| p.display().to_string()).collect();
+                println!("disks this cluster does not use, left as they are: {}", names.join(", "));
+            }
         }
         ClusterCommand::Status(args) => status(&args.state)?,
         ClusterCommand::Down(args) => {
             let state = lifecycle::down(&args.state)?;
-            println!("cluster down: {} nodes stopped", state.nodes.len());
+            println!("{}", down_text(&state, &args.state));
         }
         ClusterCommand::Serve(args) => {
             let mut log = std::io::stderr();
@@ -103,24 +133,47 @@ fn status(state_path: &std::path::Path) -> anyhow::Result<()> {
             Ok(text) => {
                 let get = |key: &str| stat(&text, key);
                 println!(
-                    "node {}  up    api {}  cluster {a}.{b}.{c}.{d}  objects {}  tasks_run {}  memo_entries {}  fetched_bytes {}",
+                    "node {}  up    api {}  cluster {a}.{b}.{c}.{d}  objects {}  tasks_run {}  memo_entries {}  fetched_bytes {}{}",
                     node.index,
                     node.api,
                     get("objects"),
                     get("tasks_run"),
                     get("memo_entries"),
-                    get("fetched_bytes")
+                    get("fetched_bytes"),
+                    disk_text(node.disk.as_deref(), &format!(" ({} objects)", get("disk_objects")))
                 );
             }
             // The client escapes what the node said in its errors.
             Err(e) => {
                 down += 1;
-                println!("node {}  DOWN  api {}  cluster {a}.{b}.{c}.{d}  ({e:#})", node.index, node.api);
+                println!(
+                    "node {}  DOWN  api {}  cluster {a}.{b}.{c}.{d}{}  ({e:#})",
+                    node.index,
+                    node.api,
+                    disk_text(node.disk.as_deref(), "")
+                );
             }
         }
     }
     println!("{} of {} nodes up", state.nodes.len() - down, state.nodes.len());
     Ok(())
+}
+
+/// `  disk PATH` and `note` for a node with a disk; nothing for one without.
+fn disk_text(disk: Option<&std::path::Path>, note: &str) -> String {
+    disk.map_or_else(String::new, |path| format!("  disk {}{note}", path.display()))
+}
+
+/// What `down` says: how many nodes stopped, and where their disks stay.
+fn down_text(state: &lifecycle::State, state_path: &std::path::Path) -> String {
+    let n = state.nodes.len();
+    if state.nodes.iter().all(|node| node.disk.is_none()) {
+        return format!("cluster down: {n} nodes stopped");
+    }
+    format!(
+        "cluster down: {n} nodes stopped; disks kept: {} (`cairn cluster up --fresh-disks` empties them)",
+        lifecycle::disks_pattern(state_path, n).display()
+    )
 }
 
 /// A value from a node's STATS text, escaped (it is the node's), or `?`.
@@ -130,7 +183,79 @@ fn stat(text: &str, key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::stat;
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    }
+
+    fn up_options(args: &[&str]) -> Result<lifecycle::UpOptions, String> {
+        let cli = Cli::try_parse_from(["cluster", "up"].iter().chain(args)).map_err(|e| e.to_string())?;
+        let ClusterCommand::Up(up) = cli.command else { unreachable!() };
+        up.options().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn up_gives_nodes_disks_unless_told_not_to() {
+        let disks = |args: &[&str]| up_options(args).map(|o| o.disks);
+        let kept = lifecycle::DiskOptions { size: 1 << 30, fresh: false };
+        assert_eq!(disks(&[]), Ok(Some(kept)));
+        assert_eq!(
+            disks(&["--disk-size", "64M"]),
+            Ok(Some(lifecycle::DiskOptions { size: 64 << 20, ..kept }))
+        );
+        assert_eq!(disks(&["--fresh-disks"]), Ok(Some(lifecycle::DiskOptions { fresh: true, ..kept })));
+        assert_eq!(disks(&["--no-disk"]), Ok(None));
+        assert!(disks(&["--no-disk", "--fresh-disks"]).unwrap_err().contains("cannot be used with"));
+        assert!(disks(&["--no-disk", "--disk-size", "2G"]).unwrap_err().contains("cannot be used with"));
+        // The same parser as `cairn node --disk-size`.
+        assert!(disks(&["--disk-size", "1000"]).unwrap_err().contains("at least 1M"));
+        assert!(disks(&["--disk", "a.qcow2"]).unwrap_err().contains("--state"));
+    }
+
+    #[test]
+    fn the_daemon_gets_the_options_up_was_given() {
+        let state = std::path::Path::new("/tmp/x/lab.json");
+        for args in [
+            &["--nodes", "2", "--fault", "1=corrupt-objects"][..],
+            &["--no-disk", "--cpus", "1"],
+            &["--disk-size", "8M", "--fresh-disks"],
+        ] {
+            let opts = up_options(args).unwrap();
+            let daemon = Cli::try_parse_from(
+                std::iter::once("cairn".into())
+                    .chain(lifecycle::daemon_args(&opts, state).into_iter().skip(1)),
+            )
+            .unwrap();
+            let ClusterCommand::Serve(serve) = daemon.command else { panic!("not serve") };
+            assert_eq!(serve.state.state, state);
+            let again = serve.options().unwrap();
+            assert_eq!((again.nodes, again.cpus, again.faults), (opts.nodes, opts.cpus, opts.faults));
+            // `up` deleted the disks already: the daemon only uses them.
+            assert_eq!(again.disks, opts.disks.map(|d| lifecycle::DiskOptions { fresh: false, ..d }));
+        }
+    }
+
+    #[test]
+    fn down_says_where_the_disks_stay() {
+        let node = |disk: Option<&str>| lifecycle::NodeState {
+            index: 0,
+            api: "127.0.0.1:1".into(),
+            cluster_ip: [10, 1, 0, 1],
+            qemu_pid: 1,
+            disk: disk.map(Into::into),
+        };
+        let path = std::path::Path::new("/tmp/x/lab.json");
+        let state = |nodes| lifecycle::State { daemon_pid: 1, log: "/tmp/x/lab.log".into(), nodes };
+        assert_eq!(
+            down_text(&state(vec![node(Some("a")), node(Some("b"))]), path),
+            "cluster down: 2 nodes stopped; disks kept: /tmp/x/lab.node-{0..1}.qcow2 (`cairn cluster up --fresh-disks` empties them)"
+        );
+        assert_eq!(down_text(&state(vec![node(None)]), path), "cluster down: 1 nodes stopped");
+    }
 
     #[test]
     fn status_shows_a_nodes_counters_escaped() {
