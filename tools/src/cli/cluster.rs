@@ -201,7 +201,7 @@ mod tests {
     #[test]
     fn up_gives_nodes_disks_unless_told_not_to() {
         let disks = |args: &[&str]| up_options(args).map(|o| o.disks);
-        let kept = lifecycle::DiskOptions { size: 1 << 30, fresh: false };
+        let kept = lifecycle::DiskOptions { size: cairn_tools::qemu::StoreDisk::DEFAULT_SIZE, fresh: false };
         assert_eq!(disks(&[]), Ok(Some(kept)));
         assert_eq!(
             disks(&["--disk-size", "64M"]),
