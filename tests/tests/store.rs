@@ -9,6 +9,7 @@ use cairn_proto::ErrorCode;
 use cairn_tests::{BOOT_TIMEOUT, Node, serving_node_with};
 use cairn_tools::client::{Client, Refused};
 use cairn_tools::qemu::{NodeOptions, StoreDisk};
+use cairn_tools::secure::SecureStream;
 
 fn with_disk(path: &Path, size: u64) -> NodeOptions {
     NodeOptions { disk: Some(StoreDisk { path: path.to_path_buf(), size }), ..NodeOptions::default() }
@@ -323,4 +324,46 @@ fn gc_frees_what_nothing_keeps_and_pins_memo_and_journals_stay() {
     let collected = client.gc(0).unwrap();
     assert_eq!((collected.objects, collected.bytes), (2, 2 << 20), "{collected:?}");
     assert_eq!(client.missing(&[pinned, late]).unwrap(), [pinned, late]);
+}
+
+/// Group commit (docs/STORE.md, "On a node"): objects that arrive together are made durable by
+/// one commit, not one each, and none is acknowledged before it. 64 PUTs sent back to back.
+#[test]
+fn puts_that_arrive_together_share_a_commit() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("group.raw");
+    let objects: Vec<_> = (0..64).map(|i| blob(300 + i, 2000)).collect();
+    {
+        let (_node, address) = serving_node_with(with_disk(&disk, 64 << 20));
+        let before = stat(&Client::connect(&address).unwrap().stats().unwrap(), "disk_commits");
+        let mut raw = SecureStream::connect(&address).unwrap();
+        let mut wire = Vec::new();
+        for (i, (handle, bytes)) in objects.iter().enumerate() {
+            let frame = cairn_proto::Frame {
+                request: i as u32 + 1,
+                message: cairn_proto::Message::Put { handle: *handle, bytes: bytes.clone() },
+            };
+            cairn_proto::encode(&frame, &mut wire);
+        }
+        raw.write_all(&wire).unwrap();
+        raw.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        let (mut replies, mut buf, mut stored) = (Vec::new(), vec![0u8; 65536], 0);
+        while stored < objects.len() {
+            let got = raw.read(&mut buf).unwrap();
+            assert!(got > 0, "the node closed after {stored} answers");
+            replies.extend_from_slice(&buf[..got]);
+            while let Some((frame, used)) = cairn_proto::decode(&replies).unwrap() {
+                assert!(matches!(frame.message, cairn_proto::Message::Stored { .. }), "{frame:?}");
+                replies.drain(..used);
+                stored += 1;
+            }
+        }
+        let commits = stat(&Client::connect(&address).unwrap().stats().unwrap(), "disk_commits") - before;
+        assert!(commits < 16, "{commits} commits for 64 objects sent together");
+    }
+    // Killed: every acknowledged object is there.
+    let (_node, address) = serving_node_with(with_disk(&disk, 64 << 20));
+    let handles: Vec<Handle> = objects.iter().map(|o| o.0).collect();
+    assert_eq!(Client::connect(&address).unwrap().missing(&handles).unwrap(), []);
 }

@@ -56,6 +56,12 @@ pub trait NodeApi {
     fn adopt_journal(&mut self, journal: &Handle) -> Result<Handle, String>;
     /// The value the memo holds for `thunk`, if it remembers one.
     fn recall(&self, thunk: &Handle) -> Option<Handle>;
+    /// Makes durable everything stored since the last commit (a node with a disk). The node
+    /// calls it once a round, after every session has handled its input and before any answer
+    /// goes out: one flush for every upload that finished in the round (group commit).
+    fn commit(&mut self) -> Result<(), String> {
+        Ok(())
+    }
     /// Whether a download of `len` more bytes may start now. Downloads hold their objects
     /// until sent, even objects the store has since evicted, so a node bounds them together.
     fn may_download(&self, _len: u64) -> bool {

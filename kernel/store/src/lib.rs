@@ -200,6 +200,8 @@ pub struct DiskStore<D: Device> {
     clock: u64,
     /// Compaction's copies and checkpoints may use the ring's reserve ([`DiskStore::reserve`]).
     use_reserve: bool,
+    /// Commits that wrote and flushed something.
+    commits: u64,
 }
 
 impl<D: Device> DiskStore<D> {
@@ -244,6 +246,7 @@ impl<D: Device> DiskStore<D> {
             index: Index::default(),
             clock: 0,
             use_reserve: false,
+            commits: 0,
         }
     }
 
@@ -392,6 +395,7 @@ impl<D: Device> DiskStore<D> {
             return Err(e);
         }
         self.durable = self.tail;
+        self.commits += 1;
         Ok(())
     }
 
@@ -526,6 +530,7 @@ impl<D: Device> DiskStore<D> {
             object_bytes: self.index.object_bytes,
             log_bytes: self.tail - self.superblock.head,
             free_bytes: self.free().saturating_sub(self.reserve()),
+            commits: self.commits,
             device_bytes: self.superblock.device_len,
         }
     }
@@ -546,4 +551,6 @@ pub struct Stats {
     /// for compaction and checkpoints).
     pub free_bytes: u64,
     pub device_bytes: u64,
+    /// Commits (each one write and one flush) since the store was opened.
+    pub commits: u64,
 }

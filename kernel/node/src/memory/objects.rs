@@ -327,18 +327,13 @@ impl NodeStore {
         self.disk.as_ref().map(|d| d.lock().stats())
     }
 
-    /// Writes an object to the disk (if the node has one and it lacks it); with `durable`, also
-    /// commits, so that it survives a crash before this returns.
-    fn persist(&self, handle: &Handle, bytes: &[u8], durable: bool) -> Result<(), StoreError> {
+    /// Writes an object to the disk (if the node has one and it lacks it), durable with the
+    /// next commit ([`NodeStore::sync`]).
+    fn persist(&self, handle: &Handle, bytes: &[u8]) -> Result<(), StoreError> {
         let Some(disk) = &self.disk else { return Ok(()) };
         let mut disk = disk.lock();
         let put = disk.put(handle, bytes);
-        put.map_err(|e| disk_error(&disk, e))?;
-        if durable {
-            let committed = disk.commit();
-            committed.map_err(|e| disk_error(&disk, e))?;
-        }
-        Ok(())
+        put.map(|_| ()).map_err(|e| disk_error(&disk, e))
     }
 
     /// Makes everything written to the disk so far durable (the node's loop calls it each
@@ -453,9 +448,10 @@ impl NodeStore {
     pub fn put_upload(&mut self, claimed: &Handle, bytes: Bytes, digest: [u8; 32]) -> Result<(), StoreError> {
         debug_assert!(bytes.is_empty() || (bytes.as_ptr() as u64).is_multiple_of(FRAME_SIZE));
         if self.disk.is_some() {
-            // On the disk, durably, before the client hears STORED; memory is only a cache.
+            // On the disk before memory (a cache). Durable before the client hears STORED:
+            // the node commits once a round, before any answer goes out (group commit).
             check_claim(claimed, &bytes, Some(digest))?;
-            self.persist(claimed, &bytes, true)?;
+            self.persist(claimed, &bytes)?;
             let _ = self.inner.put_checked_placed(claimed, bytes, Some);
             return Ok(());
         }
@@ -494,7 +490,7 @@ impl NodeStore {
             // Named here, on the disk first, then in memory: memory never holds what the disk
             // was refused.
             let named = name_of(kind, &bytes, blob_digest)?;
-            self.persist(&named, &bytes, false)?;
+            self.persist(&named, &bytes)?;
             self.inner.put_checked_placed(&named, bytes, |b| (b.len() as u64 <= room).then_some(b))?;
             return Ok(named);
         }
@@ -535,7 +531,7 @@ impl Store for NodeStore {
         if self.disk.is_some() {
             // On the disk first, then in memory (see `put_new`).
             let named = name_of(kind, &bytes, None)?;
-            self.persist(&named, &bytes, false)?;
+            self.persist(&named, &bytes)?;
             self.inner.put_checked_placed(&named, bytes, |b| {
                 if b.len() as u64 > room { None } else { Self::placed(b) }
             })?;
@@ -544,12 +540,13 @@ impl Store for NodeStore {
         self.inner.put_placed(kind, bytes, |b| if b.len() as u64 > room { None } else { Self::placed(b) })
     }
 
-    /// From a client (or a peer): with a disk, it is durable there before this returns, even
-    /// if memory holds it already (memory may hold what a task made and the disk not yet).
+    /// From a client (or a peer): with a disk, written there even if memory holds it already
+    /// (memory may hold what a task made and the disk not yet); durable with the round's
+    /// commit, before any answer goes out (see `put_upload`).
     fn put_verified(&mut self, claimed: &Handle, bytes: Bytes) -> Result<(), StoreError> {
         if self.disk.is_some() {
             check_claim(claimed, &bytes, None)?;
-            self.persist(claimed, &bytes, true)?;
+            self.persist(claimed, &bytes)?;
             if !self.inner.contains(claimed) {
                 self.make_room(bytes.len() as u64);
                 let room = self.room().saturating_sub(OBJECT_OVERHEAD);

@@ -213,6 +213,9 @@ impl NodeApi for Node<'_> {
     fn adopt_journal(&mut self, journal: &Handle) -> Result<Handle, String> {
         self.jobs.adopt(journal, self.ev)
     }
+    fn commit(&mut self) -> Result<(), String> {
+        self.ev.store.sync().map_err(|e| format!("{e}"))
+    }
     fn recall(&self, thunk: &Handle) -> Option<Handle> {
         // The memo in memory, or the disk's (from before a restart).
         match self.ev.recorded(thunk) {
@@ -227,13 +230,14 @@ impl NodeApi for Node<'_> {
         // With a disk: what it holds (docs/STORE.md).
         let disk = self.ev.store.disk_stats().map_or(String::new(), |d| {
             format!(
-                "disk_objects={}\ndisk_object_bytes={}\ndisk_log_bytes={}\ndisk_free_bytes={}\ndisk_bytes={}\ndisk_memo_entries={}\ndisk_failed={}\n",
+                "disk_objects={}\ndisk_object_bytes={}\ndisk_log_bytes={}\ndisk_free_bytes={}\ndisk_bytes={}\ndisk_memo_entries={}\ndisk_commits={}\ndisk_failed={}\n",
                 d.objects,
                 d.object_bytes,
                 d.log_bytes,
                 d.free_bytes,
                 d.device_bytes,
                 self.ev.store.memo_on_disk(),
+                d.commits,
                 u8::from(self.ev.store.disk_failed())
             )
         });

@@ -210,6 +210,15 @@ impl Connections {
         let mut busy = false;
         // A key's own connection closed to make room for its next one.
         let mut closing_for_keys = Vec::new();
+        // Connections whose sessions ran this round (their answers go out after the commit),
+        // and those that sent bytes.
+        let mut polled = Vec::new();
+        let mut heard = Vec::new();
+        if polled.try_reserve_exact(self.slots.len()).is_err()
+            || heard.try_reserve_exact(self.slots.len()).is_err()
+        {
+            return false;
+        }
         for index in 0..self.slots.len() {
             let socket = network.sockets.get_mut::<tcp::Socket>(self.slots[index].socket);
             if !socket.is_open() {
@@ -313,6 +322,28 @@ impl Connections {
             while let Some((request, work)) = session.take_work() {
                 self.queued.push_back(Queued { slot: index, generation: slot.generation, request, work });
             }
+            if received > 0 {
+                heard.push(index);
+            }
+            polled.push(index);
+        }
+        // Group commit: what every session stored this round becomes durable at once, before
+        // any of their answers (STORED) goes out. If it cannot, the connections heard from this
+        // round are reset instead: none of them may be told of something that is not durable.
+        if let Err(why) = node.commit() {
+            log::warn!("store: {why}; resetting {} connections rather than answer them", heard.len());
+            for &index in &heard {
+                network.sockets.get_mut::<tcp::Socket>(self.slots[index].socket).abort();
+            }
+        }
+        for index in polled {
+            let socket = network.sockets.get_mut::<tcp::Socket>(self.slots[index].socket);
+            if !socket.is_open() {
+                continue;
+            }
+            let slot = &mut self.slots[index];
+            let Some(session) = slot.session.as_mut() else { continue };
+            let guard = &mut slot.guard;
             let mut sent = 0;
             while socket.can_send() && guard.has_output(session) {
                 order_keystreams(guard, session);

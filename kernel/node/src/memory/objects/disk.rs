@@ -72,7 +72,7 @@ impl NodeStore {
                     // Best effort (the heap may lack room for the record): without it, the
                     // object is missing from the disk, and HAVE says so.
                     if let Some(good) = self.inner.get(&handle)
-                        && self.persist(&handle, &good, false).is_ok()
+                        && self.persist(&handle, &good).is_ok()
                     {
                         report.rewritten += 1;
                     }
