@@ -439,3 +439,48 @@ fn each_node_keeps_its_own_disk_from_one_up_to_the_next() {
     assert_eq!(cluster.client(0).missing(&[handle]).unwrap(), [handle]);
     assert!(disks[1].exists());
 }
+
+/// In a cluster, a scrub fetches what it finds damaged again from a peer that holds it
+/// (docs/STORE.md, "Scrub"): node 0's copy is overwritten on its disk while the cluster is down.
+#[test]
+fn a_scrub_fetches_damaged_objects_again_from_a_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2654435761) >> 9) as u8).collect();
+    let handle = Handle::blob(&blob);
+    let disk = {
+        let cluster = Cluster::up_nodes(dir.path(), 2, &["--disk-size", "64M"]);
+        for node in 0..2 {
+            cluster.client(node).put(handle, &blob, |_| {}).unwrap();
+        }
+        // Pinned and compacted on node 0: its record lies before the checkpoint, which a
+        // restart does not read again (so the damage is found by the scrub, not at start).
+        let mut n0 = cluster.client(0);
+        n0.pin(handle, true).unwrap();
+        n0.gc(0).unwrap();
+        node_disk(&cluster.state_path, 0)
+    };
+    let mut image = std::fs::read(&disk).unwrap();
+    let key = handle.as_bytes();
+    // Its object records: a record header (`CRc1`, kind 1) and then the handle. (The handle is
+    // in the checkpoint's index too, which is left alone.)
+    let object_record = |i: usize| i >= 64 && image[i - 64..i - 60] == *b"CRc1" && image[i - 60] == 1;
+    let places: Vec<usize> = image
+        .windows(key.len())
+        .enumerate()
+        .filter(|(i, w)| *w == key && object_record(*i))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!places.is_empty(), "the object is on the disk");
+    for at in places {
+        image[at + 140..at + 652].fill(0x3c);
+    }
+    std::fs::write(&disk, &image).unwrap();
+
+    let cluster = Cluster::up_nodes(dir.path(), 2, &[]);
+    let mut n0 = cluster.client(0);
+    let report = n0.scrub().unwrap();
+    assert_eq!((report.damaged_total, report.restored, &report.damaged), (1, 1, &vec![handle]), "{report:?}");
+    assert!(n0.get(handle, |_, _| {}).unwrap() == blob, "the peer's copy, checked");
+    let again = n0.scrub().unwrap();
+    assert_eq!(again.damaged_total, 0, "{again:?}");
+}

@@ -105,6 +105,8 @@ pub struct Scrubbed {
     pub damaged_total: u64,
     /// The first of the damaged objects (the node names at most 1024).
     pub damaged: Vec<Handle>,
+    /// Damaged objects the node holds again (from memory, or fetched from a peer).
+    pub restored: u64,
     pub unchecked: u64,
 }
 
@@ -383,8 +385,8 @@ impl Client {
     /// Has the node read every object on its disk and check it against its handle.
     pub fn scrub(&mut self) -> anyhow::Result<Scrubbed> {
         match self.call(Message::Scrub)? {
-            Message::Scrubbed { checked, bytes, damaged_total, damaged, unchecked } => {
-                Ok(Scrubbed { checked, bytes, damaged_total, damaged, unchecked })
+            Message::Scrubbed { checked, bytes, damaged_total, damaged, restored, unchecked } => {
+                Ok(Scrubbed { checked, bytes, damaged_total, damaged, restored, unchecked })
             }
             other => bail!("the node answered SCRUB with {}", name(&other)),
         }

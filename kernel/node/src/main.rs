@@ -377,33 +377,18 @@ fn run_queued(jobs: &mut net::jobs::Jobs, ev: &mut jobs::NodeEvaluator) -> bool 
             Work::Scrub => {
                 // Reads serve the others between objects, as during an EVAL.
                 drop(guard);
-                let answer = scrub(&ev.store);
+                let scrubbed = net::store_admin::scrub(&ev.store);
                 guard = SERVING.lock();
-                answer
+                // Then what was damaged is fetched again from the peers that have it.
+                let Serving { network, cluster, api, cluster_api } = guard.as_mut().expect("set by serve");
+                let mut others = serve_others(network, api, cluster_api);
+                net::store_admin::restore(scrubbed, jobs, cluster.as_mut(), &mut others, ev)
             }
-            Work::Pin { handle, pinned } => match ev.store.set_pin(&handle, pinned) {
-                Ok(()) => cairn_proto::Message::Pinned { handle, pinned },
-                Err(message) => {
-                    let code = if ev.store.disk_stats().is_some() {
-                        cairn_proto::ErrorCode::NotFound
-                    } else {
-                        cairn_proto::ErrorCode::Unexpected
-                    };
-                    cairn_proto::Message::Error { code, message }
-                }
-            },
-            Work::Gc { goal } => collect(ev, goal),
+            Work::Pin { handle, pinned } => net::store_admin::pin(&ev.store, handle, pinned),
+            Work::Gc { goal } => net::store_admin::collect(ev, goal),
             work @ (Work::Fetch { .. } | Work::Relocate { .. }) => {
                 let Serving { network, cluster, api, cluster_api } = s;
-                let mut others = |cluster: &mut net::Network, store: &memory::objects::NodeStore| {
-                    network.device.rearm();
-                    network.poll();
-                    api.poll_busy(network, store);
-                    if let Some(cluster_api) = cluster_api.as_mut() {
-                        cluster_api.poll_busy(cluster, store);
-                    }
-                    network.poll();
-                };
+                let mut others = serve_others(network, api, cluster_api);
                 jobs.run_with_peer(work, cluster.as_mut(), &mut others, ev)
             }
             work => jobs.run(work, &mut s.network, ev),
@@ -418,65 +403,20 @@ fn run_queued(jobs: &mut net::jobs::Jobs, ev: &mut jobs::NodeEvaluator) -> bool 
     }
 }
 
-/// GC: what nothing keeps forgotten, then the log compacted (docs/STORE.md, "Space").
-fn collect(ev: &mut jobs::NodeEvaluator, goal: u64) -> cairn_proto::Message {
-    use cairn_proto::{ErrorCode, Message};
-    if ev.store.disk_stats().is_none() {
-        let message = "this node has no disk (its objects are in memory only): nothing to collect".into();
-        return Message::Error { code: ErrorCode::Unexpected, message };
-    }
-    let roots = net::jobs::gc_roots(ev);
-    match ev.store.collect(&roots, (goal > 0).then_some(goal)) {
-        Ok((collected, compacted)) => {
-            let free = ev.store.disk_stats().map_or(0, |d| d.free_bytes);
-            log::info!(
-                "store: gc: {} objects ({} bytes) forgotten, {} kept; compaction copied {} bytes and gave back {} bytes of log; {} bytes free",
-                collected.objects,
-                collected.bytes,
-                collected.kept,
-                compacted.copied_bytes,
-                compacted.reclaimed,
-                free
-            );
-            Message::Collected {
-                objects: collected.objects,
-                bytes: collected.bytes,
-                kept: collected.kept,
-                copied_bytes: compacted.copied_bytes,
-                reclaimed: compacted.reclaimed,
-                free,
-            }
+/// What the node answers meanwhile when work waits on a peer (`net::peer::ServeOthers`).
+fn serve_others<'a>(
+    network: &'a mut net::Network,
+    api: &'a mut net::api::Api,
+    cluster_api: &'a mut Option<net::api::Api>,
+) -> impl FnMut(&mut net::Network, &memory::objects::NodeStore) + 'a {
+    move |cluster, store| {
+        network.device.rearm();
+        network.poll();
+        api.poll_busy(network, store);
+        if let Some(cluster_api) = cluster_api.as_mut() {
+            cluster_api.poll_busy(cluster, store);
         }
-        Err(e) => Message::Error { code: ErrorCode::Internal, message: alloc::format!("gc: {e}") },
-    }
-}
-
-/// SCRUB: every object on the disk read and checked (docs/STORE.md, "Scrub").
-fn scrub(store: &memory::objects::NodeStore) -> cairn_proto::Message {
-    use cairn_proto::{ErrorCode, Message};
-    if store.disk_stats().is_none() {
-        let message = "this node has no disk (its objects are in memory only): nothing to scrub".into();
-        return Message::Error { code: ErrorCode::Unexpected, message };
-    }
-    match store.scrub(|| net::busy::serve(store)) {
-        Ok(report) => {
-            log::info!(
-                "store: scrub: {} objects ({} bytes) checked, {} damaged ({} written again from memory), {} not read for want of memory",
-                report.checked,
-                report.bytes,
-                report.damaged_total,
-                report.rewritten,
-                report.unchecked
-            );
-            Message::Scrubbed {
-                checked: report.checked,
-                bytes: report.bytes,
-                damaged_total: report.damaged_total,
-                damaged: report.damaged,
-                unchecked: report.unchecked,
-            }
-        }
-        Err(e) => Message::Error { code: ErrorCode::Internal, message: alloc::format!("scrub: {e}") },
+        network.poll();
     }
 }
 

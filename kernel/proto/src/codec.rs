@@ -214,8 +214,8 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             out.extend_from_slice(thunk.as_bytes());
             put_text(out, failure);
         }
-        Message::Scrubbed { checked, bytes, damaged_total, damaged, unchecked } => {
-            for v in [checked, bytes, damaged_total, unchecked] {
+        Message::Scrubbed { checked, bytes, damaged_total, damaged, restored, unchecked } => {
+            for v in [checked, bytes, damaged_total, restored, unchecked] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
             for h in damaged {
@@ -555,20 +555,21 @@ impl Payload<'_> {
                 }
             }
             kind::SCRUBBED => {
-                let counts = self.bytes.get(..32).ok_or_else(|| self.malformed(0, "expected four counts"))?;
+                let counts = self.bytes.get(..40).ok_or_else(|| self.malformed(0, "expected five counts"))?;
                 let count =
                     |i: usize| u64::from_le_bytes(counts[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-                let rest = Payload { kind: self.kind, bytes: &self.bytes[32..] };
-                let damaged = rest.handles().map_err(|e| shift(e, 32))?;
+                let rest = Payload { kind: self.kind, bytes: &self.bytes[40..] };
+                let damaged = rest.handles().map_err(|e| shift(e, 40))?;
                 if damaged.len() as u64 > count(2) {
-                    return Err(self.malformed(32, "more damaged objects listed than counted"));
+                    return Err(self.malformed(40, "more damaged objects listed than counted"));
                 }
                 Message::Scrubbed {
                     checked: count(0),
                     bytes: count(1),
                     damaged_total: count(2),
                     damaged,
-                    unchecked: count(3),
+                    restored: count(3),
+                    unchecked: count(4),
                 }
             }
             kind::STATS_REPLY => Message::StatsReply { text: self.text(0, MAX_FRAME)? },

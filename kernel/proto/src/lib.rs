@@ -202,6 +202,8 @@ pub enum Message {
         bytes: u64,
         damaged_total: u64,
         damaged: Vec<Handle>,
+        /// Damaged objects held again: written back from memory or fetched from a peer.
+        restored: u64,
         unchecked: u64,
     },
     /// Client → node: keep this object on the node's disk through every collection, with

@@ -81,20 +81,16 @@ fn message() -> impl Strategy<Value = Message> {
         any::<[u64; 6]>().prop_map(|[objects, bytes, kept, copied_bytes, reclaimed, free]| {
             Message::Collected { objects, bytes, kept, copied_bytes, reclaimed, free }
         }),
-        (
-            any::<u64>(),
-            any::<u64>(),
-            0..u64::MAX - 10,
-            any::<u64>(),
-            proptest::collection::vec(handle(), 0..10)
-        )
-            .prop_map(|(checked, bytes, unlisted, unchecked, damaged)| Message::Scrubbed {
+        (any::<[u64; 4]>(), 0..u64::MAX - 10, proptest::collection::vec(handle(), 0..10)).prop_map(
+            |([checked, bytes, restored, unchecked], unlisted, damaged)| Message::Scrubbed {
                 checked,
                 bytes,
                 damaged_total: unlisted + damaged.len() as u64,
                 damaged,
+                restored,
                 unchecked
-            }),
+            }
+        ),
         (0usize..6, text(60)).prop_map(|(c, message)| Message::Error {
             code: [
                 ErrorCode::BadFrame,

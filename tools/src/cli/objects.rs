@@ -119,12 +119,16 @@ pub fn scrub(args: &NodeAddress) -> anyhow::Result<ExitCode> {
     if report.damaged_total > report.damaged.len() as u64 {
         println!("damaged ... and {} more", report.damaged_total - report.damaged.len() as u64);
     }
+    if report.damaged_total > 0 {
+        println!("restored {} of them (written again from memory, or fetched from a peer)", report.restored);
+    }
     if report.unchecked > 0 {
         println!("unchecked {} objects (the node had no memory to read them)", report.unchecked);
     }
     if report.damaged_total > 0 {
+        let lost = report.damaged_total.saturating_sub(report.restored);
         eprintln!(
-            "cairn: {} damaged objects, dropped from the node's store: put them again",
+            "cairn: {} damaged objects found; {lost} are no longer on the node: put them again",
             report.damaged_total
         );
         return Ok(ExitCode::FAILURE);

@@ -263,6 +263,8 @@ impl NewObject {
 
 mod disk;
 
+pub use disk::ScrubReport;
+
 /// Log a node writes between checkpoints (docs/STORE.md): at about 100 MiB/s of checking under
 /// TCG, a restart reads at most about a second of it.
 const CHECKPOINT_EVERY: u64 = 64 << 20;

@@ -7,6 +7,7 @@ pub mod client;
 pub mod connections;
 pub mod jobs;
 pub mod peer;
+pub mod store_admin;
 
 use alloc::vec;
 use alloc::vec::Vec;
