@@ -367,3 +367,37 @@ fn puts_that_arrive_together_share_a_commit() {
     let handles: Vec<Handle> = objects.iter().map(|o| o.0).collect();
     assert_eq!(Client::connect(&address).unwrap().missing(&handles).unwrap(), []);
 }
+
+/// Benchmark (docs/STORE.md, "Figures"): how long a node takes to serve again after a crash
+/// with 1 GiB stored. `cargo test --release -p cairn-tests --test store -- --ignored --nocapture`
+#[test]
+#[ignore = "a benchmark of about a minute; run it by name with --ignored"]
+fn bench_recovery_after_a_crash_with_1_gib_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("recovery.qcow2");
+    let objects: Vec<(Handle, Vec<u8>)> = (0..16).map(|i| blob(500 + i, 64 << 20)).collect();
+    {
+        let (_node, address) = serving_node_with(with_disk(&disk, 4 << 30));
+        let mut client = Client::connect(&address).unwrap();
+        let started = std::time::Instant::now();
+        for (handle, bytes) in &objects {
+            client.put(*handle, bytes, |_| {}).unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!("bench: put 1 GiB in 16 objects of 64 MiB: {secs:.1} s, {:.1} MiB/s", 1024.0 / secs);
+        // Killed (SIGKILL) right after the last STORED.
+    }
+    let started = std::time::Instant::now();
+    let (node, address) = serving_node_with(with_disk(&disk, 4 << 30));
+    let serving = started.elapsed();
+    let line =
+        node.transcript().iter().find(|l| l.contains("cairn: store disk")).cloned().unwrap_or_default();
+    println!(
+        "bench: serving again {:.2} s after QEMU started (boot and recovery); {line}",
+        serving.as_secs_f64()
+    );
+    let mut client = Client::connect(&address).unwrap();
+    let handles: Vec<Handle> = objects.iter().map(|o| o.0).collect();
+    assert_eq!(client.missing(&handles).unwrap(), []);
+    assert!(client.get(objects[15].0, |_, _| {}).unwrap() == objects[15].1);
+}
