@@ -2,19 +2,13 @@
 //! whole pages of their own so that a task can be given them read-only without a copy.
 
 use alloc::alloc::{Layout, alloc, alloc_zeroed, dealloc};
-use alloc::boxed::Box;
-use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::cell::UnsafeCell;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use cairn_object::hash::{self, SPAN_LEN};
 use cairn_object::store::{MemStore, OBJECT_OVERHEAD, Store, StoreError, StoreStats};
 use cairn_object::{Handle, Kind};
-
-use crate::arch::smp::{self, HelperWork};
 
 use super::{FRAME_SIZE, phys_to_virt};
 
@@ -89,154 +83,6 @@ impl Drop for PageBuf {
 /// Bytes held by upload buffers not yet stored or dropped: they count against the store's room
 /// so that several uploads at once cannot promise more memory than the store has.
 static UPLOADS_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
-/// Spans of uploads the helper CPU hashed, for STATS.
-static HELPER_SPANS: AtomicU64 = AtomicU64::new(0);
-
-/// Bytes of uploads whose spans the helper CPU hashed.
-pub fn helper_hashed_bytes() -> u64 {
-    HELPER_SPANS.load(Ordering::Relaxed) * SPAN_LEN as u64
-}
-
-/// `SpanHashing::next` once nothing more may be claimed.
-const CLOSED: usize = usize::MAX;
-
-/// An upload's pages and the hashing of its whole spans (`cairn_object::hash::SPAN_LEN`),
-/// shared with the helper CPU (arch::smp): the boot CPU writes bytes at the end while the helper
-/// hashes spans already written, so the pages are only ever touched through raw pointers.
-struct SpanHashing {
-    pages: PageBuf,
-    spans: usize,
-    /// Spans whose bytes are all written.
-    ready: AtomicUsize,
-    /// The next span to hash: whoever moves it on from `i` hashes span `i`.
-    next: AtomicUsize,
-    done: AtomicUsize,
-    cvs: Box<[UnsafeCell<[u8; 32]>]>,
-}
-
-// SAFETY: span `i`'s chaining value is written only by the one CPU that claimed `i` through
-// `next`, and read only after `done` counts it (Release/Acquire); the pages are written only
-// past `ready` by the owner and read only below it.
-unsafe impl Sync for SpanHashing {}
-// SAFETY: as for PageBuf, which it owns.
-unsafe impl Send for SpanHashing {}
-
-impl SpanHashing {
-    /// Hashes the next span if one is written and unclaimed; false if there is none.
-    fn hash_next(&self) -> bool {
-        loop {
-            let i = self.next.load(Ordering::SeqCst);
-            if i >= self.spans || i >= self.ready.load(Ordering::SeqCst) {
-                return false;
-            }
-            if self.next.compare_exchange(i, i + 1, Ordering::SeqCst, Ordering::SeqCst).is_err() {
-                continue;
-            }
-            // SAFETY: span i lies below `ready`, so all its bytes were written and none will be
-            // again; it is inside the allocation because i < spans = len / SPAN_LEN.
-            let span =
-                unsafe { core::slice::from_raw_parts(self.pages.ptr.as_ptr().add(i * SPAN_LEN), SPAN_LEN) };
-            let cv = hash::span_cv(span, i);
-            // SAFETY: this CPU alone claimed span i (the exchange above), so nothing else writes
-            // or reads this cell until `done` is raised below.
-            unsafe { *self.cvs[i].get() = cv };
-            self.done.fetch_add(1, Ordering::Release);
-            return true;
-        }
-    }
-}
-
-impl HelperWork for SpanHashing {
-    fn run(&self) {
-        if self.hash_next() {
-            HELPER_SPANS.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    fn has_work(&self) -> bool {
-        let i = self.next.load(Ordering::SeqCst);
-        i < self.spans && i < self.ready.load(Ordering::SeqCst)
-    }
-}
-
-/// Memory an upload is written into: pages of its own, so storing it needs no copy. Its bytes
-/// are written front to back, and it becomes an object only once all of them have been, so its
-/// uninitialised part is never read. Whole spans are hashed as soon as they are written, by the
-/// helper CPU when there is one; finishing hashes whatever is left.
-pub struct UploadPages {
-    shared: Option<Arc<SpanHashing>>,
-    offered: Option<Arc<dyn HelperWork>>,
-    len: u64,
-    written: usize,
-}
-
-impl UploadPages {
-    /// Writes `bytes` at `offset`, which must be where the last write ended.
-    pub fn write_at(&mut self, offset: usize, bytes: &[u8]) {
-        let Some(shared) = self.shared.as_ref() else { return };
-        assert!(
-            offset == self.written && offset + bytes.len() <= shared.pages.len,
-            "uploads are written in order, within bounds"
-        );
-        // SAFETY: offset..offset+len lies inside the allocation (checked above) and past
-        // `ready`, where no other CPU reads; `bytes` cannot overlap memory this buffer owns.
-        unsafe {
-            core::ptr::copy_nonoverlapping(bytes.as_ptr(), shared.pages.ptr.as_ptr().add(offset), bytes.len())
-        };
-        self.written += bytes.len();
-        let ready = (self.written / SPAN_LEN).min(shared.spans);
-        if ready > shared.ready.load(Ordering::Relaxed) {
-            shared.ready.store(ready, Ordering::SeqCst);
-            if self.offered.is_some() {
-                smp::poke();
-            }
-        }
-    }
-
-    /// The bytes (all of them must have been written) and their BLAKE3 digest.
-    pub fn finish(mut self) -> (Bytes, [u8; 32]) {
-        let Some(shared) = self.shared.take() else { return (Bytes::new(), hash::blob_digest(&[])) };
-        assert_eq!(self.written, shared.pages.len, "an upload becomes an object only when complete");
-        if let Some(offered) = self.offered.take() {
-            smp::withdraw(&offered);
-        }
-        while shared.hash_next() {}
-        // The helper may still be finishing the last span it claimed.
-        while shared.done.load(Ordering::Acquire) < shared.spans {
-            core::hint::spin_loop();
-        }
-        let mut shared = Self::sole_owner(shared);
-        let cvs: Vec<[u8; 32]> = shared.cvs.iter_mut().map(|cv| *cv.get_mut()).collect();
-        let digest = hash::blob_digest_with_spans(shared.pages.as_ref(), &cvs);
-        (Bytes::from_owner(shared.pages), digest)
-    }
-
-    /// Waits until the helper CPU has let go of `shared` (it drops its reference as soon as it
-    /// finds no more work in it) and takes it over.
-    fn sole_owner(mut shared: Arc<SpanHashing>) -> SpanHashing {
-        loop {
-            match Arc::try_unwrap(shared) {
-                Ok(owned) => return owned,
-                Err(still_shared) => shared = still_shared,
-            }
-            core::hint::spin_loop();
-        }
-    }
-}
-
-impl Drop for UploadPages {
-    fn drop(&mut self) {
-        UPLOADS_IN_FLIGHT.fetch_sub(self.len, Ordering::Relaxed);
-        if let Some(shared) = self.shared.take() {
-            // An upload cut off: stop the helper, and free the pages here rather than on it.
-            shared.next.store(CLOSED, Ordering::SeqCst);
-            if let Some(offered) = self.offered.take() {
-                smp::withdraw(&offered);
-            }
-            drop(Self::sole_owner(shared));
-        }
-    }
-}
-
 /// Memory for an object a task creates, allocated fallibly before anything is copied: pages of
 /// its own when it is large (so it is lent to tasks without another copy), else an ordinary
 /// buffer.
@@ -262,8 +108,10 @@ impl NewObject {
 }
 
 mod disk;
+mod spans;
 
 pub use disk::ScrubReport;
+pub use spans::{UploadPages, blob_digest_on_both_cpus, helper_hashed_bytes};
 
 /// Log a node writes between checkpoints (docs/STORE.md): at about 100 MiB/s of checking under
 /// TCG, a restart reads at most about a second of it.
@@ -303,6 +151,17 @@ fn check_claim(claimed: &Handle, bytes: &[u8], blob_digest: Option<[u8; 32]>) ->
     Ok(())
 }
 
+/// Names an object read back from the disk: a large blob's spans are hashed on both CPUs.
+pub fn name_read(kind: Kind, bytes: Vec<u8>) -> (Vec<u8>, Option<Handle>) {
+    if kind != Kind::Blob {
+        let named = cairn_object::store::name(kind, &bytes).ok();
+        return (bytes, named);
+    }
+    let (bytes, digest) = blob_digest_on_both_cpus(bytes);
+    let named = cairn_object::store::name_blob_with_digest(kind, &bytes, digest).ok();
+    (bytes, named)
+}
+
 /// What a disk error is to the store's users: a full disk is a full store.
 fn disk_error(disk: &DiskObjects, e: cairn_store::StoreError) -> StoreError {
     match e {
@@ -320,7 +179,8 @@ impl NodeStore {
     }
 
     /// Keeps the store on `disk` from now on.
-    pub fn attach_disk(&mut self, disk: DiskObjects) {
+    pub fn attach_disk(&mut self, mut disk: DiskObjects) {
+        disk.set_namer(name_read);
         self.memo_on_disk = disk.notes(cairn_store::space::MEMO).count();
         self.disk = Some(spin::Mutex::new(disk));
     }
@@ -429,19 +289,7 @@ impl NodeStore {
             return None;
         }
         let pages = PageBuf::for_writing(len)?;
-        UPLOADS_IN_FLIGHT.fetch_add(len as u64, Ordering::Relaxed);
-        let spans = hash::full_spans(len);
-        let shared = Arc::new(SpanHashing {
-            pages,
-            spans,
-            ready: AtomicUsize::new(0),
-            next: AtomicUsize::new(0),
-            done: AtomicUsize::new(0),
-            cvs: (0..spans).map(|_| UnsafeCell::new([0; 32])).collect(),
-        });
-        let work: Arc<dyn HelperWork> = shared.clone();
-        let offered = (spans >= 2 && smp::offer(work.clone())).then_some(work);
-        Some(UploadPages { shared: Some(shared), offered, len: len as u64, written: 0 })
+        Some(UploadPages::new(pages))
     }
 
     /// Stores a finished upload (from [`UploadPages::finish`]) if it is the object `claimed`
