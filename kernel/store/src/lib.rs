@@ -24,6 +24,8 @@ mod gc_tests;
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
+mod ring_review_tests;
+#[cfg(test)]
 mod tests;
 
 use alloc::vec;
