@@ -11,6 +11,9 @@ use crate::record::{self, HEADER_LEN, Header, RecordKind, payload_digest};
 use crate::superblock::{self, Checkpoint, LOG_START, Superblock};
 use crate::{Device, DiskStore, MIN_DEVICE, Recovery, SECTOR, StoreError};
 
+/// The furthest a head may be (2^62 bytes of log: centuries of writing at any disk's speed).
+const MAX_HEAD: u64 = 1 << 62;
+
 impl<D: Device> DiskStore<D> {
     /// Opens the store on `device`: the newer valid superblock, its checkpoint, and every
     /// record after it that checks, up to the first that does not.
@@ -28,7 +31,9 @@ impl<D: Device> DiskStore<D> {
             return Err(StoreError::SuperblockDamaged);
         }
         let head = superblock.head;
-        if head < LOG_START || !head.is_multiple_of(record::ALIGN) {
+        // A head past MAX_HEAD was made up (offsets only grow by what is written), and offsets
+        // a lap and a record past it would overflow.
+        if head < LOG_START || !head.is_multiple_of(record::ALIGN) || head > MAX_HEAD {
             return Err(StoreError::SuperblockDamaged);
         }
         let mut store = DiskStore::empty(device, superblock);
