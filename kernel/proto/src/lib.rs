@@ -349,6 +349,8 @@ pub mod session;
 pub use codec::{decode, encode};
 
 #[cfg(test)]
+mod admin_decoding_tests;
+#[cfg(test)]
 mod fake_node;
 #[cfg(test)]
 mod secure_tests;
