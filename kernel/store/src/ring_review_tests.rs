@@ -5,7 +5,7 @@ extern crate std;
 
 use alloc::vec::Vec;
 
-use cairn_object::Handle;
+use cairn_object::{Handle, Kind};
 
 use super::tests::SimDisk;
 use super::*;
@@ -345,5 +345,60 @@ mod prop {
                 }
             }
         }
+    }
+}
+
+/// A correctly keyed checkpoint (the key comes from the store id, in the superblock) naming the
+/// same tree twice with different lengths: the index counted the first length and kept the
+/// second, and forgetting the object (a read finds it damaged) took more bytes off the count
+/// than it held: an overflow, a panic.
+#[test]
+fn a_checkpoint_naming_an_object_twice_is_refused_or_counted_right() {
+    use crate::record::{Header, RecordKind, payload_digest, record_key, record_len};
+    use crate::superblock::{Checkpoint, Superblock};
+    let tree = cairn_object::store::name(Kind::Tree, &cairn_object::tree::encode(&[blob(1, 100).0])).unwrap();
+    let mut payload = b"CKP1".to_vec();
+    payload.extend_from_slice(&2u64.to_le_bytes());
+    for len in [10u32, 5000] {
+        payload.extend_from_slice(tree.as_bytes());
+        payload.extend_from_slice(&LOG_START.to_le_bytes());
+        payload.extend_from_slice(&len.to_le_bytes());
+    }
+    payload.extend_from_slice(&0u64.to_le_bytes());
+    let position = LOG_START + 8192;
+    let mut header =
+        Header { kind: RecordKind::Checkpoint, payload_len: payload.len() as u32, seq: 0, checksum: [0; 32] };
+    let digest = payload_digest(RecordKind::Checkpoint, &payload);
+    header.checksum = header.expected_checksum(&record_key(&[9; 16]), &[0; 32], digest.as_bytes());
+    let mut record = header.encode().to_vec();
+    record.extend_from_slice(&payload);
+    record.resize(record_len(payload.len() as u64) as usize, 0);
+    let mut disk = small_store().into_device();
+    disk.current[position as usize..position as usize + record.len()].copy_from_slice(&record);
+    let superblock = Superblock {
+        store_id: [9; 16],
+        sequence: 2,
+        device_len: MIN_DEVICE,
+        checkpoint: Some(Checkpoint { position, seq: 0, prev: [0; 32] }),
+        head: LOG_START,
+    };
+    disk.current[..4096].copy_from_slice(&superblock.encode());
+    disk.durable.clone_from(&disk.current);
+    let outcome = std::panic::catch_unwind(move || match DiskStore::open(disk) {
+        Ok((mut store, _)) => {
+            let counted = store.stats().object_bytes;
+            let read = store.get(&tree);
+            (Some((counted, read)), store.stats().object_bytes)
+        }
+        Err(_) => (None, 0),
+    });
+    match outcome {
+        Ok((None, _)) => {}
+        Ok((Some((counted, read)), after)) => {
+            assert_eq!(counted, 5000, "the length the index holds");
+            assert_eq!(read, Err(StoreError::Corrupt { handle: tree }));
+            assert_eq!(after, 0);
+        }
+        Err(_) => panic!("opening or reading a crafted checkpoint panicked"),
     }
 }
