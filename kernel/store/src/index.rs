@@ -42,9 +42,12 @@ pub struct Index {
 
 impl Index {
     pub fn insert_object(&mut self, handle: Handle, location: Location) {
-        if self.objects.insert(handle, location).is_none() {
-            self.object_bytes += u64::from(location.len);
+        // The bytes counted are those of the location held (an object named again has the
+        // same bytes, but a checkpoint or record may say otherwise: they are not trusted here).
+        if let Some(old) = self.objects.insert(handle, location) {
+            self.object_bytes -= u64::from(old.len);
         }
+        self.object_bytes += u64::from(location.len);
     }
 
     pub fn remove_object(&mut self, handle: &Handle) {
@@ -115,7 +118,9 @@ impl Index {
                 .filter(|end| *end <= log_end);
             let placed = position >= head && position.is_multiple_of(crate::record::ALIGN);
             let sized = handle.kind() != Kind::Blob || handle.size() == u64::from(len);
-            if handle.is_literal() || !placed || !sized || record_end.is_none() {
+            // Written from a map: each handle once (a second entry would replace the first).
+            let repeated = index.objects.contains_key(&handle);
+            if handle.is_literal() || !placed || !sized || record_end.is_none() || repeated {
                 return None;
             }
             index.insert_object(handle, Location { position, len, used: 0 });
