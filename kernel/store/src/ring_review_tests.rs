@@ -338,9 +338,8 @@ mod prop {
                 // what was collected and never compacted away).
                 let found: Vec<Handle> = store.index.objects.keys().copied().collect();
                 for h in found {
-                    if !promised.contains_key(&h) {
-                        let b = store.get(&h).unwrap().unwrap();
-                        promised.insert(h, b);
+                    if let alloc::collections::btree_map::Entry::Vacant(e) = promised.entry(h) {
+                        e.insert(store.get(&h).unwrap().unwrap());
                     }
                 }
             }
