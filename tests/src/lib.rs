@@ -9,6 +9,8 @@ use cairn_bootcfg::{LogLevel, Mode, NodeConfig};
 use cairn_tools::qemu::{NodeExit, NodeOptions, Vm};
 use regex::{Captures, Regex};
 
+pub mod nbd;
+
 /// Generous for TCG on a loaded 2-core CI machine; a healthy BIOS boot takes about 2 s.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -32,6 +34,12 @@ impl Node {
 
     pub fn vm(&self) -> &Vm {
         &self.vm
+    }
+
+    /// Kills QEMU at once with SIGKILL, as a crash would: nothing in the guest runs after it.
+    /// (Dropping the node does the same.)
+    pub fn kill(&mut self) {
+        self.vm.kill();
     }
 
     /// Reads console lines until one matches `pattern` and returns its captures.

@@ -80,6 +80,8 @@ pub struct NodeOptions {
     pub no_keys: bool,
     /// A disk for the node's store (docs/STORE.md), raw or qcow2 by its name; made if missing.
     pub disk: Option<StoreDisk>,
+    /// Instead of `disk`: the store's disk served over NBD (the crash tests' power-cut disk).
+    pub nbd_disk: Option<NbdDisk>,
 }
 
 /// A node's store disk: the file, and the size it is made with when it does not exist yet.
@@ -134,6 +136,23 @@ impl StoreDisk {
     }
 }
 
+/// A node's store disk exported by an NBD server on 127.0.0.1 (the test harness's, which can
+/// lose what was not flushed). QEMU keeps no cache of its own for it: a guest's write is
+/// answered once the server has answered it, and a guest's flush is an NBD flush. The server
+/// must advertise flushes: for one that does not, QEMU answers the guest's flushes without
+/// doing anything, though the device still offers FLUSH.
+#[derive(Clone, Copy, Debug)]
+pub struct NbdDisk {
+    pub port: u16,
+}
+
+impl NbdDisk {
+    fn drive(&self) -> String {
+        // Writeback: the device offers the guest FLUSH (docs/STORE.md needs it).
+        format!("if=none,id=store,format=raw,cache=writeback,file=nbd://127.0.0.1:{}", self.port)
+    }
+}
+
 /// A node's card on the cluster network: Ethernet frames go as UDP datagrams between
 /// 127.0.0.1:`local_port` and the hub at 127.0.0.1:`hub_port`.
 #[derive(Clone, Copy, Debug)]
@@ -156,6 +175,7 @@ impl Default for NodeOptions {
             cluster_link: None,
             keys: None,
             disk: None,
+            nbd_disk: None,
             no_keys: false,
         }
     }
@@ -301,9 +321,17 @@ impl Vm {
         };
         // The host's entropy for the node's pool, beside the CPU's (docs/SECURITY.md).
         cmd.args(["-device", "virtio-rng-pci"]);
-        if let Some(disk) = &opts.disk {
-            disk.create_if_missing()?;
-            cmd.arg("-drive").arg(disk.drive()).args(["-device", "virtio-blk-pci,drive=store"]);
+        let drive = match (&opts.disk, &opts.nbd_disk) {
+            (Some(_), Some(_)) => bail!("a node has one store disk: a file or an NBD export, not both"),
+            (Some(disk), None) => {
+                disk.create_if_missing()?;
+                Some(disk.drive())
+            }
+            (None, Some(nbd)) => Some(nbd.drive()),
+            (None, None) => None,
+        };
+        if let Some(drive) = drive {
+            cmd.arg("-drive").arg(drive).args(["-device", "virtio-blk-pci,drive=store"]);
         }
         // User-mode networking: the node reaches the host at 10.0.2.2 and gets 10.0.2.15 by DHCP.
         let netdev = match opts.api_port {
@@ -424,7 +452,7 @@ impl Vm {
         }
     }
 
-    /// Stops QEMU now.
+    /// Stops QEMU now: SIGKILL (std's `Child::kill`), so no write QEMU has not made yet is made.
     pub fn kill(&mut self) {
         if self.exit.is_none() {
             let _ = self.child.kill();
