@@ -4,11 +4,12 @@
 
 use std::path::Path;
 
-use cairn_object::Handle;
+use cairn_object::{Handle, Kind, Limits};
 use cairn_proto::ErrorCode;
+use cairn_tests::nbd::{Cut, NbdServer};
 use cairn_tests::{BOOT_TIMEOUT, Node, serving_node_with};
 use cairn_tools::client::{Client, Refused};
-use cairn_tools::qemu::{NodeOptions, StoreDisk};
+use cairn_tools::qemu::{NbdDisk, NodeOptions, StoreDisk};
 use cairn_tools::secure::SecureStream;
 
 fn with_disk(path: &Path, size: u64) -> NodeOptions {
@@ -400,4 +401,38 @@ fn bench_recovery_after_a_crash_with_1_gib_stored() {
     let handles: Vec<Handle> = objects.iter().map(|o| o.0).collect();
     assert_eq!(client.missing(&handles).unwrap(), []);
     assert!(client.get(objects[15].0, |_, _| {}).unwrap() == objects[15].1);
+}
+
+/// A node whose disk fails under it (here its NBD disk is cut while it runs: every write and
+/// flush after that fails) answers no evaluation: the memo entry it would promise could not be
+/// kept, and after a restart the thunk would not be a hit (docs/STORE.md, "What the disk keeps").
+#[test]
+fn a_node_whose_disk_failed_answers_no_evaluation() {
+    let server = NbdServer::blank(64 << 20).unwrap();
+    let (_node, address) = serving_node_with(NodeOptions {
+        nbd_disk: Some(NbdDisk { port: server.port() }),
+        ..NodeOptions::default()
+    });
+    let mut client = Client::connect(&address).unwrap();
+    let add = std::fs::read(env!("CARGO_BIN_FILE_CAIRN_TASKS_add")).unwrap();
+    let procedure = Handle::blob(&add);
+    client.put(procedure, &add, |_| {}).unwrap();
+    let thunks: Vec<Handle> = (0..2u64)
+        .map(|i| {
+            let args = [Handle::blob(&i.to_le_bytes()), Handle::blob(&3u64.to_le_bytes())];
+            let bytes = cairn_object::thunk::encode(Limits::new(1 << 20).unwrap(), procedure, &args).unwrap();
+            let thunk = cairn_object::store::name(Kind::Thunk, &bytes).unwrap();
+            client.put(thunk, &bytes, |_| {}).unwrap();
+            thunk
+        })
+        .collect();
+    let _ = server.cut(Cut::DropAll);
+    // The first finds the disk failing as it commits the memo entry; the second, failed.
+    for thunk in thunks {
+        let err = client.eval(thunk).unwrap_err();
+        let refused = err.downcast_ref::<Refused>().unwrap_or_else(|| panic!("{err:#}"));
+        assert_eq!(refused.code, ErrorCode::Internal, "{err:#}");
+    }
+    let stats = client.stats().unwrap();
+    assert_eq!(stat(&stats, "disk_failed"), 1, "{stats}");
 }

@@ -393,10 +393,22 @@ fn run_queued(jobs: &mut net::jobs::Jobs, ev: &mut jobs::NodeEvaluator) -> bool 
             }
             work => jobs.run(work, &mut s.network, ev),
         };
-        // What the work made is durable before its answer names it.
-        if let Err(e) = ev.store.sync() {
-            log::warn!("store: {e}");
-        }
+        // What the work made is durable before its answer names it. A disk that could not make
+        // it so (it failed now, or earlier, and then nothing was written: memo entries among
+        // them) turns the answer into an error: a client must not be told what a restart would
+        // forget (docs/STORE.md).
+        let answer = match ev.store.sync() {
+            Ok(()) if !ev.store.disk_failed() => answer,
+            synced => {
+                if let Err(e) = synced {
+                    log::warn!("store: {e}");
+                }
+                cairn_proto::Message::Error {
+                    code: cairn_proto::ErrorCode::Internal,
+                    message: "the store's disk failed: what this work made cannot be kept".into(),
+                }
+            }
+        };
         let s = guard.as_mut().expect("set by serve");
         let api = if on_cluster { s.cluster_api.as_mut().expect("work came from it") } else { &mut s.api };
         api.deliver(queued, answer);
