@@ -153,16 +153,14 @@ struct Session {
 }
 
 impl Session {
-    /// Files an error of a client: wrong bytes are always wrong; anything else is the crash's,
-    /// or a failure if it came before the crash. True if the client should stop.
-    fn error(&self, what: &str, e: &anyhow::Error) -> bool {
+    /// Files the error that stops a client: wrong bytes are always wrong; anything else is the
+    /// crash's, or a failure if it came before the crash.
+    fn error(&self, what: &str, e: &anyhow::Error) {
         if is_wrong(e) {
             self.wrong.lock().unwrap().push(format!("{what}: {e:#}"));
-        }
-        if !self.crashed.load(Ordering::SeqCst) {
+        } else if !self.crashed.load(Ordering::SeqCst) {
             self.failures.lock().unwrap().push(format!("{what} before the crash: {e:#}"));
         }
-        true
     }
 }
 
@@ -247,6 +245,12 @@ fn crash_test(crash: Crash) {
                 break;
             }
             if replace {
+                println!(
+                    "crash: {}: a blank disk from cut {} on (the last one's {} objects all checked)",
+                    crash.name(),
+                    cut + 1,
+                    known.objects.len()
+                );
                 node.kill();
                 disk = Disk::blank(crash);
                 known = Known::default();
@@ -417,8 +421,10 @@ fn put_stream(address: &str, seed: u64, mut pool: Vec<(Handle, Source)>, state: 
             match client.get(*handle, |_, _| {}) {
                 Ok(bytes) if bytes == source.bytes() => {}
                 Ok(_) => state.wrong.lock().unwrap().push(format!("GET {handle}: other bytes than put")),
-                Err(e) if state.error(&format!("GET {handle}"), &e) => return,
-                Err(_) => {}
+                Err(e) => {
+                    state.error(&format!("GET {handle}"), &e);
+                    return;
+                }
             }
         } else if choice < 15 && !pool.is_empty() {
             let (handle, source) = &pool[rng.below(0..pool.len() as u64) as usize];
