@@ -304,6 +304,8 @@ fn gc_frees_what_nothing_keeps_and_pins_memo_and_journals_stay() {
         assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
         let expected = format!("collected {} objects ({} bytes)", garbage.len(), garbage.len() << 20);
         assert!(stdout.contains(&expected), "{stdout}");
+        // Gone from memory too: nothing goes on serving (or building on) what the disk forgot.
+        assert!(client.get(garbage[0].0, |_, _| {}).is_err(), "served after it was collected");
         client.put(late, &late_bytes, |_| {}).unwrap_or_else(|e| panic!("{e:#}\n{stdout}"));
         // The job's objects stayed (its journal names the job, and through it them all).
         let job_handles: Vec<Handle> = job.objects.iter().map(|o| o.0).collect();

@@ -11,7 +11,7 @@ use cairn_object::thunk::Thunk;
 use cairn_object::tree::Tree;
 use cairn_object::{Handle, Kind};
 
-use crate::record::{HEADER_LEN, RecordKind, record_len};
+use crate::record::{HEADER_LEN, RecordKind};
 use crate::{Device, DiskStore, SECTOR, StoreError, space};
 
 /// What a collection forgot.
@@ -100,9 +100,11 @@ impl<D: Device> DiskStore<D> {
     }
 
     /// Moves the head forward by at least `goal` bytes of log if it can: each live object
-    /// record it passes is copied to the tail first (read and checked, like any read). Stops
-    /// early at the tail as it was, or when the ring has no room for another copy and the
-    /// checkpoint that ends the compaction. The new head is durable when this returns.
+    /// record it passes is copied to the tail first (read and checked, like any read). When
+    /// the ring has no room for the next copy it moves the head as far as it has got (a
+    /// superblock write, which costs no log), and stops if that gives nothing back; it writes a
+    /// checkpoint only to pass the last one. Stops at the tail as it was. The new head is
+    /// durable when this returns.
     pub fn compact(&mut self, goal: u64) -> Result<Compacted, StoreError> {
         self.commit()?;
         let reserve = core::mem::replace(&mut self.use_reserve, true);
@@ -112,10 +114,18 @@ impl<D: Device> DiskStore<D> {
     }
 
     fn compact_using_reserve(&mut self, goal: u64) -> Result<Compacted, StoreError> {
+        // Without a checkpoint the log must begin at its first record: make one to move from.
+        if self.superblock.checkpoint.is_none() {
+            self.checkpoint_from(self.superblock.head)?;
+        }
         let (start, stop) = (self.superblock.head, self.tail);
         let mut at = start;
         let mut done = Compacted::default();
         while at < stop && at - start < goal {
+            // The head may not pass the checkpoint recovery starts from: a new one first.
+            if self.superblock.checkpoint.is_some_and(|c| c.position == at) {
+                self.checkpoint_from(at)?;
+            }
             let Some(header) = self.read_header(at)? else {
                 // Between the head and the tail every record is a committed one.
                 return Err(StoreError::CompactionLost { position: at });
@@ -126,14 +136,13 @@ impl<D: Device> DiskStore<D> {
                 let handle =
                     Handle::from_bytes(&handle).map_err(|_| StoreError::CompactionLost { position: at })?;
                 if self.index.objects.get(&handle).is_some_and(|l| l.position == at) {
-                    // Room for the copy and the checkpoint that ends the compaction. Without
-                    // it, a checkpoint now gives back what has been passed, if anything.
-                    let checkpoint = record_len(self.index.encoded_len() as u64);
-                    if header.record_len() + checkpoint + 3 * SECTOR > self.free() {
+                    // Room for the copy and a checkpoint; without it, give back what has been
+                    // passed, if anything.
+                    if header.record_len() + self.checkpoint_len() + 3 * SECTOR > self.free() {
                         if at == self.superblock.head {
                             break;
                         }
-                        self.checkpoint_from(at)?;
+                        self.move_head(at)?;
                         continue;
                     }
                     match self.get(&handle) {
@@ -155,7 +164,7 @@ impl<D: Device> DiskStore<D> {
             at += header.record_len();
         }
         if at > self.superblock.head {
-            self.checkpoint_from(at)?;
+            self.move_head(at)?;
         }
         done.reclaimed = at - start;
         Ok(done)

@@ -56,6 +56,19 @@ impl Index {
         }
     }
 
+    /// Forgets the objects whose records lie before `head` (given back to the ring).
+    pub fn forget_before(&mut self, head: u64) {
+        let mut gone = 0;
+        self.objects.retain(|_, at| {
+            let keep = at.position >= head;
+            if !keep {
+                gone += u64::from(at.len);
+            }
+            keep
+        });
+        self.object_bytes -= gone;
+    }
+
     pub fn set_note(&mut self, space: u8, key: NoteKey, value: Option<NoteValue>) {
         match value {
             Some(value) => self.notes.insert((space, key), value),
@@ -98,7 +111,7 @@ impl Index {
 
     /// The index a checkpoint holds; None if it is not one (its checksum has already been
     /// checked, so this only fails for a store written by something else).
-    pub fn decode(bytes: &[u8], head: u64, log_end: u64) -> Option<Index> {
+    pub fn decode(bytes: &[u8], log_end: u64) -> Option<Index> {
         let mut rest = bytes.strip_prefix(&MAGIC)?;
         let mut take = |n: usize| -> Option<&[u8]> {
             let (head, tail) = rest.split_at_checked(n)?;
@@ -116,7 +129,8 @@ impl Index {
             let record_end = position
                 .checked_add(crate::record::HEADER_LEN + Handle::LEN as u64 + u64::from(len))
                 .filter(|end| *end <= log_end);
-            let placed = position >= head && position.is_multiple_of(crate::record::ALIGN);
+            let placed =
+                position >= crate::superblock::LOG_START && position.is_multiple_of(crate::record::ALIGN);
             let sized = handle.kind() != Kind::Blob || handle.size() == u64::from(len);
             // Written from a map: each handle once (a second entry would replace the first).
             let repeated = index.objects.contains_key(&handle);

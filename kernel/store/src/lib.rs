@@ -266,6 +266,16 @@ impl<D: Device> DiskStore<D> {
 
     /// Appends a record (not yet durable: see [`DiskStore::commit`]).
     fn append(&mut self, kind: RecordKind, parts: &[&[u8]]) -> Result<u64, StoreError> {
+        self.append_in(kind, parts, false)
+    }
+
+    /// [`DiskStore::append`], for a note being taken away (which may use more of the ring).
+    fn append_in(
+        &mut self,
+        kind: RecordKind,
+        parts: &[&[u8]],
+        removing_a_note: bool,
+    ) -> Result<u64, StoreError> {
         let payload_len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if payload_len > MAX_PAYLOAD {
             return Err(StoreError::TooLarge { len: payload_len });
@@ -279,7 +289,7 @@ impl<D: Device> DiskStore<D> {
         // needs exactly its own length, and may use what the record could.
         let (needed, free) = match kind {
             RecordKind::Pad => (len, self.free()),
-            _ => ((self.tail + len + 1).next_multiple_of(SECTOR) - self.tail, self.room()),
+            _ => ((self.tail + len + 1).next_multiple_of(SECTOR) - self.tail, self.room(removing_a_note)),
         };
         if needed > free {
             return Err(StoreError::Full { needed, free });
@@ -366,7 +376,8 @@ impl<D: Device> DiskStore<D> {
         value: Option<&NoteValue>,
     ) -> Result<(), StoreError> {
         let value_bytes: &[u8] = value.map_or(&[], |v| &v[..]);
-        self.append(RecordKind::Note(space), &[key, value_bytes])?;
+        let removing = value.is_none() && self.index.notes.contains_key(&(space, *key));
+        self.append_in(RecordKind::Note(space), &[key, value_bytes], removing)?;
         self.index.set_note(space, *key, value.copied());
         Ok(())
     }
@@ -495,6 +506,28 @@ impl<D: Device> DiskStore<D> {
         let superblock = Superblock {
             sequence: self.superblock.sequence.checked_add(1).ok_or(StoreError::SuperblockDamaged)?,
             checkpoint: Some(Checkpoint { position, seq, prev }),
+            head,
+            ..self.superblock
+        };
+        let written =
+            self.device.write(superblock.offset(), &superblock.encode()).and_then(|()| self.device.flush());
+        if let Err(e) = written {
+            self.failed = true;
+            return Err(e.into());
+        }
+        self.superblock = superblock;
+        Ok(())
+    }
+
+    /// Moves the head forward to `head` (at or before the last checkpoint) without a new
+    /// checkpoint: what lies before it is given back to the ring. Everything appended so far
+    /// is committed first, so the copies of whatever the index still places before `head` are
+    /// durable, and recovery finds them after the checkpoint (docs/STORE.md, "Recovery").
+    fn move_head(&mut self, head: u64) -> Result<(), StoreError> {
+        self.commit()?;
+        debug_assert!(self.superblock.checkpoint.is_some_and(|c| head <= c.position));
+        let superblock = Superblock {
+            sequence: self.superblock.sequence.checked_add(1).ok_or(StoreError::SuperblockDamaged)?,
             head,
             ..self.superblock
         };

@@ -67,6 +67,7 @@ impl<D: Device> DiskStore<D> {
             }
         }
         store.scan(&mut recovery)?;
+        store.index.forget_before(head);
         store.written = store.tail;
         store.durable = store.tail;
         Ok((store, recovery))
@@ -81,8 +82,10 @@ impl<D: Device> DiskStore<D> {
         if header.kind != RecordKind::Checkpoint {
             return Ok(false);
         }
-        // Positions the index names lie between the head and the checkpoint itself.
-        let Some(index) = Index::decode(&payload, self.superblock.head, checkpoint.position) else {
+        // Positions the index names lie before the checkpoint itself; those before the head
+        // were copied by a compaction after the checkpoint (the scan finds the copies) or
+        // forgotten, and go once the scan is done.
+        let Some(index) = Index::decode(&payload, checkpoint.position) else {
             return Ok(false);
         };
         self.index = index;

@@ -67,10 +67,20 @@ impl<D: Device> DiskStore<D> {
     }
 
     /// What compaction and checkpoints may use beyond what other appends may: an eighth of the
-    /// ring, twice the largest object record, so that compaction can always copy the record at
-    /// the head when nothing else is left.
+    /// ring (twice the largest object record) and room for a checkpoint of the index as it is,
+    /// so that compaction can always copy the record at the head and end with a checkpoint.
     pub(crate) fn reserve(&self) -> u64 {
-        self.log_len() / 8
+        self.log_len() / 8 + self.checkpoint_len()
+    }
+
+    /// What a checkpoint of the index as it is takes, with the padding of its commit.
+    pub(crate) fn checkpoint_len(&self) -> u64 {
+        crate::record::record_len(self.index.encoded_len() as u64) + crate::SECTOR
+    }
+
+    /// What compaction needs to get going: the largest object record and a checkpoint.
+    fn compaction_need(&self) -> u64 {
+        self.log_len() / 16 + self.checkpoint_len() + 4 * crate::SECTOR
     }
 
     /// The largest object a record on this disk may hold: a sixteenth of the ring, less the
@@ -79,8 +89,16 @@ impl<D: Device> DiskStore<D> {
         (self.log_len() / 16).saturating_sub(crate::record::HEADER_LEN + 40 + crate::record::ALIGN)
     }
 
-    /// Bytes an append may take now.
-    pub(crate) fn room(&self) -> u64 {
-        if self.use_reserve { self.free() } else { self.free().saturating_sub(self.reserve()) }
+    /// Bytes an append may take now: compaction's copies and checkpoints everything; taking a
+    /// note away (an unpin: on a disk full of pinned objects nothing else can ever free room)
+    /// all but what compaction needs; anything else all but the reserve.
+    pub(crate) fn room(&self, removing_a_note: bool) -> u64 {
+        if self.use_reserve {
+            self.free()
+        } else if removing_a_note {
+            self.free().saturating_sub(self.compaction_need())
+        } else {
+            self.free().saturating_sub(self.reserve())
+        }
     }
 }

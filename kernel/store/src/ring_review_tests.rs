@@ -77,7 +77,6 @@ fn a_head_at_the_end_of_the_offsets_is_refused_not_panicked_on() {
 /// again: the disk stays full for good, though the log holds dead note records and
 /// checkpoints.
 #[test]
-#[ignore = "review finding: compaction's checkpoints can use up the ring (not fixed)"]
 fn gc_never_wedges_a_disk_it_found_with_room() {
     let mut store = small_store();
     let max = store.max_object() as usize;
@@ -96,7 +95,7 @@ fn gc_never_wedges_a_disk_it_found_with_room() {
     }
     store.commit().unwrap();
     let before = store.stats().free_bytes;
-    assert!(before > 60_000, "{before}");
+    assert!(before > 30_000, "{before}");
     assert_eq!(store.collect(&[], None).unwrap().objects, 0);
     store.compact(u64::MAX).unwrap();
     let after = store.stats().free_bytes;
@@ -118,7 +117,6 @@ fn gc_never_wedges_a_disk_it_found_with_room() {
 /// compaction that passes garbage at the head fails with Full when it tries to make that
 /// durable, every time.
 #[test]
-#[ignore = "review finding: a checkpoint may not fit in the reserve (not fixed)"]
 fn garbage_at_the_head_is_given_back_whatever_the_index_holds() {
     let mut store = small_store();
     let (garbage, bytes) = blob(0, 40_000);
@@ -144,7 +142,6 @@ fn garbage_at_the_head_is_given_back_whatever_the_index_holds() {
 /// disk full of pinned objects there is none, and compaction (everything is live) gives none
 /// back, so nothing can ever be unpinned and the disk stays full for good.
 #[test]
-#[ignore = "review finding: unpin needs room a full disk never gets back (not fixed)"]
 fn an_unpin_is_taken_on_a_disk_full_of_pins() {
     let mut store = small_store();
     let mut pinned = Vec::new();

@@ -67,6 +67,23 @@ impl MemStore {
         }
     }
 
+    /// Drops every object nothing pins for which `keep` says no (a collection elsewhere forgot
+    /// them: a cache must not go on serving them); returns how many.
+    pub fn drop_unpinned(&mut self, keep: impl Fn(&Handle) -> bool) -> u64 {
+        let mut dropped = 0;
+        let mut bytes = 0;
+        self.objects.retain(|handle, entry| {
+            let stays = entry.pins > 0 || keep(handle);
+            if !stays {
+                dropped += 1;
+                bytes += entry.bytes.len() as u64;
+            }
+            stays
+        });
+        self.bytes -= bytes;
+        dropped
+    }
+
     /// The objects something has pinned (a collection elsewhere must keep them).
     pub fn pinned_handles(&self) -> impl Iterator<Item = &Handle> {
         self.objects.iter().filter(|(_, e)| e.pins > 0).map(|(h, _)| h)

@@ -103,7 +103,7 @@ impl NodeStore {
     /// pinned (the evaluator's memo and what it is using); with a goal, the least recently used
     /// first until that many bytes are forgotten. Then compacts the whole log.
     pub fn collect(
-        &self,
+        &mut self,
         roots: &[Handle],
         goal: Option<u64>,
     ) -> Result<(cairn_store::Collected, cairn_store::Compacted), StoreError> {
@@ -115,6 +115,9 @@ impl NodeStore {
         all.extend(roots.iter().copied().chain(self.inner.pinned_handles().copied()));
         let mut disk = disk.lock();
         let collected = disk.collect(&all, goal).map_err(|e| disk_error(&disk, e))?;
+        // Memory must not go on serving (and tasks building on) what the disk forgot: a value
+        // made from it would reach the disk while it does not.
+        self.inner.drop_unpinned(|h| disk.len_of(h).is_some());
         let compacted = disk.compact(u64::MAX).map_err(|e| disk_error(&disk, e))?;
         Ok((collected, compacted))
     }
