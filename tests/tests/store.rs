@@ -438,3 +438,36 @@ fn a_node_whose_disk_failed_answers_no_evaluation() {
     let stats = client.stats().unwrap();
     assert_eq!(stat(&stats, "disk_failed"), 1, "{stats}");
 }
+
+/// A disk that cannot flush (docs/STORE.md, "On a node") stops the node's API, unless the node's
+/// configuration says `disk_without_flush = yes`: then the node serves, and says loudly that
+/// its data is not durable.
+#[test]
+fn a_disk_that_cannot_flush_is_used_only_when_the_configuration_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("volatile.raw");
+    let serve = cairn_bootcfg::NodeConfig { mode: cairn_bootcfg::Mode::Serve, ..Default::default() };
+    let mut node = Node::boot_with(NodeOptions {
+        config: serve.clone(),
+        disk_cannot_flush: true,
+        ..with_disk(&disk, 16 << 20)
+    });
+    node.expect(r"^cairn: api off: the store's disk: the device cannot flush its writes", BOOT_TIMEOUT);
+    drop(node);
+    let (node, address) = serving_node_with(NodeOptions {
+        config: cairn_bootcfg::NodeConfig { disk_without_flush: true, ..serve },
+        disk_cannot_flush: true,
+        ..with_disk(&disk, 16 << 20)
+    });
+    assert!(
+        node.transcript()
+            .iter()
+            .any(|l| l.contains("cairn: store disk cannot flush") && l.contains("NOT durable")),
+        "{:?}",
+        node.transcript()
+    );
+    let (handle, bytes) = blob(700, 5000);
+    let mut client = Client::connect(&address).unwrap();
+    client.put(handle, &bytes, |_| {}).unwrap();
+    assert!(client.get(handle, |_, _| {}).unwrap() == bytes);
+}

@@ -82,6 +82,9 @@ pub struct NodeOptions {
     pub disk: Option<StoreDisk>,
     /// Instead of `disk`: the store's disk served over NBD (the crash tests' power-cut disk).
     pub nbd_disk: Option<NbdDisk>,
+    /// The store's disk offers no FLUSH (QEMU's `write-cache=off,config-wce=off`): a device whose writes
+    /// could not be made durable (tests of the node that must refuse it).
+    pub disk_cannot_flush: bool,
 }
 
 /// A node's store disk: the file, and the size it is made with when it does not exist yet.
@@ -176,6 +179,7 @@ impl Default for NodeOptions {
             keys: None,
             disk: None,
             nbd_disk: None,
+            disk_cannot_flush: false,
             no_keys: false,
         }
     }
@@ -331,7 +335,12 @@ impl Vm {
             (None, None) => None,
         };
         if let Some(drive) = drive {
-            cmd.arg("-drive").arg(drive).args(["-device", "virtio-blk-pci,drive=store"]);
+            let device = if opts.disk_cannot_flush {
+                "virtio-blk-pci,drive=store,write-cache=off,config-wce=off"
+            } else {
+                "virtio-blk-pci,drive=store"
+            };
+            cmd.arg("-drive").arg(drive).args(["-device", device]);
         }
         // User-mode networking: the node reaches the host at 10.0.2.2 and gets 10.0.2.15 by DHCP.
         let netdev = match opts.api_port {

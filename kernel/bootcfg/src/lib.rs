@@ -107,6 +107,9 @@ pub struct NodeConfig {
     pub ceilings: Ceilings,
     /// What the `fuzz` mode runs.
     pub fuzz: Fuzz,
+    /// Use a store disk that cannot flush its writes (docs/STORE.md): its data is not durable,
+    /// and the node says so. Without this, such a disk stops the API.
+    pub disk_without_flush: bool,
 }
 
 /// The `fuzz` mode's programs: `programs` of them from index `first` of the run seeded with
@@ -144,8 +147,7 @@ impl Fault {
 }
 
 pub const DEFAULT_API_IDLE_S: u32 = 60;
-const KEYS: &str =
-    "mode, log, ip, gateway, api_idle_s, cluster_ip, peers, fault, fuzz_seed, fuzz_programs, fuzz_first";
+const KEYS: &str = "mode, log, ip, gateway, api_idle_s, cluster_ip, peers, fault, fuzz_seed, fuzz_programs, fuzz_first, disk_without_flush";
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -159,6 +161,7 @@ impl Default for NodeConfig {
             fault: Fault::None,
             ceilings: Ceilings::default(),
             fuzz: Fuzz::default(),
+            disk_without_flush: false,
         }
     }
 }
@@ -351,6 +354,20 @@ impl NodeConfig {
                         }
                     })?
                 }
+                "disk_without_flush" => {
+                    config.disk_without_flush = match value {
+                        "yes" => true,
+                        "no" => false,
+                        _ => {
+                            return Err(ConfigError::BadValue {
+                                line,
+                                key: "disk_without_flush",
+                                value: value.into(),
+                                expected: "yes or no",
+                            });
+                        }
+                    }
+                }
                 "api_idle_s" => {
                     config.api_idle_s =
                         value.parse().ok().filter(|s| (1..=86_400).contains(s)).ok_or_else(|| {
@@ -436,6 +453,9 @@ impl NodeConfig {
         }
         if self.fault != Fault::None {
             out.push_str(&alloc::format!("fault = {}\n", self.fault.name()));
+        }
+        if self.disk_without_flush {
+            out.push_str("disk_without_flush = yes\n");
         }
         if self.api_idle_s != DEFAULT_API_IDLE_S {
             out.push_str(&alloc::format!("api_idle_s = {}\n", self.api_idle_s));

@@ -260,11 +260,18 @@ fn serve(config: &NodeConfig) -> Status {
     });
     // The store's disk (docs/STORE.md): one that cannot be used stops the API, rather than let
     // the node serve from memory while its operator believes objects are kept.
-    let disk = match drivers::blk::find() {
-        Some(drivers::blk::Found::Usable(disk)) => match open_store(*disk) {
-            Ok(store) => Some(store),
-            Err(why) => refuse_api(&alloc::format!("the store's disk: {why}")),
-        },
+    let disk = match drivers::blk::find(config.disk_without_flush) {
+        Some(drivers::blk::Found::Usable(disk)) => {
+            if !disk.flushes {
+                println!(
+                    "cairn: store disk cannot flush (disk_without_flush = yes): its data is NOT durable; a crash may lose or tear what the node acknowledged"
+                );
+            }
+            match open_store(*disk) {
+                Ok(store) => Some(store),
+                Err(why) => refuse_api(&alloc::format!("the store's disk: {why}")),
+            }
+        }
         Some(drivers::blk::Found::Unusable(why)) => refuse_api(&alloc::format!("the store's disk: {why}")),
         None => None,
     };

@@ -25,6 +25,9 @@ pub struct Disk {
     len: u64,
     /// One sector in the heap (the linear map: the device reads into it without a bounce).
     sector: alloc::boxed::Box<[u8; SECTOR as usize]>,
+    /// Whether the device offers FLUSH. One that does not is used only if the node's
+    /// configuration says so, and then a flush does nothing: its data is not durable.
+    pub flushes: bool,
 }
 
 /// What was found on the PCI bus.
@@ -34,8 +37,9 @@ pub enum Found {
     Unusable(String),
 }
 
-/// The first virtio block device; None without one.
-pub fn find() -> Option<Found> {
+/// The first virtio block device; None without one. A device that cannot flush is usable only
+/// `without_flush` (the configuration's explicit `disk_without_flush = yes`).
+pub fn find(without_flush: bool) -> Option<Found> {
     let (mut root, df) = super::pci::find_virtio(&[0x1001, 0x1042], 0)?;
     root.set_command(df, Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER);
     let mut transport = match PciTransport::new::<KernelHal, _>(&mut root, df) {
@@ -43,7 +47,8 @@ pub fn find() -> Option<Found> {
         Err(e) => return Some(Found::Unusable(format!("its PCI transport: {e:?}"))),
     };
     let features = transport.read_device_features();
-    if features & FEATURE_FLUSH == 0 {
+    let flushes = features & FEATURE_FLUSH != 0;
+    if !flushes && !without_flush {
         // Its writes could be lost after the node says they are durable.
         return Some(Found::Unusable(
             "the device cannot flush its writes, so nothing written to it would be durable".into(),
@@ -56,7 +61,7 @@ pub fn find() -> Option<Found> {
         Ok(device) => {
             let len = device.capacity().saturating_mul(SECTOR);
             let sector = alloc::boxed::Box::new([0u8; SECTOR as usize]);
-            Some(Found::Usable(alloc::boxed::Box::new(Disk { device, len, sector })))
+            Some(Found::Usable(alloc::boxed::Box::new(Disk { device, len, sector, flushes })))
         }
         Err(e) => Some(Found::Unusable(format!("the driver could not start it: {e:?}"))),
     }
@@ -118,6 +123,9 @@ impl Device for Disk {
     }
 
     fn flush(&mut self) -> Result<(), DeviceError> {
+        if !self.flushes {
+            return Ok(());
+        }
         self.device.flush().map_err(failed("a flush failed"))
     }
 }

@@ -85,7 +85,7 @@ pub fn run() -> Status {
         return Status::Failure;
     }
     drop(data);
-    match crate::drivers::blk::find() {
+    match crate::drivers::blk::find(false) {
         None => {}
         Some(crate::drivers::blk::Found::Unusable(why)) => {
             println!("cairn: bench failed: the disk: {why}");
