@@ -503,9 +503,14 @@ impl<D: Device> DiskStore<D> {
         let position = self.append(RecordKind::Checkpoint, &[&encoded])?;
         let seq = self.next_seq - 1;
         self.commit()?;
+        self.write_superblock(Some(Checkpoint { position, seq, prev }), head)
+    }
+
+    /// Writes and flushes the next superblock: the log starts from `checkpoint`, at `head`.
+    fn write_superblock(&mut self, checkpoint: Option<Checkpoint>, head: u64) -> Result<(), StoreError> {
         let superblock = Superblock {
             sequence: self.superblock.sequence.checked_add(1).ok_or(StoreError::SuperblockDamaged)?,
-            checkpoint: Some(Checkpoint { position, seq, prev }),
+            checkpoint,
             head,
             ..self.superblock
         };
@@ -526,19 +531,7 @@ impl<D: Device> DiskStore<D> {
     fn move_head(&mut self, head: u64) -> Result<(), StoreError> {
         self.commit()?;
         debug_assert!(self.superblock.checkpoint.is_some_and(|c| head <= c.position));
-        let superblock = Superblock {
-            sequence: self.superblock.sequence.checked_add(1).ok_or(StoreError::SuperblockDamaged)?,
-            head,
-            ..self.superblock
-        };
-        let written =
-            self.device.write(superblock.offset(), &superblock.encode()).and_then(|()| self.device.flush());
-        if let Err(e) = written {
-            self.failed = true;
-            return Err(e.into());
-        }
-        self.superblock = superblock;
-        Ok(())
+        self.write_superblock(self.superblock.checkpoint, head)
     }
 
     /// Bytes of log after the last checkpoint: what the next start reads and checks.
