@@ -20,6 +20,8 @@ mod ring;
 pub mod superblock;
 
 #[cfg(test)]
+mod compaction_review_tests;
+#[cfg(test)]
 mod gc_tests;
 #[cfg(test)]
 mod hostile_tests;
