@@ -531,7 +531,22 @@ impl<D: Device> DiskStore<D> {
     /// is committed first, so the copies of whatever the index still places before `head` are
     /// durable, and recovery finds them after the checkpoint (docs/STORE.md, "Recovery").
     fn move_head(&mut self, head: u64) -> Result<(), StoreError> {
-        self.commit()?;
+        if self.tail != self.durable {
+            self.commit()?;
+            // The copies' commit must not be the last one: recovery drops a last commit with a
+            // damaged object (a crash cut it short) and would then forget every object copied
+            // in it, since the head has passed their old records. A commit of one padding
+            // record after it makes it an earlier commit, of which only damaged objects go.
+            self.append(RecordKind::Pad, &[&[0u8; (SECTOR - HEADER_LEN) as usize]])?;
+            let written =
+                self.write_pending(true).and_then(|()| self.device.flush().map_err(StoreError::from));
+            if let Err(e) = written {
+                self.failed = true;
+                return Err(e);
+            }
+            self.durable = self.tail;
+            self.commits += 1;
+        }
         debug_assert!(self.superblock.checkpoint.is_some_and(|c| head <= c.position));
         self.write_superblock(self.superblock.checkpoint, head)
     }
