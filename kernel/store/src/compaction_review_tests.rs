@@ -48,7 +48,6 @@ fn a_damaged_copy_in_the_last_commit_loses_only_itself() {
 /// object that the checkpoint placed before the head: an object committed and checkpointed
 /// before the damage is silently gone. Before cb8f7ae the compaction's checkpoint held it.
 #[test]
-#[ignore = "review finding 2, not fixed: needs the superblock to say where the copies end"]
 fn damage_after_the_checkpoint_does_not_lose_what_the_checkpoint_held() {
     let mut store = new_store();
     let (a, ab) = blob(3, 3000);

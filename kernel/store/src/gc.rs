@@ -103,8 +103,8 @@ impl<D: Device> DiskStore<D> {
     /// record it passes is copied to the tail first (read and checked, like any read). When
     /// the ring has no room for the next copy it moves the head as far as it has got (a
     /// superblock write, which costs no log), and stops if that gives nothing back; it writes a
-    /// checkpoint only to pass the last one. Stops at the tail as it was. The new head is
-    /// durable when this returns.
+    /// checkpoint to pass the last one, and one at the end. Stops at the tail as it was. The
+    /// new head is durable when this returns.
     pub fn compact(&mut self, goal: u64) -> Result<Compacted, StoreError> {
         self.commit()?;
         let reserve = core::mem::replace(&mut self.use_reserve, true);
@@ -124,7 +124,12 @@ impl<D: Device> DiskStore<D> {
         while at < stop && at - start < goal {
             // The head may not pass the checkpoint recovery starts from: a new one first.
             if self.superblock.checkpoint.is_some_and(|c| c.position == at) {
-                self.checkpoint_from(at)?;
+                match self.checkpoint_from(at) {
+                    Ok(()) => {}
+                    // No room for it: stop here (what was passed is given back below).
+                    Err(StoreError::Full { .. }) => break,
+                    Err(e) => return Err(e),
+                }
             }
             let Some(header) = self.read_header(at)? else {
                 // Between the head and the tail every record is a committed one.
@@ -163,8 +168,17 @@ impl<D: Device> DiskStore<D> {
             }
             at += header.record_len();
         }
-        if at > self.superblock.head {
-            self.move_head(at)?;
+        // A checkpoint ends it (one, whose room every copy left): from then on no index places
+        // anything before the head, so neither damage in the log after an older checkpoint nor
+        // a restart can forget an object moved here, or bring back one collected.
+        if at > start {
+            match self.checkpoint_from(at) {
+                Ok(()) => {}
+                // It passed a checkpoint on the way and so has no room for another: the head
+                // still moves (the copies are after that checkpoint, where recovery finds them).
+                Err(StoreError::Full { .. }) => self.move_head(at)?,
+                Err(e) => return Err(e),
+            }
         }
         done.reclaimed = at - start;
         Ok(done)
