@@ -12,7 +12,8 @@ use super::Network;
 use super::jobs::Jobs;
 use super::peer::ServeOthers;
 use crate::jobs::NodeEvaluator;
-use crate::memory::objects::{NodeStore, ScrubReport};
+use crate::memory::objects::{NodeStore, PinRefused, ScrubReport};
+use cairn_object::store::StoreError;
 
 const NO_DISK: &str = "this node has no disk (its objects are in memory only)";
 
@@ -84,13 +85,14 @@ pub fn restore(
 
 /// PIN or UNPIN, durable before the answer (the node commits before it answers work).
 pub fn pin(store: &NodeStore, handle: Handle, pinned: bool) -> Message {
-    match store.set_pin(&handle, pinned) {
-        Ok(()) => Message::Pinned { handle, pinned },
-        Err(message) => {
-            let code = if store.disk_stats().is_some() { ErrorCode::NotFound } else { ErrorCode::Unexpected };
-            Message::Error { code, message }
-        }
-    }
+    let (code, message) = match store.set_pin(&handle, pinned) {
+        Ok(()) => return Message::Pinned { handle, pinned },
+        Err(PinRefused::NoDisk(why)) => (ErrorCode::Unexpected, format!("{why}: nothing to pin")),
+        Err(PinRefused::NotThere(why)) => (ErrorCode::NotFound, why),
+        Err(PinRefused::Disk(e @ StoreError::Full { .. })) => (ErrorCode::StoreFull, format!("{e}")),
+        Err(PinRefused::Disk(e)) => (ErrorCode::Internal, format!("{e}")),
+    };
+    Message::Error { code, message }
 }
 
 /// GC: what nothing keeps forgotten, then the log compacted (docs/STORE.md, "Space").

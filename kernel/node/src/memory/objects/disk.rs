@@ -17,6 +17,14 @@ const OBJECT_RECORD_OVERHEAD: u64 = 64 + 40 + 64 + 512;
 
 const NO_DISK: &str = "this node has no disk (its objects are in memory only)";
 
+/// Why a pin (or unpin) was not taken.
+pub enum PinRefused {
+    NoDisk(&'static str),
+    NotThere(alloc::string::String),
+    /// The disk is full, or failed.
+    Disk(StoreError),
+}
+
 /// What a scrub found.
 #[derive(Default)]
 pub struct ScrubReport {
@@ -87,15 +95,15 @@ impl NodeStore {
 
     /// Pins (or unpins) an object on the disk (docs/STORE.md, "Space"): durable with the
     /// next commit, which comes before the answer. Only an object the disk holds is pinned.
-    pub fn set_pin(&self, handle: &Handle, pinned: bool) -> Result<(), alloc::string::String> {
-        let Some(disk) = &self.disk else { return Err(NO_DISK.into()) };
+    pub fn set_pin(&self, handle: &Handle, pinned: bool) -> Result<(), PinRefused> {
+        let Some(disk) = &self.disk else { return Err(PinRefused::NoDisk(NO_DISK)) };
         let mut disk = disk.lock();
         if pinned && !handle.is_literal() && disk.len_of(handle).is_none() {
-            return Err(alloc::format!("{handle} is not on this node's disk"));
+            return Err(PinRefused::NotThere(alloc::format!("{handle} is not on this node's disk")));
         }
         let value = pinned.then(|| note_of(handle));
         let set = disk.set_note(cairn_store::space::PINS, &note_of(handle), value.as_ref());
-        set.map_err(|e| alloc::format!("{}", disk_error(&disk, e)))
+        set.map_err(|e| PinRefused::Disk(disk_error(&disk, e)))
     }
 
     /// Forgets the objects on the disk that nothing keeps (docs/STORE.md, "Space"): not
