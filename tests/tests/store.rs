@@ -110,9 +110,13 @@ fn objects_evicted_from_memory_are_served_from_the_disk() {
     let stats = client.stats().unwrap();
     assert!(stat(&stats, "store_evictions") > 0, "memory had to let some go: {stats}");
     assert_eq!(stat(&stats, "disk_objects"), 4, "{stats}");
+    let helped = stat(&stats, "helper_hashed_bytes");
     for (handle, bytes) in &objects {
         assert!(client.get(*handle, |_, _| {}).unwrap() == *bytes, "{handle}");
     }
+    // What was read back from the disk was checked with the helper CPU hashing spans too.
+    let stats = client.stats().unwrap();
+    assert!(stat(&stats, "helper_hashed_bytes") > helped, "{stats}");
 }
 
 /// A node takes a checkpoint once 64 MiB of log follow the last one, so that a restart reads

@@ -89,10 +89,12 @@ impl<B> SpanHashing<B> {
     /// Hashes what is left here, waits for the helper, and takes the buffer back with the
     /// digest of all its bytes (which must all be written).
     fn finish(shared: Arc<SpanHashing<B>>, offered: Option<Arc<dyn HelperWork>>) -> (B, [u8; 32]) {
+        // Alongside the helper until every span is claimed; only then is it taken back (taking
+        // it back first left all of a read's spans, or an upload's last ones, to this CPU).
+        while shared.hash_next() {}
         if let Some(offered) = offered {
             smp::withdraw(&offered);
         }
-        while shared.hash_next() {}
         // The helper may still be finishing the last span it claimed.
         while shared.done.load(Ordering::Acquire) < shared.spans {
             core::hint::spin_loop();
