@@ -188,7 +188,7 @@ impl Disk {
         let mut report =
             CutReport { unflushed_sectors: pending.len() as u64, stats: self.stats, ..CutReport::default() };
         if let Cut::KeepRandom { seed } = how {
-            let mut rng = SplitMix(seed);
+            let mut rng = SplitMix::new(seed);
             for (sector, versions) in pending {
                 if rng.next_u64() % 2 == 0 {
                     continue;
@@ -215,22 +215,23 @@ impl Disk {
     }
 }
 
-/// A small seeded generator (SplitMix64), for cuts and for the tests' choices.
+/// The fuzzers' seeded generator (`cairn_fuzz::Rng`, SplitMix64), with ranges: for cuts and for
+/// the tests' choices.
 #[derive(Clone, Debug)]
-pub struct SplitMix(pub u64);
+pub struct SplitMix(cairn_fuzz::Rng);
 
 impl SplitMix {
+    pub fn new(seed: u64) -> SplitMix {
+        SplitMix(cairn_fuzz::Rng::new(seed))
+    }
+
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// A number in `range` (start inclusive, end exclusive; not empty).
     pub fn below(&mut self, range: std::ops::Range<u64>) -> u64 {
-        range.start + self.next_u64() % (range.end - range.start)
+        range.start + self.0.below(range.end - range.start)
     }
 }
 

@@ -88,7 +88,7 @@ impl Source {
     fn bytes(&self) -> Vec<u8> {
         match self {
             Source::Made { seed, len } => {
-                let mut rng = SplitMix(*seed);
+                let mut rng = SplitMix::new(*seed);
                 let mut bytes: Vec<u8> = Vec::with_capacity(len + 8);
                 while bytes.len() < *len {
                     bytes.extend_from_slice(&rng.next_u64().to_le_bytes());
@@ -228,7 +228,7 @@ fn crash_test(crash: Crash) {
     });
     println!("crash: {} seed {seed} (CAIRN_CRASH_SEED={seed} repeats its choices)", crash.name());
     let started = Instant::now();
-    let mut rng = SplitMix(seed ^ crash as u64);
+    let mut rng = SplitMix::new(seed ^ crash as u64);
     let mut tally = Tally::default();
     let mut disk = Disk::blank(crash);
     let mut known = Known::default();
@@ -405,7 +405,7 @@ fn object_len(rng: &mut SplitMix, big_allowed: bool) -> usize {
 /// Puts new objects, puts acknowledged ones again and reads acknowledged ones back (which must
 /// be byte-identical), until the node is gone.
 fn put_stream(address: &str, seed: u64, mut pool: Vec<(Handle, Source)>, state: &Session) {
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix::new(seed);
     let mut client = match Client::connect(address) {
         Ok(client) => client,
         Err(e) => {
@@ -466,7 +466,7 @@ fn put_thunk(
 /// Evaluates `add` on u64 blobs (some through a nested thunk) and Mandelbrot tiles (a value
 /// the evaluation makes and the disk must keep), until the node is gone.
 fn eval_stream(address: &str, seed: u64, programs: Option<Programs>, state: &Session) {
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix::new(seed);
     let run = |rng: &mut SplitMix| -> anyhow::Result<()> {
         let mut client = Client::connect(address)?;
         let programs = match programs {

@@ -110,7 +110,7 @@ impl NewObject {
 mod disk;
 mod spans;
 
-pub use disk::{PinRefused, ScrubReport};
+pub use disk::{NO_DISK, PinRefused, ScrubReport};
 pub use spans::{UploadPages, blob_digest_on_both_cpus, helper_hashed_bytes};
 
 /// Log a node writes between checkpoints (docs/STORE.md): at about 100 MiB/s of checking under

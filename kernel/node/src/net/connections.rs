@@ -97,11 +97,16 @@ pub(super) struct Connections {
     pub(super) refusals: Refusals,
     /// When the connections were last polled.
     last_poll: u64,
+    /// Slots whose sessions ran this round (their answers go out after the commit), and those
+    /// that sent bytes: kept between rounds, with room for every slot, so that a round
+    /// allocates nothing for them.
+    polled: Vec<usize>,
+    heard: Vec<usize>,
 }
 
 impl Connections {
     pub(super) fn new(network: &mut Network, idle_timeout_s: u32, ceilings: &Ceilings) -> Connections {
-        let slots = (0..ceilings.api_connections)
+        let slots: Vec<Slot> = (0..ceilings.api_connections)
             .map(|_| {
                 let mut socket = tcp::Socket::new(
                     tcp::SocketBuffer::new(vec![0; BUFFER]),
@@ -126,7 +131,10 @@ impl Connections {
                 }
             })
             .collect();
+        let count = slots.len();
         Connections {
+            polled: Vec::with_capacity(count),
+            heard: Vec::with_capacity(count),
             slots,
             idle_timeout_us: u64::from(idle_timeout_s) * 1_000_000,
             limits: SessionLimits {
@@ -210,15 +218,9 @@ impl Connections {
         let mut busy = false;
         // A key's own connection closed to make room for its next one.
         let mut closing_for_keys = Vec::new();
-        // Connections whose sessions ran this round (their answers go out after the commit),
-        // and those that sent bytes.
-        let mut polled = Vec::new();
-        let mut heard = Vec::new();
-        if polled.try_reserve_exact(self.slots.len()).is_err()
-            || heard.try_reserve_exact(self.slots.len()).is_err()
-        {
-            return false;
-        }
+        let (mut polled, mut heard) = (core::mem::take(&mut self.polled), core::mem::take(&mut self.heard));
+        polled.clear();
+        heard.clear();
         for index in 0..self.slots.len() {
             let socket = network.sockets.get_mut::<tcp::Socket>(self.slots[index].socket);
             if !socket.is_open() {
@@ -336,7 +338,7 @@ impl Connections {
                 network.sockets.get_mut::<tcp::Socket>(self.slots[index].socket).abort();
             }
         }
-        for index in polled {
+        for &index in &polled {
             let socket = network.sockets.get_mut::<tcp::Socket>(self.slots[index].socket);
             if !socket.is_open() {
                 continue;
@@ -387,6 +389,7 @@ impl Connections {
         for index in closing_for_keys {
             self.close_to_make_room(network, index, now);
         }
+        (self.polled, self.heard) = (polled, heard);
         self.make_room(network, now);
         busy
     }

@@ -238,20 +238,19 @@ impl Jobs {
 
 /// What a collection of the disk must keep beyond what the store finds itself (docs/STORE.md,
 /// "Space"): the responses and result of every journal the disk keeps for a job (the job and
-/// the journal it keeps itself, and through the job's tree its manifest and root).
-pub fn gc_roots(ev: &NodeEvaluator) -> alloc::vec::Vec<Handle> {
+/// the journal it keeps itself, and through the job's tree its manifest and root). None if
+/// there is no memory for the list: a collection without all its roots would forget what they
+/// keep.
+pub fn gc_roots(ev: &NodeEvaluator) -> Option<alloc::vec::Vec<Handle>> {
     let mut roots = alloc::vec::Vec::new();
-    for (_, journal) in ev.store.journals_on_disk() {
+    for (_, journal) in ev.store.journals_on_disk()? {
         if let Ok(journal) = load_journal(&journal, ev) {
             let wanted = journal.responses().chain(journal.result);
-            for h in wanted {
-                if roots.try_reserve(1).is_ok() {
-                    roots.push(h);
-                }
-            }
+            roots.try_reserve(journal.entries().len() + 1).ok()?;
+            roots.extend(wanted);
         }
     }
-    roots
+    Some(roots)
 }
 
 /// Pins what a replay of `journal` needs; returns exactly what it pinned.

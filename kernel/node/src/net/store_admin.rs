@@ -12,10 +12,8 @@ use super::Network;
 use super::jobs::Jobs;
 use super::peer::ServeOthers;
 use crate::jobs::NodeEvaluator;
-use crate::memory::objects::{NodeStore, PinRefused, ScrubReport};
+use crate::memory::objects::{NO_DISK, NodeStore, PinRefused, ScrubReport};
 use cairn_object::store::StoreError;
-
-const NO_DISK: &str = "this node has no disk (its objects are in memory only)";
 
 fn no_disk(what: &str) -> Message {
     Message::Error { code: ErrorCode::Unexpected, message: format!("{NO_DISK}: nothing to {what}") }
@@ -100,7 +98,11 @@ pub fn collect(ev: &mut NodeEvaluator, goal: u64) -> Message {
     if ev.store.disk_stats().is_none() {
         return no_disk("collect");
     }
-    let roots = super::jobs::gc_roots(ev);
+    let Some(roots) = super::jobs::gc_roots(ev) else {
+        let message =
+            "gc: no memory for the list of what the disk's journals keep; nothing was collected".into();
+        return Message::Error { code: ErrorCode::Internal, message };
+    };
     match ev.store.collect(&roots, (goal > 0).then_some(goal)) {
         Ok((collected, compacted)) => {
             let free = ev.store.disk_stats().map_or(0, |d| d.free_bytes);

@@ -15,7 +15,8 @@ const KEPT_MEMO_ENTRIES: usize = 131_072;
 /// An object record's header and handle, and the padding of its commit at most.
 const OBJECT_RECORD_OVERHEAD: u64 = 64 + 40 + 64 + 512;
 
-const NO_DISK: &str = "this node has no disk (its objects are in memory only)";
+/// Why a node without a disk refuses what needs one.
+pub const NO_DISK: &str = "this node has no disk (its objects are in memory only)";
 
 /// Why a pin (or unpin) was not taken.
 pub enum PinRefused {
@@ -130,12 +131,15 @@ impl NodeStore {
         Ok((collected, compacted))
     }
 
-    /// Every job and its latest journal the disk keeps.
-    pub fn journals_on_disk(&self) -> Vec<(Handle, Handle)> {
-        let Some(disk) = &self.disk else { return Vec::new() };
+    /// Every job and its latest journal the disk keeps; None if there is no memory for the list.
+    pub fn journals_on_disk(&self) -> Option<Vec<(Handle, Handle)>> {
+        let mut all = Vec::new();
+        let Some(disk) = &self.disk else { return Some(all) };
         let disk = disk.lock();
+        all.try_reserve_exact(disk.notes(cairn_store::space::JOBS).count()).ok()?;
         let jobs = disk.notes(cairn_store::space::JOBS);
-        jobs.filter_map(|(job, journal)| Some((handle_of(job)?, handle_of(journal)?))).collect()
+        all.extend(jobs.filter_map(|(job, journal)| Some((handle_of(job)?, handle_of(journal)?))));
+        Some(all)
     }
 
     /// The largest object the disk could take now (no disk: no limit): an upload larger is
