@@ -10,6 +10,7 @@ use cairn_object::store::Store;
 use cairn_object::{Handle, Kind, Limits, Thunk, thunk};
 use smallvec::SmallVec;
 
+use crate::ahead::{self, Ahead};
 use crate::error::{EvalError, Failure};
 use crate::memo::{Memo, Outcome};
 
@@ -30,6 +31,24 @@ pub trait Executor<S: Store> {
 
     /// An evaluation begins: budgets that span all its applications start here.
     fn start_evaluation(&mut self) {}
+
+    /// How many more applications `start_ahead` would take now; 0 (the default) means
+    /// everything runs in order at `apply`, as on one CPU.
+    fn room_ahead(&self) -> usize {
+        0
+    }
+
+    /// Starts `app` elsewhere (another CPU) before the evaluation reaches it. If taken (true),
+    /// a later `apply` of an application with the same `thunk` must return the outcome of that
+    /// run; the executor keeps it until then or until `end_evaluation`. Only pure applications
+    /// (procedure not an IO effect) whose arguments are all values, within the node's
+    /// ceilings, are offered.
+    fn start_ahead(&mut self, _store: &mut S, _app: &Application<'_>) -> bool {
+        false
+    }
+
+    /// The evaluation is over: what was started ahead and never applied may be dropped.
+    fn end_evaluation(&mut self) {}
 }
 
 /// Performs IO requests (applications of an [`Effect`] procedure) for one job (docs/IO.md):
@@ -57,6 +76,9 @@ pub struct Stats {
     pub memo_hits: u64,
     /// IO requests handed to the job's IO layer.
     pub io_requests: u64,
+    /// Applications offered to the executor ahead of the walk, and taken (docs/EVALUATION.md,
+    /// "Running ahead"); each is still counted in `tasks_run` when the walk applies it.
+    pub started_ahead: u64,
 }
 
 /// What [`Evaluator::replay`] found (EVAL-6).
@@ -113,6 +135,7 @@ pub struct Evaluator<S, E> {
     ceilings: Ceilings,
     /// The work stack, kept between evaluations so that evaluating allocates nothing for it.
     stack: Vec<Frame>,
+    ahead: Ahead,
 }
 
 /// Most thunks have a handful of arguments: keep them inline.
@@ -133,6 +156,8 @@ struct Frame {
     /// What this frame pinned in the store (its arguments, and their values as they come),
     /// exactly: an unpin of what it never pinned would take someone else's pin.
     pinned: Handles,
+    /// `args[..ahead]` have been looked into for work to start ahead.
+    ahead: usize,
 }
 
 impl Frame {
@@ -164,6 +189,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
             stats: Stats::default(),
             ceilings: Ceilings::default(),
             stack: Vec::new(),
+            ahead: Ahead::new(),
         }
     }
 
@@ -230,6 +256,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
 
     fn run(&mut self, root: Handle, use_memo: bool, io: &mut dyn Io<S>) -> Outcome {
         self.executor.start_evaluation();
+        self.ahead.begin();
         // What the evaluation was asked for stays while it runs, whatever the store evicts.
         let pinned = self.store.pin(&root);
         let mut stack = core::mem::take(&mut self.stack);
@@ -239,6 +266,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         if pinned {
             self.store.unpin(&root);
         }
+        self.executor.end_evaluation();
         outcome
     }
 
@@ -289,6 +317,8 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
                 }
                 None => {}
             }
+            self.look_ahead(stack, use_memo);
+            let frame = stack.last_mut().expect("non-empty");
             if frame.done.len() < frame.args.len() {
                 let arg = frame.args[frame.done.len()];
                 match self.start(arg, use_memo) {
@@ -339,6 +369,26 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
             }
             pending = Some((outcome, frame.tainted()));
         }
+    }
+
+    /// For the frame on top (new, the root's, an argument's or a tail call's, or resumed), when
+    /// other CPUs have room: starts what is ready among the arguments it has yet to evaluate.
+    fn look_ahead(&mut self, stack: &mut [Frame], use_memo: bool) {
+        // How deep below the frame thunks may nest before the walk stops at the depth ceiling.
+        let depth = usize::try_from(self.ceilings.depth).unwrap_or(usize::MAX).saturating_sub(stack.len());
+        let Some(frame) = stack.last_mut() else { return };
+        if frame.ahead >= frame.args.len() || self.executor.room_ahead() == 0 {
+            return;
+        }
+        let mut cx = ahead::Context {
+            store: &mut self.store,
+            executor: &mut self.executor,
+            memo: use_memo.then_some(&self.memo),
+            ceilings: &self.ceilings,
+            stats: &mut self.stats,
+        };
+        let from = frame.ahead.max(frame.done.len());
+        frame.ahead = self.ahead.look(&mut cx, &frame.args, from, depth);
     }
 
     /// Whether one more thunk may wait on its arguments: the depth ceiling, and memory for it.
@@ -405,6 +455,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
                     args,
                     done,
                     pinned,
+                    ahead: 0,
                 })
             }
             Err(e) => {

@@ -6,10 +6,12 @@
 
 extern crate alloc;
 
+mod ahead;
 mod error;
 mod eval;
 mod memo;
 
+pub use ahead::LOOKAHEAD_DECODES;
 pub use error::{EvalError, Failure, printable};
 pub use eval::{Application, Ceilings, Evaluator, Executor, Io, NoIo, Replay, Stats};
 pub use memo::Memo;

@@ -129,6 +129,12 @@ impl Memo {
         })
     }
 
+    /// Whether an outcome is remembered for `thunk`, without counting as a use: looking
+    /// ahead must not change which entries go first.
+    pub fn contains(&self, thunk: &Handle) -> bool {
+        self.entries.contains_key(thunk)
+    }
+
     /// Remembers `outcome` for `thunk` if it is deterministic; returns whether it did.
     pub fn record(&mut self, thunk: Handle, outcome: &Outcome, pins: Pins<'_>) -> bool {
         self.record_all(core::slice::from_ref(&thunk), outcome, pins)
