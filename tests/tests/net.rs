@@ -8,7 +8,7 @@ use cairn_tests::{BOOT_TIMEOUT, Node, READY_LINE};
 
 fn gets_an_address_by_dhcp(firmware: Firmware) {
     let mut node = Node::boot(firmware, Mode::Serve);
-    node.expect(r"smp: helper CPU \(APIC id 1\) online", BOOT_TIMEOUT);
+    node.expect(r"smp: 2 CPUs online \(2 run tasks\)", BOOT_TIMEOUT);
     node.expect(READY_LINE, BOOT_TIMEOUT);
     let net = node.expect(r"^cairn: net ip=(\S+) gateway=(\S+) dhcp_ms=(\d+) api_port=7070$", BOOT_TIMEOUT);
     assert_eq!(&net[1], "10.0.2.15/24", "QEMU's user network hands out 10.0.2.15");

@@ -84,13 +84,15 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     );
     choose_blake3();
     match arch::smp::start(boot_info) {
-        Ok(apic_id) => {
+        Ok(others) => {
             net::ahead::start();
             log::info!(
-                "smp: helper CPU (APIC id {apic_id}) online; it hashes uploads and computes keystreams"
+                "smp: {} CPUs online ({} run tasks); the others run tasks, hash uploads and compute keystreams",
+                others + 1,
+                arch::smp::task_cpus_other_than_boot() + 1
             )
         }
-        Err(why) => log::info!("smp: no helper CPU: {why}"),
+        Err(why) => log::info!("smp: no other CPU: {why}"),
     }
     log::info!("mode: {}", config.mode.name());
 

@@ -5,6 +5,7 @@ pub mod clock;
 pub mod cpu;
 pub mod entropy;
 pub mod gdt;
+pub mod percpu;
 pub mod pic;
 pub mod probe;
 pub mod rtc;

@@ -18,8 +18,14 @@ use super::{gdt, pic};
 use crate::drivers::qemu_exit::{self, Status};
 use crate::memory;
 
-/// Vectors with a stub: the 32 exceptions and the 16 legacy PIC interrupts.
-pub const STUB_COUNT: usize = 48;
+/// Vectors with a stub: the 32 exceptions, the 16 legacy PIC interrupts, and the local APIC's
+/// three (its timer, the wake-up IPI and the spurious vector), which come after them in the
+/// table of stubs.
+const PIC_STUBS_END: usize = 48;
+pub const LAPIC_TIMER_VECTOR: u8 = 0xef;
+pub const WAKE_VECTOR: u8 = 0xf0;
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+const LAPIC_VECTORS: [u8; 3] = [LAPIC_TIMER_VECTOR, WAKE_VECTOR, SPURIOUS_VECTOR];
 const STUB_SIZE: usize = 16;
 
 /// Saved state of the interrupted code, in the order the stub pushes it (lowest address first).
@@ -62,7 +68,7 @@ global_asm!(
     .balign 16
     .global cairn_trap_stubs
 cairn_trap_stubs:
-    .irp vector, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47
+    .irp vector, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,239,240,255
     .balign 16
     .if (\vector == 8) || (\vector >= 10 && \vector <= 14) || (\vector == 17) || (\vector == 21) || (\vector == 29) || (\vector == 30)
     .else
@@ -161,10 +167,11 @@ static mut IDT: [IdtEntry; 256] = [IdtEntry::MISSING; 256];
 pub fn init() {
     let stubs = &raw const cairn_trap_stubs as u64;
     let selector = gdt::selectors().kernel_code.0;
-    // SAFETY: runs once on the boot CPU before interrupts are enabled; nothing else reads or
-    // writes the IDT concurrently.
+    // SAFETY: runs once on the boot CPU before interrupts are enabled and before any other CPU
+    // is started; nothing else reads or writes the IDT concurrently.
     let idt = unsafe { (&raw mut IDT).as_mut().expect("a static") };
-    for (vector, entry) in idt.iter_mut().enumerate().take(STUB_COUNT) {
+    for (vector, entry) in idt.iter_mut().enumerate().take(PIC_STUBS_END) {
+        // IST stacks are per CPU: each CPU's TSS names its own.
         let ist = match vector {
             1 => Some(gdt::DEBUG_IST),
             2 => Some(gdt::NMI_IST),
@@ -176,36 +183,21 @@ pub fn init() {
         let handler = stubs + (vector * STUB_SIZE) as u64;
         *entry = IdtEntry::gate(handler, selector, ist, PrivilegeLevel::Ring0);
     }
+    for (i, vector) in LAPIC_VECTORS.into_iter().enumerate() {
+        let handler = stubs + ((PIC_STUBS_END + i) * STUB_SIZE) as u64;
+        idt[vector as usize] = IdtEntry::gate(handler, selector, None, PrivilegeLevel::Ring0);
+    }
+    load();
+}
+
+/// Loads the IDT on this CPU (every CPU shares it).
+pub fn load() {
     let pointer = DescriptorTablePointer {
         limit: (core::mem::size_of::<[IdtEntry; 256]>() - 1) as u16,
         base: VirtAddr::from_ptr(&raw const IDT),
     };
     // SAFETY: the IDT is a static, so it outlives its use by the CPU, and every present entry
     // points at a stub in this file.
-    unsafe { lidt(&pointer) };
-}
-
-/// The helper CPU's IDT: the same exception stubs as the boot CPU (a fault there is reported and
-/// stops the node), on the current stack since the helper has no TSS, plus `extra` gates
-/// `(vector, handler)` of its own.
-static mut HELPER_IDT: [IdtEntry; 256] = [IdtEntry::MISSING; 256];
-
-pub fn init_helper(extra: &[(u8, u64)]) {
-    let stubs = &raw const cairn_trap_stubs as u64;
-    let selector = gdt::selectors().kernel_code.0;
-    // SAFETY: only the helper CPU calls this, once, while nothing else uses HELPER_IDT.
-    let idt = unsafe { (&raw mut HELPER_IDT).as_mut().expect("a static") };
-    for (vector, entry) in idt.iter_mut().enumerate().take(32) {
-        *entry = IdtEntry::gate(stubs + (vector * STUB_SIZE) as u64, selector, None, PrivilegeLevel::Ring0);
-    }
-    for &(vector, handler) in extra {
-        idt[vector as usize] = IdtEntry::gate(handler, selector, None, PrivilegeLevel::Ring0);
-    }
-    let pointer = DescriptorTablePointer {
-        limit: (core::mem::size_of::<[IdtEntry; 256]>() - 1) as u16,
-        base: VirtAddr::from_ptr(&raw const HELPER_IDT),
-    };
-    // SAFETY: HELPER_IDT is a static, and every present entry points at a handler.
     unsafe { lidt(&pointer) };
 }
 
@@ -264,13 +256,23 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         // whoever called user::run. Faults are the task's, never the kernel's.
         if (32..48).contains(&frame.vector) {
             pic::handle_irq((frame.vector - 32) as u8);
+        } else {
+            local_apic_interrupt(frame.vector);
         }
         super::user::trap_from_user(frame);
     }
     match frame.vector {
         0..=31 => exception(frame),
         32..=47 => pic::handle_irq((frame.vector - 32) as u8),
-        _ => {}
+        vector => local_apic_interrupt(vector),
+    }
+}
+
+/// The local APIC's timer and wake-up only interrupt (a task, or a HLT); the spurious vector
+/// takes no EOI.
+fn local_apic_interrupt(vector: u64) {
+    if vector == u64::from(LAPIC_TIMER_VECTOR) || vector == u64::from(WAKE_VECTOR) {
+        super::smp::lapic_eoi();
     }
 }
 

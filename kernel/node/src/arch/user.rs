@@ -3,8 +3,8 @@
 //! The kernel runs a task like a function call: [`run`] loads the task's registers, drops to
 //! ring 3, and returns when the task makes a syscall, faults, or is interrupted (the timer
 //! tick that preempts it). The context is saved in the [`UserContext`], so calling `run` again
-//! resumes the task exactly where it stopped. One CPU, one task at a time: the per-CPU state is
-//! a handful of statics.
+//! resumes the task exactly where it stopped. Each CPU runs one task at a time; what the entry
+//! and exit paths need lives in the CPU's own block (`arch::percpu`).
 
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +16,7 @@ use x86_64::registers::rflags::RFlags;
 use x86_64::registers::segmentation::{DS, ES, FS, GS, Segment};
 
 use super::gdt;
+use super::percpu::{self, PerCpu};
 use super::trap::TrapFrame;
 
 /// A task's registers while the kernel holds it.
@@ -58,23 +59,16 @@ const EXIT_SYSCALL: u64 = 0;
 const EXIT_EXCEPTION: u64 = 1;
 const EXIT_INTERRUPT: u64 = 2;
 
-#[unsafe(no_mangle)]
-static mut CAIRN_KERNEL_RSP: u64 = 0;
-#[unsafe(no_mangle)]
-static mut CAIRN_USER_RSP: u64 = 0;
-#[unsafe(no_mangle)]
-static mut CAIRN_CURRENT_CONTEXT: u64 = 0;
-
-static LAST_VECTOR: AtomicU64 = AtomicU64::new(0);
-static LAST_ERROR: AtomicU64 = AtomicU64::new(0);
-static LAST_CR2: AtomicU64 = AtomicU64::new(0);
-
 const USER_CS: u64 = 0x23;
 const USER_SS: u64 = 0x1b;
 
 // On entry, DS, ES, FS and GS are loaded from the context: null for a new task, whatever the last
 // task put in them, and what this task left in them when it is resumed, whether it made a
-// syscall or was interrupted (their bases stay zero: see `init`; the kernel never uses them).
+// syscall or was interrupted (their bases stay zero: see `init_cpu`; the kernel never uses them).
+// `cairn_enter_user(context, percpu)` keeps the kernel's stack pointer and the context in the
+// CPU's block; the syscall entry finds the block with SWAPGS (GS's base is the block only
+// between its two SWAPGS, with interrupts off), and `cairn_leave_user(code, kernel_rsp)`
+// returns from `cairn_enter_user` with `code`.
 global_asm!(
     r#"
     .section .text.cairn_user, "ax"
@@ -86,8 +80,8 @@ cairn_enter_user:
     push r13
     push r14
     push r15
-    mov [rip + CAIRN_KERNEL_RSP], rsp
-    mov [rip + CAIRN_CURRENT_CONTEXT], rdi
+    mov [rsi + {kernel_rsp}], rsp
+    mov [rsi + {context}], rdi
     mov ds, word ptr [rdi + 144]
     mov es, word ptr [rdi + 152]
     mov fs, word ptr [rdi + 160]
@@ -116,8 +110,9 @@ cairn_enter_user:
 
     .global cairn_syscall_entry
 cairn_syscall_entry:
-    mov [rip + CAIRN_USER_RSP], rsp
-    mov rsp, [rip + CAIRN_CURRENT_CONTEXT]
+    swapgs
+    mov gs:[{user_rsp}], rsp
+    mov rsp, gs:[{context}]
     mov [rsp + 0], rax
     mov [rsp + 8], rbx
     mov [rsp + 16], rcx
@@ -135,8 +130,10 @@ cairn_syscall_entry:
     mov [rsp + 112], r15
     mov [rsp + 120], rcx
     mov [rsp + 136], r11
-    mov rax, [rip + CAIRN_USER_RSP]
+    mov rax, gs:[{user_rsp}]
     mov [rsp + 128], rax
+    mov rsi, gs:[{kernel_rsp}]
+    swapgs
     mov eax, ds
     movzx eax, ax
     mov [rsp + 144], rax
@@ -153,7 +150,7 @@ cairn_syscall_entry:
 
     .global cairn_leave_user
 cairn_leave_user:
-    mov rsp, [rip + CAIRN_KERNEL_RSP]
+    mov rsp, rsi
     pop r15
     pop r14
     pop r13
@@ -165,12 +162,15 @@ cairn_leave_user:
     "#,
     user_ss = const USER_SS,
     user_cs = const USER_CS,
+    kernel_rsp = const percpu::KERNEL_RSP_OFFSET,
+    user_rsp = const percpu::USER_RSP_OFFSET,
+    context = const percpu::CURRENT_CONTEXT_OFFSET,
 );
 
 unsafe extern "C" {
-    fn cairn_enter_user(context: *mut UserContext) -> u64;
+    fn cairn_enter_user(context: *mut UserContext, percpu: *const PerCpu) -> u64;
     fn cairn_syscall_entry();
-    fn cairn_leave_user(code: u64) -> !;
+    fn cairn_leave_user(code: u64, kernel_rsp: u64) -> !;
 }
 
 /// Stack the CPU switches to when a task is interrupted (TSS.RSP0). Whatever runs on it is
@@ -189,11 +189,10 @@ const MSR_MISC_FEATURES_ENABLES: u32 = 0x140;
 
 const MSR_FS_BASE: u32 = 0xc000_0100;
 const MSR_GS_BASE: u32 = 0xc000_0101;
-const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 const MSR_TSC_AUX: u32 = 0xc000_0103;
 
 /// The CPU protections [`init`] could switch on, for the boot log.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Hardening {
     /// SGDT, SIDT, SLDT, SMSW and STR fault in ring 3 (they would reveal kernel addresses).
     pub umip: bool,
@@ -203,6 +202,8 @@ pub struct Hardening {
     pub smap: bool,
     /// IA32_TSC_AUX is fixed at 0 (RDPID reads it in ring 3, and CR4.TSD does not stop it).
     pub tsc_aux: bool,
+    /// Ring-3 CPUID faults, and the kernel answers it.
+    pub cpuid_faulting: bool,
 }
 
 static HARDENING: spin::Once<Hardening> = spin::Once::new();
@@ -215,16 +216,15 @@ pub fn hardening() -> Hardening {
 /// XCR0 for the kernel (everything `arch::cpu::enable_simd` enabled) and for tasks.
 static KERNEL_XCR0: AtomicU64 = AtomicU64::new(0);
 static TASK_XCR0: AtomicU64 = AtomicU64::new(0);
-static CURRENT_XCR0: AtomicU64 = AtomicU64::new(0);
-
 fn set_xcr0(value: u64) {
-    if value == 0 || CURRENT_XCR0.load(Ordering::Relaxed) == value {
+    let current = &percpu::current().current_xcr0;
+    if value == 0 || current.load(Ordering::Relaxed) == value {
         return;
     }
     // SAFETY: both values come from `init`: the kernel's XCR0 as enable_simd set it, or x87|SSE,
     // a subset of it that is always valid.
     unsafe { x86_64::registers::xcontrol::XCr0::write_raw(value) };
-    CURRENT_XCR0.store(value, Ordering::Relaxed);
+    current.store(value, Ordering::Relaxed);
 }
 
 /// Before a task's SIMD state is loaded: the XCR0 tasks run with.
@@ -238,13 +238,35 @@ pub fn enter_kernel_xcr0() {
 }
 
 /// SYSCALL/SYSRET MSRs, no-execute, RDTSC and CPUID for ring 3, the trap stack, and every
-/// protection the CPU offers against what a task could see or do (docs/SECURITY.md).
+/// protection the CPU offers against what a task could see or do (docs/SECURITY.md), on the
+/// boot CPU; then [`init_cpu`] does the same on each other CPU, which must come out the same.
 pub fn init() -> Hardening {
-    let selectors = gdt::selectors();
+    percpu::init_boot_cpu();
     let top = VirtAddr::from_ptr(&raw const TRAP_STACK) + TRAP_STACK_SIZE as u64;
     gdt::set_kernel_stack(top);
+    let hardening = init_cpu();
+    let kernel_xcr0 = if Cr4::read().contains(Cr4Flags::OSXSAVE) {
+        x86_64::registers::xcontrol::XCr0::read_raw()
+    } else {
+        0
+    };
+    // The fixed CPUID answer says x86-64-v2 and no AVX: where tasks get it, they run with x87
+    // and SSE state only, so that what they can execute is what CPUID and XGETBV tell them.
+    let task_xcr0 = if cpuid_faulting() && kernel_xcr0 != 0 { 0b11 } else { kernel_xcr0 };
+    KERNEL_XCR0.store(kernel_xcr0, Ordering::Relaxed);
+    TASK_XCR0.store(task_xcr0, Ordering::Relaxed);
+    percpu::current().current_xcr0.store(kernel_xcr0, Ordering::Relaxed);
+    *HARDENING.call_once(|| hardening)
+}
+
+/// What [`init`] does on this CPU alone (its MSRs and CR4): on the boot CPU, and on each other
+/// CPU as it comes up, with its block installed. Returns what it could switch on, and whether
+/// CPUID faults, which must match the boot CPU's for tasks to run here.
+pub fn init_cpu() -> Hardening {
+    let selectors = gdt::selectors();
+    let cpuid_faults;
     // SAFETY: these MSRs and CR4 bits configure how ring 3 enters the kernel; the values follow
-    // the GDT layout set up in gdt::init, and LSTAR points at cairn_syscall_entry above.
+    // the GDT layout every CPU shares, and LSTAR points at cairn_syscall_entry above.
     unsafe {
         Efer::update(|f| f.insert(EferFlags::SYSTEM_CALL_EXTENSIONS | EferFlags::NO_EXECUTE_ENABLE));
         Star::write(selectors.user_code, selectors.user_data, selectors.kernel_code, selectors.kernel_data)
@@ -258,13 +280,17 @@ pub fn init() -> Hardening {
         // CPUID faulting, where the CPU has it (QEMU does): ring-3 CPUID raises #GP and the
         // kernel answers with one fixed description (docs/EVALUATION.md, "Tasks").
         let platform_info = Msr::new(MSR_PLATFORM_INFO).read();
-        if platform_info & (1 << 31) != 0 {
+        cpuid_faults = platform_info & (1 << 31) != 0;
+        if cpuid_faults {
             let mut misc = Msr::new(MSR_MISC_FEATURES_ENABLES);
             misc.write(misc.read() | 1);
-            CPUID_FAULTING.store(1, Ordering::Relaxed);
+            if percpu::is_boot_cpu() {
+                CPUID_FAULTING.store(1, Ordering::Relaxed);
+            }
         }
-        // The kernel never uses FS or GS; their bases stay zero for every task.
-        for msr in [MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE] {
+        // The kernel never uses FS or GS; their bases stay zero for every task. KERNEL_GS_BASE
+        // holds this CPU's block (arch::percpu), which SWAPGS alone reads.
+        for msr in [MSR_FS_BASE, MSR_GS_BASE] {
             Msr::new(msr).write(0);
         }
     }
@@ -276,6 +302,7 @@ pub fn init() -> Hardening {
         smep: leaf7.ebx & (1 << 7) != 0,
         smap: leaf7.ebx & (1 << 20) != 0,
         tsc_aux: rdtscp || leaf7.ecx & (1 << 22) != 0,
+        cpuid_faulting: cpuid_faults,
     };
     // SAFETY: each CR4 bit is set only where CPUID reports the feature. The kernel never
     // executes task pages (SMEP) and reaches task memory only through its linear map of the
@@ -290,18 +317,20 @@ pub fn init() -> Hardening {
             Msr::new(MSR_TSC_AUX).write(0);
         }
     }
-    let kernel_xcr0 = if Cr4::read().contains(Cr4Flags::OSXSAVE) {
+    hardening
+}
+
+/// Whether this CPU (not the boot CPU) was set up as the boot CPU was: the same protections,
+/// CPUID faulting where the boot CPU has it, and the kernel's XCR0. Tasks run only on CPUs
+/// where they would see exactly what they see on the boot CPU.
+pub fn same_as_boot_cpu(hardening: &Hardening) -> bool {
+    let boot = self::hardening();
+    let xcr0 = if Cr4::read().contains(Cr4Flags::OSXSAVE) {
         x86_64::registers::xcontrol::XCr0::read_raw()
     } else {
         0
     };
-    // The fixed CPUID answer says x86-64-v2 and no AVX: where tasks get it, they run with x87
-    // and SSE state only, so that what they can execute is what CPUID and XGETBV tell them.
-    let task_xcr0 = if cpuid_faulting() && kernel_xcr0 != 0 { 0b11 } else { kernel_xcr0 };
-    KERNEL_XCR0.store(kernel_xcr0, Ordering::Relaxed);
-    TASK_XCR0.store(task_xcr0, Ordering::Relaxed);
-    CURRENT_XCR0.store(kernel_xcr0, Ordering::Relaxed);
-    *HARDENING.call_once(|| hardening)
+    boot == *hardening && xcr0 == KERNEL_XCR0.load(Ordering::Relaxed)
 }
 
 pub fn cpuid_faulting() -> bool {
@@ -320,14 +349,15 @@ pub fn run(context: &mut UserContext) -> Exit {
     // SAFETY: the context holds only task registers (RFLAGS sanitized and RIP checked above),
     // CS/SS are the ring-3 selectors, and the task's address space is active; control comes
     // back through cairn_syscall_entry or trap_from_user, which restore the kernel stack.
-    let code = unsafe { cairn_enter_user(context) };
+    let cpu = percpu::current();
+    let code = unsafe { cairn_enter_user(context, cpu) };
     x86_64::instructions::interrupts::enable();
     match code {
         EXIT_SYSCALL => Exit::Syscall,
         EXIT_EXCEPTION => Exit::Exception {
-            vector: LAST_VECTOR.load(Ordering::Relaxed),
-            error_code: LAST_ERROR.load(Ordering::Relaxed),
-            cr2: LAST_CR2.load(Ordering::Relaxed),
+            vector: cpu.last_vector.load(Ordering::Relaxed),
+            error_code: cpu.last_error.load(Ordering::Relaxed),
+            cr2: cpu.last_cr2.load(Ordering::Relaxed),
         },
         _ => Exit::Interrupt,
     }
@@ -336,9 +366,10 @@ pub fn run(context: &mut UserContext) -> Exit {
 /// Called by the trap path for anything that arrives while a task runs: saves the task's state
 /// into its context and returns to [`run`]'s caller.
 pub fn trap_from_user(frame: &TrapFrame) -> ! {
-    // SAFETY: CAIRN_CURRENT_CONTEXT was set by cairn_enter_user to the context of the task that
+    let cpu = percpu::current();
+    // SAFETY: cairn_enter_user set this CPU's current context to the context of the task that
     // was just interrupted, which `run`'s caller keeps borrowed until run returns.
-    let ctx = unsafe { &mut *(CAIRN_CURRENT_CONTEXT as *mut UserContext) };
+    let ctx = unsafe { &mut *(cpu.current_context.load(Ordering::Relaxed) as *mut UserContext) };
     ctx.rax = frame.rax;
     ctx.rbx = frame.rbx;
     ctx.rcx = frame.rcx;
@@ -365,17 +396,17 @@ pub fn trap_from_user(frame: &TrapFrame) -> ! {
         u64::from(GS::get_reg().0),
     ];
     let code = if frame.vector < 32 {
-        LAST_VECTOR.store(frame.vector, Ordering::Relaxed);
-        LAST_ERROR.store(frame.error_code, Ordering::Relaxed);
+        cpu.last_vector.store(frame.vector, Ordering::Relaxed);
+        cpu.last_error.store(frame.error_code, Ordering::Relaxed);
         let cr2 = if frame.vector == 14 { x86_64::registers::control::Cr2::read_raw() } else { 0 };
-        LAST_CR2.store(cr2, Ordering::Relaxed);
+        cpu.last_cr2.store(cr2, Ordering::Relaxed);
         EXIT_EXCEPTION
     } else {
         EXIT_INTERRUPT
     };
-    // SAFETY: unwinds to the kernel stack saved by cairn_enter_user; the trap stack frames
-    // being abandoned hold no locks or resources.
-    unsafe { cairn_leave_user(code) }
+    // SAFETY: unwinds to the kernel stack cairn_enter_user saved on this CPU; the trap stack
+    // frames being abandoned hold no locks or resources.
+    unsafe { cairn_leave_user(code, cpu.kernel_rsp.load(Ordering::Relaxed)) }
 }
 
 /// XSAVE area of one task: SIMD state is the task's, and the kernel's own SIMD use (BLAKE3 in

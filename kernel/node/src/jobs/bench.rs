@@ -78,7 +78,7 @@ pub fn run() -> Status {
             return Status::Failure;
         }
     }
-    let cpus = if crate::arch::smp::online() { 2 } else { 1 };
+    let cpus = crate::arch::smp::cpus();
     report(&alloc::format!("blake3_spans_{cpus}cpu_mib_s"), mib / (elapsed as f64 / 1e6), "MiB/s");
     if let Err(why) = channel(&data) {
         println!("cairn: bench failed: {why}");

@@ -3,6 +3,7 @@
 //! and replayed. The image goes to the host over the console (`cairn: object ...`).
 
 use alloc::format;
+use alloc::string::String;
 use alloc::vec::Vec;
 
 use cairn_eval::Replay;
@@ -134,6 +135,16 @@ fn evaluate(
         "job: {label}: tasks_run={} memo_hits={}",
         after.tasks_run - before.tasks_run,
         after.memo_hits - before.memo_hits
+    );
+    // Where the tasks ran (docs/ARCHITECTURE.md, "CPUs"): counts since boot, per CPU.
+    let per_cpu: Vec<String> = crate::arch::percpu::all()
+        .map(|cpu| format!("{}", cpu.tasks.load(core::sync::atomic::Ordering::Relaxed)))
+        .collect();
+    println!(
+        "job: {label}: cpus={} tasks_per_cpu={} started_ahead={}",
+        crate::arch::smp::cpus(),
+        per_cpu.join(","),
+        after.started_ahead - before.started_ahead
     );
     Some((counts, image))
 }

@@ -127,8 +127,8 @@ impl Tally {
     /// Takes an evaluator's counters before it is replaced.
     fn absorb(&mut self, ev: &NodeEvaluator) {
         self.tasks_run += ev.stats().tasks_run;
-        self.syscalls += ev.executor.stats.syscalls;
-        self.page_ins += ev.executor.stats.page_ins;
+        self.syscalls += ev.executor.stats().syscalls;
+        self.page_ins += ev.executor.stats().page_ins;
     }
 
     fn by_kind(&self) -> String {

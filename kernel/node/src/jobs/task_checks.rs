@@ -104,7 +104,7 @@ pub fn run() -> Status {
         }
     }
     super::containment_checks::run(&mut ev, &p);
-    let t = ev.executor.stats;
+    let t = ev.executor.stats();
     println!(
         "task-check done: syscalls={} page_ins={} preemptions={}",
         t.syscalls, t.page_ins, t.preemptions

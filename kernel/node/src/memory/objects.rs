@@ -108,9 +108,11 @@ impl NewObject {
 }
 
 mod disk;
+mod shared;
 mod spans;
 
 pub use disk::{NO_DISK, PinRefused, ScrubReport};
+pub use shared::NodeStore;
 pub use spans::{UploadPages, blob_digest_on_both_cpus, helper_hashed_bytes};
 
 /// Log a node writes between checkpoints (docs/STORE.md): at about 100 MiB/s of checking under
@@ -124,7 +126,7 @@ pub type DiskObjects = cairn_store::DiskStore<crate::drivers::blk::Disk>;
 /// cache: every object is written to the disk as it is stored (and made durable before a client
 /// is told), objects evicted from memory stay on the disk, and one needed again is read back
 /// (checked against its handle) when it is pinned.
-pub struct NodeStore {
+pub struct StoreCore {
     inner: MemStore,
     disk: Option<spin::Mutex<DiskObjects>>,
     /// Memo entries the disk holds: at most [`KEPT_MEMO_ENTRIES`], since the index of the
@@ -173,9 +175,9 @@ fn disk_error(disk: &DiskObjects, e: cairn_store::StoreError) -> StoreError {
     }
 }
 
-impl NodeStore {
-    pub fn new(limit_bytes: u64) -> NodeStore {
-        NodeStore { inner: MemStore::new(limit_bytes), disk: None, memo_on_disk: 0 }
+impl StoreCore {
+    pub fn new(limit_bytes: u64) -> StoreCore {
+        StoreCore { inner: MemStore::new(limit_bytes), disk: None, memo_on_disk: 0 }
     }
 
     /// Keeps the store on `disk` from now on.
@@ -371,7 +373,7 @@ impl NodeStore {
     }
 }
 
-impl Store for NodeStore {
+impl Store for StoreCore {
     // New objects may not eat into room promised to uploads in progress (`room`), and make room
     // by evicting what nothing pins; an object the store already holds needs no room, so the
     // check is made only when one is placed.

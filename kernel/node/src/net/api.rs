@@ -241,9 +241,22 @@ impl NodeApi for Node<'_> {
                 u8::from(self.ev.store.disk_failed())
             )
         });
+        // Each CPU's tasks and the time it spent in them (docs/ARCHITECTURE.md, "CPUs").
+        let per_cpu: String = crate::arch::percpu::all()
+            .map(|cpu| {
+                format!(
+                    "cpu{}_tasks={}\ncpu{}_task_ms={}\n",
+                    cpu.index,
+                    cpu.tasks.load(core::sync::atomic::Ordering::Relaxed),
+                    cpu.index,
+                    cpu.task_us.load(core::sync::atomic::Ordering::Relaxed) / 1000
+                )
+            })
+            .collect();
         format!(
-            "{disk}cpus={}\nhelper_busy_ms={}\nhelper_hashed_bytes={}\nkeystreams_ahead={}\nkeystreams_taken_back={}\nkeystreams_live={}\nobjects={}\nstore_bytes={}\nstore_used={}\nstore_limit={}\nstore_pinned={}\nstore_evictions={}\nstore_evicted_bytes={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nmemo_error_bytes={}\nmemo_evictions={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\nrelocated={}\n{}connections_served={}\nconnections_refused={}\nconnections_too_slow={}\nconnections_evicted={}\nconnections_idle={}\nconnections_handshake_closed={}\nuptime_ms={}\nidle_ms={}\n",
-            if crate::arch::smp::online() { 2 } else { 1 },
+            "{disk}{per_cpu}tasks_started_ahead={}\ncpus={}\nhelper_busy_ms={}\nhelper_hashed_bytes={}\nkeystreams_ahead={}\nkeystreams_taken_back={}\nkeystreams_live={}\nobjects={}\nstore_bytes={}\nstore_used={}\nstore_limit={}\nstore_pinned={}\nstore_evictions={}\nstore_evicted_bytes={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nmemo_error_bytes={}\nmemo_evictions={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\nrelocated={}\n{}connections_served={}\nconnections_refused={}\nconnections_too_slow={}\nconnections_evicted={}\nconnections_idle={}\nconnections_handshake_closed={}\nuptime_ms={}\nidle_ms={}\n",
+            eval.started_ahead,
+            crate::arch::smp::cpus(),
             crate::arch::smp::busy_us() / 1000,
             crate::memory::objects::helper_hashed_bytes(),
             keystreams.0,

@@ -28,6 +28,10 @@ pub static SERVING: Mutex<Option<Serving>> = Mutex::new(None);
 /// Answers what a busy node can, from `store`; does nothing unless the node's loop has let go
 /// of the networks for an evaluation.
 pub fn serve(store: &NodeStore) {
+    // The networks are the boot CPU's: the others run tasks and never serve.
+    if !crate::arch::percpu::is_boot_cpu() {
+        return;
+    }
     let Some(mut guard) = SERVING.try_lock() else { return };
     let Some(s) = guard.as_mut() else { return };
     s.network.device.rearm();

@@ -6,6 +6,7 @@
 //! or spends its time budget; timer ticks preempt it so that a looping task never holds the
 //! node. What any task may use is capped by the node's ceilings (docs/SECURITY.md).
 
+pub mod ahead;
 pub mod builtin;
 mod cpuid;
 mod image;
@@ -73,16 +74,28 @@ impl TaskCeilings {
     }
 }
 
+/// The evaluator's executor, on the boot CPU: it runs applications there, or takes the outcome
+/// of those it started ahead on the other CPUs (`ahead`), and keeps the budgets that span an
+/// evaluation.
 pub struct TaskExecutor {
     pub ceilings: TaskCeilings,
+    /// The boot CPU's own images and address space.
+    local: Runner,
+    /// Time the current evaluation's tasks have spent so far.
+    eval_spent_us: u64,
+    started: ahead::Started,
+}
+
+/// What one CPU keeps between the tasks it runs: images, the last address space, SIMD state.
+/// Each CPU has its own, so an address space is only ever used, and its TLB entries only ever
+/// cached, on the CPU that made it.
+pub struct Runner {
     pub stats: TaskStats,
     images: image::ImageCache,
     simd: Simd,
     /// The address space of the last task, kept to be reset and reused when the same procedure
     /// runs next: no page tables to build or free, no address-space switch.
     warm: Option<Warm>,
-    /// Time the current evaluation's tasks have spent so far.
-    eval_spent_us: u64,
 }
 
 struct Warm {
@@ -100,14 +113,12 @@ struct Warm {
 
 impl TaskExecutor {
     pub fn new(ceilings: TaskCeilings) -> TaskExecutor {
-        TaskExecutor {
-            ceilings,
-            stats: TaskStats::default(),
-            images: image::ImageCache::default(),
-            simd: Simd::new(),
-            warm: None,
-            eval_spent_us: 0,
-        }
+        TaskExecutor { ceilings, local: Runner::new(), eval_spent_us: 0, started: ahead::Started::default() }
+    }
+
+    /// What the node's tasks did so far, on every CPU.
+    pub fn stats(&self) -> TaskStats {
+        self.local.stats.plus(&ahead::other_cpus_stats())
     }
 
     fn eval_time_failure(&self) -> Failure {
@@ -116,14 +127,47 @@ impl TaskExecutor {
             self.ceilings.eval_time_us / 1_000_000
         ))
     }
+}
 
-    /// Runs the application once; returns its outcome and the time spent on it.
+impl TaskStats {
+    fn plus(&self, other: &TaskStats) -> TaskStats {
+        TaskStats {
+            syscalls: self.syscalls + other.syscalls,
+            page_ins: self.page_ins + other.page_ins,
+            preemptions: self.preemptions + other.preemptions,
+            node_fault_retries: self.node_fault_retries + other.node_fault_retries,
+        }
+    }
+}
+
+impl Default for Runner {
+    fn default() -> Self {
+        Runner::new()
+    }
+}
+
+impl Runner {
+    pub fn new() -> Runner {
+        Runner {
+            stats: TaskStats::default(),
+            images: image::ImageCache::default(),
+            simd: Simd::new(),
+            warm: None,
+        }
+    }
+
+    /// Runs the application once on this CPU; returns its outcome and the time spent on it.
+    /// With `pin_result`, a result is pinned in the store before the objects the task made are
+    /// let go (its outcome waits for the boot CPU to take it: nothing may evict it meanwhile).
     fn apply_once(
         &mut self,
         store: &mut NodeStore,
         app: &Application<'_>,
+        ceilings: TaskCeilings,
         budget_us: u64,
+        pin_result: bool,
     ) -> (Result<Handle, Failure>, u64) {
+        use cairn_object::store::Store;
         // The budget counts from here: loading an image (a large ELF, again and again if two
         // procedures take turns) is work done for the task.
         let started = clock::micros_since_boot();
@@ -157,20 +201,23 @@ impl TaskExecutor {
                 Err(failure) => return (Err(failure), 0),
             },
         };
-        let mut task =
-            match Task::new(space, args_pages, args_used, image, app, self.ceilings, budget_us, started) {
-                Ok(task) => task,
-                Err(failure) => return (Err(failure), 0),
-            };
+        let mut task = match Task::new(space, args_pages, args_used, image, app, ceilings, budget_us, started)
+        {
+            Ok(task) => task,
+            Err(failure) => return (Err(failure), 0),
+        };
         if fresh {
             task.space.activate();
         }
         let outcome = task.run(store, image, &mut self.stats, &mut self.simd);
         let spent = task.budget.spent(clock::micros_since_boot());
+        let outcome = match outcome {
+            Ok(result) if pin_result && !store.pin(&result) => Err(Failure::MissingObject(result)),
+            outcome => outcome,
+        };
         // The evaluator takes over the result (it pins what it keeps) before the store is
         // touched again.
         for handle in task.created.drain(..) {
-            use cairn_object::store::Store;
             store.unpin(&handle);
         }
         self.warm = Some(Warm {
@@ -191,21 +238,37 @@ impl Executor<NodeStore> for TaskExecutor {
     }
 
     fn apply(&mut self, store: &mut NodeStore, app: &Application<'_>) -> Result<Handle, Failure> {
+        self.started.release_taken(store);
+        let mut ahead = self.started.take(&app.thunk);
         let mut retries = 0;
         loop {
             let eval_left = self.ceilings.eval_time_us.saturating_sub(self.eval_spent_us);
             if eval_left == 0 {
+                if let Some(job) = ahead {
+                    self.started.abandon(job, store);
+                }
                 return Err(self.eval_time_failure());
             }
-            let budget_us = self.ceilings.time_us.min(eval_left);
-            let (outcome, spent) = self.apply_once(store, app, budget_us);
+            let (outcome, spent, budget_us) = match ahead.take() {
+                Some(job) => {
+                    let budget_us = job.budget_us();
+                    let (outcome, spent) = self.started.wait(job, store, &mut self.local);
+                    (outcome, spent, budget_us)
+                }
+                None => {
+                    let budget_us = self.ceilings.time_us.min(eval_left);
+                    let (outcome, spent) = self.local.apply_once(store, app, self.ceilings, budget_us, false);
+                    crate::arch::percpu::current().count_task(spent);
+                    (outcome, spent, budget_us)
+                }
+            };
             self.eval_spent_us = self.eval_spent_us.saturating_add(spent);
             match outcome {
                 Err(Failure::NodeFault(_)) if retries < NODE_FAULT_RETRIES => {
-                    // Start again from nothing the interrupted run left.
+                    // Start again from nothing the interrupted run left, on this CPU.
                     retries += 1;
-                    self.stats.node_fault_retries += 1;
-                    self.warm = None;
+                    self.local.stats.node_fault_retries += 1;
+                    self.local.warm = None;
                 }
                 Err(Failure::Timeout) if budget_us < self.ceilings.time_us => {
                     return Err(self.eval_time_failure());
@@ -213,6 +276,24 @@ impl Executor<NodeStore> for TaskExecutor {
                 outcome => return outcome,
             }
         }
+    }
+
+    fn room_ahead(&self) -> usize {
+        self.started.room()
+    }
+
+    fn start_ahead(&mut self, store: &mut NodeStore, app: &Application<'_>) -> bool {
+        self.started.release_taken(store);
+        let eval_left = self.ceilings.eval_time_us.saturating_sub(self.eval_spent_us);
+        if eval_left == 0 {
+            return false;
+        }
+        let budget_us = self.ceilings.time_us.min(eval_left);
+        self.started.start(store, app, self.ceilings, budget_us)
+    }
+
+    fn end_evaluation(&mut self) {
+        self.started.end();
     }
 }
 

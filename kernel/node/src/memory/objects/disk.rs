@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use cairn_object::Handle;
 use cairn_object::store::{Store, StoreError};
 
-use super::{NodeStore, disk_error};
+use super::{StoreCore, disk_error};
 
 /// Memo entries a node keeps on its disk (about 16 MiB of index); past that, new entries are
 /// remembered in memory only, until GC makes room.
@@ -52,46 +52,44 @@ fn handle_of(note: &cairn_store::NoteValue) -> Option<Handle> {
     Handle::from_bytes(note).ok()
 }
 
-impl NodeStore {
-    /// Reads every object on the disk and checks it against its handle (docs/STORE.md,
-    /// "Scrub"), calling `between` after each (the node serves reads meanwhile). A damaged
-    /// object is dropped from the disk's index, never served; if memory holds a good copy (it
-    /// was checked when stored), that copy is written to the disk again.
-    pub fn scrub(&self, mut between: impl FnMut()) -> Result<ScrubReport, StoreError> {
-        let Some(disk) = &self.disk else { return Ok(ScrubReport::default()) };
-        let handles = {
-            let disk = disk.lock();
-            disk.object_handles().map_err(|e| disk_error(&disk, e))?
-        };
-        let mut report = ScrubReport::default();
-        for handle in handles {
-            let read = disk.lock().get(&handle);
-            match read {
-                Ok(Some(bytes)) => {
-                    report.checked += 1;
-                    report.bytes += bytes.len() as u64;
-                }
-                Ok(None) => {}
-                Err(cairn_store::StoreError::Corrupt { handle }) => {
-                    log::warn!("store: scrub: {handle} is damaged on the disk; dropped");
-                    report.damaged_total += 1;
-                    if report.damaged.len() < SCRUB_LISTED && report.damaged.try_reserve(1).is_ok() {
-                        report.damaged.push(handle);
-                    }
-                    // Best effort (the heap may lack room for the record): without it, the
-                    // object is missing from the disk, and HAVE says so.
-                    if let Some(good) = self.inner.get(&handle)
-                        && self.persist(&handle, &good).is_ok()
-                    {
-                        report.rewritten += 1;
-                    }
-                }
-                Err(cairn_store::StoreError::NoMemory { .. }) => report.unchecked += 1,
-                Err(e) => return Err(disk_error(&disk.lock(), e)),
+impl StoreCore {
+    /// The objects a scrub reads (docs/STORE.md, "Scrub"): every one the disk holds.
+    pub fn scrub_list(&self) -> Result<Vec<Handle>, StoreError> {
+        let Some(disk) = &self.disk else { return Ok(Vec::new()) };
+        let disk = disk.lock();
+        disk.object_handles().map_err(|e| disk_error(&disk, e))
+    }
+
+    /// Reads one object on the disk and checks it against its handle. A damaged object is
+    /// dropped from the disk's index, never served; if memory holds a good copy (it was checked
+    /// when stored), that copy is written to the disk again.
+    pub fn scrub_one(&self, handle: Handle, report: &mut ScrubReport) -> Result<(), StoreError> {
+        let Some(disk) = &self.disk else { return Ok(()) };
+        let read = disk.lock().get(&handle);
+        match read {
+            Ok(Some(bytes)) => {
+                report.checked += 1;
+                report.bytes += bytes.len() as u64;
             }
-            between();
+            Ok(None) => {}
+            Err(cairn_store::StoreError::Corrupt { handle }) => {
+                log::warn!("store: scrub: {handle} is damaged on the disk; dropped");
+                report.damaged_total += 1;
+                if report.damaged.len() < SCRUB_LISTED && report.damaged.try_reserve(1).is_ok() {
+                    report.damaged.push(handle);
+                }
+                // Best effort (the heap may lack room for the record): without it, the
+                // object is missing from the disk, and HAVE says so.
+                if let Some(good) = self.inner.get(&handle)
+                    && self.persist(&handle, &good).is_ok()
+                {
+                    report.rewritten += 1;
+                }
+            }
+            Err(cairn_store::StoreError::NoMemory { .. }) => report.unchecked += 1,
+            Err(e) => return Err(disk_error(&disk.lock(), e)),
         }
-        Ok(report)
+        Ok(())
     }
 
     /// Pins (or unpins) an object on the disk (docs/STORE.md, "Space"): durable with the
