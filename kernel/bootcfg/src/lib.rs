@@ -110,6 +110,9 @@ pub struct NodeConfig {
     /// Use a store disk that cannot flush its writes (docs/STORE.md): its data is not durable,
     /// and the node says so. Without this, such a disk stops the API.
     pub disk_without_flush: bool,
+    /// Whether the boot CPU runs tasks too (the default), or only evaluates and serves while
+    /// the other CPUs run them (docs/ARCHITECTURE.md, "CPUs"). With one CPU it always does.
+    pub boot_cpu_tasks: bool,
 }
 
 /// The `fuzz` mode's programs: `programs` of them from index `first` of the run seeded with
@@ -147,7 +150,7 @@ impl Fault {
 }
 
 pub const DEFAULT_API_IDLE_S: u32 = 60;
-const KEYS: &str = "mode, log, ip, gateway, api_idle_s, cluster_ip, peers, fault, fuzz_seed, fuzz_programs, fuzz_first, disk_without_flush";
+const KEYS: &str = "mode, log, ip, gateway, api_idle_s, cluster_ip, peers, fault, fuzz_seed, fuzz_programs, fuzz_first, disk_without_flush, boot_cpu_tasks";
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -162,6 +165,7 @@ impl Default for NodeConfig {
             ceilings: Ceilings::default(),
             fuzz: Fuzz::default(),
             disk_without_flush: false,
+            boot_cpu_tasks: true,
         }
     }
 }
@@ -368,6 +372,20 @@ impl NodeConfig {
                         }
                     }
                 }
+                "boot_cpu_tasks" => {
+                    config.boot_cpu_tasks = match value {
+                        "yes" => true,
+                        "no" => false,
+                        _ => {
+                            return Err(ConfigError::BadValue {
+                                line,
+                                key: "boot_cpu_tasks",
+                                value: value.into(),
+                                expected: "yes or no",
+                            });
+                        }
+                    }
+                }
                 "api_idle_s" => {
                     config.api_idle_s =
                         value.parse().ok().filter(|s| (1..=86_400).contains(s)).ok_or_else(|| {
@@ -456,6 +474,9 @@ impl NodeConfig {
         }
         if self.disk_without_flush {
             out.push_str("disk_without_flush = yes\n");
+        }
+        if !self.boot_cpu_tasks {
+            out.push_str("boot_cpu_tasks = no\n");
         }
         if self.api_idle_s != DEFAULT_API_IDLE_S {
             out.push_str(&alloc::format!("api_idle_s = {}\n", self.api_idle_s));

@@ -134,6 +134,10 @@ fn run(config: &NodeConfig, memory: &memory::MemoryReport) -> Status {
             memory.usable_bytes >> 20
         )
     };
+    task::ahead::set_boot_cpu_tasks(config.boot_cpu_tasks);
+    if !config.boot_cpu_tasks {
+        log::info!("smp: the boot CPU runs no tasks while others can (boot_cpu_tasks = no)");
+    }
     match config.mode {
         Mode::Job => {
             ready();

@@ -5,6 +5,7 @@
 
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 
 use cairn_object::Handle;
 use cairn_object::store::Store;
@@ -81,6 +82,29 @@ pub fn run() -> Status {
     println!("task-check fib: {}", show(&ev, &outcome));
     println!("task-check fib/stats: tasks_run={} memo_hits={}", ev.stats().tasks_run, ev.stats().memo_hits);
 
+    // A wide graph: a balanced tree of adds over 64 leaves, each leaf an add of values, so that
+    // every leaf is ready at once and the other CPUs take them (docs/EVALUATION.md, "Running
+    // ahead"). 1 + 2 + ... + 64 = 2080.
+    let zero = blob(&mut ev, &0u64.to_le_bytes());
+    let mut level: Vec<Handle> = (1..=64u64)
+        .map(|i| {
+            let value = blob(&mut ev, &i.to_le_bytes());
+            apply(&mut ev, p.add, &[value, zero], mib)
+        })
+        .collect();
+    while level.len() > 1 {
+        level = level.chunks(2).map(|pair| apply(&mut ev, p.add, pair, mib)).collect();
+    }
+    let before = ev.stats();
+    let outcome = ev.eval(level[0]);
+    let after = ev.stats();
+    println!("task-check wide: {}", show(&ev, &outcome));
+    println!(
+        "task-check wide/stats: tasks_run={} started_ahead={}",
+        after.tasks_run - before.tasks_run,
+        after.started_ahead - before.started_ahead
+    );
+
     // The secret the forging modes try to name without being given it.
     blob(&mut ev, &[0x42; 64]);
     for (i, mode) in HOSTILE_MODES.iter().enumerate() {
@@ -105,6 +129,11 @@ pub fn run() -> Status {
     }
     super::containment_checks::run(&mut ev, &p);
     let t = ev.executor.stats();
+    // Where the tasks ran: a CPU that ran none while others could is worth a look.
+    let per_cpu: Vec<String> = crate::arch::percpu::all()
+        .map(|cpu| format!("{}", cpu.tasks.load(core::sync::atomic::Ordering::Relaxed)))
+        .collect();
+    println!("task-check cpus: cpus={} tasks_per_cpu={}", crate::arch::smp::cpus(), per_cpu.join(","));
     println!(
         "task-check done: syscalls={} page_ins={} preemptions={}",
         t.syscalls, t.page_ins, t.preemptions

@@ -162,6 +162,19 @@ impl HelperWork for RunQueue {
 
 static QUEUE: Once<Option<Arc<RunQueue>>> = Once::new();
 
+/// The configuration's `boot_cpu_tasks`: whether the boot CPU runs tasks when others can.
+static BOOT_CPU_TASKS: AtomicBool = AtomicBool::new(true);
+
+pub fn set_boot_cpu_tasks(yes: bool) {
+    BOOT_CPU_TASKS.store(yes, Ordering::Relaxed);
+}
+
+/// Whether every task must go to the other CPUs: they run tasks, and the configuration keeps
+/// the boot CPU to evaluating and serving.
+pub fn others_only() -> bool {
+    !BOOT_CPU_TASKS.load(Ordering::Relaxed) && queue().is_some()
+}
+
 /// The run queue, offered to the other CPUs the first time it is needed; None if no other CPU
 /// runs tasks (or it could not be offered).
 fn queue() -> Option<&'static Arc<RunQueue>> {
@@ -212,8 +225,19 @@ impl Started {
         ceilings: TaskCeilings,
         budget_us: u64,
     ) -> bool {
+        self.room() > 0 && self.start_anyway(store, app, ceilings, budget_us)
+    }
+
+    /// Queues `app` whatever the room (the boot CPU runs no tasks: `others_only`).
+    pub fn start_anyway(
+        &mut self,
+        store: &mut NodeStore,
+        app: &Application<'_>,
+        ceilings: TaskCeilings,
+        budget_us: u64,
+    ) -> bool {
         let Some(queue) = queue() else { return false };
-        if self.room() == 0 || self.jobs.contains_key(&app.thunk) {
+        if self.jobs.contains_key(&app.thunk) {
             return false;
         }
         let (mut args, mut pinned) = (Vec::new(), Vec::new());
@@ -274,8 +298,9 @@ impl Started {
                 }
                 return (Err(Failure::NodeFault("a task started ahead lost its outcome".into())), 0);
             }
-            // Its own turn first (it may still be queued), then any other.
-            let queued = queue().and_then(|q| {
+            // Its own turn first (it may still be queued), then any other; none if the boot CPU
+            // runs no tasks.
+            let queued = queue().filter(|_| !others_only()).and_then(|q| {
                 let mut jobs = q.jobs.lock();
                 let at = jobs.iter().position(|j| Arc::ptr_eq(j, &job)).unwrap_or(0);
                 jobs.remove(at)

@@ -240,6 +240,13 @@ impl Executor<NodeStore> for TaskExecutor {
     fn apply(&mut self, store: &mut NodeStore, app: &Application<'_>) -> Result<Handle, Failure> {
         self.started.release_taken(store);
         let mut ahead = self.started.take(&app.thunk);
+        if ahead.is_none() && ahead::others_only() {
+            let eval_left = self.ceilings.eval_time_us.saturating_sub(self.eval_spent_us);
+            let budget_us = self.ceilings.time_us.min(eval_left);
+            if eval_left > 0 && self.started.start_anyway(store, app, self.ceilings, budget_us) {
+                ahead = self.started.take(&app.thunk);
+            }
+        }
         let mut retries = 0;
         loop {
             let eval_left = self.ceilings.eval_time_us.saturating_sub(self.eval_spent_us);
