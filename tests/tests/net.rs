@@ -1,6 +1,6 @@
 //! The node's network: PCI enumeration, the virtio card (its BARs above 4 GiB under OVMF),
-//! smoltcp, and DHCP over QEMU's user networking. The same boots check that the helper CPU
-//! (arch/smp.rs) starts under both firmwares.
+//! smoltcp, and DHCP over QEMU's user networking. The same boots check that the other CPU
+//! (arch/smp.rs) starts, and runs tasks, under both firmwares.
 
 use cairn_boot::Firmware;
 use cairn_bootcfg::Mode;

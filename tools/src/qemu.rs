@@ -64,7 +64,7 @@ pub struct NodeOptions {
     pub firmware: Firmware,
     pub accel: Accel,
     pub memory_mib: u32,
-    /// Virtual CPUs. The kernel uses a second one as its helper (hashing uploads).
+    /// Virtual CPUs: every one runs tasks (docs/ARCHITECTURE.md, "CPUs").
     pub cpus: u32,
     pub config: NodeConfig,
     /// Boot with these configuration bytes instead of `config` (tests of bad configurations).

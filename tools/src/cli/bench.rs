@@ -136,7 +136,7 @@ fn bench_net(boot: &BootArgs, mib: u64) -> anyhow::Result<Vec<Measurement>> {
         ("put_mib_s".into(), mib / put_s, "MiB/s".into()),
         ("get_mib_s".into(), mib / get_s, "MiB/s".into()),
     ];
-    // How the node shared the work between its CPUs (docs/ARCHITECTURE.md, "The helper CPU").
+    // How the node shared the work between its CPUs (docs/ARCHITECTURE.md, "CPUs").
     for (key, unit) in [
         ("helper_busy_ms", "ms"),
         ("helper_hashed_bytes", "bytes"),

@@ -59,8 +59,8 @@ pub struct BootArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=65536), global = true)]
     pub memory: u32,
-    /// Virtual CPUs: the kernel uses a second one to hash uploads as they arrive and to compute
-    /// the secure channel's keystreams ahead.
+    /// Virtual CPUs: every one runs tasks; the others also hash uploads as they arrive and
+    /// compute the secure channel's keystreams ahead.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64), global = true)]
     pub cpus: u32,
     /// Kernel log level.

@@ -1,7 +1,7 @@
 //! Keystreams computed ahead on the helper CPU (arch::smp). A connection streaming full records
 //! orders the keystreams of its next records (`cairn_channel::Transport::order`); the helper
 //! computes them while the boot CPU moves bytes, so the boot CPU's share of a record is only the
-//! MAC and an XOR (docs/ARCHITECTURE.md, "The helper CPU").
+//! MAC and an XOR (docs/ARCHITECTURE.md, "CPUs").
 //!
 //! A keystream is computed by whichever CPU claims it first: when a record's turn comes and the
 //! helper has not begun its keystream, the boot CPU takes it back and computes just the bytes the
