@@ -406,9 +406,14 @@ extern "C" fn cpu_main() -> ! {
         // below, and one made after it sees SLEEPING and sends the wake-up, which stays pending
         // until the STI of enable_and_hlt and then ends the HLT.
         SLEEPING.fetch_or(bit, Ordering::SeqCst);
-        let works = WORK.lock().clone();
         let mut worked = false;
-        for work in works.iter().flatten() {
+        for slot in 0..SLOTS {
+            // Only the work being run is held, and only while it runs: whoever offered any work
+            // may be waiting to own it again (`spans::sole_owner`, under the store's lock when a
+            // blob is read back from the disk), and a task (RunQueue) runs for seconds and needs
+            // that lock itself. Holding a clone of every slot across a task stalled that owner
+            // for the whole task, or for ever.
+            let Some(work) = WORK.lock()[slot].clone() else { continue };
             if !work.has_work() {
                 continue;
             }
@@ -416,12 +421,11 @@ extern "C" fn cpu_main() -> ! {
             x86_64::instructions::interrupts::enable();
             let started = clock::micros_since_boot();
             work.run();
+            drop(work);
             BUSY_US.fetch_add(clock::micros_since_boot() - started, Ordering::Relaxed);
             x86_64::instructions::interrupts::disable();
             worked = true;
         }
-        // Let go of the work before halting: whoever offered it may be waiting to own it again.
-        drop(works);
         if !worked {
             x86_64::instructions::interrupts::enable_and_hlt();
             SLEEPING.fetch_and(!bit, Ordering::SeqCst);
