@@ -21,7 +21,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use cairn_eval::{Application, Failure};
 use cairn_object::store::Store;
 use cairn_object::{Handle, Limits};
-use spin::{Mutex, Once};
+use spin::Mutex;
 
 use super::{Runner, TaskCeilings, TaskStats};
 use crate::arch::percpu::{self, MAX_CPUS};
@@ -160,7 +160,10 @@ impl HelperWork for RunQueue {
     }
 }
 
-static QUEUE: Once<Option<Arc<RunQueue>>> = Once::new();
+/// The run queue once the other CPUs have taken it. An offer they could not take (every slot
+/// held, e.g. by uploads in progress) is made again next time: remembering the refusal would
+/// leave the node without running ahead until it restarts.
+static QUEUE: Mutex<Option<Arc<RunQueue>>> = Mutex::new(None);
 
 /// The configuration's `boot_cpu_tasks`: whether the boot CPU runs tasks when others can.
 static BOOT_CPU_TASKS: AtomicBool = AtomicBool::new(true);
@@ -176,26 +179,29 @@ pub fn others_only() -> bool {
 }
 
 /// The run queue, offered to the other CPUs the first time it is needed; None if no other CPU
-/// runs tasks (or it could not be offered).
-fn queue() -> Option<&'static Arc<RunQueue>> {
-    QUEUE
-        .call_once(|| {
-            if smp::task_cpus_other_than_boot() == 0 {
-                return None;
-            }
-            let queue = Arc::new(RunQueue {
-                jobs: Mutex::new(VecDeque::new()),
-                runners: [const { Mutex::new(None) }; MAX_CPUS],
-                stats: Mutex::new(TaskStats::default()),
-            });
-            smp::offer(queue.clone()).then_some(queue)
-        })
-        .as_ref()
+/// runs tasks (or they could not take it now).
+fn queue() -> Option<Arc<RunQueue>> {
+    let mut offered = QUEUE.lock();
+    if offered.is_none() {
+        if smp::task_cpus_other_than_boot() == 0 {
+            return None;
+        }
+        let queue = Arc::new(RunQueue {
+            jobs: Mutex::new(VecDeque::new()),
+            runners: [const { Mutex::new(None) }; MAX_CPUS],
+            stats: Mutex::new(TaskStats::default()),
+        });
+        if !smp::offer(queue.clone()) {
+            return None;
+        }
+        *offered = Some(queue);
+    }
+    offered.clone()
 }
 
 /// What the other CPUs' tasks did so far.
 pub fn other_cpus_stats() -> TaskStats {
-    QUEUE.get().and_then(|q| q.as_ref()).map(|q| *q.stats.lock()).unwrap_or_default()
+    QUEUE.lock().as_ref().map(|q| *q.stats.lock()).unwrap_or_default()
 }
 
 /// The jobs one executor started for its evaluation, by thunk.
