@@ -255,6 +255,15 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
     }
 
     fn run(&mut self, root: Handle, use_memo: bool, io: &mut dyn Io<S>) -> Outcome {
+        // A root the memo answers needs nothing else (as `start` would answer it), not even a
+        // pin: on a node every store call takes a lock.
+        if use_memo
+            && root.kind() == Kind::Thunk
+            && let Some(outcome) = self.memo.get(&root)
+        {
+            self.stats.memo_hits += 1;
+            return outcome;
+        }
         self.executor.start_evaluation();
         self.ahead.begin();
         // What the evaluation was asked for stays while it runs, whatever the store evicts.

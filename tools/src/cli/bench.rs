@@ -32,7 +32,9 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         print_results(&results, args.json);
         return Ok(ExitCode::SUCCESS);
     }
-    let mut results = Vec::new();
+    // What this host gives two CPU-bound threads against one, measured before the node boots
+    // (not beside it: it would take the node's cores), to set the node's speed-up against.
+    let mut results = vec![("host_2thread_speedup".to_string(), host_speedup(), "x".to_string())];
     // The console goes to stderr so that stdout holds only the results. The lines arrive
     // escaped, so the names and units taken from them are printable too.
     let code = boot_and_watch(&args.boot, Mode::Bench, |line| {
@@ -46,6 +48,34 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("the node reported no measurements");
     }
     Ok(code)
+}
+
+/// Two threads doing the same scalar work at once against one doing it alone: 2 * t1 / t2. On
+/// an idle two-core host about 2; a shared host gives less, and so then do the node's CPUs
+/// (each is a host thread).
+fn host_speedup() -> f64 {
+    fn work() -> u64 {
+        // A dependent chain of xorshifts: scalar, like the emulator's own work, and not
+        // something the compiler can shorten.
+        let mut x = std::hint::black_box(0x9e37_79b9_7f4a_7c15u64);
+        for _ in 0..400_000_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        x
+    }
+    let started = Instant::now();
+    std::hint::black_box(work());
+    let one = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        let a = s.spawn(work);
+        let b = s.spawn(work);
+        std::hint::black_box((a.join().ok(), b.join().ok()));
+    });
+    let two = started.elapsed().as_secs_f64();
+    2.0 * one / two
 }
 
 /// `cairn: bench NAME VALUE UNIT`, as the node prints each measurement.

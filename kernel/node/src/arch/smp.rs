@@ -45,6 +45,9 @@ const TRAP_STACK_BYTES: usize = 64 * 1024;
 /// The local APIC timer's rate on the other CPUs: it preempts their tasks, as the PIT does the
 /// boot CPU's.
 const TIMER_HZ: u64 = 100;
+/// How long a CPU looks for more work after it last did some, before it halts (and must be
+/// woken with an IPI).
+pub const SPIN_BEFORE_HALT_US: u64 = 100;
 
 // Local APIC registers (offsets from its base).
 const APIC_ID: usize = 0x20;
@@ -79,9 +82,10 @@ static RUNS_TASKS: AtomicU64 = AtomicU64::new(0);
 /// APIC ids by CPU index, for wake-ups.
 static APIC_IDS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static BUSY_US: AtomicU64 = AtomicU64::new(0);
-/// Kinds of work held at once: the tasks, the keystreams, and one upload.
-const SLOTS: usize = 3;
-static WORK: Mutex<[Option<Arc<dyn HelperWork>>; SLOTS]> = Mutex::new([None, None, None]);
+/// Kinds of work held at once: the tasks, the keystreams, and two uploads (or blobs read back
+/// from the disk) being hashed.
+const SLOTS: usize = 4;
+static WORK: Mutex<[Option<Arc<dyn HelperWork>>; SLOTS]> = Mutex::new([None, None, None, None]);
 
 // The trampoline, copied to a page below 1 MiB and entered there in real mode with CS = the
 // page's segment and IP = 0. Bytes 8..56 are parameters written before the copy is started
@@ -400,12 +404,18 @@ extern "C" fn cpu_main() -> ! {
         );
     }
     ONLINE.fetch_add(1, Ordering::Release);
+    let mut worked_at = 0;
     loop {
         x86_64::instructions::interrupts::disable();
+        // Right after work, more usually follows (the next task of a graph): look again for a
+        // moment before halting, since a wake-up IPI costs far more than that under emulation.
+        let spinning = clock::micros_since_boot().saturating_sub(worked_at) < SPIN_BEFORE_HALT_US;
         // SLEEPING is set before looking for work: an offer or poke made before this is seen
         // below, and one made after it sees SLEEPING and sends the wake-up, which stays pending
         // until the STI of enable_and_hlt and then ends the HLT.
-        SLEEPING.fetch_or(bit, Ordering::SeqCst);
+        if !spinning {
+            SLEEPING.fetch_or(bit, Ordering::SeqCst);
+        }
         let mut worked = false;
         for slot in 0..SLOTS {
             // Only the work being run is held, and only while it runs: whoever offered any work
@@ -422,11 +432,20 @@ extern "C" fn cpu_main() -> ! {
             let started = clock::micros_since_boot();
             work.run();
             drop(work);
-            BUSY_US.fetch_add(clock::micros_since_boot() - started, Ordering::Relaxed);
+            worked_at = clock::micros_since_boot();
+            BUSY_US.fetch_add(worked_at - started, Ordering::Relaxed);
             x86_64::instructions::interrupts::disable();
             worked = true;
         }
-        if !worked {
+        if worked {
+            continue;
+        }
+        if spinning {
+            x86_64::instructions::interrupts::enable();
+            for _ in 0..64 {
+                core::hint::spin_loop();
+            }
+        } else {
             x86_64::instructions::interrupts::enable_and_hlt();
             SLEEPING.fetch_and(!bit, Ordering::SeqCst);
         }

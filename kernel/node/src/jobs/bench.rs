@@ -42,6 +42,11 @@ pub fn run() -> Status {
     let elapsed = clock::micros_since_boot() - start;
     report("invoke_us", elapsed as f64 / INVOCATIONS as f64, "us");
 
+    if let Err(why) = throughput(&mut ev, &p) {
+        println!("cairn: bench failed: {why}");
+        return Status::Failure;
+    }
+
     let _ = ev.eval(thunk);
     let start = clock::micros_since_boot();
     for _ in 0..MEMO_HITS {
@@ -246,6 +251,52 @@ fn objects() -> Result<(), alloc::string::String> {
     report("store_put_per_s_1e6", last, "objects/s");
     report("store_objects_held", stats.objects as f64, "objects");
     report("store_heap_bytes_per_object", heap_per_object, "bytes");
+    Ok(())
+}
+
+/// Leaves of the wide graph of trivial tasks: 2 * WIDE_LEAVES - 1 applications.
+const WIDE_LEAVES: u64 = 256;
+/// The Mandelbrot job of the throughput figures: large enough that tasks dominate.
+const MANDELBROT: ((u32, u32), (u32, u32), u32) = ((512, 512), (64, 64), 256);
+
+/// Tasks per second for a wide graph of trivial tasks (a tree of adds) and the time of a
+/// Mandelbrot job, on one CPU (nothing started ahead) and then on every CPU, in the same boot
+/// (docs/ARCHITECTURE.md, "CPUs"). The memo is bypassed, so every task runs each time.
+fn throughput(ev: &mut super::NodeEvaluator, p: &super::Procedures) -> Result<(), alloc::string::String> {
+    let zero = blob(ev, &0u64.to_le_bytes());
+    let mut level: alloc::vec::Vec<_> = (1..=WIDE_LEAVES)
+        .map(|i| {
+            let value = blob(ev, &i.to_le_bytes());
+            apply(ev, p.add, &[value, zero], 1 << 20)
+        })
+        .collect();
+    while level.len() > 1 {
+        level = level.chunks(2).map(|pair| apply(ev, p.add, pair, 1 << 20)).collect();
+    }
+    let wide = level[0];
+    let ((w, h), tile, max_iter) = MANDELBROT;
+    let image = super::demo::mandelbrot(ev, p, (w, h), tile, max_iter);
+    let cpus = crate::arch::smp::cpus();
+    let settings: &[(bool, usize)] = if cpus > 1 { &[(false, 1), (true, cpus)] } else { &[(false, 1)] };
+    let mut want = None;
+    for &(run_ahead, n) in settings {
+        ev.executor.run_ahead = run_ahead;
+        let before = ev.stats().tasks_run;
+        let start = clock::micros_since_boot();
+        let sum = ev.eval_fresh(wide).map_err(|e| alloc::format!("{e}"))?;
+        let elapsed = clock::micros_since_boot() - start;
+        let tasks = ev.stats().tasks_run - before;
+        report(&alloc::format!("wide_tasks_per_s_{n}cpu"), tasks as f64 / (elapsed as f64 / 1e6), "tasks/s");
+        let start = clock::micros_since_boot();
+        let rendered = ev.eval_fresh(image).map_err(|e| alloc::format!("{e}"))?;
+        let elapsed = clock::micros_since_boot() - start;
+        report(&alloc::format!("mandelbrot_ms_{n}cpu"), elapsed as f64 / 1000.0, "ms");
+        // The same results whichever CPUs ran the tasks.
+        if *want.get_or_insert((sum, rendered)) != (sum, rendered) {
+            return Err("the results differ between one CPU and all of them".into());
+        }
+    }
+    ev.executor.run_ahead = true;
     Ok(())
 }
 

@@ -48,27 +48,14 @@ pub fn run() -> Status {
     reduce_args.extend(&maps);
     let wordcount = apply(&mut ev, p.wordcount, &reduce_args, 4 * mib);
 
-    // Mandelbrot: one thunk per tile, and one that assembles them into a PPM image.
-    let tile_mode = blob(&mut ev, b"tile");
-    let mut tiles = Vec::new();
-    for y in (0..IMAGE.1).step_by(TILE.1 as usize) {
-        for x in (0..IMAGE.0).step_by(TILE.0 as usize) {
-            let params = blob(&mut ev, &u32s(&[IMAGE.0, IMAGE.1, x, y, TILE.0, TILE.1, MAX_ITER]));
-            tiles.push(apply(&mut ev, p.mandelbrot, &[tile_mode, params], 2 * mib));
-        }
-    }
-    let image_mode = blob(&mut ev, b"image");
-    let image_params = blob(&mut ev, &u32s(&[IMAGE.0, IMAGE.1, TILE.0, TILE.1]));
-    let mut image_args = alloc::vec![image_mode, image_params];
-    image_args.extend(&tiles);
-    let mandelbrot = apply(&mut ev, p.mandelbrot, &image_args, 4 * mib);
+    let mandelbrot = mandelbrot(&mut ev, &p, IMAGE, TILE, MAX_ITER);
 
     println!(
         "job: wordcount over {} bytes in {CHUNKS} chunks; mandelbrot {}x{} in {} tiles",
         text.len(),
         IMAGE.0,
         IMAGE.1,
-        tiles.len()
+        (IMAGE.0 / TILE.0) * (IMAGE.1 / TILE.1)
     );
     let Some(results) = evaluate(&mut ev, wordcount, mandelbrot, "first evaluation") else {
         return Status::Failure;
@@ -94,6 +81,31 @@ pub fn run() -> Status {
     println!("replay: identical");
     send_object(&ev, "mandelbrot.ppm", &results.1);
     Status::Success
+}
+
+/// A Mandelbrot image of `image` pixels rendered as tiles of `tile` (one thunk each), and one
+/// thunk that assembles them into a PPM image: the root.
+pub fn mandelbrot(
+    ev: &mut NodeEvaluator,
+    p: &super::Procedures,
+    image: (u32, u32),
+    tile: (u32, u32),
+    max_iter: u32,
+) -> Handle {
+    let mib = 1 << 20;
+    let tile_mode = blob(ev, b"tile");
+    let mut tiles = Vec::new();
+    for y in (0..image.1).step_by(tile.1 as usize) {
+        for x in (0..image.0).step_by(tile.0 as usize) {
+            let params = blob(ev, &u32s(&[image.0, image.1, x, y, tile.0, tile.1, max_iter]));
+            tiles.push(apply(ev, p.mandelbrot, &[tile_mode, params], 2 * mib));
+        }
+    }
+    let image_mode = blob(ev, b"image");
+    let image_params = blob(ev, &u32s(&[image.0, image.1, tile.0, tile.1]));
+    let mut image_args = alloc::vec![image_mode, image_params];
+    image_args.extend(&tiles);
+    apply(ev, p.mandelbrot, &image_args, 4 * mib)
 }
 
 /// Evaluates both roots and prints their results and the work it took.

@@ -94,6 +94,10 @@ impl Job {
         };
         let mut store = self.store.clone();
         let (outcome, spent_us) = runner.apply_once(&mut store, &app, self.ceilings, self.budget_us, true);
+        if matches!(outcome, Err(Failure::NodeFault(_))) {
+            // The boot CPU runs it again; this CPU starts its next task from nothing this left.
+            runner.forget_warm();
+        }
         percpu::current().count_task(spent_us);
         // Its inputs are let go once it has run; its result stays pinned until it is taken.
         unpin_all(&mut store, &pinned);
@@ -113,7 +117,9 @@ impl Job {
             }
             _ => *state = State::Done { outcome, spent_us, pinned: held },
         }
-        self.done.store(true, Ordering::Release);
+        // SeqCst, as the boot CPU's check in `wait`: either it sees the job done, or this CPU
+        // sees it asleep and wakes it.
+        self.done.store(true, Ordering::SeqCst);
         smp::wake_boot_cpu();
     }
 }
@@ -316,9 +322,14 @@ impl Started {
                 continue;
             }
             crate::net::busy::serve(store);
+            // A moment's look before halting: the job may be about to end.
+            let until = crate::arch::clock::micros_since_boot() + smp::SPIN_BEFORE_HALT_US;
+            while !job.done.load(Ordering::Acquire) && crate::arch::clock::micros_since_boot() < until {
+                core::hint::spin_loop();
+            }
             x86_64::instructions::interrupts::disable();
             smp::boot_cpu_sleeping();
-            if job.done.load(Ordering::Acquire) {
+            if job.done.load(Ordering::SeqCst) {
                 smp::boot_cpu_awake();
                 x86_64::instructions::interrupts::enable();
                 continue;
@@ -351,6 +362,9 @@ impl Started {
 
     /// The evaluation is over: every job it did not take is let go.
     pub fn end(&mut self) {
+        if self.jobs.is_empty() && self.taken.is_empty() {
+            return;
+        }
         let Some(mut store) = self.store.clone() else { return };
         self.release_taken(&mut store);
         while let Some((_, job)) = self.jobs.pop_first() {

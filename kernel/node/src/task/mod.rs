@@ -84,6 +84,9 @@ pub struct TaskExecutor {
     /// Time the current evaluation's tasks have spent so far.
     eval_spent_us: u64,
     started: ahead::Started,
+    /// Whether applications may be started ahead on the other CPUs (`cairn bench` turns it off
+    /// to measure one CPU beside many in the same boot).
+    pub run_ahead: bool,
 }
 
 /// What one CPU keeps between the tasks it runs: images, the last address space, SIMD state.
@@ -113,7 +116,13 @@ struct Warm {
 
 impl TaskExecutor {
     pub fn new(ceilings: TaskCeilings) -> TaskExecutor {
-        TaskExecutor { ceilings, local: Runner::new(), eval_spent_us: 0, started: ahead::Started::default() }
+        TaskExecutor {
+            ceilings,
+            local: Runner::new(),
+            eval_spent_us: 0,
+            started: ahead::Started::default(),
+            run_ahead: true,
+        }
     }
 
     /// What the node's tasks did so far, on every CPU.
@@ -154,6 +163,11 @@ impl Runner {
             simd: Simd::new(),
             warm: None,
         }
+    }
+
+    /// The next task starts in a fresh address space.
+    pub fn forget_warm(&mut self) {
+        self.warm = None;
     }
 
     /// Runs the application once on this CPU; returns its outcome and the time spent on it.
@@ -286,7 +300,7 @@ impl Executor<NodeStore> for TaskExecutor {
     }
 
     fn room_ahead(&self) -> usize {
-        self.started.room()
+        if self.run_ahead { self.started.room() } else { 0 }
     }
 
     fn start_ahead(&mut self, store: &mut NodeStore, app: &Application<'_>) -> bool {

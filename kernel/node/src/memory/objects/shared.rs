@@ -5,6 +5,7 @@
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use cairn_object::store::{Store, StoreError, StoreStats};
@@ -16,6 +17,9 @@ use super::{DiskObjects, NewObject, PinRefused, ScrubReport, StoreCore, UploadPa
 #[derive(Clone)]
 pub struct NodeStore {
     core: Arc<Mutex<StoreCore>>,
+    /// Whether a disk is attached: without one, memo notes are not kept anywhere, and asking
+    /// for them need not take the lock (every evaluation asks, under emulation a lock costs).
+    has_disk: Arc<AtomicBool>,
 }
 
 /// Methods of the core, each under the lock for the length of the call.
@@ -27,15 +31,23 @@ macro_rules! forward {
 
 impl NodeStore {
     pub fn new(limit_bytes: u64) -> NodeStore {
-        NodeStore { core: Arc::new(Mutex::new(StoreCore::new(limit_bytes))) }
+        NodeStore {
+            core: Arc::new(Mutex::new(StoreCore::new(limit_bytes))),
+            has_disk: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, StoreCore> {
         self.core.lock()
     }
 
+    /// Keeps the store on `disk` from now on.
+    pub fn attach_disk(&self, disk: DiskObjects) {
+        self.lock().attach_disk(disk);
+        self.has_disk.store(true, Ordering::Release);
+    }
+
     forward! {
-        fn attach_disk(&self, disk: DiskObjects) -> ();
         fn disk_stats(&self) -> Option<cairn_store::Stats>;
         fn sync(&self) -> Result<(), StoreError>;
         fn holds_durably(&self, handle: &Handle) -> bool;
@@ -104,10 +116,15 @@ impl Store for NodeStore {
     }
 
     fn recall_memo(&self, thunk: &Handle) -> Option<Handle> {
+        if !self.has_disk.load(Ordering::Acquire) {
+            return None;
+        }
         self.lock().recall_memo(thunk)
     }
 
     fn keep_memo(&mut self, thunk: &Handle, value: &Handle) {
-        self.lock().keep_memo(thunk, value)
+        if self.has_disk.load(Ordering::Acquire) {
+            self.lock().keep_memo(thunk, value)
+        }
     }
 }
