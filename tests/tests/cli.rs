@@ -263,15 +263,21 @@ fn bench_reports_its_measurements_as_json() {
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
-    // The default node has the helper CPU, so span hashing runs on two.
+    // The default node has two CPUs: span hashing runs on both, and the throughput figures come
+    // for one CPU and for both; the host's own two-thread figure comes first.
     assert_eq!(
         names,
         [
+            "host_2thread_speedup",
             "store_put_per_s_1e3",
             "store_put_per_s_1e6",
             "store_objects_held",
             "store_heap_bytes_per_object",
             "invoke_us",
+            "wide_tasks_per_s_1cpu",
+            "mandelbrot_ms_1cpu",
+            "wide_tasks_per_s_2cpu",
+            "mandelbrot_ms_2cpu",
             "memo_hit_us",
             "blake3_mib_s",
             "blake3_spans_2cpu_mib_s",
@@ -396,6 +402,12 @@ fn put_get_eval_and_stats_against_a_running_node() {
     // The successful add and the failed one both ran a task; the repeat was a memo hit.
     assert!(stdout.lines().any(|l| l == "tasks_run=2"), "{stdout}");
     assert!(stdout.lines().any(|l| l == "memo_hits=1"), "{stdout}");
+    // Each CPU's tasks and their time (docs/ARCHITECTURE.md, "CPUs"): both ran on the boot CPU,
+    // since a lone application is never started ahead.
+    assert!(stdout.lines().any(|l| l == "cpus=2"), "{stdout}");
+    assert!(stdout.lines().any(|l| l == "cpu0_tasks=2"), "{stdout}");
+    assert!(stdout.lines().any(|l| l == "cpu1_tasks=0"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("cpu1_task_ms=")), "{stdout}");
 
     let (code, _, stderr) =
         run(&["get", "blob:2f1514181aadccd913abd94cfa592701a5686ab23f8df1dff1b74710febc6d4a:43"]);

@@ -98,12 +98,13 @@ fn default_job(cpus: u32) -> (Vec<String>, Vec<u64>) {
 }
 
 #[test]
-fn the_default_job_gives_the_same_handles_on_one_two_and_four_cpus() {
+fn the_default_job_gives_the_same_handles_on_one_two_four_and_eight_cpus() {
     let (one, _) = default_job(1);
     assert_eq!(one.len(), 5, "{one:?}");
     assert_eq!(one.last().unwrap(), "replay: identical");
-    for cpus in [2, 4] {
+    for cpus in [2, 4, 8] {
         let (many, per_cpu) = default_job(cpus);
+        assert_eq!(per_cpu.len(), cpus as usize, "{per_cpu:?}");
         assert_eq!(many, one, "{cpus} CPUs");
         assert!(per_cpu[1..].iter().sum::<u64>() > 0, "no task ran on another CPU: {per_cpu:?}");
     }

@@ -54,24 +54,31 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
 /// an idle two-core host about 2; a shared host gives less, and so then do the node's CPUs
 /// (each is a host thread).
 fn host_speedup() -> f64 {
-    fn work() -> u64 {
-        // A dependent chain of xorshifts: scalar, like the emulator's own work, and not
-        // something the compiler can shorten.
+    /// `rounds` of a dependent chain of xorshifts: scalar, like the emulator's own work, and
+    /// not something the compiler can shorten.
+    fn work(rounds: u64) -> u64 {
         let mut x = std::hint::black_box(0x9e37_79b9_7f4a_7c15u64);
-        for _ in 0..400_000_000u64 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+        for _ in 0..rounds {
+            for _ in 0..1_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+            }
         }
         x
     }
+    // As many rounds as one thread does in half a second (whatever the build's optimization).
     let started = Instant::now();
-    std::hint::black_box(work());
+    let mut rounds = 0;
+    while started.elapsed() < Duration::from_millis(500) {
+        std::hint::black_box(work(1_000));
+        rounds += 1_000;
+    }
     let one = started.elapsed().as_secs_f64();
     let started = Instant::now();
     std::thread::scope(|s| {
-        let a = s.spawn(work);
-        let b = s.spawn(work);
+        let a = s.spawn(|| work(rounds));
+        let b = s.spawn(|| work(rounds));
         std::hint::black_box((a.join().ok(), b.join().ok()));
     });
     let two = started.elapsed().as_secs_f64();
