@@ -93,7 +93,8 @@ fn default_job(cpus: u32) -> (Vec<String>, Vec<u64>) {
         })
         .cloned()
         .collect();
-    let spread = node.transcript().iter().find(|l| l.starts_with("job: first evaluation: cpus=")).unwrap();
+    let spread =
+        node.transcript().iter().find(|l| l.starts_with("job: first evaluation ran on cpus=")).unwrap();
     (results, tasks_per_cpu(spread))
 }
 

@@ -153,7 +153,7 @@ fn evaluate(
         .map(|cpu| format!("{}", cpu.tasks.load(core::sync::atomic::Ordering::Relaxed)))
         .collect();
     println!(
-        "job: {label}: cpus={} tasks_per_cpu={} started_ahead={}",
+        "job: {label} ran on cpus={} tasks_per_cpu={} started_ahead={}",
         crate::arch::smp::cpus(),
         per_cpu.join(","),
         after.started_ahead - before.started_ahead
