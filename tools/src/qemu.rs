@@ -294,7 +294,7 @@ impl Vm {
             .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
             .args(["-m", &opts.memory_mib.to_string(), "-smp", &opts.cpus.to_string()]);
         match opts.accel {
-            // One host thread per virtual CPU, so that the helper CPU really runs in parallel.
+            // One host thread per virtual CPU, so that the CPUs really run in parallel.
             Accel::Tcg => cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max"]),
             Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
         };

@@ -283,7 +283,7 @@ impl StoreCore {
     }
 
     /// Pages for an upload of `len` bytes, if the store has room and the heap memory. Uploads
-    /// of several spans are offered to the helper CPU, which hashes them as they arrive.
+    /// of several spans are offered to the other CPUs, which hashes them as they arrive.
     /// It evicts nothing itself (a busy node's store is only read): callers that may, make
     /// room first ([`NodeStore::make_room`]).
     pub fn upload_pages(&self, len: usize) -> Option<UploadPages> {

@@ -1,4 +1,4 @@
-//! Keystreams computed ahead on the helper CPU (arch::smp). A connection streaming full records
+//! Keystreams computed ahead on the other CPUs (arch::smp). A connection streaming full records
 //! orders the keystreams of its next records (`cairn_channel::Transport::order`); the helper
 //! computes them while the boot CPU moves bytes, so the boot CPU's share of a record is only the
 //! MAC and an XOR (docs/ARCHITECTURE.md, "CPUs").
@@ -101,7 +101,7 @@ impl HelperWork for Queue {
 
 static QUEUE: spin::Once<Arc<Queue>> = spin::Once::new();
 
-/// Hands the queue to the helper CPU, once it is online (at boot, before any connection).
+/// Hands the queue to the other CPUs, once it is online (at boot, before any connection).
 pub fn start() {
     let queue = QUEUE.call_once(|| Arc::new(Queue(Mutex::new(VecDeque::with_capacity(IN_FLIGHT)))));
     if !smp::offer(queue.clone()) {

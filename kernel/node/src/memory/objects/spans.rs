@@ -14,10 +14,10 @@ use cairn_object::hash::{self, SPAN_LEN};
 use super::{PageBuf, UPLOADS_IN_FLIGHT};
 use crate::arch::smp::{self, HelperWork};
 
-/// Spans of uploads and reads the helper CPU hashed, for STATS.
+/// Spans of uploads and reads the other CPUs hashed, for STATS.
 static HELPER_SPANS: AtomicU64 = AtomicU64::new(0);
 
-/// Bytes the helper CPU hashed for uploads and reads.
+/// Bytes the other CPUs hashed for uploads and reads.
 pub fn helper_hashed_bytes() -> u64 {
     HELPER_SPANS.load(Ordering::Relaxed) * SPAN_LEN as u64
 }
@@ -25,7 +25,7 @@ pub fn helper_hashed_bytes() -> u64 {
 /// `SpanHashing::next` once nothing more may be claimed.
 const CLOSED: usize = usize::MAX;
 
-/// A buffer and the hashing of its whole spans, shared with the helper CPU (arch::smp). Bytes
+/// A buffer and the hashing of its whole spans, shared with the other CPUs (arch::smp). Bytes
 /// are only ever touched through `base`, a pointer into `buffer`'s allocation (which never
 /// moves): below `ready` they are read, past it only the owner writes.
 struct SpanHashing<B> {
@@ -121,7 +121,7 @@ impl<B: Send + 'static> HelperWork for SpanHashing<B> {
     }
 }
 
-/// Waits until the helper CPU has let go of `shared` (it drops its reference as soon as it
+/// Waits until the other CPUs have let go of `shared` (each drops its reference as soon as it
 /// finds no more work in it) and takes it over.
 fn sole_owner<B>(mut shared: Arc<SpanHashing<B>>) -> SpanHashing<B> {
     loop {
@@ -133,7 +133,7 @@ fn sole_owner<B>(mut shared: Arc<SpanHashing<B>>) -> SpanHashing<B> {
     }
 }
 
-/// The BLAKE3 digest of a blob read back from the disk, its spans hashed by the helper CPU as
+/// The BLAKE3 digest of a blob read back from the disk, its spans hashed by the other CPUs as
 /// well as this one when it has room for the work; the bytes come back with it.
 pub fn blob_digest_on_both_cpus(mut bytes: Vec<u8>) -> (Vec<u8>, [u8; 32]) {
     if hash::full_spans(bytes.len()) < 2 || !smp::online() {
@@ -150,7 +150,7 @@ pub fn blob_digest_on_both_cpus(mut bytes: Vec<u8>) -> (Vec<u8>, [u8; 32]) {
 /// Memory an upload is written into: pages of its own, so storing it needs no copy. Its bytes
 /// are written front to back, and it becomes an object only once all of them have been, so its
 /// uninitialised part is never read. Whole spans are hashed as soon as they are written, by the
-/// helper CPU when there is one; finishing hashes whatever is left.
+/// other CPUs when there are some; finishing hashes whatever is left.
 pub struct UploadPages {
     shared: Option<Arc<SpanHashing<PageBuf>>>,
     offered: Option<Arc<dyn HelperWork>>,
