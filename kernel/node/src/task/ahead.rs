@@ -153,6 +153,8 @@ impl HelperWork for RunQueue {
         let runner = slot.get_or_insert_with(Runner::new);
         let before = runner.stats;
         job.run_on(runner);
+        // What the task was lent or added is given back now, not when this CPU next runs one.
+        runner.let_go();
         let after = runner.stats;
         drop(slot);
         let mut stats = self.stats.lock();

@@ -170,6 +170,28 @@ impl Runner {
         self.warm = None;
     }
 
+    /// Gives back now what the last task's space holds until the next task resets it: the pages
+    /// it added, and the store's objects lent to it, which the store stops counting once it
+    /// evicts them. The space itself stays warm for the next task of the same procedure (its
+    /// reset then has nothing of these left to undo). The other CPUs call it after every job:
+    /// otherwise each of them kept the large objects its last task opened alive, outside the
+    /// store's accounting, for as long as it ran nothing else (one CPU's worth was always
+    /// allowed for; four CPUs' worth left a full node without the heap GC needs).
+    pub fn let_go(&mut self) {
+        let Some(warm) = self.warm.as_mut() else { return };
+        let mut unmapped = true;
+        for page in warm.added.drain(..) {
+            unmapped &= warm.space.unmap(page).is_ok();
+        }
+        if !unmapped {
+            // As a reset that finds the space not as expected: start the next one fresh.
+            self.warm = None;
+            return;
+        }
+        warm.lent.clear();
+        warm.lent.shrink_to_fit();
+    }
+
     /// Runs the application once on this CPU; returns its outcome and the time spent on it.
     /// With `pin_result`, a result is pinned in the store before the objects the task made are
     /// let go (its outcome waits for the boot CPU to take it: nothing may evict it meanwhile).
