@@ -93,7 +93,7 @@ impl Job {
             args: &self.args,
         };
         let mut store = self.store.clone();
-        let (outcome, spent_us) = runner.apply_once(&mut store, &app, self.ceilings, self.budget_us, true);
+        let (outcome, spent_us, _) = runner.apply_once(&mut store, &app, self.ceilings, self.budget_us, true);
         if matches!(outcome, Err(Failure::NodeFault(_))) {
             // The boot CPU runs it again; this CPU starts its next task from nothing this left.
             runner.forget_warm();
@@ -353,6 +353,17 @@ impl Started {
         drop(state);
         if let Some(queue) = queue() {
             queue.jobs.lock().retain(|j| !Arc::ptr_eq(j, &job));
+        }
+    }
+
+    /// Keeps the pin on `result` (of a task the boot CPU ran itself) until the evaluator has had
+    /// it, as for the results of jobs taken.
+    pub fn hold(&mut self, store: &mut NodeStore, result: Handle) {
+        if self.taken.try_reserve(1).is_ok() {
+            self.taken.push(result);
+            self.store.get_or_insert_with(|| store.clone());
+        } else {
+            store.unpin(&result);
         }
     }
 

@@ -193,8 +193,11 @@ impl Runner {
     }
 
     /// Runs the application once on this CPU; returns its outcome and the time spent on it.
-    /// With `pin_result`, a result is pinned in the store before the objects the task made are
-    /// let go (its outcome waits for the boot CPU to take it: nothing may evict it meanwhile).
+    /// A result is pinned in the store before the objects the task made are let go: the caller
+    /// lets go of that pin once the evaluator has had the result (tasks on the other CPUs evict
+    /// meanwhile). With `pin_result`, a result that cannot be pinned is a missing object (its
+    /// outcome waits for the boot CPU to take it: nothing may evict it meanwhile); without, it is
+    /// returned unpinned, as the evaluator then finds it.
     fn apply_once(
         &mut self,
         store: &mut NodeStore,
@@ -202,7 +205,7 @@ impl Runner {
         ceilings: TaskCeilings,
         budget_us: u64,
         pin_result: bool,
-    ) -> (Result<Handle, Failure>, u64) {
+    ) -> (Result<Handle, Failure>, u64, bool) {
         use cairn_object::store::Store;
         // The budget counts from here: loading an image (a large ELF, again and again if two
         // procedures take turns) is work done for the task.
@@ -216,11 +219,11 @@ impl Runner {
         let limit_pages = limit / FRAME_SIZE;
         let image = match self.images.get(store, &app.procedure, |pages| fixed_pages(pages) <= limit_pages) {
             Ok(image) => image,
-            Err(Failure::OutOfMemory { .. }) => return (Err(Failure::OutOfMemory { limit }), 0),
-            Err(failure) => return (Err(failure), since(clock::micros_since_boot())),
+            Err(Failure::OutOfMemory { .. }) => return (Err(Failure::OutOfMemory { limit }), 0, false),
+            Err(failure) => return (Err(failure), since(clock::micros_since_boot()), false),
         };
         if fixed_pages(image.pages) > limit_pages {
-            return (Err(Failure::OutOfMemory { limit }), 0);
+            return (Err(Failure::OutOfMemory { limit }), 0, false);
         }
         // A warm space borrows its image's read-only frames: it is reused only for the very
         // procedure just fetched from the cache (the cache never evicts the image it returns),
@@ -234,21 +237,22 @@ impl Runner {
             Some(reused) => reused,
             None => match fresh_space(image) {
                 Ok(space) => (space, 0, 0),
-                Err(failure) => return (Err(failure), 0),
+                Err(failure) => return (Err(failure), 0, false),
             },
         };
         let mut task = match Task::new(space, args_pages, args_used, image, app, ceilings, budget_us, started)
         {
             Ok(task) => task,
-            Err(failure) => return (Err(failure), 0),
+            Err(failure) => return (Err(failure), 0, false),
         };
         if fresh {
             task.space.activate();
         }
         let outcome = task.run(store, image, &mut self.stats, &mut self.simd);
         let spent = task.budget.spent(clock::micros_since_boot());
+        let pinned = matches!(&outcome, Ok(result) if store.pin(result));
         let outcome = match outcome {
-            Ok(result) if pin_result && !store.pin(&result) => Err(Failure::MissingObject(result)),
+            Ok(result) if pin_result && !pinned => Err(Failure::MissingObject(result)),
             outcome => outcome,
         };
         // The evaluator takes over the result (it pins what it keeps) before the store is
@@ -264,7 +268,7 @@ impl Runner {
             added: task.added,
             lent: task.lent,
         });
-        (outcome, spent)
+        (outcome, spent, pinned)
     }
 }
 
@@ -300,7 +304,12 @@ impl Executor<NodeStore> for TaskExecutor {
                 }
                 None => {
                     let budget_us = self.ceilings.time_us.min(eval_left);
-                    let (outcome, spent) = self.local.apply_once(store, app, self.ceilings, budget_us, false);
+                    let (outcome, spent, pinned) =
+                        self.local.apply_once(store, app, self.ceilings, budget_us, false);
+                    if pinned && let Ok(result) = &outcome {
+                        // Until the evaluator has it (the next call), as for a job's result.
+                        self.started.hold(store, *result);
+                    }
                     crate::arch::percpu::current().count_task(spent);
                     (outcome, spent, budget_us)
                 }

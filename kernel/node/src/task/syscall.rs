@@ -149,13 +149,13 @@ fn create(
             task.check_known(&entry)?;
         }
     }
-    let handle = store.put_new(kind, object, digest).map_err(|e| match e {
+    task.created.try_reserve(1).map_err(|_| Failure::NodeOutOfMemory)?;
+    let (handle, pinned) = store.put_new_pinned(kind, object, digest).map_err(|e| match e {
         StoreError::Invalid { .. } | StoreError::Mismatch { .. } => bad(format!("{e}")),
         StoreError::Full { .. } => Failure::NodeOutOfMemory,
         StoreError::Disk(why) => Failure::NodeFault(format!("the store's disk: {why}")),
     })?;
-    task.created.try_reserve(1).map_err(|_| Failure::NodeOutOfMemory)?;
-    if store.pin(&handle) {
+    if pinned {
         task.created.push(handle);
     }
     if !task.space.write(out, handle.as_bytes()) {

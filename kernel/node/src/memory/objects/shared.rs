@@ -57,7 +57,6 @@ impl NodeStore {
         fn upload_pages(&self, len: usize) -> Option<UploadPages>;
         fn put_upload(&self, claimed: &Handle, bytes: Bytes, digest: [u8; 32]) -> Result<(), StoreError>;
         fn new_object(&self, len: usize) -> Option<NewObject>;
-        fn put_new(&self, kind: Kind, object: NewObject, blob_digest: Option<[u8; 32]>) -> Result<Handle, StoreError>;
         fn frames_of(&self, handle: &Handle) -> Option<(u64, Bytes)>;
         fn set_pin(&self, handle: &Handle, pinned: bool) -> Result<(), PinRefused>;
         fn collect(&self, roots: &[Handle], goal: Option<u64>) -> Result<(cairn_store::Collected, cairn_store::Compacted), StoreError>;
@@ -66,6 +65,21 @@ impl NodeStore {
         fn memo_on_disk(&self) -> usize;
         fn journal_of(&self, job: &Handle) -> Option<Handle>;
         fn keep_journal(&self, job: &Handle, journal: &Handle) -> Result<(), StoreError>;
+    }
+
+    /// Stores a task's new object and pins it, under one lock: between two calls, another CPU's
+    /// task (making room) or a GC could let the object go before the pin. The pin is
+    /// whether it was taken.
+    pub fn put_new_pinned(
+        &self,
+        kind: Kind,
+        object: NewObject,
+        blob_digest: Option<[u8; 32]>,
+    ) -> Result<(Handle, bool), StoreError> {
+        let mut core = self.lock();
+        let handle = core.put_new(kind, object, blob_digest)?;
+        let pinned = core.pin(&handle);
+        Ok((handle, pinned))
     }
 
     /// Reads every object on the disk and checks it against its handle (docs/STORE.md,
