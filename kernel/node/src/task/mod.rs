@@ -250,7 +250,18 @@ impl Runner {
         }
         let outcome = task.run(store, image, &mut self.stats, &mut self.simd);
         let spent = task.budget.spent(clock::micros_since_boot());
-        let pinned = matches!(&outcome, Ok(result) if store.pin(result));
+        // The result's pin: a task's own object keeps the pin CREATE took (no store call); an
+        // argument of a task on this CPU is pinned by the evaluator's frame already; anything
+        // else is pinned now.
+        let own = match &outcome {
+            Ok(result) => {
+                task.created.iter().position(|h| h == result).map(|at| task.created.swap_remove(at))
+            }
+            Err(_) => None,
+        };
+        let pinned = own.is_some()
+            || matches!(&outcome, Ok(result)
+                if (pin_result || !app.args.contains(result)) && store.pin(result));
         let outcome = match outcome {
             Ok(result) if pin_result && !pinned => Err(Failure::MissingObject(result)),
             outcome => outcome,
