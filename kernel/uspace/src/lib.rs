@@ -134,12 +134,15 @@ pub fn page_fault_verdict(addr: u64, access: FaultAccess, heap_bytes: u64) -> Fa
 }
 
 /// A task's time budget, counted in the time spent on the task: running, and the kernel's work
-/// for it (syscalls, page-ins), but not the time the node spends serving others meanwhile.
+/// for it (syscalls, page-ins), but not the time the node spends serving others meanwhile, nor
+/// the time its CPU waits for a lock another CPU holds ([`Budget::forgive`]).
 /// Times are microseconds of any monotonic clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Budget {
     limit_us: u64,
     spent_us: u64,
+    /// Time counted while the task's CPU waited for others, taken off what it spent.
+    forgiven_us: u64,
     /// When the current stretch of work for the task began; `None` while paused.
     since: Option<u64>,
 }
@@ -147,7 +150,7 @@ pub struct Budget {
 impl Budget {
     /// A budget of `limit_us`, running from `now`.
     pub fn start(limit_us: u64, now: u64) -> Budget {
-        Budget { limit_us, spent_us: 0, since: Some(now) }
+        Budget { limit_us, spent_us: 0, forgiven_us: 0, since: Some(now) }
     }
 
     /// Stops counting (the node is about to serve others).
@@ -164,10 +167,16 @@ impl Budget {
         }
     }
 
+    /// Takes `us` off the time spent: time the task's CPU spent waiting for another CPU (for a
+    /// lock it held) while counting for the task. Never more than was counted.
+    pub fn forgive(&mut self, us: u64) {
+        self.forgiven_us = self.forgiven_us.saturating_add(us);
+    }
+
     /// Time spent on the task up to `now`.
     pub fn spent(&self, now: u64) -> u64 {
         let running = self.since.map_or(0, |since| now.saturating_sub(since));
-        self.spent_us.saturating_add(running)
+        self.spent_us.saturating_add(running).saturating_sub(self.forgiven_us)
     }
 
     pub fn exceeded(&self, now: u64) -> bool {
@@ -256,6 +265,30 @@ mod tests {
 
     proptest! {
         #[test]
+        fn forgiven_waits_come_off_what_was_spent_and_never_below_zero(
+            steps in proptest::collection::vec((0u64..1_000, 0u64..1_000, any::<bool>()), 1..20),
+        ) {
+            // Stretches of work, each with a wait inside it forgiven (never more than the
+            // stretch): what is spent is the work alone, and the budget runs out only on that.
+            let (mut b, mut now, mut work) = (Budget::start(5_000, 0), 0u64, 0u64);
+            for (stretch, wait, pause) in steps {
+                let wait = wait.min(stretch);
+                now += stretch;
+                b.forgive(wait);
+                work += stretch - wait;
+                prop_assert_eq!(b.spent(now), work);
+                prop_assert_eq!(b.exceeded(now), work > 5_000);
+                if pause {
+                    b.pause(now);
+                    now += 7;
+                    b.resume(now);
+                }
+            }
+            let mut forgiving = Budget::start(10, 0);
+            forgiving.forgive(100);
+            prop_assert_eq!(forgiving.spent(50), 0);
+        }
+
         fn classify_never_panics(addr in any::<u64>(), heap in any::<u64>()) {
             let _ = classify(addr, heap);
             let _ = page_fault_verdict(addr, FaultAccess::from_error_code(heap & 0x1f), heap);

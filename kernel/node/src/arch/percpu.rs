@@ -32,6 +32,9 @@ pub struct PerCpu {
     /// Tasks this CPU ran to an outcome, and the time it spent in them (STATS, `cairn stats`).
     pub tasks: AtomicU64,
     pub task_us: AtomicU64,
+    /// Time this CPU spent waiting for the store's lock while another CPU held it: a task's
+    /// budget does not count it (`task::run`).
+    pub store_wait_us: AtomicU64,
 }
 
 pub const KERNEL_RSP_OFFSET: usize = 0;
@@ -52,6 +55,7 @@ impl PerCpu {
             current_xcr0: AtomicU64::new(0),
             tasks: AtomicU64::new(0),
             task_us: AtomicU64::new(0),
+            store_wait_us: AtomicU64::new(0),
         }
     }
 }

@@ -249,6 +249,7 @@ impl Runner {
             task.space.activate();
         }
         let outcome = task.run(store, image, &mut self.stats, &mut self.simd);
+        task.settle_waits();
         let spent = task.budget.spent(clock::micros_since_boot());
         // The result's pin: a task's own object keeps the pin CREATE took (no store call); an
         // argument of a task on this CPU is pinned by the evaluator's frame already; anything

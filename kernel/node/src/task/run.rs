@@ -41,6 +41,8 @@ pub(super) struct Task {
     pub created_objects: u64,
     pub created_bytes: u64,
     pub budget: Budget,
+    /// This CPU's store-lock waits (`PerCpu::store_wait_us`) already taken off the budget.
+    waits_seen: u64,
     last_served: u64,
     /// Handles the task may name (EVAL-3): its arguments (`given`; a few are searched in place,
     /// more go into `known` too), what it created, and the entries of what it opened.
@@ -149,6 +151,9 @@ impl Task {
             created_objects: 0,
             created_bytes: 0,
             budget: Budget::start(budget_us, now),
+            waits_seen: crate::arch::percpu::current()
+                .store_wait_us
+                .load(core::sync::atomic::Ordering::Relaxed),
             last_served: now,
             given,
             known,
@@ -253,11 +258,23 @@ impl Task {
     /// Lets the node answer others (`net::busy`), without counting the time against the task.
     pub fn serve_others(&mut self, store: &NodeStore) {
         let now = clock::micros_since_boot();
+        self.settle_waits();
         self.budget.pause(now);
         crate::net::busy::serve(store);
         let after = clock::micros_since_boot();
         self.budget.resume(after);
+        // Waits while serving were not counted, so there is nothing to take off for them.
+        self.waits_seen =
+            crate::arch::percpu::current().store_wait_us.load(core::sync::atomic::Ordering::Relaxed);
         self.last_served = after;
+    }
+
+    /// Takes off the budget the time this CPU has waited for the store's lock since the last
+    /// look: another CPU's work, not this task's (docs/ARCHITECTURE.md, "CPUs").
+    pub fn settle_waits(&mut self) {
+        let waited = crate::arch::percpu::current().store_wait_us.load(core::sync::atomic::Ordering::Relaxed);
+        self.budget.forgive(waited.saturating_sub(self.waits_seen));
+        self.waits_seen = waited;
     }
 
     /// `timeout` once the task has spent its budget; serves others if it is time to.
@@ -266,6 +283,7 @@ impl Task {
         if now.saturating_sub(self.last_served) >= SERVE_EVERY_US {
             self.serve_others(store);
         }
+        self.settle_waits();
         if self.budget.exceeded(clock::micros_since_boot()) {
             return Err(Failure::Timeout);
         }

@@ -38,7 +38,15 @@ impl NodeStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, StoreCore> {
-        self.core.lock()
+        if let Some(core) = self.core.try_lock() {
+            return core;
+        }
+        // Another CPU holds it: the wait is not the work of the task this CPU runs.
+        let since = crate::arch::clock::micros_since_boot();
+        let core = self.core.lock();
+        let waited = crate::arch::clock::micros_since_boot().saturating_sub(since);
+        crate::arch::percpu::current().store_wait_us.fetch_add(waited, Ordering::Relaxed);
+        core
     }
 
     /// Keeps the store on `disk` from now on.
