@@ -68,7 +68,7 @@ fn counts_of(texts: &[&[u8]]) -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "fails about one run in two in a debug build (not in release, nor on 1 CPU): the tiles \
+#[ignore = "failed 2 debug runs in 9 (once in CI; not in release, nor on 1 CPU): the tiles \
             client's EVAL fails with `missing object` naming a tile thunk it uploaded and pinned \
             (reachable from its pinned root); not yet understood, see the closing note of stop 23; \
             run it with --ignored"]
@@ -217,8 +217,16 @@ fn four_cpus_with_a_disk_under_reads_back_gc_and_scrub_stay_right_and_leave_no_p
             eprintln!("operator: {gcs} gc, {scrubs} scrubs, {reads} reads");
         }));
     }
-    for t in threads {
-        t.join().expect("a client failed");
+    let failed = threads.into_iter().map(|t| t.join().is_err()).fold(false, |a, b| a | b);
+    if failed {
+        node.kill();
+        let _ = node.finish(Duration::from_secs(10));
+        for line in node.transcript() {
+            if line.contains("store") || line.contains("warn") || line.contains("error") {
+                eprintln!("CONSOLE {line}");
+            }
+        }
+        panic!("a client failed");
     }
     // Abandoned tasks may still be running: give them their budget to end.
     std::thread::sleep(Duration::from_secs(5));
