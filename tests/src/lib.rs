@@ -98,6 +98,24 @@ pub fn free_port() -> u16 {
 
 /// Boots a BIOS node serving the node API (its other settings from `config`), waits for its
 /// address, and returns it with the API's host address.
+/// Boots a node in `task-checks` mode with `opts` and returns its `task-check NAME: OUTCOME`
+/// lines by name, once it has shut down with success.
+pub fn task_checks(opts: NodeOptions) -> std::collections::BTreeMap<String, String> {
+    let mut node = Node::boot_with(NodeOptions {
+        config: NodeConfig { mode: Mode::TaskChecks, log_level: LogLevel::Info, ..opts.config },
+        ..opts
+    });
+    node.expect(r"^task-check done: ", BOOT_TIMEOUT * 3);
+    let exit = node.finish(BOOT_TIMEOUT);
+    assert_eq!(exit, NodeExit::Success, "{:?}", node.transcript());
+    node.transcript()
+        .iter()
+        .filter_map(|l| l.strip_prefix("task-check "))
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 pub fn serving_node(config: NodeConfig) -> (Node, String) {
     serving_node_with(NodeOptions { config, ..NodeOptions::default() })
 }

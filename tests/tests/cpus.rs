@@ -15,16 +15,8 @@ fn boot(mode: Mode, cpus: u32, boot_cpu_tasks: bool) -> Node {
 
 /// Every `task-check NAME: OUTCOME` line of a `task-checks` boot.
 fn task_checks(cpus: u32, boot_cpu_tasks: bool) -> BTreeMap<String, String> {
-    let mut node = boot(Mode::TaskChecks, cpus, boot_cpu_tasks);
-    node.expect(r"^task-check done: ", BOOT_TIMEOUT * 3);
-    let exit = node.finish(BOOT_TIMEOUT);
-    assert_eq!(exit, NodeExit::Success, "{:?}", node.transcript());
-    node.transcript()
-        .iter()
-        .filter_map(|l| l.strip_prefix("task-check "))
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    let config = NodeConfig { boot_cpu_tasks, ..NodeConfig::default() };
+    cairn_tests::task_checks(NodeOptions { cpus, config, ..NodeOptions::default() })
 }
 
 /// Tasks each CPU ran, from `cpus=N tasks_per_cpu=A,B,...`.

@@ -5,25 +5,11 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use cairn_boot::Firmware;
-use cairn_bootcfg::Mode;
-use cairn_tests::{BOOT_TIMEOUT, Node};
-use cairn_tools::qemu::NodeExit;
+use cairn_tools::qemu::NodeOptions;
 
 fn checks() -> &'static BTreeMap<String, String> {
     static CHECKS: OnceLock<BTreeMap<String, String>> = OnceLock::new();
-    CHECKS.get_or_init(|| {
-        let mut node = Node::boot(Firmware::Bios, Mode::TaskChecks);
-        node.expect(r"^task-check done: ", BOOT_TIMEOUT * 2);
-        let exit = node.finish(BOOT_TIMEOUT);
-        assert_eq!(exit, NodeExit::Success, "{:?}", node.transcript());
-        node.transcript()
-            .iter()
-            .filter_map(|l| l.strip_prefix("task-check "))
-            .filter_map(|l| l.split_once(": "))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    })
+    CHECKS.get_or_init(|| cairn_tests::task_checks(NodeOptions::default()))
 }
 
 fn outcome(case: &str) -> &'static str {

@@ -346,10 +346,11 @@ pub fn run(context: &mut UserContext) -> Exit {
         return Exit::Exception { vector: 13, error_code: 0, cr2: context.rip };
     }
     x86_64::instructions::interrupts::disable();
-    // SAFETY: the context holds only task registers (RFLAGS sanitized and RIP checked above),
-    // CS/SS are the ring-3 selectors, and the task's address space is active; control comes
-    // back through cairn_syscall_entry or trap_from_user, which restore the kernel stack.
     let cpu = percpu::current();
+    // SAFETY: the context holds only task registers (RFLAGS sanitized and RIP checked above),
+    // CS/SS are the ring-3 selectors, and the task's address space is active; `cpu` is this
+    // CPU's block; control comes back through cairn_syscall_entry or trap_from_user, which
+    // restore the kernel stack saved in it.
     let code = unsafe { cairn_enter_user(context, cpu) };
     x86_64::instructions::interrupts::enable();
     match code {
