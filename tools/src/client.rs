@@ -286,14 +286,22 @@ impl Client {
         self.eval_with(Message::EvalFresh { handle })
     }
 
+    /// Sends an EVAL and returns at once, with the request's id for [`Client::evaluated`]: a
+    /// client may leave before the answer (the node then lets the evaluation go).
+    pub fn send_eval(&mut self, handle: Handle) -> anyhow::Result<u32> {
+        let request = self.next_id();
+        self.send(request, Message::Eval { handle })?;
+        Ok(request)
+    }
+
+    /// The answer to the EVAL sent as `request`.
+    pub fn evaluated(&mut self, request: u32) -> anyhow::Result<Evaluated> {
+        let frame = self.receive(request)?;
+        evaluated(frame.message)
+    }
+
     fn eval_with(&mut self, message: Message) -> anyhow::Result<Evaluated> {
-        match self.call(message)? {
-            Message::Evaluated { result, tasks_run, memo_hits, micros } => {
-                Ok(Evaluated { result, tasks_run, memo_hits, micros })
-            }
-            Message::EvalFailed { thunk, failure } => Err(TaskFailed { thunk, failure }.into()),
-            other => bail!("the node answered EVAL with {}", name(&other)),
-        }
+        evaluated(self.call(message)?)
     }
 
     /// Uploads those of `objects` the node lacks; returns how many that was.
@@ -467,6 +475,17 @@ fn name(message: &Message) -> &'static str {
         Message::Pinned { .. } => "PINNED",
         Message::Gc { .. } => "GC",
         Message::Collected { .. } => "COLLECTED",
+    }
+}
+
+/// What an answer to EVAL says.
+fn evaluated(answer: Message) -> anyhow::Result<Evaluated> {
+    match answer {
+        Message::Evaluated { result, tasks_run, memo_hits, micros } => {
+            Ok(Evaluated { result, tasks_run, memo_hits, micros })
+        }
+        Message::EvalFailed { thunk, failure } => Err(TaskFailed { thunk, failure }.into()),
+        other => bail!("the node answered EVAL with {}", name(&other)),
     }
 }
 

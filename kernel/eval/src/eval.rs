@@ -1,5 +1,5 @@
-//! EVAL-1 .. EVAL-7 with an explicit work stack: deep dynamic graphs (fib returning thunks) never
-//! recurse on the kernel stack.
+//! The evaluator: its state (store, memo, ceilings), and how a thunk starts and an application is
+//! made (EVAL-1 .. EVAL-7). The walk over a graph is in `walk`.
 
 use alloc::string::ToString;
 use alloc::vec::Vec;
@@ -10,7 +10,7 @@ use cairn_object::store::Store;
 use cairn_object::{Handle, Kind, Limits, Thunk, thunk};
 use smallvec::SmallVec;
 
-use crate::ahead::{self, Ahead};
+use crate::ahead::Ahead;
 use crate::error::{EvalError, Failure};
 use crate::memo::{Memo, Outcome};
 
@@ -29,8 +29,21 @@ pub struct Application<'a> {
 pub trait Executor<S: Store> {
     fn apply(&mut self, store: &mut S, app: &Application<'_>) -> Result<Handle, Failure>;
 
-    /// An evaluation begins: budgets that span all its applications start here.
-    fn start_evaluation(&mut self) {}
+    /// Evaluation `eval` begins: budgets that span all its applications start here. Several
+    /// evaluations may be under way at once ([`Walk`]); each call below is for the evaluation
+    /// last begun or resumed.
+    fn start_evaluation(&mut self, _eval: u64) {}
+
+    /// Evaluation `eval`, begun earlier, goes on: what follows is its work.
+    fn resume_evaluation(&mut self, _eval: u64) {}
+
+    /// For an evaluation that may wait ([`Evaluator::step`]): whether `apply(app)` would return
+    /// without waiting. An executor that runs applications elsewhere starts `app` now if it has
+    /// not yet, and says false until its outcome is in; the walk then steps aside and asks again
+    /// later. The default runs everything at `apply`.
+    fn poll_ready(&mut self, _store: &mut S, _app: &Application<'_>) -> bool {
+        true
+    }
 
     /// How many more applications `start_ahead` would take now; 0 (the default) means
     /// everything runs in order at `apply`, as on one CPU.
@@ -47,8 +60,8 @@ pub trait Executor<S: Store> {
         false
     }
 
-    /// The evaluation is over: what was started ahead and never applied may be dropped.
-    fn end_evaluation(&mut self) {}
+    /// Evaluation `eval` is over: what was started for it and never applied may be dropped.
+    fn end_evaluation(&mut self, _eval: u64) {}
 }
 
 /// Performs IO requests (applications of an [`Effect`] procedure) for one job (docs/IO.md):
@@ -130,12 +143,14 @@ impl Default for Ceilings {
 pub struct Evaluator<S, E> {
     pub store: S,
     pub executor: E,
-    memo: Memo,
-    stats: Stats,
-    ceilings: Ceilings,
-    /// The work stack, kept between evaluations so that evaluating allocates nothing for it.
-    stack: Vec<Frame>,
-    ahead: Ahead,
+    pub(crate) memo: Memo,
+    pub(crate) stats: Stats,
+    pub(crate) ceilings: Ceilings,
+    /// The work stack and look-ahead memory of evaluations that run to the end at once, kept
+    /// between them so that evaluating allocates nothing for them.
+    pub(crate) spare: Option<(Vec<Frame>, Ahead)>,
+    /// The identity of the next evaluation begun (for the executor).
+    pub(crate) next_evaluation: u64,
 }
 
 /// Most thunks have a handful of arguments: keep them inline.
@@ -143,42 +158,42 @@ type Handles = SmallVec<[Handle; 4]>;
 
 /// A thunk being evaluated: its arguments so far, and every thunk that will share its outcome
 /// (the thunk as written, the tail calls it made, and each of those with arguments evaluated).
-struct Frame {
-    chain: Handles,
+pub(crate) struct Frame {
+    pub(crate) chain: Handles,
     /// `chain[clean_from..]` may be memoized. The outcome of the thunks before it depends on IO
     /// (an argument or a tail call performed some), so they are not functions of their names.
-    clean_from: usize,
-    current: Handle,
-    limits: Limits,
-    procedure: Handle,
-    args: Handles,
-    done: Handles,
+    pub(crate) clean_from: usize,
+    pub(crate) current: Handle,
+    pub(crate) limits: Limits,
+    pub(crate) procedure: Handle,
+    pub(crate) args: Handles,
+    pub(crate) done: Handles,
     /// What this frame pinned in the store (its arguments, and their values as they come),
     /// exactly: an unpin of what it never pinned would take someone else's pin.
-    pinned: Handles,
+    pub(crate) pinned: Handles,
     /// `args[..ahead]` have been looked into for work to start ahead.
-    ahead: usize,
+    pub(crate) ahead: usize,
 }
 
 impl Frame {
     /// Something this frame depends on came from IO: nothing in its chain so far is pure.
-    fn taint(&mut self) {
+    pub(crate) fn taint(&mut self) {
         self.clean_from = self.chain.len();
     }
 
-    fn tainted(&self) -> bool {
+    pub(crate) fn tainted(&self) -> bool {
         self.clean_from > 0
     }
 }
 
 #[allow(clippy::large_enum_variant, reason = "a transient return value; boxing would allocate per thunk")]
-enum Start {
+pub(crate) enum Start {
     Done(Outcome),
     Frame(Frame),
 }
 
 /// An outcome on its way to the frame that asked for it, and whether it depends on IO.
-type Pending = Option<(Outcome, bool)>;
+pub(crate) type Pending = Option<(Outcome, bool)>;
 
 impl<S: Store, E: Executor<S>> Evaluator<S, E> {
     pub fn new(store: S, executor: E) -> Self {
@@ -188,8 +203,8 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
             memo: Memo::bounded(&Ceilings::default()),
             stats: Stats::default(),
             ceilings: Ceilings::default(),
-            stack: Vec::new(),
-            ahead: Ahead::new(),
+            spare: None,
+            next_evaluation: 0,
         }
     }
 
@@ -254,154 +269,22 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         }
     }
 
+    /// Runs an evaluation to its end here and now: the executor's `apply` may wait, and the
+    /// walk never steps aside.
     fn run(&mut self, root: Handle, use_memo: bool, io: &mut dyn Io<S>) -> Outcome {
-        // A root the memo answers needs nothing else (as `start` would answer it), not even a
-        // pin: on a node every store call takes a lock.
-        if use_memo
-            && root.kind() == Kind::Thunk
-            && let Some(outcome) = self.memo.get(&root)
-        {
-            self.stats.memo_hits += 1;
-            return outcome;
-        }
-        self.executor.start_evaluation();
-        self.ahead.begin();
-        // What the evaluation was asked for stays while it runs, whatever the store evicts.
-        let pinned = self.store.pin(&root);
-        let mut stack = core::mem::take(&mut self.stack);
-        stack.clear();
-        let outcome = self.run_with(root, use_memo, io, &mut stack);
-        self.stack = stack;
-        if pinned {
-            self.store.unpin(&root);
-        }
-        self.executor.end_evaluation();
+        let (stack, ahead) = self.spare.take().unwrap_or_else(|| (Vec::new(), Ahead::new()));
+        let mut walk = self.begin_with(root, use_memo, false, stack, ahead);
+        let outcome = loop {
+            if let Some(outcome) = self.step(&mut walk, io, u64::MAX) {
+                break outcome;
+            }
+        };
+        self.spare = Some(walk.into_parts());
         outcome
     }
 
-    fn run_with(
-        &mut self,
-        root: Handle,
-        use_memo: bool,
-        io: &mut dyn Io<S>,
-        stack: &mut Vec<Frame>,
-    ) -> Outcome {
-        let mut steps = 0u64;
-        let mut pending: Pending = match self.start(root, use_memo) {
-            Start::Done(outcome) => return outcome,
-            Start::Frame(frame) => {
-                stack.push(frame);
-                None
-            }
-        };
-        // Now that the root's arguments are pinned, room for the work ahead.
-        self.relieve_pressure();
-        loop {
-            let frame = stack.last_mut().expect("a frame is always pending here");
-            match pending.take() {
-                Some((Ok(value), from_io)) => {
-                    if from_io {
-                        frame.taint();
-                    }
-                    // An argument's value stays until the frame is done with it, whatever
-                    // the store evicts meanwhile.
-                    if frame.pinned.try_reserve(1).is_ok() && self.store.pin(&value) {
-                        frame.pinned.push(value);
-                    }
-                    frame.done.push(value)
-                }
-                // EVAL-7: a failed argument fails the thunk with the same error.
-                Some((Err(error), from_io)) => {
-                    let mut frame = stack.pop().expect("non-empty");
-                    if from_io {
-                        frame.taint();
-                    }
-                    let outcome = Err(error);
-                    self.remember(&frame, &outcome, use_memo);
-                    if stack.is_empty() {
-                        return outcome;
-                    }
-                    pending = Some((outcome, frame.tainted()));
-                    continue;
-                }
-                None => {}
-            }
-            self.look_ahead(stack, use_memo);
-            let frame = stack.last_mut().expect("non-empty");
-            if frame.done.len() < frame.args.len() {
-                let arg = frame.args[frame.done.len()];
-                match self.start(arg, use_memo) {
-                    Start::Done(outcome) => pending = Some((outcome, false)),
-                    Start::Frame(child) => match self.room_for_child(stack) {
-                        Ok(()) => stack.push(child),
-                        Err(failure) => {
-                            release(&mut self.store, &child);
-                            pending = Some((Err(EvalError { thunk: arg, failure }), false));
-                        }
-                    },
-                }
-                continue;
-            }
-
-            let outcome = match self.apply(frame, use_memo, &mut steps, io) {
-                Applied::Tail(next) => match self.start(next, use_memo) {
-                    Start::Frame(mut next_frame) => {
-                        let frame = stack.last_mut().expect("non-empty");
-                        let mut chain = core::mem::take(&mut frame.chain);
-                        if chain.try_reserve(next_frame.chain.len()).is_err() {
-                            release(&mut self.store, &next_frame);
-                            frame.chain = chain;
-                            let frame = stack.pop().expect("non-empty");
-                            let outcome = Err(EvalError { thunk: next, failure: Failure::NodeOutOfMemory });
-                            self.remember(&frame, &outcome, use_memo);
-                            if stack.is_empty() {
-                                return outcome;
-                            }
-                            pending = Some((outcome, frame.tainted()));
-                            continue;
-                        }
-                        chain.extend(next_frame.chain.drain(..));
-                        next_frame.chain = chain;
-                        next_frame.clean_from = frame.clean_from;
-                        release(&mut self.store, frame);
-                        *frame = next_frame;
-                        continue;
-                    }
-                    Start::Done(outcome) => outcome,
-                },
-                Applied::Done(outcome) => outcome,
-            };
-            let frame = stack.pop().expect("non-empty");
-            self.remember(&frame, &outcome, use_memo);
-            if stack.is_empty() {
-                return outcome;
-            }
-            pending = Some((outcome, frame.tainted()));
-        }
-    }
-
-    /// For the frame on top (new, the root's, an argument's or a tail call's, or resumed), when
-    /// other CPUs have room: starts what is ready among the arguments it has yet to evaluate.
-    fn look_ahead(&mut self, stack: &mut [Frame], use_memo: bool) {
-        // How deep below the frame thunks may nest before the walk stops at the depth ceiling.
-        let depth = usize::try_from(self.ceilings.depth).unwrap_or(usize::MAX).saturating_sub(stack.len());
-        let Some(frame) = stack.last_mut() else { return };
-        if frame.ahead >= frame.args.len() || self.executor.room_ahead() == 0 {
-            return;
-        }
-        let mut cx = ahead::Context {
-            store: &mut self.store,
-            executor: &mut self.executor,
-            memo: use_memo.then_some(&self.memo),
-            ceilings: &self.ceilings,
-            stats: &mut self.stats,
-        };
-        let from = frame.ahead.max(frame.done.len());
-        frame.ahead = self.ahead.look(&mut cx, &frame.args, from, depth);
-    }
-
     /// Whether one more thunk may wait on its arguments: the depth ceiling, and memory for it.
-    fn room_for_child(&self, stack: &mut Vec<Frame>) -> Result<(), Failure> {
+    pub(crate) fn room_for_child(&self, stack: &mut Vec<Frame>) -> Result<(), Failure> {
         if stack.len() as u64 >= self.ceilings.depth {
             return Err(Failure::NodeLimit(alloc::format!(
                 "thunks nest deeper than the {} this node allows",
@@ -412,7 +295,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
     }
 
     /// EVAL-1 for values; otherwise a memo hit or a new frame for the thunk.
-    fn start(&mut self, handle: Handle, use_memo: bool) -> Start {
+    pub(crate) fn start(&mut self, handle: Handle, use_memo: bool) -> Start {
         if handle.kind() != Kind::Thunk {
             return Start::Done(Ok(handle));
         }
@@ -477,10 +360,54 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         }
     }
 
-    /// Applies a frame whose arguments are all values.
-    fn apply(&mut self, frame: &mut Frame, use_memo: bool, steps: &mut u64, io: &mut dyn Io<S>) -> Applied {
+    /// Applies a frame whose arguments are all values. `awaiting` is the thunk as applied if
+    /// this frame stepped aside for it before (everything up to the executor is done then). A
+    /// walk that may step aside does so (returns `Waiting`, with `awaiting` set) rather than
+    /// have the executor wait.
+    pub(crate) fn apply(&mut self, frame: &mut Frame, walk: Applying<'_>, io: &mut dyn Io<S>) -> Applied {
         let current = frame.current;
         let fail = move |failure| Applied::Done(Err(EvalError { thunk: current, failure }));
+        let applied = match walk.awaiting.take() {
+            Some(applied) => applied,
+            None => match self.prepare(frame, walk.use_memo, walk.steps, io) {
+                Ok(applied) => applied,
+                Err(done) => return done,
+            },
+        };
+        let app = Application {
+            thunk: applied,
+            limits: frame.limits,
+            procedure: frame.procedure,
+            args: &frame.done,
+        };
+        if walk.may_step_aside && !self.executor.poll_ready(&mut self.store, &app) {
+            *walk.awaiting = Some(applied);
+            return Applied::Waiting;
+        }
+        self.stats.tasks_run += 1;
+        self.relieve_pressure();
+        match self.executor.apply(&mut self.store, &app) {
+            // The executor enforces EVAL-3 (it knows what the task may name). A result the store
+            // lacks is then one this node does not hold (an entry of a tree it opened, say):
+            // missing, not remembered, rather than a failure another node would not have.
+            Ok(result) if !self.store.contains(&result) => fail(Failure::MissingObject(result)),
+            Ok(result) if result.kind() == Kind::Thunk => Applied::Tail(result),
+            Ok(result) => Applied::Done(Ok(result)),
+            Err(failure) => fail(failure),
+        }
+    }
+
+    /// Everything of an application before a task runs: the thunk as applied (stored), a memo
+    /// hit, the step ceiling, and IO, which is performed here. `Ok` is the thunk a task must run.
+    fn prepare(
+        &mut self,
+        frame: &mut Frame,
+        use_memo: bool,
+        steps: &mut u64,
+        io: &mut dyn Io<S>,
+    ) -> Result<Handle, Applied> {
+        let current = frame.current;
+        let fail = move |failure| Err(Applied::Done(Err(EvalError { thunk: current, failure })));
         // With no thunk among the arguments, the thunk as applied is the thunk as written.
         let applied = if frame.done == frame.args {
             frame.current
@@ -501,7 +428,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
             frame.chain.push(applied);
             if use_memo && let Some(outcome) = self.memo.get(&applied) {
                 self.stats.memo_hits += 1;
-                return Applied::Done(outcome);
+                return Err(Applied::Done(outcome));
             }
         }
         *steps += 1;
@@ -513,37 +440,25 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
             // An IO request is never memoized, and neither is anything waiting on it.
             frame.taint();
         }
+        let Some(effect) = effect else { return Ok(applied) };
+        self.stats.io_requests += 1;
         let app = Application {
             thunk: applied,
             limits: frame.limits,
             procedure: frame.procedure,
             args: &frame.done,
         };
-        if let Some(effect) = effect {
-            self.stats.io_requests += 1;
-            return match io.perform(&mut self.store, effect, &app) {
-                // The IO layer stores every response; one it did not is its bug (and IO is never
-                // remembered either way).
-                Ok(result) if !self.store.contains(&result) => fail(Failure::ForgedHandle(result)),
-                Ok(result) => Applied::Done(Ok(result)),
-                Err(failure) => fail(failure),
-            };
-        }
-        self.stats.tasks_run += 1;
-        self.relieve_pressure();
-        match self.executor.apply(&mut self.store, &app) {
-            // The executor enforces EVAL-3 (it knows what the task may name). A result the store
-            // lacks is then one this node does not hold (an entry of a tree it opened, say):
-            // missing, not remembered, rather than a failure another node would not have.
-            Ok(result) if !self.store.contains(&result) => fail(Failure::MissingObject(result)),
-            Ok(result) if result.kind() == Kind::Thunk => Applied::Tail(result),
-            Ok(result) => Applied::Done(Ok(result)),
+        match io.perform(&mut self.store, effect, &app) {
+            // The IO layer stores every response; one it did not is its bug (and IO is never
+            // remembered either way).
+            Ok(result) if !self.store.contains(&result) => fail(Failure::ForgedHandle(result)),
+            Ok(result) => Err(Applied::Done(Ok(result))),
             Err(failure) => fail(failure),
         }
     }
 
     /// A frame is done: its arguments' values are let go, and its outcome remembered.
-    fn remember(&mut self, frame: &Frame, outcome: &Outcome, use_memo: bool) {
+    pub(crate) fn remember(&mut self, frame: &Frame, outcome: &Outcome, use_memo: bool) {
         release(&mut self.store, frame);
         if use_memo {
             let store = &mut self.store;
@@ -558,7 +473,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
     }
 
     /// With the store nearly full, makes room before more work starts.
-    fn relieve_pressure(&mut self) {
+    pub(crate) fn relieve_pressure(&mut self) {
         let stats = self.store.stats();
         if stats.used.saturating_mul(100) > stats.limit.saturating_mul(HIGH_WATER_PERCENT) {
             // Gently: what is not needed yet but was just stored (a thunk's arguments before
@@ -593,7 +508,7 @@ const HIGH_WATER_PERCENT: u64 = 85;
 const MEMO_EVICT_BATCH: usize = 256;
 
 /// Lets go of what a frame pinned: its arguments, and the values they gave.
-fn release<S: Store>(store: &mut S, frame: &Frame) {
+pub(crate) fn release<S: Store>(store: &mut S, frame: &Frame) {
     for handle in &frame.pinned {
         store.unpin(handle);
     }
@@ -607,7 +522,18 @@ fn pin_in<S: Store>(store: &mut S, value: Handle, pin: bool) {
     }
 }
 
-enum Applied {
+/// What `apply` needs of the walk it works for.
+pub(crate) struct Applying<'a> {
+    pub use_memo: bool,
+    /// Applications made so far, against the step ceiling.
+    pub steps: &'a mut u64,
+    pub awaiting: &'a mut Option<Handle>,
+    pub may_step_aside: bool,
+}
+
+pub(crate) enum Applied {
     Done(Outcome),
     Tail(Handle),
+    /// The executor runs it elsewhere and its outcome is not in yet (`Executor::poll_ready`).
+    Waiting,
 }

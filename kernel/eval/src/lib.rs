@@ -10,8 +10,10 @@ mod ahead;
 mod error;
 mod eval;
 mod memo;
+mod walk;
 
 pub use ahead::LOOKAHEAD_DECODES;
 pub use error::{EvalError, Failure, printable};
 pub use eval::{Application, Ceilings, Evaluator, Executor, Io, NoIo, Replay, Stats};
 pub use memo::Memo;
+pub use walk::Walk;

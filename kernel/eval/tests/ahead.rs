@@ -146,7 +146,7 @@ impl Executor<MemStore> for Fake {
         run(store, app)
     }
 
-    fn start_evaluation(&mut self) {
+    fn start_evaluation(&mut self, _eval: u64) {
         assert!(!self.in_evaluation, "an evaluation began before the last one ended");
         assert!(self.started.is_empty());
         self.in_evaluation = true;
@@ -179,7 +179,7 @@ impl Executor<MemStore> for Fake {
         true
     }
 
-    fn end_evaluation(&mut self) {
+    fn end_evaluation(&mut self, _eval: u64) {
         assert!(self.in_evaluation);
         self.in_evaluation = false;
         self.started.clear();

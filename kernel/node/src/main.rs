@@ -308,6 +308,7 @@ fn serve(config: &NodeConfig) -> Status {
     *SERVING.lock() = Some(Serving { network, cluster, api, cluster_api });
     let mut jobs = net::jobs::Jobs::default();
     jobs.peers = config.peers.clone();
+    let mut evaluations = net::evaluations::Evaluations::default();
     let started = arch::clock::micros_since_boot();
     let mut announced = false;
     log::info!("serving; stop the VM to shut down");
@@ -339,21 +340,38 @@ fn serve(config: &NodeConfig) -> Status {
         if let (Some(cluster_api), Some(cluster)) = (s.cluster_api.as_mut(), s.cluster.as_mut()) {
             busy |= cluster_api.poll(cluster, &mut ev, &mut jobs);
         }
+        evaluations.let_go_unwanted(&mut ev, &s.api, s.cluster_api.as_ref());
         drop(guard);
-        busy |= run_queued(&mut jobs, &mut ev);
+        busy |= run_queued(&mut jobs, &mut ev, &mut evaluations);
+        // Tasks finished on the other CPUs from here on wake the loop (see below).
+        let finished_before = task::ahead::finished();
+        let (answers, moved) = evaluations.step(&mut ev);
+        busy |= moved;
         // What tasks and evaluations stored this round reaches the disk durably (what clients
         // stored already has: they hear STORED only after).
-        if let Err(e) = ev.store.sync() {
+        let synced = ev.store.sync();
+        if let Err(e) = &synced {
             log::warn!("store: {e}");
         }
         let mut guard = SERVING.lock();
         let s = guard.as_mut().expect("set above");
+        for finished in answers {
+            let answer = durable(&synced, &ev, finished.answer);
+            let api = if finished.on_cluster { s.cluster_api.as_mut() } else { Some(&mut s.api) };
+            if let Some(api) = api {
+                api.deliver(finished.queued, answer);
+            }
+        }
         if busy {
             // Replies go out on this round rather than the next tick.
             s.network.poll();
             if let Some(cluster) = s.cluster.as_mut() {
                 cluster.poll();
             }
+        } else if !evaluations.is_empty() {
+            // Every EVAL under way waits for a task on another CPU.
+            drop(guard);
+            wait_for_tasks(&mut ev, finished_before);
         } else if !arch::smp::help() {
             // The timer (100 Hz) or a device interrupt wakes us to poll again.
             let halted = arch::clock::micros_since_boot();
@@ -363,30 +381,98 @@ fn serve(config: &NodeConfig) -> Status {
     }
 }
 
+/// Has the boot CPU do something useful while every EVAL under way waits for a task on
+/// another CPU: run a queued task no other CPU took, or else halt until a task finishes (its
+/// CPU wakes this one), a packet arrives, or the timer ticks. `seen` is what
+/// `task::ahead::finished` said before the walks were stepped: a task finished since then has
+/// the loop step them again.
+fn wait_for_tasks(ev: &mut jobs::NodeEvaluator, seen: u64) {
+    use task::ahead::{Queued, finished};
+    let since = arch::clock::micros_since_boot();
+    let waited = || arch::clock::micros_since_boot().saturating_sub(since);
+    loop {
+        if finished() != seen {
+            return;
+        }
+        match ev.executor.run_a_queued_task(STEAL_AFTER_US) {
+            Queued::Ran => return,
+            // Back to the loop now and then, to serve the network.
+            Queued::Young if waited() < 1000 => core::hint::spin_loop(),
+            Queued::Young => return,
+            // A moment's look before halting: a task may be about to end.
+            Queued::None if waited() < arch::smp::SPIN_BEFORE_HALT_US => core::hint::spin_loop(),
+            Queued::None => break,
+        }
+    }
+    x86_64::instructions::interrupts::disable();
+    arch::smp::boot_cpu_sleeping();
+    if finished() == seen {
+        x86_64::instructions::interrupts::enable_and_hlt();
+    } else {
+        x86_64::instructions::interrupts::enable();
+    }
+    arch::smp::boot_cpu_awake();
+}
+
+/// How long a task waits in the queue before the boot CPU, with every EVAL waiting, runs it
+/// itself: long enough for an idle CPU to wake and take it.
+const STEAL_AFTER_US: u64 = 200;
+
+/// `answer`, unless what the work made could not be made durable: then an error. A disk that
+/// could not make it so (it failed now, or earlier, and then nothing was written: memo entries
+/// among them) turns the answer into an error: a client must not be told what a restart would
+/// forget (docs/STORE.md).
+fn durable(
+    synced: &Result<(), cairn_object::store::StoreError>,
+    ev: &jobs::NodeEvaluator,
+    answer: cairn_proto::Message,
+) -> cairn_proto::Message {
+    if synced.is_ok() && !ev.store.disk_failed() {
+        return answer;
+    }
+    cairn_proto::Message::Error {
+        code: cairn_proto::ErrorCode::Internal,
+        message: "the store's disk failed: what this work made cannot be kept".into(),
+    }
+}
+
 /// Runs the work both APIs queued, answering each on the API it came from; true if there was
-/// any. The node keeps answering HELLO, HAVE and GET meanwhile (`net::busy`): an EVAL runs with
-/// the networks let go, and FETCH and RELOCATE serve them while they wait on the peer. Jobs
-/// with IO hold the networks, since their evaluation uses them.
-fn run_queued(jobs: &mut net::jobs::Jobs, ev: &mut jobs::NodeEvaluator) -> bool {
+/// any. An EVAL begins a walk in `evaluations` (the loop steps it); other work waits while any
+/// is under way. The node keeps answering HELLO, HAVE and GET meanwhile (`net::busy`): FETCH
+/// and RELOCATE serve them while they wait on the peer. Jobs with IO hold the networks, since
+/// their evaluation uses them.
+fn run_queued(
+    jobs: &mut net::jobs::Jobs,
+    ev: &mut jobs::NodeEvaluator,
+    evaluations: &mut net::evaluations::Evaluations,
+) -> bool {
     let mut any = false;
     loop {
         let mut guard = SERVING.lock();
         let s = guard.as_mut().expect("set by serve");
-        let (queued, on_cluster) = match s.api.next_work() {
+        if !evaluations.has_room() {
+            return any;
+        }
+        let other_work = evaluations.is_empty();
+        let (queued, on_cluster) = match s.api.next_work(other_work) {
             Some(queued) => (queued, false),
-            None => match s.cluster_api.as_mut().and_then(|a| a.next_work()) {
+            None => match s.cluster_api.as_mut().and_then(|a| a.next_work(other_work)) {
                 Some(queued) => (queued, true),
                 None => return any,
             },
         };
         any = true;
         let answer = match queued.work.clone() {
-            Work::Eval { handle, fresh } => {
-                drop(guard);
-                let answer = net::api::evaluate(ev, handle, fresh);
-                guard = SERVING.lock();
-                answer
-            }
+            Work::Eval { .. } => match evaluations.begin(ev, queued, on_cluster) {
+                None => continue,
+                Some(refused) => {
+                    let api = if on_cluster { s.cluster_api.as_mut() } else { Some(&mut s.api) };
+                    if let Some(api) = api {
+                        api.deliver(refused.queued, refused.answer);
+                    }
+                    continue;
+                }
+            },
             Work::Scrub => {
                 // Reads serve the others between objects, as during an EVAL.
                 drop(guard);
@@ -406,22 +492,12 @@ fn run_queued(jobs: &mut net::jobs::Jobs, ev: &mut jobs::NodeEvaluator) -> bool 
             }
             work => jobs.run(work, &mut s.network, ev),
         };
-        // What the work made is durable before its answer names it. A disk that could not make
-        // it so (it failed now, or earlier, and then nothing was written: memo entries among
-        // them) turns the answer into an error: a client must not be told what a restart would
-        // forget (docs/STORE.md).
-        let answer = match ev.store.sync() {
-            Ok(()) if !ev.store.disk_failed() => answer,
-            synced => {
-                if let Err(e) = synced {
-                    log::warn!("store: {e}");
-                }
-                cairn_proto::Message::Error {
-                    code: cairn_proto::ErrorCode::Internal,
-                    message: "the store's disk failed: what this work made cannot be kept".into(),
-                }
-            }
-        };
+        // What the work made is durable before its answer names it.
+        let synced = ev.store.sync();
+        if let Err(e) = &synced {
+            log::warn!("store: {e}");
+        }
+        let answer = durable(&synced, ev, answer);
         let s = guard.as_mut().expect("set by serve");
         let api = if on_cluster { s.cluster_api.as_mut().expect("work came from it") } else { &mut s.api };
         api.deliver(queued, answer);

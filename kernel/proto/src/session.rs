@@ -248,6 +248,12 @@ impl Session {
         self.closing
     }
 
+    /// True while work this session queued has not been answered: the node is the one taking
+    /// its time, so the client is not idle.
+    pub fn awaits_work(&self) -> bool {
+        self.outstanding > 0
+    }
+
     /// True while the session owes the client answers it has not produced yet: queued work, or
     /// input held back. A client that has closed its side still gets them.
     pub fn owes_answers(&self) -> bool {
@@ -1229,7 +1235,15 @@ mod tests {
             [1],
             "everything after the EVAL waits"
         );
+        assert!(s.awaits_work(), "an EVAL queued, not answered: the client is not idle");
         assert_eq!(s.take_work(), Some((2, Work::Eval { handle: b, fresh: false })));
+        let mut s2 = Session::new();
+        assert!(!s2.awaits_work());
+        exchange(&mut s2, &mut n, &frames(&[(1, Message::Eval { handle: b })]));
+        assert!(s2.awaits_work(), "an EVAL taken but not answered: the client is not idle");
+        s2.take_work();
+        s2.deliver(1, Message::Evaluated { result: b, tasks_run: 0, memo_hits: 0, micros: 0 });
+        assert!(!s2.awaits_work());
         assert_eq!(s.take_work(), None);
         // More input while the EVAL runs waits too.
         assert!(exchange(&mut s, &mut n, &frames(&[(5, Message::Stats)])).is_empty());

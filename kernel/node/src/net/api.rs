@@ -18,22 +18,6 @@ use crate::arch::clock;
 use crate::jobs::NodeEvaluator;
 use crate::memory::objects::{NodeStore, UploadPages};
 
-/// The answer to a queued EVAL (the node's loop runs it; see `net::busy`).
-pub fn evaluate(ev: &mut NodeEvaluator, handle: Handle, fresh: bool) -> cairn_proto::Message {
-    let (before, started) = (ev.stats(), clock::micros_since_boot());
-    let outcome = if fresh { ev.eval_fresh(handle) } else { ev.eval(handle) };
-    let after = ev.stats();
-    match outcome {
-        Ok(result) => cairn_proto::Message::Evaluated {
-            result,
-            tasks_run: after.tasks_run - before.tasks_run,
-            memo_hits: after.memo_hits - before.memo_hits,
-            micros: clock::micros_since_boot() - started,
-        },
-        Err(e) => cairn_proto::Message::EvalFailed { thunk: e.thunk, failure: format!("{}", e.failure) },
-    }
-}
-
 /// An object as this node serves it: the stored bytes, or, on a node with the deliberate fault
 /// of a test, bytes a peer must catch as wrong.
 fn served_object(store: &NodeStore, handle: &Handle, fault: cairn_bootcfg::Fault) -> Option<Bytes> {
@@ -227,6 +211,7 @@ impl NodeApi for Node<'_> {
         let store = self.ev.store.stats();
         let eval = self.ev.stats();
         let keystreams = super::ahead::stats();
+        let evaluations = super::evaluations::stats();
         // With a disk: what it holds (docs/STORE.md).
         let disk = self.ev.store.disk_stats().map_or(String::new(), |d| {
             format!(
@@ -254,8 +239,11 @@ impl NodeApi for Node<'_> {
             })
             .collect();
         format!(
-            "{disk}{per_cpu}tasks_started_ahead={}\ncpus={}\nhelper_busy_ms={}\nhelper_hashed_bytes={}\nkeystreams_ahead={}\nkeystreams_taken_back={}\nkeystreams_live={}\nobjects={}\nstore_bytes={}\nstore_used={}\nstore_limit={}\nstore_pinned={}\nstore_evictions={}\nstore_evicted_bytes={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nmemo_error_bytes={}\nmemo_evictions={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\nrelocated={}\n{}connections_served={}\nconnections_refused={}\nconnections_too_slow={}\nconnections_evicted={}\nconnections_idle={}\nconnections_handshake_closed={}\nuptime_ms={}\nidle_ms={}\n",
+            "{disk}{per_cpu}tasks_started_ahead={}\ntasks_most_at_once={}\nevaluations_most_at_once={}\nevaluations_let_go={}\ncpus={}\nhelper_busy_ms={}\nhelper_hashed_bytes={}\nkeystreams_ahead={}\nkeystreams_taken_back={}\nkeystreams_live={}\nobjects={}\nstore_bytes={}\nstore_used={}\nstore_limit={}\nstore_pinned={}\nstore_evictions={}\nstore_evicted_bytes={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nmemo_error_bytes={}\nmemo_evictions={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\nrelocated={}\n{}connections_served={}\nconnections_refused={}\nconnections_too_slow={}\nconnections_evicted={}\nconnections_idle={}\nconnections_handshake_closed={}\nuptime_ms={}\nidle_ms={}\n",
             eval.started_ahead,
+            crate::task::most_at_once(),
+            evaluations.0,
+            evaluations.1,
             crate::arch::smp::cpus(),
             crate::arch::smp::busy_us() / 1000,
             crate::memory::objects::helper_hashed_bytes(),
@@ -328,15 +316,27 @@ impl Api {
     }
 
     /// The next job a client asked for; run it, then hand the answer to [`Api::deliver`].
-    /// Work whose connection has gone is dropped, not run: nobody would get its answer.
-    pub fn next_work(&mut self) -> Option<Queued> {
-        while let Some(queued) = self.connections.queued.pop_front() {
-            let slot = &self.connections.slots[queued.slot];
-            if slot.generation == queued.generation && slot.session.is_some() {
-                return Some(queued);
+    /// Work whose connection has gone is dropped, not run: nobody would get its answer. Work
+    /// other than an EVAL is taken only if `any`: it waits while EVALs are under way (see
+    /// `net::evaluations`), and the work queued behind it too.
+    pub fn next_work(&mut self, any: bool) -> Option<Queued> {
+        while let Some(queued) = self.connections.queued.front() {
+            if !self.wanted(queued) {
+                self.connections.queued.pop_front();
+                continue;
             }
+            if !any && !matches!(queued.work, cairn_proto::session::Work::Eval { .. }) {
+                return None;
+            }
+            return self.connections.queued.pop_front();
         }
         None
+    }
+
+    /// Whether the connection that asked for `queued` is still there to hear its answer.
+    pub fn wanted(&self, queued: &Queued) -> bool {
+        let slot = &self.connections.slots[queued.slot];
+        slot.generation == queued.generation && slot.session.is_some()
     }
 
     /// Answers queued work, unless its connection has gone in the meantime.

@@ -381,7 +381,12 @@ impl Connections {
                 } else {
                     socket.close();
                 }
-            } else if timeouts && now.saturating_sub(slot.last_active) > self.idle_timeout_us {
+            } else if timeouts
+                && !session.awaits_work()
+                && now.saturating_sub(slot.last_active) > self.idle_timeout_us
+            {
+                // (A client waiting for its EVAL or job is not idle: EVALs run while the node
+                // serves in full.)
                 self.refusals.idle += 1;
                 socket.abort();
             }

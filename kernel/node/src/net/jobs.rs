@@ -50,16 +50,17 @@ fn error(code: ErrorCode, message: alloc::string::String) -> Message {
 }
 
 impl Jobs {
-    /// Runs queued work that needs no peer: an EVAL (see net::busy for how the node's loop
-    /// runs it instead), or a job, whose IO goes out on `network`.
+    /// Runs queued work that needs no peer: a job, whose IO goes out on `network`, or a replay.
     pub fn run(&mut self, work: Work, network: &mut Network, ev: &mut NodeEvaluator) -> Message {
         match work {
-            Work::Eval { handle, fresh } => super::api::evaluate(ev, handle, fresh),
             Work::Submit { job } => self.submit(job, network, ev),
             Work::Replay { handle } => self.replay(handle, ev),
-            Work::Fetch { .. } | Work::Relocate { .. } | Work::Scrub | Work::Pin { .. } | Work::Gc { .. } => {
-                error(ErrorCode::Internal, "work the node's loop runs itself".into())
-            }
+            Work::Eval { .. }
+            | Work::Fetch { .. }
+            | Work::Relocate { .. }
+            | Work::Scrub
+            | Work::Pin { .. }
+            | Work::Gc { .. } => error(ErrorCode::Internal, "work the node's loop runs itself".into()),
         }
     }
 

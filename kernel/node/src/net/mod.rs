@@ -5,6 +5,7 @@ pub mod api;
 pub mod busy;
 pub mod client;
 pub mod connections;
+pub mod evaluations;
 pub mod jobs;
 pub mod peer;
 pub mod store_admin;

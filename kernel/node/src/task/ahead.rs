@@ -16,7 +16,7 @@
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use cairn_eval::{Application, Failure};
 use cairn_object::store::Store;
@@ -32,9 +32,65 @@ use crate::memory::objects::NodeStore;
 /// walk to offer more, few enough that an evaluation cut short wastes little.
 const STARTED_PER_CPU: usize = 2;
 
+/// Jobs started (by every evaluation under way) and not yet taken or let go, node-wide.
+static STARTED: AtomicUsize = AtomicUsize::new(0);
+/// Jobs finished so far, on any CPU: the node's loop looks at it before halting.
+static FINISHED: AtomicU64 = AtomicU64::new(0);
+
+/// How many more jobs may be started ahead now, node-wide: enough that no CPU waits for a
+/// walk to offer more, few enough that evaluations cut short waste little.
+pub fn room() -> usize {
+    let others = smp::task_cpus_other_than_boot();
+    if others == 0 {
+        return 0;
+    }
+    ((others + 1) * STARTED_PER_CPU).saturating_sub(STARTED.load(Ordering::Relaxed))
+}
+
+/// Jobs finished so far: what a waiting walk waits for may be among those finished since the
+/// last look.
+pub fn finished() -> u64 {
+    FINISHED.load(Ordering::SeqCst)
+}
+
+/// What [`run_one_queued`] did.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    Ran,
+    /// Jobs wait, but none for long enough: another CPU may be about to take it.
+    Young,
+    None,
+}
+
+/// Runs the oldest queued job on the boot CPU with its `local` runner, if it has waited at
+/// least `min_wait_us` (an idle CPU takes a job within microseconds; the boot CPU takes only
+/// what no other CPU could, since while it runs a task it serves only reads, and no new EVAL
+/// begins), unless the boot CPU runs no tasks.
+pub fn run_one_queued(local: &mut Runner, min_wait_us: u64) -> Queued {
+    let Some(queue) = queue().filter(|_| !others_only()) else { return Queued::None };
+    let now = crate::arch::clock::micros_since_boot();
+    let job = {
+        let mut jobs = queue.jobs.lock();
+        match jobs.front() {
+            None => return Queued::None,
+            Some(job) if now.saturating_sub(job.queued_at) < min_wait_us => return Queued::Young,
+            Some(_) => jobs.pop_front(),
+        }
+    };
+    match job {
+        Some(job) => {
+            job.run_on(local);
+            Queued::Ran
+        }
+        None => Queued::None,
+    }
+}
+
 /// One application started ahead.
 pub struct Job {
     thunk: Handle,
+    /// When it was queued (microseconds since boot).
+    queued_at: u64,
     limits: Limits,
     procedure: Handle,
     args: Vec<Handle>,
@@ -117,9 +173,10 @@ impl Job {
             }
             _ => *state = State::Done { outcome, spent_us, pinned: held },
         }
-        // SeqCst, as the boot CPU's check in `wait`: either it sees the job done, or this CPU
-        // sees it asleep and wakes it.
+        // SeqCst, as the boot CPU's checks in `wait` and in the node's loop: either it sees the
+        // job done, or this CPU sees it asleep and wakes it.
         self.done.store(true, Ordering::SeqCst);
+        FINISHED.fetch_add(1, Ordering::SeqCst);
         smp::wake_boot_cpu();
     }
 }
@@ -222,27 +279,8 @@ pub struct Started {
 }
 
 impl Started {
-    /// How many more jobs may be started now.
-    pub fn room(&self) -> usize {
-        let others = smp::task_cpus_other_than_boot();
-        if others == 0 {
-            return 0;
-        }
-        ((others + 1) * STARTED_PER_CPU).saturating_sub(self.jobs.len())
-    }
-
-    /// Queues `app` for the other CPUs; false if it could not be (no room, no memory).
-    pub fn start(
-        &mut self,
-        store: &mut NodeStore,
-        app: &Application<'_>,
-        ceilings: TaskCeilings,
-        budget_us: u64,
-    ) -> bool {
-        self.room() > 0 && self.start_anyway(store, app, ceilings, budget_us)
-    }
-
-    /// Queues `app` whatever the room (the boot CPU runs no tasks: `others_only`).
+    /// Queues `app` for the other CPUs, whatever the [`room`] (the caller looked); false if it
+    /// could not be (no other CPU runs tasks, no memory, or it is started already).
     pub fn start_anyway(
         &mut self,
         store: &mut NodeStore,
@@ -268,6 +306,7 @@ impl Started {
         }
         let job = Arc::new(Job {
             thunk: app.thunk,
+            queued_at: crate::arch::clock::micros_since_boot(),
             limits: app.limits,
             procedure: app.procedure,
             args,
@@ -279,6 +318,7 @@ impl Started {
         });
         self.store.get_or_insert_with(|| store.clone());
         self.jobs.insert(app.thunk, job.clone());
+        STARTED.fetch_add(1, Ordering::Relaxed);
         queue.jobs.lock().push_back(job);
         smp::poke();
         true
@@ -286,7 +326,14 @@ impl Started {
 
     /// The job started for `thunk`, if any; it is the caller's from now on.
     pub fn take(&mut self, thunk: &Handle) -> Option<Arc<Job>> {
-        self.jobs.remove(thunk)
+        let job = self.jobs.remove(thunk)?;
+        STARTED.fetch_sub(1, Ordering::Relaxed);
+        Some(job)
+    }
+
+    /// Whether the job started for `thunk` is done; None if none was started.
+    pub fn is_done(&self, thunk: &Handle) -> Option<bool> {
+        self.jobs.get(thunk).map(|job| job.done.load(Ordering::Acquire))
     }
 
     /// The job's outcome: it runs here if no CPU has begun it; otherwise the boot CPU runs other
@@ -381,6 +428,7 @@ impl Started {
         let Some(mut store) = self.store.clone() else { return };
         self.release_taken(&mut store);
         while let Some((_, job)) = self.jobs.pop_first() {
+            STARTED.fetch_sub(1, Ordering::Relaxed);
             self.abandon(job, &mut store);
         }
     }

@@ -16,6 +16,7 @@ mod syscall;
 
 use alloc::format;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use cairn_abi::ARGS_HEADER;
@@ -33,6 +34,15 @@ use simd::Simd;
 /// A task that meets an NMI or a machine check runs again from the start this many times
 /// before its evaluation fails with `node fault`: the fault was the machine's, not the task's.
 const NODE_FAULT_RETRIES: u32 = 2;
+
+/// Tasks running now on any CPU, and the most that ever ran at once (STATS
+/// `tasks_most_at_once`).
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+static MOST_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+pub fn most_at_once() -> usize {
+    MOST_RUNNING.load(Ordering::Relaxed)
+}
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TaskStats {
@@ -75,18 +85,30 @@ impl TaskCeilings {
 }
 
 /// The evaluator's executor, on the boot CPU: it runs applications there, or takes the outcome
-/// of those it started ahead on the other CPUs (`ahead`), and keeps the budgets that span an
-/// evaluation.
+/// of those it started on the other CPUs (`ahead`), and keeps the budgets that span an
+/// evaluation, for each of the evaluations under way (docs/EVALUATION.md, "Several evaluations
+/// at once").
 pub struct TaskExecutor {
     pub ceilings: TaskCeilings,
     /// The boot CPU's own images and address space.
     local: Runner,
-    /// Time the current evaluation's tasks have spent so far.
-    eval_spent_us: u64,
-    started: ahead::Started,
+    /// The evaluations under way, and which of them the evaluator works for now.
+    evaluations: Vec<Evaluation>,
+    current: usize,
+    /// For an evaluation begun when no memory was left to note it (and for calls outside any).
+    scratch: Evaluation,
     /// Whether applications may be started ahead on the other CPUs (`cairn bench` turns it off
     /// to measure one CPU beside many in the same boot).
     pub run_ahead: bool,
+}
+
+/// What one evaluation under way has started, and spent.
+#[derive(Default)]
+struct Evaluation {
+    id: u64,
+    /// Time its tasks have spent so far.
+    spent_us: u64,
+    started: ahead::Started,
 }
 
 /// What one CPU keeps between the tasks it runs: images, the last address space, SIMD state.
@@ -119,10 +141,37 @@ impl TaskExecutor {
         TaskExecutor {
             ceilings,
             local: Runner::new(),
-            eval_spent_us: 0,
-            started: ahead::Started::default(),
+            evaluations: Vec::new(),
+            current: usize::MAX,
+            scratch: Evaluation::default(),
             run_ahead: true,
         }
+    }
+
+    /// The evaluation the evaluator works for now, and the boot CPU's runner.
+    fn parts(&mut self) -> (&mut Evaluation, &mut Runner) {
+        let evaluation = match self.evaluations.get_mut(self.current) {
+            Some(evaluation) => evaluation,
+            None => &mut self.scratch,
+        };
+        (evaluation, &mut self.local)
+    }
+
+    fn evaluation(&mut self) -> &mut Evaluation {
+        self.parts().0
+    }
+
+    /// What the evaluation under way has left of its time, and the budget of its next task.
+    fn budgets(&mut self) -> (u64, u64) {
+        let ceilings = self.ceilings;
+        let eval_left = ceilings.eval_time_us.saturating_sub(self.evaluation().spent_us);
+        (eval_left, ceilings.time_us.min(eval_left))
+    }
+
+    /// Runs a task queued for the other CPUs on this one if it has waited `min_wait_us` and the
+    /// boot CPU runs tasks: what the node's loop does when every evaluation waits.
+    pub fn run_a_queued_task(&mut self, min_wait_us: u64) -> ahead::Queued {
+        ahead::run_one_queued(&mut self.local, min_wait_us)
     }
 
     /// What the node's tasks did so far, on every CPU.
@@ -248,7 +297,10 @@ impl Runner {
         if fresh {
             task.space.activate();
         }
+        let running = RUNNING.fetch_add(1, Ordering::Relaxed) + 1;
+        MOST_RUNNING.fetch_max(running, Ordering::Relaxed);
         let outcome = task.run(store, image, &mut self.stats, &mut self.simd);
+        RUNNING.fetch_sub(1, Ordering::Relaxed);
         task.settle_waits();
         let spent = task.budget.spent(clock::micros_since_boot());
         // The result's pin: a task's own object keeps the pin CREATE took (no store call); an
@@ -285,48 +337,61 @@ impl Runner {
 }
 
 impl Executor<NodeStore> for TaskExecutor {
-    fn start_evaluation(&mut self) {
-        self.eval_spent_us = 0;
+    fn start_evaluation(&mut self, eval: u64) {
+        // Without memory to note it, it shares the scratch evaluation (budgets then count for
+        // both) rather than fail here.
+        if self.evaluations.try_reserve(1).is_ok() {
+            self.evaluations.push(Evaluation { id: eval, ..Evaluation::default() });
+            self.current = self.evaluations.len() - 1;
+        } else {
+            self.current = usize::MAX;
+        }
+    }
+
+    fn resume_evaluation(&mut self, eval: u64) {
+        self.current = self.evaluations.iter().position(|e| e.id == eval).unwrap_or(usize::MAX);
     }
 
     fn apply(&mut self, store: &mut NodeStore, app: &Application<'_>) -> Result<Handle, Failure> {
-        self.started.release_taken(store);
-        let mut ahead = self.started.take(&app.thunk);
+        let ceilings = self.ceilings;
+        self.evaluation().started.release_taken(store);
+        let mut ahead = self.evaluation().started.take(&app.thunk);
         if ahead.is_none() && ahead::others_only() {
-            let eval_left = self.ceilings.eval_time_us.saturating_sub(self.eval_spent_us);
-            let budget_us = self.ceilings.time_us.min(eval_left);
-            if eval_left > 0 && self.started.start_anyway(store, app, self.ceilings, budget_us) {
-                ahead = self.started.take(&app.thunk);
+            let (eval_left, budget_us) = self.budgets();
+            let started = &mut self.evaluation().started;
+            if eval_left > 0 && started.start_anyway(store, app, ceilings, budget_us) {
+                ahead = started.take(&app.thunk);
             }
         }
         let mut retries = 0;
         loop {
-            let eval_left = self.ceilings.eval_time_us.saturating_sub(self.eval_spent_us);
+            let (eval_left, local_budget_us) = self.budgets();
             if eval_left == 0 {
                 if let Some(job) = ahead {
-                    self.started.abandon(job, store);
+                    self.evaluation().started.abandon(job, store);
                 }
                 return Err(self.eval_time_failure());
             }
             let (outcome, spent, budget_us) = match ahead.take() {
                 Some(job) => {
                     let budget_us = job.budget_us();
-                    let (outcome, spent) = self.started.wait(job, store, &mut self.local);
+                    let (evaluation, local) = self.parts();
+                    let (outcome, spent) = evaluation.started.wait(job, store, local);
                     (outcome, spent, budget_us)
                 }
                 None => {
-                    let budget_us = self.ceilings.time_us.min(eval_left);
                     let (outcome, spent, pinned) =
-                        self.local.apply_once(store, app, self.ceilings, budget_us, false);
+                        self.local.apply_once(store, app, ceilings, local_budget_us, false);
                     if pinned && let Ok(result) = &outcome {
                         // Until the evaluator has it (the next call), as for a job's result.
-                        self.started.hold(store, *result);
+                        self.evaluation().started.hold(store, *result);
                     }
                     crate::arch::percpu::current().count_task(spent);
-                    (outcome, spent, budget_us)
+                    (outcome, spent, local_budget_us)
                 }
             };
-            self.eval_spent_us = self.eval_spent_us.saturating_add(spent);
+            let evaluation = self.evaluation();
+            evaluation.spent_us = evaluation.spent_us.saturating_add(spent);
             match outcome {
                 Err(Failure::NodeFault(_)) if retries < NODE_FAULT_RETRIES => {
                     // Start again from nothing the interrupted run left, on this CPU.
@@ -334,7 +399,7 @@ impl Executor<NodeStore> for TaskExecutor {
                     self.local.stats.node_fault_retries += 1;
                     self.local.warm = None;
                 }
-                Err(Failure::Timeout) if budget_us < self.ceilings.time_us => {
+                Err(Failure::Timeout) if budget_us < ceilings.time_us => {
                     return Err(self.eval_time_failure());
                 }
                 outcome => return outcome,
@@ -342,22 +407,37 @@ impl Executor<NodeStore> for TaskExecutor {
         }
     }
 
+    fn poll_ready(&mut self, store: &mut NodeStore, app: &Application<'_>) -> bool {
+        let ceilings = self.ceilings;
+        let (eval_left, budget_us) = self.budgets();
+        let started = &mut self.evaluation().started;
+        started.release_taken(store);
+        if let Some(done) = started.is_done(&app.thunk) {
+            return done;
+        }
+        // Started now on whichever CPU is free; the walk steps aside until it is done. With no
+        // other CPU, or no time left (`apply` says so), it runs here at `apply`.
+        !(eval_left > 0 && started.start_anyway(store, app, ceilings, budget_us))
+    }
+
     fn room_ahead(&self) -> usize {
-        if self.run_ahead { self.started.room() } else { 0 }
+        if self.run_ahead { ahead::room() } else { 0 }
     }
 
     fn start_ahead(&mut self, store: &mut NodeStore, app: &Application<'_>) -> bool {
-        self.started.release_taken(store);
-        let eval_left = self.ceilings.eval_time_us.saturating_sub(self.eval_spent_us);
-        if eval_left == 0 {
-            return false;
-        }
-        let budget_us = self.ceilings.time_us.min(eval_left);
-        self.started.start(store, app, self.ceilings, budget_us)
+        let ceilings = self.ceilings;
+        let (eval_left, budget_us) = self.budgets();
+        let started = &mut self.evaluation().started;
+        started.release_taken(store);
+        eval_left > 0 && ahead::room() > 0 && started.start_anyway(store, app, ceilings, budget_us)
     }
 
-    fn end_evaluation(&mut self) {
-        self.started.end();
+    fn end_evaluation(&mut self, eval: u64) {
+        match self.evaluations.iter().position(|e| e.id == eval) {
+            Some(at) => self.evaluations.swap_remove(at).started.end(),
+            None => core::mem::take(&mut self.scratch).started.end(),
+        }
+        self.current = usize::MAX;
     }
 }
 

@@ -1,0 +1,140 @@
+//! EVALs under way (docs/EVALUATION.md, "Several evaluations at once"; docs/ARCHITECTURE.md,
+//! "CPUs"). The node's loop begins a walk for each EVAL it takes, up to [`UNDER_WAY`] at once,
+//! and steps each in turn. A walk whose next task is started on another CPU steps aside until
+//! that task is done, so the tasks of several EVALs run at once, one per CPU. Between steps
+//! the loop serves the API in full, so new EVALs come in while others run. Other queued work
+//! (jobs with IO, GC, FETCH, ...) waits until no EVAL is under way: it may need the evaluator
+//! or the store to itself.
+
+use alloc::format;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use cairn_eval::{NoIo, Walk};
+use cairn_proto::Message;
+
+use super::api::{Api, Queued};
+use crate::arch::clock;
+use crate::jobs::NodeEvaluator;
+
+/// EVALs under way at once, node-wide; more wait in their connections' queues.
+pub const UNDER_WAY: usize = 16;
+/// Applications a walk makes at one step before the node serves the network and steps the
+/// others: a long graph on one CPU must not keep new EVALs (or the others) waiting for its end.
+const APPLICATIONS_PER_STEP: u64 = 8;
+
+/// The most EVALs ever under way at once, and those let go because their client left: STATS.
+static MOST_AT_ONCE: AtomicUsize = AtomicUsize::new(0);
+static LET_GO: AtomicU64 = AtomicU64::new(0);
+
+/// `evaluations_most_at_once` and `evaluations_let_go`, for STATS.
+pub fn stats() -> (usize, u64) {
+    (MOST_AT_ONCE.load(Ordering::Relaxed), LET_GO.load(Ordering::Relaxed))
+}
+
+struct Evaluating {
+    walk: Walk,
+    queued: Queued,
+    on_cluster: bool,
+    began_us: u64,
+}
+
+/// An EVAL's answer, for the API it came from.
+pub struct Finished {
+    pub queued: Queued,
+    pub on_cluster: bool,
+    pub answer: Message,
+}
+
+#[derive(Default)]
+pub struct Evaluations {
+    under_way: Vec<Evaluating>,
+}
+
+impl Evaluations {
+    pub fn is_empty(&self) -> bool {
+        self.under_way.is_empty()
+    }
+
+    /// Whether another EVAL may begin now.
+    pub fn has_room(&self) -> bool {
+        self.under_way.len() < UNDER_WAY
+    }
+
+    /// Begins the EVAL `queued` asks for; with no memory to keep it, its answer (an error) is
+    /// returned at once.
+    pub fn begin(&mut self, ev: &mut NodeEvaluator, queued: Queued, on_cluster: bool) -> Option<Finished> {
+        let cairn_proto::session::Work::Eval { handle, fresh } = queued.work else {
+            let answer = error("not an EVAL".into());
+            return Some(Finished { queued, on_cluster, answer });
+        };
+        if self.under_way.try_reserve(1).is_err() {
+            let answer = error("the node has no memory for another evaluation now".into());
+            return Some(Finished { queued, on_cluster, answer });
+        }
+        let walk = ev.begin(handle, fresh);
+        self.under_way.push(Evaluating { walk, queued, on_cluster, began_us: clock::micros_since_boot() });
+        MOST_AT_ONCE.fetch_max(self.under_way.len(), Ordering::Relaxed);
+        None
+    }
+
+    /// Lets go of the EVALs whose client has gone: nobody would get their answers, and their
+    /// tasks would only keep CPUs from the others.
+    pub fn let_go_unwanted(&mut self, ev: &mut NodeEvaluator, api: &Api, cluster_api: Option<&Api>) {
+        let mut at = 0;
+        while at < self.under_way.len() {
+            let e = &self.under_way[at];
+            let wanted = match (e.on_cluster, cluster_api) {
+                (false, _) => api.wanted(&e.queued),
+                (true, Some(cluster_api)) => cluster_api.wanted(&e.queued),
+                (true, None) => false,
+            };
+            if wanted {
+                at += 1;
+            } else {
+                ev.abandon(self.under_way.swap_remove(at).walk);
+                LET_GO.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Steps every walk once, oldest first; returns the answers of those that ended, and
+    /// whether any walk moved (then the loop comes back at once, rather than wait).
+    pub fn step(&mut self, ev: &mut NodeEvaluator) -> (Vec<Finished>, bool) {
+        let mut finished = Vec::new();
+        // Room for every answer first: a walk that ends must not lose its answer.
+        if finished.try_reserve(self.under_way.len()).is_err() {
+            return (finished, false);
+        }
+        let mut moved = false;
+        let mut at = 0;
+        while at < self.under_way.len() {
+            let e = &mut self.under_way[at];
+            let before = e.walk.stats();
+            let Some(outcome) = ev.step(&mut e.walk, &mut NoIo, APPLICATIONS_PER_STEP) else {
+                let after = e.walk.stats();
+                moved |= !e.walk.is_waiting() || after.tasks_run != before.tasks_run;
+                at += 1;
+                continue;
+            };
+            let e = self.under_way.remove(at);
+            let stats = e.walk.stats();
+            let answer = match outcome {
+                Ok(result) => Message::Evaluated {
+                    result,
+                    tasks_run: stats.tasks_run,
+                    memo_hits: stats.memo_hits,
+                    micros: clock::micros_since_boot() - e.began_us,
+                },
+                Err(e) => Message::EvalFailed { thunk: e.thunk, failure: format!("{}", e.failure) },
+            };
+            moved = true;
+            finished.push(Finished { queued: e.queued, on_cluster: e.on_cluster, answer });
+        }
+        (finished, moved)
+    }
+}
+
+fn error(message: alloc::string::String) -> Message {
+    Message::Error { code: cairn_proto::ErrorCode::Internal, message }
+}
