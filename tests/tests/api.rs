@@ -278,11 +278,20 @@ fn a_closed_connections_keystreams_go_with_it() {
 
 /// A long evaluation does not hold up other clients' reads (kernel/node/src/net/busy.rs):
 /// while one client's EVAL runs a task that loops until the node's time budget stops it,
-/// another client connects and downloads a 1 MiB object, and uploads another. What a busy node
-/// cannot do (storing the upload, STATS, which needs the evaluator) waits for the evaluation.
+/// another client connects and downloads a 1 MiB object, and uploads another. On one CPU, the
+/// task runs on the CPU that serves: what a busy node cannot do then (storing the upload,
+/// STATS) waits for the task. With two, the task runs on the other CPU and the node serves
+/// everything meanwhile (docs/PROTOCOL.md, "Busy nodes").
 #[test]
 fn a_node_answers_reads_while_it_evaluates() {
-    let (_node, address) = serving_node();
+    answers_while_it_evaluates(1);
+    answers_while_it_evaluates(2);
+}
+
+fn answers_while_it_evaluates(cpus: u32) {
+    let config = NodeConfig { log_level: LogLevel::Info, ..NodeConfig::default() };
+    let (_node, address) =
+        cairn_tests::serving_node_with(NodeOptions { cpus, config, ..NodeOptions::default() });
     let mut setup = Client::connect(&address).unwrap();
     let hostile = std::fs::read(env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile")).unwrap();
     let procedure = Handle::blob(&hostile);
@@ -314,14 +323,21 @@ fn a_node_answers_reads_while_it_evaluates() {
     let fresh: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(3266489917) >> 11) as u8).collect();
     let fresh_handle = Handle::blob(&fresh);
     reader.put(fresh_handle, &fresh, |_| {}).unwrap();
-    // Sent while the node still evaluates: answered only after, so it counts the task (the
-    // counter moves when a task ends).
+    // Sent while the node still evaluates: on one CPU answered only after the task, so it
+    // counts it (the counter moves when a task's outcome is taken); on two, at once.
     let stats = reader.stats().unwrap();
+    let stats_done = std::time::Instant::now();
+    let uploaded = reader.get(fresh_handle, |_, _| {}).unwrap() == fresh;
 
     let (outcome, eval_done) = evaluating.join().unwrap();
     let failure = outcome.expect_err("the loop runs until the budget stops it");
     assert!(failure.contains("time"), "{failure}");
     assert!(read_done < eval_done, "the download finished only after the evaluation: it was held up by it");
-    assert!(stats.contains("tasks_run=1"), "STATS was answered before the evaluation ended: {stats}");
-    assert!(reader.get(fresh_handle, |_, _| {}).unwrap() == fresh, "the upload made during the evaluation");
+    assert!(uploaded, "the upload made during the evaluation");
+    if cpus == 1 {
+        assert!(stats.contains("tasks_run=1"), "STATS was answered before the task ended: {stats}");
+    } else {
+        assert!(stats.contains("tasks_run=0"), "STATS waited for the task on the other CPU: {stats}");
+        assert!(stats_done < eval_done, "STATS waited for the evaluation");
+    }
 }

@@ -402,11 +402,13 @@ fn put_get_eval_and_stats_against_a_running_node() {
     // The successful add and the failed one both ran a task; the repeat was a memo hit.
     assert!(stdout.lines().any(|l| l == "tasks_run=2"), "{stdout}");
     assert!(stdout.lines().any(|l| l == "memo_hits=1"), "{stdout}");
-    // Each CPU's tasks and their time (docs/ARCHITECTURE.md, "CPUs"): both ran on the boot CPU,
-    // since a lone application is never started ahead.
+    // Each CPU's tasks and their time (docs/ARCHITECTURE.md, "CPUs"): an EVAL's tasks go to
+    // whichever CPU is free (the other one, unless it was slow to wake), two in all.
     assert!(stdout.lines().any(|l| l == "cpus=2"), "{stdout}");
-    assert!(stdout.lines().any(|l| l == "cpu0_tasks=2"), "{stdout}");
-    assert!(stdout.lines().any(|l| l == "cpu1_tasks=0"), "{stdout}");
+    let count = |key: &str| -> u64 {
+        stdout.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse().ok()).unwrap()
+    };
+    assert_eq!(count("cpu0_tasks") + count("cpu1_tasks"), 2, "{stdout}");
     assert!(stdout.lines().any(|l| l.starts_with("cpu1_task_ms=")), "{stdout}");
 
     let (code, _, stderr) =

@@ -92,7 +92,7 @@ impl Evaluations {
             if wanted {
                 at += 1;
             } else {
-                ev.abandon(self.under_way.swap_remove(at).walk);
+                ev.abandon(self.under_way.remove(at).walk);
                 LET_GO.fetch_add(1, Ordering::Relaxed);
             }
         }
