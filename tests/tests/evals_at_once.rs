@@ -100,3 +100,24 @@ fn two_cpus_run_two_clients_evals_at_once_and_let_go_of_one_whose_client_left() 
     assert_eq!((again.result, again.memo_hits), (together[0].result, 1));
     node.kill();
 }
+
+/// A client waiting for its EVAL is not idle, though no byte moves while the task runs on
+/// another CPU and the node serves in full meanwhile (idle connections are closed after
+/// `api_idle_s`).
+#[test]
+fn a_client_waiting_longer_than_the_idle_timeout_for_its_eval_gets_the_answer() {
+    let config = NodeConfig { log_level: LogLevel::Info, api_idle_s: 1, ..NodeConfig::default() };
+    let (mut node, address) = serving_node_with(NodeOptions { cpus: 2, config, ..NodeOptions::default() });
+    let elf = std::fs::read(env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile")).unwrap();
+    let hostile = Handle::blob(&elf);
+    let mode = Handle::blob(b"loop");
+    let bytes = cairn_object::thunk::encode(Limits::new(1 << 20).unwrap(), hostile, &[mode]).unwrap();
+    let looping = cairn_object::store::name(Kind::Thunk, &bytes).unwrap();
+    let mut client = Client::connect(&address).unwrap();
+    client.upload_missing(&[(hostile, elf), (looping, bytes)]).unwrap();
+    // The loop runs until its 2 s budget stops it: twice the idle timeout.
+    let failure = format!("{:#}", client.eval(looping).unwrap_err());
+    assert!(failure.contains("timeout"), "{failure}");
+    assert!(stat(&client.stats().unwrap(), "connections_idle") == 0);
+    node.kill();
+}
