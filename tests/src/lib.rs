@@ -10,6 +10,7 @@ use cairn_tools::qemu::{NodeExit, NodeOptions, Vm};
 use regex::{Captures, Regex};
 
 pub mod nbd;
+pub mod pinned;
 
 /// Generous for TCG on a loaded 2-core CI machine; a healthy BIOS boot takes about 2 s.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
