@@ -345,7 +345,7 @@ fn serve(config: &NodeConfig) -> Status {
         busy |= run_queued(&mut jobs, &mut ev, &mut evaluations);
         // Tasks finished on the other CPUs from here on wake the loop (see below).
         let finished_before = task::ahead::finished();
-        let (answers, moved) = evaluations.step(&mut ev);
+        let (answer, moved) = evaluations.step(&mut ev);
         busy |= moved;
         // What tasks and evaluations stored this round reaches the disk durably (what clients
         // stored already has: they hear STORED only after).
@@ -355,7 +355,7 @@ fn serve(config: &NodeConfig) -> Status {
         }
         let mut guard = SERVING.lock();
         let s = guard.as_mut().expect("set above");
-        for finished in answers {
+        if let Some(finished) = answer {
             let answer = durable(&synced, &ev, finished.answer);
             let api = if finished.on_cluster { s.cluster_api.as_mut() } else { Some(&mut s.api) };
             if let Some(api) = api {

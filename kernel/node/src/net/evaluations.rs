@@ -19,9 +19,10 @@ use crate::jobs::NodeEvaluator;
 
 /// EVALs under way at once, node-wide; more wait in their connections' queues.
 pub const UNDER_WAY: usize = 16;
-/// Applications a walk makes at one step before the node serves the network and steps the
-/// others: a long graph on one CPU must not keep new EVALs (or the others) waiting for its end.
-const APPLICATIONS_PER_STEP: u64 = 8;
+/// How long a walk goes on at one step (at least one application) before the node serves the
+/// network and steps the others: a long graph on one CPU, where tasks run inline, must not keep
+/// new EVALs (or the others) waiting for its end.
+const SLICE_US: u64 = 1000;
 
 /// The most EVALs ever under way at once, and those let go because their client left: STATS.
 static MOST_AT_ONCE: AtomicUsize = AtomicUsize::new(0);
@@ -49,6 +50,8 @@ pub struct Finished {
 #[derive(Default)]
 pub struct Evaluations {
     under_way: Vec<Evaluating>,
+    /// The walk the next [`Evaluations::step`] looks at first.
+    next: usize,
 }
 
 impl Evaluations {
@@ -98,26 +101,42 @@ impl Evaluations {
         }
     }
 
-    /// Steps every walk once, oldest first; returns the answers of those that ended, and
-    /// whether any walk moved (then the loop comes back at once, rather than wait).
-    pub fn step(&mut self, ev: &mut NodeEvaluator) -> (Vec<Finished>, bool) {
-        let mut finished = Vec::new();
-        // Room for every answer first: a walk that ends must not lose its answer.
-        if finished.try_reserve(self.under_way.len()).is_err() {
-            return (finished, false);
-        }
-        let mut moved = false;
-        let mut at = 0;
-        while at < self.under_way.len() {
-            let e = &mut self.under_way[at];
-            let before = e.walk.stats();
-            let Some(outcome) = ev.step(&mut e.walk, &mut NoIo, APPLICATIONS_PER_STEP) else {
-                let after = e.walk.stats();
-                moved |= !e.walk.is_waiting() || after.tasks_run != before.tasks_run;
-                at += 1;
+    /// Steps the walks in turn, from where the last call stopped, until one moves (runs
+    /// applications for up to [`SLICE_US`], or ends): the loop serves the network after each
+    /// walk that moved, so that on one CPU, where every task runs inline, nobody waits for a
+    /// round of all the walks.
+    /// Returns the answer of a walk that ended, if one did, and whether any walk moved (then
+    /// the loop comes back at once, rather than wait).
+    pub fn step(&mut self, ev: &mut NodeEvaluator) -> (Option<Finished>, bool) {
+        for _ in 0..self.under_way.len() {
+            if self.next >= self.under_way.len() {
+                self.next = 0;
+            }
+            let e = &mut self.under_way[self.next];
+            let since = clock::micros_since_boot();
+            let mut moved = false;
+            let outcome = loop {
+                let before = e.walk.stats().tasks_run;
+                if let Some(outcome) = ev.step(&mut e.walk, &mut NoIo, 1) {
+                    break Some(outcome);
+                }
+                let progressed = !e.walk.is_waiting() || e.walk.stats().tasks_run != before;
+                moved |= progressed;
+                if !progressed
+                    || e.walk.is_waiting()
+                    || clock::micros_since_boot().saturating_sub(since) >= SLICE_US
+                {
+                    break None;
+                }
+            };
+            let Some(outcome) = outcome else {
+                self.next += 1;
+                if moved {
+                    return (None, true);
+                }
                 continue;
             };
-            let e = self.under_way.remove(at);
+            let e = self.under_way.remove(self.next);
             let stats = e.walk.stats();
             let answer = match outcome {
                 Ok(result) => Message::Evaluated {
@@ -128,10 +147,9 @@ impl Evaluations {
                 },
                 Err(e) => Message::EvalFailed { thunk: e.thunk, failure: format!("{}", e.failure) },
             };
-            moved = true;
-            finished.push(Finished { queued: e.queued, on_cluster: e.on_cluster, answer });
+            return (Some(Finished { queued: e.queued, on_cluster: e.on_cluster, answer }), true);
         }
-        (finished, moved)
+        (None, false)
     }
 }
 
