@@ -3,6 +3,7 @@
 //! store makes room by evicting objects nothing pins, least recently used first ([`MemStore`]).
 
 mod mem;
+mod pieces;
 
 use core::fmt;
 
@@ -14,6 +15,7 @@ use crate::thunk::Thunk;
 use crate::tree::Tree;
 
 pub use mem::{MemStore, OBJECT_OVERHEAD};
+pub use pieces::ObjectNamer;
 
 /// [`name`], for a blob whose BLAKE3 digest the caller computed from these very bytes.
 pub fn name_blob_with_digest(kind: Kind, bytes: &[u8], blob_digest: [u8; 32]) -> Result<Handle, DecodeError> {
