@@ -7,12 +7,13 @@
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 
+use cairn_object::store::ObjectNamer;
 use cairn_object::thunk::Thunk;
 use cairn_object::tree::Tree;
-use cairn_object::{Handle, Kind};
+use cairn_object::{DecodeError, Handle, Kind};
 
-use crate::record::{HEADER_LEN, RecordKind};
-use crate::{Device, DiskStore, SECTOR, StoreError, space};
+use crate::record::{self, HEADER_LEN, Header, RecordKind, record_len};
+use crate::{Device, DiskStore, Location, SECTOR, StoreError, ring, space};
 
 /// What a collection forgot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -100,7 +101,9 @@ impl<D: Device> DiskStore<D> {
     }
 
     /// Moves the head forward by at least `goal` bytes of log if it can: each live object
-    /// record it passes is copied to the tail first (read and checked, like any read). When
+    /// record it passes is copied to the tail first, a piece at a time, its bytes named as they
+    /// pass and the copy counting only if they are what its handle names (else the object is
+    /// dropped and counted damaged, as a read would find it). When
     /// the ring has no room for the next copy it moves the head as far as it has got (a
     /// superblock write, which costs no log), and stops if that gives nothing back; it writes a
     /// checkpoint to pass the last one, and one at the end. Stops at the tail as it was. The
@@ -150,19 +153,12 @@ impl<D: Device> DiskStore<D> {
                         self.move_head(at)?;
                         continue;
                     }
-                    match self.get(&handle) {
-                        Ok(Some(bytes)) => {
-                            let used = self.index.objects.get(&handle).map_or(0, |l| l.used);
-                            let kind = RecordKind::Object(handle.kind());
-                            let position = self.append(kind, &[handle.as_bytes(), &bytes])?;
-                            let len = bytes.len() as u32;
-                            self.index.objects.insert(handle, crate::Location { position, len, used });
+                    match self.copy_object(&handle)? {
+                        Some(len) => {
                             done.copied += 1;
                             done.copied_bytes += u64::from(len);
                         }
-                        Ok(None) => {}
-                        Err(StoreError::Corrupt { .. }) => done.damaged += 1,
-                        Err(e) => return Err(e),
+                        None => done.damaged += 1,
                     }
                 }
             }
@@ -182,6 +178,118 @@ impl<D: Device> DiskStore<D> {
         }
         done.reclaimed = at - start;
         Ok(done)
+    }
+}
+
+impl<D: Device> DiskStore<D> {
+    /// Copies an object's record to the tail a piece at a time ([`crate::COPY_CHUNK`]), naming
+    /// the bytes as they pass: its length; None if they are not what its handle names (then it
+    /// is no longer held, as after a read, and nothing of the copy counts).
+    ///
+    /// The record's checksum covers its handle, not its bytes, so its header is known before
+    /// them. Its pieces may be written (not flushed) as they come: until the record is finished
+    /// they lie past the tail, no commit covers them, and an abandoned copy is written over by
+    /// what is appended next. A crash meanwhile is a crash before a commit.
+    fn copy_object(&mut self, handle: &Handle) -> Result<Option<u32>, StoreError> {
+        let at = self.index.objects[handle];
+        let payload_len = Handle::LEN as u64 + u64::from(at.len);
+        let len = record_len(payload_len);
+        // As `append`: room for the record and the padding that closes its commit.
+        let (needed, free) = ((self.tail + len + 1).next_multiple_of(SECTOR) - self.tail, self.room(false));
+        if needed > free {
+            return Err(StoreError::Full { needed, free });
+        }
+        if self.failed {
+            return Err(StoreError::Failed);
+        }
+        let kind = RecordKind::Object(handle.kind());
+        let mut header =
+            Header { kind, payload_len: payload_len as u32, seq: self.next_seq, checksum: [0; 32] };
+        header.checksum = header.expected_checksum(&self.key, &self.prev, handle.as_bytes());
+        let position = self.tail;
+        let copied = self.copy_pieces(&header, handle, at.position, u64::from(at.len));
+        let named = match copied {
+            Ok(named) => named,
+            Err(e) => {
+                if !self.failed {
+                    self.abandon(position);
+                }
+                return Err(e);
+            }
+        };
+        if named.as_ref() != Ok(handle) {
+            self.abandon(position);
+            // Not held any more, as a read that finds it damaged leaves it.
+            self.index.remove_object(handle);
+            return Ok(None);
+        }
+        self.tail += len;
+        self.next_seq += 1;
+        self.prev = header.checksum;
+        self.index.objects.insert(*handle, Location { position, ..at });
+        Ok(Some(at.len))
+    }
+
+    /// Puts the record's header, handle and bytes (read from the record at `from`) after what
+    /// is pending, naming the bytes; writes whole sectors out whenever a piece would take the
+    /// pending bytes past a piece, so that they never need a buffer much larger.
+    fn copy_pieces(
+        &mut self,
+        header: &Header,
+        handle: &Handle,
+        from: u64,
+        len: u64,
+    ) -> Result<Result<Handle, DecodeError>, StoreError> {
+        let record_len = header.record_len();
+        self.reserve_pending(HEADER_LEN as usize + Handle::LEN)?;
+        self.pending.extend_from_slice(&header.encode());
+        self.pending.extend_from_slice(handle.as_bytes());
+        let mut namer = ObjectNamer::new(handle.kind());
+        let source = from + HEADER_LEN + Handle::LEN as u64;
+        // Compaction commits before it starts: what it copies is on the disk.
+        debug_assert!(source + len <= self.written.min(self.tail));
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(self.copy_chunk as u64) as usize;
+            if self.pending.len() + n > self.copy_chunk {
+                self.write_pending(false).inspect_err(|_| self.failed = true)?;
+            }
+            self.reserve_pending(n + record::ALIGN as usize)?;
+            let start = self.pending.len();
+            self.pending.resize(start + n, 0);
+            ring::read_at(&mut self.device, &self.superblock, source + done, &mut self.pending[start..])?;
+            namer.update(&self.pending[start..]);
+            done += n as u64;
+        }
+        // Zeros to the record's end (reserved with the last piece: less than 64 bytes). Pieces
+        // written out may have taken `written` past the tail.
+        let end = (self.tail + record_len - self.written) as usize;
+        self.reserve_pending(end - self.pending.len())?;
+        self.pending.resize(end, 0);
+        if self.pending.len() >= self.write_behind {
+            self.write_pending(false).inspect_err(|_| self.failed = true)?;
+        }
+        Ok(namer.finish())
+    }
+
+    /// Room for `n` more pending bytes, exactly: growing by doubling would want a buffer twice
+    /// as large as the pieces need.
+    fn reserve_pending(&mut self, n: usize) -> Result<(), StoreError> {
+        self.pending.try_reserve_exact(n).map_err(|_| StoreError::NoMemory { len: n as u64 })
+    }
+
+    /// Takes back a record begun at `position` (the tail) and not finished. What was written of
+    /// it lies past the tail in no commit, and what is appended next is written over it.
+    fn abandon(&mut self, position: u64) {
+        debug_assert_eq!(position, self.tail);
+        if self.written <= position {
+            self.pending.truncate((position - self.written) as usize);
+        } else {
+            // Everything before it was written: the next write reads back the start of the
+            // sector it begins in (as after a restart that ends inside a sector).
+            self.pending.clear();
+            self.written = position;
+        }
     }
 }
 

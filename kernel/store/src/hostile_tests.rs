@@ -14,7 +14,7 @@ use crate::tests::{DISK, SimDisk, blob, key, new_store, reopen};
 /// An allocator that refuses large allocations on the thread that asks it to.
 struct Limited;
 
-std::thread_local! { static LIMIT: Cell<usize> = const { Cell::new(usize::MAX) }; }
+std::thread_local! { pub(crate) static LIMIT: Cell<usize> = const { Cell::new(usize::MAX) }; }
 
 // SAFETY: forwards to the system allocator, or returns null (an allocation failure).
 unsafe impl GlobalAlloc for Limited {

@@ -22,6 +22,8 @@ pub mod superblock;
 #[cfg(test)]
 mod compaction_review_tests;
 #[cfg(test)]
+mod copy_tests;
+#[cfg(test)]
 mod gc_tests;
 #[cfg(test)]
 mod hostile_tests;
@@ -162,6 +164,10 @@ pub const MIN_DEVICE: u64 = 1 << 20;
 /// Records waiting for a commit beyond this many bytes are written out (not flushed) at once,
 /// so that a large commit holds little memory.
 pub const WRITE_BEHIND: usize = 4 << 20;
+/// Compaction copies an object this many bytes at a time, checking each piece as it goes, so
+/// that a copy never needs a buffer the object's size (a node's heap may have the room only in
+/// smaller pieces). The virtio-blk driver's largest request.
+pub const COPY_CHUNK: usize = 1 << 20;
 
 /// What opening a store found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -197,6 +203,8 @@ pub struct DiskStore<D: Device> {
     durable: u64,
     /// `pending` is written out past this many bytes ([`WRITE_BEHIND`]; less in tests).
     write_behind: usize,
+    /// Compaction copies objects this many bytes at a time ([`COPY_CHUNK`]; less in tests).
+    copy_chunk: usize,
     /// A write or flush failed: the store takes nothing more (see [`StoreError::Failed`]).
     failed: bool,
     index: Index,
@@ -257,6 +265,7 @@ impl<D: Device> DiskStore<D> {
             pending: Vec::new(),
             durable: LOG_START,
             write_behind: WRITE_BEHIND,
+            copy_chunk: COPY_CHUNK,
             failed: false,
             index: Index::default(),
             clock: 0,
