@@ -224,11 +224,10 @@ fn four_cpus_with_a_disk_under_reads_back_gc_and_scrub_stay_right_and_leave_no_p
 /// large objects that task opened (lent, not copied), until it runs another task: memory the
 /// store no longer counts once it evicts them. With one CPU that is one object at most; with
 /// four it is four, and a node whose store is full then lacks the heap for what its store
-/// promises (here: GC's record buffer for an object as large as those texts).
+/// promises: here a GC of objects as large as those texts (it once read each whole and failed
+/// with tens of MB of heap free in smaller pieces; it copies 1 MiB at a time now).
+/// CAIRN_DISK_CPUS_N sets the CPUs.
 #[test]
-#[ignore = "fails on 2 CPUs (and sometimes on 4 beside another QEMU) with GC short of a contiguous \
-            record buffer while ~56 MB of heap is free: fragmentation, not yet fixed; run it with \
-            --ignored (CAIRN_DISK_CPUS_N sets the CPUs, 1 passes)"]
 fn objects_lent_to_tasks_that_ended_do_not_starve_the_node() {
     let cpus: u32 = std::env::var("CAIRN_DISK_CPUS_N").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
     let dir = tempfile::tempdir().unwrap();
