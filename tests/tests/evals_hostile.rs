@@ -1,0 +1,373 @@
+//! Hostile clients against several EVALs at once (docs/EVALUATION.md, "Several evaluations at
+//! once"; docs/PROTOCOL.md, "Busy nodes"): the node keeps answering, lets go of what clients
+//! leave, leaves no pin behind, and serves the API between walks' steps.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use cairn_bootcfg::{LogLevel, NodeConfig};
+use cairn_fuzz::Rng;
+use cairn_object::{Handle, Kind, Limits};
+use cairn_tests::serving_node_with;
+use cairn_tools::client::Client;
+use cairn_tools::qemu::NodeOptions;
+use cairn_tools::secure::SecureStream;
+
+fn stat(stats: &str, key: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {stats}"))
+}
+
+fn thunk(procedure: Handle, args: &[Handle], memory: u64, objects: &mut Vec<(Handle, Vec<u8>)>) -> Handle {
+    let bytes = cairn_object::thunk::encode(Limits::new(memory).unwrap(), procedure, args).unwrap();
+    let handle = cairn_object::store::name(Kind::Thunk, &bytes).unwrap();
+    objects.push((handle, bytes));
+    handle
+}
+
+/// A balanced tree of adds over `leaves` fresh values (the memo cannot answer): its root, its
+/// objects and its sum.
+fn add_tree(rng: &mut Rng, add: Handle, leaves: usize) -> (Handle, Vec<(Handle, Vec<u8>)>, u64) {
+    let mut objects = Vec::new();
+    let zero = Handle::blob(&0u64.to_le_bytes());
+    let mut sum = 0u64;
+    let mut level: Vec<Handle> = (0..leaves)
+        .map(|_| {
+            let value = rng.below(1 << 40);
+            sum += value;
+            thunk(add, &[Handle::blob(&value.to_le_bytes()), zero], 1 << 20, &mut objects)
+        })
+        .collect();
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| if pair.len() == 2 { thunk(add, pair, 1 << 20, &mut objects) } else { pair[0] })
+            .collect();
+    }
+    (level[0], objects, sum)
+}
+
+fn elf(path: &str) -> (Handle, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap();
+    (Handle::blob(&bytes), bytes)
+}
+
+/// A connection whose EVAL is under way, and the TCP stream to reset it with.
+fn eval_then_reset(address: &str, root: Handle) {
+    let stream = SecureStream::connect(address).unwrap();
+    let tcp = stream.tcp().try_clone().unwrap();
+    let mut leaving = Client::over(stream).unwrap();
+    leaving.send_eval(root).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO)).unwrap();
+    drop((leaving, tcp));
+}
+
+/// Every walk slot taken by looping tasks (each fails with `timeout`), with clients resetting
+/// their connections mid-EVAL and one that half-closes after its EVAL: another client is still
+/// answered (STATS, PUT, GET, EVAL), the half-closed one gets its answer, every walk let go
+/// gives its pins back, and running ahead still has room afterwards (no STARTED drift).
+#[test]
+fn sixteen_looping_evals_resets_and_half_closes_leave_the_node_whole() {
+    let mut config = NodeConfig { log_level: LogLevel::Info, ..NodeConfig::default() };
+    config.ceilings.task_time_ms = 1500;
+    config.ceilings.api_connections = 40;
+    config.ceilings.api_connections_per_client = 40;
+    let (mut node, address) = serving_node_with(NodeOptions { cpus: 2, config, ..NodeOptions::default() });
+    let (add, add_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_add"));
+    let (hostile, hostile_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile"));
+    let mut setup = Client::connect(&address).unwrap();
+    setup.upload_missing(&[(add, add_elf), (hostile, hostile_elf)]).unwrap();
+    let mode = b"loop".to_vec();
+    let mode_h = Handle::blob(&mode);
+    setup.upload_missing(&[(mode_h, mode)]).unwrap();
+    // Each its own thunk (its memory limit differs), under an add so that a frame waits on it.
+    let mut rng = Rng::for_case(std::process::id() as u64, 1);
+    let mut loops = Vec::new();
+    for i in 0..20u64 {
+        let mut objects = Vec::new();
+        let looping = thunk(hostile, &[mode_h], (4 << 20) + (i << 12), &mut objects);
+        let (tree, tree_objects, _) = add_tree(&mut rng, add, 8);
+        objects.extend(tree_objects);
+        let root = thunk(add, &[tree, looping], 1 << 20, &mut objects);
+        setup.upload_missing(&objects).unwrap();
+        loops.push(root);
+    }
+    let pins_before = stat(&setup.stats().unwrap(), "store_pinned");
+
+    // 16 looping EVALs (the most under way at once) and 2 more waiting.
+    let looping: Vec<_> = loops[..18]
+        .iter()
+        .map(|root| {
+            let (address, root) = (address.clone(), *root);
+            std::thread::spawn(move || {
+                let outcome = Client::connect(&address).unwrap().eval(root);
+                format!("{:#}", outcome.expect_err("a loop must time out"))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    // Resets mid-EVAL, while the slots are full and after.
+    for root in &loops[18..] {
+        eval_then_reset(&address, *root);
+    }
+    // A half-closed client is still owed its answer.
+    let (tree, objects, sum) = add_tree(&mut rng, add, 16);
+    setup.upload_missing(&objects).unwrap();
+    let half = std::thread::spawn({
+        let address = address.clone();
+        move || {
+            let stream = SecureStream::connect(&address).unwrap();
+            let tcp = stream.tcp().try_clone().unwrap();
+            let mut client = Client::over(stream).unwrap();
+            let request = client.send_eval(tree).unwrap();
+            tcp.shutdown(std::net::Shutdown::Write).unwrap();
+            client.evaluated(request).unwrap().result
+        }
+    });
+    // Another client meanwhile.
+    let mut other = Client::connect(&address).unwrap();
+    let stats = other.stats().unwrap();
+    eprintln!("under way: evaluations_most_at_once={}", stat(&stats, "evaluations_most_at_once"));
+    let blob = b"an object stored while every walk slot is taken".to_vec();
+    let blob_h = Handle::blob(&blob);
+    other.put(blob_h, &blob, |_| {}).unwrap();
+    assert_eq!(other.get(blob_h, |_, _| {}).unwrap(), blob);
+    let (small, objects, small_sum) = add_tree(&mut rng, add, 4);
+    other.upload_missing(&objects).unwrap();
+    assert_eq!(other.eval(small).unwrap().result, Handle::blob(&small_sum.to_le_bytes()));
+
+    for client in looping {
+        let failure = client.join().unwrap();
+        assert!(failure.contains("timeout"), "{failure}");
+    }
+    assert_eq!(half.join().unwrap(), Handle::blob(&sum.to_le_bytes()), "the half-closed client's answer");
+    // (The resets above came while their EVALs still waited for a slot: dropped, not let go.)
+    // Resets of walks under way, their loops running or waiting for a CPU.
+    for root in &loops[..6] {
+        eval_then_reset(&address, *root);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stats = loop {
+        let stats = other.stats().unwrap();
+        if stat(&stats, "store_pinned") == pins_before && stat(&stats, "evaluations_let_go") >= 1 {
+            break stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pins left behind (before: {pins_before}), or none let go: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("evaluations_let_go={}", stat(&stats, "evaluations_let_go"));
+    assert_eq!(stat(&stats, "evaluations_most_at_once"), 16, "{stats}");
+    // Running ahead still has room: a wide graph starts tasks ahead.
+    let ahead_before = stat(&stats, "tasks_started_ahead");
+    let (wide, objects, wide_sum) = add_tree(&mut rng, add, 64);
+    other.upload_missing(&objects).unwrap();
+    assert_eq!(other.eval(wide).unwrap().result, Handle::blob(&wide_sum.to_le_bytes()));
+    let stats = other.stats().unwrap();
+    assert!(stat(&stats, "tasks_started_ahead") > ahead_before + 8, "no room ahead any more: {stats}");
+    assert_eq!(stat(&stats, "store_pinned"), pins_before, "{stats}");
+    node.kill();
+}
+
+/// Four CPUs, the boot CPU running no tasks: several clients evaluate the same graph at once
+/// (EVAL and EVAL-FRESH), and graphs that fail early (a hostile leaf first, its siblings started
+/// ahead) run beside them. Every result is the one evaluated alone, the memo answers the shared
+/// graph afterwards, and no pin is left.
+#[test]
+fn same_graph_from_several_clients_and_early_failures_on_four_cpus_without_the_boot_cpu() {
+    let config = NodeConfig { log_level: LogLevel::Info, boot_cpu_tasks: false, ..NodeConfig::default() };
+    let (mut node, address) =
+        serving_node_with(NodeOptions { cpus: 4, memory_mib: 1024, config, ..NodeOptions::default() });
+    let (add, add_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_add"));
+    let (hostile, hostile_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile"));
+    let mut setup = Client::connect(&address).unwrap();
+    setup.upload_missing(&[(add, add_elf), (hostile, hostile_elf)]).unwrap();
+    let mut rng = Rng::for_case(std::process::id() as u64, 2);
+    let (shared, objects, sum) = add_tree(&mut rng, add, 48);
+    setup.upload_missing(&objects).unwrap();
+    // Graphs whose first leaf fails at once: the walk fails while its siblings run ahead.
+    let mode = b"hlt".to_vec();
+    let mode_h = Handle::blob(&mode);
+    setup.upload_missing(&[(mode_h, mode)]).unwrap();
+    let failing: Vec<Handle> = (0..4u64)
+        .map(|i| {
+            let mut objects = Vec::new();
+            let bad = thunk(hostile, &[mode_h], (4 << 20) + (i << 12), &mut objects);
+            let (tree, tree_objects, _) = add_tree(&mut rng, add, 32);
+            objects.extend(tree_objects);
+            let root = thunk(add, &[bad, tree], 1 << 20, &mut objects);
+            setup.upload_missing(&objects).unwrap();
+            root
+        })
+        .collect();
+    let pins_before = stat(&setup.stats().unwrap(), "store_pinned");
+    let mut clients = Vec::new();
+    for c in 0..6 {
+        let address = address.clone();
+        clients.push(std::thread::spawn(move || {
+            let mut client = Client::connect(&address).unwrap();
+            let outcome = if c % 3 == 2 { client.eval_fresh(shared) } else { client.eval(shared) };
+            format!("{:?}", outcome.map(|e| e.result))
+        }));
+    }
+    for root in &failing {
+        let (address, root) = (address.clone(), *root);
+        clients.push(std::thread::spawn(move || {
+            let outcome = Client::connect(&address).unwrap().eval(root);
+            format!("{:#}", outcome.expect_err("a hostile leaf fails its graph"))
+        }));
+    }
+    let outcomes: Vec<String> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let want = format!("{:?}", Ok::<Handle, ()>(Handle::blob(&sum.to_le_bytes())));
+    for outcome in &outcomes[..6] {
+        assert_eq!(outcome, &want);
+    }
+    for outcome in &outcomes[6..] {
+        assert!(outcome.contains("privileged instruction (hlt)"), "{outcome}");
+    }
+    let again = setup.eval(shared).unwrap();
+    assert_eq!((again.result, again.memo_hits, again.tasks_run), (Handle::blob(&sum.to_le_bytes()), 1, 0));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = setup.stats().unwrap();
+        if stat(&stats, "store_pinned") == pins_before {
+            eprintln!(
+                "evaluations_most_at_once={} tasks_most_at_once={} cpu0_tasks={}",
+                stat(&stats, "evaluations_most_at_once"),
+                stat(&stats, "tasks_most_at_once"),
+                stat(&stats, "cpu0_tasks")
+            );
+            assert_eq!(stat(&stats, "cpu0_tasks"), 0, "the boot CPU ran a task: {stats}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "pins left behind (before: {pins_before}): {stats}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    node.kill();
+}
+
+/// GC (here on a node without a disk, so answered with an error) queued while other clients
+/// keep their EVALs coming, one after another: it waits until no EVAL is under way (docs/
+/// PROTOCOL.md, "Busy nodes"), and holds the EVALs queued behind it, so the stream cannot
+/// starve it: it is answered while the stream goes on.
+#[test]
+fn gc_queued_behind_a_stream_of_evals_is_answered() {
+    let config = NodeConfig { log_level: LogLevel::Info, ..NodeConfig::default() };
+    let (mut node, address) = serving_node_with(NodeOptions { cpus: 2, config, ..NodeOptions::default() });
+    let (identity, identity_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_identity"));
+    let (mandelbrot, mandelbrot_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_mandelbrot"));
+    let mut setup = Client::connect(&address).unwrap();
+    setup.upload_missing(&[(identity, identity_elf), (mandelbrot, mandelbrot_elf)]).unwrap();
+    let stop = Arc::new(AtomicUsize::new(0));
+    let streams: Vec<_> = (0..3u32)
+        .map(|c| {
+            let (address, stop) = (address.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut client = Client::connect(&address).unwrap();
+                let mut evaluated = 0u32;
+                while stop.load(Ordering::SeqCst) == 0 {
+                    // Fresh tiles every time (the memo cannot answer): a few hundred ms each.
+                    let mut objects = Vec::new();
+                    let tiles: Vec<Handle> = (0..3)
+                        .map(|t| tile(mandelbrot, 64 * t, 100 + 3 * evaluated + c * 1000, &mut objects))
+                        .collect();
+                    let root = thunk(identity, &tiles, 1 << 20, &mut objects);
+                    client.upload_missing(&objects).unwrap();
+                    client.eval(root).unwrap();
+                    evaluated += 1;
+                }
+                evaluated
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let asked = Instant::now();
+    let gc = setup.gc(0);
+    let took = asked.elapsed();
+    stop.store(1, Ordering::SeqCst);
+    let evaluated: Vec<u32> = streams.into_iter().map(|s| s.join().unwrap()).collect();
+    eprintln!("GC answered after {took:?}; EVALs per stream {evaluated:?}");
+    let message = format!("{gc:?}");
+    assert!(message.contains("no disk"), "{message}");
+    node.kill();
+}
+
+/// One Mandelbrot tile (`iterations` 64: tens of milliseconds under TCG), as in evals_at_once.rs.
+fn tile(mandelbrot: Handle, x: u32, iterations: u32, objects: &mut Vec<(Handle, Vec<u8>)>) -> Handle {
+    let mode = b"tile".to_vec();
+    let params: Vec<u8> =
+        [512u32, 512, x, 192, 64, 64, iterations].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let (mode_h, params_h) = (Handle::blob(&mode), Handle::blob(&params));
+    objects.push((mode_h, mode));
+    objects.push((params_h, params));
+    thunk(mandelbrot, &[mode_h, params_h], 2 << 20, objects)
+}
+
+/// One CPU, several clients each evaluating a graph of tasks that take a while (tiles): the
+/// walks take turns (8 applications each), and between steps "the loop serves the API in full"
+/// (docs/ARCHITECTURE.md, "CPUs"). A probe's STATS, sent again as soon as the last is answered,
+/// must then see a step or two of applications between answers, however many walks are under
+/// way; not a whole round of every walk's step (here 4 walks: 32 applications, seconds).
+#[test]
+fn one_cpu_with_slow_tasks_answers_stats_after_one_step() {
+    const CLIENTS: u32 = 4;
+    let config = NodeConfig { log_level: LogLevel::Info, ..NodeConfig::default() };
+    let (mut node, address) = serving_node_with(NodeOptions { cpus: 1, config, ..NodeOptions::default() });
+    let (identity, identity_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_identity"));
+    let (mandelbrot, mandelbrot_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_mandelbrot"));
+    let mut setup = Client::connect(&address).unwrap();
+    setup.upload_missing(&[(identity, identity_elf), (mandelbrot, mandelbrot_elf)]).unwrap();
+    let roots: Vec<Handle> = (0..CLIENTS)
+        .map(|c| {
+            let mut objects = Vec::new();
+            let tiles: Vec<Handle> =
+                (0..24).map(|t| tile(mandelbrot, 64 * (t % 7), 64 + c * 24 + t / 7, &mut objects)).collect();
+            let root = thunk(identity, &tiles, 1 << 20, &mut objects);
+            setup.upload_missing(&objects).unwrap();
+            root
+        })
+        .collect();
+    let running = Arc::new(AtomicUsize::new(CLIENTS as usize));
+    let clients: Vec<_> = roots
+        .iter()
+        .map(|root| {
+            let (address, root, running) = (address.clone(), *root, running.clone());
+            std::thread::spawn(move || {
+                let evaluated = Client::connect(&address).unwrap().eval(root);
+                running.fetch_sub(1, Ordering::SeqCst);
+                evaluated.unwrap()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut probe = Client::connect(&address).unwrap();
+    let (mut last, mut most, mut slowest, mut probes) = (None, 0u64, Duration::ZERO, 0);
+    while running.load(Ordering::SeqCst) == CLIENTS as usize {
+        let asked = Instant::now();
+        let tasks = stat(&probe.stats().unwrap(), "tasks_run");
+        let took = asked.elapsed();
+        if let Some(last) = last
+            && running.load(Ordering::SeqCst) == CLIENTS as usize
+        {
+            most = most.max(tasks - last);
+            slowest = slowest.max(took);
+            probes += 1;
+        }
+        last = Some(tasks);
+    }
+    for client in clients {
+        client.join().unwrap();
+    }
+    eprintln!(
+        "{probes} probes; most applications between two STATS answers: {most}; slowest STATS: {slowest:?}"
+    );
+    assert!(probes > 0);
+    assert!(most <= 16, "a STATS waited for {most} applications, {slowest:?} (a step is 8)");
+    node.kill();
+}
