@@ -371,3 +371,131 @@ fn one_cpu_with_slow_tasks_answers_stats_after_one_step() {
     assert!(most <= 16, "a STATS waited for {most} applications, {slowest:?} (a step is 8)");
     node.kill();
 }
+
+/// A thunk with as many arguments as a node allows (`tree_entries`, 262,144: an 8 MiB
+/// encoding), the first a task that loops, evaluated by many clients at once: each walk's frame
+/// holds its arguments, their values and their pins (24 MiB) while the loop runs. One walk
+/// could do that before; many at once multiply it, and then one client's EVAL fails with `node
+/// out of memory` for what others' walks hold, where alone it gives `timeout`.
+#[test]
+fn many_walks_over_the_widest_thunk_each_give_what_it_gives_alone() {
+    const CLIENTS: usize = 16;
+    let mut config = NodeConfig { log_level: LogLevel::Info, ..NodeConfig::default() };
+    config.ceilings.api_connections = 40;
+    config.ceilings.api_connections_per_client = 40;
+    let (mut node, address) = serving_node_with(NodeOptions { cpus: 2, config, ..NodeOptions::default() });
+    let (identity, identity_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_identity"));
+    let (hostile, hostile_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile"));
+    let mut setup = Client::connect(&address).unwrap();
+    setup.upload_missing(&[(identity, identity_elf), (hostile, hostile_elf)]).unwrap();
+    let mode = b"loop".to_vec();
+    let mode_h = Handle::blob(&mode);
+    let mut objects = vec![(mode_h, mode)];
+    let looping = thunk(hostile, &[mode_h], 4 << 20, &mut objects);
+    // Literal values (small blobs are their own handles): nothing more to upload.
+    let args: Vec<Handle> =
+        std::iter::once(looping).chain((1..262_144u64).map(|i| Handle::blob(&i.to_le_bytes()))).collect();
+    let wide = thunk(identity, &args, 64 << 20, &mut objects);
+    setup.upload_missing(&objects).unwrap();
+    let stats = setup.stats().unwrap();
+    eprintln!("uploaded: store_used={}", stat(&stats, "store_used"));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let address = address.clone();
+            std::thread::spawn(move || match Client::connect(&address) {
+                Ok(mut client) => format!("{:#}", client.eval(wide).expect_err("the loop times out")),
+                Err(e) => format!("connect: {e:#}"),
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    // The node still answers meanwhile.
+    let stats = setup.stats().unwrap();
+    eprintln!("meanwhile: evaluations_most_at_once={}", stat(&stats, "evaluations_most_at_once"));
+    let mut outcomes: Vec<String> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    outcomes.sort();
+    outcomes.dedup();
+    eprintln!("outcomes: {outcomes:#?}");
+    let stats = setup.stats().unwrap();
+    eprintln!(
+        "after: evaluations_most_at_once={} store_pinned={}",
+        stat(&stats, "evaluations_most_at_once"),
+        stat(&stats, "store_pinned")
+    );
+    // Alone, the thunk fails with `timeout` (its first argument loops); "a walk's outcome
+    // depends only on its root and on what the memo answers" (docs/EVALUATION.md).
+    for outcome in &outcomes {
+        assert!(outcome.contains("timeout"), "not what the thunk gives alone: {outcome}");
+    }
+    node.kill();
+}
+
+/// As `many_walks_over_the_widest_thunk_each_give_what_it_gives_alone`, with walks over thunks of
+/// ever smaller widths after the widest, so that the kernel heap is left with almost nothing:
+/// the node must still serve (a STATS, an upload, an EVAL) and not crash.
+#[test]
+fn walks_that_fill_the_heap_leave_the_node_serving() {
+    let mut config = NodeConfig { log_level: LogLevel::Info, ..NodeConfig::default() };
+    config.ceilings.api_connections = 40;
+    config.ceilings.api_connections_per_client = 40;
+    let (mut node, address) = serving_node_with(NodeOptions { cpus: 2, config, ..NodeOptions::default() });
+    let (identity, identity_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_identity"));
+    let (hostile, hostile_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile"));
+    let (add, add_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_add"));
+    let mut setup = Client::connect(&address).unwrap();
+    setup.upload_missing(&[(identity, identity_elf), (hostile, hostile_elf), (add, add_elf)]).unwrap();
+    let mode = b"loop".to_vec();
+    let mode_h = Handle::blob(&mode);
+    let mut objects = vec![(mode_h, mode)];
+    let looping = thunk(hostile, &[mode_h], 4 << 20, &mut objects);
+    let widths: Vec<u64> = std::iter::repeat_n(262_144u64, 8).chain((0..8).map(|i| 131_072 >> i)).collect();
+    let roots: Vec<Handle> = widths
+        .iter()
+        .enumerate()
+        .map(|(n, &width)| {
+            let args: Vec<Handle> = std::iter::once(looping)
+                .chain((1..width).map(|i| Handle::blob(&(i + ((n as u64) << 40)).to_le_bytes())))
+                .collect();
+            thunk(identity, &args, 64 << 20, &mut objects)
+        })
+        .collect();
+    setup.upload_missing(&objects).unwrap();
+    let clients: Vec<_> = roots
+        .iter()
+        .map(|root| {
+            let (address, root) = (address.clone(), *root);
+            let client = std::thread::spawn(move || match Client::connect(&address) {
+                Ok(mut client) => {
+                    format!("{:?}", client.eval(root).map(|e| e.result).map_err(|e| format!("{e:#}")))
+                }
+                Err(e) => format!("connect: {e:#}"),
+            });
+            std::thread::sleep(Duration::from_millis(150));
+            client
+        })
+        .collect();
+    // While the walks hold what they hold: STATS, an upload, an EVAL.
+    let mut rng = Rng::for_case(std::process::id() as u64, 3);
+    let probe = (|| -> anyhow::Result<String> {
+        let mut other = Client::connect(&address)?;
+        let stats = other.stats()?;
+        let blob: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        other.put(Handle::blob(&blob), &blob, |_| {})?;
+        let (root, objects, sum) = add_tree(&mut rng, add, 8);
+        other.upload_missing(&objects)?;
+        let evaluated = other.eval(root)?;
+        anyhow::ensure!(evaluated.result == Handle::blob(&sum.to_le_bytes()));
+        Ok(format!("evaluations_most_at_once={}", stat(&stats, "evaluations_most_at_once")))
+    })();
+    eprintln!("probe: {probe:?}");
+    let mut outcomes: Vec<String> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    outcomes.sort();
+    outcomes.dedup();
+    eprintln!("outcomes: {outcomes:#?}");
+    let after = Client::connect(&address).and_then(|mut c| c.stats());
+    if probe.is_err() || after.is_err() {
+        let tail: Vec<&String> = node.transcript().iter().rev().take(30).collect();
+        panic!("the node stopped serving: probe {probe:?}, after {:?}; console: {tail:#?}", after.err());
+    }
+    node.kill();
+}
