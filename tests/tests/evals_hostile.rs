@@ -499,3 +499,49 @@ fn walks_that_fill_the_heap_leave_the_node_serving() {
     }
     node.kill();
 }
+
+/// One client's long EVAL and another's PIN (queued until no EVAL is under way: docs/
+/// PROTOCOL.md, "Busy nodes") hold up a third client's small EVAL, sent after the PIN, until
+/// the long EVAL ends: a PIN, GC or scrub from anyone stalls every new EVAL node-wide for as
+/// long as the longest EVAL under way runs (up to `eval_time_s`).
+#[test]
+fn a_pin_behind_a_long_eval_holds_up_every_new_eval() {
+    let config = NodeConfig { log_level: LogLevel::Info, ..NodeConfig::default() };
+    let (mut node, address) = serving_node_with(NodeOptions { cpus: 2, config, ..NodeOptions::default() });
+    let (identity, identity_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_identity"));
+    let (mandelbrot, mandelbrot_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_mandelbrot"));
+    let (add, add_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_add"));
+    let mut setup = Client::connect(&address).unwrap();
+    setup.upload_missing(&[(identity, identity_elf), (mandelbrot, mandelbrot_elf), (add, add_elf)]).unwrap();
+    let mut objects = Vec::new();
+    let tiles: Vec<Handle> = (0..16).map(|t| tile(mandelbrot, 64 * (t % 7), 200 + t, &mut objects)).collect();
+    let long = thunk(identity, &tiles, 1 << 20, &mut objects);
+    setup.upload_missing(&objects).unwrap();
+    let mut rng = Rng::for_case(std::process::id() as u64, 4);
+    let (small, small_objects, sum) = add_tree(&mut rng, add, 2);
+    setup.upload_missing(&small_objects).unwrap();
+
+    let mut long_client = Client::connect(&address).unwrap();
+    let long_request = long_client.send_eval(long).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pinning = std::thread::spawn({
+        let address = address.clone();
+        move || format!("{:?}", Client::connect(&address).unwrap().pin(long, true))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let small_client = std::thread::spawn({
+        let address = address.clone();
+        move || Client::connect(&address).unwrap().eval(small).unwrap().result
+    });
+    let long_done = long_client.evaluated(long_request).unwrap();
+    // Whether the small EVAL was answered while the long one still ran.
+    let small_first = small_client.is_finished();
+    assert_eq!(small_client.join().unwrap(), Handle::blob(&sum.to_le_bytes()));
+    eprintln!(
+        "long EVAL: {} us; PIN: {}; small EVAL answered before the long one ended: {small_first}",
+        long_done.micros,
+        pinning.join().unwrap()
+    );
+    assert!(small_first, "a small EVAL from a third client waited for the long EVAL, behind a PIN");
+    node.kill();
+}
