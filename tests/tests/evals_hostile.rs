@@ -545,3 +545,49 @@ fn a_pin_behind_a_long_eval_holds_up_every_new_eval() {
     assert!(small_first, "a small EVAL from a third client waited for the long EVAL, behind a PIN");
     node.kill();
 }
+
+/// The evaluation's time ceiling (`eval_time_s`) is each walk's own: four EVALs at once, each
+/// well within the ceiling alone, together well past it, all succeed.
+#[test]
+fn each_walk_has_its_own_evaluation_time() {
+    let mut config = NodeConfig { log_level: LogLevel::Info, ..NodeConfig::default() };
+    config.ceilings.eval_time_s = 1;
+    let (mut node, address) = serving_node_with(NodeOptions { cpus: 2, config, ..NodeOptions::default() });
+    let (identity, identity_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_identity"));
+    let (mandelbrot, mandelbrot_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_mandelbrot"));
+    let mut setup = Client::connect(&address).unwrap();
+    setup.upload_missing(&[(identity, identity_elf), (mandelbrot, mandelbrot_elf)]).unwrap();
+    let graph = |c: u32, setup: &mut Client| {
+        let mut objects = Vec::new();
+        let tiles: Vec<Handle> = (0..4).map(|t| tile(mandelbrot, 64 * t, 260 + c, &mut objects)).collect();
+        let root = thunk(identity, &tiles, 1 << 20, &mut objects);
+        setup.upload_missing(&objects).unwrap();
+        root
+    };
+    // Alone, for scale: the time its tasks took.
+    let alone_root = graph(99, &mut setup);
+    let before = setup.stats().unwrap();
+    let alone = setup.eval_fresh(alone_root);
+    let after = setup.stats().unwrap();
+    let task_ms = |s: &str| stat(s, "cpu0_task_ms") + stat(s, "cpu1_task_ms");
+    let alone_ms = task_ms(&after) - task_ms(&before);
+    eprintln!("alone: {:?} with {alone_ms} ms of tasks", alone.as_ref().map(|e| e.micros));
+    assert!(alone.is_ok() && alone_ms < 700, "too slow a host for this test: {alone_ms} ms alone");
+    let roots: Vec<Handle> = (0..4).map(|c| graph(c, &mut setup)).collect();
+    let clients: Vec<_> = roots
+        .iter()
+        .map(|root| {
+            let (address, root) = (address.clone(), *root);
+            std::thread::spawn(move || {
+                Client::connect(&address).unwrap().eval(root).map_err(|e| format!("{e:#}"))
+            })
+        })
+        .collect();
+    let outcomes: Vec<_> = clients.into_iter().map(|c| c.join().unwrap().map(|e| e.micros)).collect();
+    let total_ms = task_ms(&setup.stats().unwrap()) - task_ms(&after);
+    eprintln!("at once: {outcomes:?}, {total_ms} ms of tasks in all");
+    for outcome in &outcomes {
+        assert!(outcome.is_ok(), "{outcome:?}");
+    }
+    node.kill();
+}
