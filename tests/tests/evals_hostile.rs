@@ -546,12 +546,12 @@ fn a_pin_behind_a_long_eval_holds_up_every_new_eval() {
     node.kill();
 }
 
-/// The evaluation's time ceiling (`eval_time_s`) is each walk's own: four EVALs at once, each
+/// The evaluation's time ceiling (`eval_time_s`) is each walk's own: eight EVALs at once, each
 /// well within the ceiling alone, together well past it, all succeed.
 #[test]
 fn each_walk_has_its_own_evaluation_time() {
     let mut config = NodeConfig { log_level: LogLevel::Info, ..NodeConfig::default() };
-    config.ceilings.eval_time_s = 1;
+    config.ceilings.eval_time_s = 2;
     let (mut node, address) = serving_node_with(NodeOptions { cpus: 2, config, ..NodeOptions::default() });
     let (identity, identity_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_identity"));
     let (mandelbrot, mandelbrot_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_mandelbrot"));
@@ -572,8 +572,15 @@ fn each_walk_has_its_own_evaluation_time() {
     let task_ms = |s: &str| stat(s, "cpu0_task_ms") + stat(s, "cpu1_task_ms");
     let alone_ms = task_ms(&after) - task_ms(&before);
     eprintln!("alone: {:?} with {alone_ms} ms of tasks", alone.as_ref().map(|e| e.micros));
-    assert!(alone.is_ok() && alone_ms < 700, "too slow a host for this test: {alone_ms} ms alone");
-    let roots: Vec<Handle> = (0..4).map(|c| graph(c, &mut setup)).collect();
+    assert!(alone.is_ok(), "{alone:?}");
+    if alone_ms > 1200 {
+        eprintln!(
+            "too slow a host for this test now ({alone_ms} ms alone against a ceiling of 2 s): skipped"
+        );
+        node.kill();
+        return;
+    }
+    let roots: Vec<Handle> = (0..8).map(|c| graph(c, &mut setup)).collect();
     let clients: Vec<_> = roots
         .iter()
         .map(|root| {
