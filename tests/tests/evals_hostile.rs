@@ -645,3 +645,56 @@ fn clients_waiting_for_long_evals_are_not_idle() {
     assert!(behind.is_ok(), "{behind:?}");
     node.kill();
 }
+
+/// Four CPUs: clients that reset their connections while wide graphs run (many tasks started
+/// ahead for them), again and again. Every pin comes back, and running ahead keeps its room
+/// (no job left counted as started).
+#[test]
+fn resets_during_wide_graphs_leave_no_pin_and_keep_room_ahead() {
+    let config = NodeConfig { log_level: LogLevel::Info, ..NodeConfig::default() };
+    let (mut node, address) =
+        serving_node_with(NodeOptions { cpus: 4, memory_mib: 1024, config, ..NodeOptions::default() });
+    let (add, add_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_add"));
+    let mut setup = Client::connect(&address).unwrap();
+    setup.upload_missing(&[(add, add_elf)]).unwrap();
+    let mut rng = Rng::for_case(std::process::id() as u64, 5);
+    let pins_before = stat(&setup.stats().unwrap(), "store_pinned");
+    for round in 0..10 {
+        let (root, objects, _) = add_tree(&mut rng, add, 256);
+        setup.upload_missing(&objects).unwrap();
+        let leaving: Vec<_> = (0..3)
+            .map(|_| {
+                let address = address.clone();
+                std::thread::spawn(move || eval_then_reset(&address, root))
+            })
+            .collect();
+        for l in leaving {
+            l.join().unwrap();
+        }
+        if round % 3 == 0 {
+            let (small, objects, sum) = add_tree(&mut rng, add, 8);
+            setup.upload_missing(&objects).unwrap();
+            assert_eq!(setup.eval(small).unwrap().result, Handle::blob(&sum.to_le_bytes()));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stats = loop {
+        let stats = setup.stats().unwrap();
+        if stat(&stats, "store_pinned") == pins_before {
+            break stats;
+        }
+        assert!(Instant::now() < deadline, "pins left behind (before: {pins_before}): {stats}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let ahead_before = stat(&stats, "tasks_started_ahead");
+    eprintln!("evaluations_let_go={} tasks_started_ahead={ahead_before}", stat(&stats, "evaluations_let_go"));
+    let (wide, objects, sum) = add_tree(&mut rng, add, 128);
+    setup.upload_missing(&objects).unwrap();
+    assert_eq!(setup.eval(wide).unwrap().result, Handle::blob(&sum.to_le_bytes()));
+    let stats = setup.stats().unwrap();
+    let ahead = stat(&stats, "tasks_started_ahead") - ahead_before;
+    eprintln!("started ahead for a 255-application graph afterwards: {ahead}");
+    assert!(ahead > 32, "running ahead lost its room: {stats}");
+    assert_eq!(stat(&stats, "store_pinned"), pins_before, "{stats}");
+    node.kill();
+}
