@@ -76,7 +76,11 @@ fn sixteen_looping_evals_resets_and_half_closes_leave_the_node_whole() {
     config.ceilings.task_time_ms = 1500;
     config.ceilings.api_connections = 40;
     config.ceilings.api_connections_per_client = 40;
-    let (mut node, address) = serving_node_with(NodeOptions { cpus: 2, config, ..NodeOptions::default() });
+    // The boot CPU runs no task, so that every EVAL begins as soon as it arrives (a loop the
+    // boot CPU ran would hold new EVALs for its 1.5 s, and the first ones could end before the
+    // last begin): the slots do fill.
+    config.boot_cpu_tasks = false;
+    let (mut node, address) = serving_node_with(NodeOptions { cpus: 3, config, ..NodeOptions::default() });
     let (add, add_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_add"));
     let (hostile, hostile_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile"));
     let mut setup = Client::connect(&address).unwrap();
@@ -501,13 +505,12 @@ fn walks_that_fill_the_heap_leave_the_node_serving() {
     node.kill();
 }
 
-/// One client's long EVAL and another's PIN (queued until no EVAL is under way: docs/
-/// PROTOCOL.md, "Busy nodes") hold up a third client's small EVAL, sent after the PIN, until
-/// the long EVAL ends: a PIN, GC or scrub from anyone stalls every new EVAL node-wide for as
-/// long as the longest EVAL under way runs (up to `eval_time_s`).
+/// One client's long EVAL and another's PIN do not hold up a third client's small EVAL, sent
+/// after the PIN: a PIN runs at once, beside EVALs under way (docs/PROTOCOL.md, "Busy nodes").
+/// (Work that needs the node quiet, a GC say, still holds up new EVALs until those under way
+/// end; that is the documented order.)
 #[test]
-#[ignore = "finding, documented behaviour: non-EVAL work queued behind EVALs under way holds up every new EVAL node-wide"]
-fn a_pin_behind_a_long_eval_holds_up_every_new_eval() {
+fn a_pin_behind_a_long_eval_holds_up_no_new_eval() {
     let config = NodeConfig { log_level: LogLevel::Info, ..NodeConfig::default() };
     let (mut node, address) = serving_node_with(NodeOptions { cpus: 2, config, ..NodeOptions::default() });
     let (identity, identity_elf) = elf(env!("CARGO_BIN_FILE_CAIRN_TASKS_identity"));

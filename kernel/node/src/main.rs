@@ -437,8 +437,8 @@ fn durable(
 }
 
 /// Runs the work both APIs queued, answering each on the API it came from; true if there was
-/// any. An EVAL begins a walk in `evaluations` (the loop steps it); other work waits while any
-/// is under way. The node keeps answering HELLO, HAVE and GET meanwhile (`net::busy`): FETCH
+/// any. An EVAL begins a walk in `evaluations` (the loop steps it); a PIN runs at once; other
+/// work waits while any EVAL is under way. The node keeps answering HELLO, HAVE and GET meanwhile (`net::busy`): FETCH
 /// and RELOCATE serve them while they wait on the peer. Jobs with IO hold the networks, since
 /// their evaluation uses them.
 fn run_queued(
@@ -454,6 +454,14 @@ fn run_queued(
             return any;
         }
         let other_work = evaluations.is_empty();
+        // Work that needs the node quiet, first in either API's queue, holds up new EVALs from
+        // both: otherwise a peer that always has an EVAL under way would keep a client's GC
+        // (and everything behind it) waiting forever, or the other way round.
+        let quiet_wanted =
+            s.api.next_needs_quiet() || s.cluster_api.as_mut().is_some_and(|a| a.next_needs_quiet());
+        if !other_work && quiet_wanted {
+            return any;
+        }
         let (queued, on_cluster) = match s.api.next_work(other_work) {
             Some(queued) => (queued, false),
             None => match s.cluster_api.as_mut().and_then(|a| a.next_work(other_work)) {

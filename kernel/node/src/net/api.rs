@@ -317,20 +317,34 @@ impl Api {
 
     /// The next job a client asked for; run it, then hand the answer to [`Api::deliver`].
     /// Work whose connection has gone is dropped, not run: nobody would get its answer. Work
-    /// other than an EVAL is taken only if `any`: it waits while EVALs are under way (see
-    /// `net::evaluations`), and the work queued behind it too.
+    /// that needs the node quiet (see [`Api::next_needs_quiet`]) is taken only if `any`.
     pub fn next_work(&mut self, any: bool) -> Option<Queued> {
-        while let Some(queued) = self.connections.queued.front() {
-            if !self.wanted(queued) {
-                self.connections.queued.pop_front();
-                continue;
-            }
-            if !any && !matches!(queued.work, cairn_proto::session::Work::Eval { .. }) {
-                return None;
-            }
-            return self.connections.queued.pop_front();
+        if !any && self.next_needs_quiet() {
+            return None;
         }
-        None
+        self.drop_unwanted();
+        self.connections.queued.pop_front()
+    }
+
+    /// Whether the next work needs no EVAL under way: anything but an EVAL or a PIN (a job's
+    /// IO and journal, a GC's view of what is live, a scrub, a peer's FETCH or RELOCATE). It
+    /// waits while EVALs are under way (`net::evaluations`), and the work queued behind it too.
+    pub fn next_needs_quiet(&mut self) -> bool {
+        use cairn_proto::session::Work;
+        self.drop_unwanted();
+        self.connections
+            .queued
+            .front()
+            .is_some_and(|q| !matches!(q.work, Work::Eval { .. } | Work::Pin { .. }))
+    }
+
+    fn drop_unwanted(&mut self) {
+        while let Some(queued) = self.connections.queued.front() {
+            if self.wanted(queued) {
+                return;
+            }
+            self.connections.queued.pop_front();
+        }
     }
 
     /// Whether the connection that asked for `queued` is still there to hear its answer.

@@ -96,6 +96,10 @@ impl Evaluations {
                 at += 1;
             } else {
                 ev.abandon(self.under_way.remove(at).walk);
+                // The walk after it keeps its turn.
+                if at < self.next {
+                    self.next -= 1;
+                }
                 LET_GO.fetch_add(1, Ordering::Relaxed);
             }
         }
