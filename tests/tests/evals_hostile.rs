@@ -382,7 +382,7 @@ fn one_cpu_with_slow_tasks_answers_stats_after_one_step() {
 /// could do that before; many at once multiply it, and then one client's EVAL fails with `node
 /// out of memory` for what others' walks hold, where alone it gives `timeout`.
 #[test]
-#[ignore = "finding, not fixed: walks' frames share the heap, so an EVAL can fail with 'node out of memory' for what other clients' walks hold"]
+#[ignore = "documented limit: walks' frames share one ceiling (an eighth of the heap), so an EVAL can fail with 'node limit' (before: 'node out of memory') for what other clients' walks hold"]
 fn many_walks_over_the_widest_thunk_each_give_what_it_gives_alone() {
     const CLIENTS: usize = 16;
     let mut config = NodeConfig { log_level: LogLevel::Info, ..NodeConfig::default() };

@@ -2,7 +2,9 @@
 //! made (EVAL-1 .. EVAL-7). The walk over a graph is in `walk`.
 
 use alloc::string::ToString;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use cairn_object::io::Effect;
@@ -125,6 +127,10 @@ pub struct Ceilings {
     pub memo_error_bytes: u64,
     /// Arguments one thunk may have (its encoding, and the one applied, are built in memory).
     pub tree_entries: u64,
+    /// Heap the frames of all evaluations under way may take together (a frame's lists of
+    /// arguments, values and pins): several EVALs over wide thunks must not take the heap the
+    /// rest of the node needs.
+    pub frame_bytes: u64,
 }
 
 impl Default for Ceilings {
@@ -136,6 +142,7 @@ impl Default for Ceilings {
             memo_entries: 250_000,
             memo_error_bytes: 16 << 20,
             tree_entries: 1 << 18,
+            frame_bytes: 64 << 20,
         }
     }
 }
@@ -151,6 +158,8 @@ pub struct Evaluator<S, E> {
     pub(crate) spare: Option<(Vec<Frame>, Ahead)>,
     /// The identity of the next evaluation begun (for the executor).
     pub(crate) next_evaluation: u64,
+    /// Heap the frames of every evaluation under way take (`Ceilings::frame_bytes`).
+    frames_held: Arc<AtomicU64>,
 }
 
 /// Most thunks have a handful of arguments: keep them inline.
@@ -173,6 +182,35 @@ pub(crate) struct Frame {
     pub(crate) pinned: Handles,
     /// `args[..ahead]` have been looked into for work to start ahead.
     pub(crate) ahead: usize,
+    _charge: FrameCharge,
+}
+
+/// The heap a frame's lists take, counted in the evaluator's `frames_held` until the frame is
+/// dropped (wherever that happens: popped, replaced by a tail call's, or with its walk).
+struct FrameCharge {
+    held: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl FrameCharge {
+    /// Charges a frame of `args` arguments, unless all frames would then hold more than
+    /// `ceiling` bytes; the error is what they hold.
+    fn take(held: &Arc<AtomicU64>, args: usize, ceiling: u64) -> Result<FrameCharge, u64> {
+        // Three lists of handles (arguments, values, pins), inline up to four.
+        let bytes = if args > 4 { (3 * args * Handle::LEN) as u64 } else { 0 };
+        let before = held.fetch_add(bytes, Ordering::Relaxed);
+        if bytes > 0 && before.saturating_add(bytes) > ceiling {
+            held.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(before);
+        }
+        Ok(FrameCharge { held: held.clone(), bytes })
+    }
+}
+
+impl Drop for FrameCharge {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl Frame {
@@ -205,6 +243,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
             ceilings: Ceilings::default(),
             spare: None,
             next_evaluation: 0,
+            frames_held: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -323,6 +362,22 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
                 )))
             }
             Ok(t) => {
+                // What the frame's lists take of the heap, charged against the ceiling of all
+                // frames (of every evaluation under way) before anything is allocated.
+                let charge = match FrameCharge::take(
+                    &self.frames_held,
+                    t.args().len(),
+                    self.ceilings.frame_bytes,
+                ) {
+                    Ok(charge) => charge,
+                    Err(held) => {
+                        return fail(Failure::NodeLimit(alloc::format!(
+                            "a frame of {} arguments does not fit beside the {held} bytes the frames of the evaluations under way hold; this node allows {} bytes of frames",
+                            t.args().len(),
+                            self.ceilings.frame_bytes
+                        )));
+                    }
+                };
                 // As many arguments as the thunk's encoding holds: allocate for them fallibly.
                 let (mut args, mut done) = (Handles::new(), Handles::new());
                 if args.try_reserve_exact(t.args().len()).is_err()
@@ -348,6 +403,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
                     done,
                     pinned,
                     ahead: 0,
+                    _charge: charge,
                 })
             }
             Err(e) => {

@@ -353,3 +353,36 @@ fn an_abandoned_walk_lets_go_of_its_pins_and_its_running_applications() {
     assert!(only_memo_values_pinned(&ev), "{:?}", ev.store.pins);
     assert_eq!(ev.executor.evaluations, 1);
 }
+
+#[test]
+fn the_frames_of_all_walks_share_one_ceiling_and_give_it_back() {
+    // Room for the frames of two 10-argument thunks (3 lists of 10 handles each), not three.
+    let frame = 3 * 10 * Handle::LEN as u64;
+    let ceilings = cairn_eval::Ceilings { frame_bytes: 2 * frame, ..cairn_eval::Ceilings::default() };
+    let mut ev = evaluator().with_ceilings(ceilings);
+    let wide: Vec<Handle> = (0..3)
+        .map(|i| {
+            let args: Vec<Handle> =
+                (0..10).map(|j| task(&mut ev.store, "add", &[number(i * 100 + j)])).collect();
+            task(&mut ev.store, "add", &args)
+        })
+        .collect();
+    let mut walks: Vec<Walk> = wide.iter().map(|root| ev.begin(*root, false)).collect();
+    assert_eq!(ev.step(&mut walks[0], &mut NoIo, u64::MAX), None, "waits for its first leaf");
+    assert_eq!(ev.step(&mut walks[1], &mut NoIo, u64::MAX), None);
+    let third = ev.step(&mut walks[2], &mut NoIo, u64::MAX).expect("no room for its frame");
+    let failure = third.unwrap_err().failure;
+    assert!(matches!(&failure, Failure::NodeLimit(m) if m.contains("frames")), "{failure:?}");
+    // Not remembered: once the others are let go, the same root evaluates.
+    let (first, second) = (walks.remove(0), walks.remove(0));
+    ev.abandon(first);
+    ev.abandon(second);
+    let mut again = ev.begin(wide[2], false);
+    let outcome = loop {
+        if let Some(outcome) = ev.step(&mut again, &mut NoIo, u64::MAX) {
+            break outcome;
+        }
+        ev.executor.finish(&mut ev.store, 0);
+    };
+    assert_eq!(outcome, Ok(number((200..210).sum())));
+}

@@ -56,6 +56,8 @@ pub fn node_evaluator(store_limit: u64, ceilings: &cairn_bootcfg::Ceilings) -> (
         memo_entries: ceilings.memo_entries,
         memo_error_bytes: ceilings.memo_error_bytes(),
         tree_entries: ceilings.tree_entries,
+        // A quarter of what the store may take: an eighth of the heap.
+        frame_bytes: store_limit / 4,
     };
     let executor = TaskExecutor::new(TaskCeilings::from_config(ceilings));
     (Evaluator::new(store, executor).with_ceilings(eval_ceilings), procedures)
