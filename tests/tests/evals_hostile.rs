@@ -499,6 +499,8 @@ fn walks_that_fill_the_heap_leave_the_node_serving() {
     eprintln!("outcomes: {outcomes:#?}");
     let after = Client::connect(&address).and_then(|mut c| c.stats());
     if probe.is_err() || after.is_err() {
+        // The console lines not read yet (a dead node's last words among them).
+        node.finish(Duration::from_secs(5));
         let tail: Vec<&String> = node.transcript().iter().rev().take(30).collect();
         panic!("the node stopped serving: probe {probe:?}, after {:?}; console: {tail:#?}", after.err());
     }
