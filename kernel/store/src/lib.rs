@@ -22,6 +22,8 @@ pub mod superblock;
 #[cfg(test)]
 mod compaction_review_tests;
 #[cfg(test)]
+mod copy_review_tests;
+#[cfg(test)]
 mod copy_tests;
 #[cfg(test)]
 mod gc_tests;

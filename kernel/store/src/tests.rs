@@ -14,7 +14,7 @@ use super::*;
 pub(crate) struct SimDisk {
     pub(crate) current: Vec<u8>,
     pub(crate) durable: Vec<u8>,
-    unflushed: Vec<(u64, Vec<u8>)>,
+    pub(crate) unflushed: Vec<(u64, Vec<u8>)>,
     pub(crate) ops_left: Option<usize>,
 }
 

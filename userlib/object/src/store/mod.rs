@@ -4,6 +4,8 @@
 
 mod mem;
 mod pieces;
+#[cfg(test)]
+mod pieces_review_tests;
 
 use core::fmt;
 
