@@ -188,7 +188,8 @@ pub(crate) struct Frame {
 /// The heap a frame's lists take, counted in the evaluator's `frames_held` until the frame is
 /// dropped (wherever that happens: popped, replaced by a tail call's, or with its walk).
 struct FrameCharge {
-    held: Arc<AtomicU64>,
+    /// None for a frame whose lists are inline (no heap, no count to keep).
+    held: Option<Arc<AtomicU64>>,
     bytes: u64,
 }
 
@@ -197,19 +198,24 @@ impl FrameCharge {
     /// `ceiling` bytes; the error is what they hold.
     fn take(held: &Arc<AtomicU64>, args: usize, ceiling: u64) -> Result<FrameCharge, u64> {
         // Three lists of handles (arguments, values, pins), inline up to four.
-        let bytes = if args > 4 { (3 * args * Handle::LEN) as u64 } else { 0 };
+        if args <= 4 {
+            return Ok(FrameCharge { held: None, bytes: 0 });
+        }
+        let bytes = (3 * args * Handle::LEN) as u64;
         let before = held.fetch_add(bytes, Ordering::Relaxed);
-        if bytes > 0 && before.saturating_add(bytes) > ceiling {
+        if before.saturating_add(bytes) > ceiling {
             held.fetch_sub(bytes, Ordering::Relaxed);
             return Err(before);
         }
-        Ok(FrameCharge { held: held.clone(), bytes })
+        Ok(FrameCharge { held: Some(held.clone()), bytes })
     }
 }
 
 impl Drop for FrameCharge {
     fn drop(&mut self) {
-        self.held.fetch_sub(self.bytes, Ordering::Relaxed);
+        if let Some(held) = &self.held {
+            held.fetch_sub(self.bytes, Ordering::Relaxed);
+        }
     }
 }
 
@@ -311,6 +317,14 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
     /// Runs an evaluation to its end here and now: the executor's `apply` may wait, and the
     /// walk never steps aside.
     fn run(&mut self, root: Handle, use_memo: bool, io: &mut dyn Io<S>) -> Outcome {
+        // A root the memo answers needs no walk at all (as its first step would answer it).
+        if use_memo
+            && root.kind() == Kind::Thunk
+            && let Some(outcome) = self.memo.get(&root)
+        {
+            self.stats.memo_hits += 1;
+            return outcome;
+        }
         let (stack, ahead) = self.spare.take().unwrap_or_else(|| (Vec::new(), Ahead::new()));
         let mut walk = self.begin_with(root, use_memo, false, stack, ahead);
         let outcome = loop {

@@ -298,7 +298,10 @@ impl Runner {
             task.space.activate();
         }
         let running = RUNNING.fetch_add(1, Ordering::Relaxed) + 1;
-        MOST_RUNNING.fetch_max(running, Ordering::Relaxed);
+        // (A read first: the read-modify-write is rarely needed, and under emulation costly.)
+        if running > MOST_RUNNING.load(Ordering::Relaxed) {
+            MOST_RUNNING.fetch_max(running, Ordering::Relaxed);
+        }
         let outcome = task.run(store, image, &mut self.stats, &mut self.simd);
         RUNNING.fetch_sub(1, Ordering::Relaxed);
         task.settle_waits();
