@@ -71,7 +71,7 @@ fn survivals(n: usize) -> Vec<Vec<bool>> {
         all.push((0..n).map(|i| i >= k).collect());
     }
     for seed in 1..6u64 {
-        let mut next = xorshift(seed * 0x9e37_79b9_7f4a_7c15);
+        let mut next = xorshift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         all.push((0..n).map(|_| next() % 3 != 0).collect());
     }
     all
