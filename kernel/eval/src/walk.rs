@@ -49,11 +49,6 @@ impl Walk {
         self.stats
     }
 
-    /// The thunk (or value) this walk evaluates.
-    pub fn root(&self) -> Handle {
-        self.root
-    }
-
     /// Whether the walk stepped aside for an application that runs elsewhere.
     pub fn is_waiting(&self) -> bool {
         self.awaiting.is_some()
@@ -115,11 +110,10 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
         let outcome = self.walk(walk, io, applications);
         let now = self.stats;
         walk.stats.add_since(&now, &before);
-        if let Some(outcome) = &outcome {
+        if outcome.is_some() {
             self.finish(walk);
-            return Some(outcome.clone());
         }
-        None
+        outcome
     }
 
     /// Lets go of an evaluation before its end (nobody waits for its outcome any more): its

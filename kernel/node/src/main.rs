@@ -396,9 +396,15 @@ fn wait_for_tasks(ev: &mut jobs::NodeEvaluator, seen: u64) {
         }
         match ev.executor.run_a_queued_task(STEAL_AFTER_US) {
             Queued::Ran => return,
-            // Back to the loop now and then, to serve the network.
-            Queued::Young if waited() < 1000 => core::hint::spin_loop(),
-            Queued::Young => return,
+            // Until the oldest task is old enough, watching the clock only: the queue's lock is
+            // the other CPUs' too. Back to the loop now and then, to serve the network.
+            Queued::Young { in_us } if waited() < 1000 => {
+                let until = arch::clock::micros_since_boot() + in_us;
+                while finished() == seen && arch::clock::micros_since_boot() < until {
+                    core::hint::spin_loop();
+                }
+            }
+            Queued::Young { .. } => return,
             // A moment's look before halting: a task may be about to end.
             Queued::None if waited() < arch::smp::SPIN_BEFORE_HALT_US => core::hint::spin_loop(),
             Queued::None => break,
@@ -438,9 +444,9 @@ fn durable(
 
 /// Runs the work both APIs queued, answering each on the API it came from; true if there was
 /// any. An EVAL begins a walk in `evaluations` (the loop steps it); a PIN runs at once; other
-/// work waits while any EVAL is under way. The node keeps answering HELLO, HAVE and GET meanwhile (`net::busy`): FETCH
-/// and RELOCATE serve them while they wait on the peer. Jobs with IO hold the networks, since
-/// their evaluation uses them.
+/// work waits while any EVAL is under way. The node keeps answering HELLO, HAVE and GET
+/// meanwhile (`net::busy`): FETCH and RELOCATE serve them while they wait on the peer. Jobs with
+/// IO hold the networks, since their evaluation uses them.
 fn run_queued(
     jobs: &mut net::jobs::Jobs,
     ev: &mut jobs::NodeEvaluator,
@@ -471,16 +477,18 @@ fn run_queued(
         };
         any = true;
         let answer = match queued.work.clone() {
-            Work::Eval { .. } => match evaluations.begin(ev, queued, on_cluster) {
-                None => continue,
-                Some(refused) => {
-                    let api = if on_cluster { s.cluster_api.as_mut() } else { Some(&mut s.api) };
-                    if let Some(api) = api {
-                        api.deliver(refused.queued, refused.answer);
+            Work::Eval { handle, fresh } => {
+                match evaluations.begin(ev, (handle, fresh), queued, on_cluster) {
+                    None => continue,
+                    Some(refused) => {
+                        let api = if on_cluster { s.cluster_api.as_mut() } else { Some(&mut s.api) };
+                        if let Some(api) = api {
+                            api.deliver(refused.queued, refused.answer);
+                        }
+                        continue;
                     }
-                    continue;
                 }
-            },
+            }
             Work::Scrub => {
                 // Reads serve the others between objects, as during an EVAL.
                 drop(guard);

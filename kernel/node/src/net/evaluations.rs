@@ -64,15 +64,20 @@ impl Evaluations {
         self.under_way.len() < UNDER_WAY
     }
 
-    /// Begins the EVAL `queued` asks for; with no memory to keep it, its answer (an error) is
-    /// returned at once.
-    pub fn begin(&mut self, ev: &mut NodeEvaluator, queued: Queued, on_cluster: bool) -> Option<Finished> {
-        let cairn_proto::session::Work::Eval { handle, fresh } = queued.work else {
-            let answer = error("not an EVAL".into());
-            return Some(Finished { queued, on_cluster, answer });
-        };
+    /// Begins the EVAL of `handle` (`fresh`: ignoring the memo) that `queued` asks for; with
+    /// no memory to keep it, its answer (an error) is returned at once.
+    pub fn begin(
+        &mut self,
+        ev: &mut NodeEvaluator,
+        (handle, fresh): (cairn_object::Handle, bool),
+        queued: Queued,
+        on_cluster: bool,
+    ) -> Option<Finished> {
         if self.under_way.try_reserve(1).is_err() {
-            let answer = error("the node has no memory for another evaluation now".into());
+            let answer = Message::Error {
+                code: cairn_proto::ErrorCode::Internal,
+                message: "the node has no memory for another evaluation now".into(),
+            };
             return Some(Finished { queued, on_cluster, answer });
         }
         let walk = ev.begin(handle, fresh);
@@ -108,8 +113,7 @@ impl Evaluations {
     /// Steps the walks in turn, from where the last call stopped, until one moves (runs
     /// applications for up to [`SLICE_US`], or ends): the loop serves the network after each
     /// walk that moved, so that on one CPU, where every task runs inline, nobody waits for a
-    /// round of all the walks.
-    /// Returns the answer of a walk that ended, if one did, and whether any walk moved (then
+    /// round of all the walks. Returns the answer of a walk that ended, if one did, and whether any walk moved (then
     /// the loop comes back at once, rather than wait).
     pub fn step(&mut self, ev: &mut NodeEvaluator) -> (Option<Finished>, bool) {
         for _ in 0..self.under_way.len() {
@@ -155,8 +159,4 @@ impl Evaluations {
         }
         (None, false)
     }
-}
-
-fn error(message: alloc::string::String) -> Message {
-    Message::Error { code: cairn_proto::ErrorCode::Internal, message }
 }

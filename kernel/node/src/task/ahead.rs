@@ -57,8 +57,11 @@ pub fn finished() -> u64 {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Queued {
     Ran,
-    /// Jobs wait, but none for long enough: another CPU may be about to take it.
-    Young,
+    /// Jobs wait, but none for long enough (the oldest will have in `in_us`): another CPU may
+    /// be about to take it.
+    Young {
+        in_us: u64,
+    },
     None,
 }
 
@@ -73,7 +76,9 @@ pub fn run_one_queued(local: &mut Runner, min_wait_us: u64) -> Queued {
         let mut jobs = queue.jobs.lock();
         match jobs.front() {
             None => return Queued::None,
-            Some(job) if now.saturating_sub(job.queued_at) < min_wait_us => return Queued::Young,
+            Some(job) if now.saturating_sub(job.queued_at) < min_wait_us => {
+                return Queued::Young { in_us: min_wait_us - now.saturating_sub(job.queued_at) };
+            }
             Some(_) => jobs.pop_front(),
         }
     };
@@ -281,7 +286,7 @@ pub struct Started {
 impl Started {
     /// Queues `app` for the other CPUs, whatever the [`room`] (the caller looked); false if it
     /// could not be (no other CPU runs tasks, no memory, or it is started already).
-    pub fn start_anyway(
+    pub fn start(
         &mut self,
         store: &mut NodeStore,
         app: &Application<'_>,

@@ -362,7 +362,7 @@ impl Executor<NodeStore> for TaskExecutor {
         if ahead.is_none() && ahead::others_only() {
             let (eval_left, budget_us) = self.budgets();
             let started = &mut self.evaluation().started;
-            if eval_left > 0 && started.start_anyway(store, app, ceilings, budget_us) {
+            if eval_left > 0 && started.start(store, app, ceilings, budget_us) {
                 ahead = started.take(&app.thunk);
             }
         }
@@ -420,7 +420,7 @@ impl Executor<NodeStore> for TaskExecutor {
         }
         // Started now on whichever CPU is free; the walk steps aside until it is done. With no
         // other CPU, or no time left (`apply` says so), it runs here at `apply`.
-        !(eval_left > 0 && started.start_anyway(store, app, ceilings, budget_us))
+        !(eval_left > 0 && started.start(store, app, ceilings, budget_us))
     }
 
     fn room_ahead(&self) -> usize {
@@ -432,7 +432,7 @@ impl Executor<NodeStore> for TaskExecutor {
         let (eval_left, budget_us) = self.budgets();
         let started = &mut self.evaluation().started;
         started.release_taken(store);
-        eval_left > 0 && ahead::room() > 0 && started.start_anyway(store, app, ceilings, budget_us)
+        eval_left > 0 && ahead::room() > 0 && started.start(store, app, ceilings, budget_us)
     }
 
     fn end_evaluation(&mut self, eval: u64) {
