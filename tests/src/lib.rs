@@ -134,3 +134,27 @@ pub fn serving_node_with(opts: NodeOptions) -> (Node, String) {
     node.expect(r"^cairn: net ip=10\.0\.2\.15/24 ", BOOT_TIMEOUT);
     (node, format!("127.0.0.1:{port}"))
 }
+
+/// The value of `key` in a node's STATS answer (`key=value` lines); panics, naming the key and
+/// showing the answer, if it is not there.
+pub fn stat(stats: &str, key: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {stats}"))
+}
+
+/// A thunk applying `procedure` to `args` with `memory` bytes, added to `objects` (to upload)
+/// as its handle and encoding.
+pub fn thunk(
+    procedure: cairn_object::Handle,
+    args: &[cairn_object::Handle],
+    memory: u64,
+    objects: &mut Vec<(cairn_object::Handle, Vec<u8>)>,
+) -> cairn_object::Handle {
+    let limits = cairn_object::Limits::new(memory).expect("a test's memory limit is whole pages");
+    let bytes = cairn_object::thunk::encode(limits, procedure, args).expect("a test's thunk encodes");
+    let handle = cairn_object::store::name(cairn_object::Kind::Thunk, &bytes).expect("a valid thunk");
+    objects.push((handle, bytes));
+    handle
+}

@@ -2,6 +2,7 @@
 //! objects up and down with their names checked, evaluation, stats, and clients that misbehave
 //! while others are served (docs/PROTOCOL.md).
 
+use cairn_tests::stat;
 use cairn_tools::secure::SecureStream;
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -189,13 +190,6 @@ fn idle_and_truncated_connections_are_closed_while_others_are_served() {
         closed >= Duration::from_millis(1500) && closed < Duration::from_secs(10),
         "closed after {closed:?}"
     );
-}
-
-fn stat(stats: &str, key: &str) -> u64 {
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {stats}"))
 }
 
 /// Uploads are hashed span by span while they arrive, on the helper CPU when there is one

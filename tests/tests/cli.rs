@@ -405,10 +405,8 @@ fn put_get_eval_and_stats_against_a_running_node() {
     // Each CPU's tasks and their time (docs/ARCHITECTURE.md, "CPUs"): an EVAL's tasks go to
     // whichever CPU is free (the other one, unless it was slow to wake), two in all.
     assert!(stdout.lines().any(|l| l == "cpus=2"), "{stdout}");
-    let count = |key: &str| -> u64 {
-        stdout.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse().ok()).unwrap()
-    };
-    assert_eq!(count("cpu0_tasks") + count("cpu1_tasks"), 2, "{stdout}");
+    let tasks = cairn_tests::stat(&stdout, "cpu0_tasks") + cairn_tests::stat(&stdout, "cpu1_tasks");
+    assert_eq!(tasks, 2, "{stdout}");
     assert!(stdout.lines().any(|l| l.starts_with("cpu1_task_ms=")), "{stdout}");
 
     let (code, _, stderr) =

@@ -16,6 +16,7 @@
 //! CAIRN_CRASH_CUTS=100 cargo test --release -p cairn-tests --test crash -- --nocapture
 //! ```
 
+use cairn_tests::stat;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -68,13 +69,6 @@ fn power_cut_loses_nothing_acknowledged() {
 fn env_u64(name: &str) -> Option<u64> {
     let text = std::env::var(name).ok()?;
     Some(text.trim().parse().unwrap_or_else(|_| panic!("{name}={text} is not a number")))
-}
-
-fn stat(stats: &str, key: &str) -> u64 {
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {stats}"))
 }
 
 /// An object's bytes: made from a seed, or kept (thunks and task programs).

@@ -5,30 +5,17 @@
 //! wrong result, and once everything has ended no pin is left behind (`store_pinned` back at
 //! its idle value). `CAIRN_DISK_CPUS_SECS` sets how long it runs (default 60).
 
+use cairn_tests::{stat, thunk};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cairn_bootcfg::{LogLevel, NodeConfig};
 use cairn_fuzz::Rng;
-use cairn_object::{Handle, Kind, Limits};
+use cairn_object::Handle;
 use cairn_tests::pinned::upload_pinned;
 use cairn_tests::serving_node_with;
 use cairn_tools::client::Client;
 use cairn_tools::qemu::{NodeOptions, StoreDisk};
-
-fn stat(stats: &str, key: &str) -> u64 {
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {stats}"))
-}
-
-fn thunk(procedure: Handle, args: &[Handle], memory: u64, objects: &mut Vec<(Handle, Vec<u8>)>) -> Handle {
-    let bytes = cairn_object::thunk::encode(Limits::new(memory).unwrap(), procedure, args).unwrap();
-    let handle = cairn_object::store::name(Kind::Thunk, &bytes).unwrap();
-    objects.push((handle, bytes));
-    handle
-}
 
 /// A text of `len` bytes, mostly zeros (cheap to count), with `word` every 4 KiB and "common"
 /// every 64 KiB.

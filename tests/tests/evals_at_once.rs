@@ -2,21 +2,15 @@
 //! than one CPU runs the tasks of several clients' EVALs at the same time, gives each the
 //! result it gets alone, and lets go of an EVAL whose client has left, leaving no pin behind.
 
+use cairn_tests::{stat, thunk};
 use std::time::{Duration, Instant};
 
 use cairn_bootcfg::{LogLevel, NodeConfig};
-use cairn_object::{Handle, Kind, Limits};
+use cairn_object::Handle;
 use cairn_tests::serving_node_with;
 use cairn_tools::client::Client;
 use cairn_tools::qemu::NodeOptions;
 use cairn_tools::secure::SecureStream;
-
-fn stat(stats: &str, key: &str) -> u64 {
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {stats}"))
-}
 
 /// One Mandelbrot tile inside the set, slow on purpose (`iterations` 256 take about a quarter
 /// of a second under TCG): the thunk and its objects. `x` makes each tile a different thunk.
@@ -25,10 +19,9 @@ fn slow_tile(mandelbrot: Handle, x: u32, iterations: u32) -> (Handle, Vec<(Handl
     let params: Vec<u8> =
         [512u32, 512, x, 192, 64, 64, iterations].iter().flat_map(|v| v.to_le_bytes()).collect();
     let (mode_h, params_h) = (Handle::blob(&mode), Handle::blob(&params));
-    let bytes =
-        cairn_object::thunk::encode(Limits::new(2 << 20).unwrap(), mandelbrot, &[mode_h, params_h]).unwrap();
-    let thunk = cairn_object::store::name(Kind::Thunk, &bytes).unwrap();
-    (thunk, vec![(mode_h, mode), (params_h, params), (thunk, bytes)])
+    let mut objects = vec![(mode_h, mode), (params_h, params)];
+    let tile = thunk(mandelbrot, &[mode_h, params_h], 2 << 20, &mut objects);
+    (tile, objects)
 }
 
 #[test]
@@ -117,10 +110,10 @@ fn a_client_waiting_longer_than_the_idle_timeout_for_its_eval_gets_the_answer() 
     let elf = std::fs::read(env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile")).unwrap();
     let hostile = Handle::blob(&elf);
     let mode = Handle::blob(b"loop");
-    let bytes = cairn_object::thunk::encode(Limits::new(1 << 20).unwrap(), hostile, &[mode]).unwrap();
-    let looping = cairn_object::store::name(Kind::Thunk, &bytes).unwrap();
+    let mut objects = vec![(hostile, elf)];
+    let looping = thunk(hostile, &[mode], 1 << 20, &mut objects);
     let mut client = Client::connect(&address).unwrap();
-    client.upload_missing(&[(hostile, elf), (looping, bytes)]).unwrap();
+    client.upload_missing(&objects).unwrap();
     // The loop runs until its 2 s budget stops it: twice the idle timeout.
     let failure = format!("{:#}", client.eval(looping).unwrap_err());
     assert!(failure.contains("timeout"), "{failure}");

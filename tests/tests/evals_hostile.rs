@@ -2,31 +2,18 @@
 //! once"; docs/PROTOCOL.md, "Busy nodes"): the node keeps answering, lets go of what clients
 //! leave, leaves no pin behind, and serves the API between walks' steps.
 
+use cairn_tests::{stat, thunk};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_bootcfg::{LogLevel, NodeConfig};
 use cairn_fuzz::Rng;
-use cairn_object::{Handle, Kind, Limits};
+use cairn_object::Handle;
 use cairn_tests::serving_node_with;
 use cairn_tools::client::Client;
 use cairn_tools::qemu::NodeOptions;
 use cairn_tools::secure::SecureStream;
-
-fn stat(stats: &str, key: &str) -> u64 {
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {stats}"))
-}
-
-fn thunk(procedure: Handle, args: &[Handle], memory: u64, objects: &mut Vec<(Handle, Vec<u8>)>) -> Handle {
-    let bytes = cairn_object::thunk::encode(Limits::new(memory).unwrap(), procedure, args).unwrap();
-    let handle = cairn_object::store::name(Kind::Thunk, &bytes).unwrap();
-    objects.push((handle, bytes));
-    handle
-}
 
 /// A balanced tree of adds over `leaves` fresh values (the memo cannot answer): its root, its
 /// objects and its sum.

@@ -2,6 +2,7 @@
 //! node is killed and booted again on the same disk; a disk that holds something else stops the
 //! API; a full disk is a full store.
 
+use cairn_tests::stat;
 use std::path::Path;
 
 use cairn_object::{Handle, Kind, Limits};
@@ -14,13 +15,6 @@ use cairn_tools::secure::SecureStream;
 
 fn with_disk(path: &Path, size: u64) -> NodeOptions {
     NodeOptions { disk: Some(StoreDisk { path: path.to_path_buf(), size }), ..NodeOptions::default() }
-}
-
-fn stat(stats: &str, key: &str) -> u64 {
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {stats}"))
 }
 
 fn blob(seed: u32, len: usize) -> (Handle, Vec<u8>) {

@@ -4,11 +4,12 @@
 //! and every CPU ran tasks. `CAIRN_STRESS_SECS` sets how long it runs (default 40; the closing
 //! notes' runs use minutes).
 
+use cairn_tests::thunk;
 use std::time::{Duration, Instant};
 
 use cairn_bootcfg::{LogLevel, NodeConfig};
 use cairn_fuzz::Rng;
-use cairn_object::{Handle, Kind, Limits};
+use cairn_object::Handle;
 use cairn_tests::serving_node_with;
 use cairn_tools::client::Client;
 use cairn_tools::qemu::NodeOptions;
@@ -28,13 +29,6 @@ struct Graph {
     objects: Vec<(Handle, Vec<u8>)>,
     /// The sum, or the error a hostile leaf must give.
     expect: Result<u64, &'static str>,
-}
-
-fn thunk(procedure: Handle, args: &[Handle], memory: u64, objects: &mut Vec<(Handle, Vec<u8>)>) -> Handle {
-    let bytes = cairn_object::thunk::encode(Limits::new(memory).unwrap(), procedure, args).unwrap();
-    let handle = cairn_object::store::name(Kind::Thunk, &bytes).unwrap();
-    objects.push((handle, bytes));
-    handle
 }
 
 /// A balanced tree of adds over 8 to 64 leaves; one in four graphs has a hostile leaf.

@@ -12,26 +12,8 @@ use cairn_object::store::{MemStore, Store, StoreError, StoreStats};
 use cairn_object::{Handle, Kind, Limits, Thunk, thunk};
 use proptest::prelude::*;
 
-fn op(name: &str) -> Handle {
-    Handle::blob(format!("op:{name}").as_bytes())
-}
-
-fn number(n: u64) -> Handle {
-    Handle::blob(&n.to_le_bytes())
-}
-
-fn read(h: &Handle) -> u64 {
-    let bytes = h.literal().expect("numbers are literal blobs");
-    u64::from_le_bytes(bytes[..8].try_into().unwrap())
-}
-
-fn put_thunk(store: &mut dyn Store, limits: Limits, procedure: Handle, args: &[Handle]) -> Handle {
-    store.put(Kind::Thunk, Bytes::from(thunk::encode(limits, procedure, args).unwrap())).unwrap()
-}
-
-fn task(store: &mut dyn Store, name: &str, args: &[Handle]) -> Handle {
-    put_thunk(store, Limits::new(1 << 20).unwrap(), op(name), args)
-}
+mod common;
+use common::{number, op, put_thunk, read, task};
 
 /// `add` sums its arguments; `fail` and `timeout` fail (remembered, not remembered); `tail`
 /// returns add(add(its arguments), 1), a thunk with a thunk argument; `loop` returns itself.

@@ -8,25 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use cairn_eval::{Application, Evaluator, Executor, Failure, NoIo, Walk};
 use cairn_object::store::{MemStore, Store, StoreError, StoreStats};
-use cairn_object::{Handle, Kind, Limits, Thunk, thunk};
+use cairn_object::{Handle, Kind, Limits, Thunk};
 use proptest::prelude::*;
 
-fn op(name: &str) -> Handle {
-    Handle::blob(format!("op:{name}").as_bytes())
-}
-
-fn number(n: u64) -> Handle {
-    Handle::blob(&n.to_le_bytes())
-}
-
-fn read(h: &Handle) -> u64 {
-    u64::from_le_bytes(h.literal().expect("numbers are literal blobs")[..8].try_into().unwrap())
-}
-
-fn task(store: &mut dyn Store, name: &str, args: &[Handle]) -> Handle {
-    let encoding = thunk::encode(Limits::new(1 << 20).unwrap(), op(name), args).unwrap();
-    store.put(Kind::Thunk, Bytes::from(encoding)).unwrap()
-}
+mod common;
+use common::{number, op, read, task};
 
 /// `add` sums its arguments; `fail` fails; `tail` returns add(add(its arguments), 1).
 fn run(store: &mut dyn Store, app: &Application<'_>) -> Result<Handle, Failure> {
