@@ -130,6 +130,31 @@ fn default_job_boots_shows_ready_and_exits_zero() {
 }
 
 #[test]
+fn tcg_icount_gives_the_same_guest_times_on_every_run() {
+    // Two nodes booted at once, so the host is busy: with guest time counted in instructions,
+    // the kernel log's timestamps and the BLAKE3 speeds it measures at boot still agree.
+    let run = || {
+        thread::spawn(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let output = cairn()
+                .args(["--accel", "tcg-icount", "--out-dir"])
+                .arg(dir.path())
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let log = String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(0), "{log}");
+            let timed: Vec<String> = log.lines().filter(|l| l.starts_with('[')).map(String::from).collect();
+            assert!(timed.iter().any(|l| l.contains("blake3: crate path")), "{log}");
+            timed
+        })
+    };
+    let (first, second) = (run(), run());
+    assert_eq!(first.join().unwrap(), second.join().unwrap());
+}
+
+#[test]
 fn selftest_command_exits_zero_when_all_pass() {
     let output = cairn().args(["selftest", "--bios"]).stdin(Stdio::null()).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -53,8 +53,9 @@ impl FirmwareArgs {
 pub struct BootArgs {
     #[command(flatten)]
     pub firmware: FirmwareArgs,
-    /// QEMU accelerator. KVM is opt-in: nested KVM is unreliable on many hosts.
-    #[arg(long, default_value = "tcg", value_parser = ["tcg", "kvm"], global = true)]
+    /// QEMU accelerator. KVM is opt-in: nested KVM is unreliable on many hosts. `tcg-icount`
+    /// counts guest time in instructions, so guest-side timings repeat exactly on a busy host.
+    #[arg(long, default_value = "tcg", value_parser = ["tcg", "tcg-icount", "kvm"], global = true)]
     pub accel: String,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=65536), global = true)]
