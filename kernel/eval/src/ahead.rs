@@ -3,12 +3,15 @@
 //! These are only offers: the walk still applies everything in its order and keeps every
 //! book (memo, stats, pins, taint); what ran ahead comes back through `apply`.
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::AtomicU64;
 
 use cairn_object::io::Effect;
 use cairn_object::store::Store;
 use cairn_object::{Handle, Kind, Thunk};
 
+use crate::charge::Charge;
 use crate::eval::{Application, Ceilings, Executor, Stats};
 use crate::memo::Memo;
 
@@ -34,6 +37,8 @@ pub(crate) struct Context<'a, S, E> {
     pub memo: Option<&'a Memo>,
     pub ceilings: &'a Ceilings,
     pub stats: &'a mut Stats,
+    /// What the look-ahead tables of every evaluation hold (`Ceilings::lookahead_bytes`).
+    pub tables_held: &'a Arc<AtomicU64>,
 }
 
 impl<S: Store, E> Context<'_, S, E> {
@@ -204,7 +209,9 @@ impl Ahead {
     ) -> Flow {
         self.offer.clear();
         // Recorded as offered first: an offer that cannot be recorded is not made.
-        if self.offer.try_reserve(thunk.args().len()).is_err() || !self.offered.insert(handle) {
+        let (held, ceiling) = (cx.tables_held, cx.ceilings.lookahead_bytes);
+        if self.offer.try_reserve(thunk.args().len()).is_err() || !self.offered.insert(handle, held, ceiling)
+        {
             return Flow::Stop;
         }
         self.offer.extend(thunk.args());
@@ -228,11 +235,13 @@ struct Offered {
     slots: Vec<(u32, Handle)>,
     generation: u32,
     len: usize,
+    /// `slots`' heap, charged against the ceiling of all walks' tables.
+    charge: Charge,
 }
 
 impl Offered {
     fn new() -> Offered {
-        Offered { slots: Vec::new(), generation: 1, len: 0 }
+        Offered { slots: Vec::new(), generation: 1, len: 0, charge: Charge::none() }
     }
 
     fn clear(&mut self) {
@@ -271,12 +280,13 @@ impl Offered {
         !self.slots.is_empty() && self.find(handle).1
     }
 
-    /// Adds `handle`; false if there is no room for it (at the bound, or no memory).
-    fn insert(&mut self, handle: Handle) -> bool {
+    /// Adds `handle`; false if there is no room for it (at the bound, past the tables'
+    /// `ceiling` counted in `held`, or no memory).
+    fn insert(&mut self, handle: Handle, held: &Arc<AtomicU64>, ceiling: u64) -> bool {
         if self.contains(&handle) {
             return true;
         }
-        if (self.len + 1) * 2 > self.slots.len() && !self.grow() {
+        if (self.len + 1) * 2 > self.slots.len() && !self.grow(held, ceiling) {
             return false;
         }
         let (i, _) = self.find(&handle);
@@ -285,11 +295,14 @@ impl Offered {
         true
     }
 
-    fn grow(&mut self) -> bool {
+    fn grow(&mut self, held: &Arc<AtomicU64>, ceiling: u64) -> bool {
         let size = (self.slots.len() * 2).max(64);
         if size > 2 * OFFERS {
             return false;
         }
+        // The old table is still held while the new one is filled: both are charged.
+        let bytes = (size * core::mem::size_of::<(u32, Handle)>()) as u64;
+        let Ok(charge) = Charge::take(held, bytes, ceiling) else { return false };
         let mut slots = Vec::new();
         if slots.try_reserve_exact(size).is_err() {
             return false;
@@ -303,6 +316,7 @@ impl Offered {
                 self.slots[i] = (generation, handle);
             }
         }
+        self.charge = charge;
         true
     }
 }
@@ -321,27 +335,56 @@ mod tests {
         Thunk::decode(&encoding).unwrap().handle()
     }
 
+    fn unbounded() -> Arc<AtomicU64> {
+        Arc::new(AtomicU64::new(0))
+    }
+
     #[test]
     fn the_offered_set_grows_to_its_bound_and_empties_in_one_step() {
         let mut set = Offered::new();
+        let held = unbounded();
         for n in 0..OFFERS as u32 {
-            assert!(set.insert(thunk(n)), "{n}");
+            assert!(set.insert(thunk(n), &held, u64::MAX), "{n}");
         }
-        assert!(set.insert(thunk(5)), "already there");
-        assert!(!set.insert(thunk(OFFERS as u32)), "full");
+        assert!(set.insert(thunk(5), &held, u64::MAX), "already there");
+        assert!(!set.insert(thunk(OFFERS as u32), &held, u64::MAX), "full");
         assert!((0..OFFERS as u32).step_by(97).all(|n| set.contains(&thunk(n))));
         let table = set.slots.capacity();
         set.clear();
         assert!(!set.contains(&thunk(0)) && set.len == 0);
-        assert!(set.insert(thunk(1)) && set.contains(&thunk(1)) && !set.contains(&thunk(2)));
+        assert!(set.insert(thunk(1), &held, u64::MAX) && set.contains(&thunk(1)) && !set.contains(&thunk(2)));
         assert_eq!(set.slots.capacity(), table, "reused, not reallocated");
+    }
+
+    #[test]
+    fn tables_are_charged_to_their_shared_ceiling_and_give_it_back() {
+        use core::sync::atomic::Ordering;
+        let slot = core::mem::size_of::<(u32, Handle)>() as u64;
+        let held = unbounded();
+        // Room for the first table (64 slots, half of them usable), not for growing it (the
+        // old and the new table are held at once) nor for a second walk's.
+        let ceiling = 100 * slot;
+        let mut set = Offered::new();
+        for n in 0..32u32 {
+            assert!(set.insert(thunk(n), &held, ceiling), "{n}");
+        }
+        assert_eq!(held.load(Ordering::Relaxed), 64 * slot);
+        assert!(!set.insert(thunk(32), &held, ceiling), "no room to grow");
+        assert_eq!(held.load(Ordering::Relaxed), 64 * slot, "nothing kept of the refused growth");
+        assert!((0..32).all(|n| set.contains(&thunk(n))));
+        let mut other = Offered::new();
+        assert!(!other.insert(thunk(1000), &held, ceiling), "no room for a second walk's table");
+        assert!(!other.contains(&thunk(1000)));
+        drop(set);
+        assert_eq!(held.load(Ordering::Relaxed), 0);
+        assert!(other.insert(thunk(1000), &held, ceiling));
     }
 
     #[test]
     fn a_wrapped_generation_forgets_the_old_ones() {
         let mut set = Offered::new();
         set.generation = u32::MAX;
-        assert!(set.insert(thunk(1)));
+        assert!(set.insert(thunk(1), &unbounded(), u64::MAX));
         set.clear();
         assert_eq!(set.generation, 1);
         assert!(!set.contains(&thunk(1)));

@@ -4,7 +4,7 @@
 use alloc::string::ToString;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use cairn_object::io::Effect;
@@ -13,6 +13,7 @@ use cairn_object::{Handle, Kind, Limits, Thunk, thunk};
 use smallvec::SmallVec;
 
 use crate::ahead::Ahead;
+use crate::charge::Charge;
 use crate::error::{EvalError, Failure};
 use crate::memo::{Memo, Outcome};
 
@@ -131,6 +132,10 @@ pub struct Ceilings {
     /// arguments, values and pins): several EVALs over wide thunks must not take the heap the
     /// rest of the node needs.
     pub frame_bytes: u64,
+    /// Heap the look-ahead tables of all evaluations under way may take together (what each
+    /// offered, so that it offers nothing twice). Past it, a walk offers nothing more; it still
+    /// evaluates everything, in order.
+    pub lookahead_bytes: u64,
 }
 
 impl Default for Ceilings {
@@ -143,6 +148,7 @@ impl Default for Ceilings {
             memo_error_bytes: 16 << 20,
             tree_entries: 1 << 18,
             frame_bytes: 64 << 20,
+            lookahead_bytes: 16 << 20,
         }
     }
 }
@@ -160,6 +166,8 @@ pub struct Evaluator<S, E> {
     pub(crate) next_evaluation: u64,
     /// Heap the frames of every evaluation under way take (`Ceilings::frame_bytes`).
     frames_held: Arc<AtomicU64>,
+    /// Heap the look-ahead tables of every evaluation take (`Ceilings::lookahead_bytes`).
+    pub(crate) lookahead_held: Arc<AtomicU64>,
 }
 
 /// Most thunks have a handful of arguments: keep them inline.
@@ -182,41 +190,16 @@ pub(crate) struct Frame {
     pub(crate) pinned: Handles,
     /// `args[..ahead]` have been looked into for work to start ahead.
     pub(crate) ahead: usize,
-    _charge: FrameCharge,
+    _charge: Charge,
 }
 
-/// The heap a frame's lists take, counted in the evaluator's `frames_held` until the frame is
-/// dropped (wherever that happens: popped, replaced by a tail call's, or with its walk).
-struct FrameCharge {
-    /// None for a frame whose lists are inline (no heap, no count to keep).
-    held: Option<Arc<AtomicU64>>,
-    bytes: u64,
-}
-
-impl FrameCharge {
-    /// Charges a frame of `args` arguments, unless all frames would then hold more than
-    /// `ceiling` bytes; the error is what they hold.
-    fn take(held: &Arc<AtomicU64>, args: usize, ceiling: u64) -> Result<FrameCharge, u64> {
-        // Three lists of handles (arguments, values, pins), inline up to four.
-        if args <= 4 {
-            return Ok(FrameCharge { held: None, bytes: 0 });
-        }
-        let bytes = (3 * args * Handle::LEN) as u64;
-        let before = held.fetch_add(bytes, Ordering::Relaxed);
-        if before.saturating_add(bytes) > ceiling {
-            held.fetch_sub(bytes, Ordering::Relaxed);
-            return Err(before);
-        }
-        Ok(FrameCharge { held: Some(held.clone()), bytes })
+/// What a frame's lists take of the heap, charged against the ceiling of all frames: three
+/// lists of handles (arguments, values, pins), inline up to four (no heap, no charge).
+fn frame_charge(held: &Arc<AtomicU64>, args: usize, ceiling: u64) -> Result<Charge, u64> {
+    if args <= 4 {
+        return Ok(Charge::none());
     }
-}
-
-impl Drop for FrameCharge {
-    fn drop(&mut self) {
-        if let Some(held) = &self.held {
-            held.fetch_sub(self.bytes, Ordering::Relaxed);
-        }
-    }
+    Charge::take(held, (3 * args * Handle::LEN) as u64, ceiling)
 }
 
 impl Frame {
@@ -250,6 +233,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
             spare: None,
             next_evaluation: 0,
             frames_held: Arc::new(AtomicU64::new(0)),
+            lookahead_held: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -378,11 +362,8 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
             Ok(t) => {
                 // What the frame's lists take of the heap, charged against the ceiling of all
                 // frames (of every evaluation under way) before anything is allocated.
-                let charge = match FrameCharge::take(
-                    &self.frames_held,
-                    t.args().len(),
-                    self.ceilings.frame_bytes,
-                ) {
+                let charge = match frame_charge(&self.frames_held, t.args().len(), self.ceilings.frame_bytes)
+                {
                     Ok(charge) => charge,
                     Err(held) => {
                         return fail(Failure::NodeLimit(alloc::format!(

@@ -7,6 +7,7 @@
 extern crate alloc;
 
 mod ahead;
+mod charge;
 mod error;
 mod eval;
 mod memo;

@@ -290,6 +290,7 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
             memo: use_memo.then_some(&self.memo),
             ceilings: &self.ceilings,
             stats: &mut self.stats,
+            tables_held: &self.lookahead_held,
         };
         let from = frame.ahead.max(frame.done.len());
         frame.ahead = ahead.look(&mut cx, &frame.args, from, depth);

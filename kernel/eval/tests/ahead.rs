@@ -249,13 +249,16 @@ fn ceilings() -> impl Strategy<Value = Ceilings> {
         prop::sample::select(vec![2u64, 4, 10_000]),
         prop::sample::select(vec![2u64, 1000]),
         prop::sample::select(vec![10u64, 1000]),
+        // No room for a look-ahead table, room for the first, and plenty.
+        prop::sample::select(vec![0u64, 3000, 16 << 20]),
     )
-        .prop_map(|(applications, depth, memo_entries, tree_entries)| Ceilings {
+        .prop_map(|(applications, depth, memo_entries, tree_entries, lookahead_bytes)| Ceilings {
             task_memory_bytes: 1 << 20,
             applications,
             depth,
             memo_entries,
             tree_entries,
+            lookahead_bytes,
             ..Ceilings::default()
         })
 }
@@ -368,6 +371,15 @@ fn every_leaf_of_a_wide_graph_is_offered_before_the_first_application() {
     assert_eq!(offered_before_any_apply(&ev), leaves, "in argument order");
     assert_eq!(offered(&ev), leaves);
     assert_eq!(ev.stats(), Stats { tasks_run: 101, memo_hits: 0, io_requests: 0, started_ahead: 100 });
+}
+
+#[test]
+fn without_room_for_its_table_a_walk_offers_nothing_and_evaluates_all() {
+    let mut ev = evaluator(1000, 7, Ceilings { lookahead_bytes: 0, ..Ceilings::default() });
+    let (root, _) = wide(&mut ev, 100);
+    assert_eq!(read(&ev.eval(root).unwrap()), (0..100).sum::<u64>() + 100);
+    assert!(offered(&ev).is_empty());
+    assert_eq!(ev.stats(), Stats { tasks_run: 101, memo_hits: 0, io_requests: 0, started_ahead: 0 });
 }
 
 #[test]

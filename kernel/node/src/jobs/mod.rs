@@ -58,6 +58,8 @@ pub fn node_evaluator(store_limit: u64, ceilings: &cairn_bootcfg::Ceilings) -> (
         tree_entries: ceilings.tree_entries,
         // A quarter of what the store may take: an eighth of the heap.
         frame_bytes: store_limit / 4,
+        // Each walk's table of what it offered (up to 5.8 MB at its bound): a sixteenth.
+        lookahead_bytes: store_limit / 8,
     };
     let executor = TaskExecutor::new(TaskCeilings::from_config(ceilings));
     (Evaluator::new(store, executor).with_ceilings(eval_ceilings), procedures)
