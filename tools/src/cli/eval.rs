@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use cairn_object::{Handle, Kind, Limits};
 use cairn_tools::client::Client;
-use cairn_tools::cluster::{graph, lifecycle, run};
+use cairn_tools::cluster::{lifecycle, run};
 use cairn_tools::untrusted::escape;
 use clap::{Args, ValueEnum};
 
@@ -54,6 +54,8 @@ pub struct EvalArgs {
 pub enum PlacementArg {
     /// Where the fewest input bytes must move; by load when inputs are small.
     Locality,
+    /// Strictly where the fewest input bytes must move, whatever the load (Fix's rule).
+    MinAbsent,
     /// Anywhere, at random (the baseline to compare with).
     Random,
 }
@@ -129,18 +131,21 @@ fn eval_on_cluster(
 ) -> anyhow::Result<ExitCode> {
     let state = lifecycle::State::read(state)?;
     let objects: HashMap<_, _> = objects.into_iter().collect();
-    let graph = graph::Graph::build(root, |h| objects.get(h).cloned())?;
-    let options = run::Options {
+    let graph = cairn_sched::Graph::build(root, usize::MAX, |h| objects.get(h).cloned())
+        .map_err(anyhow::Error::msg)?;
+    let options = cairn_sched::Options {
         placement: match args.placement {
-            PlacementArg::Locality => graph::Placement::Locality,
-            PlacementArg::Random => graph::Placement::Random,
+            PlacementArg::Locality => cairn_sched::Placement::Locality,
+            PlacementArg::MinAbsent => cairn_sched::Placement::MinAbsent,
+            PlacementArg::Random => cairn_sched::Placement::Random,
         },
         verify: args.verify,
         spread: args.spread,
+        recall: true,
         seed: args.seed,
     };
     // Progress lines quote nodes only through errors the client has escaped.
-    let report = run::run(&graph, &objects, &state.nodes, options, &mut |line| eprintln!("{line}"))?;
+    let report = run::run(graph, &objects, &state.nodes, options, &mut |line| eprintln!("{line}"))?;
     let result = report.result.ok_or_else(|| anyhow::anyhow!("the evaluation ended without a result"))?;
     let runs: Vec<String> = report.runs.iter().map(|(node, n)| format!("node {node}: {n}")).collect();
     eprintln!(

@@ -1,0 +1,220 @@
+//! How the scheduler moves a job along between answers: seeding, memo rounds, placement and
+//! shipping, and fetching the result.
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use cairn_object::Handle;
+
+use crate::NodeId;
+use crate::graph::Arg;
+use crate::messages::{Action, Order, Report};
+use crate::place::{Candidates, place};
+use crate::scheduler::{Phase, Scheduler, Status};
+
+impl Scheduler {
+    /// Moves the job along as far as it can go without an answer.
+    pub(crate) fn advance(&mut self) {
+        loop {
+            if self.phase == Phase::Over {
+                return;
+            }
+            if self.live == 0 {
+                return self.fail(String::from("every node is lost"));
+            }
+            match self.phase {
+                Phase::New | Phase::Over => return,
+                Phase::Probing | Phase::Seeding if !self.phase_waiting.is_empty() => return,
+                Phase::Probing => {
+                    self.phase = Phase::Seeding;
+                    self.seed();
+                    continue;
+                }
+                Phase::Seeding => {
+                    self.phase = Phase::Running;
+                    continue;
+                }
+                Phase::Running => {}
+            }
+            let Arg::Task(root) = self.graph.root else {
+                let report = Report { result: self.result(), ..core::mem::take(&mut self.report) };
+                self.phase = Phase::Over;
+                self.out.push_back(Action::Finished(Ok(report)));
+                return;
+            };
+            if self.status[root] == Status::Done {
+                if self.fetching_result.is_none() && !self.fetch_result(root) {
+                    continue; // no trusted holder: the root runs again
+                }
+                return;
+            }
+            self.ask_memos();
+            let mut changed = false;
+            let ready: Vec<usize> = self.ready.iter().copied().collect();
+            for task in ready {
+                if self.phase == Phase::Over {
+                    return;
+                }
+                if self.ready.contains(&task) {
+                    changed |= self.dispatch(task);
+                }
+            }
+            if self.phase == Phase::Over {
+                return;
+            }
+            if changed {
+                continue;
+            }
+            if self.running == 0 && self.recall_waiting.is_empty() {
+                return self.fail(String::from("no task can be placed on the live nodes"));
+            }
+            return;
+        }
+    }
+
+    /// Procedures to every node, and with `spread` the data round robin.
+    pub(crate) fn seed(&mut self) {
+        let procedures = self.graph.procedures();
+        let live: Vec<NodeId> = (0..self.alive.len()).filter(|n| self.alive[*n]).collect();
+        let mut next = 0;
+        for h in self.graph.leaves() {
+            let targets: Vec<NodeId> = if procedures.binary_search(&h).is_ok() {
+                live.clone()
+            } else if self.options.spread && !live.is_empty() {
+                next += 1;
+                alloc::vec![live[(next - 1) % live.len()]]
+            } else {
+                continue;
+            };
+            for node in targets {
+                if self.holders.holds(&h, node) || !self.objects.contains(&h) {
+                    continue;
+                }
+                *self.phase_waiting.entry(node).or_default() += 1;
+                self.out.push_back(Action::Upload { node, handle: h });
+            }
+        }
+    }
+
+    /// One RECALL per trusted live node for the ready tasks not asked about yet, when no
+    /// round is under way (a node answers between its evaluations: one request per round, not
+    /// one per task).
+    pub(crate) fn ask_memos(&mut self) {
+        if !self.recall_waiting.is_empty() {
+            return;
+        }
+        // The round before is over: its tasks not found are ready.
+        for task in core::mem::take(&mut self.recall_batch) {
+            self.in_recall[task] = false;
+            self.recalled_asked[task] = true;
+            self.refresh(task);
+        }
+        self.recall_thunks.clear();
+        for task in core::mem::take(&mut self.to_ask) {
+            self.in_recall[task] = true;
+            self.recall_batch.push(task);
+            if let Some((applied, _)) = self.applied(task) {
+                self.recall_thunks.insert(self.graph.tasks[task].written, task);
+                self.recall_thunks.insert(applied, task);
+            }
+        }
+        if self.recall_batch.is_empty() {
+            return;
+        }
+        let thunks: Vec<Handle> = self.recall_thunks.keys().copied().collect();
+        let asked: Vec<NodeId> = (0..self.alive.len()).filter(|n| self.takes_work(*n)).collect();
+        for node in asked {
+            self.recall_waiting.insert(node);
+            self.out.push_back(Action::Recall { node, thunks: thunks.clone() });
+        }
+        if self.recall_waiting.is_empty() {
+            self.ask_memos(); // nobody to ask: the round is over at once
+        }
+    }
+
+    /// Places and ships a ready task; whether anything changed (sent, or a lost input's
+    /// producer set to run again).
+    pub(crate) fn dispatch(&mut self, task: usize) -> bool {
+        let Some((applied, applied_bytes)) = self.applied(task) else { return false };
+        let args = self.resolved_args(task).unwrap_or_default();
+        let mut inputs = alloc::vec![self.graph.tasks[task].procedure];
+        inputs.extend(args.iter().copied());
+        inputs.retain(|h| !h.is_literal());
+        inputs.sort_unstable();
+        inputs.dedup();
+        let candidates =
+            Candidates { by_load: &self.by_load, load: &self.load, excluded: &self.placed_on[task] };
+        let Some(node) = place(&inputs, &candidates, &self.holders, self.options.placement, &mut self.rng)
+        else {
+            if self.options.verify {
+                self.fail(String::from("verification needs two live nodes"));
+            }
+            return false;
+        };
+        // Each missing input comes from the least loaded trusted holder, else from the driver.
+        let mut fetches: BTreeMap<NodeId, Vec<Handle>> = BTreeMap::new();
+        let mut uploads = Vec::new();
+        for h in inputs.iter().filter(|h| !self.holders.holds(h, node)) {
+            let source = self
+                .holders
+                .holders(h)
+                .filter(|p| self.takes_work(*p) && *p != node)
+                .min_by_key(|p| (self.load[*p], *p));
+            match source {
+                Some(peer) => fetches.entry(peer).or_default().push(*h),
+                None if self.objects.contains(h) => uploads.push(*h),
+                None => {
+                    // An intermediate result no trusted node holds: run its task again first.
+                    if let Some(j) = (0..self.graph.tasks.len()).find(|&j| self.results[j] == Some(*h)) {
+                        self.redo(j);
+                        return true;
+                    }
+                    return false;
+                }
+            }
+        }
+        let order = Order {
+            task,
+            applied,
+            applied_bytes,
+            uploads,
+            fetches: fetches.into_iter().collect(),
+            fresh: self.options.verify,
+        };
+        self.progress(format!("cairn: task {task} started on node {node}"));
+        self.out.push_back(Action::Run { node, order });
+        self.set_status(task, Status::Running);
+        self.placed_on[task].push(node);
+        self.in_flight[node].insert(task);
+        self.running += 1;
+        self.set_load(node, self.load[node] + 1);
+        self.report.dispatched += 1;
+        true
+    }
+
+    /// Asks a trusted holder for the result's bytes; false if none is left (the root is then
+    /// set to run again).
+    pub(crate) fn fetch_result(&mut self, root: usize) -> bool {
+        let Some(result) = self.results[root] else { return false };
+        if result.is_literal() {
+            let report = Report { result: Some(result), ..core::mem::take(&mut self.report) };
+            self.phase = Phase::Over;
+            self.out.push_back(Action::Finished(Ok(report)));
+            return true;
+        }
+        let holder = self.holders.holders(&result).find(|n| self.takes_work(*n));
+        match holder {
+            Some(node) => {
+                self.fetching_result = Some(node);
+                self.out.push_back(Action::FetchResult { node, handle: result });
+                true
+            }
+            None => {
+                self.redo(root);
+                false
+            }
+        }
+    }
+}
