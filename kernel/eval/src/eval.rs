@@ -588,3 +588,7 @@ pub(crate) enum Applied {
     /// The executor runs it elsewhere and its outcome is not in yet (`Executor::poll_ready`).
     Waiting,
 }
+
+#[cfg(test)]
+#[path = "charge_tests.rs"]
+mod charge_tests;
