@@ -139,6 +139,22 @@ fn a_walk_past_the_ceiling_offers_again_once_another_walk_gives_its_table_back()
     assert_eq!(second.stats().started_ahead, 32);
 }
 
+#[test]
+fn an_evaluation_run_to_its_end_leaves_no_lookahead_charge() {
+    // Room for one first table.
+    let mut ev = evaluator(1000, FIRST_TABLE);
+    let (a, b) = (wide(&mut ev, 0, 100), wide(&mut ev, 1000, 100));
+    ev.eval(a).unwrap();
+    assert_eq!(ev.executor.offers.values().sum::<usize>(), 32);
+    // No walk is under way now, but the table `run` keeps in `spare` is still charged to the
+    // ceiling of "all walks under way" (docs/EVALUATION.md, Bounds)...
+    let after_eval = held(&ev).1;
+    // ... so a walk begun now (an API EVAL on a node, after a job) has no room for its own.
+    let mut walk = ev.begin(b, true);
+    while ev.step(&mut walk, &mut NoIo, 1).is_none() {}
+    assert_eq!((after_eval, walk.stats().started_ahead), (0, 32), "held after eval, offers after");
+}
+
 /// Whether it fails, whether it is a leaf (all its arguments values), and its arguments: values,
 /// or earlier nodes (modulo how many there are).
 type Node = (bool, bool, Vec<(bool, u8)>);
