@@ -564,6 +564,16 @@ mod tests {
     }
 
     #[test]
+    fn accelerators_parse_from_what_they_show() {
+        // `cairn cluster up` hands its daemon `--accel` as shown here.
+        for accel in [Accel::Tcg, Accel::TcgIcount, Accel::Kvm] {
+            assert_eq!(accel.to_string().parse::<Accel>(), Ok(accel));
+        }
+        assert_eq!("tcg-icount".parse::<Accel>(), Ok(Accel::TcgIcount));
+        assert!("icount".parse::<Accel>().unwrap_err().contains("tcg, tcg-icount or kvm"));
+    }
+
+    #[test]
     fn exit_codes_map_to_node_exits() {
         use std::os::unix::process::ExitStatusExt;
         let status = |code: i32| ExitStatus::from_raw(code << 8);

@@ -223,6 +223,7 @@ mod tests {
             &["--nodes", "2", "--fault", "1=corrupt-objects"][..],
             &["--no-disk", "--cpus", "1"],
             &["--disk-size", "8M", "--fresh-disks"],
+            &["--accel", "tcg-icount"],
         ] {
             let opts = up_options(args).unwrap();
             let daemon = Cli::try_parse_from(
@@ -234,6 +235,7 @@ mod tests {
             assert_eq!(serve.state.state, state);
             let again = serve.options().unwrap();
             assert_eq!((again.nodes, again.cpus, again.faults), (opts.nodes, opts.cpus, opts.faults));
+            assert_eq!(again.accel, opts.accel);
             // `up` deleted the disks already: the daemon only uses them.
             assert_eq!(again.disks, opts.disks.map(|d| lifecycle::DiskOptions { fresh: false, ..d }));
         }
