@@ -233,6 +233,13 @@ fn errors_are_one_sentence_without_a_panic() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!Path::new("/nonexistent-dir").exists());
+
+    // A serving node's clock must follow real time: instruction-counted time is refused.
+    let output =
+        cairn().args(["node", "--accel", "tcg-icount", "--api-port", &free_port()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cairn: error: --accel tcg-icount is for runs that serve nothing"), "{stderr}");
 }
 
 #[test]

@@ -283,6 +283,13 @@ pub struct Vm {
 impl Vm {
     /// Writes a fresh image with `opts.config` and boots it.
     pub fn boot(opts: &NodeOptions) -> anyhow::Result<Vm> {
+        if opts.accel == Accel::TcgIcount && opts.config.mode == Mode::Serve {
+            // An idle node's clock jumps to its next timer: its idle, peer and TCP timeouts
+            // would fire after a fraction of the real time.
+            bail!(
+                "--accel tcg-icount is for runs that serve nothing (the default job, bench): a serving node's clock would run ahead of real time whenever it idles"
+            );
+        }
         let (qemu, ovmf) = host::check_for(opts.firmware)?;
         let dir = tempfile::Builder::new()
             .prefix("cairn-node-")

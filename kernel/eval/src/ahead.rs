@@ -89,6 +89,27 @@ impl Ahead {
         self.offered.clear();
     }
 
+    /// Kept between evaluations: its table stays allocated but is no longer charged.
+    pub(crate) fn park(&mut self) {
+        self.offered.charge = Charge::none();
+    }
+
+    /// Taken up again: its table is charged again, or freed if the ceiling has no room for it.
+    pub(crate) fn unpark(&mut self, held: &Arc<AtomicU64>, ceiling: u64) {
+        let offered = &mut self.offered;
+        if offered.slots.is_empty() {
+            return;
+        }
+        let bytes = (offered.slots.len() * core::mem::size_of::<(u32, Handle)>()) as u64;
+        match Charge::take(held, bytes, ceiling) {
+            Ok(charge) => offered.charge = charge,
+            Err(_) => {
+                offered.slots = Vec::new();
+                offered.len = 0;
+            }
+        }
+    }
+
     /// Offers the ready thunks among `args[from..]`, and below them at most `depth` thunks
     /// deep, in the order the walk reaches them, while the executor has room. Returns the index
     /// of the first argument not looked into completely (the next look starts there).

@@ -309,14 +309,18 @@ impl<S: Store, E: Executor<S>> Evaluator<S, E> {
             self.stats.memo_hits += 1;
             return outcome;
         }
-        let (stack, ahead) = self.spare.take().unwrap_or_else(|| (Vec::new(), Ahead::new()));
+        let (stack, mut ahead) = self.spare.take().unwrap_or_else(|| (Vec::new(), Ahead::new()));
+        ahead.unpark(&self.lookahead_held, self.ceilings.lookahead_bytes);
         let mut walk = self.begin_with(root, use_memo, false, stack, ahead);
         let outcome = loop {
             if let Some(outcome) = self.step(&mut walk, io, u64::MAX) {
                 break outcome;
             }
         };
-        self.spare = Some(walk.into_parts());
+        let (stack, mut ahead) = walk.into_parts();
+        // Kept for the next evaluation, but not charged: only walks under way are.
+        ahead.park();
+        self.spare = Some((stack, ahead));
         outcome
     }
 

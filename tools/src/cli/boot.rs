@@ -54,7 +54,8 @@ pub struct BootArgs {
     #[command(flatten)]
     pub firmware: FirmwareArgs,
     /// QEMU accelerator. KVM is opt-in: nested KVM is unreliable on many hosts. `tcg-icount`
-    /// counts guest time in instructions, so guest-side timings repeat exactly on a busy host.
+    /// counts guest time in instructions, so guest-side timings repeat exactly on a busy host
+    /// (the default job and bench only: a serving node's clock would outrun real time).
     #[arg(long, default_value = "tcg", value_parser = ["tcg", "tcg-icount", "kvm"], global = true)]
     pub accel: String,
     /// Guest memory in MiB.

@@ -43,7 +43,7 @@ pub struct ClusterUpArgs {
     /// Virtual CPUs of each node (a second one hashes uploads as they arrive).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub cpus: u32,
-    #[arg(long, default_value = "tcg", value_parser = ["tcg", "tcg-icount", "kvm"])]
+    #[arg(long, default_value = "tcg", value_parser = ["tcg", "kvm"])]
     pub accel: String,
     /// Give node INDEX a deliberate fault (tests): INDEX=corrupt-objects.
     #[arg(long, value_name = "INDEX=FAULT")]
@@ -223,7 +223,7 @@ mod tests {
             &["--nodes", "2", "--fault", "1=corrupt-objects"][..],
             &["--no-disk", "--cpus", "1"],
             &["--disk-size", "8M", "--fresh-disks"],
-            &["--accel", "tcg-icount"],
+            &["--accel", "kvm"],
         ] {
             let opts = up_options(args).unwrap();
             let daemon = Cli::try_parse_from(
