@@ -155,6 +155,60 @@ fn tcg_icount_gives_the_same_guest_times_on_every_run() {
 }
 
 #[test]
+fn sim_runs_are_reproduced_from_their_seed() {
+    let args = [
+        "sim",
+        "--nodes",
+        "20",
+        "--tasks",
+        "300",
+        "--crashes",
+        "3",
+        "--corrupt",
+        "1",
+        "--drop",
+        "0.02",
+        "--jitter-us",
+        "500",
+        "--seed",
+        "9",
+        "--placement",
+        "all",
+        "--json",
+    ];
+    let run = || {
+        let output = cairn().args(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+        let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        rows
+    };
+    let first = run();
+    let placements: Vec<&str> = first.iter().map(|r| r["placement"].as_str().unwrap()).collect();
+    assert_eq!(placements, ["locality", "min-absent", "random"]);
+    // Faults change where tasks run, never the result.
+    assert!(
+        first
+            .iter()
+            .all(|r| r["result"] == first[0]["result"] && r["result"].as_str().unwrap().starts_with("blob:"))
+    );
+    assert!(first.iter().all(|r| r["lost_nodes"].as_u64().unwrap() > 0), "{first:?}");
+    let second = run();
+    for (a, b) in first.iter().zip(&second) {
+        assert_eq!(
+            (&a["trace"], &a["makespan_s"], &a["moved_bytes"]),
+            (&b["trace"], &b["makespan_s"], &b["moved_bytes"])
+        );
+    }
+    // A bad argument is one sentence.
+    let output = cairn().args(["sim", "--drop", "1.5"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cairn: error: --drop is a chance"));
+}
+
+#[test]
 fn selftest_command_exits_zero_when_all_pass() {
     let output = cairn().args(["selftest", "--bios"]).stdin(Stdio::null()).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

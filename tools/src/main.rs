@@ -12,7 +12,7 @@ use cairn_tools::qemu;
 use cairn_tools::untrusted::escape_lines;
 use clap::{Parser, Subcommand};
 
-use cli::{NodeAddress, bench, boot, cluster, eval, fuzz, fuzz_wire, jobs, keys, objects, setup};
+use cli::{NodeAddress, bench, boot, cluster, eval, fuzz, fuzz_wire, jobs, keys, objects, setup, sim};
 
 #[derive(Parser)]
 #[command(name = "cairn", version, about = "Cairn, a functional unikernel: images, nodes and jobs in QEMU")]
@@ -72,6 +72,9 @@ enum Command {
     /// Install QEMU, qemu-img and OVMF as needed (with apt, as root; every QEMU package at one
     /// version), then check them. Other commands do this by themselves when something is missing.
     Setup(setup::SetupArgs),
+    /// Run the cluster scheduler over a simulated cluster, in virtual time, with faults from
+    /// a seed (docs/SCHEDULER.md).
+    Sim(sim::SimArgs),
     /// Make a new client key (one is made on first use anyway); prints its public half.
     Keygen(keys::KeygenArgs),
     /// This user's client key and the nodes' keys (docs/SECURITY.md).
@@ -117,6 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Fuzz(args)) => fuzz::fuzz(&args),
         Some(Command::FuzzWire(args)) => fuzz_wire::fuzz_wire(&args),
         Some(Command::Setup(args)) => setup::setup(&args),
+        Some(Command::Sim(args)) => sim::sim(&args),
         Some(Command::Keygen(args)) => keys::keygen(&args),
         Some(Command::Key(command)) => keys::key(&command),
     }

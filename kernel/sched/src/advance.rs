@@ -10,7 +10,7 @@ use cairn_object::Handle;
 
 use crate::NodeId;
 use crate::graph::Arg;
-use crate::messages::{Action, Order, Report};
+use crate::messages::{Action, Order, RECALL_TASKS, Report};
 use crate::place::{Candidates, place};
 use crate::scheduler::{Phase, Scheduler, Status};
 
@@ -112,7 +112,13 @@ impl Scheduler {
             self.refresh(task);
         }
         self.recall_thunks.clear();
-        for task in core::mem::take(&mut self.to_ask) {
+        // A round asks about RECALL_TASKS tasks at most: one frame per node (82 KB), whatever
+        // the job's width.
+        while let Some(task) = self.to_ask.pop_first() {
+            if self.recall_batch.len() == RECALL_TASKS {
+                self.to_ask.insert(task);
+                break;
+            }
             self.in_recall[task] = true;
             self.recall_batch.push(task);
             if let Some((applied, _)) = self.applied(task) {
@@ -144,8 +150,12 @@ impl Scheduler {
         inputs.retain(|h| !h.is_literal());
         inputs.sort_unstable();
         inputs.dedup();
-        let candidates =
-            Candidates { by_load: &self.by_load, load: &self.load, excluded: &self.placed_on[task] };
+        let candidates = Candidates {
+            by_load: &self.by_load,
+            load: &self.load,
+            excluded: &self.placed_on[task],
+            live: self.live,
+        };
         let Some(node) = place(&inputs, &candidates, &self.holders, self.options.placement, &mut self.rng)
         else {
             if self.options.verify {

@@ -32,6 +32,11 @@ impl Holders {
         self.map.get(handle).into_iter().flatten().copied()
     }
 
+    /// How many nodes hold `handle`.
+    pub fn count(&self, handle: &Handle) -> usize {
+        self.map.get(handle).map_or(0, Vec::len)
+    }
+
     /// Forgets a node (it died, or lies): what only it held is held by nobody now.
     pub fn drop_node(&mut self, node: NodeId) {
         self.map.retain(|_, set| {

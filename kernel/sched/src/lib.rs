@@ -15,11 +15,13 @@ mod holders;
 mod messages;
 mod place;
 mod scheduler;
+pub mod sim;
 
 pub use graph::{Arg, Graph, GraphError, MAX_DEPTH, Task};
 pub use holders::Holders;
 pub use messages::{
-    Action, Event, MAX_FETCH_FAILURES, MAX_NODE_FAILURES, Mismatch, Options, Order, Report, node_failure,
+    Action, Event, MAX_FETCH_FAILURES, MAX_NODE_FAILURES, Mismatch, Options, Order, PROBE_HANDLES,
+    RECALL_TASKS, Report, node_failure,
 };
 pub use place::{Candidates, Placement, SMALL_INPUTS, place};
 pub use scheduler::Scheduler;

@@ -10,6 +10,12 @@ use cairn_object::Handle;
 use crate::NodeId;
 use crate::place::Placement;
 
+/// Handles the probing phase asks about at most, over all nodes together.
+pub const PROBE_HANDLES: usize = 1 << 22;
+
+/// Tasks one memo round asks the nodes about at most (each as written and as applied).
+pub const RECALL_TASKS: usize = 1024;
+
 /// Times a task may fail to get its inputs from peers before the job gives up.
 pub const MAX_FETCH_FAILURES: u32 = 5;
 /// Times a task may fail for a reason that is the node's rather than the task's (see

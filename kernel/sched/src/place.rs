@@ -33,6 +33,9 @@ pub struct Candidates<'a> {
     pub load: &'a [usize],
     /// Nodes this task must not go to (it ran there already, or verification's other copy).
     pub excluded: &'a [NodeId],
+    /// Nodes alive (suspect or not): an input with this many holders is held by every
+    /// candidate (holders are only ever live nodes), and costs nothing anywhere.
+    pub live: usize,
 }
 
 impl Candidates<'_> {
@@ -69,6 +72,9 @@ pub fn place(
     // Bytes of the inputs each holder holds.
     let mut held: BTreeMap<NodeId, u64> = BTreeMap::new();
     for input in &unique {
+        if holders.count(input) >= candidates.live {
+            continue; // everywhere (a procedure, say): looking at each holder would cost N
+        }
         total = total.saturating_add(input.size());
         for node in holders.holders(input).filter(|n| candidates.allowed(*n)) {
             let bytes = held.entry(node).or_default();
@@ -131,7 +137,13 @@ mod tests {
 
     fn choose(inputs: &[Handle], load: &[usize], holders: &Holders, policy: Placement) -> Option<NodeId> {
         let set = by_load(load);
-        place(inputs, &Candidates { by_load: &set, load, excluded: &[] }, holders, policy, &mut 1)
+        place(
+            inputs,
+            &Candidates { by_load: &set, load, excluded: &[], live: load.len() },
+            holders,
+            policy,
+            &mut 1,
+        )
     }
 
     #[test]
@@ -162,11 +174,11 @@ mod tests {
         // Node 2 takes no work (it is lost, or suspect): it is not in `by_load`.
         let set: BTreeSet<(usize, NodeId)> = [(0, 0), (5, 1)].into_iter().collect();
         for policy in [Placement::Locality, Placement::MinAbsent, Placement::Random] {
-            let c = Candidates { by_load: &set, load: &load, excluded: &[0] };
+            let c = Candidates { by_load: &set, load: &load, excluded: &[0], live: 3 };
             for seed in 1..50 {
                 assert_eq!(place(&[a], &c, &holders, policy, &mut { seed }), Some(1), "{policy:?}");
             }
-            let c = Candidates { by_load: &set, load: &load, excluded: &[0, 1] };
+            let c = Candidates { by_load: &set, load: &load, excluded: &[0, 1], live: 3 };
             assert_eq!(place(&[a], &c, &holders, policy, &mut 3), None);
         }
     }
@@ -188,7 +200,7 @@ mod tests {
                 }
             }
             let set = by_load(&load);
-            let c = Candidates { by_load: &set, load: &load, excluded: &excluded };
+            let c = Candidates { by_load: &set, load: &load, excluded: &excluded, live: 5 };
             let allowed: Vec<NodeId> = (0..5).filter(|n| !excluded.contains(n)).collect();
             for (policy, band) in [(Placement::Locality, SMALL_INPUTS), (Placement::MinAbsent, 0)] {
                 let chosen = place(&inputs, &c, &holders, policy, &mut 7);

@@ -18,7 +18,8 @@ use crate::NodeId;
 use crate::graph::{Arg, Graph};
 use crate::holders::Holders;
 use crate::messages::{
-    Action, Event, MAX_FETCH_FAILURES, MAX_NODE_FAILURES, Mismatch, Options, Report, node_failure,
+    Action, Event, MAX_FETCH_FAILURES, MAX_NODE_FAILURES, Mismatch, Options, PROBE_HANDLES, Report,
+    node_failure,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +72,8 @@ pub struct Scheduler {
     pub(crate) recall_batch: Vec<usize>,
     /// Thunks of the round (as written and as applied) to their task.
     pub(crate) recall_thunks: BTreeMap<Handle, usize>,
+    /// What every node was asked whether it holds (sorted).
+    pub(crate) probed: Vec<Handle>,
     /// Nodes yet to answer in the probing or seeding phase.
     pub(crate) phase_waiting: BTreeMap<NodeId, usize>,
     /// The node asked for the result's bytes.
@@ -132,6 +135,7 @@ impl Scheduler {
             recall_waiting: BTreeSet::new(),
             recall_batch: Vec::new(),
             recall_thunks: BTreeMap::new(),
+            probed: Vec::new(),
             phase_waiting: BTreeMap::new(),
             fetching_result: None,
             first_result: alloc::vec![None; tasks],
@@ -162,10 +166,17 @@ impl Scheduler {
             return self.fail(String::from("--verify needs at least two nodes"));
         }
         self.phase = Phase::Probing;
+        // Procedures always; the data too unless asking every node about all of it would cost
+        // more than PROBE_HANDLES (then a node's data is found when a task needs it there).
         let leaves = self.graph.leaves();
+        self.probed = if leaves.len().saturating_mul(self.alive.len()) <= PROBE_HANDLES {
+            leaves
+        } else {
+            self.graph.procedures()
+        };
         for node in 0..self.alive.len() {
             self.phase_waiting.insert(node, 1);
-            self.out.push_back(Action::AskMissing { node, handles: leaves.clone() });
+            self.out.push_back(Action::AskMissing { node, handles: self.probed.clone() });
         }
         self.advance();
     }
@@ -189,9 +200,11 @@ impl Scheduler {
                 if self.alive.get(node) != Some(&true) || self.phase != Phase::Probing {
                     return;
                 }
-                let missing: BTreeSet<Handle> = missing.into_iter().collect();
-                for leaf in self.graph.leaves() {
-                    if !missing.contains(&leaf) {
+                let mut missing = missing;
+                missing.sort_unstable();
+                for i in 0..self.probed.len() {
+                    let leaf = self.probed[i];
+                    if missing.binary_search(&leaf).is_err() {
                         self.holders.add(leaf, node);
                     }
                 }

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod keys;
 pub mod objects;
 pub mod setup;
+pub mod sim;
 
 use cairn_object::{Handle, Kind};
 use cairn_tools::client::Client;

@@ -1,0 +1,100 @@
+//! The simulator: the same configuration gives the same run, and the scheduler's guarantees
+//! hold over many seeds of faults (docs/SCHEDULER.md, "Simulation").
+
+use cairn_sched::sim::{self, Config, Faults, Workload};
+use cairn_sched::{Options, Placement};
+
+fn options(placement: Placement) -> Options {
+    Options { placement, verify: false, spread: true, recall: true, seed: 1 }
+}
+
+fn map_reduce(maps: usize, input_bytes: u64) -> Workload {
+    Workload::MapReduce {
+        maps,
+        input_bytes,
+        output_bytes: 4096,
+        map_us: 50_000,
+        fan_in: 8,
+        reduce_us: 10_000,
+    }
+}
+
+fn no_clock() -> u64 {
+    0
+}
+
+fn run(config: &Config) -> sim::Outcome {
+    sim::run(config, &mut no_clock)
+}
+
+fn faulty(seed: u64) -> Faults {
+    Faults { seed, drop: 0.01, jitter_us: 500, crashes: 2, partitions: 1, slow: 1, corrupt: 1, wrong: 0 }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run_and_another_seed_another() {
+    let mut config = Config::new(8, map_reduce(100, 1 << 20), options(Placement::Locality));
+    config.faults = faulty(5);
+    let first = run(&config);
+    assert_eq!(run(&config), first);
+    assert!(first.result.is_ok() && first.events > 100, "{first:?}");
+    config.faults.seed = 6;
+    assert_ne!(run(&config).trace, first.trace);
+}
+
+#[test]
+fn faults_never_change_the_result_and_no_caught_node_gets_work() {
+    for placement in [Placement::Locality, Placement::MinAbsent, Placement::Random] {
+        let clean = run(&Config::new(6, map_reduce(40, 256 << 10), options(placement)));
+        let expected = clean.result.clone().unwrap();
+        assert_eq!(clean.dispatched, clean.tasks, "a fault-free run runs each task once");
+        for seed in 1..60 {
+            let mut config = Config::new(6, map_reduce(40, 256 << 10), options(placement));
+            config.faults = faulty(seed);
+            let outcome = run(&config);
+            assert_eq!(outcome.result, Ok(expected), "{placement:?} seed {seed}: {outcome:?}");
+            assert_eq!(outcome.ran_on_caught, 0, "{placement:?} seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn a_long_chain_ends_with_its_result_under_faults() {
+    let chain = Workload::Chain { length: 200, input_bytes: 10_000, output_bytes: 100, task_us: 1000 };
+    let expected = run(&Config::new(4, chain, options(Placement::Locality))).result.unwrap();
+    for seed in 1..20 {
+        let mut config = Config::new(4, chain, options(Placement::Locality));
+        config.faults = faulty(seed);
+        assert_eq!(run(&config).result, Ok(expected), "seed {seed}");
+    }
+}
+
+#[test]
+fn locality_moves_no_more_than_random_placement_beyond_the_band() {
+    for seed in 1..30 {
+        let mut moved = Vec::new();
+        for placement in [Placement::Locality, Placement::Random] {
+            let mut config = Config::new(10, map_reduce(200, 4 << 20), options(placement));
+            config.options.seed = seed;
+            config.faults = Faults { seed, jitter_us: 2000, ..Faults::default() };
+            let outcome = run(&config);
+            assert!(outcome.result.is_ok());
+            moved.push(outcome.moved_bytes);
+        }
+        // The bound of docs/SCHEDULER.md: each placement may give up at most 64 KiB of
+        // locality to balance load.
+        let bound = 64 * 1024 * 226;
+        assert!(moved[0] <= moved[1] + bound, "seed {seed}: locality {} random {}", moved[0], moved[1]);
+        assert!(moved[0] * 4 < moved[1], "seed {seed}: locality {} random {}", moved[0], moved[1]);
+    }
+}
+
+#[test]
+fn verification_names_a_node_that_computes_wrong() {
+    let mut config =
+        Config::new(4, map_reduce(20, 1000), Options { verify: true, ..options(Placement::Locality) });
+    config.faults = Faults { seed: 3, wrong: 1, ..Faults::default() };
+    let outcome = run(&config);
+    assert!(outcome.mismatches > 0, "{outcome:?}");
+    assert_eq!(outcome.dispatched, 2 * outcome.tasks);
+}
