@@ -192,7 +192,7 @@ impl Scheduler {
 
     /// Takes in what happened; the actions it leads to follow from [`Scheduler::next_action`].
     pub fn handle(&mut self, event: Event) {
-        if self.phase == Phase::Over {
+        if self.phase == Phase::Over || !self.names_known(&event) {
             return;
         }
         match event {
@@ -318,6 +318,28 @@ impl Scheduler {
             Event::Stalled { why } => return self.fail(why),
         }
         self.advance();
+    }
+
+    /// Whether the nodes and task an event names exist (a driver passing on what came over a
+    /// network may get anything): events naming others are ignored.
+    fn names_known(&self, event: &Event) -> bool {
+        let nodes = self.alive.len();
+        let tasks = self.graph.tasks.len();
+        match event {
+            Event::Missing { node, .. }
+            | Event::Uploaded { node, .. }
+            | Event::Recalled { node, .. }
+            | Event::ResultFetched { node }
+            | Event::ResultWrong { node, .. }
+            | Event::Lost { node, .. } => *node < nodes,
+            Event::Done { node, task, .. } | Event::Failed { node, task, .. } => {
+                *node < nodes && *task < tasks
+            }
+            Event::BadPeer { node, task, peer, .. } | Event::FetchFailed { node, task, peer, .. } => {
+                *node < nodes && *task < tasks && *peer < nodes
+            }
+            Event::Stalled { .. } => true,
+        }
     }
 
     /// An answer about `task` from `node`: whether the node was working on it (else it is

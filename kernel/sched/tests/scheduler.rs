@@ -191,3 +191,36 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn events_naming_unknown_nodes_or_tasks_are_ignored() {
+    use cairn_sched::{Event, Scheduler};
+    let job = map_reduce(3, 1000);
+    let mut s = Scheduler::new(job.graph(), job.objects.keys().copied().collect(), 2, options());
+    s.start();
+    let h = job.root;
+    for event in [
+        Event::Missing { node: 9, missing: vec![] },
+        Event::Uploaded { node: 2, handle: h, bytes: 1 },
+        Event::Recalled { node: usize::MAX, entries: vec![(h, h)] },
+        Event::Done { node: 0, task: 99, result: h, moved: 0, uploaded: 0, ran: true },
+        Event::Failed { node: 5, task: 0, failure: "x".into(), why: "x".into() },
+        Event::BadPeer { node: 0, task: 0, peer: 7, why: "x".into() },
+        Event::FetchFailed { node: 0, task: 40, peer: 1, why: "x".into() },
+        Event::ResultFetched { node: 3 },
+        Event::ResultWrong { node: 3, why: "x".into() },
+        Event::Lost { node: 2, why: "x".into() },
+    ] {
+        s.handle(event);
+    }
+    assert!(!s.is_over());
+    // Still probing, and only the two real nodes.
+    let mut asked = Vec::new();
+    while let Some(action) = s.next_action() {
+        match action {
+            cairn_sched::Action::AskMissing { node, .. } => asked.push(node),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(asked, [0, 1]);
+}
