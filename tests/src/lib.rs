@@ -57,7 +57,18 @@ impl Node {
                         return caps;
                     }
                 }
-                Ok(None) => self.fail(&format!("console closed before a line matched /{pattern}/")),
+                Ok(None) => {
+                    // How QEMU ended says whether the guest stopped (a status, a triple fault)
+                    // or QEMU itself failed (its stderr).
+                    let exit = match self.vm.wait(Instant::now() + Duration::from_secs(5)) {
+                        Ok(NodeExit::QemuError { code, stderr }) => {
+                            format!("QEMU exited with code {code:?}; its stderr:\n{stderr}")
+                        }
+                        Ok(exit) => exit.to_string(),
+                        Err(e) => format!("{e:#}"),
+                    };
+                    self.fail(&format!("console closed before a line matched /{pattern}/: {exit}"))
+                }
                 Err(e) => self.fail(&format!("waiting for /{pattern}/: {e:#}")),
             }
         }
