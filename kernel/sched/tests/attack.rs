@@ -208,3 +208,30 @@ fn a_failed_fetch_is_not_tried_again_the_same_way_until_the_job_fails() {
     );
     assert!(sent.len() <= 2, "{tries:?}");
 }
+
+/// BUG: a node reported lost before `start` (a driver that found it unreachable while
+/// connecting) is still probed, and probing waits for its answer for ever: its `Lost` is taken
+/// as a repeat and its `Missing` is ignored, as from a dead node. The job stalls in probing.
+#[test]
+fn a_node_lost_before_the_start_is_not_waited_for() {
+    let job = one_task();
+    let mut m = Manual::new(&job, 2, options());
+    m.s.handle(Event::Lost { node: 1, why: "connection refused".into() });
+    m.s.start();
+    let mut pending = m.drain();
+    let mut steps = 0;
+    while let Some(a) = pending.pop() {
+        steps += 1;
+        assert!(steps < 100);
+        let answer = match a {
+            Action::AskMissing { node: 1, .. } => Event::Lost { node: 1, why: "connection refused".into() },
+            Action::AskMissing { node, .. } => Event::Missing { node, missing: vec![] },
+            Action::Recall { node, .. } => Event::Recalled { node, entries: vec![] },
+            Action::Run { node, order } => done(node, &order),
+            Action::FetchResult { node, .. } => Event::ResultFetched { node },
+            other => panic!("{other:?}"),
+        };
+        pending.extend(m.handle(answer));
+    }
+    assert!(m.finished.is_some(), "nothing outstanding and the job is not over (stalled in probing)");
+}
