@@ -235,3 +235,178 @@ fn a_node_lost_before_the_start_is_not_waited_for() {
     }
     assert!(m.finished.is_some(), "nothing outstanding and the job is not over (stalled in probing)");
 }
+
+/// Answers for work a node no longer has (it was lost, or answered already), memos nobody
+/// asked, and result bytes from a node not asked are all ignored.
+#[test]
+fn late_and_repeated_answers_change_nothing() {
+    let job = one_task();
+    let mut m = Manual::new(&job, 2, options());
+    let (a, order) = runs(&m.start_holding_everything())[0].clone();
+    let b = 1 - a;
+    let again = runs(&m.handle(Event::Lost { node: a, why: "gone".into() }));
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].0, b);
+    assert!(m.handle(done(a, &order)).is_empty(), "a Done from a lost node");
+    assert!(m.handle(Event::Recalled { node: b, entries: vec![(order.applied, job.root)] }).is_empty());
+    let fetch = m.handle(done(b, &again[0].1));
+    assert!(matches!(fetch[..], [Action::FetchResult { node, .. }] if node == b), "{fetch:?}");
+    assert!(m.handle(done(b, &again[0].1)).is_empty(), "a second Done");
+    assert!(m.handle(Event::ResultFetched { node: a }).is_empty());
+    assert!(m.handle(Event::Missing { node: b, missing: vec![] }).is_empty());
+    assert_eq!(m.finished, None);
+    m.handle(Event::ResultFetched { node: b });
+    assert_eq!(m.finished.unwrap().unwrap().result, Some(job.expected()));
+}
+
+/// A job whose root is a value needs no node to run anything: its result is the value.
+#[test]
+fn a_root_that_is_a_value_is_the_result() {
+    let value = Handle::blob(&[5u8; 100]);
+    let graph = cairn_sched::Graph::build(value, 10, |_| None).unwrap();
+    assert!(graph.tasks.is_empty());
+    let mut s = Scheduler::new(graph, [value].into_iter().collect(), 2, options());
+    s.start();
+    let mut finished = None;
+    let mut steps = 0;
+    while finished.is_none() {
+        steps += 1;
+        assert!(steps < 100);
+        let Some(a) = s.next_action() else { panic!("nothing to do and not finished") };
+        match a {
+            Action::AskMissing { node, handles } => s.handle(Event::Missing { node, missing: handles }),
+            Action::Upload { node, handle } => s.handle(Event::Uploaded { node, handle, bytes: 100 }),
+            Action::Finished(outcome) => finished = Some(outcome),
+            Action::Progress(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(finished.unwrap().unwrap().result, Some(value));
+}
+
+/// A task that takes another several times counts it once: it runs when that one is done,
+/// once, and the job's result is right.
+#[test]
+fn a_task_taking_another_several_times_waits_for_it_once() {
+    let job = Job::new(&[vec![Err(100)], vec![Ok(0), Ok(0), Err(10), Ok(0)]]);
+    let graph = job.graph();
+    assert_eq!(graph.tasks.len(), 2);
+    let mut cluster = common::Cluster::new(2);
+    let report = cluster.run(&job, options()).unwrap();
+    assert_eq!(report.result, Some(job.expected()));
+    assert_eq!(report.dispatched, 2);
+}
+
+/// A result small enough to be a literal handle needs no holder: the root's is the result at
+/// once (nothing fetched), and an argument's survives the loss of the node that made it.
+#[test]
+fn literal_results_need_no_holder() {
+    let literal = Handle::blob(b"42");
+    assert!(literal.is_literal());
+    // The root's result is a literal: finished without a fetch.
+    let job = one_task();
+    let mut m = Manual::new(&job, 2, options());
+    let (a, order) = runs(&m.start_holding_everything())[0].clone();
+    let after = m.handle(Event::Done {
+        node: a,
+        task: order.task,
+        result: literal,
+        moved: 0,
+        uploaded: 0,
+        ran: true,
+    });
+    assert!(after.is_empty(), "{after:?}");
+    assert_eq!(m.finished.unwrap().unwrap().result, Some(literal));
+    // A chain whose first task gives a literal: losing the node that made it redoes nothing.
+    let job = Job::new(&[vec![Err(100)], vec![Ok(0)]]);
+    let mut m = Manual::new(&job, 2, options());
+    let (a, order) = runs(&m.start_holding_everything())[0].clone();
+    assert_eq!(order.task, 0);
+    let mut next =
+        m.handle(Event::Done { node: a, task: 0, result: literal, moved: 0, uploaded: 0, ran: true });
+    // (A memo round for the second task first.)
+    while let Some(Action::Recall { node, .. }) = next.first().cloned() {
+        next.remove(0);
+        next.extend(m.handle(Event::Recalled { node, entries: vec![] }));
+    }
+    let second = runs(&next);
+    assert_eq!(second.len(), 1, "{next:?}");
+    assert_eq!(second[0].1.task, 1);
+    assert!(second[0].1.fetches.is_empty() && second[0].1.uploads.is_empty());
+    let lost = 1 - second[0].0;
+    if lost == a {
+        assert!(runs(&m.handle(Event::Lost { node: a, why: "gone".into() })).is_empty(), "task 0 redone");
+    }
+}
+
+/// Two tasks with the same result, both holders lost while the task taking them runs: the
+/// job still ends with the right result, on the node left.
+#[test]
+fn two_tasks_with_one_result_and_their_holders_lost() {
+    // Each 1 MiB blob on one node (1 and 2): the tasks taking them run there.
+    let job = Job::new(&[vec![Err(1 << 20)], vec![Err(1 << 20)], vec![Ok(0), Ok(1)]]);
+    let graph = job.graph();
+    let blob = |t: usize| match graph.tasks[t].args[0] {
+        cairn_sched::Arg::Value(h) => h,
+        _ => unreachable!(),
+    };
+    let lacks = [vec![blob(0), blob(1)], vec![blob(1)], vec![blob(0)]];
+    let same = Handle::blob(&[9u8; 64]);
+    let root = graph.tasks.len() - 1;
+    let expected = {
+        let t = &graph.tasks[root];
+        let bytes = cairn_object::thunk::encode(t.limits, t.procedure, &[same, same]).unwrap();
+        compute(&cairn_object::store::name(cairn_object::Kind::Thunk, &bytes).unwrap())
+    };
+    let mut m = Manual::new(&job, 3, options());
+    m.s.start();
+    let mut pending: std::collections::VecDeque<Action> = m.drain().into();
+    let mut dead = [false; 3];
+    let mut ran_on = Vec::new();
+    let mut steps = 0;
+    while let Some(a) = pending.pop_front() {
+        steps += 1;
+        assert!(steps < 1000, "the job never ends");
+        let node = match &a {
+            Action::AskMissing { node, .. }
+            | Action::Recall { node, .. }
+            | Action::FetchResult { node, .. }
+            | Action::Run { node, .. } => *node,
+            other => panic!("{other:?}"),
+        };
+        let answer = if dead[node] {
+            Event::Lost { node, why: "gone".into() }
+        } else {
+            match a {
+                Action::AskMissing { node, .. } => Event::Missing { node, missing: lacks[node].clone() },
+                Action::Recall { node, .. } => Event::Recalled { node, entries: vec![] },
+                Action::FetchResult { node, .. } => Event::ResultFetched { node },
+                Action::Run { node, order } if order.task == root => {
+                    if !dead[1] {
+                        // The root's first try: every node but 0 dies.
+                        dead[1] = true;
+                        dead[2] = true;
+                    }
+                    if dead[node] {
+                        Event::Lost { node, why: "gone".into() }
+                    } else if let Some((peer, _)) = order.fetches.iter().find(|(p, _)| dead[*p]) {
+                        Event::FetchFailed { node, task: root, peer: *peer, why: "gone".into() }
+                    } else {
+                        done(node, &order)
+                    }
+                }
+                Action::Run { node, order } => {
+                    ran_on.push((order.task, node));
+                    Event::Done { node, task: order.task, result: same, moved: 0, uploaded: 0, ran: true }
+                }
+                _ => unreachable!(),
+            }
+        };
+        pending.extend(m.handle(answer));
+    }
+    assert!(dead[1] && dead[2], "the losses happened");
+    assert_eq!(ran_on[..2], [(0, 1), (1, 2)], "each where its blob is");
+    assert!(ran_on[2..].iter().all(|(_, n)| *n == 0), "{ran_on:?}");
+    assert!(ran_on.len() > 2, "one of the two is run again for its result: {ran_on:?}");
+    assert_eq!(m.finished.expect("finished").unwrap().result, Some(expected));
+}
