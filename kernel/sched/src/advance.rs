@@ -150,14 +150,21 @@ impl Scheduler {
         inputs.retain(|h| !h.is_literal());
         inputs.sort_unstable();
         inputs.dedup();
-        let candidates = Candidates {
-            by_load: &self.by_load,
-            load: &self.load,
-            excluded: &self.placed_on[task],
-            live: self.live,
-        };
-        let Some(node) = place(&inputs, &candidates, &self.holders, self.options.placement, &mut self.rng)
-        else {
+        // Never the node that made verification's first copy; not a node the task failed on
+        // for the node's sake, unless no other can take it.
+        let first_copy: Vec<NodeId> = self.first_result[task].map(|(n, _)| n).into_iter().collect();
+        let mut excluded = first_copy.clone();
+        excluded.extend(self.avoided[task].iter().copied());
+        let mut chosen = None;
+        for excluded in [&excluded, &first_copy] {
+            let candidates =
+                Candidates { by_load: &self.by_load, load: &self.load, excluded, live: self.live };
+            chosen = place(&inputs, &candidates, &self.holders, self.options.placement, &mut self.rng);
+            if chosen.is_some() {
+                break;
+            }
+        }
+        let Some(node) = chosen else {
             if self.options.verify {
                 self.fail(String::from("verification needs two live nodes"));
             }
@@ -167,11 +174,13 @@ impl Scheduler {
         let mut fetches: BTreeMap<NodeId, Vec<Handle>> = BTreeMap::new();
         let mut uploads = Vec::new();
         for h in inputs.iter().filter(|h| !self.holders.holds(h, node)) {
+            // Sources a fetch of this task failed from come last.
+            let avoid = &self.avoid_sources[task];
             let source = self
                 .holders
                 .holders(h)
                 .filter(|p| self.takes_work(*p) && *p != node)
-                .min_by_key(|p| (self.load[*p], *p));
+                .min_by_key(|p| (avoid.contains(p), self.load[*p], *p));
             match source {
                 Some(peer) => fetches.entry(peer).or_default().push(*h),
                 None if self.objects.contains(h) => uploads.push(*h),
@@ -196,7 +205,6 @@ impl Scheduler {
         self.progress(format!("cairn: task {task} started on node {node}"));
         self.out.push_back(Action::Run { node, order });
         self.set_status(task, Status::Running);
-        self.placed_on[task].push(node);
         self.in_flight[node].insert(task);
         self.running += 1;
         self.set_load(node, self.load[node] + 1);

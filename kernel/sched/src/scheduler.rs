@@ -80,8 +80,11 @@ pub struct Scheduler {
     pub(crate) fetching_result: Option<NodeId>,
     /// In verify mode: the first result of a task and where it came from.
     pub(crate) first_result: Vec<Option<(NodeId, Handle)>>,
-    /// Where each task was sent (so that it runs elsewhere, and verify's copies apart).
-    pub(crate) placed_on: Vec<Vec<NodeId>>,
+    /// Per task, nodes it failed on for the node's sake (a timeout, a failed fetch): it goes
+    /// elsewhere while another node can take it.
+    pub(crate) avoided: Vec<Vec<NodeId>>,
+    /// Per task, peers a fetch of its inputs failed from: other holders come first.
+    pub(crate) avoid_sources: Vec<Vec<NodeId>>,
     /// Tasks a node is working on.
     pub(crate) in_flight: Vec<BTreeSet<usize>>,
     pub(crate) fetch_failures: Vec<u32>,
@@ -139,7 +142,8 @@ impl Scheduler {
             phase_waiting: BTreeMap::new(),
             fetching_result: None,
             first_result: alloc::vec![None; tasks],
-            placed_on: alloc::vec![Vec::new(); tasks],
+            avoided: alloc::vec![Vec::new(); tasks],
+            avoid_sources: alloc::vec![Vec::new(); tasks],
             in_flight: alloc::vec![BTreeSet::new(); nodes],
             fetch_failures: alloc::vec![0; tasks],
             node_failures: alloc::vec![0; tasks],
@@ -174,7 +178,8 @@ impl Scheduler {
         } else {
             self.graph.procedures()
         };
-        for node in 0..self.alive.len() {
+        // (A node the driver reported lost before the start is not asked.)
+        for node in (0..self.alive.len()).filter(|n| self.alive[*n]) {
             self.phase_waiting.insert(node, 1);
             self.out.push_back(Action::AskMissing { node, handles: self.probed.clone() });
         }
@@ -260,12 +265,8 @@ impl Scheduler {
                     "cairn: task {task} failed on node {node} ({why}), which says more about the node than the task; it runs again"
                 ));
                 self.set_status(task, Status::Waiting);
-                // The node stays among those the task was placed on, so that it runs
-                // elsewhere, unless no other node could take it.
-                let elsewhere = self.by_load.iter().any(|(_, n)| !self.placed_on[task].contains(n));
-                if !elsewhere {
-                    self.placed_on[task].clear();
-                }
+                // It runs elsewhere if another node can take it (see `dispatch`).
+                self.avoid(task, node);
             }
             Event::BadPeer { node, task, peer, why } => {
                 if !self.answer_from(node, task) {
@@ -275,23 +276,27 @@ impl Scheduler {
                 self.report.bad_peers.push((peer, why));
                 self.make_suspect(peer);
                 self.set_status(task, Status::Waiting);
-                self.placed_on[task].retain(|n| *n != node);
             }
             Event::FetchFailed { node, task, peer, why } => {
                 if !self.answer_from(node, task) {
                     return;
                 }
                 self.fetch_failures[task] += 1;
-                if self.fetch_failures[task] > MAX_FETCH_FAILURES {
+                let failures = self.fetch_failures[task];
+                if failures > MAX_FETCH_FAILURES {
                     return self.fail(format!(
-                        "task {task}: node {node} could not fetch its inputs from node {peer} {MAX_FETCH_FAILURES} times: {why}"
+                        "task {task}: its inputs could not be fetched {failures} times; the last, node {node} from node {peer}: {why}"
                     ));
                 }
                 self.progress(format!(
                     "cairn: node {node} could not fetch from node {peer} ({why}); task {task} runs again"
                 ));
                 self.set_status(task, Status::Waiting);
-                self.placed_on[task].retain(|n| *n != node);
+                // Elsewhere, and from another source, where there are others.
+                self.avoid(task, node);
+                if !self.avoid_sources[task].contains(&peer) {
+                    self.avoid_sources[task].push(peer);
+                }
             }
             Event::ResultFetched { node } => {
                 if self.fetching_result != Some(node) {
@@ -339,6 +344,12 @@ impl Scheduler {
                 *node < nodes && *task < tasks && *peer < nodes
             }
             Event::Stalled { .. } => true,
+        }
+    }
+
+    fn avoid(&mut self, task: usize, node: NodeId) {
+        if !self.avoided[task].contains(&node) {
+            self.avoided[task].push(node);
         }
     }
 
@@ -470,7 +481,8 @@ impl Scheduler {
         self.set_status(task, Status::Waiting);
         self.set_result(task, None);
         self.first_result[task] = None;
-        self.placed_on[task].clear();
+        self.avoided[task].clear();
+        self.avoid_sources[task].clear();
     }
 
     pub(crate) fn make_suspect(&mut self, node: NodeId) {
@@ -507,7 +519,6 @@ impl Scheduler {
         for task in taken {
             if self.status[task] == Status::Running {
                 self.set_status(task, Status::Waiting);
-                self.placed_on[task].retain(|n| *n != node);
             }
         }
         // Finished results that only the lost node held are gone: their tasks run again.

@@ -115,8 +115,14 @@ impl<'a> World<'a> {
         self.scheduler.start();
         self.scheduler_ns += clock() - started;
         self.drain(clock);
+        // A scheduler that never ends (work sent to a node for ever, say) fails the run
+        // rather than hang it: far more events than any sound run needs.
+        let cap = 64 * (self.scheduler.graph().tasks.len() as u64 + self.config.nodes as u64) + 1_000_000;
         while self.finished.is_none() {
             let event = match self.queue.pop_first() {
+                _ if self.events >= cap => Event::Stalled {
+                    why: alloc::format!("the simulation passed {cap} events without an end"),
+                },
                 Some(((t, _), event)) => {
                     self.now = t;
                     event
