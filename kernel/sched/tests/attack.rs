@@ -85,7 +85,7 @@ fn one_task() -> Job {
     Job::new(&[vec![Err(100)]])
 }
 
-/// BUG: a task that timed out on node A is kept off A ("runs elsewhere"), which is decided when
+/// Was a bug (fixed in 07df33b): a task that timed out on node A is kept off A ("runs elsewhere"), which is decided when
 /// the failure comes in. If the other node is lost afterwards, A is the only node left and the
 /// task may run there again (one node failure of two allowed), yet the job ends with "no task
 /// can be placed on the live nodes".
@@ -107,7 +107,7 @@ fn a_task_that_timed_out_runs_again_on_the_same_node_once_the_others_are_lost() 
     assert_eq!(m.finished, None);
 }
 
-/// BUG: with --verify on two nodes, one timeout of the first copy fails the job with
+/// Was a bug (fixed in 07df33b): with --verify on two nodes, one timeout of the first copy fails the job with
 /// "verification needs two live nodes" while two nodes are alive: the node that timed out stays
 /// excluded, and the copy that ran on the other node excludes that one too.
 #[test]
@@ -125,7 +125,7 @@ fn verify_on_two_nodes_survives_one_timeout() {
     assert_eq!(second[0].0, a, "the second copy goes to the node the first did not run on");
 }
 
-/// BUG: with --verify, when the second copy's node times out and no third node exists, the
+/// Was a bug (fixed in 07df33b): with --verify, when the second copy's node times out and no third node exists, the
 /// task's exclusions are cleared; the second copy then goes to the node that computed the first
 /// one, which "verifies" itself (a node computing wrong is then never caught).
 #[test]
@@ -177,7 +177,7 @@ fn drive(
     sent
 }
 
-/// BUG: a fetch that failed sends the task back to the same node, fetching from the same peer
+/// Was a bug (fixed in 07df33b): a fetch that failed sends the task back to the same node, fetching from the same peer
 /// (the docs say "placed again, elsewhere"). A peer that answers the host but not its peers
 /// (busy past the fetch limit, or its cluster link down) then fails the job after six tries,
 /// though another node holds the input and a third could run the task without it.
@@ -209,7 +209,7 @@ fn a_failed_fetch_is_not_tried_again_the_same_way_until_the_job_fails() {
     assert!(sent.len() <= 2, "{tries:?}");
 }
 
-/// BUG: a node reported lost before `start` (a driver that found it unreachable while
+/// Was a bug (fixed in 07df33b): a node reported lost before `start` (a driver that found it unreachable while
 /// connecting) is still probed, and probing waits for its answer for ever: its `Lost` is taken
 /// as a repeat and its `Missing` is ignored, as from a dead node. The job stalls in probing.
 #[test]

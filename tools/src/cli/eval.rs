@@ -146,29 +146,29 @@ fn eval_on_cluster(
     };
     // Progress lines quote nodes only through errors the client has escaped.
     let report = run::run(graph, &objects, &state.nodes, options, &mut |line| eprintln!("{line}"))?;
-    let result = report.result.ok_or_else(|| anyhow::anyhow!("the evaluation ended without a result"))?;
-    let runs: Vec<String> = report.runs.iter().map(|(node, n)| format!("node {node}: {n}")).collect();
+    let result = report.job.result.ok_or_else(|| anyhow::anyhow!("the evaluation ended without a result"))?;
+    let runs: Vec<String> = report.job.runs.iter().map(|(node, n)| format!("node {node}: {n}")).collect();
     eprintln!(
         "cairn: {} tasks on {} nodes in {:.2} s ({}; {} from memos); moved between nodes {} bytes, uploaded {} bytes{}",
-        report.tasks,
+        report.job.tasks,
         state.nodes.len(),
         report.wall.as_secs_f64(),
         if runs.is_empty() { "none run".to_string() } else { runs.join(", ") },
-        report.recalled,
-        report.moved_bytes,
-        report.uploaded_bytes,
-        if report.lost_nodes.is_empty() {
+        report.job.recalled,
+        report.job.moved_bytes,
+        report.job.uploaded_bytes,
+        if report.job.lost_nodes.is_empty() {
             String::new()
         } else {
-            format!("; lost nodes {:?}", report.lost_nodes)
+            format!("; lost nodes {:?}", report.job.lost_nodes)
         }
     );
     println!("{result}");
     if args.verify {
-        if report.mismatches.is_empty() {
+        if report.job.mismatches.is_empty() {
             println!("verify: every task gave the same result on two nodes");
         } else {
-            for m in &report.mismatches {
+            for m in &report.job.mismatches {
                 println!(
                     "verify: MISMATCH {}: node {} -> {}, node {} -> {}",
                     m.thunk, m.first.0, m.first.1, m.second.0, m.second.1

@@ -4,14 +4,14 @@
 //! uploads, memo lookups, the result) go over one connection per node, in turn; each node's
 //! tasks go over another, from a thread of its own, so that nodes run at once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use cairn_object::Handle;
 use cairn_proto::ErrorCode;
-use cairn_sched::{Action, Event, Graph, Mismatch, NodeId, Options, Order, Scheduler};
+use cairn_sched::{Action, Event, Graph, NodeId, Options, Order, Scheduler};
 
 use super::lifecycle::{API_PORT, NodeState};
 use crate::client::{Client, Refused, TaskFailed, WrongObject};
@@ -19,24 +19,12 @@ use crate::client::{Client, Refused, TaskFailed, WrongObject};
 /// How long the host waits for any node to answer before it gives up.
 const PATIENCE: Duration = Duration::from_secs(600);
 
+/// The scheduler's report of the job, with what only the driver knows.
 #[derive(Debug, Default)]
 pub struct Report {
-    pub result: Option<Handle>,
+    pub job: cairn_sched::Report,
     /// The result's bytes, fetched from a node and checked against the handle.
     pub value: Option<Vec<u8>>,
-    pub tasks: usize,
-    /// Applications run, per node.
-    pub runs: BTreeMap<NodeId, usize>,
-    /// Tasks answered by some node's memo instead of running.
-    pub recalled: usize,
-    /// Bytes moved from node to node.
-    pub moved_bytes: u64,
-    /// Bytes uploaded from the host.
-    pub uploaded_bytes: u64,
-    pub lost_nodes: Vec<NodeId>,
-    pub mismatches: Vec<Mismatch>,
-    /// Peers caught sending wrong bytes, with what the fetching node said.
-    pub bad_peers: Vec<(NodeId, String)>,
     pub wall: Duration,
 }
 
@@ -210,19 +198,7 @@ pub fn run(
                         Some(bytes) => Some(bytes.to_vec()),
                         None => probes.value.take(),
                     };
-                    return Ok(Report {
-                        result: report.result,
-                        value,
-                        tasks: report.tasks,
-                        runs: report.runs,
-                        recalled: report.recalled,
-                        moved_bytes: report.moved_bytes,
-                        uploaded_bytes: report.uploaded_bytes,
-                        lost_nodes: report.lost_nodes,
-                        mismatches: report.mismatches,
-                        bad_peers: report.bad_peers,
-                        wall: started.elapsed(),
-                    });
+                    return Ok(Report { job: report, value, wall: started.elapsed() });
                 }
                 Action::Run { node, order } => {
                     let uploads = order

@@ -220,22 +220,23 @@ impl<'a> World<'a> {
     fn record(&mut self, event: &Event) {
         self.events += 1;
         self.trace.update(&self.now.to_le_bytes());
-        let (tag, node, task, handle): (u8, NodeId, usize, Option<&Handle>) = match event {
-            Event::Missing { node, missing } => (1, *node, missing.len(), missing.first()),
-            Event::Uploaded { node, handle, .. } => (2, *node, 0, Some(handle)),
-            Event::Recalled { node, entries } => (3, *node, entries.len(), entries.first().map(|e| &e.1)),
-            Event::Done { node, task, result, .. } => (4, *node, *task, Some(result)),
-            Event::Failed { node, task, .. } => (5, *node, *task, None),
-            Event::BadPeer { node, task, peer, .. } => (6, *node, *task * 65_536 + *peer, None),
-            Event::FetchFailed { node, task, peer, .. } => (7, *node, *task * 65_536 + *peer, None),
-            Event::ResultFetched { node } => (8, *node, 0, None),
-            Event::ResultWrong { node, .. } => (9, *node, 0, None),
-            Event::Lost { node, .. } => (10, *node, 0, None),
-            Event::Stalled { .. } => (11, 0, 0, None),
+        let (tag, node, task, peer, handle): (u8, NodeId, usize, NodeId, Option<&Handle>) = match event {
+            Event::Missing { node, missing } => (1, *node, missing.len(), 0, missing.first()),
+            Event::Uploaded { node, handle, .. } => (2, *node, 0, 0, Some(handle)),
+            Event::Recalled { node, entries } => (3, *node, entries.len(), 0, entries.first().map(|e| &e.1)),
+            Event::Done { node, task, result, .. } => (4, *node, *task, 0, Some(result)),
+            Event::Failed { node, task, .. } => (5, *node, *task, 0, None),
+            Event::BadPeer { node, task, peer, .. } => (6, *node, *task, *peer, None),
+            Event::FetchFailed { node, task, peer, .. } => (7, *node, *task, *peer, None),
+            Event::ResultFetched { node } => (8, *node, 0, 0, None),
+            Event::ResultWrong { node, .. } => (9, *node, 0, 0, None),
+            Event::Lost { node, .. } => (10, *node, 0, 0, None),
+            Event::Stalled { .. } => (11, 0, 0, 0, None),
         };
         self.trace.update(&[tag]);
-        self.trace.update(&(node as u64).to_le_bytes());
-        self.trace.update(&(task as u64).to_le_bytes());
+        for n in [node, task, peer] {
+            self.trace.update(&(n as u64).to_le_bytes());
+        }
         if let Some(h) = handle {
             self.trace.update(h.as_bytes());
         }
