@@ -1,170 +1,19 @@
-//! Three-node clusters on one virtual L2 (docs/CLUSTER.md): the same results as one node,
+//! Three-node clusters on one virtual L2 (docs/CLUSTER.md), the host coordinating (the nodes
+//! coordinate in coordinate.rs): the same results as one node,
 //! placement by locality, a node killed mid-job, verification on two nodes, tasks that time
 //! out, nodes fetching from each other, and a peer that sends corrupted objects; and each
 //! node's disk kept from one `cluster up` to the next.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 
 use cairn_bootcfg::NodeConfig;
 use cairn_object::Handle;
 use cairn_tools::client::Client;
-use cairn_tools::cluster::lifecycle::{State, in_use_by_qemu, node_disk};
-
-fn cairn() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_FILE_CAIRN_TOOLS_cairn"));
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-fn show(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// A cluster for one test; `cluster down` when dropped.
-struct Cluster {
-    state_path: PathBuf,
-    state: State,
-    /// What `cluster up` printed.
-    up: String,
-    stopped: bool,
-}
-
-impl Cluster {
-    fn up(dir: &Path, extra: &[&str]) -> Cluster {
-        Cluster::up_nodes(dir, 3, extra)
-    }
-
-    fn up_nodes(dir: &Path, nodes: usize, extra: &[&str]) -> Cluster {
-        let state_path = dir.join("cluster.json");
-        let out = cairn()
-            .args(["cluster", "up", "--nodes", &nodes.to_string(), "--state", state_path.to_str().unwrap()])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-        let up = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(up.contains(&format!("cluster up: {nodes} nodes")), "{}", show(&out));
-        let state = State::read(&state_path).unwrap();
-        Cluster { state_path, state, up, stopped: false }
-    }
-
-    fn eval(&self, job: &Path, extra: &[&str]) -> Output {
-        cairn()
-            .args(["eval", "--cluster", self.state_path.to_str().unwrap(), "--job", job.to_str().unwrap()])
-            .args(extra)
-            .output()
-            .unwrap()
-    }
-
-    fn client(&self, node: usize) -> Client {
-        Client::connect(&self.state.nodes[node].api).unwrap()
-    }
-
-    /// `cluster down`; what it printed.
-    fn down(mut self) -> String {
-        self.stop()
-    }
-
-    fn stop(&mut self) -> String {
-        self.stopped = true;
-        let out =
-            cairn().args(["cluster", "down", "--state", self.state_path.to_str().unwrap()]).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-        // `down` waits for the nodes' QEMUs.
-        for node in &self.state.nodes {
-            assert!(
-                !Path::new(&format!("/proc/{}", node.qemu_pid)).exists()
-                    || std::fs::read_to_string(format!("/proc/{}/stat", node.qemu_pid))
-                        .unwrap_or_default()
-                        .contains(") Z "),
-                "node {} still runs after `cluster down`",
-                node.index
-            );
-        }
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if !self.stopped {
-            self.stop();
-        }
-    }
-}
-
-fn result_of(output: &Output) -> Handle {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout
-        .lines()
-        .find_map(|l| l.parse::<Handle>().ok())
-        .unwrap_or_else(|| panic!("no result in:\n{}", show(output)))
-}
-
-/// Reads `moved between nodes N bytes` from the summary.
-fn moved_bytes(output: &Output) -> u64 {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let at =
-        stderr.find("moved between nodes ").unwrap_or_else(|| panic!("no summary in:\n{}", show(output)));
-    stderr[at + 20..].split(' ').next().unwrap().parse().unwrap()
-}
-
-/// wordcount reduce over maps of CHUNKS chunks of about 96 KiB each, as files beside the job.
-fn wordcount_job(dir: &Path, chunks: usize) -> PathBuf {
-    let words = ["cairn", "stone", "path", "summit", "trail", "marker", "ridge", "valley", "mist", "granite"];
-    let mut maps = Vec::new();
-    for c in 0..chunks {
-        let mut text = String::new();
-        let mut state = 0x2545_f491_4f6c_dd1du64 ^ c as u64;
-        while text.len() < 96 * 1024 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            text.push_str(words[(state % words.len() as u64) as usize]);
-            text.push(if state % 11 == 0 { '\n' } else { ' ' });
-        }
-        let file = dir.join(format!("chunk{c}.txt"));
-        std::fs::write(&file, text).unwrap();
-        maps.push(format!(
-            "{{ task = \"{}\", args = [{{ text = \"map\" }}, \"{}\"] }}",
-            env!("CARGO_BIN_FILE_CAIRN_TASKS_wordcount"),
-            file.display()
-        ));
-    }
-    let job = dir.join("wordcount.toml");
-    std::fs::write(
-        &job,
-        format!(
-            "[root]\ntask = \"{}\"\nargs = [{{ text = \"reduce\" }}, {}]\n",
-            env!("CARGO_BIN_FILE_CAIRN_TASKS_wordcount"),
-            maps.join(", ")
-        ),
-    )
-    .unwrap();
-    job
-}
-
-/// A Mandelbrot image in `tiles` x 4 tiles of 64 x 64.
-fn mandelbrot_job(dir: &Path, columns: u32) -> PathBuf {
-    let elf = env!("CARGO_BIN_FILE_CAIRN_TASKS_mandelbrot");
-    let (w, h) = (64 * columns, 256);
-    let mut tiles = Vec::new();
-    for y in (0..h).step_by(64) {
-        for x in (0..w).step_by(64) {
-            tiles.push(format!("{{ task = \"{elf}\", memory_mib = 2, args = [{{ text = \"tile\" }}, {{ u32s = [{w}, {h}, {x}, {y}, 64, 64, 300] }}] }}"));
-        }
-    }
-    let job = dir.join("mandelbrot.toml");
-    std::fs::write(&job, format!("[root]\ntask = \"{elf}\"\nmemory_mib = 8\nargs = [{{ text = \"image\" }}, {{ u32s = [{w}, {h}, 64, 64] }}, {}]\n", tiles.join(", "))).unwrap();
-    job
-}
+use cairn_tools::cluster::lifecycle::{in_use_by_qemu, node_disk};
+use common::cluster::{Cluster, cairn, mandelbrot_job, moved_bytes, result_of, show, wordcount_job};
 
 #[test]
 fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node() {
@@ -177,7 +26,7 @@ fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node()
 
     // Wordcount with its chunks spread over the nodes, then the same on one node.
     let job = wordcount_job(dir.path(), 6);
-    let spread = cluster.eval(&job, &["--spread"]);
+    let spread = cluster.eval_by_host(&job, &["--spread"]);
     assert_eq!(spread.status.code(), Some(0), "{}", show(&spread));
     let (_single, single_address) = cairn_tests::serving_node(NodeConfig::default());
     let single =
@@ -186,7 +35,7 @@ fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node()
     assert_eq!(result_of(&spread), result_of(&single), "three nodes and one give the same handle");
 
     // Again: every task is answered by some node's memo, and nothing runs.
-    let again = cluster.eval(&job, &[]);
+    let again = cluster.eval_by_host(&job, &[]);
     assert_eq!(result_of(&again), result_of(&single));
     assert!(String::from_utf8_lossy(&again.stderr).contains("(none run; 7 from memos)"), "{}", show(&again));
 
@@ -201,13 +50,13 @@ fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node()
         format!("{} fresh", std::fs::read_to_string(dir2.path().join("chunk0.txt")).unwrap()),
     )
     .unwrap();
-    let random = cluster.eval(&job2, &["--spread", "--placement", "random", "--seed", "3"]);
+    let random = cluster.eval_by_host(&job2, &["--spread", "--placement", "random", "--seed", "3"]);
     assert_eq!(random.status.code(), Some(0), "{}", show(&random));
     assert!(locality < 32 * 1024, "locality moved {locality} bytes:\n{}", show(&spread));
     assert!(moved_bytes(&random) > 96 * 1024, "random placement moved {} bytes", moved_bytes(&random));
 
     // Verification: every task on two nodes, memos ignored; all agree.
-    let verified = cluster.eval(&job, &["--verify"]);
+    let verified = cluster.eval_by_host(&job, &["--verify"]);
     assert_eq!(verified.status.code(), Some(0), "{}", show(&verified));
     assert!(
         String::from_utf8_lossy(&verified.stdout)
@@ -226,7 +75,7 @@ fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node()
         ),
     )
     .unwrap();
-    let caught = cluster.eval(&rdrand, &["--verify"]);
+    let caught = cluster.eval_by_host(&rdrand, &["--verify"]);
     assert_eq!(caught.status.code(), Some(1), "{}", show(&caught));
     let line = String::from_utf8_lossy(&caught.stdout)
         .lines()
@@ -246,7 +95,7 @@ fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node()
         ),
     )
     .unwrap();
-    let timed_out = cluster.eval(&looping, &[]);
+    let timed_out = cluster.eval_by_host(&looping, &[]);
     assert_eq!(timed_out.status.code(), Some(2), "{}", show(&timed_out));
     let stderr = String::from_utf8_lossy(&timed_out.stderr);
     assert_eq!(stderr.matches("it runs again").count(), 2, "{}", show(&timed_out));
@@ -309,6 +158,8 @@ fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node()
             "eval",
             "--cluster",
             cluster.state_path.to_str().unwrap(),
+            "--coordinator",
+            "host",
             "--job",
             mandelbrot.to_str().unwrap(),
         ])
@@ -384,7 +235,7 @@ fn a_peer_that_sends_corrupted_objects_is_caught() {
 
     // A whole job on this cluster: the bad peer is caught, avoided, and the result is right.
     let job = wordcount_job(dir.path(), 6);
-    let out = cluster.eval(&job, &["--spread"]);
+    let out = cluster.eval_by_host(&job, &["--spread"]);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("node 1 sending wrong bytes"), "{}", show(&out));
     let (_single, single) = cairn_tests::serving_node(NodeConfig::default());

@@ -376,6 +376,32 @@ impl Client {
         self.eval_with(Message::Relocate { to, thunk })
     }
 
+    /// Has the node evaluate `root` across its cluster, coordinating the job itself
+    /// (docs/SCHEDULER.md, "Nodes coordinate"); the job's objects must be on it. Returns the
+    /// result handle and the node's report (`key=value` lines, the node's own words).
+    pub fn coordinate(
+        &mut self,
+        root: Handle,
+        options: &cairn_sched::Options,
+    ) -> anyhow::Result<(Handle, String)> {
+        let placement = match options.placement {
+            cairn_sched::Placement::Locality => 0,
+            cairn_sched::Placement::MinAbsent => 1,
+            cairn_sched::Placement::Random => 2,
+        };
+        let message = Message::Coordinate {
+            root,
+            placement,
+            verify: options.verify,
+            spread: options.spread,
+            seed: options.seed,
+        };
+        match self.call(message)? {
+            Message::Coordinated { result, report } => Ok((result, report)),
+            other => bail!("the node answered COORDINATE with {}", name(&other)),
+        }
+    }
+
     /// The values the node's memo holds for these thunks.
     pub fn recall(&mut self, thunks: &[Handle]) -> anyhow::Result<Vec<(Handle, Handle)>> {
         match self.call(Message::Recall { thunks: thunks.to_vec() })? {
@@ -475,6 +501,8 @@ fn name(message: &Message) -> &'static str {
         Message::Pinned { .. } => "PINNED",
         Message::Gc { .. } => "GC",
         Message::Collected { .. } => "COLLECTED",
+        Message::Coordinate { .. } => "COORDINATE",
+        Message::Coordinated { .. } => "COORDINATED",
     }
 }
 

@@ -21,6 +21,7 @@ use cairn_bootcfg::{Mode, NodeConfig};
 use cairn_proto::session::Work;
 use drivers::qemu_exit::{self, Status};
 use net::busy::{SERVING, Serving};
+use net::evaluations::Origin;
 
 bootloader_api::entry_point!(kernel_main, config = &boot_config::BOOTLOADER_CONFIG);
 
@@ -308,7 +309,9 @@ fn serve(config: &NodeConfig) -> Status {
     *SERVING.lock() = Some(Serving { network, cluster, api, cluster_api });
     let mut jobs = net::jobs::Jobs::default();
     jobs.peers = config.peers.clone();
+    jobs.cluster_ip = config.cluster_ip.map(|ip| ip.address);
     let mut evaluations = net::evaluations::Evaluations::default();
+    let mut coordination: Option<net::coordinate::Coordination> = None;
     let started = arch::clock::micros_since_boot();
     let mut announced = false;
     log::info!("serving; stop the VM to shut down");
@@ -340,9 +343,15 @@ fn serve(config: &NodeConfig) -> Status {
         if let (Some(cluster_api), Some(cluster)) = (s.cluster_api.as_mut(), s.cluster.as_mut()) {
             busy |= cluster_api.poll(cluster, &mut ev, &mut jobs);
         }
-        evaluations.let_go_unwanted(&mut ev, &s.api, s.cluster_api.as_ref());
+        evaluations.let_go_unwanted(
+            &mut ev,
+            &s.api,
+            s.cluster_api.as_ref(),
+            coordination.as_ref().map(|c| c.job),
+        );
         drop(guard);
-        busy |= run_queued(&mut jobs, &mut ev, &mut evaluations);
+        busy |= run_queued(&mut jobs, &mut ev, &mut evaluations, &mut coordination);
+        busy |= coordinate(&mut coordination, &mut ev, &mut evaluations);
         // Tasks finished on the other CPUs from here on wake the loop (see below).
         let finished_before = task::ahead::finished();
         let (answer, moved) = evaluations.step(&mut ev);
@@ -357,9 +366,18 @@ fn serve(config: &NodeConfig) -> Status {
         let s = guard.as_mut().expect("set above");
         if let Some(finished) = answer {
             let answer = durable(&synced, &ev, finished.answer);
-            let api = if finished.on_cluster { s.cluster_api.as_mut() } else { Some(&mut s.api) };
-            if let Some(api) = api {
-                api.deliver(finished.queued, answer);
+            match finished.origin {
+                Origin::Api { queued, on_cluster } => {
+                    let api = if on_cluster { s.cluster_api.as_mut() } else { Some(&mut s.api) };
+                    if let Some(api) = api {
+                        api.deliver(queued, answer);
+                    }
+                }
+                Origin::Coordinator { job } => {
+                    if let Some(c) = coordination.as_mut().filter(|c| c.job == job) {
+                        c.evaluated(answer);
+                    }
+                }
             }
         }
         if busy {
@@ -451,6 +469,7 @@ fn run_queued(
     jobs: &mut net::jobs::Jobs,
     ev: &mut jobs::NodeEvaluator,
     evaluations: &mut net::evaluations::Evaluations,
+    coordination: &mut Option<net::coordinate::Coordination>,
 ) -> bool {
     let mut any = false;
     loop {
@@ -478,16 +497,51 @@ fn run_queued(
         any = true;
         let answer = match queued.work.clone() {
             Work::Eval { handle, fresh } => {
-                match evaluations.begin(ev, (handle, fresh), queued, on_cluster) {
+                match evaluations.begin(ev, (handle, fresh), Origin::Api { queued, on_cluster }) {
                     None => continue,
                     Some(refused) => {
                         let api = if on_cluster { s.cluster_api.as_mut() } else { Some(&mut s.api) };
-                        if let Some(api) = api {
-                            api.deliver(refused.queued, refused.answer);
+                        if let (Some(api), Origin::Api { queued, .. }) = (api, refused.origin) {
+                            api.deliver(queued, refused.answer);
                         }
                         continue;
                     }
                 }
+            }
+            Work::Coordinate { root, placement, verify, spread, seed } => {
+                let begun = match (coordination.is_some(), jobs.cluster_ip, s.cluster.is_some()) {
+                    (true, ..) => Err((
+                        queued,
+                        cairn_proto::Message::Error {
+                            code: cairn_proto::ErrorCode::Busy,
+                            message: "this node is coordinating another job; ask again when it ends".into(),
+                        },
+                    )),
+                    (false, Some(own), true) => net::coordinate::Coordination::begin(
+                        ev,
+                        (root, placement, verify, spread, seed),
+                        (own, &jobs.peers),
+                        queued,
+                        on_cluster,
+                    ),
+                    (false, ..) => Err((
+                        queued,
+                        cairn_proto::Message::Error {
+                            code: cairn_proto::ErrorCode::Unexpected,
+                            message: "this node is not in a cluster (no cluster_ip)".into(),
+                        },
+                    )),
+                };
+                match begun {
+                    Ok(c) => *coordination = Some(c),
+                    Err((queued, answer)) => {
+                        let api = if on_cluster { s.cluster_api.as_mut() } else { Some(&mut s.api) };
+                        if let Some(api) = api {
+                            api.deliver(queued, answer);
+                        }
+                    }
+                }
+                continue;
             }
             Work::Scrub => {
                 // Reads serve the others between objects, as during an EVAL.
@@ -518,6 +572,33 @@ fn run_queued(
         let api = if on_cluster { s.cluster_api.as_mut().expect("work came from it") } else { &mut s.api };
         api.deliver(queued, answer);
     }
+}
+
+/// Moves the job this node coordinates along, if there is one, and answers it once it ends;
+/// true if anything moved.
+fn coordinate(
+    coordination: &mut Option<net::coordinate::Coordination>,
+    ev: &mut jobs::NodeEvaluator,
+    evaluations: &mut net::evaluations::Evaluations,
+) -> bool {
+    let Some(c) = coordination.as_mut() else { return false };
+    let mut guard = SERVING.lock();
+    let Serving { network, cluster, api, cluster_api } = guard.as_mut().expect("set by serve");
+    let Some(cluster) = cluster.as_mut() else { return false };
+    let (moved, answer) = {
+        let mut others = serve_others(network, api, cluster_api);
+        c.step(cluster, &mut others, ev, evaluations)
+    };
+    let Some(answer) = answer else { return moved };
+    let c = coordination.take().expect("matched above");
+    // The result is durable here before the client is told of it.
+    let synced = ev.store.sync();
+    let answer = durable(&synced, ev, answer);
+    let api = if c.on_cluster { cluster_api.as_mut() } else { Some(api) };
+    if let Some(api) = api {
+        api.deliver(c.asked, answer);
+    }
+    true
 }
 
 /// What the node answers meanwhile when work waits on a peer (`net::peer::ServeOthers`).

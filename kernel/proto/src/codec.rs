@@ -27,6 +27,7 @@ mod kind {
     pub const PIN: u8 = 0x11;
     pub const UNPIN: u8 = 0x12;
     pub const GC: u8 = 0x13;
+    pub const COORDINATE: u8 = 0x14;
     pub const WELCOME: u8 = 0x81;
     pub const MISSING: u8 = 0x82;
     pub const STORED: u8 = 0x83;
@@ -44,6 +45,7 @@ mod kind {
     pub const SCRUBBED: u8 = 0x91;
     pub const PINNED: u8 = 0x92;
     pub const COLLECTED: u8 = 0x93;
+    pub const COORDINATED: u8 = 0x94;
     pub const ERROR: u8 = 0xff;
 }
 
@@ -86,6 +88,8 @@ fn kind_of(message: &Message) -> u8 {
         Message::Pinned { .. } => kind::PINNED,
         Message::Gc { .. } => kind::GC,
         Message::Collected { .. } => kind::COLLECTED,
+        Message::Coordinate { .. } => kind::COORDINATE,
+        Message::Coordinated { .. } => kind::COORDINATED,
     }
 }
 
@@ -221,6 +225,16 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             for h in damaged {
                 out.extend_from_slice(h.as_bytes());
             }
+        }
+        Message::Coordinate { root, placement, verify, spread, seed } => {
+            out.extend_from_slice(root.as_bytes());
+            out.push(*placement);
+            out.push(u8::from(*verify) | (u8::from(*spread) << 1));
+            out.extend_from_slice(&seed.to_le_bytes());
+        }
+        Message::Coordinated { result, report } => {
+            out.extend_from_slice(result.as_bytes());
+            put_text(out, report);
         }
         Message::Stats | Message::Scrub => {}
         Message::Error { code, message } => {
@@ -538,6 +552,27 @@ impl Payload<'_> {
                     _ => return Err(self.malformed(Handle::LEN, "expected 0 or 1")),
                 };
                 Message::Pinned { handle: self.handle(0)?, pinned }
+            }
+            kind::COORDINATE => {
+                self.exact(Handle::LEN + 2 + 8)?;
+                let placement = self.bytes[Handle::LEN];
+                if placement > 2 {
+                    return Err(self.malformed(Handle::LEN, "placement is 0, 1 or 2"));
+                }
+                let flags = self.bytes[Handle::LEN + 1];
+                if flags & !0b11 != 0 {
+                    return Err(self.malformed(Handle::LEN + 1, "unknown option flags"));
+                }
+                Message::Coordinate {
+                    root: self.handle(0)?,
+                    placement,
+                    verify: flags & 1 != 0,
+                    spread: flags & 2 != 0,
+                    seed: self.u64_at(Handle::LEN + 2)?,
+                }
+            }
+            kind::COORDINATED => {
+                Message::Coordinated { result: self.handle(0)?, report: self.text(Handle::LEN, MAX_TEXT)? }
             }
             kind::GC => {
                 self.exact(8)?;

@@ -239,6 +239,22 @@ pub enum Message {
         /// Bytes the disk can take now.
         free: u64,
     },
+    /// Client → node: evaluate the thunk `root` across this node's cluster, this node
+    /// coordinating (docs/SCHEDULER.md, "Nodes coordinate"). The job's objects must be on this
+    /// node already. `placement`: 0 locality, 1 min-absent, 2 random.
+    Coordinate {
+        root: Handle,
+        placement: u8,
+        verify: bool,
+        spread: bool,
+        seed: u64,
+    },
+    /// Node → client: the job's value (stored on the coordinating node), and its report as
+    /// `key=value` lines.
+    Coordinated {
+        result: Handle,
+        report: String,
+    },
     /// Either way: the request (or the connection, for request id 0) failed.
     Error {
         code: ErrorCode,

@@ -111,6 +111,14 @@ pub enum Work {
     Gc {
         goal: u64,
     },
+    /// Evaluate `root` across the node's cluster, the node coordinating.
+    Coordinate {
+        root: Handle,
+        placement: u8,
+        verify: bool,
+        spread: bool,
+        seed: u64,
+    },
 }
 
 /// An upload in progress.
@@ -166,6 +174,9 @@ fn forbidden(role: Role, message: &Message) -> Option<&'static str> {
         (Role::Peer, Message::Scrub) => Some("SCRUB (administration)"),
         (Role::Peer, Message::Pin { .. } | Message::Unpin { .. }) => Some("PIN and UNPIN (administration)"),
         (Role::Peer, Message::Gc { .. }) => Some("GC (administration)"),
+        // A peer's coordination would have this node coordinate peers in turn: jobs come from
+        // clients.
+        (Role::Peer, Message::Coordinate { .. }) => Some("COORDINATE (cluster jobs)"),
         (Role::Peer, _) => None,
     }
 }
@@ -615,6 +626,9 @@ impl Session {
             Message::Pin { handle } => self.queue(request, Work::Pin { handle, pinned: true }),
             Message::Unpin { handle } => self.queue(request, Work::Pin { handle, pinned: false }),
             Message::Gc { goal } => self.queue(request, Work::Gc { goal }),
+            Message::Coordinate { root, placement, verify, spread, seed } => {
+                self.queue(request, Work::Coordinate { root, placement, verify, spread, seed })
+            }
             Message::Recall { thunks } => {
                 // At most what one RECALLED frame holds (80 bytes a pair), each thunk once: a
                 // RECALL of one thunk repeated must not make an answer larger than a frame.
@@ -1152,6 +1166,7 @@ mod tests {
                 (9, Message::Stats),
                 (10, Message::Journal { journal: other }),
                 (11, Message::Relocate { to: ([10, 1, 0, 2], 7070), thunk: job }),
+                (12, Message::Coordinate { root: job, placement: 2, verify: true, spread: false, seed: 9 }),
             ]),
         );
         // Only STATS and JOURNAL are answered at once; the jobs wait for the node.
@@ -1160,6 +1175,10 @@ mod tests {
         assert_eq!(s.take_work(), Some((7, Work::Submit { job })));
         assert_eq!(s.take_work(), Some((8, Work::Replay { handle: other })));
         assert_eq!(s.take_work(), Some((11, Work::Relocate { to: ([10, 1, 0, 2], 7070), thunk: job })));
+        assert_eq!(
+            s.take_work(),
+            Some((12, Work::Coordinate { root: job, placement: 2, verify: true, spread: false, seed: 9 }))
+        );
         assert_eq!(s.take_work(), None);
         assert!(s.owes_answers());
         let done = Message::JobDone { job, journal: other, result: job };
@@ -1168,6 +1187,8 @@ mod tests {
         s.deliver(8, Message::Stats);
         assert!(s.owes_answers(), "the RELOCATE is still out");
         s.deliver(11, Message::Stats);
+        assert!(s.owes_answers(), "the COORDINATE is still out");
+        s.deliver(12, Message::Stats);
         assert!(!s.owes_answers());
     }
 

@@ -78,6 +78,16 @@ fn message() -> impl Strategy<Value = Message> {
         handle().prop_map(|handle| Message::Unpin { handle }),
         (handle(), any::<bool>()).prop_map(|(handle, pinned)| Message::Pinned { handle, pinned }),
         any::<u64>().prop_map(|goal| Message::Gc { goal }),
+        (handle(), 0u8..3, any::<bool>(), any::<bool>(), any::<u64>()).prop_map(
+            |(root, placement, verify, spread, seed)| Message::Coordinate {
+                root,
+                placement,
+                verify,
+                spread,
+                seed
+            }
+        ),
+        (handle(), text(60)).prop_map(|(result, report)| Message::Coordinated { result, report }),
         any::<[u64; 6]>().prop_map(|[objects, bytes, kept, copied_bytes, reclaimed, free]| {
             Message::Collected { objects, bytes, kept, copied_bytes, reclaimed, free }
         }),

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use cairn_object::{Handle, Kind, Limits};
 use cairn_tools::client::Client;
-use cairn_tools::cluster::{lifecycle, run};
+use cairn_tools::cluster::{handoff, lifecycle, run};
 use cairn_tools::untrusted::escape;
 use clap::{Args, ValueEnum};
 
@@ -48,6 +48,21 @@ pub struct EvalArgs {
     /// With --cluster: the seed of random placement.
     #[arg(long, default_value_t = 1, requires = "cluster")]
     pub seed: u64,
+    /// With --cluster: who runs the scheduler: a node of the cluster (the job is handed to it
+    /// and followed), or this host.
+    #[arg(long, value_enum, default_value_t = CoordinatorArg::Node, requires = "cluster")]
+    pub coordinator: CoordinatorArg,
+    /// With --cluster: the node the job is handed to first (others follow if it dies).
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "cluster")]
+    pub via: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CoordinatorArg {
+    /// A node of the cluster coordinates (docs/SCHEDULER.md, "Nodes coordinate").
+    Node,
+    /// This host coordinates, talking to every node itself.
+    Host,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -130,9 +145,6 @@ fn eval_on_cluster(
     objects: ObjectList,
 ) -> anyhow::Result<ExitCode> {
     let state = lifecycle::State::read(state)?;
-    let objects: HashMap<_, _> = objects.into_iter().collect();
-    let graph = cairn_sched::Graph::build(root, usize::MAX, |h| objects.get(h).cloned())
-        .map_err(anyhow::Error::msg)?;
     let options = cairn_sched::Options {
         placement: match args.placement {
             PlacementArg::Locality => cairn_sched::Placement::Locality,
@@ -144,6 +156,12 @@ fn eval_on_cluster(
         recall: true,
         seed: args.seed,
     };
+    if args.coordinator == CoordinatorArg::Node {
+        return eval_handed(args, &state, root, &objects, &options);
+    }
+    let objects: HashMap<_, _> = objects.into_iter().collect();
+    let graph = cairn_sched::Graph::build(root, usize::MAX, |h| objects.get(h).cloned())
+        .map_err(anyhow::Error::msg)?;
     // Progress lines quote nodes only through errors the client has escaped.
     let report = run::run(graph, &objects, &state.nodes, options, &mut |line| eprintln!("{line}"))?;
     let result = report.job.result.ok_or_else(|| anyhow::anyhow!("the evaluation ended without a result"))?;
@@ -177,15 +195,88 @@ fn eval_on_cluster(
             return Ok(ExitCode::FAILURE);
         }
     }
+    write_value(args, report.value.as_deref())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The result's bytes: to `--output`, or printed if they are short text.
+fn write_value(args: &EvalArgs, value: Option<&[u8]>) -> anyhow::Result<()> {
     if let Some(path) = &args.output {
-        let value =
-            report.value.as_ref().ok_or_else(|| anyhow::anyhow!("the result's bytes were not fetched"))?;
+        let value = value.ok_or_else(|| anyhow::anyhow!("the result's bytes were not fetched"))?;
         std::fs::write(path, value).with_context(|| format!("cannot write {}", path.display()))?;
-    } else if let Some(text) =
-        report.value.as_ref().filter(|v| v.len() <= 4096).and_then(|v| std::str::from_utf8(v).ok())
-    {
+    } else if let Some(text) = value.filter(|v| v.len() <= 4096).and_then(|v| std::str::from_utf8(v).ok()) {
         // A task's text: on one line, its controls and line breaks escaped.
         println!("{}", escape(text.trim_end()));
     }
+    Ok(())
+}
+
+/// `--coordinator node`: the job handed to a node, which coordinates it; the same summary as
+/// the host's, from the node's report.
+fn eval_handed(
+    args: &EvalArgs,
+    state: &lifecycle::State,
+    root: Handle,
+    objects: &ObjectList,
+    options: &cairn_sched::Options,
+) -> anyhow::Result<ExitCode> {
+    let handed =
+        handoff::run(root, objects, &state.nodes, args.via, options, &mut |line| eprintln!("{line}"))?;
+    // The report names nodes by cluster address: back to the host's numbers.
+    let node = |address: &str| {
+        state
+            .nodes
+            .iter()
+            .find(|n| n.cluster_ip.map(|b| b.to_string()).join(".") == address)
+            .map_or_else(|| format!("node {}", escape(address)), |n| format!("node {}", n.index))
+    };
+    let field = |key: &str| handed.report.get(key).map(String::as_str).unwrap_or("");
+    let runs: Vec<String> = field("runs")
+        .split(',')
+        .filter_map(|r| r.rsplit_once(':'))
+        .map(|(address, count)| format!("{}: {}", node(address), escape(count)))
+        .collect();
+    let lost: Vec<String> = field("lost").split(',').filter(|a| !a.is_empty()).map(node).collect();
+    eprintln!(
+        "cairn: {} tasks on {} nodes in {:.2} s ({}; {} from memos); moved between nodes {} bytes, uploaded {} bytes{}; coordinated by node {}{}",
+        handed.count("tasks"),
+        state.nodes.len(),
+        handed.wall.as_secs_f64(),
+        if runs.is_empty() { "none run".to_string() } else { runs.join(", ") },
+        handed.count("recalled"),
+        handed.count("moved_bytes"),
+        handed.count("uploaded_bytes"),
+        if lost.is_empty() { String::new() } else { format!("; lost {}", lost.join(", ")) },
+        handed.coordinator,
+        if handed.failed.is_empty() {
+            String::new()
+        } else {
+            let failed: Vec<String> = handed.failed.iter().map(|(n, _)| n.to_string()).collect();
+            format!(" (after node {} failed)", failed.join(", "))
+        },
+    );
+    for bad in field("bad_peer").lines().filter(|l| !l.is_empty()) {
+        let (address, why) = bad.split_once(' ').unwrap_or((bad, ""));
+        eprintln!("cairn: {} sending wrong bytes: {}", node(address), escape(why));
+    }
+    println!("{}", handed.result);
+    if args.verify {
+        if handed.count("mismatches") == 0 {
+            println!("verify: every task gave the same result on two nodes");
+        } else {
+            for m in field("mismatch").lines() {
+                // `thunk first=value second=value`, as the node wrote it.
+                let mut parts = m.split(' ');
+                let thunk = parts.next().unwrap_or("");
+                let sides: Vec<String> = parts
+                    .filter_map(|p| p.split_once('='))
+                    .map(|(address, value)| format!("{} -> {}", node(address), escape(value)))
+                    .collect();
+                println!("verify: MISMATCH {}: {}", escape(thunk), sides.join(", "));
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    write_value(args, handed.value.as_deref())?;
     Ok(ExitCode::SUCCESS)
 }

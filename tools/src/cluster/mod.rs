@@ -1,6 +1,8 @@
 //! Clusters of nodes on one machine (docs/CLUSTER.md): their lifecycle, the L2 hub between
-//! them, and evaluation across them, which the scheduler (`cairn_sched`) coordinates.
+//! them, and evaluation across them, which the scheduler (`cairn_sched`) coordinates: in a node
+//! the job is handed to (`handoff`), or in the host (`run`).
 
+pub mod handoff;
 pub mod hub;
 pub mod lifecycle;
 pub mod run;

@@ -332,10 +332,9 @@ impl Api {
     pub fn next_needs_quiet(&mut self) -> bool {
         use cairn_proto::session::Work;
         self.drop_unwanted();
-        self.connections
-            .queued
-            .front()
-            .is_some_and(|q| !matches!(q.work, Work::Eval { .. } | Work::Pin { .. }))
+        self.connections.queued.front().is_some_and(|q| {
+            !matches!(q.work, Work::Eval { .. } | Work::Pin { .. } | Work::Coordinate { .. })
+        })
     }
 
     fn drop_unwanted(&mut self) {

@@ -33,17 +33,23 @@ pub fn stats() -> (usize, u64) {
     (MOST_AT_ONCE.load(Ordering::Relaxed), LET_GO.load(Ordering::Relaxed))
 }
 
+/// Who asked for an evaluation.
+pub enum Origin {
+    /// An EVAL from a client (on the cluster API if `on_cluster`).
+    Api { queued: Queued, on_cluster: bool },
+    /// A task of the job this node coordinates (`net::coordinate`), numbered.
+    Coordinator { job: u64 },
+}
+
 struct Evaluating {
     walk: Walk,
-    queued: Queued,
-    on_cluster: bool,
+    origin: Origin,
     began_us: u64,
 }
 
-/// An EVAL's answer, for the API it came from.
+/// An evaluation's answer, for whoever asked.
 pub struct Finished {
-    pub queued: Queued,
-    pub on_cluster: bool,
+    pub origin: Origin,
     pub answer: Message,
 }
 
@@ -64,38 +70,45 @@ impl Evaluations {
         self.under_way.len() < UNDER_WAY
     }
 
-    /// Begins the EVAL of `handle` (`fresh`: ignoring the memo) that `queued` asks for; with
-    /// no memory to keep it, its answer (an error) is returned at once.
+    /// Begins the evaluation of `handle` (`fresh`: ignoring the memo) that `origin` asks for;
+    /// with no memory to keep it, its answer (an error) is returned at once.
     pub fn begin(
         &mut self,
         ev: &mut NodeEvaluator,
         (handle, fresh): (cairn_object::Handle, bool),
-        queued: Queued,
-        on_cluster: bool,
+        origin: Origin,
     ) -> Option<Finished> {
         if self.under_way.try_reserve(1).is_err() {
             let answer = Message::Error {
                 code: cairn_proto::ErrorCode::Internal,
                 message: "the node has no memory for another evaluation now".into(),
             };
-            return Some(Finished { queued, on_cluster, answer });
+            return Some(Finished { origin, answer });
         }
         let walk = ev.begin(handle, fresh);
-        self.under_way.push(Evaluating { walk, queued, on_cluster, began_us: clock::micros_since_boot() });
+        self.under_way.push(Evaluating { walk, origin, began_us: clock::micros_since_boot() });
         MOST_AT_ONCE.fetch_max(self.under_way.len(), Ordering::Relaxed);
         None
     }
 
     /// Lets go of the EVALs whose client has gone: nobody would get their answers, and their
     /// tasks would only keep CPUs from the others.
-    pub fn let_go_unwanted(&mut self, ev: &mut NodeEvaluator, api: &Api, cluster_api: Option<&Api>) {
+    /// `coordinating` is the job this node coordinates now, if any.
+    pub fn let_go_unwanted(
+        &mut self,
+        ev: &mut NodeEvaluator,
+        api: &Api,
+        cluster_api: Option<&Api>,
+        coordinating: Option<u64>,
+    ) {
         let mut at = 0;
         while at < self.under_way.len() {
             let e = &self.under_way[at];
-            let wanted = match (e.on_cluster, cluster_api) {
-                (false, _) => api.wanted(&e.queued),
-                (true, Some(cluster_api)) => cluster_api.wanted(&e.queued),
-                (true, None) => false,
+            let wanted = match (&e.origin, cluster_api) {
+                (Origin::Api { queued, on_cluster: false }, _) => api.wanted(queued),
+                (Origin::Api { queued, on_cluster: true }, Some(cluster_api)) => cluster_api.wanted(queued),
+                (Origin::Api { on_cluster: true, .. }, None) => false,
+                (Origin::Coordinator { job }, _) => coordinating == Some(*job),
             };
             if wanted {
                 at += 1;
@@ -155,7 +168,7 @@ impl Evaluations {
                 },
                 Err(e) => Message::EvalFailed { thunk: e.thunk, failure: format!("{}", e.failure) },
             };
-            return (Some(Finished { queued: e.queued, on_cluster: e.on_cluster, answer }), true);
+            return (Some(Finished { origin: e.origin, answer }), true);
         }
         (None, false)
     }

@@ -43,6 +43,8 @@ pub struct Jobs {
     pub relocated: u64,
     /// The cluster addresses this node may fetch from (node config `peers`).
     pub peers: alloc::vec::Vec<[u8; 4]>,
+    /// This node's own cluster address, if it is in a cluster.
+    pub cluster_ip: Option<[u8; 4]>,
 }
 
 fn error(code: ErrorCode, message: alloc::string::String) -> Message {
@@ -60,7 +62,10 @@ impl Jobs {
             | Work::Relocate { .. }
             | Work::Scrub
             | Work::Pin { .. }
-            | Work::Gc { .. } => error(ErrorCode::Internal, "work the node's loop runs itself".into()),
+            | Work::Gc { .. }
+            | Work::Coordinate { .. } => {
+                error(ErrorCode::Internal, "work the node's loop runs itself".into())
+            }
         }
     }
 
@@ -102,7 +107,8 @@ impl Jobs {
             | Work::Replay { .. }
             | Work::Scrub
             | Work::Pin { .. }
-            | Work::Gc { .. } => error(ErrorCode::Internal, "not work for a peer".into()),
+            | Work::Gc { .. }
+            | Work::Coordinate { .. } => error(ErrorCode::Internal, "not work for a peer".into()),
         }
     }
 

@@ -5,8 +5,10 @@ pub mod api;
 pub mod busy;
 pub mod client;
 pub mod connections;
+pub mod coordinate;
 pub mod evaluations;
 pub mod jobs;
+pub mod link;
 pub mod peer;
 pub mod store_admin;
 

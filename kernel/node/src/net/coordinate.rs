@@ -1,0 +1,686 @@
+//! A job coordinated by this node across its peers (docs/SCHEDULER.md, "Nodes coordinate"):
+//! the node drives the cluster scheduler (`cairn_sched`), which decides everything, and
+//! carries its actions to the peers and its answers back, as the host's `cairn eval
+//! --coordinator host` does. Node 0 of the scheduler is this node; node `i` is the `i`th of its
+//! configured peers. Each peer gets two links, both pumped from the node's loop, never waited
+//! on: one for quick requests (HAVE, PUT, RECALL), one that runs its tasks in turn (the inputs
+//! it lacks, FETCH from other peers, then EVAL). This node runs its own tasks through its own
+//! evaluations (`net::evaluations`), beside any EVALs its clients sent.
+
+use alloc::collections::{BTreeSet, VecDeque};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use bytes::Bytes;
+use cairn_object::Handle;
+use cairn_object::store::{OBJECT_OVERHEAD, Store};
+use cairn_proto::{ErrorCode, Frame, MAX_CHUNK, MAX_FRAME, MAX_INLINE, Message, encode};
+use cairn_sched::{Action, Event, Graph, NodeId, Options, Order, Placement, Scheduler};
+
+use super::Network;
+use super::api::Queued;
+use super::evaluations::{Evaluations, Origin};
+use super::link::Link;
+use super::peer::{ServeOthers, WRONG_BYTES};
+use crate::arch::clock;
+use crate::jobs::NodeEvaluator;
+
+/// The most tasks a job this node coordinates may have: the scheduler's state grows with them.
+pub const MAX_TASKS: usize = 1 << 16;
+/// Handles one HAVE or FETCH frame holds, with room to spare.
+const BATCH: usize = (MAX_FRAME - 64) / Handle::LEN;
+
+/// A request to a peer that takes one answer.
+struct Pending {
+    request: u32,
+    action: Action,
+}
+
+/// A peer's link for quick requests: one at a time, in order.
+#[derive(Default)]
+struct Quick {
+    link: Option<Link>,
+    queue: VecDeque<Action>,
+    pending: Option<Pending>,
+    /// HAVE batches still unanswered, and what the answered ones said is missing.
+    batches_left: usize,
+    missing: Vec<Handle>,
+}
+
+/// Where a task on a peer has got to.
+enum Stage {
+    /// Asked which of its uploads (and the applied thunk) the peer lacks: answers to come.
+    Have {
+        left: usize,
+        missing: Vec<Handle>,
+    },
+    /// Putting the ones it lacks, one at a time: those left.
+    Put {
+        left: Vec<Handle>,
+    },
+    /// Having the peer fetch from other peers, a batch at a time: the index of the batch.
+    Fetch {
+        next: usize,
+    },
+    Eval,
+}
+
+struct Running {
+    order: Order,
+    stage: Stage,
+    /// The order's fetches in frames: (peer, handles).
+    fetches: Vec<(NodeId, Vec<Handle>)>,
+    moved: u64,
+    uploaded: u64,
+}
+
+/// A peer's link for tasks: one at a time, in order.
+#[derive(Default)]
+struct Runner {
+    link: Option<Link>,
+    queue: VecDeque<Order>,
+    running: Option<Running>,
+}
+
+/// Numbers the jobs a node coordinates, so that a task's answer finds its own job.
+static JOBS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+pub struct Coordination {
+    /// This job's number (`Origin::Coordinator`).
+    pub job: u64,
+    scheduler: Scheduler,
+    /// The COORDINATE this answers.
+    pub asked: Queued,
+    pub on_cluster: bool,
+    /// Cluster addresses by node id: this node's, then its peers'.
+    addresses: Vec<[u8; 4]>,
+    quick: Vec<Quick>,
+    runners: Vec<Runner>,
+    lost: Vec<bool>,
+    /// This node's own tasks: waiting, and the one its evaluations run.
+    local_queue: VecDeque<Order>,
+    local_running: Option<(Order, u64)>,
+    events: VecDeque<Event>,
+    /// The peer to get the result's bytes from, and the result.
+    result_from: Option<(NodeId, Handle)>,
+    began_us: u64,
+    next_request: u32,
+}
+
+fn placement(code: u8) -> Placement {
+    match code {
+        1 => Placement::MinAbsent,
+        2 => Placement::Random,
+        _ => Placement::Locality,
+    }
+}
+
+impl Coordination {
+    /// Begins coordinating `root` (a COORDINATE from `asked`): the job's graph from this node's
+    /// store, over this node (`own`) and its `peers`. An error is the answer to give at once.
+    #[allow(clippy::result_large_err, reason = "the error is the answer to send, made once")]
+    pub fn begin(
+        ev: &NodeEvaluator,
+        (root, code, verify, spread, seed): (Handle, u8, bool, bool, u64),
+        (own, peers): ([u8; 4], &[[u8; 4]]),
+        asked: Queued,
+        on_cluster: bool,
+    ) -> Result<Coordination, (Queued, Message)> {
+        let refuse = |asked, message| Err((asked, Message::Error { code: ErrorCode::NotFound, message }));
+        if !root.is_literal() && !ev.store.contains(&root) {
+            return refuse(
+                asked,
+                format!("{root} is not on this node (upload the job's objects to it first)"),
+            );
+        }
+        let graph = match Graph::build(root, MAX_TASKS, |h| ev.store.get(h).map(|b| b.to_vec())) {
+            Ok(graph) => graph,
+            Err(e) => {
+                return refuse(
+                    asked,
+                    format!("{e} (upload the job's objects to the coordinating node first)"),
+                );
+            }
+        };
+        // The job's objects this node holds: it puts them wherever they are needed.
+        let mut objects = BTreeSet::new();
+        for task in &graph.tasks {
+            objects.insert(task.written);
+            objects.insert(task.procedure);
+            for arg in &task.args {
+                if let cairn_sched::Arg::Value(h) = arg {
+                    objects.insert(*h);
+                }
+            }
+        }
+        objects.retain(|h| !h.is_literal() && ev.store.contains(h));
+        let options = Options { placement: placement(code), verify, spread, recall: true, seed };
+        let nodes = 1 + peers.len();
+        let mut scheduler = Scheduler::new(graph, objects, nodes, options);
+        scheduler.start();
+        let mut addresses = alloc::vec![own];
+        addresses.extend_from_slice(peers);
+        Ok(Coordination {
+            job: JOBS.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
+            scheduler,
+            asked,
+            on_cluster,
+            addresses,
+            quick: (0..nodes).map(|_| Quick::default()).collect(),
+            runners: (0..nodes).map(|_| Runner::default()).collect(),
+            lost: alloc::vec![false; nodes],
+            local_queue: VecDeque::new(),
+            local_running: None,
+            events: VecDeque::new(),
+            result_from: None,
+            began_us: clock::micros_since_boot(),
+            next_request: 1,
+        })
+    }
+
+    /// Moves the job along: takes the scheduler's actions, pumps the links, runs this node's
+    /// next task. Returns whether anything moved, and the answer once the job is over.
+    pub fn step(
+        &mut self,
+        cluster: &mut Network,
+        others: &mut ServeOthers<'_>,
+        ev: &mut NodeEvaluator,
+        evaluations: &mut Evaluations,
+    ) -> (bool, Option<Message>) {
+        let mut moved = false;
+        loop {
+            if let Some(answer) = self.take_actions(ev) {
+                self.close(cluster);
+                return (true, Some(answer));
+            }
+            let Some(event) = self.events.pop_front() else { break };
+            moved = true;
+            self.scheduler.handle(event);
+        }
+        for node in 1..self.addresses.len() {
+            if self.lost[node] {
+                continue;
+            }
+            let outcome =
+                self.pump_quick(node, cluster, ev).and_then(|m| Ok(m | self.pump_runner(node, cluster, ev)?));
+            match outcome {
+                Ok(m) => moved |= m,
+                Err(why) => {
+                    moved = true;
+                    self.lose(node, why, cluster);
+                }
+            }
+        }
+        moved |= self.run_local(cluster, others, ev, evaluations);
+        if let Some((node, handle)) = self.result_from.take() {
+            // Once a job: waiting on the peer (serving others meanwhile) is simplest.
+            let from = (self.addresses[node], super::api::PORT);
+            self.events.push_back(match super::peer::fetch(cluster, others, ev, from, &[handle]) {
+                Ok(_) => Event::ResultFetched { node },
+                Err(why) if why.starts_with(WRONG_BYTES) => Event::ResultWrong { node, why },
+                Err(why) => Event::Lost { node, why },
+            });
+            moved = true;
+        }
+        (moved, None)
+    }
+
+    /// This node's evaluation of a task ended with `answer`.
+    pub fn evaluated(&mut self, answer: Message) {
+        let Some((order, moved)) = self.local_running.take() else { return };
+        self.events.push_back(match answer {
+            Message::Evaluated { result, tasks_run, .. } => {
+                Event::Done { node: 0, task: order.task, result, moved, uploaded: 0, ran: tasks_run > 0 }
+            }
+            Message::EvalFailed { failure, .. } => {
+                Event::Failed { node: 0, task: order.task, why: failure.clone(), failure }
+            }
+            other => {
+                Event::Stalled { why: format!("this node could not evaluate a task: {}", describe(&other)) }
+            }
+        });
+    }
+
+    /// Gives the scheduler's actions to whoever carries them out; the answer once it is over.
+    fn take_actions(&mut self, ev: &mut NodeEvaluator) -> Option<Message> {
+        while let Some(action) = self.scheduler.next_action() {
+            match action {
+                Action::Progress(line) => log::info!("coordinate: {line}"),
+                Action::Finished(Ok(report)) => return Some(self.coordinated(&report)),
+                Action::Finished(Err(why)) => {
+                    return Some(Message::Error { code: ErrorCode::Internal, message: why });
+                }
+                Action::Run { node: 0, order } => self.local_queue.push_back(order),
+                Action::Run { node, order } => match self.runners.get_mut(node) {
+                    Some(runner) if !self.lost[node] => runner.queue.push_back(order),
+                    _ => self.events.push_back(Event::Lost { node, why: "lost earlier".into() }),
+                },
+                action @ (Action::AskMissing { node: 0, .. }
+                | Action::Upload { node: 0, .. }
+                | Action::Recall { node: 0, .. }
+                | Action::FetchResult { node: 0, .. }) => {
+                    let event = self.answer_locally(action, ev);
+                    self.events.push_back(event);
+                }
+                Action::FetchResult { node, handle } => self.result_from = Some((node, handle)),
+                Action::AskMissing { node, .. }
+                | Action::Upload { node, .. }
+                | Action::Recall { node, .. } => match self.quick.get_mut(node) {
+                    Some(quick) if !self.lost[node] => quick.queue.push_back(action),
+                    _ => self.events.push_back(Event::Lost { node, why: "lost earlier".into() }),
+                },
+            }
+        }
+        None
+    }
+
+    /// A quick request to this node itself, answered from its store and memo.
+    fn answer_locally(&self, action: Action, ev: &NodeEvaluator) -> Event {
+        match action {
+            Action::AskMissing { handles, .. } => Event::Missing {
+                node: 0,
+                missing: handles.into_iter().filter(|h| !ev.store.contains(h)).collect(),
+            },
+            Action::Upload { handle, .. } => match ev.store.contains(&handle) {
+                true => Event::Uploaded { node: 0, handle, bytes: 0 },
+                false => Event::Stalled {
+                    why: format!("{handle}, an object of the job, is no longer on this node"),
+                },
+            },
+            Action::Recall { thunks, .. } => Event::Recalled {
+                node: 0,
+                entries: thunks
+                    .into_iter()
+                    .filter_map(|t| match ev.recorded(&t) {
+                        Some(Ok(value)) => Some((t, value)),
+                        _ => None,
+                    })
+                    .collect(),
+            },
+            Action::FetchResult { handle, .. } => match ev.store.contains(&handle) {
+                true => Event::ResultFetched { node: 0 },
+                false => Event::ResultWrong { node: 0, why: format!("{handle} is not on this node") },
+            },
+            _ => Event::Stalled { why: "an action this node cannot answer itself".into() },
+        }
+    }
+
+    fn request_id(&mut self) -> u32 {
+        self.next_request = self.next_request.wrapping_add(1).max(1);
+        self.next_request
+    }
+
+    fn link<'l>(
+        slot: &'l mut Option<Link>,
+        cluster: &mut Network,
+        to: [u8; 4],
+    ) -> Result<&'l mut Link, String> {
+        if slot.is_none() {
+            *slot = Some(Link::open(cluster, (to, super::api::PORT))?);
+        }
+        Ok(slot.as_mut().expect("opened above"))
+    }
+
+    /// Sends the peer's next quick request, and takes its answer when it comes.
+    fn pump_quick(
+        &mut self,
+        node: NodeId,
+        cluster: &mut Network,
+        ev: &NodeEvaluator,
+    ) -> Result<bool, String> {
+        let to = self.addresses[node];
+        if self.quick[node].pending.is_none() {
+            let Some(action) = self.quick[node].queue.pop_front() else {
+                return match self.quick[node].link.as_mut() {
+                    Some(link) => link.pump(cluster),
+                    None => Ok(false),
+                };
+            };
+            let request = self.request_id();
+            let quick = &mut self.quick[node];
+            let link = Self::link(&mut quick.link, cluster, to)?;
+            link.renew(0);
+            match &action {
+                Action::AskMissing { handles, .. } => {
+                    quick.batches_left = handles.len().div_ceil(BATCH).max(1);
+                    quick.missing.clear();
+                    if handles.is_empty() {
+                        link.queue_message(request, Message::Have { handles: Vec::new() });
+                    }
+                    for batch in handles.chunks(BATCH) {
+                        link.queue_message(request, Message::Have { handles: batch.to_vec() });
+                    }
+                }
+                Action::Upload { handle, .. } => {
+                    let bytes = ev.store.get(handle).ok_or_else(|| {
+                        format!("{handle}, an object of the job, is no longer on this node")
+                    })?;
+                    put(link, request, *handle, &bytes);
+                }
+                Action::Recall { thunks, .. } => {
+                    link.queue_message(request, Message::Recall { thunks: thunks.clone() })
+                }
+                _ => return Err("not a quick request".into()),
+            }
+            quick.pending = Some(Pending { request, action });
+        }
+        let quick = &mut self.quick[node];
+        let link = quick.link.as_mut().expect("a request is pending on it");
+        let moved = link.pump(cluster)?;
+        while let Some(frame) = link.next_answer()? {
+            let Some(pending) = quick.pending.as_ref() else {
+                return Err(format!("{} answered what was not asked", link.peer));
+            };
+            if frame.request != pending.request {
+                return Err(format!("{} answered request {} out of turn", link.peer, frame.request));
+            }
+            let event = match (&pending.action, frame.message) {
+                (Action::AskMissing { .. }, Message::Missing { handles }) => {
+                    quick.missing.extend(handles);
+                    quick.batches_left -= 1;
+                    if quick.batches_left > 0 {
+                        continue;
+                    }
+                    Event::Missing { node, missing: core::mem::take(&mut quick.missing) }
+                }
+                (Action::Upload { handle, .. }, Message::Stored { handle: stored }) if stored == *handle => {
+                    Event::Uploaded { node, handle: *handle, bytes: handle.size() }
+                }
+                (Action::Recall { .. }, Message::Recalled { entries }) => Event::Recalled { node, entries },
+                (_, Message::Error { message, .. }) => return Err(format!("{}: {message}", link.peer)),
+                (_, other) => return Err(format!("{} answered {} out of turn", link.peer, describe(&other))),
+            };
+            quick.pending = None;
+            self.events.push_back(event);
+            break;
+        }
+        Ok(moved)
+    }
+
+    /// Moves the peer's task along: its inputs, its fetches, its evaluation.
+    fn pump_runner(
+        &mut self,
+        node: NodeId,
+        cluster: &mut Network,
+        ev: &NodeEvaluator,
+    ) -> Result<bool, String> {
+        let to = self.addresses[node];
+        let eval_us = ev.executor.ceilings.eval_time_us;
+        if self.runners[node].running.is_none() {
+            let Some(order) = self.runners[node].queue.pop_front() else {
+                return match self.runners[node].link.as_mut() {
+                    Some(link) => link.pump(cluster),
+                    None => Ok(false),
+                };
+            };
+            let request = self.request_id();
+            let runner = &mut self.runners[node];
+            let link = Self::link(&mut runner.link, cluster, to)?;
+            link.renew(0);
+            let mut wanted: Vec<Handle> = order.uploads.clone();
+            wanted.push(order.applied);
+            let mut fetches = Vec::new();
+            for (peer, handles) in &order.fetches {
+                for batch in handles.chunks(BATCH) {
+                    fetches.push((*peer, batch.to_vec()));
+                }
+            }
+            let left = wanted.len().div_ceil(BATCH);
+            for batch in wanted.chunks(BATCH) {
+                link.queue_message(request, Message::Have { handles: batch.to_vec() });
+            }
+            runner.running = Some(Running {
+                order,
+                stage: Stage::Have { left, missing: Vec::new() },
+                fetches,
+                moved: 0,
+                uploaded: 0,
+            });
+        }
+        let runner = &mut self.runners[node];
+        let link = runner.link.as_mut().expect("a task is running on it");
+        let moved = link.pump(cluster)?;
+        while let Some(frame) = link.next_answer()? {
+            let running = runner
+                .running
+                .as_mut()
+                .ok_or_else(|| format!("{} answered what was not asked", link.peer))?;
+            let task = running.order.task;
+            let event = match (&mut running.stage, frame.message) {
+                (Stage::Have { left, missing }, Message::Missing { handles }) => {
+                    missing.extend(handles);
+                    *left -= 1;
+                    if *left > 0 {
+                        continue;
+                    }
+                    let left = core::mem::take(missing);
+                    running.stage = Stage::Put { left };
+                    None
+                }
+                (Stage::Put { left }, Message::Stored { handle }) if left.last() == Some(&handle) => {
+                    left.pop();
+                    running.uploaded = running.uploaded.saturating_add(handle.size());
+                    None
+                }
+                (Stage::Fetch { next }, Message::Fetched { bytes, .. }) => {
+                    // The figure is the peer's: saturate rather than trust it not to overflow.
+                    running.moved = running.moved.saturating_add(bytes);
+                    *next += 1;
+                    None
+                }
+                (Stage::Fetch { next }, Message::Error { code, message }) => {
+                    let peer = running.fetches[*next].0;
+                    let why = format!("{}: {message}", link.peer);
+                    Some(if code == ErrorCode::WrongHash || message.contains(WRONG_BYTES) {
+                        Event::BadPeer { node, task, peer, why }
+                    } else {
+                        // The node answered (with an error): it is the peer that failed.
+                        Event::FetchFailed { node, task, peer, why }
+                    })
+                }
+                (Stage::Eval, Message::Evaluated { result, tasks_run, .. }) => Some(Event::Done {
+                    node,
+                    task,
+                    result,
+                    moved: running.moved,
+                    uploaded: running.uploaded,
+                    ran: tasks_run > 0,
+                }),
+                (Stage::Eval, Message::EvalFailed { failure, .. }) => {
+                    Some(Event::Failed { node, task, why: failure.clone(), failure })
+                }
+                (_, Message::Error { message, .. }) => return Err(format!("{}: {message}", link.peer)),
+                (_, other) => return Err(format!("{} answered {} out of turn", link.peer, describe(&other))),
+            };
+            if let Some(event) = event {
+                runner.running = None;
+                self.events.push_back(event);
+                break;
+            }
+            // The next request of the task, if the last one has its answer.
+            let request = frame.request;
+            match &mut running.stage {
+                Stage::Put { left } => match left.last() {
+                    Some(handle) => {
+                        let bytes = if *handle == running.order.applied {
+                            Bytes::from(running.order.applied_bytes.clone())
+                        } else {
+                            ev.store.get(handle).ok_or_else(|| {
+                                format!("{handle}, an object of the job, is no longer on this node")
+                            })?
+                        };
+                        put(link, request, *handle, &bytes);
+                    }
+                    None => running.stage = Stage::Fetch { next: 0 },
+                },
+                Stage::Fetch { .. } | Stage::Have { .. } | Stage::Eval => {}
+            }
+            if let Stage::Fetch { next } = running.stage {
+                match running.fetches.get(next) {
+                    Some((peer, handles)) => {
+                        let from = (self.addresses[*peer], super::api::PORT);
+                        link.renew(eval_us);
+                        link.queue_message(request, Message::Fetch { from, handles: handles.clone() });
+                    }
+                    None => {
+                        // The peer evaluates in silence, for as long as its evaluation may take.
+                        link.renew(eval_us);
+                        let handle = running.order.applied;
+                        let message = if running.order.fresh {
+                            Message::EvalFresh { handle }
+                        } else {
+                            Message::Eval { handle }
+                        };
+                        link.queue_message(request, message);
+                        running.stage = Stage::Eval;
+                    }
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Starts this node's next task when it runs none: the applied thunk stored, the inputs
+    /// fetched from peers (waiting on them, serving others meanwhile), then an evaluation.
+    fn run_local(
+        &mut self,
+        cluster: &mut Network,
+        others: &mut ServeOthers<'_>,
+        ev: &mut NodeEvaluator,
+        evaluations: &mut Evaluations,
+    ) -> bool {
+        if self.local_running.is_some() {
+            return false;
+        }
+        let Some(order) = self.local_queue.pop_front() else { return false };
+        let task = order.task;
+        let len = order.applied_bytes.len() as u64;
+        if !ev.store.contains(&order.applied) {
+            ev.make_room(len + OBJECT_OVERHEAD);
+            if let Err(e) = ev.store.put_verified(&order.applied, Bytes::from(order.applied_bytes.clone())) {
+                self.events.push_back(Event::Stalled { why: format!("storing task {task}'s thunk: {e}") });
+                return true;
+            }
+        }
+        if let Some(missing) = order.uploads.iter().find(|h| !ev.store.contains(h)) {
+            self.events.push_back(Event::Stalled {
+                why: format!("{missing}, an object of the job, is no longer on this node"),
+            });
+            return true;
+        }
+        let mut moved = 0u64;
+        for (peer, handles) in &order.fetches {
+            if self.lost.get(*peer) != Some(&false) {
+                self.events.push_back(Event::FetchFailed { node: 0, task, peer: *peer, why: "lost".into() });
+                return true;
+            }
+            let from = (self.addresses[*peer], super::api::PORT);
+            match super::peer::fetch(cluster, others, ev, from, handles) {
+                Ok((_, bytes)) => moved = moved.saturating_add(bytes),
+                Err(why) => {
+                    let peer = *peer;
+                    self.events.push_back(if why.starts_with(WRONG_BYTES) {
+                        Event::BadPeer { node: 0, task, peer, why }
+                    } else {
+                        Event::FetchFailed { node: 0, task, peer, why }
+                    });
+                    return true;
+                }
+            }
+        }
+        let (applied, fresh) = (order.applied, order.fresh);
+        self.local_running = Some((order, moved));
+        if let Some(refused) = evaluations.begin(ev, (applied, fresh), Origin::Coordinator { job: self.job })
+        {
+            self.evaluated(refused.answer);
+        }
+        true
+    }
+
+    fn lose(&mut self, node: NodeId, why: String, cluster: &mut Network) {
+        self.lost[node] = true;
+        for link in [self.quick[node].link.take(), self.runners[node].link.take()].into_iter().flatten() {
+            link.close(cluster);
+        }
+        self.quick[node] = Quick::default();
+        self.runners[node] = Runner::default();
+        self.events.push_back(Event::Lost { node, why });
+    }
+
+    fn close(&mut self, cluster: &mut Network) {
+        for node in 0..self.addresses.len() {
+            for link in [self.quick[node].link.take(), self.runners[node].link.take()].into_iter().flatten() {
+                link.close(cluster);
+            }
+        }
+    }
+
+    /// The COORDINATED answer: the result and the report, nodes named by cluster address.
+    fn coordinated(&self, report: &cairn_sched::Report) -> Message {
+        let name = |node: NodeId| {
+            let [a, b, c, d] = self.addresses.get(node).copied().unwrap_or_default();
+            format!("{a}.{b}.{c}.{d}")
+        };
+        let Some(result) = report.result else {
+            return Message::Error {
+                code: ErrorCode::Internal,
+                message: "the job ended without a result".into(),
+            };
+        };
+        let mut text = String::new();
+        let runs: Vec<String> =
+            report.runs.iter().map(|(n, count)| format!("{}:{count}", name(*n))).collect();
+        let lost: Vec<String> = report.lost_nodes.iter().map(|n| name(*n)).collect();
+        let _ = write!(
+            text,
+            "tasks={}\ndispatched={}\nrecalled={}\nmoved_bytes={}\nuploaded_bytes={}\nmicros={}\nnodes={}\nruns={}\nlost={}\nmismatches={}\n",
+            report.tasks,
+            report.dispatched,
+            report.recalled,
+            report.moved_bytes,
+            report.uploaded_bytes,
+            clock::micros_since_boot().saturating_sub(self.began_us),
+            self.addresses.len(),
+            runs.join(","),
+            lost.join(","),
+            report.mismatches.len(),
+        );
+        for m in report.mismatches.iter().take(16) {
+            let _ = writeln!(
+                text,
+                "mismatch={} {}={} {}={}",
+                m.thunk,
+                name(m.first.0),
+                m.first.1,
+                name(m.second.0),
+                m.second.1
+            );
+        }
+        for (peer, why) in report.bad_peers.iter().take(16) {
+            let _ = writeln!(text, "bad_peer={} {}", name(*peer), why.replace('\n', " "));
+        }
+        Message::Coordinated { result, report: text }
+    }
+}
+
+/// Puts an object on a peer: whole, or in chunks.
+fn put(link: &mut Link, request: u32, handle: Handle, bytes: &[u8]) {
+    if bytes.len() <= MAX_INLINE {
+        link.queue_message(request, Message::Put { handle, bytes: bytes.to_vec() });
+        return;
+    }
+    let mut out = Vec::new();
+    encode(&Frame { request, message: Message::PutBegin { handle, len: bytes.len() as u64 } }, &mut out);
+    for (i, chunk) in bytes.chunks(MAX_CHUNK).enumerate() {
+        let message = Message::PutChunk { offset: (i * MAX_CHUNK) as u64, bytes: chunk.to_vec() };
+        encode(&Frame { request, message }, &mut out);
+    }
+    link.queue(&out);
+}
+
+fn describe(message: &Message) -> String {
+    let text = format!("{message:?}");
+    text.chars().take(80).collect()
+}

@@ -1,0 +1,185 @@
+//! Jobs coordinated by a node of a three-node cluster (docs/SCHEDULER.md, "Nodes coordinate"):
+//! the same results as one node, memos first, placement by locality, verification, a liar
+//! caught; and the coordinating node killed mid-job, the job handed on to another.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use cairn_bootcfg::NodeConfig;
+use common::cluster::{Cluster, cairn, mandelbrot_job, moved_bytes, result_of, show, wordcount_job};
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_node_coordinates_a_job_across_its_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &[]);
+    let job = wordcount_job(dir.path(), 6);
+    let (_single, single_address) = cairn_tests::serving_node(NodeConfig::default());
+    let single =
+        cairn().args(["eval", "--node", &single_address, "--job", job.to_str().unwrap()]).output().unwrap();
+    assert_eq!(single.status.code(), Some(0), "{}", show(&single));
+
+    // Handed to node 1, the chunks spread: every node runs maps, each where its chunk is.
+    let spread = cluster.eval(&job, &["--spread", "--via", "1"]);
+    assert_eq!(spread.status.code(), Some(0), "{}", show(&spread));
+    assert_eq!(result_of(&spread), result_of(&single), "three nodes and one give the same handle");
+    let text = stderr(&spread);
+    assert!(
+        text.contains("7 tasks on 3 nodes") && text.contains("coordinated by node 1"),
+        "{}",
+        show(&spread)
+    );
+    for node in 0..3 {
+        assert!(text.contains(&format!("node {node}: ")), "node {node} ran tasks: {}", show(&spread));
+    }
+    assert!(
+        moved_bytes(&spread) < 32 * 1024,
+        "locality moved {} bytes:\n{}",
+        moved_bytes(&spread),
+        show(&spread)
+    );
+    // The word counts themselves, as the result's bytes.
+    assert!(String::from_utf8_lossy(&spread.stdout).contains("cairn"), "{}", show(&spread));
+
+    // Again, through node 0: the memos answer every task.
+    let again = cluster.eval(&job, &[]);
+    assert_eq!(result_of(&again), result_of(&single));
+    assert!(stderr(&again).contains("(none run; 7 from memos)"), "{}", show(&again));
+
+    // Verification: each task on two nodes, memos ignored.
+    let verified = cluster.eval(&job, &["--verify", "--via", "2"]);
+    assert_eq!(verified.status.code(), Some(0), "{}", show(&verified));
+    assert!(
+        String::from_utf8_lossy(&verified.stdout)
+            .contains("verify: every task gave the same result on two nodes"),
+        "{}",
+        show(&verified)
+    );
+    assert_eq!(result_of(&verified), result_of(&single));
+    // A task that reads RDRAND disagrees with itself, and the coordinator says so.
+    let rdrand = dir.path().join("rdrand.toml");
+    std::fs::write(
+        &rdrand,
+        format!(
+            "[root]\ntask = \"{}\"\nargs = [{{ text = \"rdrand\" }}]\n",
+            env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile")
+        ),
+    )
+    .unwrap();
+    let caught = cluster.eval(&rdrand, &["--verify"]);
+    assert_eq!(caught.status.code(), Some(1), "{}", show(&caught));
+    let line = String::from_utf8_lossy(&caught.stdout)
+        .lines()
+        .find(|l| l.starts_with("verify: MISMATCH thunk:"))
+        .map(String::from)
+        .unwrap_or_else(|| panic!("{}", show(&caught)));
+    assert_eq!(line.matches("blob:").count(), 2, "both results are named: {line}");
+    assert_eq!(line.matches("node ").count(), 2, "both nodes are named: {line}");
+
+    // A task that fails is the job's failure, reported as the coordinator saw it; the job is
+    // not handed on to another node.
+    let failing = dir.path().join("fail.toml");
+    std::fs::write(
+        &failing,
+        format!(
+            "[root]\ntask = \"{}\"\nargs = [{{ text = \"hlt\" }}]\n",
+            env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile")
+        ),
+    )
+    .unwrap();
+    let failed = cluster.eval(&failing, &[]);
+    assert_eq!(failed.status.code(), Some(2), "{}", show(&failed));
+    assert!(stderr(&failed).contains("node 0 coordinated the job"), "{}", show(&failed));
+    assert!(!stderr(&failed).contains("handing it on"), "{}", show(&failed));
+
+    // Objects the coordinator lacks are named, not guessed at: the root, or a thunk under it.
+    let mut n2 = cluster.client(2);
+    let absent = cairn_object::Handle::blob(&[7u8; 100]);
+    let err = n2.coordinate(absent, &cairn_sched_options()).unwrap_err().to_string();
+    assert!(err.contains(&format!("{absent} is not on this node")), "{err}");
+    let limits = cairn_object::Limits::new(1 << 20).unwrap();
+    let inner = cairn_object::thunk::encode(limits, absent, &[]).unwrap();
+    let inner_h = cairn_object::store::name(cairn_object::Kind::Thunk, &inner).unwrap();
+    let outer = cairn_object::thunk::encode(limits, absent, &[inner_h]).unwrap();
+    let outer_h = cairn_object::store::name(cairn_object::Kind::Thunk, &outer).unwrap();
+    n2.put(outer_h, &outer, |_| {}).unwrap();
+    let err = n2.coordinate(outer_h, &cairn_sched_options()).unwrap_err().to_string();
+    assert!(err.contains(&format!("{inner_h} is not among the job's objects")), "{err}");
+}
+
+fn cairn_sched_options() -> cairn_sched::Options {
+    cairn_sched::Options {
+        placement: cairn_sched::Placement::Locality,
+        verify: false,
+        spread: false,
+        recall: true,
+        seed: 1,
+    }
+}
+
+#[test]
+fn the_coordinator_killed_mid_job_hands_the_job_on_and_memos_make_the_rerun_cheap() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &[]);
+    let job = mandelbrot_job(dir.path(), 12);
+    let (_single, single_address) = cairn_tests::serving_node(NodeConfig::default());
+    let reference =
+        cairn().args(["eval", "--node", &single_address, "--job", job.to_str().unwrap()]).output().unwrap();
+    assert_eq!(reference.status.code(), Some(0), "{}", show(&reference));
+
+    let mut child = cairn()
+        .args(["eval", "--cluster", cluster.state_path.to_str().unwrap(), "--job", job.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the peers have run some of its tasks, node 0 (the coordinator) dies.
+    let began = Instant::now();
+    let ran_on_peers = || -> u64 {
+        (1..3)
+            .map(|n| {
+                let stats = cluster.client(n).stats().unwrap();
+                let line =
+                    stats.lines().find_map(|l| l.strip_prefix("tasks_run=")).unwrap_or("0").to_string();
+                line.parse::<u64>().unwrap()
+            })
+            .sum()
+    };
+    while ran_on_peers() < 4 {
+        assert!(began.elapsed() < Duration::from_secs(120), "the peers ran nothing");
+        assert!(child.try_wait().unwrap().is_none(), "the job ended before the coordinator was killed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: the pid of a QEMU this test's cluster started.
+    unsafe { libc::kill(cluster.state.nodes[0].qemu_pid as libc::pid_t, libc::SIGKILL) };
+    let mut transcript = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        transcript.push_str(&line.unwrap());
+        transcript.push('\n');
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{transcript}");
+    assert!(transcript.contains("node 0 did not finish the job"), "{transcript}");
+    assert!(transcript.contains("coordinated by node 1 (after node 0 failed)"), "{transcript}");
+    assert!(transcript.contains("lost node 0"), "the new coordinator found node 0 gone: {transcript}");
+    // What the peers finished before is answered by their memos, not run again.
+    let memos = transcript
+        .split(" from memos)")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no summary: {transcript}"));
+    assert!(memos >= 4, "{memos} from memos: {transcript}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().next().unwrap().parse::<cairn_object::Handle>().unwrap(),
+        result_of(&reference),
+        "{transcript}"
+    );
+}

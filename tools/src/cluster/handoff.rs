@@ -1,0 +1,149 @@
+//! A job handed to one node of a cluster, which coordinates it across its peers
+//! (docs/SCHEDULER.md, "Nodes coordinate"): the host uploads the job's objects to that node,
+//! asks it to COORDINATE, waits, and fetches the result's bytes. Should the node die on the
+//! way, the job goes to the next node, where the nodes' memos make the rerun cheap.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use cairn_object::Handle;
+use cairn_proto::ErrorCode;
+
+use super::lifecycle::NodeState;
+use crate::client::{Client, Refused};
+
+/// What the coordinating node answered, with what only the host knows.
+#[derive(Debug)]
+pub struct Handed {
+    pub result: Handle,
+    /// The node's report, `key=value`, nodes named by cluster address (the node's words:
+    /// print them escaped).
+    pub report: BTreeMap<String, String>,
+    /// The result's bytes, checked against its handle.
+    pub value: Option<Vec<u8>>,
+    /// The node that coordinated the job to its end.
+    pub coordinator: usize,
+    /// Nodes the job was handed to before, and why each did not finish it.
+    pub failed: Vec<(usize, String)>,
+    pub wall: Duration,
+}
+
+impl Handed {
+    /// A number from the report (0 if the node left it out).
+    pub fn count(&self, key: &str) -> u64 {
+        self.report.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+}
+
+/// Why one node did not finish the job: it failed (try the next), or the job itself did.
+enum Attempt {
+    NodeFailed(anyhow::Error),
+    JobFailed(anyhow::Error),
+}
+
+/// Hands `root` (with the job's `objects`) to node `first`, then to each other node in turn
+/// while the coordinating one dies or is busy with another job.
+pub fn run(
+    root: Handle,
+    objects: &[(Handle, Vec<u8>)],
+    nodes: &[NodeState],
+    first: usize,
+    options: &cairn_sched::Options,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<Handed> {
+    if first >= nodes.len() {
+        bail!("there is no node {first}: the cluster has {} nodes", nodes.len());
+    }
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    for node in (first..nodes.len()).chain(0..first) {
+        progress(&format!("cairn: job handed to node {node} ({})", nodes[node].api));
+        match attempt(&nodes[node], root, objects, options) {
+            Ok((result, report, value)) => {
+                return Ok(Handed {
+                    result,
+                    report: parse(&report),
+                    value,
+                    coordinator: node,
+                    failed,
+                    wall: started.elapsed(),
+                });
+            }
+            Err(Attempt::JobFailed(e)) => return Err(e.context(format!("node {node} coordinated the job"))),
+            Err(Attempt::NodeFailed(e)) => {
+                progress(&format!("cairn: node {node} did not finish the job ({e:#}); handing it on"));
+                failed.push((node, format!("{e:#}")));
+            }
+        }
+    }
+    let why: Vec<String> = failed.iter().map(|(n, e)| format!("node {n}: {e}")).collect();
+    bail!("no node finished the job: {}", why.join("; "))
+}
+
+fn attempt(
+    node: &NodeState,
+    root: Handle,
+    objects: &[(Handle, Vec<u8>)],
+    options: &cairn_sched::Options,
+) -> Result<(Handle, String, Option<Vec<u8>>), Attempt> {
+    let node_failed = Attempt::NodeFailed;
+    let mut client = Client::connect(&node.api).map_err(node_failed)?;
+    client.upload_missing(objects).map_err(node_failed)?;
+    let (result, report) =
+        client.coordinate(root, options).map_err(|e| match e.downcast_ref::<Refused>() {
+            // Busy with another job: another node may take it. Any other answer is the job's.
+            Some(refused) if refused.code != ErrorCode::Busy => Attempt::JobFailed(e),
+            _ => Attempt::NodeFailed(e),
+        })?;
+    let value = match result.literal() {
+        Some(bytes) => Some(bytes.to_vec()),
+        // The coordinator holds the result (it fetched it, checked, before answering).
+        None => Some(client.get(result, |_, _| {}).map_err(node_failed)?),
+    };
+    Ok((result, report, value))
+}
+
+fn parse(report: &str) -> BTreeMap<String, String> {
+    let mut fields = BTreeMap::new();
+    for line in report.lines() {
+        if let Some((key, value)) = line.split_once('=') {
+            // Repeated keys (one line per mismatch) keep every value, a line each.
+            fields
+                .entry(key.to_string())
+                .and_modify(|v: &mut String| {
+                    v.push('\n');
+                    v.push_str(value)
+                })
+                .or_insert_with(|| value.to_string());
+        }
+    }
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_parses_with_repeated_keys_kept() {
+        let fields = parse("tasks=7\nruns=10.1.0.1:3,10.1.0.2:4\nmismatch=a\nmismatch=b\nnonsense\n");
+        assert_eq!(fields["tasks"], "7");
+        assert_eq!(fields["runs"], "10.1.0.1:3,10.1.0.2:4");
+        assert_eq!(fields["mismatch"], "a\nb");
+        assert!(!fields.contains_key("nonsense"));
+    }
+
+    #[test]
+    fn a_node_out_of_range_is_refused_before_anything_is_sent() {
+        let options = cairn_sched::Options {
+            placement: cairn_sched::Placement::Locality,
+            verify: false,
+            spread: false,
+            recall: true,
+            seed: 1,
+        };
+        let err = run(Handle::blob(b"x"), &[], &[], 0, &options, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("there is no node 0"), "{err}");
+    }
+}
