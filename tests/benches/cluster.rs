@@ -1,6 +1,8 @@
 //! The cluster benchmark (docs/CLUSTER.md): the Mandelbrot job on 1, 2 and 3 nodes, and a
 //! wordcount whose chunks start spread over 3 nodes, with locality placement and with random
-//! placement. Run: `cargo bench -p cairn-tests --bench cluster`. Prints one JSON object a line.
+//! placement; then both jobs on 3 nodes coordinated by a node and by the host, alternated
+//! (docs/SCHEDULER.md, "Nodes coordinate"). Run: `cargo bench -p cairn-tests --bench cluster`.
+//! Prints one JSON object a line.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -101,6 +103,45 @@ fn main() {
         .unwrap();
         path
     };
+    // Node against host coordinator, alternated, each on a fresh cluster (no memo answers).
+    for round in 0..2 {
+        for coordinator in ["host", "node"] {
+            with_cluster(dir.path(), 3, |state| {
+                let (ok, out, err) = cairn(&[
+                    "eval",
+                    "--cluster",
+                    state,
+                    "--coordinator",
+                    coordinator,
+                    "--job",
+                    mandelbrot.to_str().unwrap(),
+                ]);
+                assert!(ok, "{out}{err}");
+                let (secs, moved, result) = summary(&out, &err);
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": "coordinator-mandelbrot", "coordinator": coordinator, "round": round, "tiles": tiles.len(), "nodes": 3, "seconds": secs, "moved_bytes": moved, "result": result})
+                );
+                let path = job(&format!("{coordinator}{round}"));
+                let (ok, out, err) = cairn(&[
+                    "eval",
+                    "--cluster",
+                    state,
+                    "--coordinator",
+                    coordinator,
+                    "--job",
+                    path.to_str().unwrap(),
+                    "--spread",
+                ]);
+                assert!(ok, "{out}{err}");
+                let (secs, moved, _) = summary(&out, &err);
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": "coordinator-wordcount-spread", "coordinator": coordinator, "round": round, "chunks": 12, "chunk_kib": 256, "nodes": 3, "placement": "locality", "seconds": secs, "moved_bytes": moved})
+                );
+            });
+        }
+    }
     with_cluster(dir.path(), 3, |state| {
         // Fresh data for each run, so that no memo answers.
         for (placement, seed, salt) in

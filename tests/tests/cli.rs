@@ -209,6 +209,39 @@ fn sim_runs_are_reproduced_from_their_seed() {
 }
 
 #[test]
+fn sim_draws_task_durations_from_a_recorded_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorded = dir.path().join("durations.json");
+    // As `cairn eval --record-durations` writes it: maps of 2 s, a reduce of 1 s.
+    std::fs::write(&recorded, r#"{"leaf_us":[2000000,2000000],"inner_us":[1000000]}"#).unwrap();
+    let sim = |extra: &[&str]| {
+        let output = cairn()
+            .args(["sim", "--nodes", "4", "--tasks", "8", "--fan-in", "8", "--no-recall", "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+        let row: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        row
+    };
+    let modelled = sim(&[]);
+    let drawn = sim(&["--durations", recorded.to_str().unwrap()]);
+    assert_eq!(modelled["result"], drawn["result"]);
+    // Two rounds of 2 s maps on 4 nodes, then the 1 s reduce (plus the network's little).
+    let makespan = drawn["makespan_s"].as_f64().unwrap();
+    assert!((5.0..5.2).contains(&makespan), "{drawn}");
+    assert!(modelled["makespan_s"].as_f64().unwrap() < 1.0, "{modelled}");
+    // A file that records nothing, or not microseconds, is named.
+    std::fs::write(&recorded, r#"{"leaf_us":[]}"#).unwrap();
+    let output = cairn().args(["sim", "--durations", recorded.to_str().unwrap()]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("records no task's duration"));
+    std::fs::write(&recorded, r#"{"leaf_us":["soon"]}"#).unwrap();
+    let output = cairn().args(["sim", "--durations", recorded.to_str().unwrap()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not microseconds"));
+}
+
+#[test]
 fn selftest_command_exits_zero_when_all_pass() {
     let output = cairn().args(["selftest", "--bios"]).stdin(Stdio::null()).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

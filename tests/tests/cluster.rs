@@ -26,8 +26,30 @@ fn three_nodes_agree_with_one_place_by_locality_verify_and_survive_a_lost_node()
 
     // Wordcount with its chunks spread over the nodes, then the same on one node.
     let job = wordcount_job(dir.path(), 6);
-    let spread = cluster.eval_by_host(&job, &["--spread"]);
+    let durations = dir.path().join("durations.json");
+    let spread = cluster.eval_by_host(&job, &["--spread", "--record-durations", durations.to_str().unwrap()]);
     assert_eq!(spread.status.code(), Some(0), "{}", show(&spread));
+    // What each task took, by kind, for the simulator: six maps, one reduce.
+    let recorded: serde_json::Value = serde_json::from_slice(&std::fs::read(&durations).unwrap()).unwrap();
+    let times = |key: &str| -> Vec<u64> {
+        recorded[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect()
+    };
+    assert_eq!((times("leaf_us").len(), times("inner_us").len()), (6, 1), "{recorded}");
+    assert!(times("leaf_us").iter().chain(&times("inner_us")).all(|us| *us > 0), "{recorded}");
+    let sim = cairn()
+        .args([
+            "sim",
+            "--nodes",
+            "3",
+            "--tasks",
+            "6",
+            "--no-recall",
+            "--durations",
+            durations.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(sim.status.code(), Some(0), "{}", show(&sim));
     let (_single, single_address) = cairn_tests::serving_node(NodeConfig::default());
     let single =
         cairn().args(["eval", "--node", &single_address, "--job", job.to_str().unwrap()]).output().unwrap();

@@ -98,3 +98,26 @@ fn verification_names_a_node_that_computes_wrong() {
     assert!(outcome.mismatches > 0, "{outcome:?}");
     assert_eq!(outcome.dispatched, 2 * outcome.tasks);
 }
+
+#[test]
+fn recorded_durations_replace_the_model_by_kind_and_the_seed_fixes_the_draws() {
+    // A chain on one node runs its tasks one after another: the makespan is their sum.
+    let chain = Workload::Chain { length: 20, input_bytes: 4096, output_bytes: 64, task_us: 1_000 };
+    let mut config = Config::new(1, chain, options(Placement::Locality));
+    let modelled = run(&config);
+    // Every chain task after the first takes another's value: the first is the only leaf.
+    config.recorded = Some(sim::Recorded { leaf_us: vec![7_000_000], inner_us: vec![1_000_000, 3_000_000] });
+    let recorded = run(&config);
+    assert_eq!(recorded.result, modelled.result, "durations change when, never what");
+    assert!(modelled.makespan_us < 1_000_000, "{modelled:?}");
+    // 7 s for the leaf, then 19 draws of 1 or 3 s: between 26 and 64 s, and not all alike.
+    let ms = recorded.makespan_us;
+    assert!((26_000_000..64_000_000).contains(&ms) && ms > 26_100_000 && ms < 63_900_000, "{recorded:?}");
+    assert_eq!(run(&config), recorded, "the same seed draws the same durations");
+    config.faults.seed = 2;
+    assert_ne!(run(&config).makespan_us, ms, "another seed, other draws");
+    // Only inner durations recorded: the leaf draws from them too.
+    config.recorded = Some(sim::Recorded { leaf_us: vec![], inner_us: vec![2_000_000] });
+    let inner_only = run(&config);
+    assert!((40_000_000..41_000_000).contains(&inner_only.makespan_us), "{inner_only:?}");
+}

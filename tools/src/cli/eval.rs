@@ -52,6 +52,10 @@ pub struct EvalArgs {
     /// and followed), or this host.
     #[arg(long, value_enum, default_value_t = CoordinatorArg::Node, requires = "cluster")]
     pub coordinator: CoordinatorArg,
+    /// With --cluster --coordinator host: write how long each task ran, as JSON, for `cairn sim
+    /// --durations`.
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    pub record_durations: Option<PathBuf>,
     /// With --cluster: the node the job is handed to first (others follow if it dies).
     #[arg(long, value_name = "N", default_value_t = 0, requires = "cluster")]
     pub via: usize,
@@ -157,6 +161,10 @@ fn eval_on_cluster(
         seed: args.seed,
     };
     if args.coordinator == CoordinatorArg::Node {
+        anyhow::ensure!(
+            args.record_durations.is_none(),
+            "--record-durations needs --coordinator host (a coordinating node reports no task's time)"
+        );
         return eval_handed(args, &state, root, &objects, &options);
     }
     let objects: HashMap<_, _> = objects.into_iter().collect();
@@ -181,6 +189,14 @@ fn eval_on_cluster(
             format!("; lost nodes {:?}", report.job.lost_nodes)
         }
     );
+    if let Some(path) = &args.record_durations {
+        let recorded = serde_json::json!({
+            "leaf_us": report.durations.leaf_us,
+            "inner_us": report.durations.inner_us,
+        });
+        std::fs::write(path, recorded.to_string())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     println!("{result}");
     if args.verify {
         if report.job.mismatches.is_empty() {

@@ -76,6 +76,10 @@ pub struct SimArgs {
     /// Bytes per second of a transfer.
     #[arg(long, default_value_t = 1_000_000_000)]
     pub bandwidth: u64,
+    /// Task durations from a recorded run (`cairn eval --cluster --coordinator host
+    /// --record-durations FILE`) instead of --task-us: each task draws one of its kind's.
+    #[arg(long, value_name = "FILE")]
+    pub durations: Option<std::path::PathBuf>,
     /// One JSON object per run instead of the text summary.
     #[arg(long)]
     pub json: bool,
@@ -135,7 +139,36 @@ fn config(args: &SimArgs, placement: Placement) -> anyhow::Result<Config> {
         corrupt: args.corrupt,
         wrong: args.wrong,
     };
+    if let Some(path) = &args.durations {
+        config.recorded = Some(recorded(path)?);
+    }
     Ok(config)
+}
+
+/// Durations written by `cairn eval --record-durations`.
+fn recorded(path: &std::path::Path) -> anyhow::Result<cairn_sched::sim::Recorded> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let list = |key: &str| -> anyhow::Result<Vec<u64>> {
+        match value.get(key) {
+            None => Ok(Vec::new()),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_u64()
+                        .with_context(|| format!("{}: {key} holds {v}, not microseconds", path.display()))
+                })
+                .collect(),
+            Some(other) => bail!("{}: {key} is {other}, not a list", path.display()),
+        }
+    };
+    let recorded = cairn_sched::sim::Recorded { leaf_us: list("leaf_us")?, inner_us: list("inner_us")? };
+    if recorded.leaf_us.is_empty() && recorded.inner_us.is_empty() {
+        bail!("{} records no task's duration", path.display());
+    }
+    Ok(recorded)
 }
 
 fn name(placement: Placement) -> &'static str {

@@ -26,6 +26,9 @@ pub struct Report {
     /// The result's bytes, fetched from a node and checked against the handle.
     pub value: Option<Vec<u8>>,
     pub wall: Duration,
+    /// What each task's evaluation took on the node that ran it (tasks answered by a memo
+    /// left out), by kind, for `cairn sim --durations`.
+    pub durations: cairn_sched::sim::Recorded,
 }
 
 /// A task as a node's thread gets it: the order, with the bytes and addresses it needs.
@@ -35,24 +38,36 @@ struct Work {
     fetches: Vec<(NodeId, [u8; 4], Vec<Handle>)>,
 }
 
-fn worker(node: NodeId, address: String, orders: mpsc::Receiver<Work>, events: mpsc::Sender<Event>) {
+/// An event from a node's thread, with how long the node took to evaluate, if it did.
+type Timed = (Event, Option<u64>);
+
+fn worker(node: NodeId, address: String, orders: mpsc::Receiver<Work>, events: mpsc::Sender<Timed>) {
     let mut client = match Client::connect(&address) {
         Ok(c) => c,
         Err(e) => {
-            let _ = events.send(Event::Lost { node, why: format!("{e:#}") });
+            let _ = events.send((Event::Lost { node, why: format!("{e:#}") }, None));
             return;
         }
     };
     for work in orders {
-        let event = run_order(&mut client, node, &work);
-        let lost = matches!(event, Event::Lost { .. });
-        if events.send(event).is_err() || lost {
+        let timed = run_order(&mut client, node, &work);
+        let lost = matches!(timed.0, Event::Lost { .. });
+        if events.send(timed).is_err() || lost {
             return;
         }
     }
 }
 
-fn run_order(client: &mut Client, node: NodeId, work: &Work) -> Event {
+fn run_order(client: &mut Client, node: NodeId, work: &Work) -> Timed {
+    let event = order_event(client, node, work);
+    match event {
+        Ok((event, micros)) => (event, Some(micros)),
+        Err(event) => (event, None),
+    }
+}
+
+/// The answer to one order: the event and the node's microseconds, or an event without them.
+fn order_event(client: &mut Client, node: NodeId, work: &Work) -> Result<(Event, u64), Event> {
     let lost = |e: anyhow::Error| Event::Lost { node, why: format!("{e:#}") };
     let order = &work.order;
     let mut uploaded = 0;
@@ -62,10 +77,10 @@ fn run_order(client: &mut Client, node: NodeId, work: &Work) -> Event {
         match client.missing(&[*handle]) {
             Ok(m) if m.is_empty() => continue,
             Ok(_) => {}
-            Err(e) => return lost(e),
+            Err(e) => return Err(lost(e)),
         }
         if let Err(e) = client.put(*handle, bytes, |_| {}) {
-            return lost(e);
+            return Err(lost(e));
         }
         uploaded += bytes.len() as u64;
     }
@@ -75,33 +90,39 @@ fn run_order(client: &mut Client, node: NodeId, work: &Work) -> Event {
             Ok((_, bytes)) => moved = moved.saturating_add(bytes),
             Err(e) => {
                 // Told apart by the error's type, not its text, which is partly the node's.
-                let Some(refused) = e.downcast_ref::<Refused>() else { return lost(e) };
+                let Some(refused) = e.downcast_ref::<Refused>() else { return Err(lost(e)) };
                 let why = format!("{e:#}");
                 if refused.code == ErrorCode::WrongHash || refused.message.contains("wrong bytes") {
-                    return Event::BadPeer { node, task: order.task, peer: *peer, why };
+                    return Err(Event::BadPeer { node, task: order.task, peer: *peer, why });
                 }
                 // The node answered (with an error): it is the peer that failed, not this node.
-                return Event::FetchFailed { node, task: order.task, peer: *peer, why };
+                return Err(Event::FetchFailed { node, task: order.task, peer: *peer, why });
             }
         }
     }
     let outcome = if order.fresh { client.eval_fresh(order.applied) } else { client.eval(order.applied) };
     match outcome {
-        Ok(evaluated) => Event::Done {
-            node,
-            task: order.task,
-            result: evaluated.result,
-            moved,
-            uploaded,
-            ran: evaluated.tasks_run > 0,
-        },
+        Ok(evaluated) => Ok((
+            Event::Done {
+                node,
+                task: order.task,
+                result: evaluated.result,
+                moved,
+                uploaded,
+                ran: evaluated.tasks_run > 0,
+            },
+            evaluated.micros,
+        )),
         // A failure reported by the node is the task's; a broken connection is the node's.
         Err(e) => match e.downcast::<TaskFailed>() {
             // TaskFailed's Display escapes the node's words.
-            Ok(failure) => {
-                Event::Failed { node, task: order.task, why: failure.to_string(), failure: failure.failure }
-            }
-            Err(e) => lost(e),
+            Ok(failure) => Err(Event::Failed {
+                node,
+                task: order.task,
+                why: failure.to_string(),
+                failure: failure.failure,
+            }),
+            Err(e) => Err(lost(e)),
         },
     }
 }
@@ -188,6 +209,7 @@ pub fn run(
     let own: BTreeSet<Handle> = objects.keys().copied().collect();
     let mut scheduler = Scheduler::new(graph, own, nodes.len(), options);
     scheduler.start();
+    let mut durations = cairn_sched::sim::Recorded::default();
     loop {
         while let Some(action) = scheduler.next_action() {
             match action {
@@ -198,7 +220,7 @@ pub fn run(
                         Some(bytes) => Some(bytes.to_vec()),
                         None => probes.value.take(),
                     };
-                    return Ok(Report { job: report, value, wall: started.elapsed() });
+                    return Ok(Report { job: report, value, wall: started.elapsed(), durations });
                 }
                 Action::Run { node, order } => {
                     let uploads = order
@@ -230,7 +252,15 @@ pub fn run(
             }
         }
         match events.recv_timeout(PATIENCE) {
-            Ok(event) => scheduler.handle(event),
+            Ok((event, micros)) => {
+                if let (Event::Done { task, ran: true, .. }, Some(micros)) = (&event, micros)
+                    && let Some(t) = scheduler.graph().tasks.get(*task)
+                {
+                    let leaf = t.args.iter().all(|a| matches!(a, cairn_sched::Arg::Value(_)));
+                    if leaf { &mut durations.leaf_us } else { &mut durations.inner_us }.push(micros);
+                }
+                scheduler.handle(event)
+            }
             Err(_) => scheduler
                 .handle(Event::Stalled { why: format!("no node answered for {} s", PATIENCE.as_secs()) }),
         }

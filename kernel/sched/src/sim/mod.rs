@@ -58,6 +58,37 @@ pub struct Config {
     /// Faults happen within this long after the start.
     pub horizon_us: u64,
     pub partition_us: u64,
+    /// Task durations from a recorded run, in place of the workload's model (none: the model).
+    pub recorded: Option<Recorded>,
+}
+
+/// Durations of the tasks of a real run (`cairn eval --cluster --record-durations`), by kind:
+/// leaves (tasks that take no other task's value) and the rest. A simulated task's duration is
+/// drawn from its kind's, by a generator seeded with the fault seed: the same seed, the same
+/// draws. A kind with none recorded draws from the other.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recorded {
+    pub leaf_us: alloc::vec::Vec<u64>,
+    pub inner_us: alloc::vec::Vec<u64>,
+}
+
+impl Recorded {
+    /// A duration for task `task` (a leaf or not), drawn with `rng`; none if nothing was recorded.
+    pub(crate) fn draw(&self, leaf: bool, rng: &mut u64) -> Option<u64> {
+        let (first, second) =
+            if leaf { (&self.leaf_us, &self.inner_us) } else { (&self.inner_us, &self.leaf_us) };
+        let from = if first.is_empty() { second } else { first };
+        if from.is_empty() {
+            return None;
+        }
+        // SplitMix64.
+        *rng = rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        Some(from[(z % from.len() as u64) as usize])
+    }
 }
 
 impl Config {
@@ -73,6 +104,7 @@ impl Config {
             retransmit_us: 200_000,
             horizon_us: 1_000_000,
             partition_us: 20_000_000,
+            recorded: None,
         }
     }
 }

@@ -56,7 +56,17 @@ pub(crate) struct World<'a> {
 
 impl<'a> World<'a> {
     pub(crate) fn new(config: &'a Config) -> World<'a> {
-        let Job { graph, objects, durations, output_bytes } = config.workload.job();
+        let Job { graph, objects, mut durations, output_bytes } = config.workload.job();
+        if let Some(recorded) = &config.recorded {
+            // Its own generator: recorded durations change no fault's draw.
+            let mut draws = config.faults.seed ^ 0x5ca1_ab1e_d0d0_cafe;
+            for (task, duration) in graph.tasks.iter().zip(durations.iter_mut()) {
+                let leaf = task.args.iter().all(|a| matches!(a, crate::graph::Arg::Value(_)));
+                if let Some(us) = recorded.draw(leaf, &mut draws) {
+                    *duration = us;
+                }
+            }
+        }
         let mut nodes: Vec<Node> = (0..config.nodes).map(|_| Node::default()).collect();
         let mut rng = config.faults.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         // Faults never touch node 0: one honest node always stays up.
