@@ -10,7 +10,7 @@ use cairn_object::Handle;
 
 use crate::NodeId;
 use crate::graph::Arg;
-use crate::messages::{Action, Order, RECALL_TASKS, Report};
+use crate::messages::{Action, Order, RECALL_ALL_NODES, RECALL_HOLDERS, RECALL_TASKS, Report};
 use crate::place::{Candidates, place};
 use crate::scheduler::{Phase, Scheduler, Status};
 
@@ -129,15 +129,51 @@ impl Scheduler {
         if self.recall_batch.is_empty() {
             return;
         }
-        let thunks: Vec<Handle> = self.recall_thunks.keys().copied().collect();
         let asked: Vec<NodeId> = (0..self.alive.len()).filter(|n| self.takes_work(*n)).collect();
-        for node in asked {
-            self.recall_waiting.insert(node);
-            self.out.push_back(Action::Recall { node, thunks: thunks.clone() });
+        if asked.len() <= RECALL_ALL_NODES {
+            let thunks: Vec<Handle> = self.recall_thunks.keys().copied().collect();
+            for node in asked {
+                self.recall_waiting.insert(node);
+                self.out.push_back(Action::Recall { node, thunks: thunks.clone() });
+            }
+        } else {
+            // A large cluster: each task is asked of its likely holders only (see
+            // `likely_holders`), so a round costs the batch, not the batch times the nodes.
+            let mut per_node: BTreeMap<NodeId, Vec<Handle>> = BTreeMap::new();
+            for &task in &self.recall_batch {
+                let Some((applied, _)) = self.applied(task) else { continue };
+                for node in self.likely_holders(task) {
+                    let thunks = per_node.entry(node).or_default();
+                    thunks.push(self.graph.tasks[task].written);
+                    thunks.push(applied);
+                }
+            }
+            for (node, mut thunks) in per_node {
+                thunks.sort_unstable();
+                thunks.dedup();
+                self.recall_waiting.insert(node);
+                self.out.push_back(Action::Recall { node, thunks });
+            }
         }
         if self.recall_waiting.is_empty() {
             self.ask_memos(); // nobody to ask: the round is over at once
         }
+    }
+
+    /// The nodes whose memo most likely holds `task`'s value, on a cluster too large to ask
+    /// every node: those holding one of its inputs that few nodes hold (placement runs a task
+    /// where its inputs are, so that is where it ran before). A task without such an input is
+    /// asked of nobody and runs.
+    fn likely_holders(&self, task: usize) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = Vec::new();
+        for input in self.resolved_args(task).unwrap_or_default() {
+            if self.holders.count(&input) <= RECALL_HOLDERS {
+                nodes.extend(self.holders.holders(&input).filter(|n| self.takes_work(*n)));
+            }
+        }
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
     }
 
     /// Places and ships a ready task; whether anything changed (sent, or a lost input's

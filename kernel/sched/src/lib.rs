@@ -21,7 +21,7 @@ pub use graph::{Arg, Graph, GraphError, MAX_DEPTH, Task};
 pub use holders::Holders;
 pub use messages::{
     Action, Event, MAX_FETCH_FAILURES, MAX_NODE_FAILURES, Mismatch, Options, Order, PROBE_HANDLES,
-    RECALL_TASKS, Report, node_failure,
+    RECALL_ALL_NODES, RECALL_HOLDERS, RECALL_TASKS, Report, node_failure,
 };
 pub use place::{Candidates, Placement, SMALL_INPUTS, place};
 pub use scheduler::Scheduler;

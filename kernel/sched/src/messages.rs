@@ -16,6 +16,12 @@ pub const PROBE_HANDLES: usize = 1 << 22;
 /// Tasks one memo round asks the nodes about at most (each as written and as applied).
 pub const RECALL_TASKS: usize = 1024;
 
+/// Up to this many nodes, a memo round asks every node about every task of the round; on a
+/// larger cluster, each task is asked of its likely holders only (docs/SCHEDULER.md, "Limits").
+pub const RECALL_ALL_NODES: usize = 64;
+/// An input held by more nodes than this says nothing of where its task ran.
+pub const RECALL_HOLDERS: usize = 8;
+
 /// Times a task may fail to get its inputs from peers before the job gives up.
 pub const MAX_FETCH_FAILURES: u32 = 5;
 /// Times a task may fail for a reason that is the node's rather than the task's (see

@@ -224,3 +224,32 @@ fn events_naming_unknown_nodes_or_tasks_are_ignored() {
     }
     assert_eq!(asked, [0, 1]);
 }
+
+#[test]
+fn on_a_large_cluster_memos_are_asked_where_the_inputs_are() {
+    // 100 nodes (more than RECALL_ALL_NODES): asking each about every task would be 100 asks
+    // a task; each map is asked of the node holding its input, each reduce of its inputs'.
+    let job = map_reduce(200, 1 << 20);
+    let mut cluster = Cluster::new(100);
+    let spread = Options { spread: true, ..options() };
+    cluster.run(&job, spread).unwrap();
+    cluster.actions.clear();
+    let report = cluster.run(&job, spread).unwrap();
+    assert_eq!(report.result, Some(job.expected()));
+    assert!(report.recalled >= 200, "every map answered by a memo: {report:?}");
+    let asked: usize = cluster
+        .actions
+        .iter()
+        .map(|a| match a {
+            Action::Recall { thunks, .. } => thunks.len(),
+            _ => 0,
+        })
+        .sum();
+    // Two thunks a task (as written and as applied), a few likely holders each.
+    assert!(asked <= 2 * 4 * report.tasks, "{asked} thunks asked for {} tasks", report.tasks);
+    // Three nodes are asked about everything: a second run runs nothing.
+    let mut small = Cluster::new(3);
+    small.run(&job, spread).unwrap();
+    let again = small.run(&job, spread).unwrap();
+    assert_eq!(again.recalled, report.tasks);
+}
