@@ -39,9 +39,8 @@ impl Scheduler {
                 Phase::Running => {}
             }
             let Arg::Task(root) = self.graph.root else {
-                let report = Report { result: self.result(), ..core::mem::take(&mut self.report) };
-                self.phase = Phase::Over;
-                self.out.push_back(Action::Finished(Ok(report)));
+                let result = self.result();
+                self.succeed(result);
                 return;
             };
             if self.status[root] == Status::Done {
@@ -248,14 +247,19 @@ impl Scheduler {
         true
     }
 
+    /// Ends the job with `result` and the report so far.
+    pub(crate) fn succeed(&mut self, result: Option<Handle>) {
+        let report = Report { result, ..core::mem::take(&mut self.report) };
+        self.phase = Phase::Over;
+        self.out.push_back(Action::Finished(Ok(report)));
+    }
+
     /// Asks a trusted holder for the result's bytes; false if none is left (the root is then
     /// set to run again).
     pub(crate) fn fetch_result(&mut self, root: usize) -> bool {
         let Some(result) = self.results[root] else { return false };
         if result.is_literal() {
-            let report = Report { result: Some(result), ..core::mem::take(&mut self.report) };
-            self.phase = Phase::Over;
-            self.out.push_back(Action::Finished(Ok(report)));
+            self.succeed(Some(result));
             return true;
         }
         let holder = self.holders.holders(&result).find(|n| self.takes_work(*n));

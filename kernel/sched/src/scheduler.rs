@@ -302,10 +302,8 @@ impl Scheduler {
                 if self.fetching_result != Some(node) {
                     return;
                 }
-                let mut report = core::mem::take(&mut self.report);
-                report.result = self.result();
-                self.phase = Phase::Over;
-                self.out.push_back(Action::Finished(Ok(report)));
+                let result = self.result();
+                self.succeed(result);
                 return;
             }
             Event::ResultWrong { node, why } => {
