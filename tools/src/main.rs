@@ -12,7 +12,7 @@ use cairn_tools::qemu;
 use cairn_tools::untrusted::escape_lines;
 use clap::{Parser, Subcommand};
 
-use cli::{NodeAddress, bench, boot, cluster, eval, fuzz, fuzz_wire, jobs, keys, objects, setup, sim};
+use cli::{NodeAddress, bench, boot, cluster, eval, fuzz, fuzz_wire, jobs, keys, objects, setup, sim, task};
 
 #[derive(Parser)]
 #[command(name = "cairn", version, about = "Cairn, a functional unikernel: images, nodes and jobs in QEMU")]
@@ -75,6 +75,13 @@ enum Command {
     /// Run the cluster scheduler over a simulated cluster, in virtual time, with faults from
     /// a seed (docs/SCHEDULER.md).
     Sim(sim::SimArgs),
+    /// Write something new: `cairn new task NAME` writes a task crate of one's own
+    /// (docs/TASKS.md).
+    #[command(subcommand)]
+    New(task::NewCommand),
+    /// Build the task crate in DIR (default: here) into the ELF a node runs; prints its handle
+    /// and path.
+    Build(task::BuildArgs),
     /// Make a new client key (one is made on first use anyway); prints its public half.
     Keygen(keys::KeygenArgs),
     /// This user's client key and the nodes' keys (docs/SECURITY.md).
@@ -104,6 +111,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Put(args)) => objects::put(&args),
         Some(Command::Get(args)) => objects::get(&args),
         Some(Command::Eval(args)) => eval::eval(&args),
+        Some(Command::New(command)) => task::new(&command),
+        Some(Command::Build(args)) => task::build(&args),
         Some(Command::Stats(args)) => objects::stats(&args),
         Some(Command::Scrub(args)) => objects::scrub(&args),
         Some(Command::Pin(args)) => objects::pin(&args, true),

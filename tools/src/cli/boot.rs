@@ -192,6 +192,38 @@ pub fn write_image(args: &ImageArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A serving node booted for one command (`cairn eval --boot`): its VM (dropping it stops the
+/// node) and its API's address on 127.0.0.1, once it has one.
+pub fn boot_serving() -> anyhow::Result<(Vm, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("no free port on 127.0.0.1")?
+        .port();
+    let opts = NodeOptions {
+        config: NodeConfig { mode: Mode::Serve, ..NodeConfig::default() },
+        api_port: Some(port),
+        ..NodeOptions::default()
+    };
+    eprintln!(
+        "cairn: booting a node for this command ({}, {}, {} MiB)",
+        opts.firmware, opts.accel, opts.memory_mib
+    );
+    let mut vm = Vm::boot(&opts)?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        match vm.next_line(deadline) {
+            Ok(Some(line)) if line.starts_with("cairn: net ip=") => break,
+            Ok(Some(_)) => {}
+            Ok(None) => anyhow::bail!("the node stopped before it had an address: {}", vm.wait(deadline)?),
+            Err(e) => {
+                vm.kill();
+                return Err(e.context("the node did not come up within 300 s"));
+            }
+        }
+    }
+    Ok((vm, format!("127.0.0.1:{port}")))
+}
+
 pub fn boot_and_stream(args: &BootArgs, mode: Mode) -> anyhow::Result<ExitCode> {
     boot_and_stream_on(args, NodeConfig { mode, ..NodeConfig::default() }, None)
 }

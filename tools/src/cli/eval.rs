@@ -30,6 +30,9 @@ pub struct EvalArgs {
     /// Evaluate the root of a job file (docs/IO.md) instead of TASK ARGS; it may not do IO.
     #[arg(long, value_name = "JOB.toml", conflicts_with = "task")]
     pub job: Option<PathBuf>,
+    /// Boot a node for this evaluation (and stop it after) instead of using a running one.
+    #[arg(long, conflicts_with = "cluster")]
+    pub boot: bool,
     /// Run across the cluster whose state file this is (docs/CLUSTER.md) instead of on --node.
     #[arg(long, value_name = "STATE", num_args = 0..=1, default_missing_value = DEFAULT_CLUSTER_STATE)]
     pub cluster: Option<PathBuf>,
@@ -87,7 +90,15 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<ExitCode> {
     if let Some(state) = &args.cluster {
         return eval_on_cluster(args, state, root, objects);
     }
-    let mut client = Client::connect(&args.node.node)?;
+    // A node booted for this command lives until the evaluation is over.
+    let (_booted, address) = match args.boot {
+        true => {
+            let (vm, address) = super::boot::boot_serving()?;
+            (Some(vm), address)
+        }
+        false => (None, args.node.node.clone()),
+    };
+    let mut client = Client::connect(&address)?;
     // Upload only what the node lacks.
     let uploaded = client.upload_missing(&objects)?;
     // A failure comes back as an error whose text the client has escaped.

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod objects;
 pub mod setup;
 pub mod sim;
+pub mod task;
 
 use cairn_object::{Handle, Kind};
 use cairn_tools::client::Client;
