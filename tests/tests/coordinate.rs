@@ -47,6 +47,46 @@ fn a_node_coordinates_a_job_across_its_peers() {
     // The word counts themselves, as the result's bytes.
     assert!(String::from_utf8_lossy(&spread.stdout).contains("cairn"), "{}", show(&spread));
 
+    // A trace of a fresh job across the cluster: one process per node, tasks on every node's
+    // CPUs, the coordination on node 0, all in the format's rules (docs/TRACES.md).
+    let image = mandelbrot_job(dir.path(), 6);
+    let trace_file = dir.path().join("trace.json");
+    let traced = cairn()
+        .args(["trace", image.to_str().unwrap(), "--cluster", cluster.state_path.to_str().unwrap(), "-o"])
+        .arg(&trace_file)
+        .output()
+        .unwrap();
+    assert_eq!(traced.status.code(), Some(0), "{}", show(&traced));
+    let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace_file).unwrap()).unwrap();
+    cairn_tools::trace::validate(&trace).unwrap();
+    let events = trace["traceEvents"].as_array().unwrap();
+    let processes: Vec<&str> = events
+        .iter()
+        .filter(|e| e["name"] == "process_name")
+        .map(|e| e["args"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(processes, ["node 0 (10.1.0.1)", "node 1 (10.1.0.2)", "node 2 (10.1.0.3)"]);
+    for pid in 0..3 {
+        assert!(
+            events.iter().any(|e| e["pid"] == pid && e["name"] == "task"),
+            "node {pid} ran tasks: {}",
+            show(&traced)
+        );
+    }
+    let coordinated: Vec<&serde_json::Value> = events.iter().filter(|e| e["name"] == "coordinate").collect();
+    assert_eq!(coordinated.len(), 1, "{trace}");
+    assert_eq!(coordinated[0]["pid"], 0);
+    assert_eq!(coordinated[0]["args"]["tasks"], 25, "24 tiles and the image");
+    // Every task span lies within the coordination (the clocks aligned to within a round trip).
+    let (start, end) = (
+        coordinated[0]["ts"].as_i64().unwrap(),
+        coordinated[0]["ts"].as_i64().unwrap() + coordinated[0]["dur"].as_i64().unwrap(),
+    );
+    for task in events.iter().filter(|e| e["name"] == "task") {
+        let ts = task["ts"].as_i64().unwrap();
+        assert!(ts >= start - 20_000 && ts <= end + 20_000, "task at {ts} outside {start}..{end}");
+    }
+
     // Again, through node 0: the memos answer every task.
     let again = cluster.eval(&job, &[]);
     assert_eq!(result_of(&again), result_of(&single));
@@ -127,7 +167,7 @@ fn cairn_sched_options() -> cairn_sched::Options {
 fn the_coordinator_killed_mid_job_hands_the_job_on_and_memos_make_the_rerun_cheap() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::up(dir.path(), &[]);
-    let job = mandelbrot_job(dir.path(), 12);
+    let job = mandelbrot_job(dir.path(), 8);
     let (_single, single_address) = cairn_tests::serving_node(NodeConfig::default());
     let reference =
         cairn().args(["eval", "--node", &single_address, "--job", job.to_str().unwrap()]).output().unwrap();

@@ -48,9 +48,12 @@ fn expected_image() -> Vec<u8> {
 #[test]
 fn default_job_computes_the_right_results_memoizes_and_replays() {
     let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.json");
     let output = Command::new(env!("CARGO_BIN_FILE_CAIRN_TOOLS_cairn"))
         .arg("--out-dir")
         .arg(dir.path())
+        .arg("--trace")
+        .arg(&trace)
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -82,4 +85,24 @@ fn default_job_computes_the_right_results_memoizes_and_replays() {
         stderr.contains(&format!("cairn: saved mandelbrot.ppm (147471 bytes, {image_handle})")),
         "{stderr}"
     );
+
+    // The job's trace (docs/TRACES.md): in the format's rules, an evaluation span for each of
+    // the two roots, evaluated twice; the first evaluation's tasks (and the replay's) on the
+    // CPUs' tracks; and the spans' own file not saved beside the image.
+    let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    cairn_tools::trace::validate(&trace).unwrap();
+    let events = trace["traceEvents"].as_array().unwrap();
+    let named = |name: &str| events.iter().filter(|e| e["name"] == name).count();
+    assert_eq!(named("eval"), 4, "{trace}");
+    assert!(named("task") >= 22, "the first evaluation's 22 tasks at least: {trace}");
+    let tracks: Vec<&str> = events
+        .iter()
+        .filter(|e| e["name"] == "thread_name")
+        .map(|e| e["args"]["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        tracks.contains(&"cpu 0") && tracks.contains(&"cpu 1") && tracks.contains(&"evaluations"),
+        "{tracks:?}"
+    );
+    assert!(!dir.path().join("trace.spans").exists());
 }

@@ -402,6 +402,15 @@ impl Client {
         }
     }
 
+    /// TRACE (docs/TRACES.md): the node's clock now, the next sequence number, how many spans
+    /// from `since` on were lost, and the spans (at most a frame of them).
+    pub fn trace(&mut self, since: u64) -> anyhow::Result<(u64, u64, u64, Vec<cairn_proto::trace::Span>)> {
+        match self.call(Message::Trace { since })? {
+            Message::Traced { now_us, next, lost, spans } => Ok((now_us, next, lost, spans)),
+            other => bail!("the node answered TRACE with {}", name(&other)),
+        }
+    }
+
     /// The values the node's memo holds for these thunks.
     pub fn recall(&mut self, thunks: &[Handle]) -> anyhow::Result<Vec<(Handle, Handle)>> {
         match self.call(Message::Recall { thunks: thunks.to_vec() })? {
@@ -503,6 +512,8 @@ fn name(message: &Message) -> &'static str {
         Message::Collected { .. } => "COLLECTED",
         Message::Coordinate { .. } => "COORDINATE",
         Message::Coordinated { .. } => "COORDINATED",
+        Message::Trace { .. } => "TRACE",
+        Message::Traced { .. } => "TRACED",
     }
 }
 

@@ -11,4 +11,5 @@ pub mod keys;
 pub mod qemu;
 pub mod received;
 pub mod secure;
+pub mod trace;
 pub mod untrusted;

@@ -12,7 +12,9 @@ use cairn_tools::qemu;
 use cairn_tools::untrusted::escape_lines;
 use clap::{Parser, Subcommand};
 
-use cli::{NodeAddress, bench, boot, cluster, eval, fuzz, fuzz_wire, jobs, keys, objects, setup, sim, task};
+use cli::{
+    NodeAddress, bench, boot, cluster, eval, fuzz, fuzz_wire, jobs, keys, objects, setup, sim, task, trace,
+};
 
 #[derive(Parser)]
 #[command(name = "cairn", version, about = "Cairn, a functional unikernel: images, nodes and jobs in QEMU")]
@@ -22,6 +24,10 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     boot: boot::BootArgs,
+    /// With the default job: write its trace to this file (Chrome trace-event JSON, for
+    /// Perfetto; docs/TRACES.md).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -75,6 +81,9 @@ enum Command {
     /// Run the cluster scheduler over a simulated cluster, in virtual time, with faults from
     /// a seed (docs/SCHEDULER.md).
     Sim(sim::SimArgs),
+    /// Run a job on a node or a cluster and write the spans its nodes recorded as one trace
+    /// (Chrome trace-event JSON, for Perfetto; docs/TRACES.md).
+    Trace(trace::TraceArgs),
     /// Write something new: `cairn new task NAME` writes a task crate of one's own
     /// (docs/TASKS.md).
     #[command(subcommand)]
@@ -106,12 +115,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        None => boot::boot_and_stream(&cli.boot, Mode::Job),
+        None => boot::default_job(&cli.boot, cli.trace.as_deref()),
         Some(Command::Node(args)) => boot::node(&args),
         Some(Command::Put(args)) => objects::put(&args),
         Some(Command::Get(args)) => objects::get(&args),
         Some(Command::Eval(args)) => eval::eval(&args),
         Some(Command::New(command)) => task::new(&command),
+        Some(Command::Trace(args)) => trace::trace(&args),
         Some(Command::Build(args)) => task::build(&args),
         Some(Command::Stats(args)) => objects::stats(&args),
         Some(Command::Scrub(args)) => objects::scrub(&args),

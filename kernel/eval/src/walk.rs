@@ -44,6 +44,11 @@ enum Phase {
 }
 
 impl Walk {
+    /// What the walk evaluates.
+    pub fn root(&self) -> Handle {
+        self.root
+    }
+
     /// What this evaluation did so far: its own share of the evaluator's counters.
     pub fn stats(&self) -> Stats {
         self.stats

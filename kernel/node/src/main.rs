@@ -15,6 +15,7 @@ mod memory;
 mod net;
 mod selftest;
 mod task;
+mod trace;
 
 use bootloader_api::BootInfo;
 use cairn_bootcfg::{Mode, NodeConfig};
@@ -286,6 +287,7 @@ fn serve(config: &NodeConfig) -> Status {
         Some(ms) => log::info!("clock: RTC says {} s since the Unix epoch", ms / 1000),
         None => log::warn!("clock: the RTC gave no valid time; journals record uptime instead"),
     }
+    trace::init();
     let (mut ev, _procedures) = jobs::node_evaluator(memory::heap::usage().1 as u64 / 2, &config.ceilings);
     if let Some(disk) = disk {
         ev.store.attach_disk(disk);
@@ -312,6 +314,7 @@ fn serve(config: &NodeConfig) -> Status {
     jobs.cluster_ip = config.cluster_ip.map(|ip| ip.address);
     let mut evaluations = net::evaluations::Evaluations::default();
     let mut coordination: Option<net::coordinate::Coordination> = None;
+    let mut evictions = trace::Evictions::default();
     let started = arch::clock::micros_since_boot();
     let mut announced = false;
     log::info!("serving; stop the VM to shut down");
@@ -362,6 +365,7 @@ fn serve(config: &NodeConfig) -> Status {
         if let Err(e) = &synced {
             log::warn!("store: {e}");
         }
+        evictions.note(&ev);
         let mut guard = SERVING.lock();
         let s = guard.as_mut().expect("set above");
         if let Some(finished) = answer {
@@ -591,6 +595,12 @@ fn coordinate(
     };
     let Some(answer) = answer else { return moved };
     let c = coordination.take().expect("matched above");
+    trace::record(cairn_proto::trace::Span {
+        handle: Some(c.root),
+        ok: matches!(answer, cairn_proto::Message::Coordinated { .. }),
+        count: c.tasks() as u64,
+        ..trace::since(cairn_proto::trace::SpanKind::Coordinate, c.began_us)
+    });
     // The result is durable here before the client is told of it.
     let synced = ev.store.sync();
     let answer = durable(&synced, ev, answer);

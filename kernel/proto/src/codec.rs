@@ -28,6 +28,7 @@ mod kind {
     pub const UNPIN: u8 = 0x12;
     pub const GC: u8 = 0x13;
     pub const COORDINATE: u8 = 0x14;
+    pub const TRACE: u8 = 0x15;
     pub const WELCOME: u8 = 0x81;
     pub const MISSING: u8 = 0x82;
     pub const STORED: u8 = 0x83;
@@ -46,6 +47,7 @@ mod kind {
     pub const PINNED: u8 = 0x92;
     pub const COLLECTED: u8 = 0x93;
     pub const COORDINATED: u8 = 0x94;
+    pub const TRACED: u8 = 0x95;
     pub const ERROR: u8 = 0xff;
 }
 
@@ -90,6 +92,8 @@ fn kind_of(message: &Message) -> u8 {
         Message::Collected { .. } => kind::COLLECTED,
         Message::Coordinate { .. } => kind::COORDINATE,
         Message::Coordinated { .. } => kind::COORDINATED,
+        Message::Trace { .. } => kind::TRACE,
+        Message::Traced { .. } => kind::TRACED,
     }
 }
 
@@ -235,6 +239,15 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Message::Coordinated { result, report } => {
             out.extend_from_slice(result.as_bytes());
             put_text(out, report);
+        }
+        Message::Trace { since } => out.extend_from_slice(&since.to_le_bytes()),
+        Message::Traced { now_us, next, lost, spans } => {
+            for v in [now_us, next, lost] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            for span in spans {
+                crate::trace::encode_span(span, out);
+            }
         }
         Message::Stats | Message::Scrub => {}
         Message::Error { code, message } => {
@@ -573,6 +586,20 @@ impl Payload<'_> {
             }
             kind::COORDINATED => {
                 Message::Coordinated { result: self.handle(0)?, report: self.text(Handle::LEN, MAX_TEXT)? }
+            }
+            kind::TRACE => {
+                self.exact(8)?;
+                Message::Trace { since: self.u64_at(0)? }
+            }
+            kind::TRACED => {
+                let spans = crate::trace::decode_spans(self.bytes.get(24..).unwrap_or_default())
+                    .map_err(|what| self.malformed(24, what))?;
+                Message::Traced {
+                    now_us: self.u64_at(0)?,
+                    next: self.u64_at(8)?,
+                    lost: self.u64_at(16)?,
+                    spans,
+                }
             }
             kind::GC => {
                 self.exact(8)?;

@@ -255,6 +255,20 @@ pub enum Message {
         result: Handle,
         report: String,
     },
+    /// Client → node: the spans the node recorded from sequence number `since` on
+    /// (docs/TRACES.md); administration.
+    Trace {
+        since: u64,
+    },
+    /// Node → client: the node's clock now (microseconds since it booted), the sequence number
+    /// after the last span given (ask from there for more), how many spans from `since` on were
+    /// lost (written over), and the spans, at most one frame of them.
+    Traced {
+        now_us: u64,
+        next: u64,
+        lost: u64,
+        spans: Vec<trace::Span>,
+    },
     /// Either way: the request (or the connection, for request id 0) failed.
     Error {
         code: ErrorCode,
@@ -362,6 +376,7 @@ pub mod admission;
 mod codec;
 pub mod secure;
 pub mod session;
+pub mod trace;
 pub use codec::{decode, encode};
 
 #[cfg(test)]

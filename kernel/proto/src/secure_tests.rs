@@ -178,14 +178,15 @@ fn a_peer_key_does_cluster_work_but_no_jobs_replays_journals_or_stats() {
             (7, Message::Pin { handle }),
             (8, Message::Gc { goal: 0 }),
             (9, Message::Coordinate { root: job, placement: 0, verify: false, spread: false, seed: 1 }),
-            (10, Message::Get { handle }),
+            (10, Message::Trace { since: 0 }),
+            (11, Message::Get { handle }),
         ],
     ));
     let out = c.sent();
     let frames = answers(&mut t, &out);
     assert_eq!(frames[0].message, Message::Stored { handle });
-    let forbidden = ["SUBMIT", "REPLAY", "JOURNAL", "STATS", "SCRUB", "PIN", "GC", "COORDINATE"];
-    for (frame, what) in frames[1..9].iter().zip(forbidden) {
+    let forbidden = ["SUBMIT", "REPLAY", "JOURNAL", "STATS", "SCRUB", "PIN", "GC", "COORDINATE", "TRACE"];
+    for (frame, what) in frames[1..10].iter().zip(forbidden) {
         match &frame.message {
             Message::Error { code: ErrorCode::Forbidden, message } => {
                 assert!(message.contains(what), "{message}")
@@ -193,7 +194,7 @@ fn a_peer_key_does_cluster_work_but_no_jobs_replays_journals_or_stats() {
             other => panic!("{what}: {other:?}"),
         }
     }
-    assert!(matches!(frames[9].message, Message::Object { .. }));
+    assert!(matches!(frames[10].message, Message::Object { .. }));
     assert!(c.session.take_work().is_none(), "no job was queued for a peer");
 }
 

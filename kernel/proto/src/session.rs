@@ -73,6 +73,11 @@ pub trait NodeApi {
     fn busy(&self) -> bool {
         false
     }
+    /// The spans recorded from `since` on, as a TRACED answer (docs/TRACES.md).
+    fn trace(&self, since: u64) -> Message {
+        let _ = since;
+        Message::Error { code: ErrorCode::Unexpected, message: "this node records no trace".into() }
+    }
 }
 
 /// Requests that take the node a while (evaluation, and anything that needs the network): the
@@ -177,6 +182,7 @@ fn forbidden(role: Role, message: &Message) -> Option<&'static str> {
         // A peer's coordination would have this node coordinate peers in turn: jobs come from
         // clients.
         (Role::Peer, Message::Coordinate { .. }) => Some("COORDINATE (cluster jobs)"),
+        (Role::Peer, Message::Trace { .. }) => Some("TRACE (administration)"),
         (Role::Peer, _) => None,
     }
 }
@@ -617,6 +623,10 @@ impl Session {
             Message::Stats => {
                 let text = node.stats();
                 self.send(request, Message::StatsReply { text });
+            }
+            Message::Trace { since } => {
+                let answer = node.trace(since);
+                self.send(request, answer);
             }
             Message::Submit { job } => self.queue(request, Work::Submit { job }),
             Message::Replay { handle } => self.queue(request, Work::Replay { handle }),

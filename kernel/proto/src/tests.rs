@@ -88,6 +88,40 @@ fn message() -> impl Strategy<Value = Message> {
             }
         ),
         (handle(), text(60)).prop_map(|(result, report)| Message::Coordinated { result, report }),
+        any::<u64>().prop_map(|since| Message::Trace { since }),
+        (
+            any::<[u64; 3]>(),
+            proptest::collection::vec(
+                (
+                    0usize..8,
+                    any::<u8>(),
+                    any::<bool>(),
+                    any::<[u64; 4]>(),
+                    any::<[u8; 4]>(),
+                    proptest::option::of(handle())
+                ),
+                0..5
+            )
+        )
+            .prop_map(|([now_us, next, lost], spans)| Message::Traced {
+                now_us,
+                next,
+                lost,
+                spans: spans
+                    .into_iter()
+                    .map(|(k, cpu, ok, [begin_us, dur_us, bytes, count], peer, handle)| crate::trace::Span {
+                        kind: crate::trace::SpanKind::ALL[k],
+                        cpu,
+                        ok,
+                        begin_us,
+                        dur_us,
+                        bytes,
+                        count,
+                        peer,
+                        handle,
+                    })
+                    .collect(),
+            }),
         any::<[u64; 6]>().prop_map(|[objects, bytes, kept, copied_bytes, reclaimed, free]| {
             Message::Collected { objects, bytes, kept, copied_bytes, reclaimed, free }
         }),

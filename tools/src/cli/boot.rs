@@ -168,7 +168,7 @@ pub fn node(args: &NodeArgs) -> anyhow::Result<ExitCode> {
     text.push_str(&format!("api_idle_s = {}\n", args.api_idle));
     // Through the node's own parser, so that bad --ip or --gateway text fails as the node would.
     let config = NodeConfig::parse(text.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    boot_and_stream_on(&args.boot, NodeConfig { mode: Mode::Serve, ..config }, Some(args.api_port))
+    boot_and_stream_on(&args.boot, NodeConfig { mode: Mode::Serve, ..config }, Some(args.api_port), None)
 }
 
 fn parse_mode(name: &str) -> Mode {
@@ -190,6 +190,22 @@ pub fn write_image(args: &ImageArgs) -> anyhow::Result<ExitCode> {
         size / 1024
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the spans a node sent (`cairn_proto::trace` records) as a trace file.
+fn write_trace(spans: &[u8], path: &std::path::Path) -> anyhow::Result<()> {
+    let spans =
+        cairn_proto::trace::decode_spans(spans).map_err(|e| anyhow::anyhow!("the node's trace: {e}"))?;
+    let count = spans.len();
+    let node = cairn_tools::trace::NodeTrace { name: "node".into(), spans, offset_us: 0, lost: 0 };
+    let json = cairn_tools::trace::chrome_json(&[node]);
+    cairn_tools::trace::validate(&json)?;
+    std::fs::write(path, json.to_string()).with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!(
+        "cairn: trace of {count} spans written to {} (open it in https://ui.perfetto.dev)",
+        path.display()
+    );
+    Ok(())
 }
 
 /// A serving node booted for one command (`cairn eval --boot`): its VM (dropping it stops the
@@ -225,7 +241,12 @@ pub fn boot_serving() -> anyhow::Result<(Vm, String)> {
 }
 
 pub fn boot_and_stream(args: &BootArgs, mode: Mode) -> anyhow::Result<ExitCode> {
-    boot_and_stream_on(args, NodeConfig { mode, ..NodeConfig::default() }, None)
+    boot_and_stream_on(args, NodeConfig { mode, ..NodeConfig::default() }, None, None)
+}
+
+/// The default job, its trace (docs/TRACES.md) written to `trace` if given.
+pub fn default_job(args: &BootArgs, trace: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    boot_and_stream_on(args, NodeConfig { mode: Mode::Job, ..NodeConfig::default() }, None, trace)
 }
 
 /// `config` gives the mode and the network settings; the log level comes from `args`. Console
@@ -234,9 +255,10 @@ fn boot_and_stream_on(
     args: &BootArgs,
     config: NodeConfig,
     api_port: Option<u16>,
+    trace: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout();
-    boot_and_watch_on(args, config, api_port, |line| {
+    boot_and_watch_on(args, config, (api_port, trace), |line| {
         let _ = writeln!(stdout, "{line}");
         let _ = stdout.flush();
     })
@@ -245,7 +267,7 @@ fn boot_and_stream_on(
 /// Boots a node, saves the objects it sends, hands every other console line to `on_line`, and
 /// turns how the node ended into an exit code.
 pub fn boot_and_watch(args: &BootArgs, mode: Mode, on_line: impl FnMut(&str)) -> anyhow::Result<ExitCode> {
-    boot_and_watch_on(args, NodeConfig { mode, ..NodeConfig::default() }, None, on_line)
+    boot_and_watch_on(args, NodeConfig { mode, ..NodeConfig::default() }, (None, None), on_line)
 }
 
 /// Lines reach `on_line` escaped (crate `untrusted`): the kernel is ours, but a task's words can
@@ -253,7 +275,7 @@ pub fn boot_and_watch(args: &BootArgs, mode: Mode, on_line: impl FnMut(&str)) ->
 fn boot_and_watch_on(
     args: &BootArgs,
     config: NodeConfig,
-    api_port: Option<u16>,
+    (api_port, trace): (Option<u16>, Option<&std::path::Path>),
     mut on_line: impl FnMut(&str),
 ) -> anyhow::Result<ExitCode> {
     let mode = config.mode;
@@ -286,6 +308,13 @@ fn boot_and_watch_on(
                 match receiver.feed(&line)? {
                     Line::Console => {}
                     Line::Consumed => continue,
+                    // The job's spans: a trace file if asked for, else nothing.
+                    Line::Done(object) if object.name == "trace.spans" => {
+                        if let Some(path) = trace {
+                            write_trace(&object.bytes, path)?;
+                        }
+                        continue;
+                    }
                     Line::Done(object) => {
                         let path = args.out_dir.join(&object.name);
                         std::fs::write(&path, &object.bytes)

@@ -13,6 +13,7 @@ pub mod objects;
 pub mod setup;
 pub mod sim;
 pub mod task;
+pub mod trace;
 
 use cairn_object::{Handle, Kind};
 use cairn_tools::client::Client;

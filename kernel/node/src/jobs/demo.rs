@@ -27,6 +27,7 @@ const TILE: (u32, u32) = (64, 64);
 const MAX_ITER: u32 = 64;
 
 pub fn run() -> Status {
+    crate::trace::init();
     let (mut ev, p) = node_evaluator(256 << 20, &cairn_bootcfg::Ceilings::default());
     let mib = 1 << 20;
 
@@ -80,6 +81,7 @@ pub fn run() -> Status {
     }
     println!("replay: identical");
     send_object(&ev, "mandelbrot.ppm", &results.1);
+    send_trace();
     Status::Success
 }
 
@@ -109,6 +111,21 @@ pub fn mandelbrot(
 }
 
 /// Evaluates both roots and prints their results and the work it took.
+/// `ev.eval(root)`, as an evaluation span of the trace.
+fn traced_eval(ev: &mut NodeEvaluator, root: Handle) -> Result<Handle, cairn_eval::EvalError> {
+    let (before, began_us) = (ev.stats(), crate::arch::clock::micros_since_boot());
+    let outcome = ev.eval(root);
+    let after = ev.stats();
+    crate::trace::record(cairn_proto::trace::Span {
+        handle: Some(root),
+        ok: outcome.is_ok(),
+        count: after.tasks_run - before.tasks_run,
+        bytes: after.memo_hits - before.memo_hits,
+        ..crate::trace::since(cairn_proto::trace::SpanKind::Eval, began_us)
+    });
+    outcome
+}
+
 fn evaluate(
     ev: &mut NodeEvaluator,
     wordcount: Handle,
@@ -116,8 +133,8 @@ fn evaluate(
     label: &str,
 ) -> Option<(Handle, Handle)> {
     let before = ev.stats();
-    let counts = ev.eval(wordcount);
-    let image = ev.eval(mandelbrot);
+    let counts = traced_eval(ev, wordcount);
+    let image = traced_eval(ev, mandelbrot);
     let after = ev.stats();
     let (counts, image) = match (counts, image) {
         (Ok(c), Ok(i)) => (c, i),
@@ -165,6 +182,23 @@ fn evaluate(
 /// the handle before saving it.
 fn send_object(ev: &NodeEvaluator, name: &str, handle: &Handle) {
     let Some(bytes) = ev.store.get(handle) else { return };
+    send_bytes(name, handle, &bytes);
+}
+
+/// The job's trace (docs/TRACES.md), as an object of spans back to back: `cairn --trace FILE`
+/// turns it into a trace file; otherwise the host drops it.
+fn send_trace() {
+    let cairn_proto::Message::Traced { spans, .. } = crate::trace::read(0, crate::trace::CAPACITY) else {
+        return;
+    };
+    let mut bytes = Vec::new();
+    for span in &spans {
+        cairn_proto::trace::encode_span(span, &mut bytes);
+    }
+    send_bytes("trace.spans", &Handle::blob(&bytes), &bytes);
+}
+
+fn send_bytes(name: &str, handle: &Handle, bytes: &[u8]) {
     println!("cairn: object {name} {handle} {}", bytes.len());
     for line in bytes.chunks(57) {
         println!("{}", base64(line));

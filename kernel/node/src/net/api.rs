@@ -114,6 +114,20 @@ impl NodeApi for BusyNode<'_> {
     fn busy(&self) -> bool {
         true
     }
+    fn trace(&self, since: u64) -> cairn_proto::Message {
+        crate::trace::read(since, cairn_proto::trace::SPANS_PER_FRAME)
+    }
+}
+
+/// An object stored from a client or peer, as an instant of the trace.
+fn put_span(handle: &Handle, bytes: u64, ok: bool) {
+    let now = clock::micros_since_boot();
+    crate::trace::record(cairn_proto::trace::Span {
+        handle: Some(*handle),
+        bytes,
+        ok,
+        ..cairn_proto::trace::Span::new(cairn_proto::trace::SpanKind::Put, 0, now, 0)
+    });
 }
 
 /// An upload's pages, as the protocol session sees them.
@@ -173,7 +187,10 @@ impl NodeApi for Node<'_> {
             // Old memo entries go before what clients just uploaded (Evaluator::make_room).
             self.ev.make_room(bytes.len() as u64 + OBJECT_OVERHEAD);
         }
-        self.ev.store.put_verified(handle, bytes)
+        let len = bytes.len() as u64;
+        let stored = self.ev.store.put_verified(handle, bytes);
+        put_span(handle, len, stored.is_ok());
+        stored
     }
     fn room(&self) -> u64 {
         // What could be made free: anything may go but what is pinned and what uploads in
@@ -189,10 +206,14 @@ impl NodeApi for Node<'_> {
     }
     fn put_upload(&mut self, handle: &Handle, buffer: Box<dyn UploadBuffer>) -> Result<(), StoreError> {
         // Only buffers from `upload_buffer` come back here: in pages of their own, and hashed.
-        match buffer.into_bytes_and_digest() {
-            (bytes, Some(digest)) => self.ev.store.put_upload(handle, bytes, digest),
-            (bytes, None) => self.ev.store.put_verified(handle, bytes),
-        }
+        let (bytes, digest) = buffer.into_bytes_and_digest();
+        let len = bytes.len() as u64;
+        let stored = match digest {
+            Some(digest) => self.ev.store.put_upload(handle, bytes, digest),
+            None => self.ev.store.put_verified(handle, bytes),
+        };
+        put_span(handle, len, stored.is_ok());
+        stored
     }
     fn adopt_journal(&mut self, journal: &Handle) -> Result<Handle, String> {
         self.jobs.adopt(journal, self.ev)
@@ -206,6 +227,9 @@ impl NodeApi for Node<'_> {
             Some(Ok(value)) => Some(value),
             _ => None,
         }
+    }
+    fn trace(&self, since: u64) -> cairn_proto::Message {
+        crate::trace::read(since, cairn_proto::trace::SPANS_PER_FRAME)
     }
     fn stats(&self) -> String {
         let store = self.ev.store.stats();
@@ -239,7 +263,7 @@ impl NodeApi for Node<'_> {
             })
             .collect();
         format!(
-            "{disk}{per_cpu}tasks_started_ahead={}\ntasks_most_at_once={}\nevaluations_most_at_once={}\nevaluations_let_go={}\ncpus={}\nhelper_busy_ms={}\nhelper_hashed_bytes={}\nkeystreams_ahead={}\nkeystreams_taken_back={}\nkeystreams_live={}\nobjects={}\nstore_bytes={}\nstore_used={}\nstore_limit={}\nstore_pinned={}\nstore_evictions={}\nstore_evicted_bytes={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nmemo_error_bytes={}\nmemo_evictions={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\nrelocated={}\n{}connections_served={}\nconnections_refused={}\nconnections_too_slow={}\nconnections_evicted={}\nconnections_idle={}\nconnections_handshake_closed={}\nuptime_ms={}\nidle_ms={}\n",
+            "{disk}{per_cpu}tasks_started_ahead={}\ntasks_most_at_once={}\nevaluations_most_at_once={}\nevaluations_let_go={}\ncpus={}\nhelper_busy_ms={}\nhelper_hashed_bytes={}\nkeystreams_ahead={}\nkeystreams_taken_back={}\nkeystreams_live={}\nobjects={}\nstore_bytes={}\nstore_used={}\nstore_limit={}\nstore_pinned={}\nstore_evictions={}\nstore_evicted_bytes={}\ntasks_run={}\nmemo_hits={}\nmemo_entries={}\nmemo_error_bytes={}\nmemo_evictions={}\nio_requests={}\njobs_submitted={}\njobs_replayed={}\nfetched_bytes={}\nrelocated={}\n{}connections_served={}\nconnections_refused={}\nconnections_too_slow={}\nconnections_evicted={}\nconnections_idle={}\nconnections_handshake_closed={}\ntrace_missed={}\nuptime_ms={}\nidle_ms={}\n",
             eval.started_ahead,
             crate::task::most_at_once(),
             evaluations.0,
@@ -274,6 +298,7 @@ impl NodeApi for Node<'_> {
             self.refusals.evicted,
             self.refusals.idle,
             self.refusals.handshake,
+            crate::trace::missed(),
             clock::micros_since_boot() / 1000,
             self.idle_us / 1000
         )

@@ -105,7 +105,8 @@ pub struct Coordination {
     events: VecDeque<Event>,
     /// The peer to get the result's bytes from, and the result.
     result_from: Option<(NodeId, Handle)>,
-    began_us: u64,
+    pub root: Handle,
+    pub began_us: u64,
     next_request: u32,
 }
 
@@ -175,6 +176,7 @@ impl Coordination {
             local_running: None,
             events: VecDeque::new(),
             result_from: None,
+            root,
             began_us: clock::micros_since_boot(),
             next_request: 1,
         })
@@ -225,6 +227,11 @@ impl Coordination {
             moved = true;
         }
         (moved, None)
+    }
+
+    /// The job's tasks.
+    pub fn tasks(&self) -> usize {
+        self.scheduler.graph().tasks.len()
     }
 
     /// This node's evaluation of a task ended with `answer`.

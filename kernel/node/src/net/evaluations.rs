@@ -159,6 +159,13 @@ impl Evaluations {
             };
             let e = self.under_way.remove(self.next);
             let stats = e.walk.stats();
+            crate::trace::record(cairn_proto::trace::Span {
+                handle: Some(e.walk.root()),
+                ok: outcome.is_ok(),
+                count: stats.tasks_run,
+                bytes: stats.memo_hits,
+                ..crate::trace::since(cairn_proto::trace::SpanKind::Eval, e.began_us)
+            });
             let answer = match outcome {
                 Ok(result) => Message::Evaluated {
                     result,

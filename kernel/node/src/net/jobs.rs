@@ -136,9 +136,17 @@ impl Jobs {
             Err(e) => return error(ErrorCode::NotFound, e.to_string()),
         };
         self.submitted += 1;
+        let began_us = crate::arch::clock::micros_since_boot();
+        let io_before = ev.stats().io_requests;
         let mut transport = NetTransport::new(network, ev.executor.ceilings.eval_time_us);
         let mut io = JobIo::live(handle, job.manifest, &mut transport);
         let outcome = ev.eval_with_io(job.root, &mut io);
+        crate::trace::record(cairn_proto::trace::Span {
+            handle: Some(handle),
+            ok: outcome.is_ok(),
+            count: ev.stats().io_requests.saturating_sub(io_before),
+            ..crate::trace::since(cairn_proto::trace::SpanKind::Job, began_us)
+        });
         let mut journal = io.into_journal();
         journal.result = outcome.as_ref().ok().copied();
         let journal = match self.store_journal(&journal, ev) {

@@ -118,6 +118,29 @@ pub fn fetch(
     from: ([u8; 4], u16),
     handles: &[Handle],
 ) -> Result<(u64, u64), String> {
+    let began_us = clock::micros_since_boot();
+    let fetched = fetch_untraced(network, others, ev, from, handles);
+    if fetched.as_ref().is_ok_and(|(objects, _)| *objects == 0) {
+        return fetched;
+    }
+    let (count, bytes) = fetched.as_ref().map_or((0, 0), |f| *f);
+    crate::trace::record(cairn_proto::trace::Span {
+        peer: from.0,
+        count,
+        bytes,
+        ok: fetched.is_ok(),
+        ..crate::trace::since(cairn_proto::trace::SpanKind::Fetch, began_us)
+    });
+    fetched
+}
+
+fn fetch_untraced(
+    network: &mut Network,
+    others: &mut ServeOthers<'_>,
+    ev: &mut NodeEvaluator,
+    from: ([u8; 4], u16),
+    handles: &[Handle],
+) -> Result<(u64, u64), String> {
     let mut wanted: Vec<Handle> =
         handles.iter().copied().filter(|h| !h.is_literal() && !ev.store.contains(h)).collect();
     wanted.sort();
@@ -217,6 +240,24 @@ const HAVE_BATCH: usize = (cairn_proto::MAX_FRAME - 64) / Handle::LEN;
 /// Runs `thunk` on the peer at `to`: ships the thunk and the inputs the peer lacks (its
 /// procedure and arguments, which must be values here), and returns the peer's answer.
 pub fn relocate(
+    network: &mut Network,
+    others: &mut ServeOthers<'_>,
+    ev: &NodeEvaluator,
+    to: ([u8; 4], u16),
+    thunk: Handle,
+) -> Result<Message, String> {
+    let began_us = clock::micros_since_boot();
+    let answer = relocate_untraced(network, others, ev, to, thunk);
+    crate::trace::record(cairn_proto::trace::Span {
+        peer: to.0,
+        handle: Some(thunk),
+        ok: matches!(answer, Ok(Message::Evaluated { .. })),
+        ..crate::trace::since(cairn_proto::trace::SpanKind::Relocate, began_us)
+    });
+    answer
+}
+
+fn relocate_untraced(
     network: &mut Network,
     others: &mut ServeOthers<'_>,
     ev: &NodeEvaluator,

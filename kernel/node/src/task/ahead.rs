@@ -154,7 +154,13 @@ impl Job {
             args: &self.args,
         };
         let mut store = self.store.clone();
+        let began_us = crate::arch::clock::micros_since_boot();
         let (outcome, spent_us, _) = runner.apply_once(&mut store, &app, self.ceilings, self.budget_us, true);
+        crate::trace::record(cairn_proto::trace::Span {
+            handle: Some(self.thunk),
+            ok: outcome.is_ok(),
+            ..crate::trace::since(cairn_proto::trace::SpanKind::Task, began_us)
+        });
         if matches!(outcome, Err(Failure::NodeFault(_))) {
             // The boot CPU runs it again; this CPU starts its next task from nothing this left.
             runner.forget_warm();

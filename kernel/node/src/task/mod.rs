@@ -383,8 +383,14 @@ impl Executor<NodeStore> for TaskExecutor {
                     (outcome, spent, budget_us)
                 }
                 None => {
+                    let began_us = crate::arch::clock::micros_since_boot();
                     let (outcome, spent, pinned) =
                         self.local.apply_once(store, app, ceilings, local_budget_us, false);
+                    crate::trace::record(cairn_proto::trace::Span {
+                        handle: Some(app.thunk),
+                        ok: outcome.is_ok(),
+                        ..crate::trace::since(cairn_proto::trace::SpanKind::Task, began_us)
+                    });
                     if pinned && let Ok(result) = &outcome {
                         // Until the evaluator has it (the next call), as for a job's result.
                         self.evaluation().started.hold(store, *result);
