@@ -223,3 +223,45 @@ fn the_coordinator_killed_mid_job_hands_the_job_on_and_memos_make_the_rerun_chea
         "{transcript}"
     );
 }
+
+/// A job whose root (identity) takes `tiles` Mandelbrot pixels, each on the set's neck (it never
+/// escapes) iterated about `iterations` times (each tile its own count, so each its own thunk):
+/// tasks that each take a while, all ready at once.
+fn slow_tiles_job(dir: &std::path::Path, tiles: u32, iterations: u32) -> std::path::PathBuf {
+    let mandelbrot = env!("CARGO_BIN_FILE_CAIRN_TASKS_mandelbrot");
+    let identity = env!("CARGO_BIN_FILE_CAIRN_TASKS_identity");
+    let args: Vec<String> = (0..tiles)
+        .map(|i| {
+            format!(
+                "{{ task = \"{mandelbrot}\", args = [{{ text = \"tile\" }}, {{ u32s = [1, 1, 0, 0, 1, 1, {}] }}] }}",
+                iterations + i
+            )
+        })
+        .collect();
+    let job = dir.join("slow-tiles.toml");
+    std::fs::write(&job, format!("[root]\ntask = \"{identity}\"\nargs = [{}]\n", args.join(", "))).unwrap();
+    job
+}
+
+/// A job that runs longer than a link's stall allowance (10 s) after its last quick request
+/// (the probe, the seeding, the one memo lookup: every tile is ready at once) loses no peer:
+/// a link to a peer that has nothing to do for the job is not a peer that stalled.
+#[test]
+fn a_long_job_loses_no_peer_to_its_own_idle_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &[]);
+    let job = slow_tiles_job(dir.path(), 90, 1_000_000);
+    let began = Instant::now();
+    let out = cluster.eval(&job, &[]);
+    let took = began.elapsed();
+    // Verification asks no memo at all: every quick link is idle from the seeding on.
+    let began = Instant::now();
+    let verified = cluster.eval(&job, &["--verify"]);
+    let took_verified = began.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(took > Duration::from_secs(11), "the job took only {took:?}: not long enough to show anything");
+    assert!(!stderr(&out).contains("lost"), "took {took:?}: {}", show(&out));
+    assert_eq!(verified.status.code(), Some(0), "took {took_verified:?}: {}", show(&verified));
+    assert!(!stderr(&verified).contains("lost"), "took {took_verified:?}: {}", show(&verified));
+}
+
