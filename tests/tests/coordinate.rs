@@ -265,3 +265,37 @@ fn a_long_job_loses_no_peer_to_its_own_idle_links() {
     assert!(!stderr(&verified).contains("lost"), "took {took_verified:?}: {}", show(&verified));
 }
 
+
+/// A job whose client has gone is let go of, as an EVAL's is: nobody would get its answer, and
+/// the node would refuse every other COORDINATE (busy) while its tasks kept the cluster's CPUs.
+#[test]
+fn a_job_whose_client_left_is_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &[]);
+    // A root that is a value is the job's result at once, on any node.
+    let mut n0 = cluster.client(0);
+    let value = cairn_object::Handle::blob(b"a value");
+    let (result, _) = n0.coordinate(value, &cairn_sched_options()).unwrap();
+    assert_eq!(result, value);
+
+    let job = slow_tiles_job(dir.path(), 90, 1_000_000);
+    let mut child = cairn()
+        .args(["eval", "--cluster", cluster.state_path.to_str().unwrap(), "--job", job.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Once the job runs on the peers, its client dies.
+    let began = Instant::now();
+    while (1..3).map(|n| cairn_tests::stat(&cluster.client(n).stats().unwrap(), "tasks_run")).sum::<u64>() < 2 {
+        assert!(began.elapsed() < Duration::from_secs(60), "the peers ran nothing");
+        assert!(child.try_wait().unwrap().is_none(), "the job ended before its client was killed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let answer = n0.coordinate(value, &cairn_sched_options());
+    assert!(answer.is_ok(), "{:?} after the job's client left: {:#}", killed.elapsed(), answer.unwrap_err());
+}
