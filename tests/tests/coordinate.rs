@@ -299,3 +299,53 @@ fn a_job_whose_client_left_is_let_go() {
     let answer = n0.coordinate(value, &cairn_sched_options());
     assert!(answer.is_ok(), "{:?} after the job's client left: {:#}", killed.elapsed(), answer.unwrap_err());
 }
+
+/// Reads `uploaded N bytes` from the summary.
+fn uploaded_bytes(output: &std::process::Output) -> u64 {
+    let text = stderr(output);
+    let at = text.find("uploaded ").unwrap_or_else(|| panic!("no summary in:\n{}", show(output)));
+    text[at + 9..].split(' ').next().unwrap().parse().unwrap()
+}
+
+/// The node's report says what it did: the bytes it uploaded (not the footprints their handles
+/// declare, which for a thunk count its procedure), and whole handles in every mismatch.
+#[test]
+fn a_nodes_report_counts_what_it_sent_and_names_whole_handles() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &[]);
+    // Everything the job has, on each of the two peers at most, is all the node could upload.
+    let job = slow_tiles_job(dir.path(), 12, 1000);
+    let elves = [env!("CARGO_BIN_FILE_CAIRN_TASKS_mandelbrot"), env!("CARGO_BIN_FILE_CAIRN_TASKS_identity")];
+    let procedures: u64 = elves.iter().map(|e| std::fs::metadata(e).unwrap().len()).sum();
+    let thunks = 13 * 1024;
+    let out = cluster.eval(&job, &["--spread"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let ran_on_peers = !stderr(&out).contains("node 1: 0") || !stderr(&out).contains("node 2: 0");
+    assert!(ran_on_peers, "{}", show(&out));
+    assert!(
+        uploaded_bytes(&out) <= 2 * (procedures + thunks),
+        "the job's objects are {procedures} + at most {thunks} bytes: {}",
+        show(&out)
+    );
+
+    // Twenty tasks that disagree with themselves: every mismatch the node names is whole.
+    let hostile = env!("CARGO_BIN_FILE_CAIRN_TASKS_hostile");
+    let identity = env!("CARGO_BIN_FILE_CAIRN_TASKS_identity");
+    let args: Vec<String> = (0..20)
+        .map(|i| format!("{{ task = \"{hostile}\", args = [{{ text = \"rdrand\" }}, {{ u32s = [{i}] }}] }}"))
+        .collect();
+    let rdrand = dir.path().join("rdrand20.toml");
+    std::fs::write(&rdrand, format!("[root]\ntask = \"{identity}\"\nargs = [{}]\n", args.join(", "))).unwrap();
+    let caught = cluster.eval(&rdrand, &["--verify"]);
+    assert_eq!(caught.status.code(), Some(1), "{}", show(&caught));
+    let stdout = String::from_utf8_lossy(&caught.stdout).into_owned();
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("verify: MISMATCH ")).collect();
+    assert!(lines.len() >= 8, "{}", show(&caught));
+    for line in lines {
+        let values: Vec<&str> = line.split(" -> ").skip(1).map(|v| v.split(',').next().unwrap()).collect();
+        assert_eq!(values.len(), 2, "{line}");
+        for value in values {
+            assert!(value.parse::<cairn_object::Handle>().is_ok(), "`{value}` is not a handle: {line}");
+        }
+    }
+}
