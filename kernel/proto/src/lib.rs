@@ -22,7 +22,8 @@ pub const MAX_CHUNK: usize = MAX_FRAME - 256;
 pub const HEADER: usize = 12;
 /// Objects up to this size travel in one PUT or OBJECT frame; larger ones in chunks.
 pub const MAX_INLINE: usize = MAX_CHUNK;
-const MAX_TEXT: usize = 4096;
+/// Largest text field (an ERROR's message, a failure, a report); a longer one is cut.
+pub const MAX_TEXT: usize = 4096;
 
 /// Whether `len` bytes can be the object `handle` names (docs/PROTOCOL.md, PUT-BEGIN): a blob's
 /// length is its size; a tree's or thunk's encoding is whole entries, and no more than its

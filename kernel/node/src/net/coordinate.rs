@@ -16,7 +16,7 @@ use core::fmt::Write;
 use bytes::Bytes;
 use cairn_object::Handle;
 use cairn_object::store::{OBJECT_OVERHEAD, Store};
-use cairn_proto::{ErrorCode, Frame, MAX_CHUNK, MAX_FRAME, MAX_INLINE, Message, encode};
+use cairn_proto::{ErrorCode, Frame, MAX_CHUNK, MAX_FRAME, MAX_INLINE, MAX_TEXT, Message, encode};
 use cairn_sched::{Action, Event, Graph, NodeId, Options, Order, Placement, Scheduler};
 
 use super::Network;
@@ -36,6 +36,8 @@ const BATCH: usize = (MAX_FRAME - 64) / Handle::LEN;
 struct Pending {
     request: u32,
     action: Action,
+    /// The bytes an upload sent (not its handle's size: a tree's or thunk's is its footprint).
+    bytes: u64,
 }
 
 /// A peer's link for quick requests: one at a time, in order.
@@ -74,6 +76,8 @@ struct Running {
     fetches: Vec<(NodeId, Vec<Handle>)>,
     moved: u64,
     uploaded: u64,
+    /// The bytes of the object being put.
+    putting: u64,
 }
 
 /// A peer's link for tasks: one at a time, in order.
@@ -349,6 +353,7 @@ impl Coordination {
             let quick = &mut self.quick[node];
             let link = Self::link(&mut quick.link, cluster, to)?;
             link.renew(0);
+            let mut sent = 0;
             match &action {
                 Action::AskMissing { handles, .. } => {
                     quick.batches_left = handles.len().div_ceil(BATCH).max(1);
@@ -364,14 +369,14 @@ impl Coordination {
                     let bytes = ev.store.get(handle).ok_or_else(|| {
                         format!("{handle}, an object of the job, is no longer on this node")
                     })?;
-                    put(link, request, *handle, &bytes);
+                    sent = put(link, request, *handle, &bytes);
                 }
                 Action::Recall { thunks, .. } => {
                     link.queue_message(request, Message::Recall { thunks: thunks.clone() })
                 }
                 _ => return Err("not a quick request".into()),
             }
-            quick.pending = Some(Pending { request, action });
+            quick.pending = Some(Pending { request, action, bytes: sent });
         }
         let quick = &mut self.quick[node];
         let link = quick.link.as_mut().expect("a request is pending on it");
@@ -393,7 +398,7 @@ impl Coordination {
                     Event::Missing { node, missing: core::mem::take(&mut quick.missing) }
                 }
                 (Action::Upload { handle, .. }, Message::Stored { handle: stored }) if stored == *handle => {
-                    Event::Uploaded { node, handle: *handle, bytes: handle.size() }
+                    Event::Uploaded { node, handle: *handle, bytes: pending.bytes }
                 }
                 (Action::Recall { .. }, Message::Recalled { entries }) => Event::Recalled { node, entries },
                 (_, Message::Error { message, .. }) => return Err(format!("{}: {message}", link.peer)),
@@ -444,6 +449,7 @@ impl Coordination {
                 fetches,
                 moved: 0,
                 uploaded: 0,
+                putting: 0,
             });
         }
         let runner = &mut self.runners[node];
@@ -468,7 +474,7 @@ impl Coordination {
                 }
                 (Stage::Put { left }, Message::Stored { handle }) if left.last() == Some(&handle) => {
                     left.pop();
-                    running.uploaded = running.uploaded.saturating_add(handle.size());
+                    running.uploaded = running.uploaded.saturating_add(running.putting);
                     None
                 }
                 (Stage::Fetch { next }, Message::Fetched { bytes, .. }) => {
@@ -518,7 +524,7 @@ impl Coordination {
                                 format!("{handle}, an object of the job, is no longer on this node")
                             })?
                         };
-                        put(link, request, *handle, &bytes);
+                        running.putting = put(link, request, *handle, &bytes);
                     }
                     None => running.stage = Stage::Fetch { next: 0 },
                 },
@@ -654,29 +660,37 @@ impl Coordination {
             lost.join(","),
             report.mismatches.len(),
         );
-        for m in report.mismatches.iter().take(16) {
-            let _ = writeln!(
-                text,
-                "mismatch={} {}={} {}={}",
+        // Whole lines only, as many as the text field holds: a line cut short would name a
+        // handle that is not one.
+        let mismatches = report.mismatches.iter().take(16).map(|m| {
+            format!(
+                "mismatch={} {}={} {}={}\n",
                 m.thunk,
                 name(m.first.0),
                 m.first.1,
                 name(m.second.0),
                 m.second.1
-            );
-        }
-        for (peer, why) in report.bad_peers.iter().take(16) {
-            let _ = writeln!(text, "bad_peer={} {}", name(*peer), why.replace('\n', " "));
+            )
+        });
+        // (A peer's words, cut to a line that leaves room for others.)
+        let bad_peers = report.bad_peers.iter().take(16).map(|(peer, why)| {
+            let why: String = why.chars().take(256).map(|c| if c == '\n' { ' ' } else { c }).collect();
+            format!("bad_peer={} {why}\n", name(*peer))
+        });
+        for line in mismatches.chain(bad_peers) {
+            if text.len() + line.len() <= MAX_TEXT {
+                text.push_str(&line);
+            }
         }
         Message::Coordinated { result, report: text }
     }
 }
 
-/// Puts an object on a peer: whole, or in chunks.
-fn put(link: &mut Link, request: u32, handle: Handle, bytes: &[u8]) {
+/// Puts an object on a peer: whole, or in chunks. Returns its length.
+fn put(link: &mut Link, request: u32, handle: Handle, bytes: &[u8]) -> u64 {
     if bytes.len() <= MAX_INLINE {
         link.queue_message(request, Message::Put { handle, bytes: bytes.to_vec() });
-        return;
+        return bytes.len() as u64;
     }
     let mut out = Vec::new();
     encode(&Frame { request, message: Message::PutBegin { handle, len: bytes.len() as u64 } }, &mut out);
@@ -685,6 +699,7 @@ fn put(link: &mut Link, request: u32, handle: Handle, bytes: &[u8]) {
         encode(&Frame { request, message }, &mut out);
     }
     link.queue(&out);
+    bytes.len() as u64
 }
 
 fn describe(message: &Message) -> String {
