@@ -265,7 +265,6 @@ fn a_long_job_loses_no_peer_to_its_own_idle_links() {
     assert!(!stderr(&verified).contains("lost"), "took {took_verified:?}: {}", show(&verified));
 }
 
-
 /// A job whose client has gone is let go of, as an EVAL's is: nobody would get its answer, and
 /// the node would refuse every other COORDINATE (busy) while its tasks kept the cluster's CPUs.
 #[test]
@@ -287,7 +286,8 @@ fn a_job_whose_client_left_is_let_go() {
         .unwrap();
     // Once the job runs on the peers, its client dies.
     let began = Instant::now();
-    while (1..3).map(|n| cairn_tests::stat(&cluster.client(n).stats().unwrap(), "tasks_run")).sum::<u64>() < 2 {
+    while (1..3).map(|n| cairn_tests::stat(&cluster.client(n).stats().unwrap(), "tasks_run")).sum::<u64>() < 2
+    {
         assert!(began.elapsed() < Duration::from_secs(60), "the peers ran nothing");
         assert!(child.try_wait().unwrap().is_none(), "the job ended before its client was killed");
         std::thread::sleep(Duration::from_millis(50));
@@ -335,7 +335,8 @@ fn a_nodes_report_counts_what_it_sent_and_names_whole_handles() {
         .map(|i| format!("{{ task = \"{hostile}\", args = [{{ text = \"rdrand\" }}, {{ u32s = [{i}] }}] }}"))
         .collect();
     let rdrand = dir.path().join("rdrand20.toml");
-    std::fs::write(&rdrand, format!("[root]\ntask = \"{identity}\"\nargs = [{}]\n", args.join(", "))).unwrap();
+    std::fs::write(&rdrand, format!("[root]\ntask = \"{identity}\"\nargs = [{}]\n", args.join(", ")))
+        .unwrap();
     let caught = cluster.eval(&rdrand, &["--verify"]);
     assert_eq!(caught.status.code(), Some(1), "{}", show(&caught));
     let stdout = String::from_utf8_lossy(&caught.stdout).into_owned();
