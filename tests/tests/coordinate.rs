@@ -350,3 +350,33 @@ fn a_nodes_report_counts_what_it_sent_and_names_whole_handles() {
         }
     }
 }
+
+/// A peer killed mid-job (no reset comes from a VM that is gone: only silence) is found lost
+/// and its tasks run elsewhere; the job ends with the one node's result, in good time.
+#[test]
+fn a_peer_killed_mid_job_is_lost_and_the_job_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &[]);
+    let job = slow_tiles_job(dir.path(), 24, 1_000_000);
+    let mut child = cairn()
+        .args(["eval", "--cluster", cluster.state_path.to_str().unwrap(), "--job", job.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let began = Instant::now();
+    while cairn_tests::stat(&cluster.client(1).stats().unwrap(), "tasks_run") < 2 {
+        assert!(began.elapsed() < Duration::from_secs(60), "node 1 ran nothing");
+        assert!(child.try_wait().unwrap().is_none(), "the job ended before node 1 was killed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: the pid of a QEMU this test's cluster started.
+    unsafe { libc::kill(cluster.state.nodes[1].qemu_pid as libc::pid_t, libc::SIGKILL) };
+    let killed = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let took = killed.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(stderr(&out).contains("lost node 1"), "{}", show(&out));
+    assert!(took < Duration::from_secs(60), "the job took {took:?} after node 1 died: {}", show(&out));
+    eprintln!("{took:?}: {}", show(&out));
+}
