@@ -380,3 +380,37 @@ fn a_peer_killed_mid_job_is_lost_and_the_job_ends() {
     assert!(took < Duration::from_secs(60), "the job took {took:?} after node 1 died: {}", show(&out));
     eprintln!("{took:?}: {}", show(&out));
 }
+
+/// A job's graph is held in the coordinating node's heap (each argument of each thunk, and its
+/// leaves again while the job starts): a COORDINATE of a graph bigger than the heap is refused
+/// with an error that says so, and the node keeps serving.
+#[test]
+fn a_graph_too_big_for_the_heap_is_refused_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up_nodes(dir.path(), 1, &[]);
+    let mut n0 = cluster.client(0);
+    let identity = std::fs::read(env!("CARGO_BIN_FILE_CAIRN_TASKS_identity")).unwrap();
+    let procedure = cairn_object::Handle::blob(&identity);
+    n0.put(procedure, &identity, |_| {}).unwrap();
+    let limits = cairn_object::Limits::new(1 << 20).unwrap();
+    // Thunks of 100,000 literal arguments each (4 MB): 48 bytes an argument in the graph.
+    let mut wide = Vec::new();
+    for i in 0..30u32 {
+        let mut args = vec![cairn_object::Handle::blob(b"x"); 100_000];
+        args[0] = cairn_object::Handle::blob(&i.to_le_bytes());
+        let bytes = cairn_object::thunk::encode(limits, procedure, &args).unwrap();
+        let handle = cairn_object::store::name(cairn_object::Kind::Thunk, &bytes).unwrap();
+        n0.put(handle, &bytes, |_| {}).unwrap();
+        wide.push(handle);
+    }
+    let root = cairn_object::thunk::encode(limits, procedure, &wide).unwrap();
+    let root_h = cairn_object::store::name(cairn_object::Kind::Thunk, &root).unwrap();
+    n0.put(root_h, &root, |_| {}).unwrap();
+    let answer = n0.coordinate(root_h, &cairn_sched_options());
+    let alive = cairn_tools::client::Client::connect(&cluster.state.nodes[0].api).and_then(|mut c| c.stats());
+    let log = std::fs::read_to_string(&cluster.state.log).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
+    assert!(alive.is_ok(), "the node is gone after {answer:?}:\n{}", tail.join("\n"));
+    let err = answer.unwrap_err().to_string();
+    assert!(err.contains("the node refused"), "{err}");
+}
