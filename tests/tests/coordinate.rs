@@ -414,3 +414,34 @@ fn a_graph_too_big_for_the_heap_is_refused_and_the_node_keeps_serving() {
     let err = answer.unwrap_err().to_string();
     assert!(err.contains("the node refused"), "{err}");
 }
+
+/// What a one-node cluster refuses to coordinate, each refusal naming what is wrong and nothing
+/// that is not: an IO request is not an object to upload; verification needs a second node.
+#[test]
+fn refusals_name_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up_nodes(dir.path(), 1, &[]);
+    let mut n0 = cluster.client(0);
+    let limits = cairn_object::Limits::new(1 << 20).unwrap();
+    let io = cairn_object::io::Effect::HttpGet.procedure();
+    let get =
+        cairn_object::thunk::encode(limits, io, &[cairn_object::Handle::blob(b"http://10.0.2.2/")]).unwrap();
+    let get_h = cairn_object::store::name(cairn_object::Kind::Thunk, &get).unwrap();
+    n0.put(get_h, &get, |_| {}).unwrap();
+    let err = n0.coordinate(get_h, &cairn_sched_options()).unwrap_err().to_string();
+    assert!(err.contains("is an IO request"), "{err}");
+    assert!(!err.contains("upload the job's objects"), "the job's objects are all there: {err}");
+
+    let identity = std::fs::read(env!("CARGO_BIN_FILE_CAIRN_TASKS_identity")).unwrap();
+    let procedure = cairn_object::Handle::blob(&identity);
+    n0.put(procedure, &identity, |_| {}).unwrap();
+    let root = cairn_object::thunk::encode(limits, procedure, &[cairn_object::Handle::blob(b"x")]).unwrap();
+    let root_h = cairn_object::store::name(cairn_object::Kind::Thunk, &root).unwrap();
+    n0.put(root_h, &root, |_| {}).unwrap();
+    let verify = cairn_sched::Options { verify: true, ..cairn_sched_options() };
+    let err = n0.coordinate(root_h, &verify).unwrap_err().to_string();
+    assert!(err.contains("needs at least two nodes"), "{err}");
+    // And without verification the one node runs it.
+    let (result, _) = n0.coordinate(root_h, &cairn_sched_options()).unwrap();
+    assert_eq!(result, cairn_object::Handle::blob(b"x"));
+}
