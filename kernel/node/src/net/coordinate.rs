@@ -17,7 +17,7 @@ use bytes::Bytes;
 use cairn_object::Handle;
 use cairn_object::store::{OBJECT_OVERHEAD, Store};
 use cairn_proto::{ErrorCode, Frame, MAX_CHUNK, MAX_FRAME, MAX_INLINE, MAX_TEXT, Message, encode};
-use cairn_sched::{Action, Event, Graph, NodeId, Options, Order, Placement, Scheduler};
+use cairn_sched::{Action, Event, Graph, GraphError, NodeId, Options, Order, Placement, Scheduler};
 
 use super::Network;
 use super::api::Queued;
@@ -142,11 +142,15 @@ impl Coordination {
         }
         let graph = match Graph::build(root, MAX_TASKS, |h| ev.store.get(h).map(|b| b.to_vec())) {
             Ok(graph) => graph,
-            Err(e) => {
+            Err(e @ GraphError::Missing(_)) => {
                 return refuse(
                     asked,
                     format!("{e} (upload the job's objects to the coordinating node first)"),
                 );
+            }
+            // Not a missing object: a job this node will not coordinate, as it is.
+            Err(e) => {
+                return Err((asked, Message::Error { code: ErrorCode::Unexpected, message: format!("{e}") }));
             }
         };
         // The job's objects this node holds: it puts them wherever they are needed.
