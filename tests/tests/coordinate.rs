@@ -445,3 +445,47 @@ fn refusals_name_what_is_wrong() {
     let (result, _) = n0.coordinate(root_h, &cairn_sched_options()).unwrap();
     assert_eq!(result, cairn_object::Handle::blob(b"x"));
 }
+
+/// Inputs bigger than one frame (PUT-BEGIN and chunks), spread by the coordinating node to its
+/// peers and fetched between them: the same result as the host's own coordination.
+#[test]
+fn inputs_bigger_than_a_frame_are_spread_in_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &[]);
+    let words = ["cairn", "stone", "path", "summit", "trail", "marker"];
+    let mut maps = Vec::new();
+    for c in 0..3u64 {
+        let mut text = String::new();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ c;
+        while text.len() < 1_300_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            text.push_str(words[(state % words.len() as u64) as usize]);
+            text.push(if state % 13 == 0 { '\n' } else { ' ' });
+        }
+        let file = dir.path().join(format!("big{c}.txt"));
+        std::fs::write(&file, text).unwrap();
+        maps.push(format!(
+            "{{ task = \"{}\", args = [{{ text = \"map\" }}, \"{}\"] }}",
+            env!("CARGO_BIN_FILE_CAIRN_TASKS_wordcount"),
+            file.display()
+        ));
+    }
+    let job = dir.path().join("big.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "[root]\ntask = \"{}\"\nargs = [{{ text = \"reduce\" }}, {}]\n",
+            env!("CARGO_BIN_FILE_CAIRN_TASKS_wordcount"),
+            maps.join(", ")
+        ),
+    )
+    .unwrap();
+    let by_node = cluster.eval(&job, &["--spread"]);
+    assert_eq!(by_node.status.code(), Some(0), "{}", show(&by_node));
+    assert!(!stderr(&by_node).contains("lost"), "{}", show(&by_node));
+    let by_host = cluster.eval_by_host(&job, &["--verify"]);
+    assert_eq!(by_host.status.code(), Some(0), "{}", show(&by_host));
+    assert_eq!(result_of(&by_node), result_of(&by_host), "{}\n{}", show(&by_node), show(&by_host));
+}
