@@ -489,3 +489,22 @@ fn inputs_bigger_than_a_frame_are_spread_in_chunks() {
     assert_eq!(by_host.status.code(), Some(0), "{}", show(&by_host));
     assert_eq!(result_of(&by_node), result_of(&by_host), "{}\n{}", show(&by_node), show(&by_host));
 }
+
+/// A peer that sends wrong bytes, with a node coordinating: caught and avoided by the node, and
+/// as the coordinator itself, caught by the client, which hands the job on. Never a wrong result.
+#[test]
+fn a_peer_that_sends_wrong_bytes_is_caught_by_the_coordinating_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &["--fault", "1=corrupt-objects"]);
+    let job = wordcount_job(dir.path(), 6);
+    let out = cluster.eval(&job, &["--spread"]);
+    // Node 1 coordinating: its answer's bytes are wrong too.
+    let via_liar = cluster.eval(&job, &["--spread", "--verify", "--via", "1"]);
+    let reference = cluster.eval_by_host(&job, &[]);
+    assert_eq!(reference.status.code(), Some(0), "{}", show(&reference));
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(stderr(&out).contains("node 1 sending wrong bytes"), "{}", show(&out));
+    assert_eq!(result_of(&out), result_of(&reference), "{}", show(&out));
+    assert_eq!(via_liar.status.code(), Some(0), "{}", show(&via_liar));
+    assert_eq!(result_of(&via_liar), result_of(&reference), "{}", show(&via_liar));
+}
