@@ -589,6 +589,17 @@ fn coordinate(
     let mut guard = SERVING.lock();
     let Serving { network, cluster, api, cluster_api } = guard.as_mut().expect("set by serve");
     let Some(cluster) = cluster.as_mut() else { return false };
+    // A job whose client has gone is let go of, as an EVAL's is: nobody would get its answer,
+    // and it would keep the cluster busy and this node refusing other jobs.
+    let wanted = match (c.on_cluster, cluster_api.as_ref()) {
+        (false, _) => api.wanted(&c.asked),
+        (true, Some(cluster_api)) => cluster_api.wanted(&c.asked),
+        (true, None) => false,
+    };
+    if !wanted {
+        coordination.take().expect("matched above").abandon(cluster);
+        return true;
+    }
     let (moved, answer) = {
         let mut others = serve_others(network, api, cluster_api);
         c.step(cluster, &mut others, ev, evaluations)

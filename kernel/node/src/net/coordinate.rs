@@ -626,6 +626,13 @@ impl Coordination {
         self.events.push_back(Event::Lost { node, why });
     }
 
+    /// Lets go of the job (its client has gone): its links to the peers close, so that they
+    /// let go of its tasks too; this node's own evaluation of one is let go by the loop.
+    pub fn abandon(mut self, cluster: &mut Network) {
+        log::info!("coordinate: the job's client has gone; letting go of the job");
+        self.close(cluster);
+    }
+
     fn close(&mut self, cluster: &mut Network) {
         for node in 0..self.addresses.len() {
             for link in [self.quick[node].link.take(), self.runners[node].link.take()].into_iter().flatten() {
