@@ -136,6 +136,11 @@ impl Client {
         }
     }
 
+    /// How long to wait for an answer before giving up on the node (600 s unless set).
+    pub fn set_patience(&mut self, patience: Duration) -> anyhow::Result<()> {
+        Ok(self.stream.set_read_timeout(Some(patience))?)
+    }
+
     fn send(&mut self, request: u32, message: Message) -> anyhow::Result<()> {
         let mut bytes = Vec::new();
         encode(&Frame { request, message }, &mut bytes);

@@ -43,6 +43,8 @@ pub enum GraphError {
     Io(Handle),
     TooDeep,
     TooLarge(usize),
+    /// More arguments in all than the builder was allowed.
+    TooWide(usize),
 }
 
 impl fmt::Display for GraphError {
@@ -55,6 +57,9 @@ impl fmt::Display for GraphError {
             }
             GraphError::TooDeep => write!(f, "the graph is deeper than {MAX_DEPTH} thunks"),
             GraphError::TooLarge(limit) => write!(f, "the graph has more than {limit} tasks"),
+            GraphError::TooWide(limit) => {
+                write!(f, "the graph's tasks have more than {limit} arguments in all")
+            }
         }
     }
 }
@@ -75,14 +80,30 @@ impl Graph {
         max_tasks: usize,
         open: impl Fn(&Handle) -> Option<Vec<u8>>,
     ) -> Result<Graph, GraphError> {
+        Graph::build_within(root, max_tasks, usize::MAX, open)
+    }
+
+    /// [`Graph::build`], with at most `max_args` arguments over all tasks: what the graph and
+    /// a scheduler over it take grows with them (a node that coordinates bounds both).
+    pub fn build_within(
+        root: Handle,
+        max_tasks: usize,
+        max_args: usize,
+        open: impl Fn(&Handle) -> Option<Vec<u8>>,
+    ) -> Result<Graph, GraphError> {
+        let mut args_seen = 0usize;
         let mut tasks: Vec<Task> = Vec::new();
         let mut index: BTreeMap<Handle, usize> = BTreeMap::new();
         if root.kind() != Kind::Thunk {
             return Ok(Graph { tasks, root: Arg::Value(root), dependents: Vec::new() });
         }
-        let visit = |handle: Handle| -> Result<Visit, GraphError> {
+        let mut visit = |handle: Handle| -> Result<Visit, GraphError> {
             let bytes = open(&handle).ok_or(GraphError::Missing(handle))?;
             let thunk = Thunk::decode(&bytes).map_err(|e| GraphError::Malformed(handle, e.to_string()))?;
+            args_seen = args_seen.saturating_add(thunk.args().count());
+            if args_seen > max_args {
+                return Err(GraphError::TooWide(max_args));
+            }
             if cairn_object::io::Effect::of(&thunk.procedure()).is_some() {
                 return Err(GraphError::Io(handle));
             }

@@ -410,3 +410,27 @@ fn two_tasks_with_one_result_and_their_holders_lost() {
     assert!(ran_on.len() > 2, "one of the two is run again for its result: {ran_on:?}");
     assert_eq!(m.finished.expect("finished").unwrap().result, Some(expected));
 }
+
+#[test]
+fn a_graph_wider_than_allowed_is_refused_by_its_arguments_in_all() {
+    use cairn_object::{Handle, Kind, Limits};
+    let limits = Limits::new(1 << 20).unwrap();
+    let procedure = Handle::blob(&[9u8; 64]);
+    let mut objects = std::collections::HashMap::new();
+    let mut leaves = Vec::new();
+    for i in 0..3u8 {
+        let args: Vec<Handle> = (0..10u8).map(|j| Handle::blob(&[i, j])).collect();
+        let bytes = cairn_object::thunk::encode(limits, procedure, &args).unwrap();
+        let handle = cairn_object::store::name(Kind::Thunk, &bytes).unwrap();
+        objects.insert(handle, bytes);
+        leaves.push(handle);
+    }
+    let root = cairn_object::thunk::encode(limits, procedure, &leaves).unwrap();
+    let root_h = cairn_object::store::name(Kind::Thunk, &root).unwrap();
+    objects.insert(root_h, root);
+    let open = |h: &Handle| objects.get(h).cloned();
+    // 3 + 3 x 10 arguments in all.
+    assert!(cairn_sched::Graph::build_within(root_h, 100, 33, open).is_ok());
+    let err = cairn_sched::Graph::build_within(root_h, 100, 32, open).unwrap_err();
+    assert_eq!(err.to_string(), "the graph's tasks have more than 32 arguments in all");
+}

@@ -13,6 +13,9 @@ use cairn_proto::ErrorCode;
 use super::lifecycle::NodeState;
 use crate::client::{Client, Refused};
 
+/// How long the host waits for a coordinating node's answer.
+const COORDINATION_PATIENCE: Duration = Duration::from_secs(24 * 3600);
+
 /// What the coordinating node answered, with what only the host knows.
 #[derive(Debug)]
 pub struct Handed {
@@ -90,6 +93,8 @@ fn attempt(
     let node_failed = Attempt::NodeFailed;
     let mut client = Client::connect(&node.api).map_err(node_failed)?;
     client.upload_missing(objects).map_err(node_failed)?;
+    // A job may run for hours; a coordinator that dies breaks the connection long before that.
+    client.set_patience(COORDINATION_PATIENCE).map_err(node_failed)?;
     let (result, report) =
         client.coordinate(root, options).map_err(|e| match e.downcast_ref::<Refused>() {
             // Busy with another job: another node may take it. Any other answer is the job's.

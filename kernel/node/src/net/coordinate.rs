@@ -29,13 +29,25 @@ use crate::jobs::NodeEvaluator;
 
 /// The most tasks a job this node coordinates may have: the scheduler's state grows with them.
 pub const MAX_TASKS: usize = 1 << 16;
+/// The most arguments its tasks may have in all, and the heap each is reckoned to take (in the
+/// graph, the scheduler's lists and the probes of its leaves).
+pub const MAX_ARGUMENTS: usize = 1 << 20;
+const ARGUMENT_BYTES: usize = 512;
+/// A link idle this long is opened afresh before its next request: the peer may have closed it
+/// meanwhile (idle, or to make room for other clients: docs/SECURITY.md).
+const REOPEN_AFTER_US: u64 = 900_000;
+/// While a peer runs a task (silent for as long as the task's budget), its quick link asks it a
+/// HAVE of nothing this often, which a busy node answers: a peer that stops answering is lost
+/// within a link's stall time.
+const HEARTBEAT_US: u64 = 2_000_000;
 /// Handles one HAVE or FETCH frame holds, with room to spare.
 const BATCH: usize = (MAX_FRAME - 64) / Handle::LEN;
 
 /// A request to a peer that takes one answer.
 struct Pending {
     request: u32,
-    action: Action,
+    /// None: a heartbeat (HAVE of nothing).
+    action: Option<Action>,
     /// The bytes an upload sent (not its handle's size: a tree's or thunk's is its footprint).
     bytes: u64,
 }
@@ -49,6 +61,9 @@ struct Quick {
     /// HAVE batches still unanswered, and what the answered ones said is missing.
     batches_left: usize,
     missing: Vec<Handle>,
+    /// When the link last finished a request, and when the peer last answered a heartbeat.
+    idle_since: u64,
+    last_beat: u64,
 }
 
 /// Where a task on a peer has got to.
@@ -78,6 +93,9 @@ struct Running {
     uploaded: u64,
     /// The bytes of the object being put.
     putting: u64,
+    /// The request id all of the task's requests carry, and what its HAVE asked (sorted).
+    request: u32,
+    wanted: Vec<Handle>,
 }
 
 /// A peer's link for tasks: one at a time, in order.
@@ -86,6 +104,8 @@ struct Runner {
     link: Option<Link>,
     queue: VecDeque<Order>,
     running: Option<Running>,
+    /// When the link last finished a task.
+    idle_since: u64,
 }
 
 /// Numbers the jobs a node coordinates, so that a task's answer finds its own job.
@@ -140,7 +160,12 @@ impl Coordination {
                 format!("{root} is not on this node (upload the job's objects to it first)"),
             );
         }
-        let graph = match Graph::build(root, MAX_TASKS, |h| ev.store.get(h).map(|b| b.to_vec())) {
+        // What the graph and the scheduler take grows with the arguments: bounded by the heap
+        // this node has free now (ARGUMENT_BYTES each), so a job too wide is refused rather than
+        // run the node out of memory.
+        let max_args = (crate::memory::heap::usage().1 / ARGUMENT_BYTES).min(MAX_ARGUMENTS);
+        let open = |h: &Handle| ev.store.get(h).map(|b| b.to_vec());
+        let graph = match Graph::build_within(root, MAX_TASKS, max_args, open) {
             Ok(graph) => graph,
             Err(e @ GraphError::Missing(_)) => {
                 return refuse(
@@ -327,11 +352,18 @@ impl Coordination {
         self.next_request
     }
 
+    /// The link in `slot`, opened if there is none or it has been idle since `idle_since` for
+    /// longer than [`REOPEN_AFTER_US`].
     fn link<'l>(
         slot: &'l mut Option<Link>,
+        idle_since: u64,
         cluster: &mut Network,
         to: [u8; 4],
     ) -> Result<&'l mut Link, String> {
+        let stale = clock::micros_since_boot().saturating_sub(idle_since) >= REOPEN_AFTER_US;
+        if stale && let Some(old) = slot.take() {
+            old.close(cluster);
+        }
         if slot.is_none() {
             *slot = Some(Link::open(cluster, (to, super::api::PORT))?);
         }
@@ -346,20 +378,24 @@ impl Coordination {
         ev: &NodeEvaluator,
     ) -> Result<bool, String> {
         let to = self.addresses[node];
+        let now = clock::micros_since_boot();
         if self.quick[node].pending.is_none() {
-            let Some(action) = self.quick[node].queue.pop_front() else {
-                return match self.quick[node].link.as_mut() {
-                    Some(link) => link.pump(cluster),
-                    None => Ok(false),
-                };
+            let beat_due = self.runners[node].running.is_some()
+                && now.saturating_sub(self.quick[node].last_beat) >= HEARTBEAT_US;
+            let action = match self.quick[node].queue.pop_front() {
+                Some(action) => Some(action),
+                None if beat_due => None,
+                // Idle: nothing is asked, so nothing is waited for.
+                None => return Ok(false),
             };
             let request = self.request_id();
             let quick = &mut self.quick[node];
-            let link = Self::link(&mut quick.link, cluster, to)?;
+            let link = Self::link(&mut quick.link, quick.idle_since, cluster, to)?;
             link.renew(0);
             let mut sent = 0;
             match &action {
-                Action::AskMissing { handles, .. } => {
+                None => link.queue_message(request, Message::Have { handles: Vec::new() }),
+                Some(Action::AskMissing { handles, .. }) => {
                     quick.batches_left = handles.len().div_ceil(BATCH).max(1);
                     quick.missing.clear();
                     if handles.is_empty() {
@@ -369,16 +405,16 @@ impl Coordination {
                         link.queue_message(request, Message::Have { handles: batch.to_vec() });
                     }
                 }
-                Action::Upload { handle, .. } => {
+                Some(Action::Upload { handle, .. }) => {
                     let bytes = ev.store.get(handle).ok_or_else(|| {
                         format!("{handle}, an object of the job, is no longer on this node")
                     })?;
                     sent = put(link, request, *handle, &bytes);
                 }
-                Action::Recall { thunks, .. } => {
+                Some(Action::Recall { thunks, .. }) => {
                     link.queue_message(request, Message::Recall { thunks: thunks.clone() })
                 }
-                _ => return Err("not a quick request".into()),
+                Some(_) => return Err("not a quick request".into()),
             }
             quick.pending = Some(Pending { request, action, bytes: sent });
         }
@@ -393,7 +429,13 @@ impl Coordination {
                 return Err(format!("{} answered request {} out of turn", link.peer, frame.request));
             }
             let event = match (&pending.action, frame.message) {
-                (Action::AskMissing { .. }, Message::Missing { handles }) => {
+                (None, Message::Missing { handles }) if handles.is_empty() => {
+                    quick.pending = None;
+                    quick.last_beat = now;
+                    quick.idle_since = now;
+                    break;
+                }
+                (Some(Action::AskMissing { .. }), Message::Missing { handles }) => {
                     quick.missing.extend(handles);
                     quick.batches_left -= 1;
                     if quick.batches_left > 0 {
@@ -401,14 +443,19 @@ impl Coordination {
                     }
                     Event::Missing { node, missing: core::mem::take(&mut quick.missing) }
                 }
-                (Action::Upload { handle, .. }, Message::Stored { handle: stored }) if stored == *handle => {
+                (Some(Action::Upload { handle, .. }), Message::Stored { handle: stored })
+                    if stored == *handle =>
+                {
                     Event::Uploaded { node, handle: *handle, bytes: pending.bytes }
                 }
-                (Action::Recall { .. }, Message::Recalled { entries }) => Event::Recalled { node, entries },
+                (Some(Action::Recall { .. }), Message::Recalled { entries }) => {
+                    Event::Recalled { node, entries }
+                }
                 (_, Message::Error { message, .. }) => return Err(format!("{}: {message}", link.peer)),
                 (_, other) => return Err(format!("{} answered {} out of turn", link.peer, describe(&other))),
             };
             quick.pending = None;
+            quick.idle_since = now;
             self.events.push_back(event);
             break;
         }
@@ -424,16 +471,13 @@ impl Coordination {
     ) -> Result<bool, String> {
         let to = self.addresses[node];
         let eval_us = ev.executor.ceilings.eval_time_us;
+        let now = clock::micros_since_boot();
         if self.runners[node].running.is_none() {
-            let Some(order) = self.runners[node].queue.pop_front() else {
-                return match self.runners[node].link.as_mut() {
-                    Some(link) => link.pump(cluster),
-                    None => Ok(false),
-                };
-            };
+            // Idle: nothing is asked, so nothing is waited for.
+            let Some(order) = self.runners[node].queue.pop_front() else { return Ok(false) };
             let request = self.request_id();
             let runner = &mut self.runners[node];
-            let link = Self::link(&mut runner.link, cluster, to)?;
+            let link = Self::link(&mut runner.link, runner.idle_since, cluster, to)?;
             link.renew(0);
             let mut wanted: Vec<Handle> = order.uploads.clone();
             wanted.push(order.applied);
@@ -447,6 +491,7 @@ impl Coordination {
             for batch in wanted.chunks(BATCH) {
                 link.queue_message(request, Message::Have { handles: batch.to_vec() });
             }
+            wanted.sort_unstable();
             runner.running = Some(Running {
                 order,
                 stage: Stage::Have { left, missing: Vec::new() },
@@ -454,6 +499,8 @@ impl Coordination {
                 moved: 0,
                 uploaded: 0,
                 putting: 0,
+                request,
+                wanted,
             });
         }
         let runner = &mut self.runners[node];
@@ -465,7 +512,15 @@ impl Coordination {
                 .as_mut()
                 .ok_or_else(|| format!("{} answered what was not asked", link.peer))?;
             let task = running.order.task;
+            if frame.request != running.request {
+                return Err(format!("{} answered request {} out of turn", link.peer, frame.request));
+            }
             let event = match (&mut running.stage, frame.message) {
+                (Stage::Have { .. }, Message::Missing { handles })
+                    if handles.iter().any(|h| running.wanted.binary_search(h).is_err()) =>
+                {
+                    return Err(format!("{} answered HAVE with handles it was not asked about", link.peer));
+                }
                 (Stage::Have { left, missing }, Message::Missing { handles }) => {
                     missing.extend(handles);
                     *left -= 1;
@@ -513,6 +568,7 @@ impl Coordination {
             };
             if let Some(event) = event {
                 runner.running = None;
+                runner.idle_since = now;
                 self.events.push_back(event);
                 break;
             }
@@ -713,7 +769,18 @@ fn put(link: &mut Link, request: u32, handle: Handle, bytes: &[u8]) -> u64 {
     bytes.len() as u64
 }
 
-fn describe(message: &Message) -> String {
-    let text = format!("{message:?}");
-    text.chars().take(80).collect()
+fn describe(message: &Message) -> &'static str {
+    // Its name only: formatting a whole message (up to a frame) to say it came out of turn
+    // would cost more than the answer is worth.
+    match message {
+        Message::Missing { .. } => "MISSING",
+        Message::Stored { .. } => "STORED",
+        Message::Fetched { .. } => "FETCHED",
+        Message::Recalled { .. } => "RECALLED",
+        Message::Evaluated { .. } => "EVALUATED",
+        Message::EvalFailed { .. } => "EVAL-FAILED",
+        Message::Object { .. } | Message::ObjectBegin { .. } | Message::ObjectChunk { .. } => "an object",
+        Message::Error { .. } => "ERROR",
+        _ => "another message",
+    }
 }

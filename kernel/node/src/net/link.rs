@@ -27,6 +27,9 @@ pub const STALL_US: u64 = 10_000_000;
 const DEADLINE_BASE_US: u64 = 30_000_000;
 const DEADLINE_RATE: u64 = 256 * 1024;
 const BUFFER: usize = 256 * 1024;
+/// A gap this long between two pumps is the node's absence (other work held its loop), which
+/// neither the stall time nor the deadline counts.
+const AWAY_US: u64 = 1_000_000;
 static NEXT_PORT: core::sync::atomic::AtomicU16 = core::sync::atomic::AtomicU16::new(40000);
 
 fn local_port() -> u16 {
@@ -66,6 +69,9 @@ pub struct Link {
     deadline: u64,
     /// A peer says WELCOME once.
     welcomed: bool,
+    /// When the link was last pumped: time the node spent elsewhere (its loop blocked by other
+    /// work) is not the peer's silence.
+    last_pumped: u64,
 }
 
 impl Link {
@@ -110,6 +116,7 @@ impl Link {
             stall_us: STALL_US,
             deadline: now + DEADLINE_BASE_US,
             welcomed: false,
+            last_pumped: now,
         };
         link.queue_message(0, Message::Hello { client: "cairn-node".into() });
         Ok(link)
@@ -152,6 +159,13 @@ impl Link {
     /// Moves what bytes can move now (the caller polls the interface); true if any did. An
     /// error if the peer refused, closed or stalled, or ran past the deadline.
     pub fn pump(&mut self, network: &mut Network) -> Result<bool, String> {
+        let now = clock::micros_since_boot();
+        let away = now.saturating_sub(self.last_pumped);
+        if away > AWAY_US {
+            self.last_progress = self.last_progress.saturating_add(away);
+            self.deadline = self.deadline.saturating_add(away);
+        }
+        self.last_pumped = now;
         let s = network.sockets.get_mut::<tcp::Socket>(self.socket);
         let mut progressed = false;
         self.connected |= s.may_send();
