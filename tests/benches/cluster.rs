@@ -38,10 +38,12 @@ impl Drop for Down {
     }
 }
 
+/// A fresh cluster of `nodes` (empty disks: no memo answers from an earlier run).
 fn with_cluster<T>(dir: &Path, nodes: usize, f: impl FnOnce(&str) -> T) -> T {
     let state = dir.join(format!("cluster-{nodes}.json"));
     let state = state.to_str().unwrap();
-    let (ok, out, err) = cairn(&["cluster", "up", "--nodes", &nodes.to_string(), "--state", state]);
+    let (ok, out, err) =
+        cairn(&["cluster", "up", "--nodes", &nodes.to_string(), "--state", state, "--fresh-disks"]);
     assert!(ok, "{out}{err}");
     let _down = Down(state.to_string());
     f(state)

@@ -12,6 +12,8 @@ use crate::arch::{clock, percpu};
 pub const CAPACITY: usize = 1 << 16;
 
 static RING: Mutex<Option<Ring>> = Mutex::new(None);
+/// Off only while `cairn bench` measures what recording costs.
+static ENABLED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
 /// Spans not recorded because the ring was busy (a span recorded from an interrupt while the
 /// interrupted code held the ring): never waited for.
 static MISSED: AtomicU64 = AtomicU64::new(0);
@@ -24,8 +26,16 @@ pub fn init() {
     }
 }
 
+/// Turns recording on or off (the benchmark's comparison).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
 /// Records `span` (its CPU set to this one), unless the ring is busy this instant.
 pub fn record(mut span: Span) {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
     span.cpu = percpu::current().index as u8;
     match RING.try_lock() {
         Some(mut ring) => {

@@ -24,6 +24,7 @@ pub fn run() -> Status {
         println!("cairn: bench failed: {why}");
         return Status::Failure;
     }
+    crate::trace::init();
     let (mut ev, p) = node_evaluator(64 << 20, &cairn_bootcfg::Ceilings::default());
     let tiny = blob(&mut ev, b"x");
     let thunk = apply(&mut ev, p.identity, &[tiny], 1 << 20);
@@ -33,14 +34,23 @@ pub fn run() -> Status {
         println!("cairn: bench failed: {e}");
         return Status::Failure;
     }
-    let start = clock::micros_since_boot();
-    for _ in 0..INVOCATIONS {
-        if ev.eval_fresh(thunk).is_err() {
-            return Status::Failure;
+    // With the trace recording (as a node always does), then without: what recording costs
+    // one invocation, the smallest piece of work that records a span (docs/TRACES.md).
+    let mut per_invocation = [0.0; 2];
+    for (i, traced) in [true, false].into_iter().enumerate() {
+        crate::trace::set_enabled(traced);
+        let start = clock::micros_since_boot();
+        for _ in 0..INVOCATIONS {
+            if ev.eval_fresh(thunk).is_err() {
+                return Status::Failure;
+            }
         }
+        per_invocation[i] = (clock::micros_since_boot() - start) as f64 / INVOCATIONS as f64;
     }
-    let elapsed = clock::micros_since_boot() - start;
-    report("invoke_us", elapsed as f64 / INVOCATIONS as f64, "us");
+    crate::trace::set_enabled(true);
+    report("invoke_us", per_invocation[0], "us");
+    report("invoke_untraced_us", per_invocation[1], "us");
+    report("trace_cost_pct", 100.0 * (per_invocation[0] - per_invocation[1]) / per_invocation[1], "%");
 
     if let Err(why) = throughput(&mut ev, &p) {
         println!("cairn: bench failed: {why}");
