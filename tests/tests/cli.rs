@@ -393,6 +393,8 @@ fn bench_reports_its_measurements_as_json() {
             "store_objects_held",
             "store_heap_bytes_per_object",
             "invoke_us",
+            "invoke_untraced_us",
+            "trace_cost_pct",
             "wide_tasks_per_s_1cpu",
             "mandelbrot_ms_1cpu",
             "wide_tasks_per_s_2cpu",
