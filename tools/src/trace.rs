@@ -13,34 +13,82 @@ use serde_json::{Value, json};
 
 use crate::client::Client;
 
-/// One node's spans, with the offset that puts its clock on the trace's.
+/// One node's spans, with what puts its clock on the trace's.
 #[derive(Clone, Debug)]
 pub struct NodeTrace {
     pub name: String,
     pub spans: Vec<Span>,
-    /// Microseconds to add to the node's clock (time since it booted) to get the trace's.
-    pub offset_us: i64,
+    pub clock: Clock,
     /// Spans the node wrote over before they were read.
     pub lost: u64,
 }
 
-/// Where a node's trace stands now: the next sequence number, and the offset of its clock from
-/// `epoch` (measured at the middle of the request's round trip).
-pub fn cursor(client: &mut Client, epoch: Instant) -> anyhow::Result<(u64, i64)> {
-    let before = epoch.elapsed().as_micros() as i64;
-    let (now_us, next, _, _) = client.trace(u64::MAX)?;
-    let after = epoch.elapsed().as_micros() as i64;
-    Ok((next, (before + after) / 2 - now_us as i64))
+/// A node's clock (microseconds since it booted) put on the trace's: two readings of both,
+/// taken before and after the job, between which time maps linearly, so that a node clock that
+/// runs a little fast or slow (its rate measured at boot, under emulation) is corrected too.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    pub node_us: (u64, u64),
+    pub trace_us: (i64, i64),
 }
 
-/// Every span a node recorded from `since` on, read a frame at a time.
-pub fn spans_since(client: &mut Client, since: u64) -> anyhow::Result<(Vec<Span>, u64)> {
+impl Clock {
+    /// The node's clock is the trace's.
+    pub fn same() -> Clock {
+        Clock { node_us: (0, 1), trace_us: (0, 1) }
+    }
+
+    pub fn map(&self, node_us: u64) -> i64 {
+        let (n0, n1) = self.node_us;
+        let (t0, t1) = self.trace_us;
+        if n1 <= n0 {
+            return node_us as i64 - n0 as i64 + t0;
+        }
+        let rate = (t1 - t0) as f64 / (n1 - n0) as f64;
+        t0 + ((node_us as i64 - n0 as i64) as f64 * rate).round() as i64
+    }
+}
+
+/// A reading of a node's clock against `epoch`'s, at the middle of a TRACE's round trip, and
+/// what the TRACE of `since` answered.
+fn reading(
+    client: &mut Client,
+    epoch: Instant,
+    since: u64,
+) -> anyhow::Result<((u64, i64), (u64, u64, Vec<Span>))> {
+    let before = epoch.elapsed().as_micros() as i64;
+    let (now_us, next, lost, spans) = client.trace(since)?;
+    let after = epoch.elapsed().as_micros() as i64;
+    Ok(((now_us, (before + after) / 2), (next, lost, spans)))
+}
+
+/// Where a node's trace stands now: the next sequence number, and a reading of its clock.
+pub fn cursor(client: &mut Client, epoch: Instant) -> anyhow::Result<(u64, (u64, i64))> {
+    let (clock, (next, _, _)) = reading(client, epoch, u64::MAX)?;
+    Ok((next, clock))
+}
+
+/// Every span a node recorded from `since` on, read a frame at a time; the spans lost; and a
+/// second reading of its clock, to pair with `cursor`'s.
+pub fn spans_since(
+    client: &mut Client,
+    epoch: Instant,
+    since: u64,
+) -> anyhow::Result<(Vec<Span>, u64, (u64, i64))> {
+    let (clock, first) = reading(client, epoch, since)?;
     let (mut spans, mut at, mut lost) = (Vec::new(), since, 0);
+    let mut answer = Some(first);
     loop {
-        let (_, next, missed, more) = client.trace(at)?;
+        let (next, missed, more) = match answer.take() {
+            Some(first) => first,
+            None => {
+                let (_, next, missed, more) = client.trace(at)?;
+                (next, missed, more)
+            }
+        };
         lost += missed;
         if more.is_empty() || next <= at {
-            return Ok((spans, lost));
+            return Ok((spans, lost, clock));
         }
         spans.extend(more);
         at = next;
@@ -65,8 +113,7 @@ fn address(peer: [u8; 4]) -> String {
 
 /// The trace-event JSON of `nodes`' spans: timestamps in microseconds from the earliest span.
 pub fn chrome_json(nodes: &[NodeTrace]) -> Value {
-    let start =
-        nodes.iter().flat_map(|n| n.spans.iter().map(|s| s.begin_us as i64 + n.offset_us)).min().unwrap_or(0);
+    let start = nodes.iter().flat_map(|n| n.spans.iter().map(|s| n.clock.map(s.begin_us))).min().unwrap_or(0);
     let mut events = Vec::new();
     for (pid, node) in nodes.iter().enumerate() {
         events.push(
@@ -130,7 +177,8 @@ pub fn chrome_json(nodes: &[NodeTrace]) -> Value {
                 }
                 SpanKind::Task => {}
             }
-            let ts = (span.begin_us as i64 + node.offset_us - start).max(0);
+            let ts = (node.clock.map(span.begin_us) - start).max(0);
+            let dur = node.clock.map(span.begin_us + span.dur_us) - node.clock.map(span.begin_us);
             let mut event = json!({
                 "name": span.kind.name(),
                 "cat": group_name,
@@ -144,7 +192,7 @@ pub fn chrome_json(nodes: &[NodeTrace]) -> Value {
                 event["s"] = json!("t");
             } else {
                 event["ph"] = json!("X");
-                event["dur"] = json!(span.dur_us);
+                event["dur"] = json!(dur.max(0));
             }
             events.push(event);
         }
@@ -229,7 +277,7 @@ mod tests {
     fn overlapping_spans_get_lanes_of_their_own_and_the_result_is_valid() {
         let node = NodeTrace {
             name: "node 0".into(),
-            offset_us: 1000,
+            clock: Clock { node_us: (0, 1_000_000), trace_us: (1000, 1_001_000) },
             lost: 0,
             spans: vec![
                 span(SpanKind::Eval, 0, 100, 500),
@@ -243,7 +291,7 @@ mod tests {
         };
         let other = NodeTrace {
             name: "node 1".into(),
-            offset_us: 0,
+            clock: Clock::same(),
             lost: 2,
             spans: vec![span(SpanKind::Task, 0, 1050, 10)],
         };
@@ -269,6 +317,18 @@ mod tests {
             assert!(names.contains(&name), "{name} in {names:?}");
         }
         assert_eq!(trace["otherData"]["lost_spans"], 2);
+    }
+
+    #[test]
+    fn a_node_clock_running_fast_is_put_on_the_trace_linearly() {
+        // The node counted 1,100,000 us while the host counted 1,000,000: 10 % fast.
+        let clock = Clock { node_us: (5_000_000, 6_100_000), trace_us: (200, 1_000_200) };
+        assert_eq!(clock.map(5_000_000), 200);
+        assert_eq!(clock.map(5_550_000), 500_200);
+        assert_eq!(clock.map(6_100_000), 1_000_200);
+        // One reading only (or two alike): an offset.
+        let once = Clock { node_us: (5_000_000, 5_000_000), trace_us: (200, 200) };
+        assert_eq!(once.map(5_000_100), 300);
     }
 
     #[test]

@@ -197,7 +197,12 @@ fn write_trace(spans: &[u8], path: &std::path::Path) -> anyhow::Result<()> {
     let spans =
         cairn_proto::trace::decode_spans(spans).map_err(|e| anyhow::anyhow!("the node's trace: {e}"))?;
     let count = spans.len();
-    let node = cairn_tools::trace::NodeTrace { name: "node".into(), spans, offset_us: 0, lost: 0 };
+    let node = cairn_tools::trace::NodeTrace {
+        name: "node".into(),
+        spans,
+        clock: cairn_tools::trace::Clock::same(),
+        lost: 0,
+    };
     let json = cairn_tools::trace::chrome_json(&[node]);
     cairn_tools::trace::validate(&json)?;
     std::fs::write(path, json.to_string()).with_context(|| format!("cannot write {}", path.display()))?;

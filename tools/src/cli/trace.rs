@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use cairn_tools::client::Client;
 use cairn_tools::cluster::lifecycle;
-use cairn_tools::trace::{NodeTrace, chrome_json, cursor, spans_since, validate};
+use cairn_tools::trace::{Clock, NodeTrace, chrome_json, cursor, spans_since, validate};
 use clap::Args;
 
 use super::NodeAddress;
@@ -27,6 +27,12 @@ pub struct TraceArgs {
     /// Boot a node for the job instead of using a running one.
     #[arg(long)]
     pub boot: bool,
+    /// With --cluster: start with the job's data spread over the nodes, round robin.
+    #[arg(long, requires = "cluster")]
+    pub spread: bool,
+    /// With --cluster: the host coordinates the job instead of a node.
+    #[arg(long, value_enum, default_value_t = CoordinatorArg::Node, requires = "cluster")]
+    pub coordinator: CoordinatorArg,
     /// Where to write the trace (Chrome trace-event JSON).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
@@ -70,20 +76,23 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
         cluster: args.cluster.clone(),
         verify: false,
         placement: PlacementArg::Locality,
-        spread: false,
+        spread: args.spread,
         output: None,
         seed: 1,
-        coordinator: CoordinatorArg::Node,
+        coordinator: args.coordinator,
         via: 0,
         record_durations: None,
     };
     let code = super::eval::eval(&eval)?;
     let mut traces = Vec::new();
-    for ((name, api), (since, offset_us)) in nodes.iter().zip(cursors) {
+    for ((name, api), (since, before)) in nodes.iter().zip(cursors) {
         // A node that died during the job has no trace to give: the others still make one.
-        let gathered = Client::connect(api).and_then(|mut c| spans_since(&mut c, since));
+        let gathered = Client::connect(api).and_then(|mut c| spans_since(&mut c, epoch, since));
         match gathered {
-            Ok((spans, lost)) => traces.push(NodeTrace { name: name.clone(), spans, offset_us, lost }),
+            Ok((spans, lost, after)) => {
+                let clock = Clock { node_us: (before.0, after.0), trace_us: (before.1, after.1) };
+                traces.push(NodeTrace { name: name.clone(), spans, clock, lost })
+            }
             Err(e) => eprintln!("cairn: {name}: no trace ({e:#})"),
         }
     }

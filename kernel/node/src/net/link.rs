@@ -26,7 +26,11 @@ pub const STALL_US: u64 = 10_000_000;
 /// handles claim: a peer that delivers nothing earns no time).
 const DEADLINE_BASE_US: u64 = 30_000_000;
 const DEADLINE_RATE: u64 = 256 * 1024;
-const BUFFER: usize = 256 * 1024;
+/// Each socket's buffers, and so the most bytes in flight either way. The cluster network
+/// carries frames as UDP datagrams through the host's hub (docs/CLUSTER.md); a 256 KiB window
+/// let a burst overflow the receiving side's socket on the host, and each loss cost a TCP
+/// retransmission timeout (about a second) where a window a quarter as large costs nothing.
+const BUFFER: usize = 64 * 1024;
 /// A gap this long between two pumps is the node's absence (other work held its loop), which
 /// neither the stall time nor the deadline counts.
 const AWAY_US: u64 = 1_000_000;
