@@ -49,13 +49,14 @@ impl Clock {
     }
 }
 
+/// A node's clock and the trace's at one moment (microseconds).
+pub type Reading = (u64, i64);
+/// What one TRACE answered: the next sequence number, spans lost, and spans.
+type Answer = (u64, u64, Vec<Span>);
+
 /// A reading of a node's clock against `epoch`'s, at the middle of a TRACE's round trip, and
 /// what the TRACE of `since` answered.
-fn reading(
-    client: &mut Client,
-    epoch: Instant,
-    since: u64,
-) -> anyhow::Result<((u64, i64), (u64, u64, Vec<Span>))> {
+fn reading(client: &mut Client, epoch: Instant, since: u64) -> anyhow::Result<(Reading, Answer)> {
     let before = epoch.elapsed().as_micros() as i64;
     let (now_us, next, lost, spans) = client.trace(since)?;
     let after = epoch.elapsed().as_micros() as i64;
@@ -63,7 +64,7 @@ fn reading(
 }
 
 /// Where a node's trace stands now: the next sequence number, and a reading of its clock.
-pub fn cursor(client: &mut Client, epoch: Instant) -> anyhow::Result<(u64, (u64, i64))> {
+pub fn cursor(client: &mut Client, epoch: Instant) -> anyhow::Result<(u64, Reading)> {
     let (clock, (next, _, _)) = reading(client, epoch, u64::MAX)?;
     Ok((next, clock))
 }
@@ -74,7 +75,7 @@ pub fn spans_since(
     client: &mut Client,
     epoch: Instant,
     since: u64,
-) -> anyhow::Result<(Vec<Span>, u64, (u64, i64))> {
+) -> anyhow::Result<(Vec<Span>, u64, Reading)> {
     let (clock, first) = reading(client, epoch, since)?;
     let (mut spans, mut at, mut lost) = (Vec::new(), since, 0);
     let mut answer = Some(first);
