@@ -60,9 +60,18 @@ pub fn run(
     }
     let started = Instant::now();
     let mut failed = Vec::new();
+    // `--spread` starts with the job's data spread over the nodes: the host puts it there, as the
+    // host coordinator would, rather than send it all through the node it hands the job to.
+    let (objects, options) = match options.spread {
+        true => (
+            spread(root, objects, nodes, first, progress)?,
+            cairn_sched::Options { spread: false, ..*options },
+        ),
+        false => (objects.to_vec(), *options),
+    };
     for node in (first..nodes.len()).chain(0..first) {
         progress(&format!("cairn: job handed to node {node} ({})", nodes[node].api));
-        match attempt(&nodes[node], root, objects, options) {
+        match attempt(&nodes[node], root, &objects, &options) {
             Ok((result, report, value)) => {
                 return Ok(Handed {
                     result,
@@ -82,6 +91,50 @@ pub fn run(
     }
     let why: Vec<String> = failed.iter().map(|(n, e)| format!("node {n}: {e}")).collect();
     bail!("no node finished the job: {}", why.join("; "))
+}
+
+/// Puts the job's data (the graph's leaves that are not procedures) on the nodes round robin,
+/// from node `first` on, as the scheduler's seeding would; returns the objects still to give the
+/// coordinator (all but the data the others now hold).
+fn spread(
+    root: Handle,
+    objects: &[(Handle, Vec<u8>)],
+    nodes: &[NodeState],
+    first: usize,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<Vec<(Handle, Vec<u8>)>> {
+    let by_handle: std::collections::HashMap<Handle, &Vec<u8>> =
+        objects.iter().map(|(h, b)| (*h, b)).collect();
+    let graph = cairn_sched::Graph::build(root, usize::MAX, |h| by_handle.get(h).map(|b| b.to_vec()))
+        .map_err(anyhow::Error::msg)?;
+    let procedures = graph.procedures();
+    let data: Vec<Handle> = graph
+        .leaves()
+        .into_iter()
+        .filter(|h| procedures.binary_search(h).is_err() && by_handle.contains_key(h))
+        .collect();
+    let mut per_node: Vec<Vec<(Handle, Vec<u8>)>> = vec![Vec::new(); nodes.len()];
+    for (i, handle) in data.iter().enumerate() {
+        let node = (first + i) % nodes.len();
+        if node != first {
+            per_node[node].push((*handle, by_handle[handle].clone()));
+        }
+    }
+    let mut placed = std::collections::HashSet::new();
+    for (node, share) in per_node.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
+        // A node that cannot take its share now leaves it with the coordinator.
+        let uploaded = Client::connect(&nodes[node].api).and_then(|mut c| c.upload_missing(share));
+        match uploaded {
+            Ok(_) => placed.extend(share.iter().map(|(h, _)| *h)),
+            Err(e) => progress(&format!("cairn: node {node} did not take its share of the data ({e:#})")),
+        }
+    }
+    progress(&format!(
+        "cairn: {} of the job's {} data objects spread over the other nodes",
+        placed.len(),
+        data.len()
+    ));
+    Ok(objects.iter().filter(|(h, _)| !placed.contains(h)).cloned().collect())
 }
 
 fn attempt(
