@@ -61,17 +61,15 @@ pub fn run(
     let started = Instant::now();
     let mut failed = Vec::new();
     // `--spread` starts with the job's data spread over the nodes: the host puts it there, as the
-    // host coordinator would, rather than send it all through the node it hands the job to.
-    let (objects, options) = match options.spread {
-        true => (
-            spread(root, objects, nodes, first, progress)?,
-            cairn_sched::Options { spread: false, ..*options },
-        ),
-        false => (objects.to_vec(), *options),
-    };
+    // host coordinator would, rather than have the node it hands the job to send it all again.
+    let mut options = *options;
+    if options.spread {
+        spread(root, objects, nodes, first, progress)?;
+        options.spread = false;
+    }
     for node in (first..nodes.len()).chain(0..first) {
         progress(&format!("cairn: job handed to node {node} ({})", nodes[node].api));
-        match attempt(&nodes[node], root, &objects, &options) {
+        match attempt(&nodes[node], root, objects, &options) {
             Ok((result, report, value)) => {
                 return Ok(Handed {
                     result,
@@ -94,15 +92,16 @@ pub fn run(
 }
 
 /// Puts the job's data (the graph's leaves that are not procedures) on the nodes round robin,
-/// from node `first` on, as the scheduler's seeding would; returns the objects still to give the
-/// coordinator (all but the data the others now hold).
+/// from node `first` on, as the scheduler's seeding would. The coordinator still gets every
+/// object: should a node holding the only copy of some data be caught lying or be lost, the
+/// coordinator can put it elsewhere (as the host coordinator, which has it all, does).
 fn spread(
     root: Handle,
     objects: &[(Handle, Vec<u8>)],
     nodes: &[NodeState],
     first: usize,
     progress: &mut dyn FnMut(&str),
-) -> anyhow::Result<Vec<(Handle, Vec<u8>)>> {
+) -> anyhow::Result<()> {
     let by_handle: std::collections::HashMap<Handle, &Vec<u8>> =
         objects.iter().map(|(h, b)| (*h, b)).collect();
     let graph = cairn_sched::Graph::build(root, usize::MAX, |h| by_handle.get(h).map(|b| b.to_vec()))
@@ -134,7 +133,7 @@ fn spread(
         placed.len(),
         data.len()
     ));
-    Ok(objects.iter().filter(|(h, _)| !placed.contains(h)).cloned().collect())
+    Ok(())
 }
 
 fn attempt(
