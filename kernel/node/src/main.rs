@@ -315,6 +315,11 @@ fn serve(config: &NodeConfig) -> Status {
     let mut evaluations = net::evaluations::Evaluations::default();
     let mut coordination: Option<net::coordinate::Coordination> = None;
     let mut evictions = trace::Evictions::default();
+    let mut neighbors = SERVING
+        .lock()
+        .as_mut()
+        .and_then(|s| s.cluster.as_mut())
+        .map(|cluster| net::neighbors::Neighbors::new(cluster, &config.peers));
     let started = arch::clock::micros_since_boot();
     let mut announced = false;
     log::info!("serving; stop the VM to shut down");
@@ -326,6 +331,9 @@ fn serve(config: &NodeConfig) -> Status {
         if let Some(cluster) = s.cluster.as_mut() {
             cluster.device.rearm();
             cluster.poll();
+            if let Some(neighbors) = neighbors.as_mut() {
+                neighbors.keep(cluster);
+            }
         }
         if configured && !announced {
             announced = true;
@@ -393,7 +401,7 @@ fn serve(config: &NodeConfig) -> Status {
         } else if !evaluations.is_empty() {
             // Every EVAL under way waits for a task on another CPU.
             drop(guard);
-            wait_for_tasks(&mut ev, finished_before);
+            wait_for_tasks(&mut ev, finished_before, coordination.is_none());
         } else if !arch::smp::help() {
             // The timer (100 Hz) or a device interrupt wakes us to poll again.
             let halted = arch::clock::micros_since_boot();
@@ -407,8 +415,9 @@ fn serve(config: &NodeConfig) -> Status {
 /// another CPU: run a queued task no other CPU took, or else halt until a task finishes (its
 /// CPU wakes this one), a packet arrives, or the timer ticks. `seen` is what
 /// `task::ahead::finished` said before the walks were stepped: a task finished since then has
-/// the loop step them again.
-fn wait_for_tasks(ev: &mut jobs::NodeEvaluator, seen: u64) {
+/// the loop step them again. While the node coordinates a job (`steal` false) it runs no task
+/// itself: a task can take a second, and every peer's next request would wait for it.
+fn wait_for_tasks(ev: &mut jobs::NodeEvaluator, seen: u64, steal: bool) {
     use task::ahead::{Queued, finished};
     let since = arch::clock::micros_since_boot();
     let waited = || arch::clock::micros_since_boot().saturating_sub(since);
@@ -416,7 +425,8 @@ fn wait_for_tasks(ev: &mut jobs::NodeEvaluator, seen: u64) {
         if finished() != seen {
             return;
         }
-        match ev.executor.run_a_queued_task(STEAL_AFTER_US) {
+        let queued = if steal { ev.executor.run_a_queued_task(STEAL_AFTER_US) } else { Queued::None };
+        match queued {
             Queued::Ran => return,
             // Until the oldest task is old enough, watching the clock only: the queue's lock is
             // the other CPUs' too. Back to the loop now and then, to serve the network.

@@ -82,6 +82,11 @@ enum Stage {
         next: usize,
     },
     Eval,
+    /// A task with nothing to upload or fetch: its applied thunk put and its EVAL sent at once
+    /// (one round trip instead of three); whether the thunk's STORED has come.
+    Direct {
+        stored: bool,
+    },
 }
 
 struct Running {
@@ -487,21 +492,27 @@ impl Coordination {
                     fetches.push((*peer, batch.to_vec()));
                 }
             }
-            let left = wanted.len().div_ceil(BATCH);
-            for batch in wanted.chunks(BATCH) {
-                link.queue_message(request, Message::Have { handles: batch.to_vec() });
-            }
+            let direct = order.uploads.is_empty() && order.fetches.is_empty() && !order.applied.is_literal();
+            let (stage, putting) = if direct {
+                // The thunk is small: put it whether or not the peer has it, and ask at once.
+                let sent = put(link, request, order.applied, &order.applied_bytes);
+                link.renew(eval_us);
+                let handle = order.applied;
+                link.queue_message(
+                    request,
+                    if order.fresh { Message::EvalFresh { handle } } else { Message::Eval { handle } },
+                );
+                (Stage::Direct { stored: false }, sent)
+            } else {
+                let left = wanted.len().div_ceil(BATCH);
+                for batch in wanted.chunks(BATCH) {
+                    link.queue_message(request, Message::Have { handles: batch.to_vec() });
+                }
+                (Stage::Have { left, missing: Vec::new() }, 0)
+            };
             wanted.sort_unstable();
-            runner.running = Some(Running {
-                order,
-                stage: Stage::Have { left, missing: Vec::new() },
-                fetches,
-                moved: 0,
-                uploaded: 0,
-                putting: 0,
-                request,
-                wanted,
-            });
+            runner.running =
+                Some(Running { order, stage, fetches, moved: 0, uploaded: 0, putting, request, wanted });
         }
         let runner = &mut self.runners[node];
         let link = runner.link.as_mut().expect("a task is running on it");
@@ -552,7 +563,17 @@ impl Coordination {
                         Event::FetchFailed { node, task, peer, why }
                     })
                 }
-                (Stage::Eval, Message::Evaluated { result, tasks_run, .. }) => Some(Event::Done {
+                (Stage::Direct { stored: stored @ false }, Message::Stored { handle })
+                    if handle == running.order.applied =>
+                {
+                    *stored = true;
+                    running.uploaded = running.uploaded.saturating_add(running.putting);
+                    None
+                }
+                (
+                    Stage::Eval | Stage::Direct { stored: true },
+                    Message::Evaluated { result, tasks_run, .. },
+                ) => Some(Event::Done {
                     node,
                     task,
                     result,
@@ -560,7 +581,7 @@ impl Coordination {
                     uploaded: running.uploaded,
                     ran: tasks_run > 0,
                 }),
-                (Stage::Eval, Message::EvalFailed { failure, .. }) => {
+                (Stage::Eval | Stage::Direct { stored: true }, Message::EvalFailed { failure, .. }) => {
                     Some(Event::Failed { node, task, why: failure.clone(), failure })
                 }
                 (_, Message::Error { message, .. }) => return Err(format!("{}: {message}", link.peer)),
@@ -588,7 +609,7 @@ impl Coordination {
                     }
                     None => running.stage = Stage::Fetch { next: 0 },
                 },
-                Stage::Fetch { .. } | Stage::Have { .. } | Stage::Eval => {}
+                Stage::Fetch { .. } | Stage::Have { .. } | Stage::Eval | Stage::Direct { .. } => {}
             }
             if let Stage::Fetch { next } = running.stage {
                 match running.fetches.get(next) {
