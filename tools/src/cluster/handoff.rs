@@ -119,12 +119,32 @@ fn spread(
             per_node[node].push((*handle, by_handle[handle].clone()));
         }
     }
+    // Every node's share at once, the coordinator's (everything) among them.
+    per_node[first] = objects.to_vec();
+    let uploads: Vec<(usize, anyhow::Result<usize>)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = per_node
+            .iter()
+            .enumerate()
+            .filter(|(_, share)| !share.is_empty())
+            .map(|(node, share)| {
+                let api = &nodes[node].api;
+                (node, scope.spawn(move || Client::connect(api).and_then(|mut c| c.upload_missing(share))))
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|(node, t)| {
+                (node, t.join().unwrap_or_else(|_| Err(anyhow::anyhow!("its upload thread panicked"))))
+            })
+            .collect()
+    });
     let mut placed = std::collections::HashSet::new();
-    for (node, share) in per_node.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
-        // A node that cannot take its share now leaves it with the coordinator.
-        let uploaded = Client::connect(&nodes[node].api).and_then(|mut c| c.upload_missing(share));
+    for (node, uploaded) in uploads {
         match uploaded {
-            Ok(_) => placed.extend(share.iter().map(|(h, _)| *h)),
+            Ok(_) if node != first => placed.extend(per_node[node].iter().map(|(h, _)| *h)),
+            Ok(_) => {}
+            // A node that cannot take its share now leaves it with the coordinator (which the
+            // hand-off then tries, and hands on from, as it would anyway).
             Err(e) => progress(&format!("cairn: node {node} did not take its share of the data ({e:#})")),
         }
     }

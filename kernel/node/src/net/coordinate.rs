@@ -134,6 +134,8 @@ pub struct Coordination {
     events: VecDeque<Event>,
     /// The peer to get the result's bytes from, and the result.
     result_from: Option<(NodeId, Handle)>,
+    /// Whether the peers' task links were opened (at the first step).
+    opened_ahead: bool,
     pub root: Handle,
     pub began_us: u64,
     next_request: u32,
@@ -214,6 +216,7 @@ impl Coordination {
             local_running: None,
             events: VecDeque::new(),
             result_from: None,
+            opened_ahead: false,
             root,
             began_us: clock::micros_since_boot(),
             next_request: 1,
@@ -230,6 +233,21 @@ impl Coordination {
         evaluations: &mut Evaluations,
     ) -> (bool, Option<Message>) {
         let mut moved = false;
+        if !self.opened_ahead {
+            // Each peer's task link is opened now, so that its handshake overlaps the probing
+            // and the memo round rather than follow them.
+            self.opened_ahead = true;
+            let now = clock::micros_since_boot();
+            for node in 1..self.addresses.len() {
+                match Link::open(cluster, (self.addresses[node], super::api::PORT)) {
+                    Ok(link) => {
+                        self.runners[node].link = Some(link);
+                        self.runners[node].idle_since = now;
+                    }
+                    Err(why) => self.lose(node, why, cluster),
+                }
+            }
+        }
         loop {
             if let Some(answer) = self.take_actions(ev) {
                 self.close(cluster);
@@ -478,8 +496,14 @@ impl Coordination {
         let eval_us = ev.executor.ceilings.eval_time_us;
         let now = clock::micros_since_boot();
         if self.runners[node].running.is_none() {
-            // Idle: nothing is asked, so nothing is waited for.
-            let Some(order) = self.runners[node].queue.pop_front() else { return Ok(false) };
+            let Some(order) = self.runners[node].queue.pop_front() else {
+                // Idle: nothing is asked, so nothing is waited for; but a link opened ahead of
+                // its first task finishes its handshake meanwhile.
+                return match self.runners[node].link.as_mut() {
+                    Some(link) if !link.all_sent() => link.pump(cluster),
+                    _ => Ok(false),
+                };
+            };
             let request = self.request_id();
             let runner = &mut self.runners[node];
             let link = Self::link(&mut runner.link, runner.idle_since, cluster, to)?;
