@@ -114,6 +114,11 @@ fn decode_span(r: &[u8]) -> Result<Span, &'static str> {
     }
     let u64_at = |at: usize| u64::from_le_bytes(r[at..at + 8].try_into().expect("8 bytes"));
     let handle = match r[2] & 2 {
+        // One encoding per span: without a handle its bytes are zeros, so that no corrupted
+        // byte there passes unnoticed.
+        0 if r[40..40 + Handle::LEN].iter().any(|b| *b != 0) => {
+            return Err("a span without a handle has handle bytes");
+        }
         0 => None,
         _ => Some(Handle::from_bytes(&r[40..40 + Handle::LEN]).map_err(|_| "a span's handle is malformed")?),
     };
@@ -211,6 +216,10 @@ mod tests {
         bad[0] = 1;
         bad[2] = 4;
         assert_eq!(decode_spans(&bad), Err("reserved span bits set"));
+        // Span 1 has no handle: a byte where one would be is refused, not ignored.
+        let mut bad = bytes.clone();
+        bad[SPAN_LEN + 60] = 1;
+        assert_eq!(decode_spans(&bad), Err("a span without a handle has handle bytes"));
     }
 
     #[test]
