@@ -47,6 +47,31 @@ fn valid_name(name: &str) -> bool {
         && name.len() <= 64
 }
 
+/// Why a well-formed name still makes a crate that cannot build, if it does: the crate's
+/// library is named after it (`-` as `_`), and `src/main.rs` calls it by that name.
+fn unbuildable(name: &str) -> Option<&'static str> {
+    const KEYWORDS: &[&str] = &[
+        "abstract", "as", "async", "await", "become", "box", "break", "const", "continue", "crate", "do",
+        "dyn", "else", "enum", "extern", "false", "final", "fn", "for", "gen", "if", "impl", "in", "let",
+        "loop", "macro", "match", "mod", "move", "mut", "override", "priv", "pub", "ref", "return", "self",
+        "static", "struct", "super", "trait", "true", "try", "type", "typeof", "unsafe", "unsized", "use",
+        "virtual", "where", "while", "yield",
+    ];
+    let lib = name.replace('-', "_");
+    if KEYWORDS.contains(&lib.as_str()) {
+        Some("it is a Rust keyword")
+    } else if lib == "core" {
+        // (`src/main.rs` would call `core::describe`, and the prelude's `core` is gone.)
+        Some("it is the name of Rust's core library")
+    } else if lib == "cairn_userlib" {
+        Some("the task links against a crate of that name")
+    } else if ["build", "deps", "examples", "incremental"].contains(&name) {
+        Some("cargo keeps that name for its own directories")
+    } else {
+        None
+    }
+}
+
 pub fn new(command: &NewCommand) -> anyhow::Result<ExitCode> {
     let NewCommand::Task(args) = command;
     if !valid_name(&args.name) {
@@ -54,6 +79,9 @@ pub fn new(command: &NewCommand) -> anyhow::Result<ExitCode> {
             "`{}` is not a task name: start with a lowercase letter, then lowercase letters, digits, `-` or `_` (at most 64)",
             cairn_tools::untrusted::escape(&args.name)
         );
+    }
+    if let Some(why) = unbuildable(&args.name) {
+        bail!("`{}` cannot name a task crate: {why}", args.name);
     }
     let cairn = args.cairn.clone().unwrap_or_else(own_checkout);
     let userlib = cairn.join("userlib");
@@ -107,6 +135,10 @@ bench = false
 
 [dependencies]
 cairn-userlib = {{ path = "{userlib}" }}
+
+# A workspace of its own, wherever it is written (inside another one, such as a Cairn
+# checkout, cargo would otherwise refuse to build it).
+[workspace]
 "#
             ),
         ),
@@ -284,6 +316,27 @@ mod tests {
         for bad in ["", "Hello", "2task", "-x", "a/b", "a b", "../x", &"x".repeat(65)] {
             assert!(!valid_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn names_that_make_a_crate_that_cannot_build_are_refused() {
+        // Each of these made a crate `cairn build` could not build.
+        for bad in ["fn", "self", "gen", "core", "cairn-userlib", "cairn_userlib", "deps", "build"] {
+            assert!(valid_name(bad) && unbuildable(bad).is_some(), "{bad}");
+        }
+        for good in ["hello", "word-stats", "task", "run", "test", "std", "alloc", "fnord", "my-core"] {
+            assert_eq!(unbuildable(good), None, "{good}");
+        }
+    }
+
+    #[test]
+    fn the_crate_is_a_workspace_of_its_own() {
+        // Written inside another workspace (a Cairn checkout, where `cargo run -- new task`
+        // writes it), cargo refused to build it: "believes it's in a workspace when it's not".
+        let files = template("hello", "hello", Path::new("/src/userlib"), "[toolchain]\n");
+        let cargo = &files.iter().find(|(p, _)| *p == "Cargo.toml").unwrap().1;
+        let toml: toml::Value = toml::from_str(cargo).unwrap();
+        assert!(toml.get("workspace").is_some_and(toml::Value::is_table), "{cargo}");
     }
 
     #[test]
