@@ -532,3 +532,85 @@ fn a_peer_that_sends_wrong_bytes_is_caught_by_the_coordinating_node() {
     assert_eq!(via_liar.status.code(), Some(0), "{}", show(&via_liar));
     assert_eq!(result_of(&via_liar), result_of(&reference), "{}", show(&via_liar));
 }
+
+/// Runs `cairn` with `args` and waits for it at most `limit`: its output, or None (and it is
+/// killed) if it ran longer.
+fn run_within(args: &[&str], limit: Duration) -> Option<std::process::Output> {
+    let mut child = cairn().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let began = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if began.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            eprintln!("still running after {limit:?}, killed: {}", show(&out));
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+/// A coordinating node with one CPU (`cluster up --cpus 1`): no other CPU takes its own tasks
+/// and it steals none while it coordinates, yet its share of the job still runs and the job
+/// ends, with the result the host's coordination gives.
+#[test]
+fn a_coordinator_with_one_cpu_still_runs_its_own_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &["--cpus", "1"]);
+    let job = slow_tiles_job(dir.path(), 24, 1_000_000);
+    let state = cluster.state_path.to_str().unwrap();
+    let began = Instant::now();
+    let out =
+        run_within(&["eval", "--cluster", state, "--job", job.to_str().unwrap()], Duration::from_secs(180))
+            .expect("the node-coordinated job on one-CPU nodes did not end in 180 s");
+    let took = began.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(!stderr(&out).contains("lost"), "took {took:?}: {}", show(&out));
+    let text = stderr(&out);
+    assert!(!text.contains("node 0: 0") && text.contains("node 0: "), "node 0 ran its share: {}", show(&out));
+    // The host's coordination of the same job (every task from the memos now) names the same result.
+    let by_host = cluster.eval_by_host(&job, &[]);
+    assert_eq!(result_of(&by_host), result_of(&out), "{}", show(&by_host));
+    eprintln!("{took:?}: {}", show(&out));
+    // As quick as the host's coordination of a job as big (fresh tiles: no memo answers): the
+    // peers are not left idle while the coordinator runs one of its own tasks on its one CPU.
+    let fresh = slow_tiles_job(dir.path(), 24, 1_000_100);
+    let began = Instant::now();
+    let by_host = cluster.eval_by_host(&fresh, &[]);
+    let took_by_host = began.elapsed();
+    assert_eq!(by_host.status.code(), Some(0), "{}", show(&by_host));
+    eprintln!("by the host {took_by_host:?}: {}", show(&by_host));
+    assert!(
+        took.as_secs_f64() < 1.5 * took_by_host.as_secs_f64(),
+        "node-coordinated {took:?} against {took_by_host:?} by the host:\n{}\n{}",
+        show(&out),
+        show(&by_host)
+    );
+}
+
+/// `--spread` with a node coordinating: the host puts each node's share on it itself. A peer
+/// that hangs (its VM stopped: it accepts connections and never answers) must not hang the
+/// host: without `--spread` the coordinating node finds it lost within its links' stall time
+/// and the job ends; with it, the host waits on the peer's handshake.
+#[test]
+fn a_hung_peer_does_not_hang_a_spread_hand_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::up(dir.path(), &[]);
+    let job = wordcount_job(dir.path(), 6);
+    let state = cluster.state_path.to_str().unwrap().to_string();
+    let pid = cluster.state.nodes[2].qemu_pid as libc::pid_t;
+    // SAFETY: the pid of a QEMU this test's cluster started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let job = job.to_str().unwrap();
+    let plain = run_within(&["eval", "--cluster", &state, "--job", job], Duration::from_secs(120));
+    let spread =
+        run_within(&["eval", "--cluster", &state, "--job", job, "--spread"], Duration::from_secs(120));
+    // SAFETY: as above; the cluster goes down with node 2 dead.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    cluster.stop();
+    let plain = plain.expect("without --spread the job did not end in 120 s with node 2 hung");
+    assert_eq!(plain.status.code(), Some(0), "{}", show(&plain));
+    let spread = spread.expect("with --spread the job did not end in 120 s with node 2 hung");
+    assert_eq!(spread.status.code(), Some(0), "{}", show(&spread));
+    assert_eq!(result_of(&spread), result_of(&plain));
+}
