@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use cairn_channel::{
     HELLO_LEN, Initiator, LEN_PREFIX, PublicKey, REPLY_LEN, Responder, SecretKey, Transport,
 };
@@ -15,6 +15,10 @@ use crate::keys;
 
 /// Handshakes cut short that [`SecureStream::connect_as`] tries again (about 3 s in all).
 const HANDSHAKE_RETRIES: usize = 5;
+/// How long a node may take to answer the handshake. A node gives a handshake 5 s before it
+/// closes it (docs/SECURITY.md); one that says nothing for this long is not answering at all (a
+/// stopped VM still has its connections accepted by the host), and waiting on would hang.
+const HANDSHAKE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The node ended a handshake before its reply.
 #[derive(Debug)]
@@ -88,11 +92,20 @@ impl SecureStream {
         tcp.write_all(&hello)
             .with_context(|| format!("the node at {address} closed the connection before the handshake"))?;
         let mut reply = [0u8; LEN_PREFIX + REPLY_LEN];
-        tcp.read_exact(&mut reply).map_err(|e| {
-            CutShort(format!(
+        tcp.set_read_timeout(Some(HANDSHAKE_PATIENCE))?;
+        if let Err(e) = tcp.read_exact(&mut reply) {
+            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+                bail!(
+                    "the node at {address} did not answer the handshake within {} s",
+                    HANDSHAKE_PATIENCE.as_secs()
+                );
+            }
+            return Err(CutShort(format!(
                 "the node at {address} ended the handshake ({e}): it does not hold the key {node} expected for it, or it is busy with other handshakes"
             ))
-        })?;
+            .into());
+        }
+        tcp.set_read_timeout(None)?;
         let transport = initiator
             .finish(&reply)
             .map_err(|e| anyhow::anyhow!("the node at {address} is not the node whose key is {node}: {e}"))?;
