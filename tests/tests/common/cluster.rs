@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use cairn_object::Handle;
 use cairn_tools::client::Client;
@@ -29,6 +30,18 @@ pub struct Cluster {
     /// What `cluster up` printed.
     pub up: String,
     stopped: bool,
+    /// This cluster's turn on the machine (see [`LARGE`]); dropped last.
+    _turn: Turn,
+}
+
+/// Clusters larger than this run alone: a dozen nodes beside another test's cluster overload two
+/// cores, and tasks then run out their time budgets (which count wall time).
+pub const LARGE: usize = 3;
+static TURNS: RwLock<()> = RwLock::new(());
+
+enum Turn {
+    Shared(#[allow(dead_code, reason = "held for its lifetime")] RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code, reason = "held for its lifetime")] RwLockWriteGuard<'static, ()>),
 }
 
 impl Cluster {
@@ -37,6 +50,12 @@ impl Cluster {
     }
 
     pub fn up_nodes(dir: &Path, nodes: usize, extra: &[&str]) -> Cluster {
+        // A test that panicked while holding its turn leaves the lock poisoned, not taken.
+        let turn = if nodes > LARGE {
+            Turn::Alone(TURNS.write().unwrap_or_else(|e| e.into_inner()))
+        } else {
+            Turn::Shared(TURNS.read().unwrap_or_else(|e| e.into_inner()))
+        };
         let state_path = dir.join("cluster.json");
         let out = cairn()
             .args(["cluster", "up", "--nodes", &nodes.to_string(), "--state", state_path.to_str().unwrap()])
@@ -47,7 +66,7 @@ impl Cluster {
         let up = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(up.contains(&format!("cluster up: {nodes} nodes")), "{}", show(&out));
         let state = State::read(&state_path).unwrap();
-        Cluster { state_path, state, up, stopped: false }
+        Cluster { state_path, state, up, stopped: false, _turn: turn }
     }
 
     pub fn eval(&self, job: &Path, extra: &[&str]) -> Output {
