@@ -48,6 +48,7 @@ pub fn run() -> Status {
         per_invocation[i] = (clock::micros_since_boot() - start) as f64 / INVOCATIONS as f64;
     }
     crate::trace::set_enabled(true);
+    crate::trace::release();
     report("invoke_us", per_invocation[0], "us");
     report("invoke_untraced_us", per_invocation[1], "us");
     report("trace_cost_pct", 100.0 * (per_invocation[0] - per_invocation[1]) / per_invocation[1], "%");
