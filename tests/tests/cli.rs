@@ -414,7 +414,10 @@ fn bench_reports_its_measurements_as_json() {
     );
     for row in &rows {
         let value = row["value"].as_f64().unwrap();
-        assert!(value.is_finite() && value > 0.0, "{row}");
+        // trace_cost_pct is a difference of two timings: under TCG's noise it can come out below
+        // zero (a full local run saw -7.8 %). Every other figure is a measurement.
+        assert!(value.is_finite(), "{row}");
+        assert!(row["name"] == "trace_cost_pct" || value > 0.0, "{row}");
     }
     assert_eq!(std::fs::metadata(&disk).unwrap().len(), 200 << 20, "made at the size asked");
     let superblocks = std::fs::read(&disk).unwrap();
