@@ -600,3 +600,51 @@ fn a_hung_peer_does_not_hang_a_spread_hand_off() {
     assert_eq!(spread.status.code(), Some(0), "{}", show(&spread));
     assert_eq!(result_of(&spread), result_of(&plain));
 }
+
+/// With `--spread`, the coordinating node is not given the data put on its peers. A peer killed
+/// mid-job takes the only copy of its share with it: the coordinator names the object it lacks,
+/// the client gives it everything and asks again, and the job ends with the right result.
+#[test]
+fn data_a_killed_peer_held_alone_is_given_to_the_coordinator_and_the_job_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &[]);
+    let (mandelbrot, identity) =
+        (env!("CARGO_BIN_FILE_CAIRN_TASKS_mandelbrot"), env!("CARGO_BIN_FILE_CAIRN_TASKS_identity"));
+    // Each middle task takes a slow tile and 64 KiB of data: it runs where its data is.
+    let middles: Vec<String> = (0..9u32)
+        .map(|i| {
+            let data = dir.path().join(format!("data{i}.bin"));
+            std::fs::write(&data, vec![i as u8; 64 * 1024]).unwrap();
+            format!(
+                "{{ task = \"{identity}\", args = [\"{}\", {{ task = \"{mandelbrot}\", args = [{{ text = \"tile\" }}, {{ u32s = [1, 1, 0, 0, 1, 1, {}] }}] }}] }}",
+                data.display(),
+                600_000 + i
+            )
+        })
+        .collect();
+    let job = dir.path().join("spread-slow.toml");
+    std::fs::write(&job, format!("[root]\ntask = \"{identity}\"\nargs = [{}]\n", middles.join(", ")))
+        .unwrap();
+    let mut child = cairn()
+        .args(["eval", "--cluster", cluster.state_path.to_str().unwrap(), "--job", job.to_str().unwrap()])
+        .arg("--spread")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let began = Instant::now();
+    while cairn_tests::stat(&cluster.client(2).stats().unwrap(), "tasks_run") < 1 {
+        assert!(began.elapsed() < Duration::from_secs(60), "node 2 ran nothing");
+        assert!(child.try_wait().unwrap().is_none(), "the job ended before node 2 was killed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: the pid of a QEMU this test's cluster started.
+    unsafe { libc::kill(cluster.state.nodes[2].qemu_pid as libc::pid_t, libc::SIGKILL) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(stderr(&out).contains("the coordinator lacks data it was not given"), "{}", show(&out));
+    // The host, which has every object, coordinating the same job over the two nodes left.
+    let reference = cluster.eval_by_host(&job, &[]);
+    assert_eq!(reference.status.code(), Some(0), "{}", show(&reference));
+    assert_eq!(result_of(&out), result_of(&reference), "{}\n{}", show(&out), show(&reference));
+}

@@ -225,7 +225,14 @@ impl Scheduler {
                         self.redo(j);
                         return true;
                     }
-                    return false;
+                    // One of the job's objects that only lost or lying nodes held, and the
+                    // driver lacks: the task can never run here. Said at once, naming it, so
+                    // that a driver that has it can give it and run the job again.
+                    self.lacking = Some(*h);
+                    self.fail(format!(
+                        "task {task} needs {h}, an object of the job that no live trusted node holds"
+                    ));
+                    return true;
                 }
             }
         }

@@ -92,6 +92,9 @@ pub struct Scheduler {
     pub(crate) rng: u64,
     pub(crate) report: Report,
     pub(crate) out: VecDeque<Action>,
+    /// Why the job failed, when it was for an object of the job that no live node holds and
+    /// the driver does not have: given it, the driver can run the job again.
+    pub(crate) lacking: Option<Handle>,
 }
 
 impl Scheduler {
@@ -150,6 +153,7 @@ impl Scheduler {
             rng: options.seed | 1,
             report: Report { tasks, ..Report::default() },
             out: VecDeque::new(),
+            lacking: None,
             graph,
         }
     }
@@ -189,6 +193,12 @@ impl Scheduler {
     /// The next action to take, if any.
     pub fn next_action(&mut self) -> Option<Action> {
         self.out.pop_front()
+    }
+
+    /// The job's object it failed for lack of, if that is why it failed: one the driver did
+    /// not have (it started from part of the job's objects) and no live trusted node holds.
+    pub fn lacking(&self) -> Option<Handle> {
+        self.lacking
     }
 
     pub fn is_over(&self) -> bool {

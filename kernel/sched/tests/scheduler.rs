@@ -47,6 +47,32 @@ fn large_inputs_pull_the_work_to_the_data() {
     assert!(random.unwrap().moved_bytes >= 1 << 20, "random placement moves some blob");
 }
 
+/// A driver that handed part of the job's data to other nodes (a client's `--spread` to a
+/// coordinating node) and lost the only holder of some: the job fails at once naming what it
+/// lacks, and run again with that given, it ends with the same result.
+#[test]
+fn data_only_a_lost_node_held_is_named_as_lacking_and_given_the_rerun_ends() {
+    let job = map_reduce(6, 1 << 20);
+    let graph = job.graph();
+    let procedures = graph.procedures();
+    let data: Vec<cairn_object::Handle> =
+        graph.leaves().into_iter().filter(|h| procedures.binary_search(h).is_err()).collect();
+    let mut cluster = Cluster::new(3);
+    // Node 1 holds two blobs and dies before it runs anything; the driver kept none of them.
+    cluster.nodes[1].holds.extend([data[0], data[1]]);
+    cluster.nodes[1].dies_after = Some(0);
+    let own: std::collections::BTreeSet<_> =
+        job.objects.keys().copied().filter(|h| *h != data[0] && *h != data[1]).collect();
+    let (outcome, lacking) = cluster.run_owning(&job, options(), own);
+    let why = outcome.unwrap_err();
+    let lacked = lacking.expect("the failure names what the job lacked");
+    assert!(lacked == data[0] || lacked == data[1], "{lacked}");
+    assert!(why.contains(&lacked.to_string()), "{why}");
+    // Given everything, the same cluster (node 1 still dead) ends the job with its result.
+    let report = cluster.run(&job, options()).unwrap();
+    assert_eq!(report.result, Some(job.expected()));
+}
+
 #[test]
 fn a_node_lost_mid_job_changes_nothing_but_where_tasks_run() {
     let job = map_reduce(12, 1000);

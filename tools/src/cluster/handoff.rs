@@ -3,7 +3,7 @@
 //! asks it to COORDINATE, waits, and fetches the result's bytes. Should the node die on the
 //! way, the job goes to the next node, where the nodes' memos make the rerun cheap.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -63,13 +63,14 @@ pub fn run(
     // `--spread` starts with the job's data spread over the nodes: the host puts it there, as the
     // host coordinator would, rather than have the node it hands the job to send it all again.
     let mut options = *options;
+    let mut withheld = HashSet::new();
     if options.spread {
-        spread(root, objects, nodes, first, progress)?;
+        withheld = spread(root, objects, nodes, first, progress)?;
         options.spread = false;
     }
     for node in (first..nodes.len()).chain(0..first) {
         progress(&format!("cairn: job handed to node {node} ({})", nodes[node].api));
-        match attempt(&nodes[node], root, objects, &options) {
+        match attempt(&nodes[node], root, objects, &withheld, &options, progress) {
             Ok((result, report, value)) => {
                 return Ok(Handed {
                     result,
@@ -86,22 +87,25 @@ pub fn run(
                 failed.push((node, format!("{e:#}")));
             }
         }
+        // The next node gets everything: the share withheld from this one may be its own.
+        withheld.clear();
     }
     let why: Vec<String> = failed.iter().map(|(n, e)| format!("node {n}: {e}")).collect();
     bail!("no node finished the job: {}", why.join("; "))
 }
 
 /// Puts the job's data (the graph's leaves that are not procedures) on the nodes round robin,
-/// from node `first` on, as the scheduler's seeding would. The coordinator still gets every
-/// object: should a node holding the only copy of some data be caught lying or be lost, the
-/// coordinator can put it elsewhere (as the host coordinator, which has it all, does).
+/// from node `first` on, as the scheduler's seeding would; the data now on other nodes, which
+/// the coordinator is not given. (Should a node holding the only copy of some be lost or caught
+/// lying, the coordinator says which object it lacks, and is then given everything: see
+/// [`attempt`].) A share a node did not take stays with the coordinator.
 fn spread(
     root: Handle,
     objects: &[(Handle, Vec<u8>)],
     nodes: &[NodeState],
     first: usize,
     progress: &mut dyn FnMut(&str),
-) -> anyhow::Result<()> {
+) -> anyhow::Result<HashSet<Handle>> {
     let by_handle: std::collections::HashMap<Handle, &Vec<u8>> =
         objects.iter().map(|(h, b)| (*h, b)).collect();
     let graph = cairn_sched::Graph::build(root, usize::MAX, |h| by_handle.get(h).map(|b| b.to_vec()))
@@ -119,8 +123,9 @@ fn spread(
             per_node[node].push((*handle, by_handle[handle].clone()));
         }
     }
-    // Every node's share at once, the coordinator's (everything) among them.
-    per_node[first] = objects.to_vec();
+    // Every node's share at once, the coordinator's (the rest of the job) among them.
+    let elsewhere: HashSet<Handle> = per_node.iter().flatten().map(|(h, _)| *h).collect();
+    per_node[first] = objects.iter().filter(|(h, _)| !elsewhere.contains(h)).cloned().collect();
     let uploads: Vec<(usize, anyhow::Result<usize>)> = std::thread::scope(|scope| {
         let threads: Vec<_> = per_node
             .iter()
@@ -138,7 +143,7 @@ fn spread(
             })
             .collect()
     });
-    let mut placed = std::collections::HashSet::new();
+    let mut placed = HashSet::new();
     for (node, uploaded) in uploads {
         match uploaded {
             Ok(_) if node != first => placed.extend(per_node[node].iter().map(|(h, _)| *h)),
@@ -153,26 +158,46 @@ fn spread(
         placed.len(),
         data.len()
     ));
-    Ok(())
+    Ok(placed)
 }
 
+/// Hands the job to `node`: its objects but the `withheld` (data put on other nodes), then
+/// COORDINATE. Should the node lack one of the withheld (its only other holder lost), it is
+/// given everything and asked once more; the memos make that rerun cheap.
 fn attempt(
     node: &NodeState,
     root: Handle,
     objects: &[(Handle, Vec<u8>)],
+    withheld: &HashSet<Handle>,
     options: &cairn_sched::Options,
+    progress: &mut dyn FnMut(&str),
 ) -> Result<(Handle, String, Option<Vec<u8>>), Attempt> {
     let node_failed = Attempt::NodeFailed;
     let mut client = Client::connect(&node.api).map_err(node_failed)?;
-    client.upload_missing(objects).map_err(node_failed)?;
+    let given: Vec<(Handle, Vec<u8>)> =
+        objects.iter().filter(|(h, _)| !withheld.contains(h)).cloned().collect();
+    client.upload_missing(&given).map_err(node_failed)?;
     // A job may run for hours; a coordinator that dies breaks the connection long before that.
     client.set_patience(COORDINATION_PATIENCE).map_err(node_failed)?;
-    let (result, report) =
-        client.coordinate(root, options).map_err(|e| match e.downcast_ref::<Refused>() {
-            // Busy with another job: another node may take it. Any other answer is the job's.
-            Some(refused) if refused.code != ErrorCode::Busy => Attempt::JobFailed(e),
-            _ => Attempt::NodeFailed(e),
-        })?;
+    let mut all_given = withheld.is_empty();
+    let (result, report) = loop {
+        match client.coordinate(root, options) {
+            Ok(answer) => break answer,
+            Err(e) => match e.downcast_ref::<Refused>().map(|r| r.code) {
+                Some(ErrorCode::NotFound) if !all_given => {
+                    progress(&format!(
+                        "cairn: the coordinator lacks data it was not given ({e:#}); giving it all"
+                    ));
+                    client.upload_missing(objects).map_err(node_failed)?;
+                    all_given = true;
+                }
+                // Busy with another job: another node may take it. Any other answer is the
+                // job's.
+                Some(code) if code != ErrorCode::Busy => return Err(Attempt::JobFailed(e)),
+                _ => return Err(Attempt::NodeFailed(e)),
+            },
+        }
+    };
     let value = match result.literal() {
         Some(bytes) => Some(bytes.to_vec()),
         // The coordinator holds the result (it fetched it, checked, before answering).

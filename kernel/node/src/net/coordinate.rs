@@ -139,6 +139,9 @@ pub struct Coordination {
     pub root: Handle,
     pub began_us: u64,
     next_request: u32,
+    /// An object of the job this node had at the start and lost since (evicted): the job
+    /// fails for lack of it, as for one the scheduler finds no holder of.
+    lacking: Option<Handle>,
 }
 
 fn placement(code: u8) -> Placement {
@@ -220,6 +223,7 @@ impl Coordination {
             root,
             began_us: clock::micros_since_boot(),
             next_request: 1,
+            lacking: None,
         })
     }
 
@@ -313,7 +317,12 @@ impl Coordination {
                 Action::Progress(line) => log::info!("coordinate: {line}"),
                 Action::Finished(Ok(report)) => return Some(self.coordinated(&report)),
                 Action::Finished(Err(why)) => {
-                    return Some(Message::Error { code: ErrorCode::Internal, message: why });
+                    // For lack of one of the job's objects: NOT_FOUND, which tells the client
+                    // that given it (it may have kept it back, spreading the data itself), the
+                    // job can run again here. Any other failure is the job's.
+                    let lacked = self.scheduler.lacking().or(self.lacking);
+                    let code = if lacked.is_some() { ErrorCode::NotFound } else { ErrorCode::Internal };
+                    return Some(Message::Error { code, message: why });
                 }
                 Action::Run { node: 0, order } => self.local_queue.push_back(order),
                 Action::Run { node, order } => match self.runners.get_mut(node) {
@@ -683,6 +692,7 @@ impl Coordination {
             }
         }
         if let Some(missing) = order.uploads.iter().find(|h| !ev.store.contains(h)) {
+            self.lacking = Some(*missing);
             self.events.push_back(Event::Stalled {
                 why: format!("{missing}, an object of the job, is no longer on this node"),
             });

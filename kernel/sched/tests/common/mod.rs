@@ -126,6 +126,17 @@ impl Cluster {
     /// Runs `job` to its end; the report or the failure.
     pub fn run(&mut self, job: &Job, options: Options) -> Result<Report, String> {
         let own: BTreeSet<Handle> = job.objects.keys().copied().collect();
+        self.run_owning(job, options, own).0
+    }
+
+    /// [`Cluster::run`] by a driver that has only `own` of the job's objects; also what the
+    /// scheduler says it lacked.
+    pub fn run_owning(
+        &mut self,
+        job: &Job,
+        options: Options,
+        own: BTreeSet<Handle>,
+    ) -> (Result<Report, String>, Option<Handle>) {
         let mut s = Scheduler::new(job.graph(), own, self.nodes.len(), options);
         s.start();
         let mut running: Vec<Event> = Vec::new();
@@ -134,7 +145,7 @@ impl Cluster {
                 self.actions.push(action.clone());
                 match action {
                     Action::Progress(_) => {}
-                    Action::Finished(outcome) => return outcome,
+                    Action::Finished(outcome) => return (outcome, s.lacking()),
                     Action::Run { node, order } => running.push(self.run_task(node, &order, job)),
                     other => {
                         let answer = self.answer(&other, job);
