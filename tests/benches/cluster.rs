@@ -105,8 +105,11 @@ fn main() {
         .unwrap();
         path
     };
-    // Node against host coordinator, alternated, each on a fresh cluster (no memo answers).
-    for round in 0..2 {
+    // Node against host coordinator, alternated, each on a fresh cluster (no memo answers);
+    // the medians of ROUNDS rounds side by side at the end (the host is noisy).
+    const ROUNDS: usize = 5;
+    let mut times: std::collections::BTreeMap<(&str, &str), Vec<f64>> = Default::default();
+    for round in 0..ROUNDS {
         for coordinator in ["host", "node"] {
             with_cluster(dir.path(), 3, |state| {
                 let (ok, out, err) = cairn(&[
@@ -120,6 +123,7 @@ fn main() {
                 ]);
                 assert!(ok, "{out}{err}");
                 let (secs, moved, result) = summary(&out, &err);
+                times.entry(("mandelbrot", coordinator)).or_default().push(secs);
                 println!(
                     "{}",
                     serde_json::json!({"bench": "coordinator-mandelbrot", "coordinator": coordinator, "round": round, "tiles": tiles.len(), "nodes": 3, "seconds": secs, "moved_bytes": moved, "result": result})
@@ -137,12 +141,20 @@ fn main() {
                 ]);
                 assert!(ok, "{out}{err}");
                 let (secs, moved, _) = summary(&out, &err);
+                times.entry(("wordcount-spread", coordinator)).or_default().push(secs);
                 println!(
                     "{}",
                     serde_json::json!({"bench": "coordinator-wordcount-spread", "coordinator": coordinator, "round": round, "chunks": 12, "chunk_kib": 256, "nodes": 3, "placement": "locality", "seconds": secs, "moved_bytes": moved})
                 );
             });
         }
+    }
+    for job in ["mandelbrot", "wordcount-spread"] {
+        let (host, node) = (median(&times[&(job, "host")]), median(&times[&(job, "node")]));
+        println!(
+            "{}",
+            serde_json::json!({"bench": "coordinator-medians", "job": job, "rounds": ROUNDS, "host_seconds": host, "node_seconds": node, "node_over_host": node / host})
+        );
     }
     with_cluster(dir.path(), 3, |state| {
         // Fresh data for each run, so that no memo answers.
@@ -170,4 +182,10 @@ fn main() {
             );
         }
     });
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }

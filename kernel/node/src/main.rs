@@ -322,6 +322,8 @@ fn serve(config: &NodeConfig) -> Status {
         .map(|cluster| net::neighbors::Neighbors::new(cluster, &config.peers));
     let started = arch::clock::micros_since_boot();
     let mut announced = false;
+    // The boot CPU's time halted while EVALs waited on other CPUs, for STATS' idle_ms.
+    let mut halted_waiting_us = 0u64;
     log::info!("serving; stop the VM to shut down");
     loop {
         let mut guard = SERVING.lock();
@@ -350,6 +352,7 @@ fn serve(config: &NodeConfig) -> Status {
                 println!("cairn: cluster ip={cidr} peers={}", config.peers.len());
             }
         }
+        s.api.idle_us += core::mem::take(&mut halted_waiting_us);
         let mut busy = s.api.poll(&mut s.network, &mut ev, &mut jobs);
         if let (Some(cluster_api), Some(cluster)) = (s.cluster_api.as_mut(), s.cluster.as_mut()) {
             busy |= cluster_api.poll(cluster, &mut ev, &mut jobs);
@@ -401,7 +404,7 @@ fn serve(config: &NodeConfig) -> Status {
         } else if !evaluations.is_empty() {
             // Every EVAL under way waits for a task on another CPU.
             drop(guard);
-            wait_for_tasks(&mut ev, finished_before, coordination.is_none());
+            halted_waiting_us += wait_for_tasks(&mut ev, finished_before, coordination.is_none());
         } else if !arch::smp::help() {
             // The timer (100 Hz) or a device interrupt wakes us to poll again.
             let halted = arch::clock::micros_since_boot();
@@ -417,17 +420,18 @@ fn serve(config: &NodeConfig) -> Status {
 /// `task::ahead::finished` said before the walks were stepped: a task finished since then has
 /// the loop step them again. While the node coordinates a job (`steal` false) it runs no task
 /// itself: a task can take a second, and every peer's next request would wait for it.
-fn wait_for_tasks(ev: &mut jobs::NodeEvaluator, seen: u64, steal: bool) {
+/// Returns how long it halted.
+fn wait_for_tasks(ev: &mut jobs::NodeEvaluator, seen: u64, steal: bool) -> u64 {
     use task::ahead::{Queued, finished};
     let since = arch::clock::micros_since_boot();
     let waited = || arch::clock::micros_since_boot().saturating_sub(since);
     loop {
         if finished() != seen {
-            return;
+            return 0;
         }
         let queued = if steal { ev.executor.run_a_queued_task(STEAL_AFTER_US) } else { Queued::None };
         match queued {
-            Queued::Ran => return,
+            Queued::Ran => return 0,
             // Until the oldest task is old enough, watching the clock only: the queue's lock is
             // the other CPUs' too. Back to the loop now and then, to serve the network.
             Queued::Young { in_us } if waited() < 1000 => {
@@ -436,7 +440,7 @@ fn wait_for_tasks(ev: &mut jobs::NodeEvaluator, seen: u64, steal: bool) {
                     core::hint::spin_loop();
                 }
             }
-            Queued::Young { .. } => return,
+            Queued::Young { .. } => return 0,
             // A moment's look before halting: a task may be about to end.
             Queued::None if waited() < arch::smp::SPIN_BEFORE_HALT_US => core::hint::spin_loop(),
             Queued::None => break,
@@ -444,12 +448,14 @@ fn wait_for_tasks(ev: &mut jobs::NodeEvaluator, seen: u64, steal: bool) {
     }
     x86_64::instructions::interrupts::disable();
     arch::smp::boot_cpu_sleeping();
+    let halted = arch::clock::micros_since_boot();
     if finished() == seen {
         x86_64::instructions::interrupts::enable_and_hlt();
     } else {
         x86_64::instructions::interrupts::enable();
     }
     arch::smp::boot_cpu_awake();
+    arch::clock::micros_since_boot().saturating_sub(halted)
 }
 
 /// How long a task waits in the queue before the boot CPU, with every EVAL waiting, runs it
