@@ -642,7 +642,7 @@ fn data_a_killed_peer_held_alone_is_given_to_the_coordinator_and_the_job_ends() 
     unsafe { libc::kill(cluster.state.nodes[2].qemu_pid as libc::pid_t, libc::SIGKILL) };
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    assert!(stderr(&out).contains("the coordinator lacks data it was not given"), "{}", show(&out));
+    assert!(stderr(&out).contains("the coordinator lacks an object of the job"), "{}", show(&out));
     // The host, which has every object, coordinating the same job over the two nodes left.
     let reference = cluster.eval_by_host(&job, &[]);
     assert_eq!(reference.status.code(), Some(0), "{}", show(&reference));

@@ -162,8 +162,9 @@ fn spread(
 }
 
 /// Hands the job to `node`: its objects but the `withheld` (data put on other nodes), then
-/// COORDINATE. Should the node lack one of the withheld (its only other holder lost), it is
-/// given everything and asked once more; the memos make that rerun cheap.
+/// COORDINATE. Should the node lack an object of the job (one withheld whose only other
+/// holder was lost, or one it evicted), it is given everything and asked once more; the memos
+/// make that rerun cheap.
 fn attempt(
     node: &NodeState,
     root: Handle,
@@ -179,17 +180,18 @@ fn attempt(
     client.upload_missing(&given).map_err(node_failed)?;
     // A job may run for hours; a coordinator that dies breaks the connection long before that.
     client.set_patience(COORDINATION_PATIENCE).map_err(node_failed)?;
-    let mut all_given = withheld.is_empty();
+    // Once: the node may lack what it was not given, or have lost (evicted) what it was.
+    let mut given_again = false;
     let (result, report) = loop {
         match client.coordinate(root, options) {
             Ok(answer) => break answer,
             Err(e) => match e.downcast_ref::<Refused>().map(|r| r.code) {
-                Some(ErrorCode::NotFound) if !all_given => {
+                Some(ErrorCode::NotFound) if !given_again => {
                     progress(&format!(
-                        "cairn: the coordinator lacks data it was not given ({e:#}); giving it all"
+                        "cairn: the coordinator lacks an object of the job ({e:#}); giving it all"
                     ));
                     client.upload_missing(objects).map_err(node_failed)?;
-                    all_given = true;
+                    given_again = true;
                 }
                 // Busy with another job: another node may take it. Any other answer is the
                 // job's.
