@@ -78,6 +78,9 @@ pub struct Link {
     last_pumped: u64,
 }
 
+/// How often an idle link's connection is probed.
+const KEEP_ALIVE_MS: u64 = 1000;
+
 impl Link {
     /// Begins a connection to the peer at `to` (its cluster address and API port), which must
     /// be one of this node's configured peers, and says HELLO.
@@ -101,6 +104,11 @@ impl Link {
             tcp::SocketBuffer::new(vec![0; BUFFER]),
         );
         socket.set_ack_delay(None);
+        // A probe each second the link is idle: a peer that was killed and booted again answers
+        // it with a reset, and the link fails at once. (Without it, a link waiting on a task's
+        // answer would wait out the task's whole budget, while heartbeats on fresh connections
+        // found the new peer alive.)
+        socket.set_keep_alive(Some(smoltcp::time::Duration::from_millis(KEEP_ALIVE_MS)));
         socket
             .connect(network.iface.context(), (IpAddress::v4(a, b, c, d), to.1), local_port())
             .map_err(|e| format!("cannot connect to {peer}: {e:?}"))?;
