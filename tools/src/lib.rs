@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod client;
 pub mod cluster;
+pub mod experiment;
 pub mod hash;
 pub mod host;
 pub mod jobfile;

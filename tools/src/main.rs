@@ -13,7 +13,8 @@ use cairn_tools::untrusted::escape_lines;
 use clap::{Parser, Subcommand};
 
 use cli::{
-    NodeAddress, bench, boot, cluster, eval, fuzz, fuzz_wire, jobs, keys, objects, setup, sim, task, trace,
+    NodeAddress, bench, boot, cluster, eval, experiment, fuzz, fuzz_wire, jobs, keys, objects, setup, sim,
+    task, trace,
 };
 
 #[derive(Parser)]
@@ -81,6 +82,9 @@ enum Command {
     /// Run the cluster scheduler over a simulated cluster, in virtual time, with faults from
     /// a seed (docs/SCHEDULER.md).
     Sim(sim::SimArgs),
+    /// Run a job on fresh clusters under a fault plan, run after run, and write a results table
+    /// and plots of makespan, bytes moved and re-runs (docs/EXPERIMENTS.md).
+    Experiment(experiment::ExperimentArgs),
     /// Run a job on a node or a cluster and write the spans its nodes recorded as one trace
     /// (Chrome trace-event JSON, for Perfetto; docs/TRACES.md).
     Trace(trace::TraceArgs),
@@ -140,6 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::FuzzWire(args)) => fuzz_wire::fuzz_wire(&args),
         Some(Command::Setup(args)) => setup::setup(&args),
         Some(Command::Sim(args)) => sim::sim(&args),
+        Some(Command::Experiment(args)) => experiment::experiment(&args),
         Some(Command::Keygen(args)) => keys::keygen(&args),
         Some(Command::Key(command)) => keys::key(&command),
     }

@@ -39,9 +39,19 @@ pub struct Cluster {
 pub const LARGE: usize = 3;
 static TURNS: RwLock<()> = RwLock::new(());
 
-enum Turn {
+pub enum Turn {
     Shared(#[allow(dead_code, reason = "held for its lifetime")] RwLockReadGuard<'static, ()>),
     Alone(#[allow(dead_code, reason = "held for its lifetime")] RwLockWriteGuard<'static, ()>),
+}
+
+/// A turn on the machine for `nodes` nodes that a test brings up otherwise (`cairn experiment`).
+pub fn turn(nodes: usize) -> Turn {
+    // A test that panicked while holding its turn leaves the lock poisoned, not taken.
+    if nodes > LARGE {
+        Turn::Alone(TURNS.write().unwrap_or_else(|e| e.into_inner()))
+    } else {
+        Turn::Shared(TURNS.read().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 impl Cluster {
@@ -50,12 +60,7 @@ impl Cluster {
     }
 
     pub fn up_nodes(dir: &Path, nodes: usize, extra: &[&str]) -> Cluster {
-        // A test that panicked while holding its turn leaves the lock poisoned, not taken.
-        let turn = if nodes > LARGE {
-            Turn::Alone(TURNS.write().unwrap_or_else(|e| e.into_inner()))
-        } else {
-            Turn::Shared(TURNS.read().unwrap_or_else(|e| e.into_inner()))
-        };
+        let turn = turn(nodes);
         let state_path = dir.join("cluster.json");
         let out = cairn()
             .args(["cluster", "up", "--nodes", &nodes.to_string(), "--state", state_path.to_str().unwrap()])

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cairn_tools::client::Client;
-use cairn_tools::cluster::lifecycle;
+use cairn_tools::cluster::{control, lifecycle};
 use cairn_tools::untrusted::escape;
 use clap::{Args, Subcommand};
 
@@ -21,6 +21,13 @@ pub enum ClusterCommand {
     Down(ClusterStateArg),
     /// Each node of the cluster: up or down, its API, and what it holds and has run.
     Status(ClusterStateArg),
+    /// Put faults on the cluster's wire from now on: lost, delayed, reordered, rate-limited
+    /// frames, a partition (docs/EXPERIMENTS.md); with no option, a wire without faults.
+    Faults(ClusterFaultsArgs),
+    /// Kill a node now, as by a power cut (its disk stays).
+    Kill(ClusterNodeArg),
+    /// Boot a node killed with `cluster kill` again, with its disk, keys and addresses.
+    Restart(ClusterNodeArg),
     /// The cluster's daemon (started by `up`).
     #[command(hide = true)]
     Serve(ClusterUpArgs),
@@ -31,6 +38,70 @@ pub struct ClusterStateArg {
     /// Where the cluster's state (node API ports, pids) is kept.
     #[arg(long, default_value = DEFAULT_CLUSTER_STATE)]
     pub state: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ClusterNodeArg {
+    /// The node's index.
+    pub node: usize,
+    #[command(flatten)]
+    pub state: ClusterStateArg,
+}
+
+#[derive(Args)]
+pub struct ClusterFaultsArgs {
+    #[command(flatten)]
+    pub faults: FaultArgs,
+    #[command(flatten)]
+    pub state: ClusterStateArg,
+}
+
+/// The wire's faults as options (`cairn cluster faults`).
+#[derive(Args, Clone, Debug)]
+pub struct FaultArgs {
+    /// The probability that a frame is lost on each link it crosses (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub drop: f64,
+    /// Latency added to every frame, in milliseconds.
+    #[arg(long, default_value_t = 0.0)]
+    pub delay_ms: f64,
+    /// A further latency drawn for each frame, uniform from 0 to this many milliseconds.
+    #[arg(long, default_value_t = 0.0)]
+    pub jitter_ms: f64,
+    /// The probability that a frame is held back (by --reorder-ms), so later ones overtake it.
+    #[arg(long, default_value_t = 0.0)]
+    pub reorder: f64,
+    /// How long a reordered frame is held back, in milliseconds (5 when 0).
+    #[arg(long, default_value_t = 0.0)]
+    pub reorder_ms: f64,
+    /// What each node may send, in KiB/s (0: no limit).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_kib_s: f64,
+    /// Groups of nodes that reach only each other, like `0,1/2` (nodes in no group form one
+    /// more group).
+    #[arg(long, value_name = "GROUPS")]
+    pub partition: Option<String>,
+    /// The seed of the wire's draws.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl FaultArgs {
+    fn links(&self) -> anyhow::Result<cairn_tools::cluster::faults::LinkFaults> {
+        let partition = match &self.partition {
+            None => Vec::new(),
+            Some(text) => cairn_tools::cluster::faults::parse_partition(text).map_err(anyhow::Error::msg)?,
+        };
+        Ok(cairn_tools::cluster::faults::LinkFaults {
+            drop: self.drop,
+            delay_ms: self.delay_ms,
+            jitter_ms: self.jitter_ms,
+            reorder: self.reorder,
+            reorder_ms: self.reorder_ms,
+            rate_kib_s: self.rate_kib_s,
+            partition,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -115,12 +186,67 @@ pub fn cluster(command: &ClusterCommand) -> anyhow::Result<ExitCode> {
             let state = lifecycle::down(&args.state)?;
             println!("{}", down_text(&state, &args.state));
         }
+        ClusterCommand::Faults(args) => {
+            let state = lifecycle::State::read(&args.state.state)?;
+            let mut plan = control::read(&args.state.state)?;
+            plan.links = args.faults.links()?;
+            plan.seed = args.faults.seed;
+            control::write(&args.state.state, state.nodes.len(), &plan)?;
+            println!("cluster faults: {}", describe(&plan.links));
+        }
+        ClusterCommand::Kill(args) | ClusterCommand::Restart(args) => {
+            let kill = matches!(command, ClusterCommand::Kill(_));
+            let state_path = &args.state.state;
+            let state = lifecycle::State::read(state_path)?;
+            let mut plan = control::read(state_path)?;
+            plan.down.retain(|n| *n != args.node);
+            if kill {
+                plan.down.push(args.node);
+            }
+            control::write(state_path, state.nodes.len(), &plan)?;
+            let old_pid = state.nodes[args.node].qemu_pid;
+            if kill {
+                lifecycle::wait_down(old_pid)?;
+            } else {
+                lifecycle::wait_serving(state_path, args.node, old_pid)?;
+            }
+            println!("node {} {}", args.node, if kill { "killed" } else { "serving again" });
+        }
         ClusterCommand::Serve(args) => {
             let mut log = std::io::stderr();
             lifecycle::serve(&args.options()?, &args.state.state, &mut log)?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The wire's faults in a few words.
+pub fn describe(links: &cairn_tools::cluster::faults::LinkFaults) -> String {
+    if links.is_none() {
+        return "none".into();
+    }
+    let mut parts = Vec::new();
+    for (name, value, unit) in [
+        ("drop", links.drop, ""),
+        ("delay", links.delay_ms, " ms"),
+        ("jitter", links.jitter_ms, " ms"),
+        ("reorder", links.reorder, ""),
+        ("reorder hold", links.reorder_ms, " ms"),
+        ("rate", links.rate_kib_s, " KiB/s"),
+    ] {
+        if value != 0.0 {
+            parts.push(format!("{name} {value}{unit}"));
+        }
+    }
+    if !links.partition.is_empty() {
+        let groups: Vec<String> = links
+            .partition
+            .iter()
+            .map(|g| g.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","))
+            .collect();
+        parts.push(format!("partition {}", groups.join("/")));
+    }
+    parts.join(", ")
 }
 
 /// One line per node: up (with a few of its counters) or down (with why).

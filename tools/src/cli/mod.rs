@@ -5,6 +5,7 @@ pub mod bench;
 pub mod boot;
 pub mod cluster;
 pub mod eval;
+pub mod experiment;
 pub mod fuzz;
 pub mod fuzz_wire;
 pub mod jobs;

@@ -240,6 +240,8 @@ pub fn serve(opts: &UpOptions, state_path: &Path, log: &mut dyn Write) -> anyhow
     let mut vms = Vec::new();
     let mut nodes = Vec::new();
     let mut links = Vec::new();
+    // How each node was booted: a node killed through the fault plan boots again the same way.
+    let mut boots = Vec::new();
     // Every node's key up front: each node knows its peers' keys, serves them as peers, and
     // checks them when it connects to them (docs/SECURITY.md, "Keys and roles").
     let secrets = (0..opts.nodes).map(|_| crate::keys::fresh_secret()).collect::<anyhow::Result<Vec<_>>>()?;
@@ -263,7 +265,7 @@ pub fn serve(opts: &UpOptions, state_path: &Path, log: &mut dyn Write) -> anyhow
             mac: [0x52, 0x54, 0x00, 0xc1, 0x00, index as u8 + 1],
         };
         links.push(SocketAddr::from(([127, 0, 0, 1], link.local_port)));
-        let vm = Vm::boot(&NodeOptions {
+        let options = NodeOptions {
             accel: opts.accel,
             memory_mib: opts.memory_mib,
             cpus: opts.cpus,
@@ -280,8 +282,9 @@ pub fn serve(opts: &UpOptions, state_path: &Path, log: &mut dyn Write) -> anyhow
             }),
             disk: disk.clone(),
             ..NodeOptions::default()
-        })
-        .with_context(|| format!("cannot boot node {index}"))?;
+        };
+        let vm = Vm::boot(&options).with_context(|| format!("cannot boot node {index}"))?;
+        boots.push(options);
         nodes.push(NodeState {
             index,
             api: format!("127.0.0.1:{api_port}"),
@@ -291,7 +294,9 @@ pub fn serve(opts: &UpOptions, state_path: &Path, log: &mut dyn Write) -> anyhow
         });
         vms.push(vm);
     }
-    std::thread::spawn(move || super::hub::serve(hub, links));
+    let switch = std::sync::Arc::new(super::hub::Control::default());
+    let switch_control = switch.clone();
+    std::thread::spawn(move || super::hub::serve(hub, links, switch_control));
     let deadline = Instant::now() + Duration::from_secs(120);
     for (index, vm) in vms.iter_mut().enumerate() {
         loop {
@@ -334,18 +339,37 @@ pub fn serve(opts: &UpOptions, state_path: &Path, log: &mut dyn Write) -> anyhow
             }
         }
     }
-    let state = State { daemon_pid: std::process::id(), log: state_path.with_extension("log"), nodes };
+    let mut state = State { daemon_pid: std::process::id(), log: state_path.with_extension("log"), nodes };
+    super::control::clear(state_path);
     state.write(state_path)?;
     let _ = writeln!(log, "cluster up: {} nodes", state.nodes.len());
     let _ = log.flush();
-    // Keep the consoles flowing into the log until killed (`cairn cluster down`).
+    // Keep the consoles flowing into the log until killed (`cairn cluster down`), and follow
+    // the fault plan.
     let mut open: Vec<bool> = vec![true; vms.len()];
-    while open.iter().any(|o| *o) {
+    let (mut watch, mut down) = (super::control::Watch::default(), Vec::new());
+    loop {
+        if let Some(plan) = watch.changed(state_path) {
+            match plan.and_then(|p| p.check(vms.len()).map(|()| p)) {
+                Ok(plan) => {
+                    follow(&plan, &down, &mut vms, &boots, &mut state, &switch, log);
+                    state.write(state_path)?;
+                    open = vms.iter().enumerate().map(|(i, _)| open[i] || !plan.down.contains(&i)).collect();
+                    down = plan.down;
+                }
+                Err(e) => {
+                    let _ = writeln!(log, "cairn: fault plan not followed: {}", escape(&format!("{e:#}")));
+                }
+            }
+        }
+        if !open.iter().any(|o| *o) && down.is_empty() {
+            break;
+        }
         for (index, vm) in vms.iter_mut().enumerate() {
             if !open[index] {
                 continue;
             }
-            match vm.next_line(Instant::now() + Duration::from_millis(50)) {
+            match vm.next_line(Instant::now() + Duration::from_millis(10)) {
                 Ok(Some(line)) => {
                     let _ = writeln!(log, "node {index}: {}", escape(&line));
                 }
@@ -357,8 +381,45 @@ pub fn serve(opts: &UpOptions, state_path: &Path, log: &mut dyn Write) -> anyhow
             }
         }
         let _ = log.flush();
+        if !open.iter().any(|o| *o) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     Ok(())
+}
+
+/// Puts a new fault plan in force: the switch's faults, nodes newly down killed, nodes no
+/// longer down booted again (the state file gets their new QEMU's pid).
+fn follow(
+    plan: &super::control::Plan,
+    was_down: &[usize],
+    vms: &mut [Vm],
+    boots: &[NodeOptions],
+    state: &mut State,
+    switch: &super::hub::Control,
+    log: &mut dyn Write,
+) {
+    switch.set(plan.links.clone(), plan.seed);
+    let _ = writeln!(log, "cairn: fault plan: links {:?}, down {:?}", plan.links, plan.down);
+    for (index, vm) in vms.iter_mut().enumerate() {
+        match (was_down.contains(&index), plan.down.contains(&index)) {
+            (false, true) => {
+                vm.kill();
+                let _ = writeln!(log, "node {index}: killed (fault plan)");
+            }
+            (true, false) => match Vm::boot(&boots[index]) {
+                Ok(new) => {
+                    *vm = new;
+                    state.nodes[index].qemu_pid = vm.pid();
+                    let _ = writeln!(log, "node {index}: booted again (fault plan)");
+                }
+                Err(e) => {
+                    let _ = writeln!(log, "node {index}: cannot boot again: {}", escape(&format!("{e:#}")));
+                }
+            },
+            _ => {}
+        }
+    }
 }
 
 /// A cluster `up` started, and what it did with the disks.
@@ -429,6 +490,41 @@ pub fn up(opts: &UpOptions, state_path: &Path) -> anyhow::Result<Started> {
             // SAFETY: our own child, not yet reaped.
             unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
             bail!("the cluster did not come up within 180 s (log: {})", log_path.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits (10 s at most) until the QEMU `pid` has exited.
+pub fn wait_down(pid: u32) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_alive(pid) {
+        if Instant::now() > deadline {
+            bail!("QEMU {pid} is still running 10 s after its node was to be killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Waits (120 s at most) until node `index` runs in a QEMU other than `old_pid` and answers on
+/// its API.
+pub fn wait_serving(state_path: &Path, index: usize, old_pid: u32) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let state = State::read(state_path)?;
+        let node = state.nodes.get(index).ok_or_else(|| anyhow!("the cluster has no node {index}"))?;
+        if node.qemu_pid != old_pid
+            && process_alive(node.qemu_pid)
+            && crate::client::Client::connect(&node.api).and_then(|mut c| c.stats()).is_ok()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "node {index} was not serving again 120 s after its restart (log: {})",
+                state.log.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }

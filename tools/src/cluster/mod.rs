@@ -2,6 +2,8 @@
 //! them, and evaluation across them, which the scheduler (`cairn_sched`) coordinates: in a node
 //! the job is handed to (`handoff`), or in the host (`run`).
 
+pub mod control;
+pub mod faults;
 pub mod handoff;
 pub mod hub;
 pub mod lifecycle;

@@ -1,0 +1,118 @@
+//! What a running cluster is told to suffer (docs/EXPERIMENTS.md): the wire's faults and the
+//! nodes that are to be down. `cairn cluster faults|kill|restart` and `cairn experiment` write
+//! it beside the state file; the cluster's daemon reads it when it changes, sets the switch's
+//! faults, kills the nodes newly down and boots again those no longer down.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::faults::LinkFaults;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Plan {
+    /// The wire's faults, on every link.
+    pub links: LinkFaults,
+    /// The seed of the wire's draws (which frames are dropped, delayed, held back).
+    pub seed: u64,
+    /// Nodes (by index) to be down: killed, as by a power cut. A node taken off this list is
+    /// booted again, with its disk, keys and addresses.
+    pub down: Vec<usize>,
+}
+
+impl Plan {
+    pub fn check(&self, nodes: usize) -> anyhow::Result<()> {
+        self.links.check(nodes).map_err(anyhow::Error::msg)?;
+        if let Some(node) = self.down.iter().find(|n| **n >= nodes) {
+            anyhow::bail!("node {node} cannot be down: the cluster has nodes 0 to {}", nodes - 1);
+        }
+        Ok(())
+    }
+}
+
+/// The plan's file for the cluster with state file `state_path`.
+pub fn path(state_path: &Path) -> PathBuf {
+    state_path.with_extension("faults.json")
+}
+
+/// The plan now in force (none written: no faults, every node up).
+pub fn read(state_path: &Path) -> anyhow::Result<Plan> {
+    let path = path(state_path);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            serde_json::from_str(&text).with_context(|| format!("{} is not a fault plan", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Plan::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Puts `plan` in force, checked against the cluster's `nodes`: whole (written aside, then
+/// renamed), so the daemon never reads half of it.
+pub fn write(state_path: &Path, nodes: usize, plan: &Plan) -> anyhow::Result<()> {
+    plan.check(nodes)?;
+    let path = path(state_path);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(plan)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Removes the plan (a cluster coming up starts with none).
+pub fn clear(state_path: &Path) {
+    let _ = std::fs::remove_file(path(state_path));
+}
+
+/// Follows the plan's file for the daemon: the plan when the file has changed since last asked.
+#[derive(Default)]
+pub struct Watch {
+    seen: Option<(std::time::SystemTime, u64)>,
+}
+
+impl Watch {
+    /// A changed plan, or why the file could not be used (once per change).
+    pub fn changed(&mut self, state_path: &Path) -> Option<anyhow::Result<Plan>> {
+        let meta = std::fs::metadata(path(state_path)).ok();
+        let stamp = meta.and_then(|m| Some((m.modified().ok()?, m.len())));
+        if stamp == self.seen {
+            return None;
+        }
+        self.seen = stamp;
+        Some(read(state_path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_round_trips_and_a_missing_one_is_no_faults() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("c.json");
+        assert_eq!(read(&state).unwrap(), Plan::default());
+        let plan = Plan { links: LinkFaults { drop: 0.02, ..LinkFaults::default() }, seed: 7, down: vec![1] };
+        write(&state, 3, &plan).unwrap();
+        assert_eq!(read(&state).unwrap(), plan);
+        assert!(path(&state).ends_with("c.faults.json"));
+        let mut watch = Watch::default();
+        assert_eq!(watch.changed(&state).unwrap().unwrap(), plan);
+        assert!(watch.changed(&state).is_none(), "unchanged");
+        clear(&state);
+        assert_eq!(watch.changed(&state).unwrap().unwrap(), Plan::default());
+    }
+
+    #[test]
+    fn a_bad_plan_is_refused_before_it_is_written_and_a_bad_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("c.json");
+        let err = write(&state, 3, &Plan { down: vec![3], ..Plan::default() }).unwrap_err();
+        assert!(err.to_string().contains("node 3"), "{err}");
+        assert!(!path(&state).exists());
+        std::fs::write(path(&state), "{\"links\": {\"loss\": 1}}").unwrap();
+        let err = read(&state).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field `loss`"), "{err:#}");
+    }
+}
