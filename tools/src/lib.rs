@@ -3,6 +3,7 @@
 
 pub mod bundle;
 pub mod client;
+pub mod cloud;
 pub mod cluster;
 pub mod experiment;
 pub mod hash;

@@ -13,8 +13,8 @@ use cairn_tools::untrusted::escape_lines;
 use clap::{Parser, Subcommand};
 
 use cli::{
-    NodeAddress, bench, boot, cluster, eval, experiment, fuzz, fuzz_wire, jobs, keys, objects, setup, sim,
-    task, trace,
+    NodeAddress, bench, boot, cloud, cluster, eval, experiment, fuzz, fuzz_wire, jobs, keys, objects, setup,
+    sim, task, trace,
 };
 
 #[derive(Parser)]
@@ -82,6 +82,9 @@ enum Command {
     /// Run the cluster scheduler over a simulated cluster, in virtual time, with faults from
     /// a seed (docs/SCHEDULER.md).
     Sim(sim::SimArgs),
+    /// Write each node's configuration (addresses, peers, keys) on a disk of its own, so that
+    /// one image serves every node of a cluster (docs/CLOUD.md).
+    ConfigDisk(cloud::ConfigDiskArgs),
     /// Run a job on fresh clusters under a fault plan, run after run, and write a results table
     /// and plots of makespan, bytes moved and re-runs (docs/EXPERIMENTS.md).
     Experiment(experiment::ExperimentArgs),
@@ -145,6 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Setup(args)) => setup::setup(&args),
         Some(Command::Sim(args)) => sim::sim(&args),
         Some(Command::Experiment(args)) => experiment::experiment(&args),
+        Some(Command::ConfigDisk(args)) => cloud::config_disk(&args),
         Some(Command::Keygen(args)) => keys::keygen(&args),
         Some(Command::Key(command)) => keys::key(&command),
     }

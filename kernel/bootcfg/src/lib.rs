@@ -11,6 +11,7 @@
 extern crate alloc;
 
 mod ceilings;
+pub mod external;
 pub mod fw_cfg;
 mod keys;
 pub use keys::{FW_CFG_NAME, KeysError, NodeKeys};
@@ -258,8 +259,15 @@ impl fmt::Display for ConfigError {
 impl NodeConfig {
     /// Parses a configuration; every key is optional and defaults as in [`NodeConfig::default`].
     pub fn parse(bytes: &[u8]) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::default().parse_over(bytes)
+    }
+
+    /// This configuration with the keys `bytes` sets replaced (an outside configuration over
+    /// the image's own: docs/CLOUD.md). `peers` replaces the whole list; `ip` without
+    /// `gateway` drops the gateway.
+    pub fn parse_over(&self, bytes: &[u8]) -> Result<NodeConfig, ConfigError> {
         let text = core::str::from_utf8(bytes).map_err(|e| ConfigError::NotUtf8 { byte: e.valid_up_to() })?;
-        let mut config = NodeConfig::default();
+        let mut config = self.clone();
         let mut seen: Vec<&str> = Vec::new();
         let mut gateway = None;
         for (index, raw) in text.lines().enumerate() {
@@ -338,6 +346,7 @@ impl NodeConfig {
                     config.cluster_ip = Some(StaticIp { address, prefix, gateway: None });
                 }
                 "peers" => {
+                    config.peers.clear();
                     for peer in value.split_whitespace() {
                         let ip = parse_ipv4(peer).ok_or_else(|| ConfigError::BadValue {
                             line,
@@ -439,10 +448,13 @@ impl NodeConfig {
                 }
             }
         }
-        match (&mut config.ip, gateway) {
-            (Some(ip), gateway) => ip.gateway = gateway,
-            (None, Some(_)) => return Err(ConfigError::GatewayWithoutIp),
-            (None, None) => {}
+        // The gateway goes with the address: set again when either is.
+        if seen.contains(&"ip") || seen.contains(&"gateway") {
+            match (&mut config.ip, gateway) {
+                (Some(ip), gateway) => ip.gateway = gateway,
+                (None, Some(_)) => return Err(ConfigError::GatewayWithoutIp),
+                (None, None) => {}
+            }
         }
         Ok(config)
     }

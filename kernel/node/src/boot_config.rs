@@ -1,8 +1,11 @@
 //! What the kernel asks of the bootloader, and the node configuration it hands over.
 
+use alloc::format;
+use alloc::string::String;
 use bootloader_api::BootInfo;
 use bootloader_api::config::{BootloaderConfig, Mapping};
-use cairn_bootcfg::{ConfigError, NodeConfig};
+use cairn_bootcfg::external::{self, Source};
+use cairn_bootcfg::{ConfigError, NodeConfig, NodeKeys};
 
 pub const BOOTLOADER_CONFIG: BootloaderConfig = {
     let mut config = BootloaderConfig::new_default();
@@ -22,4 +25,51 @@ pub fn node_config(boot_info: &BootInfo) -> Result<NodeConfig, ConfigError> {
         None => Ok(NodeConfig::default()),
         Some(bytes) => NodeConfig::parse(bytes),
     }
+}
+
+/// The node's keys from an outside configuration, for `load_keys` (docs/CLOUD.md).
+static OUTSIDE_KEYS: spin::Mutex<Option<(Source, NodeKeys)>> = spin::Mutex::new(None);
+
+/// Keys an outside configuration gave, and where from (taken once).
+pub fn outside_keys() -> Option<(Source, NodeKeys)> {
+    OUTSIDE_KEYS.lock().take()
+}
+
+/// The image's configuration with the outside ones over it (docs/CLOUD.md): a config disk,
+/// then QEMU's fw_cfg file `opt/cairn/config`. Returns the configuration and the sources it
+/// came from; an error names the source and what is wrong with it (the node must not run half
+/// configured).
+pub fn with_outside(image: NodeConfig) -> Result<(NodeConfig, String), String> {
+    let mut config = image;
+    let mut sources = String::from("image");
+    let disk =
+        crate::drivers::blk::config_disk().map_err(|e| format!("{}: {e}", Source::ConfigDisk.name()))?;
+    let fw_cfg = match crate::drivers::fw_cfg::file(external::FW_CFG_CONFIG) {
+        Ok(bytes) => Some(bytes),
+        Err(crate::drivers::fw_cfg::FwCfgError::NoDevice | crate::drivers::fw_cfg::FwCfgError::NoFile) => {
+            None
+        }
+        Err(crate::drivers::fw_cfg::FwCfgError::TooLarge(size)) => {
+            return Err(format!("{}: {size} bytes, more than a configuration holds", Source::FwCfg.name()));
+        }
+    };
+    for (source, text) in [(Source::ConfigDisk, disk), (Source::FwCfg, fw_cfg)] {
+        let Some(text) = text else { continue };
+        let (next, keys) = external::apply(&config, &text).map_err(|e| format!("{}: {e}", source.name()))?;
+        config = next;
+        sources.push_str(" + ");
+        sources.push_str(source.name());
+        if let Some(keys) = keys {
+            let mut outside = OUTSIDE_KEYS.lock();
+            if let Some((first, _)) = outside.as_ref() {
+                return Err(format!(
+                    "node keys come from both the {} and the {}: give them once",
+                    first.name(),
+                    source.name()
+                ));
+            }
+            *outside = Some((source, keys));
+        }
+    }
+    Ok((config, sources))
 }

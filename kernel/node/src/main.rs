@@ -49,6 +49,18 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
             qemu_exit::exit(Status::Failure);
         }
     };
+    // The image's configuration is only the default: a config disk or fw_cfg may replace it
+    // (docs/CLOUD.md). A source that is there but wrong stops the node: never half configured.
+    let config = match boot_config::with_outside(config) {
+        Ok((config, sources)) => {
+            println!("cairn: config from {sources}");
+            config
+        }
+        Err(e) => {
+            println!("cairn: bad node configuration: {e}");
+            qemu_exit::exit(Status::Failure);
+        }
+    };
     drivers::serial::init_logger(config.log_level);
     arch::pic::init();
     arch::clock::init();
@@ -169,11 +181,24 @@ fn run(config: &NodeConfig, memory: &memory::MemoryReport) -> Status {
     }
 }
 
-/// The node's keys, from QEMU's fw_cfg (never from the image: docs/SECURITY.md).
+/// The node's keys, from QEMU's fw_cfg file or an outside configuration (never from the image:
+/// docs/SECURITY.md, docs/CLOUD.md), from exactly one of them.
 fn load_keys() -> Result<cairn_bootcfg::NodeKeys, alloc::string::String> {
     use drivers::fw_cfg::{FwCfgError, file};
     let name = cairn_bootcfg::FW_CFG_NAME;
-    let bytes = file(name).map_err(|e| match e {
+    let outside = boot_config::outside_keys();
+    let bytes = match (file(name), outside) {
+        (Err(FwCfgError::NoDevice | FwCfgError::NoFile), Some((_, keys))) => return Ok(keys),
+        (Ok(_), Some((source, _))) => {
+            return Err(alloc::format!(
+                "node keys come from both fw_cfg {name} and the {}: give them once",
+                source.name()
+            ));
+        }
+        (bytes, None) => bytes,
+        (Err(e), Some(_)) => Err(e),
+    };
+    let bytes = bytes.map_err(|e| match e {
         FwCfgError::NoDevice => {
             alloc::format!("no node keys: this machine has no fw_cfg to give them (file {name})")
         }

@@ -147,6 +147,15 @@ pub struct ImageArgs {
     /// Where to write the image.
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Write the image as this cloud imports it: `gce` is a UEFI `disk.raw` (padded to a GiB)
+    /// in a .tar.gz (docs/CLOUD.md).
+    #[arg(long, value_enum, conflicts_with_all = ["format", "bios"])]
+    pub cloud: Option<Cloud>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Cloud {
+    Gce,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -178,6 +187,15 @@ fn parse_mode(name: &str) -> Mode {
 pub fn write_image(args: &ImageArgs) -> anyhow::Result<ExitCode> {
     let firmware = args.firmware.firmware();
     let config = NodeConfig { mode: parse_mode(&args.mode), ..NodeConfig::default() };
+    if let Some(Cloud::Gce) = args.cloud {
+        let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
+        let raw = dir.path().join("disk.raw");
+        qemu::write_image(Firmware::Uefi, &config, false, &raw)?;
+        cairn_tools::cloud::gce_tarball(&raw, &args.output)?;
+        let size = std::fs::metadata(&args.output)?.len();
+        println!("{} (GCE: UEFI disk.raw of 1 GiB in a .tar.gz, {} KiB)", args.output.display(), size / 1024);
+        return Ok(ExitCode::SUCCESS);
+    }
     let qcow2 = matches!(args.format, ImageFormat::Qcow2);
     qemu::write_image(firmware, &config, qcow2, &args.output)?;
     let size = std::fs::metadata(&args.output)

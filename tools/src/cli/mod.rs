@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod boot;
+pub mod cloud;
 pub mod cluster;
 pub mod eval;
 pub mod experiment;

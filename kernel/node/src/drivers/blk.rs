@@ -37,10 +37,41 @@ pub enum Found {
     Unusable(String),
 }
 
-/// The first virtio block device; None without one. A device that cannot flush is usable only
-/// `without_flush` (the configuration's explicit `disk_without_flush = yes`).
+/// virtio-blk's PCI device ids (legacy and modern).
+const BLK_IDS: [u16; 2] = [0x1001, 0x1042];
+/// The most block devices looked at for a configuration.
+const MAX_DISKS: usize = 8;
+/// Which block device holds the outside configuration (usize::MAX: none): never the store's.
+static CONFIG_DISK: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(usize::MAX);
+
+/// The text of the first block device that carries an outside configuration (docs/CLOUD.md),
+/// if one does; it is then never taken for the store's disk.
+pub fn config_disk() -> Result<Option<alloc::vec::Vec<u8>>, String> {
+    for nth in 0..MAX_DISKS {
+        let Some((mut root, df)) = super::pci::find_virtio(&BLK_IDS, nth) else { break };
+        root.set_command(df, Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER);
+        let transport = PciTransport::new::<KernelHal, _>(&mut root, df)
+            .map_err(|e| format!("block device {nth}: its PCI transport: {e:?}"))?;
+        let mut device = VirtIOBlk::<KernelHal, _>::new(transport)
+            .map_err(|e| format!("block device {nth}: the driver could not start it: {e:?}"))?;
+        let sectors = (cairn_bootcfg::external::MAX_LEN as u64 / SECTOR).min(device.capacity()) as usize;
+        let mut start = alloc::vec![0u8; sectors * SECTOR as usize];
+        device.read_blocks(0, &mut start).map_err(|e| format!("block device {nth}: a read failed: {e:?}"))?;
+        if let Some(text) = cairn_bootcfg::external::on_disk(&start) {
+            CONFIG_DISK.store(nth, core::sync::atomic::Ordering::Relaxed);
+            return Ok(Some(text.to_vec()));
+        }
+    }
+    Ok(None)
+}
+
+/// The first virtio block device that is not the configuration's; None without one. A device
+/// that cannot flush is usable only `without_flush` (the configuration's explicit
+/// `disk_without_flush = yes`).
 pub fn find(without_flush: bool) -> Option<Found> {
-    let (mut root, df) = super::pci::find_virtio(&[0x1001, 0x1042], 0)?;
+    let config = CONFIG_DISK.load(core::sync::atomic::Ordering::Relaxed);
+    let nth = if config == 0 { 1 } else { 0 };
+    let (mut root, df) = super::pci::find_virtio(&BLK_IDS, nth)?;
     root.set_command(df, Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER);
     let mut transport = match PciTransport::new::<KernelHal, _>(&mut root, df) {
         Ok(t) => t,

@@ -1,0 +1,195 @@
+//! A node's configuration from outside its image (docs/CLOUD.md): a small raw disk, or QEMU's
+//! fw_cfg file `opt/cairn/config`, holding the same text. Its first line is the label
+//! [`LABEL`]; then the node's `key = value` lines, which replace the image's; then, after a
+//! line `[keys]`, the node's keys (the format of `opt/cairn/keys`):
+//!
+//! ```text
+//! # cairn config-2
+//! mode = serve
+//! cluster_ip = 10.1.0.2/24
+//! peers = 10.1.0.1
+//! [keys]
+//! node_key = <64 hex digits>
+//! client_keys = <64 hex digits>
+//! peer_keys = 10.1.0.1=<64 hex digits>
+//! ```
+//!
+//! The image's own configuration is only the default; secrets never come from it.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::{ConfigError, KeysError, NodeConfig, NodeKeys};
+
+/// The first line of an outside configuration (after OpenStack's `config-2` drive label).
+pub const LABEL: &str = "# cairn config-2";
+/// The fw_cfg file an outside configuration travels in.
+pub const FW_CFG_CONFIG: &str = "opt/cairn/config";
+/// The most an outside configuration holds (read from a disk's start).
+pub const MAX_LEN: usize = 64 * 1024;
+
+/// Where an outside configuration came from, for the boot log and errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A virtio block device whose first bytes carry the label (the nth such device).
+    ConfigDisk,
+    /// QEMU's fw_cfg file [`FW_CFG_CONFIG`].
+    FwCfg,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::ConfigDisk => "config disk",
+            Source::FwCfg => "fw_cfg opt/cairn/config",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExternalError {
+    /// The text does not begin with the label.
+    NoLabel,
+    Config(ConfigError),
+    Keys(KeysError),
+    /// A second `[keys]` line, or a section the format does not have.
+    Section {
+        line: usize,
+    },
+}
+
+impl fmt::Display for ExternalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExternalError::NoLabel => write!(f, "its first line is not `{LABEL}`"),
+            ExternalError::Config(e) => write!(f, "{e}"),
+            ExternalError::Keys(e) => write!(f, "{e}"),
+            ExternalError::Section { line } => {
+                write!(f, "line {line}: the only section is one `[keys]`, after the node's lines")
+            }
+        }
+    }
+}
+
+/// Whether a disk's first bytes are an outside configuration: its text (up to the first NUL,
+/// at most [`MAX_LEN`]) if so.
+pub fn on_disk(start: &[u8]) -> Option<&[u8]> {
+    let start = &start[..start.len().min(MAX_LEN)];
+    let end = start.iter().position(|b| *b == 0).unwrap_or(start.len());
+    let text = &start[..end];
+    labelled(text).then_some(text)
+}
+
+fn labelled(text: &[u8]) -> bool {
+    let first = text.split(|b| *b == b'\n').next().unwrap_or(&[]);
+    first.strip_suffix(b"\r").unwrap_or(first) == LABEL.as_bytes()
+}
+
+/// `base` with an outside configuration's node lines over it, and its keys if it has them.
+pub fn apply(base: &NodeConfig, text: &[u8]) -> Result<(NodeConfig, Option<NodeKeys>), ExternalError> {
+    if !labelled(text) {
+        return Err(ExternalError::NoLabel);
+    }
+    // Each part is parsed in place (the other lines blanked), so errors name the line of the
+    // whole text.
+    let mut keys_at = None;
+    let mut offset = 0;
+    for (index, line) in text.split(|b| *b == b'\n').enumerate() {
+        let trimmed = line.strip_suffix(b"\r").unwrap_or(line).trim_ascii();
+        if trimmed.starts_with(b"[") {
+            if trimmed != b"[keys]" || keys_at.is_some() {
+                return Err(ExternalError::Section { line: index + 1 });
+            }
+            keys_at = Some((offset, offset + line.len()));
+        }
+        offset += line.len() + 1;
+    }
+    let node_part = &text[..keys_at.map_or(text.len(), |(start, _)| start)];
+    let config = base.parse_over(node_part).map_err(ExternalError::Config)?;
+    let keys = match keys_at {
+        None => None,
+        Some((_, end)) => {
+            let mut blanked: Vec<u8> = text.iter().take(end).filter(|b| **b == b'\n').copied().collect();
+            blanked.extend_from_slice(&text[end.min(text.len())..]);
+            Some(NodeKeys::parse(&blanked).map_err(ExternalError::Keys)?)
+        }
+    };
+    Ok((config, keys))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Mode, StaticIp};
+    use alloc::format;
+    use alloc::string::ToString;
+
+    const KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const PEER: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    #[test]
+    fn node_lines_replace_the_images_and_keys_come_along() {
+        let base =
+            NodeConfig::parse(b"mode = serve\nip = 10.0.2.15/24\ngateway = 10.0.2.2\npeers = 10.1.0.9\n")
+                .unwrap();
+        let text = format!(
+            "{LABEL}\ncluster_ip = 10.1.0.2/24\npeers = 10.1.0.1 10.1.0.3\n[keys]\nnode_key = {KEY}\nclient_keys = {PEER}\npeer_keys = 10.1.0.1={PEER}\n"
+        );
+        let (config, keys) = apply(&base, text.as_bytes()).unwrap();
+        assert_eq!(config.mode, Mode::Serve, "kept from the image");
+        assert_eq!(config.ip.unwrap().gateway, Some([10, 0, 2, 2]), "the address and gateway kept");
+        assert_eq!(config.cluster_ip, Some(StaticIp { address: [10, 1, 0, 2], prefix: 24, gateway: None }));
+        assert_eq!(config.peers, [[10, 1, 0, 1], [10, 1, 0, 3]], "the list replaced, not added to");
+        let keys = keys.unwrap();
+        assert_eq!(keys.peers.len(), 1);
+        assert_eq!(keys.clients.len(), 1);
+        // Without keys: none, and the node lines alone.
+        let (config, keys) = apply(&base, format!("{LABEL}\nmode = job\n").as_bytes()).unwrap();
+        assert!(keys.is_none());
+        assert_eq!(config.mode, Mode::Job);
+    }
+
+    #[test]
+    fn a_disk_is_a_configuration_only_with_the_label() {
+        let mut sector = format!("{LABEL}\nmode = serve\n").into_bytes();
+        sector.resize(512, 0);
+        assert_eq!(on_disk(&sector), Some(format!("{LABEL}\nmode = serve\n").as_bytes()));
+        assert_eq!(on_disk(&[0u8; 512]), None, "a blank disk");
+        assert_eq!(on_disk(b"CAIRNSTORE..."), None, "a store");
+        assert_eq!(on_disk(b"# cairn config-22\n"), None, "not quite the label");
+        assert!(on_disk(format!("{LABEL}\r\nmode = serve\r\n").as_bytes()).is_some(), "CRLF lines");
+    }
+
+    #[test]
+    fn errors_name_the_line_of_the_whole_text_and_never_a_secret() {
+        let base = NodeConfig::default();
+        let err = apply(&base, format!("{LABEL}\nmode = serve\ncolour = red\n").as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("line 3") && err.to_string().contains("colour"), "{err}");
+        let err = apply(
+            &base,
+            format!("{LABEL}\nmode = serve\n[keys]\nnode_key = {KEY}\nnode_key = {KEY}\n").as_bytes(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("line 5"), "{err}");
+        assert!(!err.to_string().contains(KEY));
+        let err = apply(&base, format!("{LABEL}\n[keys]\nnode_key = nothex\n").as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("line 3") && !err.to_string().contains("nothex"), "{err}");
+        assert_eq!(apply(&base, b"mode = serve\n").unwrap_err(), ExternalError::NoLabel);
+        let err = apply(&base, format!("{LABEL}\n[net]\n").as_bytes()).unwrap_err();
+        assert_eq!(err, ExternalError::Section { line: 2 });
+        let err =
+            apply(&base, format!("{LABEL}\n[keys]\nnode_key = {KEY}\n[keys]\n").as_bytes()).unwrap_err();
+        assert_eq!(err, ExternalError::Section { line: 4 });
+        let err = apply(&base, format!("{LABEL}\ngateway = 10.0.2.2\n").as_bytes()).unwrap_err();
+        assert_eq!(err, ExternalError::Config(ConfigError::GatewayWithoutIp));
+    }
+
+    #[test]
+    fn a_gateway_alone_joins_the_images_address() {
+        let base = NodeConfig::parse(b"ip = 10.0.2.15/24\n").unwrap();
+        let (config, _) = apply(&base, format!("{LABEL}\ngateway = 10.0.2.2\n").as_bytes()).unwrap();
+        assert_eq!(config.ip.unwrap().gateway, Some([10, 0, 2, 2]));
+        let (config, _) = apply(&config, format!("{LABEL}\nip = 10.0.3.15/24\n").as_bytes()).unwrap();
+        assert_eq!(config.ip.unwrap().gateway, None, "a new address drops the old gateway");
+    }
+}
