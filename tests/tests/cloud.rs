@@ -58,7 +58,30 @@ fn free_udp() -> u16 {
 
 /// Boots `image` as QEMU alone would: OVMF, the image, a configuration disk, the API forwarded
 /// to `api`, and a point-to-point cluster link from UDP port `mine` to `theirs`.
-fn boot(dir: &Path, index: usize, image: &Path, config: &Path, api: u16, (mine, theirs): (u16, u16)) -> Qemu {
+fn boot(dir: &Path, index: usize, image: &Path, config: &Path, api: u16, link: (u16, u16)) -> Qemu {
+    let config = format!("if=none,id=config,format=raw,readonly=on,file={}", config.display());
+    boot_with(
+        dir,
+        index,
+        image,
+        &["-drive", &config, "-device", "virtio-blk-pci,drive=config"],
+        "",
+        api,
+        link,
+    )
+}
+
+/// [`boot`] with `devices` instead of a configuration disk, and `user` added to the first
+/// card's user networking options.
+fn boot_with(
+    dir: &Path,
+    index: usize,
+    image: &Path,
+    devices: &[&str],
+    user: &str,
+    api: u16,
+    (mine, theirs): (u16, u16),
+) -> Qemu {
     let qemu = cairn_hostsetup::locate_qemu().unwrap().expect("QEMU (cairn setup installs it)");
     let ovmf = cairn_hostsetup::locate_ovmf().unwrap().expect("OVMF (cairn setup installs it)");
     let vars = dir.join(format!("vars-{index}.fd"));
@@ -73,10 +96,9 @@ fn boot(dir: &Path, index: usize, image: &Path, config: &Path, api: u16, (mine, 
         // The one image, shared: each QEMU writes (if at all) to its own overlay.
         .arg("-drive")
         .arg(format!("format=raw,snapshot=on,file={}", image.display()))
-        .arg("-drive")
-        .arg(format!("if=none,id=config,format=raw,readonly=on,file={}", config.display()))
-        .args(["-device", "virtio-blk-pci,drive=config", "-device", "virtio-rng-pci"])
-        .args(["-netdev", &format!("user,id=net0,hostfwd=tcp:127.0.0.1:{api}-:7070")])
+        .args(devices)
+        .args(["-device", "virtio-rng-pci"])
+        .args(["-netdev", &format!("user,id=net0,hostfwd=tcp:127.0.0.1:{api}-:7070{user}")])
         .args(["-device", "virtio-net-pci,netdev=net0"])
         .args(["-netdev", &format!("socket,id=net1,udp=127.0.0.1:{theirs},localaddr=127.0.0.1:{mine}")])
         .args(["-device", &format!("virtio-net-pci,netdev=net1,mac=52:54:00:c1:00:0{}", index + 1)])
@@ -203,4 +225,70 @@ fn a_bad_configuration_disk_stops_the_node_with_a_line_naming_it() {
     let line = console.lines().last().unwrap();
     assert!(line.contains("config disk") && line.contains("line 3") && line.contains("peers"), "{console}");
     assert!(!console.contains("cairn: ready"), "{console}");
+}
+
+/// On GCE the node asks the metadata server (169.254.169.254, with `Metadata-Flavor: Google`)
+/// for its configuration. Here QEMU's user network is laid over 169.254.169.0/24 and its
+/// `guestfwd` answers for that address from a file on this host: nothing goes to a real
+/// metadata server.
+#[test]
+fn a_gce_image_takes_its_configuration_from_the_metadata_server() {
+    let _turn = common::cluster::turn(1);
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let tool = |args: &[&str]| {
+        let out = cairn().env("CAIRN_CONFIG_DIR", &home).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "cairn {args:?}: {}", show(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The image GCE would import, unpacked.
+    let tarball = dir.path().join("cairn-gce.tar.gz");
+    tool(&["image", "--cloud", "gce", "-o", tarball.to_str().unwrap()]);
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(&tarball).unwrap()));
+    archive.unpack(dir.path()).unwrap();
+    let image = dir.path().join("disk.raw");
+    // The configuration GCE would hold as the instance attribute `cairn-config`.
+    let api = free_tcp();
+    let disks = dir.path().join("disks");
+    let planned =
+        tool(&["config-disk", "--out-dir", disks.to_str().unwrap(), "--api", &format!("127.0.0.1:{api}")]);
+    let key = planned.split("key ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let disk = std::fs::read(disks.join("node-0.img")).unwrap();
+    let text = cairn_bootcfg::external::on_disk(&disk).unwrap();
+    let mut response = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", text.len()).into_bytes();
+    response.extend_from_slice(text);
+    std::fs::write(dir.path().join("response"), response).unwrap();
+    // The server: what the guest asked goes to `request`, the response back.
+    let serve = format!(
+        ",net=169.254.169.0/24,host=169.254.169.2,dhcpstart=169.254.169.15,guestfwd=tcp:169.254.169.254:80-cmd:sh -c 'cat > {0}/request; cat {0}/response'",
+        dir.path().display()
+    );
+    let node = boot_with(dir.path(), 0, &image, &[], &serve, api, (free_udp(), free_udp()));
+    let console = node.until("cairn: cluster ip=");
+    assert!(console.contains("cairn: config from GCE metadata (169.254.169.254) too"), "{console}");
+    assert!(console.contains(&format!("cairn: keys node={key} clients=1 peers=0")), "{console}");
+    let request = std::fs::read_to_string(dir.path().join("request")).unwrap();
+    assert!(
+        request.contains("GET /computeMetadata/v1/instance/attributes/cairn-config HTTP/1.0\r\n"),
+        "{request}"
+    );
+    assert!(request.contains("\r\nMetadata-Flavor: Google\r\n"), "{request}");
+    let stats = tool(&["stats", "--node", &format!("127.0.0.1:{api}")]);
+    assert!(stats.contains("cluster_ip=10.1.0.1"), "{stats}");
+    drop(node);
+
+    // No metadata server: one line naming it, and no API.
+    let node = boot_with(
+        dir.path(),
+        0,
+        &image,
+        &[],
+        ",net=169.254.169.0/24,host=169.254.169.2",
+        free_tcp(),
+        (free_udp(), free_udp()),
+    );
+    let console = node.until("cairn: api off");
+    let line = console.lines().last().unwrap();
+    assert!(line.contains("GCE metadata (169.254.169.254)"), "{console}");
 }

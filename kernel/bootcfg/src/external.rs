@@ -28,6 +28,19 @@ pub const FW_CFG_CONFIG: &str = "opt/cairn/config";
 /// The most an outside configuration holds (read from a disk's start).
 pub const MAX_LEN: usize = 64 * 1024;
 
+/// GCE's metadata server, and the instance attribute that holds a node's configuration (the
+/// text of a configuration disk).
+pub const GCE_METADATA: [u8; 4] = [169, 254, 169, 254];
+pub const GCE_PATH: &str = "/computeMetadata/v1/instance/attributes/cairn-config";
+
+/// The HTTP request for a node's configuration from GCE's metadata server (which answers only
+/// requests that carry `Metadata-Flavor: Google`).
+pub fn gce_request() -> alloc::string::String {
+    alloc::format!(
+        "GET {GCE_PATH} HTTP/1.0\r\nHost: metadata.google.internal\r\nMetadata-Flavor: Google\r\nConnection: close\r\n\r\n"
+    )
+}
+
 /// Where an outside configuration came from, for the boot log and errors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -35,6 +48,8 @@ pub enum Source {
     ConfigDisk,
     /// QEMU's fw_cfg file [`FW_CFG_CONFIG`].
     FwCfg,
+    /// GCE's metadata server, attribute `cairn-config` ([`gce_request`]).
+    GceMetadata,
 }
 
 impl Source {
@@ -42,6 +57,7 @@ impl Source {
         match self {
             Source::ConfigDisk => "config disk",
             Source::FwCfg => "fw_cfg opt/cairn/config",
+            Source::GceMetadata => "GCE metadata (169.254.169.254)",
         }
     }
 }
@@ -182,6 +198,13 @@ mod tests {
         assert_eq!(err, ExternalError::Section { line: 4 });
         let err = apply(&base, format!("{LABEL}\ngateway = 10.0.2.2\n").as_bytes()).unwrap_err();
         assert_eq!(err, ExternalError::Config(ConfigError::GatewayWithoutIp));
+    }
+
+    #[test]
+    fn the_gce_request_asks_for_the_attribute_with_the_flavor_header() {
+        let request = gce_request();
+        assert!(request.starts_with("GET /computeMetadata/v1/instance/attributes/cairn-config HTTP/1.0\r\n"));
+        assert!(request.contains("\r\nMetadata-Flavor: Google\r\n") && request.ends_with("\r\n\r\n"));
     }
 
     #[test]

@@ -114,6 +114,17 @@ pub struct NodeConfig {
     /// Whether the boot CPU runs tasks too (the default), or only evaluates and serves while
     /// the other CPUs run them (docs/ARCHITECTURE.md, "CPUs"). With one CPU it always does.
     pub boot_cpu_tasks: bool,
+    /// Whether a serving node asks a cloud's metadata server for its configuration once its
+    /// network is up (docs/CLOUD.md).
+    pub metadata: Metadata,
+}
+
+/// A cloud metadata server a node takes configuration from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metadata {
+    None,
+    /// GCE's, at 169.254.169.254 (`external::gce_request`).
+    Gce,
 }
 
 /// The `fuzz` mode's programs: `programs` of them from index `first` of the run seeded with
@@ -151,7 +162,7 @@ impl Fault {
 }
 
 pub const DEFAULT_API_IDLE_S: u32 = 60;
-const KEYS: &str = "mode, log, ip, gateway, api_idle_s, cluster_ip, peers, fault, fuzz_seed, fuzz_programs, fuzz_first, disk_without_flush, boot_cpu_tasks";
+const KEYS: &str = "mode, log, ip, gateway, api_idle_s, cluster_ip, peers, fault, fuzz_seed, fuzz_programs, fuzz_first, disk_without_flush, boot_cpu_tasks, metadata";
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -167,6 +178,7 @@ impl Default for NodeConfig {
             fuzz: Fuzz::default(),
             disk_without_flush: false,
             boot_cpu_tasks: true,
+            metadata: Metadata::None,
         }
     }
 }
@@ -381,6 +393,20 @@ impl NodeConfig {
                         }
                     }
                 }
+                "metadata" => {
+                    config.metadata = match value {
+                        "gce" => Metadata::Gce,
+                        "none" => Metadata::None,
+                        _ => {
+                            return Err(ConfigError::BadValue {
+                                line,
+                                key: "metadata",
+                                value: value.into(),
+                                expected: "gce or none",
+                            });
+                        }
+                    }
+                }
                 "boot_cpu_tasks" => {
                     config.boot_cpu_tasks = match value {
                         "yes" => true,
@@ -489,6 +515,9 @@ impl NodeConfig {
         }
         if !self.boot_cpu_tasks {
             out.push_str("boot_cpu_tasks = no\n");
+        }
+        if self.metadata == Metadata::Gce {
+            out.push_str("metadata = gce\n");
         }
         if self.api_idle_s != DEFAULT_API_IDLE_S {
             out.push_str(&alloc::format!("api_idle_s = {}\n", self.api_idle_s));

@@ -130,10 +130,10 @@ proptest! {
     #[test]
     fn render_round_trips(mode in 0..7usize, level in 0..5usize, ip in proptest::option::of((any::<[u8; 4]>(), 1u8..=32, proptest::option::of(any::<[u8; 4]>()))), api_idle_s in 1u32..=86_400,
         cluster_ip in proptest::option::of((any::<[u8; 4]>(), 1u8..=32)), peers in proptest::collection::vec(any::<[u8; 4]>(), 0..4), fault in 0..2usize,
-        fuzz in (any::<u64>(), 1u64.., any::<u64>()), disk_without_flush in any::<bool>(), boot_cpu_tasks in any::<bool>()) {
+        fuzz in (any::<u64>(), 1u64.., any::<u64>()), disk_without_flush in any::<bool>(), boot_cpu_tasks in any::<bool>(), gce in any::<bool>()) {
         let cluster_ip = cluster_ip.map(|(address, prefix)| StaticIp { address, prefix, gateway: None });
         let ip = ip.map(|(address, prefix, gateway)| StaticIp { address, prefix, gateway });
-        let config = NodeConfig { mode: Mode::ALL[mode], log_level: LogLevel::ALL[level], ip, api_idle_s, cluster_ip, peers, fault: Fault::ALL[fault], ceilings: Ceilings::default(), fuzz: Fuzz { seed: fuzz.0, programs: fuzz.1, first: fuzz.2 }, disk_without_flush, boot_cpu_tasks };
+        let config = NodeConfig { mode: Mode::ALL[mode], log_level: LogLevel::ALL[level], ip, api_idle_s, cluster_ip, peers, fault: Fault::ALL[fault], ceilings: Ceilings::default(), fuzz: Fuzz { seed: fuzz.0, programs: fuzz.1, first: fuzz.2 }, disk_without_flush, boot_cpu_tasks, metadata: if gce { Metadata::Gce } else { Metadata::None } };
         prop_assert_eq!(NodeConfig::parse(config.render().as_bytes()).unwrap(), config);
     }
 

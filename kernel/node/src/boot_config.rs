@@ -35,6 +35,27 @@ pub fn outside_keys() -> Option<(Source, NodeKeys)> {
     OUTSIDE_KEYS.lock().take()
 }
 
+/// `config` with the text a metadata server gave over it, and its keys kept for `load_keys`.
+/// The first card's address is already in use: the text may not change it.
+pub fn from_metadata(config: &NodeConfig, text: &[u8], source: Source) -> Result<NodeConfig, String> {
+    let (next, keys) = external::apply(config, text).map_err(|e| format!("{e}"))?;
+    if next.ip != config.ip {
+        return Err("it sets `ip` or `gateway`, but the network was up before it could be asked".into());
+    }
+    if let Some(keys) = keys {
+        let mut outside = OUTSIDE_KEYS.lock();
+        if let Some((first, _)) = outside.as_ref() {
+            return Err(format!(
+                "node keys come from both the {} and the {}: give them once",
+                first.name(),
+                source.name()
+            ));
+        }
+        *outside = Some((source, keys));
+    }
+    Ok(next)
+}
+
 /// The image's configuration with the outside ones over it (docs/CLOUD.md): a config disk,
 /// then QEMU's fw_cfg file `opt/cairn/config`. Returns the configuration and the sources it
 /// came from; an error names the source and what is wrong with it (the node must not run half

@@ -262,6 +262,29 @@ fn serve(config: &NodeConfig) -> Status {
             sources.describe()
         )),
     }
+    let mut network = match net::Network::start(0, config.ip) {
+        Ok(network) => network,
+        Err(e) => {
+            log::warn!("network: {}; serving without one", e.0);
+            loop {
+                x86_64::instructions::interrupts::enable_and_hlt();
+            }
+        }
+    };
+    // A cloud's metadata server, asked once the network is up (docs/CLOUD.md): over everything
+    // else; unreachable or wrong, the node serves nothing rather than run half configured.
+    let outside;
+    let config = if config.metadata == cairn_bootcfg::Metadata::Gce {
+        let source = cairn_bootcfg::external::Source::GceMetadata;
+        let text = net::metadata::gce(&mut network)
+            .unwrap_or_else(|why| refuse_api(&alloc::format!("{}: {why}", source.name())));
+        outside = boot_config::from_metadata(config, &text, source)
+            .unwrap_or_else(|why| refuse_api(&alloc::format!("{}: {why}", source.name())));
+        println!("cairn: config from {} too", source.name());
+        &outside
+    } else {
+        config
+    };
     match load_keys() {
         Ok(keys) => {
             println!(
@@ -274,15 +297,6 @@ fn serve(config: &NodeConfig) -> Status {
         }
         Err(why) => refuse_api(&why),
     }
-    let mut network = match net::Network::start(0, config.ip) {
-        Ok(network) => network,
-        Err(e) => {
-            log::warn!("network: {}; serving without one", e.0);
-            loop {
-                x86_64::instructions::interrupts::enable_and_hlt();
-            }
-        }
-    };
     // The cluster network: a second card with a static address (docs/CLUSTER.md).
     let mut cluster = config.cluster_ip.and_then(|ip| match net::Network::start(1, Some(ip)) {
         Ok(cluster) => Some(cluster),

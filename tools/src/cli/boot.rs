@@ -188,6 +188,8 @@ pub fn write_image(args: &ImageArgs) -> anyhow::Result<ExitCode> {
     let firmware = args.firmware.firmware();
     let config = NodeConfig { mode: parse_mode(&args.mode), ..NodeConfig::default() };
     if let Some(Cloud::Gce) = args.cloud {
+        // On GCE a node's configuration comes from the metadata server (docs/CLOUD.md).
+        let config = NodeConfig { metadata: cairn_bootcfg::Metadata::Gce, ..config };
         let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
         let raw = dir.path().join("disk.raw");
         qemu::write_image(Firmware::Uefi, &config, false, &raw)?;

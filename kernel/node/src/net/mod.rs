@@ -9,6 +9,7 @@ pub mod coordinate;
 pub mod evaluations;
 pub mod jobs;
 pub mod link;
+pub mod metadata;
 pub mod neighbors;
 pub mod peer;
 pub mod store_admin;
