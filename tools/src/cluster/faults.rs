@@ -134,7 +134,10 @@ impl Wire {
             if free - now > MAX_QUEUE {
                 return Vec::new(); // the node's queue is full
             }
-            leaves = free + Duration::from_secs_f64(len as f64 / (f.rate_kib_s * 1024.0));
+            // A rate low enough (1e-20 KiB/s passes `check`) puts a frame's sending past what a
+            // Duration holds: it never leaves, rather than panic the switch's thread.
+            let sending = Duration::try_from_secs_f64(len as f64 / (f.rate_kib_s * 1024.0));
+            leaves = free.saturating_add(sending.unwrap_or(Duration::MAX));
             if let Some(slot) = self.free_at.get_mut(from) {
                 *slot = leaves;
             }
@@ -154,7 +157,7 @@ impl Wire {
                 continue;
             }
             let ms = delay + extra + if held { hold } else { 0.0 };
-            out.push((node, leaves + Duration::from_secs_f64(ms / 1000.0)));
+            out.push((node, leaves.saturating_add(Duration::from_secs_f64(ms / 1000.0))));
         }
         out
     }
@@ -221,6 +224,17 @@ mod tests {
         let sent = (0..200).filter(|_| !wire.route(ms(0), 1024, 0, &[1]).is_empty()).count();
         assert!((99..=101).contains(&sent), "{sent} of 200 queued");
         assert_eq!(wire.route(ms(2000), 1024, 0, &[1]), [(1, ms(2010))], "drained by then");
+    }
+
+    #[test]
+    fn a_rate_too_low_for_a_frame_to_leave_holds_it_rather_than_panic() {
+        // Within `check`'s range, but a frame would take longer than a `Duration` holds.
+        let faults = LinkFaults { rate_kib_s: 1e-20, ..LinkFaults::default() };
+        assert!(faults.check(2).is_ok());
+        let mut wire = Wire::new(2, faults, 1);
+        let first = wire.route(ms(0), 1500, 0, &[1]);
+        assert!(first.iter().all(|(_, at)| *at > ms(3_600_000)), "{first:?}");
+        assert!(wire.route(ms(5), 1500, 0, &[1]).is_empty(), "the node's queue is full");
     }
 
     #[test]
