@@ -572,6 +572,39 @@ fn job_and_cluster_commands_name_what_is_wrong() {
     }
 }
 
+/// `cluster kill|restart` of a node the cluster does not have, or a restart of one never
+/// killed: one clear line at once (no panic, no two minutes' wait for a QEMU that never
+/// comes). A state file without a daemon is enough: nothing gets as far as the daemon.
+#[test]
+fn cluster_kill_and_restart_name_a_node_they_cannot_act_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("cluster.json");
+    let nodes: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                r#"{{"index":{i},"api":"127.0.0.1:1","cluster_ip":[10,1,0,{}],"qemu_pid":{}}}"#,
+                i + 1,
+                u32::MAX - i
+            )
+        })
+        .collect();
+    let text = format!(r#"{{"daemon_pid":{},"log":"c.log","nodes":[{}]}}"#, u32::MAX - 9, nodes.join(","));
+    std::fs::write(&state, text).unwrap();
+    let state = state.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["cluster", "restart", "9", "--state", state], "no node 9"),
+        (vec!["cluster", "kill", "3", "--state", state], "no node 3"),
+        (vec!["cluster", "restart", "1", "--state", state], "node 1 is not down"),
+    ] {
+        let started = Instant::now();
+        let output = cairn().args(&args).stdin(Stdio::null()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle) && !stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{args:?} took {:?}", started.elapsed());
+    }
+}
+
 /// What a hostile task or node says reaches the user escaped: on its own line at most, with no
 /// terminal control left in it. A fake node on a local port plays the hostile side (no QEMU).
 #[test]

@@ -199,11 +199,9 @@ pub fn cluster(command: &ClusterCommand) -> anyhow::Result<ExitCode> {
             let state_path = &args.state.state;
             let state = lifecycle::State::read(state_path)?;
             let mut plan = control::read(state_path)?;
-            plan.down.retain(|n| *n != args.node);
-            if kill {
-                plan.down.push(args.node);
-            }
+            plan.set_down(state.nodes.len(), args.node, kill)?;
             control::write(state_path, state.nodes.len(), &plan)?;
+            // In range: `set_down` checked it.
             let old_pid = state.nodes[args.node].qemu_pid;
             if kill {
                 lifecycle::wait_down(old_pid)?;

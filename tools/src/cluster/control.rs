@@ -30,6 +30,25 @@ impl Plan {
         }
         Ok(())
     }
+
+    /// Node `node` to be down (killed) or up again (`cairn cluster kill|restart`): refused for
+    /// a node the cluster does not have, and for booting one that is not down (the daemon would
+    /// boot nothing, and the caller wait for a new QEMU in vain).
+    pub fn set_down(&mut self, nodes: usize, node: usize, down: bool) -> anyhow::Result<()> {
+        if node >= nodes {
+            anyhow::bail!("the cluster has no node {node} (it has nodes 0 to {})", nodes.saturating_sub(1));
+        }
+        if down {
+            if !self.down.contains(&node) {
+                self.down.push(node);
+            }
+        } else if self.down.contains(&node) {
+            self.down.retain(|n| *n != node);
+        } else {
+            anyhow::bail!("node {node} is not down (only a node killed with `cairn cluster kill` restarts)");
+        }
+        Ok(())
+    }
 }
 
 /// The plan's file for the cluster with state file `state_path`.
@@ -102,6 +121,19 @@ mod tests {
         assert!(watch.changed(&state).is_none(), "unchanged");
         clear(&state);
         assert_eq!(watch.changed(&state).unwrap().unwrap(), Plan::default());
+    }
+
+    #[test]
+    fn kill_and_restart_refuse_a_node_out_of_range_or_not_down() {
+        let mut plan = Plan::default();
+        assert!(plan.set_down(3, 9, false).unwrap_err().to_string().contains("no node 9"));
+        assert!(plan.set_down(3, 3, true).unwrap_err().to_string().contains("no node 3"));
+        assert!(plan.set_down(3, 1, false).unwrap_err().to_string().contains("node 1 is not down"));
+        plan.set_down(3, 1, true).unwrap();
+        plan.set_down(3, 1, true).unwrap();
+        assert_eq!(plan.down, [1], "killed twice, listed once");
+        plan.set_down(3, 1, false).unwrap();
+        assert!(plan.down.is_empty());
     }
 
     #[test]
