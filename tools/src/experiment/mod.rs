@@ -112,6 +112,9 @@ pub struct Event {
     pub faults: Option<LinkFaults>,
 }
 
+/// The longest a run may be given (timeout_s): eleven days and a half.
+const MAX_TIMEOUT_S: f64 = 1_000_000.0;
+
 fn default_nodes() -> usize {
     3
 }
@@ -164,8 +167,10 @@ impl Experiment {
         if !(1..=1000).contains(&self.runs) {
             bail!("runs: 1 to 1,000 runs per setting (not {})", self.runs);
         }
-        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
-            bail!("timeout_s must be a positive number of seconds");
+        // Bounded: a run's deadline and its events' times are Durations and Instants, which a
+        // time like 1e300 s would overflow (a panic mid-experiment, its cluster up).
+        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0 && self.timeout_s <= MAX_TIMEOUT_S) {
+            bail!("timeout_s must be a positive number of seconds, at most {MAX_TIMEOUT_S}");
         }
         if !(1..=64).contains(&self.cpus) {
             bail!("cpus: 1 to 64 (not {})", self.cpus);
@@ -179,8 +184,12 @@ impl Experiment {
             if what.iter().filter(|w| **w).count() != 1 {
                 bail!("events[{i}]: give exactly one of kill, restart or faults");
             }
-            if !(event.at_s.is_finite() && event.at_s >= 0.0) {
-                bail!("events[{i}]: at_s must be a time from 0 on, in seconds");
+            // (An event after the timeout would never happen.)
+            if !(0.0..=self.timeout_s).contains(&event.at_s) {
+                bail!(
+                    "events[{i}]: at_s must be a time from 0 to timeout_s ({} s), in seconds",
+                    self.timeout_s
+                );
             }
             if let Some(node) = event.kill.or(event.restart).filter(|n| *n >= self.nodes) {
                 bail!("events[{i}] names node {node}, but the cluster has nodes 0 to {}", self.nodes - 1);
@@ -280,6 +289,11 @@ mod tests {
         assert!(bad(&format!("nodes = 0\n{w}")).contains("1 to 16"));
         assert!(bad(&format!("{w}colour = 1\n")).contains("colour"));
         assert!(bad("nodes = 3\n").contains("workload"));
+        // Times a Duration or an Instant cannot hold, or events after the run is over.
+        assert!(bad(&format!("timeout_s = 1e300\n{w}")).contains("timeout_s"));
+        assert!(bad(&format!("{w}[[events]]\nat_s = 1e300\nkill = 1\n")).contains("at_s"));
+        assert!(bad(&format!("timeout_s = 10\n{w}[[events]]\nat_s = 11\nkill = 1\n")).contains("at_s"));
+        assert!(bad(&format!("{w}[[events]]\nat_s = nan\nkill = 1\n")).contains("at_s"));
         assert!(bad("[workload]\nkind = \"sort\"\n").contains("sort"));
     }
 }
