@@ -84,22 +84,40 @@ pub fn clear(state_path: &Path) {
     let _ = std::fs::remove_file(path(state_path));
 }
 
+/// The most of a plan's file the daemon reads (a plan is a few hundred bytes).
+const MAX_PLAN_BYTES: u64 = 1 << 20;
+
 /// Follows the plan's file for the daemon: the plan when the file has changed since last asked.
 #[derive(Default)]
 pub struct Watch {
-    seen: Option<(std::time::SystemTime, u64)>,
+    /// The file's bytes when last asked (none: no file, or one that could not be read).
+    seen: Option<Vec<u8>>,
 }
 
 impl Watch {
-    /// A changed plan, or why the file could not be used (once per change).
+    /// A changed plan, or why the file could not be used (once per change). Told by the bytes,
+    /// not the file's time and length: the time has the kernel's coarse clock, and two plans of
+    /// one length written within a tick (events at one time) left the second unseen.
     pub fn changed(&mut self, state_path: &Path) -> Option<anyhow::Result<Plan>> {
-        let meta = std::fs::metadata(path(state_path)).ok();
-        let stamp = meta.and_then(|m| Some((m.modified().ok()?, m.len())));
-        if stamp == self.seen {
+        use std::io::Read;
+        let path = path(state_path);
+        let bytes = std::fs::File::open(&path).ok().and_then(|file| {
+            let mut bytes = Vec::new();
+            file.take(MAX_PLAN_BYTES + 1).read_to_end(&mut bytes).ok().map(|_| bytes)
+        });
+        if bytes == self.seen {
             return None;
         }
-        self.seen = stamp;
-        Some(read(state_path))
+        self.seen = bytes;
+        Some(match &self.seen {
+            // Missing (no faults) or unreadable (the error): as `read` finds it.
+            None => read(state_path),
+            Some(bytes) if bytes.len() as u64 > MAX_PLAN_BYTES => {
+                Err(anyhow::anyhow!("{} is not a fault plan (over {MAX_PLAN_BYTES} bytes)", path.display()))
+            }
+            Some(bytes) => serde_json::from_slice(bytes)
+                .with_context(|| format!("{} is not a fault plan", path.display())),
+        })
     }
 }
 
@@ -121,6 +139,23 @@ mod tests {
         assert!(watch.changed(&state).is_none(), "unchanged");
         clear(&state);
         assert_eq!(watch.changed(&state).unwrap().unwrap(), Plan::default());
+    }
+
+    #[test]
+    fn a_plan_replaced_by_one_of_the_same_length_at_once_is_seen() {
+        // The file's modification time has the kernel's coarse clock (milliseconds): two plans
+        // of the same length written within one tick leave the same stamp.
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("c.json");
+        let mut watch = Watch::default();
+        for i in 0..50 {
+            let a = Plan { down: vec![1], seed: i, ..Plan::default() };
+            let b = Plan { down: vec![2], seed: i, ..Plan::default() };
+            write(&state, 3, &a).unwrap();
+            assert_eq!(watch.changed(&state).unwrap().unwrap(), a);
+            write(&state, 3, &b).unwrap();
+            assert_eq!(watch.changed(&state).map(|p| p.unwrap()), Some(b), "round {i}");
+        }
     }
 
     #[test]
