@@ -222,6 +222,11 @@ impl Experiment {
             let faults: LinkFaults = toml::Value::Table(table)
                 .try_into()
                 .with_context(|| format!("sweep: {key} = {value} is not a fault the wire has"))?;
+            // Settings are told apart by their label in the table and the summary: one given
+            // twice would count each other's runs.
+            if settings.iter().any(|s: &Setting| s.faults == faults) {
+                bail!("sweep: {key} = {value} is given twice");
+            }
             let x = value.as_float().or_else(|| value.as_integer().map(|v| v as f64)).unwrap_or(i as f64);
             settings.push(Setting { label: format!("{key}={value}"), x, faults });
         }
@@ -284,6 +289,7 @@ mod tests {
         assert!(bad(&format!("{w}[sweep]\nloss = [0.1]\n")).contains("loss"));
         assert!(bad(&format!("{w}[sweep]\ndrop = [0.1]\ndelay_ms = [1]\n")).contains("one fault at a time"));
         assert!(bad(&format!("{w}[sweep]\ndrop = [2.0]\n")).contains("probability"));
+        assert!(bad(&format!("{w}[sweep]\ndrop = [0.0, 0.1, 0]\n")).contains("given twice"));
         assert!(bad(&format!("{w}[[events]]\nat_s = 1\nkill = 3\n")).contains("node 3"));
         assert!(bad(&format!("{w}[[events]]\nat_s = 1\nkill = 1\nrestart = 1\n")).contains("exactly one"));
         assert!(bad(&format!("nodes = 0\n{w}")).contains("1 to 16"));
