@@ -198,6 +198,28 @@ impl Experiment {
                 faults.check(self.nodes).map_err(|e| anyhow::anyhow!("events[{i}]: {e}"))?;
             }
         }
+        // In the order they happen (as a run applies them): a restart of a node not down, or a
+        // kill of one already down, would change nothing, silently.
+        let mut order: Vec<(usize, &Event)> = self.events.iter().enumerate().collect();
+        order.sort_by(|a, b| a.1.at_s.total_cmp(&b.1.at_s));
+        let mut down = Vec::new();
+        for (i, event) in order {
+            if let Some(node) = event.kill {
+                if down.contains(&node) {
+                    bail!("events[{i}] kills node {node} at {} s, when it is down already", event.at_s);
+                }
+                down.push(node);
+            }
+            if let Some(node) = event.restart {
+                if !down.contains(&node) {
+                    bail!(
+                        "events[{i}] restarts node {node} at {} s, but no event has killed it by then",
+                        event.at_s
+                    );
+                }
+                down.retain(|n| *n != node);
+            }
+        }
         Ok(())
     }
 
@@ -300,6 +322,14 @@ mod tests {
         assert!(bad(&format!("{w}[[events]]\nat_s = 1e300\nkill = 1\n")).contains("at_s"));
         assert!(bad(&format!("timeout_s = 10\n{w}[[events]]\nat_s = 11\nkill = 1\n")).contains("at_s"));
         assert!(bad(&format!("{w}[[events]]\nat_s = nan\nkill = 1\n")).contains("at_s"));
+        // Restarts of nodes not down, kills of nodes down: in time order, not the file's.
+        assert!(bad(&format!("{w}[[events]]\nat_s = 1\nrestart = 1\n")).contains("no event has killed it"));
+        let late_kill = format!("{w}[[events]]\nat_s = 2\nrestart = 1\n[[events]]\nat_s = 3\nkill = 1\n");
+        assert!(bad(&late_kill).contains("events[0] restarts node 1 at 2 s"));
+        let twice = format!("{w}[[events]]\nat_s = 1\nkill = 1\n[[events]]\nat_s = 2\nkill = 1\n");
+        assert!(bad(&twice).contains("down already"));
+        let again = format!("{twice}[[events]]\nat_s = 1.5\nrestart = 1\n");
+        assert!(Experiment::parse(&again).is_ok(), "killed, back, killed again");
         assert!(bad("[workload]\nkind = \"sort\"\n").contains("sort"));
     }
 }
