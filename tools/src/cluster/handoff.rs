@@ -67,6 +67,8 @@ pub fn run(
     if options.spread {
         withheld = spread(root, objects, nodes, first, progress)?;
         options.spread = false;
+    } else {
+        procedures_ahead(root, objects, nodes, first);
     }
     for node in (first..nodes.len()).chain(0..first) {
         progress(&format!("cairn: job handed to node {node} ({})", nodes[node].api));
@@ -92,6 +94,31 @@ pub fn run(
     }
     let why: Vec<String> = failed.iter().map(|(n, e)| format!("node {n}: {e}")).collect();
     bail!("no node finished the job: {}", why.join("; "))
+}
+
+/// The job's procedures (the tasks' code), which every node that runs a task needs: put on
+/// the other nodes from here, beside the hand-off, rather than by the coordinator after it
+/// (host to node, then node to node: a second hop before the first task can start). Nobody
+/// waits for these uploads: a node that missed its copy gets one from the coordinator.
+fn procedures_ahead(root: Handle, objects: &[(Handle, Vec<u8>)], nodes: &[NodeState], first: usize) {
+    let by_handle: std::collections::HashMap<Handle, &Vec<u8>> =
+        objects.iter().map(|(h, b)| (*h, b)).collect();
+    let Ok(graph) = cairn_sched::Graph::build(root, usize::MAX, |h| by_handle.get(h).map(|b| b.to_vec()))
+    else {
+        return; // the coordinator names what is wrong with the graph
+    };
+    let procedures: Vec<(Handle, Vec<u8>)> =
+        graph.procedures().into_iter().filter_map(|h| by_handle.get(&h).map(|b| (h, b.to_vec()))).collect();
+    if procedures.is_empty() {
+        return;
+    }
+    let procedures = std::sync::Arc::new(procedures);
+    for (index, node) in nodes.iter().enumerate().filter(|(i, _)| *i != first) {
+        let (api, procedures) = (node.api.clone(), procedures.clone());
+        let _ = std::thread::Builder::new()
+            .name(format!("procedures to node {index}"))
+            .spawn(move || Client::connect(&api).and_then(|mut c| c.upload_missing(&procedures)));
+    }
 }
 
 /// Puts the job's data (the graph's leaves that are not procedures) on the nodes round robin,
@@ -123,8 +150,15 @@ fn spread(
             per_node[node].push((*handle, by_handle[handle].clone()));
         }
     }
+    // The procedures too, which every node needs (see `procedures_ahead`).
+    for procedure in procedures.iter().filter(|h| by_handle.contains_key(h)) {
+        for (_, share) in per_node.iter_mut().enumerate().filter(|(n, _)| *n != first) {
+            share.push((*procedure, by_handle[procedure].clone()));
+        }
+    }
     // Every node's share at once, the coordinator's (the rest of the job) among them.
-    let elsewhere: HashSet<Handle> = per_node.iter().flatten().map(|(h, _)| *h).collect();
+    let elsewhere: HashSet<Handle> =
+        per_node.iter().flatten().map(|(h, _)| *h).filter(|h| procedures.binary_search(h).is_err()).collect();
     per_node[first] = objects.iter().filter(|(h, _)| !elsewhere.contains(h)).cloned().collect();
     let uploads: Vec<(usize, anyhow::Result<usize>)> = std::thread::scope(|scope| {
         let threads: Vec<_> = per_node
@@ -146,7 +180,9 @@ fn spread(
     let mut placed = HashSet::new();
     for (node, uploaded) in uploads {
         match uploaded {
-            Ok(_) if node != first => placed.extend(per_node[node].iter().map(|(h, _)| *h)),
+            Ok(_) if node != first => placed.extend(
+                per_node[node].iter().map(|(h, _)| *h).filter(|h| procedures.binary_search(h).is_err()),
+            ),
             Ok(_) => {}
             // A node that cannot take its share now leaves it with the coordinator (which the
             // hand-off then tries, and hands on from, as it would anyway).
