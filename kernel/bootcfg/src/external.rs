@@ -66,6 +66,9 @@ impl Source {
 pub enum ExternalError {
     /// The text does not begin with the label.
     NoLabel,
+    /// [`MAX_LEN`] bytes or more: a disk's text that fills all the kernel reads of it may go on
+    /// past it, cut at any line (a peer, the keys).
+    TooLong,
     Config(ConfigError),
     Keys(KeysError),
     /// A second `[keys]` line, or a section the format does not have.
@@ -78,6 +81,9 @@ impl fmt::Display for ExternalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ExternalError::NoLabel => write!(f, "its first line is not `{LABEL}`"),
+            ExternalError::TooLong => {
+                write!(f, "its text fills {MAX_LEN} bytes with no NUL to end it, so it may be cut short")
+            }
             ExternalError::Config(e) => write!(f, "{e}"),
             ExternalError::Keys(e) => write!(f, "{e}"),
             ExternalError::Section { line } => {
@@ -105,6 +111,9 @@ fn labelled(text: &[u8]) -> bool {
 pub fn apply(base: &NodeConfig, text: &[u8]) -> Result<(NodeConfig, Option<NodeKeys>), ExternalError> {
     if !labelled(text) {
         return Err(ExternalError::NoLabel);
+    }
+    if text.len() >= MAX_LEN {
+        return Err(ExternalError::TooLong);
     }
     // Each part is parsed in place (the other lines blanked), so errors name the line of the
     // whole text.
@@ -205,6 +214,29 @@ mod tests {
         let request = gce_request();
         assert!(request.starts_with("GET /computeMetadata/v1/instance/attributes/cairn-config HTTP/1.0\r\n"));
         assert!(request.contains("\r\nMetadata-Flavor: Google\r\n") && request.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_text_that_fills_what_the_kernel_reads_may_have_been_cut_and_is_refused() {
+        // Lines that end exactly at MAX_LEN, then the keys: what the kernel reads of the disk
+        // (MAX_LEN bytes, no NUL among them) ends at a line's end and parses without them.
+        let mut text = format!("{LABEL}\nmode = serve\n");
+        while text.len() < MAX_LEN {
+            text.push_str(if MAX_LEN - text.len() >= 4 { "# x\n" } else { "#\n" });
+        }
+        assert_eq!(text.len(), MAX_LEN);
+        text.push_str(&format!("[keys]\nnode_key = {KEY}\n"));
+        let mut disk = text.into_bytes();
+        disk.resize(1 << 20, 0);
+        let read = on_disk(&disk[..MAX_LEN]).expect("labelled: never the store's disk");
+        let err = apply(&NodeConfig::default(), read).unwrap_err();
+        assert_eq!(err, ExternalError::TooLong);
+        assert!(err.to_string().contains("65536"), "{err}");
+        // One byte less, ended by a NUL, is whole.
+        let mut text = format!("{LABEL}\nmode = job\n").into_bytes();
+        text.resize(MAX_LEN - 1, b'\n');
+        text.push(0);
+        assert_eq!(apply(&NodeConfig::default(), on_disk(&text).unwrap()).unwrap().0.mode, Mode::Job);
     }
 
     #[test]
