@@ -71,6 +71,10 @@ pub enum ExternalError {
     TooLong,
     Config(ConfigError),
     Keys(KeysError),
+    /// A metadata server's text sets what the node put to use before it could ask.
+    TooLate {
+        key: &'static str,
+    },
     /// A second `[keys]` line, or a section the format does not have.
     Section {
         line: usize,
@@ -86,6 +90,10 @@ impl fmt::Display for ExternalError {
             }
             ExternalError::Config(e) => write!(f, "{e}"),
             ExternalError::Keys(e) => write!(f, "{e}"),
+            ExternalError::TooLate { key } => write!(
+                f,
+                "it changes `{key}`, which the node put to use before its network was up (set it in the image or a config disk)"
+            ),
             ExternalError::Section { line } => {
                 write!(f, "line {line}: the only section is one `[keys]`, after the node's lines")
             }
@@ -140,6 +148,29 @@ pub fn apply(base: &NodeConfig, text: &[u8]) -> Result<(NodeConfig, Option<NodeK
         }
     };
     Ok((config, keys))
+}
+
+/// [`apply`] for a source asked once the node's network is up (a metadata server): by then the
+/// node runs in its mode, logs at its level, has set which CPUs run tasks and configured its
+/// first card, so a text that changes any of these is refused rather than half obeyed.
+pub fn apply_after_network(
+    base: &NodeConfig,
+    text: &[u8],
+) -> Result<(NodeConfig, Option<NodeKeys>), ExternalError> {
+    let (config, keys) = apply(base, text)?;
+    let address = |c: &NodeConfig| c.ip.map(|ip| (ip.address, ip.prefix));
+    let gateway = |c: &NodeConfig| c.ip.and_then(|ip| ip.gateway);
+    let late = [
+        ("mode", config.mode != base.mode),
+        ("log", config.log_level != base.log_level),
+        ("boot_cpu_tasks", config.boot_cpu_tasks != base.boot_cpu_tasks),
+        ("ip", address(&config) != address(base)),
+        ("gateway", gateway(&config) != gateway(base)),
+    ];
+    match late.into_iter().find(|(_, changed)| *changed) {
+        Some((key, _)) => Err(ExternalError::TooLate { key }),
+        None => Ok((config, keys)),
+    }
 }
 
 #[cfg(test)]
@@ -237,6 +268,33 @@ mod tests {
         text.resize(MAX_LEN - 1, b'\n');
         text.push(0);
         assert_eq!(apply(&NodeConfig::default(), on_disk(&text).unwrap()).unwrap().0.mode, Mode::Job);
+    }
+
+    #[test]
+    fn a_metadata_server_may_not_change_what_the_node_used_before_asking_it() {
+        // The node asks it only once serving, its log and CPUs set up and its first card up:
+        // these settings would be ignored, the node running otherwise than its text says.
+        let base = NodeConfig::parse(b"mode = serve\nmetadata = gce\n").unwrap();
+        for (line, key) in [
+            ("mode = job", "mode"),
+            ("log = debug", "log"),
+            ("boot_cpu_tasks = no", "boot_cpu_tasks"),
+            ("ip = 10.0.2.15/24", "ip"),
+        ] {
+            let err = apply_after_network(&base, format!("{LABEL}\n{line}\n").as_bytes()).unwrap_err();
+            assert_eq!(err, ExternalError::TooLate { key }, "{line}");
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let fixed = NodeConfig::parse(b"mode = serve\nip = 10.0.2.15/24\nmetadata = gce\n").unwrap();
+        let err = apply_after_network(&fixed, format!("{LABEL}\ngateway = 10.0.2.2\n").as_bytes());
+        assert_eq!(err.unwrap_err(), ExternalError::TooLate { key: "gateway" });
+        // The same values, and everything the node reads later, are taken.
+        let text = format!(
+            "{LABEL}\nmode = serve\nlog = info\ncluster_ip = 10.1.0.2/24\npeers = 10.1.0.1\napi_idle_s = 30\ndisk_without_flush = yes\n[keys]\nnode_key = {KEY}\n"
+        );
+        let (config, keys) = apply_after_network(&base, text.as_bytes()).unwrap();
+        assert_eq!((config.api_idle_s, config.peers.len(), config.disk_without_flush), (30, 1, true));
+        assert!(keys.is_some());
     }
 
     #[test]

@@ -36,12 +36,9 @@ pub fn outside_keys() -> Option<(Source, NodeKeys)> {
 }
 
 /// `config` with the text a metadata server gave over it, and its keys kept for `load_keys`.
-/// The first card's address is already in use: the text may not change it.
+/// What the node already put to use (its mode, log level, first card) the text may not change.
 pub fn from_metadata(config: &NodeConfig, text: &[u8], source: Source) -> Result<NodeConfig, String> {
-    let (next, keys) = external::apply(config, text).map_err(|e| format!("{e}"))?;
-    if next.ip != config.ip {
-        return Err("it sets `ip` or `gateway`, but the network was up before it could be asked".into());
-    }
+    let (next, keys) = external::apply_after_network(config, text).map_err(|e| format!("{e}"))?;
     if let Some(keys) = keys {
         let mut outside = OUTSIDE_KEYS.lock();
         if let Some((first, _)) = outside.as_ref() {
