@@ -110,9 +110,15 @@ pub fn on_disk(start: &[u8]) -> Option<&[u8]> {
     labelled(text).then_some(text)
 }
 
+/// A UTF-8 byte order mark, which some editors write first (Notepad, PowerShell): not text.
+const BOM: &[u8] = b"\xef\xbb\xbf";
+
 fn labelled(text: &[u8]) -> bool {
+    // What editors add is no different label: a disk meant as the configuration and passed
+    // over would leave the node running on the image's.
+    let text = text.strip_prefix(BOM).unwrap_or(text);
     let first = text.split(|b| *b == b'\n').next().unwrap_or(&[]);
-    first.strip_suffix(b"\r").unwrap_or(first) == LABEL.as_bytes()
+    first.trim_ascii_end() == LABEL.as_bytes()
 }
 
 /// `base` with an outside configuration's node lines over it, and its keys if it has them.
@@ -128,17 +134,24 @@ pub fn apply(base: &NodeConfig, text: &[u8]) -> Result<(NodeConfig, Option<NodeK
     let mut keys_at = None;
     let mut offset = 0;
     for (index, line) in text.split(|b| *b == b'\n').enumerate() {
-        let trimmed = line.strip_suffix(b"\r").unwrap_or(line).trim_ascii();
-        if trimmed.starts_with(b"[") {
-            if trimmed != b"[keys]" || keys_at.is_some() {
+        // Comments as on any line: `# [keys]` is none, `[keys]  # mine` is one.
+        let content = line.split(|b| *b == b'#').next().unwrap_or(&[]).trim_ascii();
+        if content.starts_with(b"[") {
+            if content != b"[keys]" || keys_at.is_some() {
                 return Err(ExternalError::Section { line: index + 1 });
             }
             keys_at = Some((offset, offset + line.len()));
         }
         offset += line.len() + 1;
     }
-    let node_part = &text[..keys_at.map_or(text.len(), |(start, _)| start)];
-    let config = base.parse_over(node_part).map_err(ExternalError::Config)?;
+    // The label's line is a comment; a BOM before it is not text (bytes still count from the
+    // start).
+    let skip = if text.starts_with(BOM) { BOM.len() } else { 0 };
+    let node_part = &text[skip..keys_at.map_or(text.len(), |(start, _)| start)];
+    let config = base.parse_over(node_part).map_err(|e| match e {
+        ConfigError::NotUtf8 { byte } => ExternalError::Config(ConfigError::NotUtf8 { byte: byte + skip }),
+        e => ExternalError::Config(e),
+    })?;
     let keys = match keys_at {
         None => None,
         Some((_, end)) => {
@@ -295,6 +308,31 @@ mod tests {
         let (config, keys) = apply_after_network(&base, text.as_bytes()).unwrap();
         assert_eq!((config.api_idle_s, config.peers.len(), config.disk_without_flush), (30, 1, true));
         assert!(keys.is_some());
+    }
+
+    #[test]
+    fn what_editors_add_to_the_label_and_the_keys_line_is_no_different_text() {
+        // A byte order mark (Notepad, PowerShell) or a space after the label: a disk the user
+        // meant as the configuration, which was passed over (the node ran on the image's).
+        for text in [
+            format!("\u{feff}{LABEL}\r\nmode = job\r\n[keys]\r\nnode_key = {KEY}\r\n"),
+            format!("{LABEL} \t\nmode = job\n[keys]\nnode_key = {KEY}\n"),
+        ] {
+            let mut disk = text.clone().into_bytes();
+            disk.resize(4096, 0);
+            assert_eq!(on_disk(&disk), Some(text.as_bytes()), "{text:?}");
+            let (config, keys) = apply(&NodeConfig::default(), text.as_bytes()).unwrap();
+            assert_eq!(config.mode, Mode::Job);
+            assert!(keys.is_some());
+        }
+        // Errors still name the byte of the whole text.
+        let err = apply(&NodeConfig::default(), b"\xef\xbb\xbf# cairn config-2\nmode = \xff\n").unwrap_err();
+        assert_eq!(err, ExternalError::Config(ConfigError::NotUtf8 { byte: 27 }));
+        // A comment after `[keys]`, as after any line.
+        let text = format!("{LABEL}\nmode = job\n[keys]  # this node's\nnode_key = {KEY}\n");
+        assert!(apply(&NodeConfig::default(), text.as_bytes()).unwrap().1.is_some());
+        let text = format!("{LABEL}\n# [keys]\nmode = job\n");
+        assert!(apply(&NodeConfig::default(), text.as_bytes()).unwrap().1.is_none(), "a comment");
     }
 
     #[test]
