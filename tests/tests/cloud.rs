@@ -227,6 +227,44 @@ fn a_bad_configuration_disk_stops_the_node_with_a_line_naming_it() {
     assert!(!console.contains("cairn: ready"), "{console}");
 }
 
+/// An empty disk (a file of no bytes) before the configuration disk: it holds no
+/// configuration (the driver cannot read nothing: the node panicked at boot), the configuration
+/// is found on the second disk, and the empty one is taken for the store, which it cannot be.
+#[test]
+fn an_empty_disk_beside_the_configuration_disk_is_no_configuration() {
+    let _turn = common::cluster::turn(1);
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("cairn-uefi.img");
+    let out = cairn().args(["image", "--uefi", "-o", image.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let empty = dir.path().join("empty.img");
+    std::fs::write(&empty, b"").unwrap();
+    let config = dir.path().join("config.img");
+    let key = "11".repeat(32);
+    let mut text = format!("# cairn config-2\nmode = serve\n[keys]\nnode_key = {key}\n").into_bytes();
+    text.resize(1 << 20, 0);
+    std::fs::write(&config, text).unwrap();
+    let empty = format!("if=none,id=empty,format=raw,file={}", empty.display());
+    let config = format!("if=none,id=config,format=raw,readonly=on,file={}", config.display());
+    let devices = [
+        "-drive",
+        &empty,
+        "-device",
+        "virtio-blk-pci,drive=empty",
+        "-drive",
+        &config,
+        "-device",
+        "virtio-blk-pci,drive=config",
+    ];
+    let node = boot_with(dir.path(), 0, &image, &devices, "", free_tcp(), (free_udp(), free_udp()));
+    let console = node.until("cairn: api off");
+    assert!(console.contains("cairn: config from image + config disk"), "{console}");
+    assert!(!console.contains("panic"), "{console}");
+    // The store's disk is the empty one (the first that is not the configuration's).
+    let line = console.lines().last().unwrap();
+    assert!(line.contains("the store's disk") && !line.contains("read-only"), "{console}");
+}
+
 /// On GCE the node asks the metadata server (169.254.169.254, with `Metadata-Flavor: Google`)
 /// for its configuration. Here QEMU's user network is laid over 169.254.169.0/24 and its
 /// `guestfwd` answers for that address from a file on this host: nothing goes to a real

@@ -55,6 +55,11 @@ pub fn config_disk() -> Result<Option<alloc::vec::Vec<u8>>, String> {
         let mut device = VirtIOBlk::<KernelHal, _>::new(transport)
             .map_err(|e| format!("block device {nth}: the driver could not start it: {e:?}"))?;
         let sectors = (cairn_bootcfg::external::MAX_LEN as u64 / SECTOR).min(device.capacity()) as usize;
+        if sectors == 0 {
+            // An empty device (a file of no bytes) holds no configuration, and the driver
+            // panics on a read of nothing.
+            continue;
+        }
         let mut start = alloc::vec![0u8; sectors * SECTOR as usize];
         device.read_blocks(0, &mut start).map_err(|e| format!("block device {nth}: a read failed: {e:?}"))?;
         if let Some(text) = cairn_bootcfg::external::on_disk(&start) {
