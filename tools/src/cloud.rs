@@ -73,8 +73,12 @@ pub fn write_config_disk(path: &Path, text: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(text.as_bytes())?;
-    file.set_len(CONFIG_DISK_BYTES)?;
+    // Not a disk cut short (holding a private key) where writing failed.
+    let written = file.write_all(text.as_bytes()).and_then(|()| file.set_len(CONFIG_DISK_BYTES));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(path);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
     Ok(())
 }
 
@@ -98,6 +102,24 @@ pub fn gce_tarball(raw: &Path, out: &Path) -> anyhow::Result<PathBuf> {
     gz.flush()?;
     gz.finish()?.flush()?;
     Ok(out.to_path_buf())
+}
+
+/// Writes `planned`'s disks as `dir/node-I.img`, all or none: if any is there already, or one
+/// cannot be written, none is left (each holds a key of this cluster only).
+pub fn write_config_disks(dir: &Path, planned: &[PlannedNode]) -> anyhow::Result<Vec<PathBuf>> {
+    let paths: Vec<PathBuf> = planned.iter().map(|n| dir.join(format!("node-{}.img", n.index))).collect();
+    if let Some(there) = paths.iter().find(|p| p.symlink_metadata().is_ok()) {
+        bail!("{} is there already: no disk written (move the old ones away first)", there.display());
+    }
+    for (i, (path, node)) in paths.iter().zip(planned).enumerate() {
+        if let Err(e) = write_config_disk(path, &node.text) {
+            for written in &paths[..i] {
+                let _ = std::fs::remove_file(written);
+            }
+            return Err(e);
+        }
+    }
+    Ok(paths)
 }
 
 #[cfg(test)]
@@ -142,6 +164,26 @@ mod tests {
         let err =
             write_config_disk(&dir.path().join("x.img"), &format!("{LABEL}\ncolour = red\n")).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn a_clusters_disks_are_written_all_or_none() {
+        // One disk already there: none is written (a disk written before it would hold a key
+        // of a cluster whose other disks never were, and stop the next try at itself).
+        let dir = tempfile::tempdir().unwrap();
+        let planned = plan_cluster(3, &[]).unwrap();
+        std::fs::write(dir.path().join("node-1.img"), b"an earlier disk").unwrap();
+        let err = write_config_disks(dir.path(), &planned).unwrap_err();
+        assert!(err.to_string().contains("node-1.img"), "{err}");
+        assert!(!dir.path().join("node-0.img").exists());
+        assert_eq!(std::fs::read(dir.path().join("node-1.img")).unwrap(), b"an earlier disk");
+        std::fs::remove_file(dir.path().join("node-1.img")).unwrap();
+        let paths = write_config_disks(dir.path(), &planned).unwrap();
+        assert_eq!(paths, (0..3).map(|i| dir.path().join(format!("node-{i}.img"))).collect::<Vec<_>>());
+        for (path, node) in paths.iter().zip(&planned) {
+            let bytes = std::fs::read(path).unwrap();
+            assert_eq!(cairn_bootcfg::external::on_disk(&bytes), Some(node.text.as_bytes()));
+        }
     }
 
     #[test]

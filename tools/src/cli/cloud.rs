@@ -32,14 +32,15 @@ pub fn config_disk(args: &ConfigDiskArgs) -> anyhow::Result<ExitCode> {
             args.nodes
         );
     }
-    std::fs::create_dir_all(&args.out_dir)
-        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
     let client = cairn_tools::keys::client_key()?.public();
     let planned = cloud::plan_cluster(args.nodes, &[client])?;
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    // Every disk before any key is trusted: a cluster half written would leave disks and
+    // trusted keys of nodes whose peers have other keys.
+    let paths = cloud::write_config_disks(&args.out_dir, &planned)?;
     let mut nodes = Vec::new();
-    for node in &planned {
-        let path = args.out_dir.join(format!("node-{}.img", node.index));
-        cloud::write_config_disk(&path, &node.text)?;
+    for (node, path) in planned.iter().zip(&paths) {
         let [a, b, c, d] = node.cluster_ip;
         println!(
             "node {}  cluster {a}.{b}.{c}.{d}  key {}  {}",
