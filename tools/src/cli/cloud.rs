@@ -24,14 +24,33 @@ pub struct ConfigDiskArgs {
     pub apis: Vec<String>,
 }
 
-pub fn config_disk(args: &ConfigDiskArgs) -> anyhow::Result<ExitCode> {
-    if !args.apis.is_empty() && args.apis.len() != args.nodes {
-        anyhow::bail!(
-            "--api names {} addresses for {} nodes: give one per node, or none",
-            args.apis.len(),
-            args.nodes
-        );
+/// `--api`: none, or one node API address (HOST:PORT) per node, each its own.
+fn check_apis(apis: &[String], nodes: usize) -> anyhow::Result<()> {
+    if !apis.is_empty() && apis.len() != nodes {
+        anyhow::bail!("--api names {} addresses for {} nodes: give one per node, or none", apis.len(), nodes);
     }
+    // Checked before anything is written: an address given twice would trust the later node's
+    // key for both, one that is no HOST:PORT would stop the command with the disks written.
+    for (i, api) in apis.iter().enumerate() {
+        if api
+            .rsplit_once(':')
+            .and_then(|(host, port)| (!host.is_empty()).then_some(port))
+            .and_then(|p| p.parse::<u16>().ok())
+            .is_none_or(|p| p == 0)
+            || api.contains('/')
+            || api.starts_with('.')
+        {
+            anyhow::bail!("--api `{api}` is not a node's API address (HOST:PORT)");
+        }
+        if apis[..i].contains(api) {
+            anyhow::bail!("--api {api} is given for two nodes: each node has its own");
+        }
+    }
+    Ok(())
+}
+
+pub fn config_disk(args: &ConfigDiskArgs) -> anyhow::Result<ExitCode> {
+    check_apis(&args.apis, args.nodes)?;
     let client = cairn_tools::keys::client_key()?.public();
     let planned = cloud::plan_cluster(args.nodes, &[client])?;
     std::fs::create_dir_all(&args.out_dir)
@@ -70,4 +89,22 @@ pub fn config_disk(args: &ConfigDiskArgs) -> anyhow::Result<ExitCode> {
         println!("then, once each node's API address is known: cairn key trust ADDRESS KEY");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_addresses_are_checked_before_anything_is_written() {
+        let apis = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        assert!(check_apis(&[], 3).is_ok());
+        assert!(check_apis(&apis(&["127.0.0.1:7070", "10.0.0.2:7070"]), 2).is_ok());
+        assert!(check_apis(&apis(&["127.0.0.1:7070"]), 2).is_err(), "one per node");
+        let err = check_apis(&apis(&["127.0.0.1:7070", "127.0.0.1:7070"]), 2).unwrap_err();
+        assert!(err.to_string().contains("two nodes"), "{err}");
+        for bad in ["127.0.0.1", "127.0.0.1:0", ":7070", "a/b:7070", "..:7070", "host:http"] {
+            assert!(check_apis(&apis(&["127.0.0.1:7070", bad]), 2).is_err(), "{bad}");
+        }
+    }
 }
