@@ -314,6 +314,34 @@ fn a_gce_image_takes_its_configuration_from_the_metadata_server() {
     assert!(request.contains("\r\nMetadata-Flavor: Google\r\n"), "{request}");
     let stats = tool(&["stats", "--node", &format!("127.0.0.1:{api}")]);
     assert!(stats.contains("cluster_ip=10.1.0.1"), "{stats}");
+    // A job may not ask the metadata server what the node asked it: its attribute holds the
+    // node's private key (and GCE's server the instance's credentials).
+    let secret = std::str::from_utf8(text)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("node_key = "))
+        .unwrap()
+        .to_string();
+    let job = dir.path().join("metadata.toml");
+    std::fs::write(
+        &job,
+        "[capabilities]\ntcp_request = [\"169.254.169.254:80\"]\n\n[root]\ntcp_request = \"169.254.169.254:80\"\ndata = { text = \"GET /computeMetadata/v1/instance/attributes/cairn-config HTTP/1.0\\r\\nMetadata-Flavor: Google\\r\\n\\r\\n\" }\n",
+    )
+    .unwrap();
+    let out = cairn()
+        .env("CAIRN_CONFIG_DIR", &home)
+        .args(["submit", "--node", &format!("127.0.0.1:{api}"), job.to_str().unwrap()])
+        .output()
+        .unwrap();
+    // `submit` prints a value with control characters (the reply's CRs) as hex: not in either.
+    let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        !show(&out).contains(&secret) && !show(&out).contains(&hex),
+        "the node's private key reached a job: {}",
+        show(&out)
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(show(&out).contains("169.254.169.254:80"), "{}", show(&out));
     drop(node);
 
     // No metadata server: one line naming it, and no API.

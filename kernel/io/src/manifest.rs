@@ -97,6 +97,15 @@ impl Manifest {
                     cairn_object::excerpt(endpoint)
                 ))
             })?;
+            // Link-local is where a cloud's metadata server answers (169.254.169.254 on GCE, AWS,
+            // Azure, OpenStack): it holds the node's configuration, its private key included
+            // (docs/CLOUD.md), and the instance's credentials. The node asks it with a manifest
+            // of its own; no job's may name it.
+            if endpoint.ip[..2] == [169, 254] {
+                return Err(bad(alloc::format!(
+                    "`{endpoint}` is link-local, where a cloud's metadata server answers: no job reaches it"
+                )));
+            }
             grants.push((effect, endpoint));
         }
         Ok(Manifest::new(grants))

@@ -181,6 +181,17 @@ fn upstream_failures_and_bad_pages_are_io_errors() {
 }
 
 #[test]
+fn no_job_reaches_a_clouds_metadata_server() {
+    // Link-local: where GCE's (and AWS's, Azure's, OpenStack's) metadata server answers, which
+    // holds a node's configuration, its private key included (docs/CLOUD.md).
+    for text in ["tcp.request 169.254.169.254:80", "http.get 169.254.169.254:80", "tcp.send 169.254.0.1:9"] {
+        let err = Manifest::parse(text.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("link-local") && err.contains("line 1"), "{text}: {err}");
+    }
+    assert!(Manifest::parse(b"http.get 169.253.169.254:80\ntcp.send 10.0.2.2:9000\n").is_ok());
+}
+
+#[test]
 fn manifests_and_jobs_say_what_is_wrong() {
     for (text, needle) in [
         ("http.get", "expected `effect endpoint`"),
