@@ -86,7 +86,11 @@ impl fmt::Display for ExternalError {
         match self {
             ExternalError::NoLabel => write!(f, "its first line is not `{LABEL}`"),
             ExternalError::TooLong => {
-                write!(f, "its text fills {MAX_LEN} bytes with no NUL to end it, so it may be cut short")
+                // Not only a disk's: fw_cfg's and a metadata server's text is not cut at a NUL.
+                write!(
+                    f,
+                    "it is {MAX_LEN} bytes or more (a configuration is shorter; a disk's may have been cut)"
+                )
             }
             ExternalError::Config(e) => write!(f, "{e}"),
             ExternalError::Keys(e) => write!(f, "{e}"),
