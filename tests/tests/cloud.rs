@@ -122,17 +122,20 @@ fn boot_with(
     Qemu { child, lines }
 }
 
+/// `cairn ARGS` with its keys in `home`: what it printed, once it succeeded.
+fn tool(home: &Path, args: &[&str]) -> String {
+    let out = cairn().env("CAIRN_CONFIG_DIR", home).args(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "cairn {args:?}: {}", show(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn one_image_boots_two_differently_configured_nodes_that_form_a_cluster() {
     let _turn = common::cluster::turn(2);
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir(&home).unwrap();
-    let tool = |args: &[&str]| {
-        let out = cairn().env("CAIRN_CONFIG_DIR", &home).args(args).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "cairn {args:?}: {}", show(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let tool = |args: &[&str]| tool(&home, args);
     let image = dir.path().join("cairn-uefi.img");
     tool(&["image", "--uefi", "--mode", "serve", "-o", image.to_str().unwrap()]);
     let (api0, api1) = (free_tcp(), free_tcp());
@@ -275,11 +278,7 @@ fn a_gce_image_takes_its_configuration_from_the_metadata_server() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir(&home).unwrap();
-    let tool = |args: &[&str]| {
-        let out = cairn().env("CAIRN_CONFIG_DIR", &home).args(args).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "cairn {args:?}: {}", show(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let tool = |args: &[&str]| tool(&home, args);
     // The image GCE would import, unpacked.
     let tarball = dir.path().join("cairn-gce.tar.gz");
     tool(&["image", "--cloud", "gce", "-o", tarball.to_str().unwrap()]);

@@ -35,20 +35,26 @@ pub fn outside_keys() -> Option<(Source, NodeKeys)> {
     OUTSIDE_KEYS.lock().take()
 }
 
+/// Keeps the keys an outside source gave for `load_keys`: from one source only.
+fn keep_keys(source: Source, keys: NodeKeys) -> Result<(), String> {
+    let mut outside = OUTSIDE_KEYS.lock();
+    if let Some((first, _)) = outside.as_ref() {
+        return Err(format!(
+            "node keys come from both the {} and the {}: give them once",
+            first.name(),
+            source.name()
+        ));
+    }
+    *outside = Some((source, keys));
+    Ok(())
+}
+
 /// `config` with the text a metadata server gave over it, and its keys kept for `load_keys`.
 /// What the node already put to use (its mode, log level, first card) the text may not change.
 pub fn from_metadata(config: &NodeConfig, text: &[u8], source: Source) -> Result<NodeConfig, String> {
     let (next, keys) = external::apply_after_network(config, text).map_err(|e| format!("{e}"))?;
     if let Some(keys) = keys {
-        let mut outside = OUTSIDE_KEYS.lock();
-        if let Some((first, _)) = outside.as_ref() {
-            return Err(format!(
-                "node keys come from both the {} and the {}: give them once",
-                first.name(),
-                source.name()
-            ));
-        }
-        *outside = Some((source, keys));
+        keep_keys(source, keys)?;
     }
     Ok(next)
 }
@@ -78,15 +84,7 @@ pub fn with_outside(image: NodeConfig) -> Result<(NodeConfig, String), String> {
         sources.push_str(" + ");
         sources.push_str(source.name());
         if let Some(keys) = keys {
-            let mut outside = OUTSIDE_KEYS.lock();
-            if let Some((first, _)) = outside.as_ref() {
-                return Err(format!(
-                    "node keys come from both the {} and the {}: give them once",
-                    first.name(),
-                    source.name()
-                ));
-            }
-            *outside = Some((source, keys));
+            keep_keys(source, keys)?;
         }
     }
     Ok((config, sources))

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cairn_tools::client::Client;
-use cairn_tools::cluster::{control, lifecycle};
+use cairn_tools::cluster::{control, daemon, lifecycle};
 use cairn_tools::untrusted::escape;
 use clap::{Args, Subcommand};
 
@@ -212,7 +212,7 @@ pub fn cluster(command: &ClusterCommand) -> anyhow::Result<ExitCode> {
         }
         ClusterCommand::Serve(args) => {
             let mut log = std::io::stderr();
-            lifecycle::serve(&args.options()?, &args.state.state, &mut log)?;
+            daemon::serve(&args.options()?, &args.state.state, &mut log)?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -3,6 +3,7 @@
 //! the job is handed to (`handoff`), or in the host (`run`).
 
 pub mod control;
+pub mod daemon;
 pub mod faults;
 pub mod handoff;
 pub mod hub;
