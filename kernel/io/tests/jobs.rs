@@ -236,7 +236,9 @@ fn journals_reject_malformed_text() {
 proptest! {
     #[test]
     fn manifests_round_trip(grants in proptest::collection::vec((0..3usize, any::<[u8; 4]>(), 1u16..), 0..8)) {
-        let m = Manifest::new(grants.into_iter().map(|(e, ip, port)| (Effect::ALL[e], Endpoint { ip, port })));
+        // Link-local addresses (169.254.0.0/16) are refused when a manifest is read: none here.
+        let outside = |ip: [u8; 4]| if ip[..2] == [169, 254] { [170, 254, ip[2], ip[3]] } else { ip };
+        let m = Manifest::new(grants.into_iter().map(|(e, ip, port)| (Effect::ALL[e], Endpoint { ip: outside(ip), port })));
         prop_assert_eq!(Manifest::parse(m.render().as_bytes()).unwrap(), m);
     }
 
