@@ -78,10 +78,14 @@ fn main() {
     // Wordcount: 12 chunks of 256 KiB, spread round robin over 3 nodes.
     let words = ["cairn", "stone", "path", "summit", "trail", "marker", "ridge", "valley", "mist", "granite"];
     let wc = env!("CARGO_BIN_FILE_CAIRN_TASKS_wordcount");
+    // Each job's counts differ (one more "cairn" than the last job's), so that no map's value,
+    // and so no reduce, is one a node remembers.
+    let jobs_made = std::cell::Cell::new(0);
     let job = |salt: &str| {
+        jobs_made.set(jobs_made.get() + 1);
         let mut maps = Vec::new();
         for c in 0..12 {
-            let mut text = String::from(salt);
+            let mut text = format!("{salt} {}", "cairn ".repeat(jobs_made.get()));
             let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ c;
             while text.len() < 256 * 1024 {
                 state ^= state << 13;
@@ -105,55 +109,73 @@ fn main() {
         .unwrap();
         path
     };
-    // Node against host coordinator, alternated, each on a fresh cluster (no memo answers);
-    // the medians of ROUNDS rounds side by side at the end (the host is noisy).
-    const ROUNDS: usize = 5;
+    // Node against host coordinator on one cluster of 3: a run of each job first to warm the
+    // nodes (TCG translates a task's code on its first run), then ROUNDS pairs, alternated
+    // (node first, then host first). No memo answers: each run's tiles ask for another memory
+    // limit (another thunk, the same work), and each wordcount has fresh data. The host is
+    // noisy (the same work has taken from 6 to 11 CPU-seconds here): the medians, and the
+    // median of the pairs' ratios, side by side at the end.
+    const ROUNDS: usize = 10;
+    let tiles_job = |memory_mib: usize| {
+        let path = dir.path().join(format!("mandelbrot-{memory_mib}.toml"));
+        let text = std::fs::read_to_string(&mandelbrot).unwrap();
+        // The root's limit too: its applied thunk (the tiles' values) would be the same.
+        let text = text.replace("memory_mib = 2,", &format!("memory_mib = {memory_mib},"));
+        let text = text.replace("memory_mib = 8\n", &format!("memory_mib = {}\n", 8 + memory_mib));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let eval = |state: &str, coordinator: &str, job: &Path, extra: &[&str]| {
+        let path = job.to_str().unwrap();
+        let mut args = vec!["eval", "--cluster", state, "--coordinator", coordinator, "--job", path];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = cairn(&args);
+        assert!(ok, "{out}{err}");
+        summary(&out, &err)
+    };
+    // Bytes moved, each coordinator on a fresh cluster: on one cluster, the nodes keep the
+    // tiles' and maps' values from run to run, and later runs move less.
+    for coordinator in ["node", "host"] {
+        with_cluster(dir.path(), 3, |state| {
+            let (secs, moved, _) = eval(state, coordinator, &mandelbrot, &[]);
+            let (wc_secs, wc_moved, _) =
+                eval(state, coordinator, &job(&format!("fresh-{coordinator}")), &["--spread"]);
+            println!(
+                "{}",
+                serde_json::json!({"bench": "coordinator-fresh", "coordinator": coordinator, "mandelbrot_seconds": secs, "mandelbrot_moved_bytes": moved, "wordcount_seconds": wc_secs, "wordcount_moved_bytes": wc_moved})
+            );
+        });
+    }
     let mut times: std::collections::BTreeMap<(&str, &str), Vec<f64>> = Default::default();
-    for round in 0..ROUNDS {
-        for coordinator in ["host", "node"] {
-            with_cluster(dir.path(), 3, |state| {
-                let (ok, out, err) = cairn(&[
-                    "eval",
-                    "--cluster",
-                    state,
-                    "--coordinator",
-                    coordinator,
-                    "--job",
-                    mandelbrot.to_str().unwrap(),
-                ]);
-                assert!(ok, "{out}{err}");
-                let (secs, moved, result) = summary(&out, &err);
+    with_cluster(dir.path(), 3, |state| {
+        let run = |coordinator: &str, job: &Path, extra: &[&str]| eval(state, coordinator, job, extra);
+        run("node", &tiles_job(3), &[]);
+        run("node", &job("warm"), &["--spread"]);
+        for round in 0..ROUNDS {
+            let order = if round % 2 == 0 { ["node", "host"] } else { ["host", "node"] };
+            for (i, coordinator) in order.into_iter().enumerate() {
+                let (secs, moved, result) = run(coordinator, &tiles_job(4 + 2 * round + i), &[]);
                 times.entry(("mandelbrot", coordinator)).or_default().push(secs);
                 println!(
                     "{}",
                     serde_json::json!({"bench": "coordinator-mandelbrot", "coordinator": coordinator, "round": round, "tiles": tiles.len(), "nodes": 3, "seconds": secs, "moved_bytes": moved, "result": result})
                 );
-                let path = job(&format!("{coordinator}{round}"));
-                let (ok, out, err) = cairn(&[
-                    "eval",
-                    "--cluster",
-                    state,
-                    "--coordinator",
-                    coordinator,
-                    "--job",
-                    path.to_str().unwrap(),
-                    "--spread",
-                ]);
-                assert!(ok, "{out}{err}");
-                let (secs, moved, _) = summary(&out, &err);
+                let (secs, moved, _) =
+                    run(coordinator, &job(&format!("{coordinator}{round}")), &["--spread"]);
                 times.entry(("wordcount-spread", coordinator)).or_default().push(secs);
                 println!(
                     "{}",
                     serde_json::json!({"bench": "coordinator-wordcount-spread", "coordinator": coordinator, "round": round, "chunks": 12, "chunk_kib": 256, "nodes": 3, "placement": "locality", "seconds": secs, "moved_bytes": moved})
                 );
-            });
+            }
         }
-    }
+    });
     for job in ["mandelbrot", "wordcount-spread"] {
-        let (host, node) = (median(&times[&(job, "host")]), median(&times[&(job, "node")]));
+        let (hosts, nodes) = (&times[&(job, "host")], &times[&(job, "node")]);
+        let ratios: Vec<f64> = nodes.iter().zip(hosts).map(|(n, h)| n / h).collect();
         println!(
             "{}",
-            serde_json::json!({"bench": "coordinator-medians", "job": job, "rounds": ROUNDS, "host_seconds": host, "node_seconds": node, "node_over_host": node / host})
+            serde_json::json!({"bench": "coordinator-medians", "job": job, "rounds": ROUNDS, "host_seconds": median(hosts), "node_seconds": median(nodes), "node_over_host": median(nodes) / median(hosts), "pairs_node_over_host_median": median(&ratios)})
         );
     }
     with_cluster(dir.path(), 3, |state| {

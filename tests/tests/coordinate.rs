@@ -243,6 +243,48 @@ fn slow_tiles_job(dir: &std::path::Path, tiles: u32, iterations: u32) -> std::pa
     job
 }
 
+/// How many tasks each node ran, from the summary's `(node 0: N, node 1: M; ...)`.
+fn runs_per_node(output: &std::process::Output) -> Vec<usize> {
+    let text = stderr(output);
+    let line = text.lines().find(|l| l.contains(" tasks on ")).unwrap_or_else(|| panic!("{}", show(output)));
+    let within = line.split_once('(').and_then(|(_, r)| r.split_once(';')).map(|(l, _)| l).unwrap_or("");
+    within.split(", ").filter_map(|part| part.split_once(": ")?.1.parse().ok()).collect()
+}
+
+/// A job's tail (docs/SCHEDULER.md, "The tail"): one long tile and twenty short ones, all
+/// ready at once and sent round robin, so that six short ones wait behind the long one. The
+/// nodes that finish theirs take those back: the long tile's node runs it and little else,
+/// where without the tail's moves every node would run seven tiles.
+#[test]
+fn short_tasks_queued_behind_a_long_one_move_to_idle_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &[]);
+    let mandelbrot = env!("CARGO_BIN_FILE_CAIRN_TASKS_mandelbrot");
+    let identity = env!("CARGO_BIN_FILE_CAIRN_TASKS_identity");
+    // Each a pixel on the set's neck (it never escapes): its time is its iterations (the long
+    // one about a second under TCG, within the 2 s task budget; a short one, a millisecond).
+    let tile = |iterations: u32| {
+        format!(
+            "{{ task = \"{mandelbrot}\", args = [{{ text = \"tile\" }}, {{ u32s = [1, 1, 0, 0, 1, 1, {iterations}] }}] }}"
+        )
+    };
+    let mut tiles = vec![tile(2_500_000)];
+    tiles.extend((0..20).map(|i| tile(1000 + i)));
+    let job = dir.path().join("tail.toml");
+    std::fs::write(&job, format!("[root]\ntask = \"{identity}\"\nargs = [{}]\n", tiles.join(", "))).unwrap();
+    let out = cluster.eval(&job, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let runs = runs_per_node(&out);
+    assert_eq!(runs.len(), 3, "{}", show(&out));
+    assert_eq!(runs.iter().sum::<usize>(), 22, "every task ran once: {}", show(&out));
+    // The long tile's node: the tile, perhaps the root, perhaps one short tile it began first.
+    assert!(
+        runs.iter().any(|r| *r <= 3),
+        "no node was left with the long tile alone: {runs:?}\n{}",
+        show(&out)
+    );
+}
+
 /// A job that runs longer than a link's stall allowance (10 s) after its last quick request
 /// (the probe, the seeding, the one memo lookup: every tile is ready at once) loses no peer:
 /// a link to a peer that has nothing to do for the job is not a peer that stalled.

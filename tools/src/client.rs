@@ -118,6 +118,11 @@ pub struct Evaluated {
     pub micros: u64,
 }
 
+/// PUTs of small objects a client sends ahead of their answers (see `upload_missing`).
+const PIPELINED_PUTS: usize = 16;
+/// Objects up to this size are pipelined; larger ones stream one at a time.
+const PIPELINED_PUT_BYTES: usize = 64 * 1024;
+
 impl Client {
     pub fn connect(address: &str) -> anyhow::Result<Client> {
         Self::over(SecureStream::connect(address)?)
@@ -309,13 +314,45 @@ impl Client {
         evaluated(self.call(message)?)
     }
 
-    /// Uploads those of `objects` the node lacks; returns how many that was.
+    /// Uploads those of `objects` the node lacks; returns how many that was. Small objects go
+    /// [`PIPELINED_PUTS`] at a time, each sent before the last is answered: a job's thunks
+    /// are many and small, and one round trip each (a few milliseconds under TCG) was most of
+    /// the time a job took to reach a node. The node answers in order, and stops reading
+    /// while it holds 8 requests unanswered (docs/PROTOCOL.md): TCP paces the rest.
     pub fn upload_missing(&mut self, objects: &[(Handle, Vec<u8>)]) -> anyhow::Result<usize> {
-        let missing = self.missing(&objects.iter().map(|(h, _)| *h).collect::<Vec<_>>())?;
+        let missing: std::collections::HashSet<Handle> =
+            self.missing(&objects.iter().map(|(h, _)| *h).collect::<Vec<_>>())?.into_iter().collect();
+        let mut unanswered = std::collections::VecDeque::new();
         for (handle, bytes) in objects.iter().filter(|(h, _)| missing.contains(h)) {
-            self.put(*handle, bytes, |_| {})?;
+            if bytes.len() > PIPELINED_PUT_BYTES {
+                self.stored(&mut unanswered, 0)?;
+                self.put(*handle, bytes, |_| {})?;
+                continue;
+            }
+            let request = self.next_id();
+            self.send(request, Message::Put { handle: *handle, bytes: bytes.clone() })?;
+            unanswered.push_back((request, *handle));
+            self.stored(&mut unanswered, PIPELINED_PUTS - 1)?;
         }
+        self.stored(&mut unanswered, 0)?;
         Ok(missing.len())
+    }
+
+    /// Takes the answers to pipelined PUTs, oldest first, until `keep` are left unanswered.
+    fn stored(
+        &mut self,
+        unanswered: &mut std::collections::VecDeque<(u32, Handle)>,
+        keep: usize,
+    ) -> anyhow::Result<()> {
+        while unanswered.len() > keep {
+            let (request, handle) = unanswered.pop_front().expect("longer than keep");
+            match self.receive(request)?.message {
+                Message::Stored { handle: stored } if stored == handle => {}
+                Message::Stored { handle: stored } => bail!("the node stored {stored} when sent {handle}"),
+                other => bail!("the node answered PUT with {}", name(&other)),
+            }
+        }
+        Ok(())
     }
 
     /// Runs a job (docs/IO.md) and waits for it.

@@ -178,13 +178,10 @@ impl Scheduler {
     /// Places and ships a ready task; whether anything changed (sent, or a lost input's
     /// producer set to run again).
     pub(crate) fn dispatch(&mut self, task: usize) -> bool {
-        let Some((applied, applied_bytes)) = self.applied(task) else { return false };
-        let args = self.resolved_args(task).unwrap_or_default();
-        let mut inputs = alloc::vec![self.graph.tasks[task].procedure];
-        inputs.extend(args.iter().copied());
-        inputs.retain(|h| !h.is_literal());
-        inputs.sort_unstable();
-        inputs.dedup();
+        if self.resolved_args(task).is_none() {
+            return false;
+        }
+        let inputs = self.inputs(task);
         // Never the node that made verification's first copy; not a node the task failed on
         // for the node's sake, unless no other can take it.
         let first_copy: Vec<NodeId> = self.first_result[task].map(|(n, _)| n).into_iter().collect();
@@ -205,6 +202,24 @@ impl Scheduler {
             }
             return false;
         };
+        self.ship(task, node, &inputs)
+    }
+
+    /// The objects a ready task reads that are not literals: its procedure and arguments,
+    /// sorted, each once.
+    pub(crate) fn inputs(&self, task: usize) -> Vec<Handle> {
+        let mut inputs = alloc::vec![self.graph.tasks[task].procedure];
+        inputs.extend(self.resolved_args(task).unwrap_or_default());
+        inputs.retain(|h| !h.is_literal());
+        inputs.sort_unstable();
+        inputs.dedup();
+        inputs
+    }
+
+    /// Sends a ready task to `node` with what it lacks of `inputs`: fetched from peers, or
+    /// uploaded. Whether anything changed (see `dispatch`).
+    pub(crate) fn ship(&mut self, task: usize, node: NodeId, inputs: &[Handle]) -> bool {
+        let Some((applied, applied_bytes)) = self.applied(task) else { return false };
         // Each missing input comes from the least loaded trusted holder, else from the driver.
         let mut fetches: BTreeMap<NodeId, Vec<Handle>> = BTreeMap::new();
         let mut uploads = Vec::new();

@@ -16,6 +16,7 @@ mod messages;
 mod place;
 mod scheduler;
 pub mod sim;
+mod tail;
 
 pub use graph::{Arg, Graph, GraphError, MAX_DEPTH, Task};
 pub use holders::Holders;

@@ -165,6 +165,14 @@ pub enum Event {
         node: NodeId,
         why: String,
     },
+    /// The driver took back `task`, sent to `from` and not started there, for `to`, a node
+    /// with nothing to do, having asked [`crate::Scheduler::movable`] (docs/SCHEDULER.md, "The
+    /// tail"). The task goes to `to`, or, if it no longer may, wherever placement says.
+    Moved {
+        from: NodeId,
+        task: usize,
+        to: NodeId,
+    },
     /// The node stopped answering.
     Lost {
         node: NodeId,

@@ -327,6 +327,7 @@ impl Scheduler {
                 self.report.bad_peers.push((node, why));
                 self.make_suspect(node);
             }
+            Event::Moved { from, task, to } => self.moved(from, task, to),
             Event::Lost { node, why } => self.lose(node, &why),
             Event::Stalled { why } => return self.fail(why),
         }
@@ -351,6 +352,7 @@ impl Scheduler {
             Event::BadPeer { node, task, peer, .. } | Event::FetchFailed { node, task, peer, .. } => {
                 *node < nodes && *task < tasks && *peer < nodes
             }
+            Event::Moved { from, task, to } => *from < nodes && *task < tasks && *to < nodes,
             Event::Stalled { .. } => true,
         }
     }

@@ -8,4 +8,5 @@ pub mod faults;
 pub mod handoff;
 pub mod hub;
 pub mod lifecycle;
+mod queue;
 pub mod run;

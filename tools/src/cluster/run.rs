@@ -5,7 +5,7 @@
 //! tasks go over another, from a thread of its own, so that nodes run at once.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
@@ -14,6 +14,7 @@ use cairn_proto::ErrorCode;
 use cairn_sched::{Action, Event, Graph, NodeId, Options, Order, Scheduler};
 
 use super::lifecycle::{API_PORT, NodeState};
+use super::queue::NodeQueue;
 use crate::client::{Client, Refused, TaskFailed, WrongObject};
 
 /// How long the host waits for any node to answer before it gives up.
@@ -41,21 +42,63 @@ struct Work {
 /// An event from a node's thread, with how long the node took to evaluate, if it did.
 type Timed = (Event, Option<u64>);
 
-fn worker(node: NodeId, address: String, orders: mpsc::Receiver<Work>, events: mpsc::Sender<Timed>) {
+fn worker(node: NodeId, address: String, orders: Arc<NodeQueue<Work>>, events: mpsc::Sender<Timed>) {
     let mut client = match Client::connect(&address) {
         Ok(c) => c,
         Err(e) => {
+            orders.gone();
             let _ = events.send((Event::Lost { node, why: format!("{e:#}") }, None));
             return;
         }
     };
-    for work in orders {
+    while let Some(work) = orders.take() {
         let timed = run_order(&mut client, node, &work);
         let lost = matches!(timed.0, Event::Lost { .. });
+        if lost {
+            orders.gone();
+        }
+        // Idle before the answer is seen: the coordinator may then give this node a task back.
+        orders.finished();
         if events.send(timed).is_err() || lost {
             return;
         }
     }
+}
+
+/// Closes every node's queue when the job is over, however it ends: their threads end.
+struct Queues(Vec<Arc<NodeQueue<Work>>>);
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        for queue in &self.0 {
+            queue.close();
+        }
+    }
+}
+
+/// A job's tail (docs/SCHEDULER.md, "The tail"): each node with nothing to do takes the last
+/// task of the longest queue that the scheduler lets move to it. Whether one moved.
+fn take_back_for_idle(queues: &Queues, scheduler: &mut Scheduler) -> bool {
+    let mut moved = false;
+    for to in 0..queues.0.len() {
+        if !queues.0[to].idle() {
+            continue;
+        }
+        let Some(from) = (0..queues.0.len())
+            .filter(|&n| n != to)
+            .map(|n| (queues.0[n].waiting(), n))
+            .filter(|(waiting, _)| *waiting > 0)
+            .max()
+            .map(|(_, n)| n)
+        else {
+            break; // nothing waits anywhere
+        };
+        if let Some(work) = queues.0[from].take_back(|w| scheduler.movable(w.order.task, from, to)) {
+            scheduler.handle(Event::Moved { from, task: work.order.task, to });
+            moved = true;
+        }
+    }
+    moved
 }
 
 fn run_order(client: &mut Client, node: NodeId, work: &Work) -> Timed {
@@ -193,13 +236,11 @@ pub fn run(
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
     let (events_tx, events) = mpsc::channel();
-    let mut orders = Vec::new();
+    let orders = Queues(nodes.iter().map(|_| Arc::new(NodeQueue::default())).collect());
     for (index, node) in nodes.iter().enumerate() {
-        let (tx, rx) = mpsc::channel();
         let events_tx = events_tx.clone();
-        let address = node.api.clone();
-        std::thread::spawn(move || worker(index, address, rx, events_tx));
-        orders.push(tx);
+        let (address, queue) = (node.api.clone(), orders.0[index].clone());
+        std::thread::spawn(move || worker(index, address, queue, events_tx));
     }
     let mut probes = Probes {
         clients: nodes.iter().map(|n| Client::connect(&n.api).ok()).collect(),
@@ -210,6 +251,7 @@ pub fn run(
     let mut scheduler = Scheduler::new(graph, own, nodes.len(), options);
     scheduler.start();
     let mut durations = cairn_sched::sim::Recorded::default();
+    let mut look_for_idle = false;
     loop {
         while let Some(action) = scheduler.next_action() {
             match action {
@@ -241,7 +283,7 @@ pub fn run(
                         .iter()
                         .map(|(peer, hs)| (*peer, nodes[*peer].cluster_ip, hs.clone()))
                         .collect();
-                    if orders[node].send(Work { order, uploads, fetches }).is_err() {
+                    if !orders.0[node].push(Work { order, uploads, fetches }) {
                         scheduler.handle(Event::Lost { node, why: "its worker stopped".into() });
                     }
                 }
@@ -251,6 +293,10 @@ pub fn run(
                 }
             }
         }
+        // Once the answer's actions are out: a node that has just been given work is not idle.
+        if std::mem::take(&mut look_for_idle) && take_back_for_idle(&orders, &mut scheduler) {
+            continue;
+        }
         match events.recv_timeout(PATIENCE) {
             Ok((event, micros)) => {
                 if let (Event::Done { task, ran: true, .. }, Some(micros)) = (&event, micros)
@@ -259,7 +305,8 @@ pub fn run(
                     let leaf = t.args.iter().all(|a| matches!(a, cairn_sched::Arg::Value(_)));
                     if leaf { &mut durations.leaf_us } else { &mut durations.inner_us }.push(micros);
                 }
-                scheduler.handle(event)
+                scheduler.handle(event);
+                look_for_idle = true;
             }
             Err(_) => scheduler
                 .handle(Event::Stalled { why: format!("no node answered for {} s", PATIENCE.as_secs()) }),

@@ -109,6 +109,9 @@ struct Runner {
     link: Option<Link>,
     queue: VecDeque<Order>,
     running: Option<Running>,
+    /// A direct task sent behind the running one, its PUT and EVAL already on the wire: the
+    /// peer answers in order, and starts it as soon as the running one ends.
+    behind: Option<Running>,
     /// When the link last finished a task.
     idle_since: u64,
 }
@@ -276,6 +279,7 @@ impl Coordination {
             }
         }
         moved |= self.run_local(cluster, others, ev, evaluations);
+        moved |= self.take_back_for_idle();
         if let Some((node, handle)) = self.result_from.take() {
             // Once a job: waiting on the peer (serving others meanwhile) is simplest.
             let from = (self.addresses[node], super::api::PORT);
@@ -517,35 +521,22 @@ impl Coordination {
             let runner = &mut self.runners[node];
             let link = Self::link(&mut runner.link, runner.idle_since, cluster, to)?;
             link.renew(0);
-            let mut wanted: Vec<Handle> = order.uploads.clone();
-            wanted.push(order.applied);
-            let mut fetches = Vec::new();
-            for (peer, handles) in &order.fetches {
-                for batch in handles.chunks(BATCH) {
-                    fetches.push((*peer, batch.to_vec()));
-                }
-            }
-            let direct = order.uploads.is_empty() && order.fetches.is_empty() && !order.applied.is_literal();
-            let (stage, putting) = if direct {
-                // The thunk is small: put it whether or not the peer has it, and ask at once.
-                let sent = put(link, request, order.applied, &order.applied_bytes);
-                link.renew(eval_us);
-                let handle = order.applied;
-                link.queue_message(
-                    request,
-                    if order.fresh { Message::EvalFresh { handle } } else { Message::Eval { handle } },
-                );
-                (Stage::Direct { stored: false }, sent)
-            } else {
-                let left = wanted.len().div_ceil(BATCH);
-                for batch in wanted.chunks(BATCH) {
-                    link.queue_message(request, Message::Have { handles: batch.to_vec() });
-                }
-                (Stage::Have { left, missing: Vec::new() }, 0)
-            };
-            wanted.sort_unstable();
-            runner.running =
-                Some(Running { order, stage, fetches, moved: 0, uploaded: 0, putting, request, wanted });
+            runner.running = Some(start(link, request, order, eval_us));
+        } else if self.runners[node].behind.is_none()
+            && self.runners[node]
+                .running
+                .as_ref()
+                .is_some_and(|r| matches!(r.stage, Stage::Eval | Stage::Direct { .. }))
+            && self.runners[node].queue.front().is_some_and(is_direct)
+        {
+            // The running task's EVAL is out: the next one goes behind it, so that the peer
+            // starts it the moment the first ends, without waiting a round trip through this
+            // node's loop. Only a direct one (PUT and EVAL, nothing to fetch or ask first).
+            let request = self.request_id();
+            let runner = &mut self.runners[node];
+            let order = runner.queue.pop_front().expect("looked at above");
+            let link = runner.link.as_mut().expect("a task is running on it");
+            runner.behind = Some(start(link, request, order, eval_us));
         }
         let runner = &mut self.runners[node];
         let link = runner.link.as_mut().expect("a task is running on it");
@@ -621,7 +612,11 @@ impl Coordination {
                 (_, other) => return Err(format!("{} answered {} out of turn", link.peer, describe(&other))),
             };
             if let Some(event) = event {
-                runner.running = None;
+                // The task behind it (if any) is the peer's now: a fresh allowance for it.
+                runner.running = runner.behind.take();
+                if runner.running.is_some() {
+                    link.renew(eval_us);
+                }
                 runner.idle_since = now;
                 self.events.push_back(event);
                 break;
@@ -727,6 +722,41 @@ impl Coordination {
         true
     }
 
+    /// A job's tail (docs/SCHEDULER.md, "The tail"): each node with nothing to do takes the
+    /// last task of the longest queue of tasks not yet started, where the scheduler agrees
+    /// (the move costs no more input bytes than placement accepts). Whether one moved.
+    fn take_back_for_idle(&mut self) -> bool {
+        let nodes = self.addresses.len();
+        let mut moved = false;
+        for to in 0..nodes {
+            let idle = match to {
+                0 => self.local_running.is_none() && self.local_queue.is_empty(),
+                _ => self.runners[to].running.is_none() && self.runners[to].queue.is_empty(),
+            };
+            if !idle || self.lost[to] {
+                continue;
+            }
+            let waiting = |c: &Self, n: NodeId| match n {
+                0 => c.local_queue.len(),
+                _ => c.runners[n].queue.len(),
+            };
+            let Some(from) = (0..nodes)
+                .filter(|&n| n != to && !self.lost[n] && waiting(self, n) > 0)
+                .max_by_key(|&n| (waiting(self, n), n))
+            else {
+                return moved; // nothing waits anywhere
+            };
+            let queue = if from == 0 { &mut self.local_queue } else { &mut self.runners[from].queue };
+            let Some(at) = queue.iter().rposition(|o| self.scheduler.movable(o.task, from, to)) else {
+                continue;
+            };
+            let Some(order) = queue.remove(at) else { continue };
+            self.events.push_back(Event::Moved { from, task: order.task, to });
+            moved = true;
+        }
+        moved
+    }
+
     fn lose(&mut self, node: NodeId, why: String, cluster: &mut Network) {
         self.lost[node] = true;
         for link in [self.quick[node].link.take(), self.runners[node].link.take()].into_iter().flatten() {
@@ -806,6 +836,43 @@ impl Coordination {
         }
         Message::Coordinated { result, report: text }
     }
+}
+
+/// Whether a task needs nothing on its peer but its applied thunk: no uploads, no fetches.
+fn is_direct(order: &Order) -> bool {
+    order.uploads.is_empty() && order.fetches.is_empty() && !order.applied.is_literal()
+}
+
+/// Sends a task's first requests to its peer: a direct one's PUT and EVAL at once (one round
+/// trip instead of three), any other's HAVE of what it needs.
+fn start(link: &mut Link, request: u32, order: Order, eval_us: u64) -> Running {
+    let mut wanted: Vec<Handle> = order.uploads.clone();
+    wanted.push(order.applied);
+    let mut fetches = Vec::new();
+    for (peer, handles) in &order.fetches {
+        for batch in handles.chunks(BATCH) {
+            fetches.push((*peer, batch.to_vec()));
+        }
+    }
+    let (stage, putting) = if is_direct(&order) {
+        // The thunk is small: put it whether or not the peer has it, and ask at once.
+        let sent = put(link, request, order.applied, &order.applied_bytes);
+        link.renew(eval_us);
+        let handle = order.applied;
+        link.queue_message(
+            request,
+            if order.fresh { Message::EvalFresh { handle } } else { Message::Eval { handle } },
+        );
+        (Stage::Direct { stored: false }, sent)
+    } else {
+        let left = wanted.len().div_ceil(BATCH);
+        for batch in wanted.chunks(BATCH) {
+            link.queue_message(request, Message::Have { handles: batch.to_vec() });
+        }
+        (Stage::Have { left, missing: Vec::new() }, 0)
+    };
+    wanted.sort_unstable();
+    Running { order, stage, fetches, moved: 0, uploaded: 0, putting, request, wanted }
 }
 
 /// Puts an object on a peer: whole, or in chunks. Returns its length.

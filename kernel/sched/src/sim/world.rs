@@ -242,6 +242,7 @@ impl<'a> World<'a> {
             Event::ResultWrong { node, .. } => (9, *node, 0, 0, None),
             Event::Lost { node, .. } => (10, *node, 0, 0, None),
             Event::Stalled { .. } => (11, 0, 0, 0, None),
+            Event::Moved { from, task, to } => (12, *from, *task, *to, None),
         };
         self.trace.update(&[tag]);
         for n in [node, task, peer] {

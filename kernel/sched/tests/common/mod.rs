@@ -160,7 +160,7 @@ impl Cluster {
         panic!("the job never ended");
     }
 
-    fn answer(&mut self, action: &Action, job: &Job) -> Event {
+    pub fn answer(&mut self, action: &Action, job: &Job) -> Event {
         let node = match action {
             Action::AskMissing { node, .. }
             | Action::Upload { node, .. }
@@ -199,7 +199,7 @@ impl Cluster {
         }
     }
 
-    fn run_task(&mut self, node: NodeId, order: &cairn_sched::Order, job: &Job) -> Event {
+    pub fn run_task(&mut self, node: NodeId, order: &cairn_sched::Order, job: &Job) -> Event {
         let task = order.task;
         if self.nodes[node].dead || self.nodes[node].dies_after == Some(self.nodes[node].ran.len()) {
             self.nodes[node].dead = true;
