@@ -92,15 +92,31 @@ const MAX_PLAN_BYTES: u64 = 1 << 20;
 pub struct Watch {
     /// The file's bytes when last asked (none: no file, or one that could not be read).
     seen: Option<Vec<u8>>,
+    /// Its modification time and length when last read (none: no file).
+    stamp: Option<(Option<std::time::SystemTime>, u64)>,
+    read_once: bool,
 }
 
 impl Watch {
     /// A changed plan, or why the file could not be used (once per change). Told by the bytes,
     /// not the file's time and length: the time has the kernel's coarse clock, and two plans of
     /// one length written within a tick (events at one time) left the second unseen.
+    ///
+    /// The daemon asks every turn of its loop (about every 10 ms a node) and the file changes a
+    /// few times an experiment: the bytes are read only when the time or length differ from the
+    /// last read, or the time is within a second (a second write within the clock's tick).
     pub fn changed(&mut self, state_path: &Path) -> Option<anyhow::Result<Plan>> {
         use std::io::Read;
         let path = path(state_path);
+        let meta = std::fs::metadata(&path).ok();
+        let modified = meta.as_ref().and_then(|m| m.modified().ok());
+        let stamp = meta.map(|m| (modified, m.len()));
+        let settled =
+            modified.is_some_and(|t| t.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(1)));
+        if self.read_once && stamp == self.stamp && (settled || stamp.is_none()) {
+            return None;
+        }
+        (self.read_once, self.stamp) = (true, stamp);
         let bytes = std::fs::File::open(&path).ok().and_then(|file| {
             let mut bytes = Vec::new();
             file.take(MAX_PLAN_BYTES + 1).read_to_end(&mut bytes).ok().map(|_| bytes)
@@ -156,6 +172,26 @@ mod tests {
             write(&state, 3, &b).unwrap();
             assert_eq!(watch.changed(&state).map(|p| p.unwrap()), Some(b), "round {i}");
         }
+    }
+
+    #[test]
+    fn a_settled_plan_is_not_read_again_and_its_next_change_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("c.json");
+        let mut watch = Watch::default();
+        assert!(watch.changed(&state).is_none(), "no file, as at the start: no change");
+        let a = Plan { down: vec![1], ..Plan::default() };
+        write(&state, 3, &a).unwrap();
+        assert_eq!(watch.changed(&state).unwrap().unwrap(), a);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert!(watch.changed(&state).is_none(), "settled and unchanged");
+        // Bytes changed behind an unchanged stamp would not be seen: the stamp is what is
+        // watched once settled. A real write moves the time on.
+        let b = Plan { down: vec![2], ..Plan::default() };
+        write(&state, 3, &b).unwrap();
+        assert_eq!(watch.changed(&state).map(|p| p.unwrap()), Some(b));
+        clear(&state);
+        assert_eq!(watch.changed(&state).unwrap().unwrap(), Plan::default(), "removed: no faults");
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub fn serve(socket: UdpSocket, nodes: Vec<SocketAddr>, control: std::sync::Arc<
     let (mut seen, mut faulty) = (0u64, false);
     let mut held: BinaryHeap<Reverse<Held>> = BinaryHeap::new();
     let (mut held_bytes, mut sequence) = (0usize, 0u64);
+    let mut timeout = None;
     loop {
         let now = started.elapsed();
         while held.peek().is_some_and(|Reverse((at, ..))| *at <= now) {
@@ -79,7 +80,13 @@ pub fn serve(socket: UdpSocket, nodes: Vec<SocketAddr>, control: std::sync::Arc<
         }
         // Wake for the next held frame's time, or now and then to see it all through.
         let wait = held.peek().map_or(Duration::from_millis(100), |Reverse((at, ..))| at.saturating_sub(now));
-        let _ = socket.set_read_timeout(Some(wait.max(Duration::from_micros(100))));
+        let wait = wait.max(Duration::from_micros(100));
+        // Set only when it changes: with no faults it never does, and the data path (which
+        // shares the host's cores with the nodes) makes one system call a frame, not two.
+        if timeout != Some(wait) {
+            let _ = socket.set_read_timeout(Some(wait));
+            timeout = Some(wait);
+        }
         let Ok((len, from)) = socket.recv_from(&mut frame) else { continue };
         // Only the cluster's own nodes are on this wire.
         let Some(from) = nodes.iter().position(|n| *n == from) else { continue };
