@@ -323,18 +323,32 @@ impl Client {
         let missing: std::collections::HashSet<Handle> =
             self.missing(&objects.iter().map(|(h, _)| *h).collect::<Vec<_>>())?.into_iter().collect();
         let mut unanswered = std::collections::VecDeque::new();
-        for (handle, bytes) in objects.iter().filter(|(h, _)| missing.contains(h)) {
-            if bytes.len() > PIPELINED_PUT_BYTES {
-                self.stored(&mut unanswered, 0)?;
-                self.put(*handle, bytes, |_| {})?;
-                continue;
+        let mut upload = || {
+            for (handle, bytes) in objects.iter().filter(|(h, _)| missing.contains(h)) {
+                if bytes.len() > PIPELINED_PUT_BYTES {
+                    self.stored(&mut unanswered, 0)?;
+                    self.put(*handle, bytes, |_| {})?;
+                    continue;
+                }
+                let request = self.next_id();
+                self.send(request, Message::Put { handle: *handle, bytes: bytes.clone() })?;
+                unanswered.push_back((request, *handle));
+                self.stored(&mut unanswered, PIPELINED_PUTS - 1)?;
             }
-            let request = self.next_id();
-            self.send(request, Message::Put { handle: *handle, bytes: bytes.clone() })?;
-            unanswered.push_back((request, *handle));
-            self.stored(&mut unanswered, PIPELINED_PUTS - 1)?;
+            self.stored(&mut unanswered, 0)
+        };
+        if let Err(e) = upload() {
+            // One PUT refused (a full store, say): the answers to those sent after it are read
+            // and let go, so that the connection's next request gets its own answer.
+            while let Some((request, _)) = unanswered.pop_front() {
+                if let Err(broken) = self.receive(request)
+                    && !broken.is::<Refused>()
+                {
+                    break; // the connection itself failed: nothing more will come
+                }
+            }
+            return Err(e);
         }
-        self.stored(&mut unanswered, 0)?;
         Ok(missing.len())
     }
 
@@ -739,5 +753,33 @@ mod tests {
         assert!(in_order_among(&[a, a], &[a, b, a]));
         assert!(!in_order_among(&[c, a], &[a, b, c]));
         assert!(!in_order_among(&[a, a], &[a, b]));
+    }
+
+    /// A node that refuses the third of 20 pipelined PUTs (a full store) and stores the rest:
+    /// `upload_missing` says why, and the connection's next request gets its own answer, not
+    /// one of the PUTs' sent after the refused one.
+    #[test]
+    fn a_put_refused_mid_pipeline_is_named_and_leaves_the_client_in_step() {
+        let address = fake_node(|frame| match frame.message.clone() {
+            Message::Have { handles } => reply(&frame, Message::Missing { handles }),
+            Message::Put { handle, bytes } if bytes[0] == 2 => reply(
+                &frame,
+                Message::Error { code: ErrorCode::StoreFull, message: format!("store full for {handle}") },
+            ),
+            Message::Put { handle, .. } => reply(&frame, Message::Stored { handle }),
+            _ => reply(&frame, Message::Error { code: ErrorCode::Unexpected, message: "?".into() }),
+        });
+        let mut client = Client::connect(&address).unwrap();
+        let objects: Vec<(Handle, Vec<u8>)> = (0..20u8)
+            .map(|i| {
+                let bytes = vec![i; 100];
+                (Handle::blob(&bytes), bytes)
+            })
+            .collect();
+        let e = client.upload_missing(&objects).unwrap_err();
+        assert!(format!("{e:#}").contains("store full"), "{e:#}");
+        // The same client, asked anything more, reads the answers to the PUTs sent after it.
+        let next = client.missing(&[objects[0].0]);
+        assert_eq!(next.unwrap(), [objects[0].0], "the client is in step");
     }
 }

@@ -51,7 +51,7 @@ impl<W> NodeQueue<W> {
     pub fn take(&self) -> Option<W> {
         let mut state = self.lock();
         loop {
-            if state.closed {
+            if state.closed || state.gone {
                 return None;
             }
             if let Some(work) = state.waiting.pop_front() {
@@ -67,9 +67,13 @@ impl<W> NodeQueue<W> {
         self.lock().running = false;
     }
 
-    /// The thread ends: whatever waits stays unrun (its node is lost).
+    /// The node is lost (its thread ended, or the coordinator lost it): whatever waits is
+    /// dropped (the scheduler places it again), and nothing more is taken.
     pub fn gone(&self) {
-        self.lock().gone = true;
+        let mut state = self.lock();
+        state.gone = true;
+        state.waiting.clear();
+        self.changed.notify_all();
     }
 
     pub fn close(&self) {
@@ -87,10 +91,12 @@ impl<W> NodeQueue<W> {
         self.lock().waiting.len()
     }
 
-    /// Takes back the last waiting task that `may_move` allows, if any.
-    pub fn take_back(&self, may_move: impl Fn(&W) -> bool) -> Option<W> {
+    /// Takes back the last of the `look` last waiting tasks that `may_move` allows, if any
+    /// (not the whole queue: one whose tasks may not move would be scanned at every answer).
+    pub fn take_back(&self, look: usize, may_move: impl Fn(&W) -> bool) -> Option<W> {
         let mut state = self.lock();
-        let at = state.waiting.iter().rposition(may_move)?;
+        let len = state.waiting.len();
+        let at = (len.saturating_sub(look)..len).rev().find(|&i| may_move(&state.waiting[i]))?;
         state.waiting.remove(at)
     }
 }
@@ -105,8 +111,8 @@ mod tests {
         assert!(queue.push(1) && queue.push(2) && queue.push(3));
         assert_eq!(queue.take(), Some(1), "the front is the thread's");
         assert!(!queue.idle());
-        assert_eq!(queue.take_back(|w| *w != 3), Some(2), "the last movable one");
-        assert_eq!(queue.take_back(|w| *w == 1), None, "the running one is not waiting");
+        assert_eq!(queue.take_back(8, |w| *w != 3), Some(2), "the last movable one");
+        assert_eq!(queue.take_back(8, |w| *w == 1), None, "the running one is not waiting");
         assert_eq!(queue.waiting(), 1);
         queue.finished();
         assert_eq!(queue.take(), Some(3));
@@ -115,6 +121,19 @@ mod tests {
         queue.gone();
         assert!(!queue.push(4), "nobody would run it");
         assert!(!queue.idle(), "a thread that ended takes nothing");
+    }
+
+    #[test]
+    fn a_lost_nodes_queue_holds_nothing_and_only_the_tail_is_looked_at() {
+        let queue = NodeQueue::default();
+        for w in 0..10 {
+            queue.push(w);
+        }
+        assert_eq!(queue.take_back(3, |w| *w < 5), None, "only 7, 8 and 9 are looked at");
+        assert_eq!(queue.take_back(3, |w| *w == 8), Some(8));
+        queue.gone();
+        assert_eq!(queue.waiting(), 0, "dropped: the scheduler places them again");
+        assert_eq!(queue.take(), None, "its thread takes nothing more");
     }
 
     #[test]

@@ -43,6 +43,18 @@ struct Work {
 type Timed = (Event, Option<u64>);
 
 fn worker(node: NodeId, address: String, orders: Arc<NodeQueue<Work>>, events: mpsc::Sender<Timed>) {
+    // Should the thread panic, its node is lost rather than its task waited on for ever.
+    struct Panicked(NodeId, Arc<NodeQueue<Work>>, mpsc::Sender<Timed>);
+    impl Drop for Panicked {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                self.1.gone();
+                self.1.finished();
+                let _ = self.2.send((Event::Lost { node: self.0, why: "its thread panicked".into() }, None));
+            }
+        }
+    }
+    let _panicked = Panicked(node, orders.clone(), events.clone());
     let mut client = match Client::connect(&address) {
         Ok(c) => c,
         Err(e) => {
@@ -68,6 +80,18 @@ fn worker(node: NodeId, address: String, orders: Arc<NodeQueue<Work>>, events: m
 /// Closes every node's queue when the job is over, however it ends: their threads end.
 struct Queues(Vec<Arc<NodeQueue<Work>>>);
 
+impl Queues {
+    /// A node the scheduler is told is lost takes nothing more: what waits for it is placed
+    /// again, and its queue no longer counts for the tail.
+    fn lost(&self, event: &Event) {
+        if let Event::Lost { node, .. } = event
+            && let Some(queue) = self.0.get(*node)
+        {
+            queue.gone();
+        }
+    }
+}
+
 impl Drop for Queues {
     fn drop(&mut self) {
         for queue in &self.0 {
@@ -84,22 +108,26 @@ fn take_back_for_idle(queues: &Queues, scheduler: &mut Scheduler) -> bool {
         if !queues.0[to].idle() {
             continue;
         }
-        let Some(from) = (0..queues.0.len())
+        let mut donors: Vec<(usize, NodeId)> = (0..queues.0.len())
             .filter(|&n| n != to)
             .map(|n| (queues.0[n].waiting(), n))
             .filter(|(waiting, _)| *waiting > 0)
-            .max()
-            .map(|(_, n)| n)
-        else {
-            break; // nothing waits anywhere
-        };
-        if let Some(work) = queues.0[from].take_back(|w| scheduler.movable(w.order.task, from, to)) {
-            scheduler.handle(Event::Moved { from, task: work.order.task, to });
-            moved = true;
+            .collect();
+        donors.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, from) in donors {
+            let may_move = |w: &Work| scheduler.movable(w.order.task, from, to);
+            if let Some(work) = queues.0[from].take_back(TAIL_LOOK, may_move) {
+                scheduler.handle(Event::Moved { from, task: work.order.task, to });
+                moved = true;
+                break;
+            }
         }
     }
     moved
 }
+
+/// How many of a queue's last tasks an idle node may take back.
+const TAIL_LOOK: usize = 4;
 
 fn run_order(client: &mut Client, node: NodeId, work: &Work) -> Timed {
     let event = order_event(client, node, work);
@@ -289,6 +317,7 @@ pub fn run(
                 }
                 request => {
                     let answer = probes.ask(&request)?;
+                    orders.lost(&answer);
                     scheduler.handle(answer);
                 }
             }
@@ -305,11 +334,97 @@ pub fn run(
                     let leaf = t.args.iter().all(|a| matches!(a, cairn_sched::Arg::Value(_)));
                     if leaf { &mut durations.leaf_us } else { &mut durations.inner_us }.push(micros);
                 }
+                orders.lost(&event);
                 scheduler.handle(event);
                 look_for_idle = true;
             }
             Err(_) => scheduler
                 .handle(Event::Stalled { why: format!("no node answered for {} s", PATIENCE.as_secs()) }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tail_tests {
+    //! The host's take-back with a node lost.
+    use std::collections::{BTreeSet, HashMap};
+
+    use cairn_object::{Handle, Kind, Limits};
+    use cairn_sched::{Action, Event, Graph, Options, Placement, Scheduler};
+
+    use super::*;
+
+    /// A root over `width` map tasks, each over a small blob: (graph, objects).
+    fn job(width: usize) -> (Graph, HashMap<Handle, Vec<u8>>) {
+        let mut objects = HashMap::new();
+        let procedure = Handle::blob(&[7u8; 100]);
+        objects.insert(procedure, vec![7u8; 100]);
+        let mut maps = Vec::new();
+        for i in 0..width {
+            let bytes = vec![i as u8; 1000];
+            let blob = Handle::blob(&bytes);
+            objects.insert(blob, bytes);
+            let t = cairn_object::thunk::encode(Limits::new(1 << 20).unwrap(), procedure, &[blob]).unwrap();
+            let h = cairn_object::store::name(Kind::Thunk, &t).unwrap();
+            objects.insert(h, t);
+            maps.push(h);
+        }
+        let t = cairn_object::thunk::encode(Limits::new(1 << 20).unwrap(), procedure, &maps).unwrap();
+        let root = cairn_object::store::name(Kind::Thunk, &t).unwrap();
+        objects.insert(root, t);
+        let graph = Graph::build(root, usize::MAX, |h| objects.get(h).cloned()).unwrap();
+        (graph, objects)
+    }
+
+    /// Carries out the scheduler's quick actions as nodes that hold everything and remember
+    /// nothing; Run orders go to the queues, as `run` does.
+    fn pump(s: &mut Scheduler, queues: &Queues) {
+        while let Some(action) = s.next_action() {
+            match action {
+                Action::AskMissing { node, .. } => s.handle(Event::Missing { node, missing: vec![] }),
+                Action::Recall { node, .. } => s.handle(Event::Recalled { node, entries: vec![] }),
+                Action::Run { node, order } => {
+                    if !queues.0[node].push(Work { order, uploads: vec![], fetches: vec![] }) {
+                        s.handle(Event::Lost { node, why: "its worker stopped".into() });
+                    }
+                }
+                Action::Progress(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_lost_nodes_queue_is_dropped_and_the_tail_moves_from_a_live_one() {
+        let (graph, objects) = job(12);
+        let own: BTreeSet<Handle> = objects.keys().copied().collect();
+        let options =
+            Options { placement: Placement::Locality, verify: false, spread: false, recall: true, seed: 1 };
+        let mut s = Scheduler::new(graph, own, 3, options);
+        let queues = Queues((0..3).map(|_| Arc::new(NodeQueue::default())).collect());
+        s.start();
+        pump(&mut s, &queues);
+        let lens: Vec<usize> = queues.0.iter().map(|q| q.waiting()).collect();
+        assert_eq!(lens, vec![4, 4, 4], "round robin");
+        // Node 2 is lost with one task running and three waiting: they are dropped, and with
+        // its running one placed again on nodes 0 and 1.
+        queues.0[2].take().unwrap();
+        let lost = Event::Lost { node: 2, why: "reset".into() };
+        queues.lost(&lost);
+        s.handle(lost);
+        pump(&mut s, &queues);
+        assert_eq!(queues.0[2].waiting(), 0, "dropped");
+        assert_eq!(queues.0[0].waiting() + queues.0[1].waiting(), 12, "placed again");
+        // Node 1's thread runs all of its; node 0's has not started one.
+        while queues.0[1].waiting() > 0 {
+            let work = queues.0[1].take().unwrap();
+            queues.0[1].finished();
+            let _ = work;
+        }
+        assert!(queues.0[1].idle());
+        let before = queues.0[0].waiting();
+        assert!(take_back_for_idle(&queues, &mut s), "idle node 1 takes from node 0");
+        pump(&mut s, &queues);
+        assert_eq!((queues.0[0].waiting(), queues.0[1].waiting()), (before - 1, 1));
     }
 }

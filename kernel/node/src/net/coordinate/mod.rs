@@ -45,6 +45,8 @@ const REOPEN_AFTER_US: u64 = 900_000;
 /// HAVE of nothing this often, which a busy node answers: a peer that stops answering is lost
 /// within a link's stall time.
 const HEARTBEAT_US: u64 = 2_000_000;
+/// How many of a queue's last tasks an idle node may take back (see `take_back_for_idle`).
+const TAIL_LOOK: usize = 4;
 /// Handles one HAVE or FETCH frame holds, with room to spare.
 const BATCH: usize = (MAX_FRAME - 64) / Handle::LEN;
 
@@ -77,6 +79,9 @@ pub struct Coordination {
     /// An object of the job this node had at the start and lost since (evicted): the job
     /// fails for lack of it, as for one the scheduler finds no holder of.
     lacking: Option<Handle>,
+    /// Per idle node, the queues' tails (each queue's last task) it last found nothing to take
+    /// back from.
+    futile_tails: Vec<Option<Vec<(NodeId, usize)>>>,
 }
 
 fn placement(code: u8) -> Placement {
@@ -159,6 +164,7 @@ impl Coordination {
             began_us: clock::micros_since_boot(),
             next_request: 1,
             lacking: None,
+            futile_tails: alloc::vec![None; nodes],
         })
     }
 
@@ -171,7 +177,7 @@ impl Coordination {
         ev: &mut NodeEvaluator,
         evaluations: &mut Evaluations,
     ) -> (bool, Option<Message>) {
-        let mut moved = false;
+        let (mut moved, mut handled) = (false, false);
         if !self.opened_ahead {
             // Each peer's task link is opened now, so that its handshake overlaps the probing
             // and the memo round rather than follow them.
@@ -194,6 +200,7 @@ impl Coordination {
             }
             let Some(event) = self.events.pop_front() else { break };
             moved = true;
+            handled = true;
             self.scheduler.handle(event);
         }
         for node in 1..self.addresses.len() {
@@ -211,7 +218,10 @@ impl Coordination {
             }
         }
         moved |= self.run_local(cluster, others, ev, evaluations);
-        moved |= self.take_back_for_idle();
+        // Only after answers: queues and idle nodes change with them, and nothing else.
+        if handled {
+            moved |= self.take_back_for_idle();
+        }
         if let Some((node, handle)) = self.result_from.take() {
             // Once a job: waiting on the peer (serving others meanwhile) is simplest.
             let from = (self.addresses[node], super::api::PORT);
@@ -397,8 +407,11 @@ impl Coordination {
     }
 
     /// A job's tail (docs/SCHEDULER.md, "The tail"): each node with nothing to do takes the
-    /// last task of the longest queue of tasks not yet started, where the scheduler agrees
-    /// (the move costs no more input bytes than placement accepts). Whether one moved.
+    /// last task of the longest queue of tasks not yet started that the scheduler lets it
+    /// have (the move costs no more input bytes than placement accepts). Only the last
+    /// [`TAIL_LOOK`] of each queue are looked at, longest queue first: a queue whose tasks may
+    /// not move (their data is where they are) is not scanned whole at every event. Whether
+    /// one moved.
     fn take_back_for_idle(&mut self) -> bool {
         let nodes = self.addresses.len();
         let mut moved = false;
@@ -410,25 +423,43 @@ impl Coordination {
             if !idle || self.lost[to] {
                 continue;
             }
-            let waiting = |c: &Self, n: NodeId| match n {
-                0 => c.local_queue.len(),
-                _ => c.runners[n].queue.len(),
-            };
-            let Some(from) = (0..nodes)
-                .filter(|&n| n != to && !self.lost[n] && waiting(self, n) > 0)
-                .max_by_key(|&n| (waiting(self, n), n))
-            else {
-                return moved; // nothing waits anywhere
-            };
-            let queue = if from == 0 { &mut self.local_queue } else { &mut self.runners[from].queue };
-            let Some(at) = queue.iter().rposition(|o| self.scheduler.movable(o.task, from, to)) else {
+            let mut donors: Vec<(usize, NodeId)> = (0..nodes)
+                .filter(|&n| n != to && !self.lost[n])
+                .map(|n| (self.waiting(n).len(), n))
+                .filter(|(waiting, _)| *waiting > 0)
+                .collect();
+            donors.sort_unstable_by(|a, b| b.cmp(a));
+            // Tails looked at in vain are not looked at again until one changes (a task queued
+            // at its back, or taken from it): a node whose tasks may not move would otherwise
+            // be asked about at every answer while its queue drains from the front.
+            let tails: Vec<(NodeId, usize)> =
+                donors.iter().filter_map(|&(_, n)| Some((n, self.waiting(n).back()?.task))).collect();
+            if self.futile_tails[to].as_ref() == Some(&tails) {
+                continue;
+            }
+            let found = donors.into_iter().find_map(|(_, from)| {
+                let waiting = self.waiting(from);
+                let at = (waiting.len().saturating_sub(TAIL_LOOK)..waiting.len())
+                    .rev()
+                    .find(|&i| self.scheduler.movable(waiting[i].task, from, to))?;
+                Some((from, at))
+            });
+            let Some((from, at)) = found else {
+                self.futile_tails[to] = Some(tails);
                 continue;
             };
-            let Some(order) = queue.remove(at) else { continue };
+            self.futile_tails[to] = None;
+            let waiting = if from == 0 { &mut self.local_queue } else { &mut self.runners[from].queue };
+            let Some(order) = waiting.remove(at) else { continue };
             self.events.push_back(Event::Moved { from, task: order.task, to });
             moved = true;
         }
         moved
+    }
+
+    /// A node's tasks not yet started: this node's own, or those queued for a peer.
+    fn waiting(&self, node: NodeId) -> &VecDeque<Order> {
+        if node == 0 { &self.local_queue } else { &self.runners[node].queue }
     }
 
     fn lose(&mut self, node: NodeId, why: String, cluster: &mut Network) {
