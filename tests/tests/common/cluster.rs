@@ -44,6 +44,13 @@ pub enum Turn {
     Alone(#[allow(dead_code, reason = "held for its lifetime")] RwLockWriteGuard<'static, ()>),
 }
 
+/// The machine to itself, for a test whose events are timed against its job (a kill at 0.8 s
+/// must land mid-job, not before a job slowed by another test's cluster has reached the node).
+#[allow(dead_code, reason = "not every test binary times its events")]
+pub fn turn_alone() -> Turn {
+    Turn::Alone(TURNS.write().unwrap_or_else(|e| e.into_inner()))
+}
+
 /// A turn on the machine for `nodes` nodes that a test brings up otherwise (`cairn experiment`).
 pub fn turn(nodes: usize) -> Turn {
     // A test that panicked while holding its turn leaves the lock poisoned, not taken.
