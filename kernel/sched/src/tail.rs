@@ -2,7 +2,8 @@
 //! so near the end one node may still have tasks waiting in its driver's queue while another
 //! has nothing left to do. The driver may take back a task it has not started and ask for it
 //! to go to the idle node instead; the scheduler agrees only when the move costs no more input
-//! bytes than placement would have accepted, so a job's bytes moved do not grow.
+//! bytes than placement would have accepted: with locality, a job's bytes moved grow by at
+//! most the tie band (64 KiB) a move, and a task whose data is where it was sent stays.
 
 use crate::NodeId;
 use crate::place::{Placement, SMALL_INPUTS};
