@@ -1,5 +1,5 @@
-//! A peer's link for tasks: its inputs, its fetches from other peers, its evaluation; a direct
-//! task sent behind the running one.
+//! A peer's link for tasks, one at a time: its inputs, its fetches from other peers, its
+//! evaluation.
 
 use super::*;
 
@@ -46,9 +46,6 @@ pub(super) struct Runner {
     pub(super) link: Option<Link>,
     pub(super) queue: VecDeque<Order>,
     pub(super) running: Option<Running>,
-    /// A direct task sent behind the running one, its PUT and EVAL already on the wire: the
-    /// peer answers in order, and starts it as soon as the running one ends.
-    pub(super) behind: Option<Running>,
     /// When the link last finished a task.
     pub(super) idle_since: u64,
 }
@@ -78,21 +75,6 @@ impl Coordination {
             let link = Self::link(&mut runner.link, runner.idle_since, cluster, to)?;
             link.renew(0);
             runner.running = Some(start(link, request, order, eval_us));
-        } else if self.runners[node].behind.is_none()
-            && self.runners[node]
-                .running
-                .as_ref()
-                .is_some_and(|r| matches!(r.stage, Stage::Eval | Stage::Direct { .. }))
-            && self.runners[node].queue.front().is_some_and(is_direct)
-        {
-            // The running task's EVAL is out: the next one goes behind it, so that the peer
-            // starts it the moment the first ends, without waiting a round trip through this
-            // node's loop. Only a direct one (PUT and EVAL, nothing to fetch or ask first).
-            let request = self.request_id();
-            let runner = &mut self.runners[node];
-            let order = runner.queue.pop_front().expect("looked at above");
-            let link = runner.link.as_mut().expect("a task is running on it");
-            runner.behind = Some(start(link, request, order, eval_us));
         }
         let runner = &mut self.runners[node];
         let link = runner.link.as_mut().expect("a task is running on it");
@@ -168,11 +150,7 @@ impl Coordination {
                 (_, other) => return Err(format!("{} answered {} out of turn", link.peer, describe(&other))),
             };
             if let Some(event) = event {
-                // The task behind it (if any) is the peer's now: a fresh allowance for it.
-                runner.running = runner.behind.take();
-                if runner.running.is_some() {
-                    link.renew(eval_us);
-                }
+                runner.running = None;
                 runner.idle_since = now;
                 self.events.push_back(event);
                 break;
