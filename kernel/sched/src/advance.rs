@@ -178,7 +178,8 @@ impl Scheduler {
     /// Places and ships a ready task; whether anything changed (sent, or a lost input's
     /// producer set to run again).
     pub(crate) fn dispatch(&mut self, task: usize) -> bool {
-        if self.resolved_args(task).is_none() {
+        // (Its arguments all have values: `unresolved` counts those without.)
+        if self.unresolved[task] != 0 {
             return false;
         }
         let inputs = self.inputs(task);
